@@ -1,0 +1,74 @@
+// Shared basics for the rnnkit core: index type, the host/device annotation used by the cell math,
+// and the two kinds of failure the library distinguishes.
+//
+//  * User errors (bad shapes, sizes, options) throw std::invalid_argument whose text names the
+//    argument and says "expected ... got ..."; pybind11 turns them into ValueError.
+//  * Allocation failures throw rnnkit::OutOfMemory with the byte count asked for; the module
+//    registers it as MemoryError.
+//  * Internal invariants use assert(): they can only fail through a bug in rnnkit itself.
+// Nothing in the core ever calls exit() or abort() on user input.
+#pragma once
+
+#include <cassert>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <new>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#if defined(__CUDACC__)
+#define RNNKIT_HOSTDEVICE __host__ __device__ __forceinline__
+#else
+#define RNNKIT_HOSTDEVICE inline
+#endif
+
+namespace rnnkit {
+
+using index_t = std::int64_t;
+
+// Concatenates its arguments with operator<< (used to build error messages).
+template <typename... Parts>
+std::string concat(const Parts&... parts) {
+  std::ostringstream out;
+  (out << ... << parts);
+  return out.str();
+}
+
+// Throws std::invalid_argument("<what>: expected <expected>, got <got>").
+template <typename E, typename G>
+[[noreturn]] void throw_expected(const std::string& what, const E& expected, const G& got) {
+  throw std::invalid_argument(concat(what, ": expected ", expected, ", got ", got));
+}
+
+// Raised when a buffer cannot be allocated; carries the request so the message can say how much.
+class OutOfMemory : public std::bad_alloc {
+ public:
+  OutOfMemory(std::size_t bytes, const std::string& what_for)
+      : message_(concat("rnnkit could not allocate ", bytes, " bytes for ", what_for)) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
+};
+
+// a*b for sizes, refusing to wrap around: every buffer size goes through this.
+// An overflowing size is reported as an impossible allocation (MemoryError in Python).
+inline index_t checked_mul(index_t a, index_t b, const char* what) {
+  assert(a >= 0 && b >= 0);
+  if (a != 0 && b > std::numeric_limits<index_t>::max() / a) {
+    throw OutOfMemory(std::numeric_limits<std::size_t>::max(), concat(what, " (size overflows 64 bits)"));
+  }
+  return a * b;
+}
+
+inline index_t checked_add(index_t a, index_t b, const char* what) {
+  assert(a >= 0 && b >= 0);
+  if (b > std::numeric_limits<index_t>::max() - a) {
+    throw OutOfMemory(std::numeric_limits<std::size_t>::max(), concat(what, " (size overflows 64 bits)"));
+  }
+  return a + b;
+}
+
+}  // namespace rnnkit

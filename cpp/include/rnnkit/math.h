@@ -1,0 +1,73 @@
+// Elementwise primitives the cell math is written in, for two kinds of value:
+//
+//  * a scalar (float/double), on the host and, compiled by nvcc, on the device: the CUDA kernels
+//    run a cell once per element;
+//  * an Eigen array expression (CPU only): the CPU loop runs a cell once per batch row, on maps of
+//    H contiguous values, so Eigen's SIMD tanh/logistic/exp do the work.
+//
+// Cells (cells.h) call only these functions and + - * on values, so one definition of each cell's
+// math serves both. Non-finite values propagate (relu(NaN) is NaN, as in PyTorch).
+#pragma once
+
+#include <cmath>
+
+#include "rnnkit/common.h"
+
+#if !defined(__CUDACC__)
+#include <Eigen/Core>
+#endif
+
+namespace rnnkit {
+namespace ew {
+
+// ---- scalars ------------------------------------------------------------------------------
+RNNKIT_HOSTDEVICE float tanh(float x) { return ::tanhf(x); }
+RNNKIT_HOSTDEVICE double tanh(double x) { return ::tanh(x); }
+
+RNNKIT_HOSTDEVICE float sigmoid(float x) { return 1.0f / (1.0f + ::expf(-x)); }
+RNNKIT_HOSTDEVICE double sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
+
+// `x < 0 ? 0 : x` rather than `x > 0 ? x : 0` so that NaN passes through.
+RNNKIT_HOSTDEVICE float relu(float x) { return x < 0.0f ? 0.0f : x; }
+RNNKIT_HOSTDEVICE double relu(double x) { return x < 0.0 ? 0.0 : x; }
+
+// d relu / d pre, written in terms of the output h = relu(pre) (1 where h > 0, else 0).
+RNNKIT_HOSTDEVICE float relu_grad_from_output(float h) { return h > 0.0f ? 1.0f : 0.0f; }
+RNNKIT_HOSTDEVICE double relu_grad_from_output(double h) { return h > 0.0 ? 1.0 : 0.0; }
+
+// d tanh / d pre in terms of the output y = tanh(pre).
+RNNKIT_HOSTDEVICE float tanh_grad_from_output(float y) { return 1.0f - y * y; }
+RNNKIT_HOSTDEVICE double tanh_grad_from_output(double y) { return 1.0 - y * y; }
+
+// ---- Eigen arrays (CPU) ---------------------------------------------------------------------
+#if !defined(__CUDACC__)
+template <typename D>
+auto tanh(const Eigen::ArrayBase<D>& x) {
+  return x.tanh();
+}
+
+template <typename D>
+auto sigmoid(const Eigen::ArrayBase<D>& x) {
+  return x.logistic();
+}
+
+template <typename D>
+auto relu(const Eigen::ArrayBase<D>& x) {
+  return x.template cwiseMax<Eigen::PropagateNaN>(typename D::Scalar(0));
+}
+
+template <typename D>
+auto relu_grad_from_output(const Eigen::ArrayBase<D>& h) {
+  using S = typename D::Scalar;
+  return (h > S(0)).template cast<S>();
+}
+
+template <typename D>
+auto tanh_grad_from_output(const Eigen::ArrayBase<D>& y) {
+  using S = typename D::Scalar;
+  return S(1) - y.square();
+}
+#endif
+
+}  // namespace ew
+}  // namespace rnnkit

@@ -1,0 +1,58 @@
+// CBLAS calls behind rnnkit/blas.h; the only file that includes the OpenBLAS headers.
+#include "rnnkit/blas.h"
+
+#include <cblas.h>
+
+#ifdef BLAS_SYMBOL_PREFIX
+#define RNNKIT_BLAS_CAT2(a, b) a##b
+#define RNNKIT_BLAS_CAT(a, b) RNNKIT_BLAS_CAT2(a, b)
+#define RNNKIT_BLAS(name) RNNKIT_BLAS_CAT(BLAS_SYMBOL_PREFIX, name)
+#else
+#define RNNKIT_BLAS(name) name
+#endif
+
+namespace rnnkit {
+namespace {
+
+CBLAS_TRANSPOSE to_cblas(Trans t) { return t == Trans::kYes ? CblasTrans : CblasNoTrans; }
+
+blasint to_blasint(index_t v) {
+  assert(v >= 0 && v <= kMaxBlasDim);
+  return static_cast<blasint>(v);
+}
+
+}  // namespace
+
+void gemm(Trans trans_a, Trans trans_b, index_t m, index_t n, index_t k, float alpha, const float* a,
+          index_t lda, const float* b, index_t ldb, float beta, float* c, index_t ldc) {
+  if (m == 0 || n == 0) return;
+  RNNKIT_BLAS(cblas_sgemm)(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_blasint(m),
+                           to_blasint(n), to_blasint(k), alpha, a, to_blasint(lda), b,
+                           to_blasint(ldb), beta, c, to_blasint(ldc));
+}
+
+void gemm(Trans trans_a, Trans trans_b, index_t m, index_t n, index_t k, double alpha,
+          const double* a, index_t lda, const double* b, index_t ldb, double beta, double* c,
+          index_t ldc) {
+  if (m == 0 || n == 0) return;
+  RNNKIT_BLAS(cblas_dgemm)(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_blasint(m),
+                           to_blasint(n), to_blasint(k), alpha, a, to_blasint(lda), b,
+                           to_blasint(ldb), beta, c, to_blasint(ldc));
+}
+
+void set_blas_threads(int n) {
+  if (n < 1) throw_expected("num_threads", "an integer >= 1", n);
+  RNNKIT_BLAS(openblas_set_num_threads)(n);
+}
+
+int get_blas_threads() { return RNNKIT_BLAS(openblas_get_num_threads)(); }
+
+std::string blas_info() {
+  std::string info = RNNKIT_BLAS(openblas_get_config)();
+  info += " (kernel: ";
+  info += RNNKIT_BLAS(openblas_get_corename)();
+  info += ")";
+  return info;
+}
+
+}  // namespace rnnkit

@@ -1,0 +1,60 @@
+// cuBLAS, loaded at first use instead of linked: the CUDA build of rnnkit then imports on machines
+// without cuBLAS, a GPU or a driver, and `rnnkit[cuda]` (the nvidia-cublas wheel) stays optional.
+// cublas_v2.h is included for its types and signatures only; each entry point is looked up with
+// dlsym into a pointer of the exact declared type.
+#include <dlfcn.h>
+
+#include <cublas_v2.h>
+
+#include <mutex>
+#include <string>
+
+#include "rnnkit_cuda.h"
+
+namespace rnnkit {
+namespace cuda {
+namespace {
+
+struct CublasApi {
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasDestroy_v2) destroy = nullptr;
+  decltype(&cublasSgemm_v2) sgemm = nullptr;
+  decltype(&cublasDgemm_v2) dgemm = nullptr;
+  std::string error;
+};
+
+CublasApi& api() {
+  static CublasApi instance;
+  return instance;
+}
+
+template <typename Fn>
+bool bind(void* lib, const char* name, Fn& fn, std::string& error) {
+  fn = reinterpret_cast<Fn>(dlsym(lib, name));
+  if (fn == nullptr) error = std::string("missing symbol ") + name;
+  return fn != nullptr;
+}
+
+void load_once() {
+  CublasApi& a = api();
+  // dlopen honours the module's RUNPATH ($ORIGIN/../nvidia/cu13/lib), where pip puts the wheel.
+  void* lib = dlopen("libcublas.so.13", RTLD_NOW | RTLD_LOCAL);
+  if (lib == nullptr) {
+    const char* e = dlerror();
+    a.error = e ? e : "dlopen(libcublas.so.13) failed";
+    return;
+  }
+  bind(lib, "cublasCreate_v2", a.create, a.error) && bind(lib, "cublasDestroy_v2", a.destroy, a.error) &&
+      bind(lib, "cublasSgemm_v2", a.sgemm, a.error) && bind(lib, "cublasDgemm_v2", a.dgemm, a.error);
+}
+
+}  // namespace
+
+std::string load_cublas() {
+  static std::once_flag once;
+  std::call_once(once, load_once);
+  return api().error;
+}
+
+}  // namespace cuda
+}  // namespace rnnkit

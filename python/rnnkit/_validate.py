@@ -1,0 +1,149 @@
+"""Input validation for the whole Python API, in one place.
+
+Every public entry point checks its arguments here before anything reaches the compiled core.
+A failed check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (right kind,
+wrong value or shape) whose message names the argument and says what was expected and what was
+got. Accepted arrays come back as C-contiguous NumPy arrays of the layer's dtype.
+
+Dtype policy (documented in README.md): arrays of any real floating dtype (float16, float32,
+float64) are accepted and converted to the layer's dtype; integer, boolean, complex, string and
+object arrays are refused with ``TypeError``. Non-contiguous arrays (slices, transposes, negative
+strides) are copied to contiguous memory.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def check_size(name: str, value: Any) -> int:
+    """A positive integer size (bool is refused even though it is an int)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a positive integer, got {_type_name(value)} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name}: expected a positive integer, got {value}")
+    return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {_type_name(value)} {value!r}")
+    return bool(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected one of {list(choices)}, got {_type_name(value)} {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_seed(name: str, value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected None or a non-negative integer, got {_type_name(value)} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name}: expected None or a non-negative integer, got {value}")
+    return int(value)
+
+
+def resolve_dtype(value: Any) -> np.dtype:
+    """The layer dtype: 'float32' or 'float64' (strings, NumPy types and dtypes all accepted)."""
+    try:
+        dt = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"dtype: expected 'float32' or 'float64', got {value!r}") from None
+    if dt not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {dt.name!r}")
+    return dt
+
+
+def as_float_array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
+    """`value` as a C-contiguous array of `dtype`; refuses non-floating input with TypeError."""
+    if value is None:
+        raise TypeError(f"{name}: expected an array, got None")
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:  # ragged lists, objects whose __array__ fails, ...
+            raise TypeError(f"{name}: expected an array of floats, got {_type_name(value)} ({exc})") from None
+    if arr.dtype.kind != "f":
+        raise TypeError(
+            f"{name}: expected a floating-point array (float32 or float64), got dtype {arr.dtype.name}"
+        )
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def shape_str(shape: Iterable[int]) -> str:
+    shape = tuple(shape)
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def check_shape(name: str, arr: np.ndarray, expected: Tuple[int, ...], meaning: str = "") -> None:
+    if arr.shape != tuple(expected):
+        what = f" {meaning}" if meaning else ""
+        raise ValueError(f"{name}: expected shape {shape_str(expected)}{what}, got {shape_str(arr.shape)}")
+
+
+def check_rank(name: str, arr: np.ndarray, ranks: Sequence[int], meaning: str) -> None:
+    if arr.ndim not in ranks:
+        expected = " or ".join(f"{r}-D" for r in ranks)
+        raise ValueError(f"{name}: expected a {expected} array {meaning}, got {arr.ndim}-D with shape {shape_str(arr.shape)}")
+
+
+def check_not_empty(name: str, arr: np.ndarray, labels: Sequence[str]) -> None:
+    for size, label in zip(arr.shape, labels):
+        if size == 0:
+            raise ValueError(f"{name}: expected {label} >= 1, got an empty array of shape {shape_str(arr.shape)}")
+
+
+def check_owned_array(name: str, arr: Any, shape: Tuple[int, ...], dtype: np.dtype, writable: bool) -> np.ndarray:
+    """A parameter or gradient array the layer hands to C++ as is (no conversion, no copy):
+    it must be an ndarray of exactly this dtype and shape, C-contiguous (and writable for grads)."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {_type_name(arr)}")
+    if arr.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype.name}, got {arr.dtype.name}")
+    check_shape(name, arr, shape)
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array, got a non-contiguous view")
+    if writable and not arr.flags.writeable:
+        raise ValueError(f"{name}: expected a writable array, got a read-only one")
+    return arr
+
+
+def check_state_dict(
+    name: str, state: Any, expected: Mapping[str, Tuple[int, ...]], dtype: np.dtype
+) -> dict:
+    """Validates a whole state dict before anything is copied: exact key set, float arrays of the
+    right shapes. Returns {key: array of `dtype`}."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{name}: expected a mapping of parameter name to array, got {_type_name(state)}")
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        raise ValueError(f"{name}: expected keys {list(expected)}, got {'; '.join(parts)}")
+    out = {}
+    for key, shape in expected.items():
+        arr = as_float_array(f"{name}[{key!r}]", state[key], dtype)
+        check_shape(f"{name}[{key!r}]", arr, shape)
+        out[key] = arr
+    return out

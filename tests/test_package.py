@@ -1,0 +1,88 @@
+"""The package as a user meets it: import without torch, version, threads, build info, the main job."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+
+import pytest
+
+import rnnkit
+
+
+def _run_python(code: str, env_update=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("RNNKIT_NUM_THREADS", None)
+    env.update(env_update or {})
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_import_works_without_torch():
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch blocked by the test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import numpy as np, rnnkit\n"
+        "y, h = rnnkit.RNN(3, 4, seed=0)(np.ones((2, 1, 3), np.float32))\n"
+        "assert 'torch' not in sys.modules\n"
+        "print('ok', y.shape)\n"
+    )
+    proc = _run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok (2, 1, 4)" in proc.stdout
+
+
+def test_version_comes_from_the_package_metadata():
+    assert rnnkit.__version__ == importlib.metadata.version("rnnkit")
+    assert rnnkit.build_info()["version"] == rnnkit.__version__
+
+
+def test_default_is_one_blas_thread_and_env_overrides():
+    proc = _run_python("import rnnkit; print(rnnkit.get_num_threads())")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"
+    proc = _run_python("import rnnkit; print(rnnkit.get_num_threads())", {"RNNKIT_NUM_THREADS": "2"})
+    assert proc.stdout.strip() == "2"
+
+
+def test_set_num_threads_round_trip():
+    before = rnnkit.get_num_threads()
+    try:
+        rnnkit.set_num_threads(2)
+        assert rnnkit.get_num_threads() == 2
+    finally:
+        rnnkit.set_num_threads(before)
+
+
+def test_build_info_describes_the_build():
+    info = rnnkit.build_info()
+    assert "OpenBLAS" in info["blas"]
+    assert info["num_threads"] == rnnkit.get_num_threads()
+    assert isinstance(info["cuda_built"], bool)
+    assert info["cuda_available"] == rnnkit.cuda.is_available()
+    assert info["cuda_status"]  # always says why (or which device)
+
+
+def test_cuda_reports_cleanly_when_unavailable():
+    if rnnkit.cuda.is_available():
+        pytest.skip("a usable GPU is present: the unavailable path cannot be observed here")
+    assert rnnkit.cuda.status()
+    if not rnnkit.cuda.is_built():
+        assert "RNNKIT_CUDA=1" in rnnkit.cuda.status()
+
+
+def test_main_job_runs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "rnnkit", "--shape", "5", "2", "3", "4", "--repeats", "2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"rnnkit {rnnkit.__version__}" in out
+    for needle in ("BLAS", "threads", "CUDA", "forward", "backward"):
+        assert needle in out, needle
