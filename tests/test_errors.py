@@ -198,23 +198,30 @@ def test_set_num_threads_rejects():
 
 
 # ---- the compiled module's own checks (for callers that bypass the Python layer) -----------------
+CFG = _core.StackConfig("RNN_TANH", 3, 4)
 W_IH = np.zeros((4, 3), np.float32)
 W_HH = np.zeros((4, 4), np.float32)
 B = np.zeros(4, np.float32)
+PARAMS = [W_IH, W_HH, B, B]
 
 
 @pytest.mark.parametrize(
     "args, exc, pattern",
     [
-        (("LSTMX", GOOD_X, None, W_IH, W_HH, B, B, False), ValueError, "mode: expected one of"),
-        (("RNN_TANH", GOOD_X.astype(np.int32), None, W_IH, W_HH, B, B, False), TypeError, "x: expected dtype"),
-        (("RNN_TANH", GOOD_X, None, W_IH.astype(np.float64), W_HH, B, B, False), TypeError, "w_ih: expected dtype float32"),
-        (("RNN_TANH", GOOD_X, None, np.zeros((4, 5), np.float32), W_HH, B, B, False), ValueError, r"w_ih shape: expected \(4, 3\)"),
-        (("RNN_TANH", GOOD_X, None, W_IH, W_HH, B, None, False), ValueError, "b_ih, b_hh: expected both"),
-        (("RNN_TANH", GOOD_X, np.zeros((3, 4), np.float32), W_IH, W_HH, B, B, False), ValueError, r"h0 shape: expected \(2, 4\)"),
-        (("RNN_TANH", GOOD_X[::-1], None, W_IH, W_HH, B, B, False), ValueError, "x: expected a C-contiguous array"),
-        (("RNN_TANH", np.zeros((0, 2, 3), np.float32), None, W_IH, W_HH, B, B, False), ValueError, "T >= 1"),
-        (("RNN_TANH", np.zeros((5, 2), np.float32), None, W_IH, W_HH, B, B, False), ValueError, "x: expected a 3-D array"),
+        ((CFG, PARAMS, GOOD_X.astype(np.int32), None, None, None, False, 0), TypeError, "x: expected dtype"),
+        ((CFG, [W_IH.astype(np.float64), W_HH, B, B], GOOD_X, None, None, None, False, 0), TypeError,
+         r"params\[0\] \(weight_ih_l0\): expected dtype float32"),
+        ((CFG, [np.zeros((4, 5), np.float32), W_HH, B, B], GOOD_X, None, None, None, False, 0), ValueError,
+         r"params\[0\] \(weight_ih_l0\) shape: expected \(4, 3\)"),
+        ((CFG, [W_IH, W_HH, B], GOOD_X, None, None, None, False, 0), ValueError, "params list length: expected 4, got 3"),
+        ((CFG, [W_IH, W_HH, B, [0.0] * 4], GOOD_X, None, None, None, False, 0), TypeError, r"params\[3\] \(bias_hh_l0\): expected a numpy array"),
+        ((CFG, PARAMS, GOOD_X, np.zeros((1, 3, 4), np.float32), None, None, False, 0), ValueError, r"h0 shape: expected \(1, 2, 4\)"),
+        ((CFG, PARAMS, GOOD_X, None, np.zeros((1, 2, 4), np.float32), None, False, 0), ValueError, "c0: expected None"),
+        ((CFG, PARAMS, GOOD_X[::-1], None, None, None, False, 0), ValueError, "x: expected a C-contiguous array"),
+        ((CFG, PARAMS, np.zeros((0, 2, 3), np.float32), None, None, None, False, 0), ValueError, "T >= 1"),
+        ((CFG, PARAMS, np.zeros((5, 2), np.float32), None, None, None, False, 0), ValueError, "x: expected a 3-D array"),
+        ((CFG, PARAMS, GOOD_X, None, None, np.array([5, 6]), False, 0), ValueError, r"lengths\[1\]: expected a length in \[1, 5\], got 6"),
+        ((CFG, PARAMS, GOOD_X, None, None, np.array([5, 5], np.int32), False, 0), TypeError, "lengths: expected dtype int64"),
     ],
 )
 def test_core_forward_rejects(args, exc, pattern):
@@ -222,17 +229,34 @@ def test_core_forward_rejects(args, exc, pattern):
         _core.forward(*args)
 
 
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(mode="LSTMX", input_size=3, hidden_size=4), "mode: expected one of"),
+        (dict(mode="GRU", input_size=3, hidden_size=4, proj_size=2), "proj_size: expected 0"),
+        (dict(mode="LSTM", input_size=3, hidden_size=4, proj_size=4), "proj_size: expected less than hidden_size"),
+        (dict(mode="LSTM", input_size=3, hidden_size=4, num_layers=0), "num_layers"),
+        (dict(mode="LSTM", input_size=3, hidden_size=4, dropout=1.5), "dropout"),
+        (dict(mode="LSTM", input_size=0, hidden_size=4), "input_size"),
+    ],
+)
+def test_core_config_rejects(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        _core.StackConfig(**kwargs)
+
+
 def test_core_backward_rejects_wrong_grad_buffers():
-    _, _, cache = _core.forward("RNN_TANH", GOOD_X, None, W_IH, W_HH, B, B, True)
+    _, _, _, cache = _core.forward(CFG, PARAMS, GOOD_X, None, None, None, True, 0)
     dy = np.zeros((5, 2, 4), np.float32)
-    with pytest.raises(ValueError, match=r"dw_hh shape: expected \(4, 4\)"):
-        _core.backward(cache, dy, None, W_IH.copy(), np.zeros((4, 5), np.float32), B.copy(), B.copy(), True)
-    with pytest.raises(ValueError, match="db_ih, db_hh"):
-        _core.backward(cache, dy, None, W_IH.copy(), W_HH.copy(), None, None, True)
+    grads = [W_IH.copy(), np.zeros((4, 5), np.float32), B.copy(), B.copy()]
+    with pytest.raises(ValueError, match=r"grads\[1\] \(weight_hh_l0\) shape: expected \(4, 4\)"):
+        _core.backward(cache, dy, None, None, grads, True)
     read_only = W_HH.copy()
     read_only.flags.writeable = False
-    with pytest.raises(ValueError, match="dw_hh: expected a writable array"):
-        _core.backward(cache, dy, None, W_IH.copy(), read_only, B.copy(), B.copy(), True)
+    with pytest.raises(ValueError, match=r"grads\[1\] \(weight_hh_l0\): expected a writable array"):
+        _core.backward(cache, dy, None, None, [W_IH.copy(), read_only, B.copy(), B.copy()], True)
+    with pytest.raises(ValueError, match="dc_n: expected None"):
+        _core.backward(cache, dy, None, np.zeros((1, 2, 4), np.float32), [g.copy() for g in PARAMS], True)
 
 
 def test_impossible_allocation_is_a_memory_error_naming_its_size():

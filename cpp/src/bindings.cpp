@@ -20,6 +20,7 @@
 #include "rnnkit/blas.h"
 #include "rnnkit/buffer.h"
 #include "rnnkit/layer.h"
+#include "rnnkit/stack.h"
 
 #ifdef RNNKIT_WITH_CUDA
 #include "rnnkit_cuda.h"
@@ -35,40 +36,56 @@ namespace rnnkit {
 namespace {
 
 // ---- cell names ---------------------------------------------------------------------------
-// PyTorch's mode strings, so the Python layer can pass its `mode` through unchanged.
+struct ModeName {
+  const char* name;
+  CellKind cell;
+};
+// PyTorch's mode strings where PyTorch has the cell; rnnkit's own names for the others.
+constexpr ModeName kModes[] = {
+    {"RNN_TANH", CellKind::kElmanTanh},       {"RNN_RELU", CellKind::kElmanRelu},
+    {"LSTM", CellKind::kLSTM},                {"GRU", CellKind::kGRU},
+    {"GRU_RESET_BEFORE", CellKind::kGRUResetBefore},
+    {"LN_LSTM", CellKind::kLayerNormLSTM},    {"LN_GRU", CellKind::kLayerNormGRU},
+};
+
 CellKind parse_mode(const std::string& mode) {
-  if (mode == "RNN_TANH") return CellKind::kElmanTanh;
-  if (mode == "RNN_RELU") return CellKind::kElmanRelu;
-  throw_expected("mode", "one of 'RNN_TANH', 'RNN_RELU'", concat("'", mode, "'"));
+  for (const ModeName& m : kModes) {
+    if (mode == m.name) return m.cell;
+  }
+  std::string names;
+  for (const ModeName& m : kModes) names += concat(names.empty() ? "" : ", ", "'", m.name, "'");
+  throw_expected("mode", concat("one of ", names), concat("'", mode, "'"));
+}
+
+std::string mode_name(CellKind cell) {
+  for (const ModeName& m : kModes) {
+    if (m.cell == cell) return m.name;
+  }
+  return "?";
 }
 
 // ---- array checks ---------------------------------------------------------------------------
 std::string shape_string(const py::array& a) {
+  std::vector<index_t> shape(a.shape(), a.shape() + a.ndim());
   std::string s = "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(a.shape(i));
-  }
-  if (a.ndim() == 1) s += ",";
-  return s + ")";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += concat(i ? ", " : "", shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
 }
 
 std::string shape_string(const std::vector<index_t>& shape) {
   std::string s = "(";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  if (shape.size() == 1) s += ",";
-  return s + ")";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += concat(i ? ", " : "", shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
 }
 
+std::string dtype_name(const py::dtype& dt) { return py::str(dt).cast<std::string>(); }
+
 template <typename S>
-void check_array(const py::array& a, const char* name, const std::vector<index_t>& shape,
+void check_array(const py::array& a, const std::string& name, const std::vector<index_t>& shape,
                  bool writable) {
   if (!a.dtype().is(py::dtype::of<S>())) {
-    throw py::type_error(concat(name, ": expected dtype ", py::str(py::dtype::of<S>()).cast<std::string>(),
-                                ", got ", py::str(a.dtype()).cast<std::string>()));
+    throw py::type_error(concat(name, ": expected dtype ", dtype_name(py::dtype::of<S>()),
+                                ", got ", dtype_name(a.dtype())));
   }
   bool same = a.ndim() == static_cast<py::ssize_t>(shape.size());
   for (std::size_t i = 0; same && i < shape.size(); ++i) same = a.shape(i) == shape[i];
@@ -80,26 +97,15 @@ void check_array(const py::array& a, const char* name, const std::vector<index_t
 }
 
 template <typename S>
-const S* in_ptr(const py::array& a, const char* name, const std::vector<index_t>& shape) {
+const S* in_ptr(const py::array& a, const std::string& name, const std::vector<index_t>& shape) {
   check_array<S>(a, name, shape, false);
   return static_cast<const S*>(a.data());
 }
 
 template <typename S>
-const S* in_ptr(const std::optional<py::array>& a, const char* name,
+const S* in_ptr(const std::optional<py::array>& a, const std::string& name,
                 const std::vector<index_t>& shape) {
   return a ? in_ptr<S>(*a, name, shape) : nullptr;
-}
-
-template <typename S>
-S* inout_ptr(py::array& a, const char* name, const std::vector<index_t>& shape) {
-  check_array<S>(a, name, shape, true);
-  return static_cast<S*>(a.mutable_data());
-}
-
-template <typename S>
-S* inout_ptr(std::optional<py::array>& a, const char* name, const std::vector<index_t>& shape) {
-  return a ? inout_ptr<S>(*a, name, shape) : nullptr;
 }
 
 template <typename S>
@@ -108,230 +114,192 @@ py::array_t<S> new_array(const std::vector<index_t>& shape) {
   return py::array_t<S>(dims);
 }
 
-// ---- the training cache ---------------------------------------------------------------------
-// What a training forward keeps for backward, in one allocation: copies of the input and of the
-// weights (so later in-place changes by the caller cannot silently corrupt the gradients), every
-// state h_0..h_T, and the gate buffer for cells that need it.
-template <typename S>
-struct CacheData {
-  Buffer<S> block;
-  S* x = nullptr;      // [T,N,C]
-  S* w_ih = nullptr;   // [GH,C]
-  S* w_hh = nullptr;   // [GH,H]
-  S* h_seq = nullptr;  // [T+1,N,H]
-  S* gates = nullptr;  // [T,N,GH] or null
-};
-
-struct Cache {
-  CellKind cell = CellKind::kElmanTanh;
-  LayerDims dims;
-  bool has_bias = false;
-  std::variant<CacheData<float>, CacheData<double>> data;
-
-  std::size_t nbytes() const {
-    return std::visit(
-        [](const auto& d) {
-          using S = std::remove_pointer_t<decltype(d.x)>;
-          return static_cast<std::size_t>(d.block.size()) * sizeof(S);
-        },
-        data);
+// The parameter (or gradient) list, checked against the specs, as per-group views.
+template <typename S, typename W>
+std::vector<W> group_views(const StackConfig& cfg, const py::list& arrays, const char* what,
+                           bool writable) {
+  const std::vector<ParamSpec> specs = stack_param_specs(cfg);
+  if (static_cast<std::size_t>(py::len(arrays)) != specs.size()) {
+    throw_expected(concat(what, " list length"), specs.size(), py::len(arrays));
   }
-  std::string dtype() const { return data.index() == 0 ? "float32" : "float64"; }
-};
-
-// Elements of one call's allocations, from LayerSizes: the training cache (kept until backward)
-// and the forward scratch (freed when the call returns).
-struct ForwardPlan {
-  bool keep_gates = false;
-  index_t cache = 0;
-  index_t scratch = 0;
-};
-
-ForwardPlan plan_forward(CellKind cell, const LayerSizes& sz, bool training) {
-  ForwardPlan plan;
-  plan.keep_gates = training && cell_caches_gates(cell);
-  if (training) {
-    for (index_t n : {sz.x, sz.w_ih, sz.w_hh, sz.h_seq, plan.keep_gates ? sz.gates : index_t(0)}) {
-      plan.cache = checked_add(plan.cache, n, "training cache");
+  std::vector<W> views(cfg.groups());
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    const ParamSpec& spec = specs[i];
+    py::object item = arrays[i];
+    if (!py::isinstance<py::array>(item)) {
+      throw py::type_error(concat(what, "[", i, "] (", spec.name, "): expected a numpy array, got ",
+                                  py::str(py::type::of(item)).cast<std::string>()));
+    }
+    py::array a = item.cast<py::array>();
+    check_array<S>(a, concat(what, "[", i, "] (", spec.name, ")"), spec.shape, writable);
+    S* ptr = static_cast<S*>(const_cast<void*>(a.data()));
+    W& v = views[spec.group];
+    if constexpr (std::is_same_v<W, LayerWeights<S>>) {
+      switch (spec.role) {
+        case kRoleWIh: v.w_ih = ptr; break;
+        case kRoleWHh: v.w_hh = ptr; break;
+        case kRoleBIh: v.b_ih = ptr; break;
+        case kRoleBHh: v.b_hh = ptr; break;
+        case kRoleWHr: v.w_hr = ptr; break;
+        default: v.ln[spec.role - kRoleLn0] = ptr; break;
+      }
+    } else {
+      switch (spec.role) {
+        case kRoleWIh: v.dw_ih = ptr; break;
+        case kRoleWHh: v.dw_hh = ptr; break;
+        case kRoleBIh: v.db_ih = ptr; break;
+        case kRoleBHh: v.db_hh = ptr; break;
+        case kRoleWHr: v.dw_hr = ptr; break;
+        default: v.dln[spec.role - kRoleLn0] = ptr; break;
+      }
     }
   }
-  // bias, plus the gate buffer unless the cache keeps it, plus the states in inference.
-  plan.scratch = sz.gate_width;
-  if (!plan.keep_gates) plan.scratch = checked_add(plan.scratch, sz.gates, "gate buffer");
-  if (!training) plan.scratch = checked_add(plan.scratch, sz.h_seq, "state buffer");
-  return plan;
+  return views;
 }
 
-template <typename S>
-CacheData<S> make_cache_data(const LayerSizes& sz, const ForwardPlan& plan) {
-  CacheData<S> c;
-  c.block.allocate(plan.cache, "the training cache");
-  S* p = c.block.data();
-  c.x = p;        p += sz.x;
-  c.w_ih = p;     p += sz.w_ih;
-  c.w_hh = p;     p += sz.w_hh;
-  c.h_seq = p;    p += sz.h_seq;
-  c.gates = plan.keep_gates ? p : nullptr;
-  return c;
-}
+// ---- the training cache ---------------------------------------------------------------------
+struct Cache {
+  std::variant<StackCache<float>, StackCache<double>> data;
 
-template <typename S>
-void copy_into(S* dst, const S* src, index_t n) {
-  std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(S));
-}
+  template <typename Fn>
+  decltype(auto) visit(Fn&& fn) const { return std::visit(std::forward<Fn>(fn), data); }
+  std::size_t nbytes() const {
+    return visit([](const auto& c) {
+      return static_cast<std::size_t>(c.block.size()) * sizeof(*c.block.data());
+    });
+  }
+  std::string dtype() const { return data.index() == 0 ? "float32" : "float64"; }
+  const StackConfig& cfg() const { return visit([](const auto& c) -> const StackConfig& { return c.cfg; }); }
+  const LayerDims& dims() const { return visit([](const auto& c) -> const LayerDims& { return c.dims0; }); }
+};
 
 // ---- forward --------------------------------------------------------------------------------
 template <typename S>
-py::tuple forward_impl(CellKind cell, const py::array& x, const std::optional<py::array>& h0,
-                       const py::array& w_ih, const py::array& w_hh,
-                       const std::optional<py::array>& b_ih, const std::optional<py::array>& b_hh,
-                       bool training) {
+py::tuple forward_impl(const StackConfig& cfg, const py::list& params, const py::array& x,
+                       const std::optional<py::array>& h0, const std::optional<py::array>& c0,
+                       const std::optional<py::array>& lengths, bool training,
+                       std::uint64_t dropout_seed) {
   if (x.ndim() != 3) throw_expected("x", "a 3-D array [T, N, C]", concat(x.ndim(), "-D"));
-  if (w_hh.ndim() != 2) throw_expected("w_hh", "a 2-D array [G*H, H]", concat(w_hh.ndim(), "-D"));
-  if (b_ih.has_value() != b_hh.has_value()) {
-    throw_expected("b_ih, b_hh", "both arrays or both None", "only one of them");
+  const index_t T = x.shape(0), N = x.shape(1);
+  if (T < 1) throw_expected("sequence length T", "T >= 1", T);
+  if (N < 1) throw_expected("batch size N", "N >= 1", N);
+  const index_t G = cell_info(cfg.cell).gates;
+  const bool has_c = cell_info(cfg.cell).has_cell_state;
+  const index_t GD = cfg.groups();
+  const index_t H = cfg.hidden_size, P = cfg.state_size();
+  for (index_t l = 0; l < cfg.num_layers; ++l) {
+    check_layer_dims(LayerDims{T, N, cfg.layer_input_size(l), H, P}, G);
   }
-  LayerDims d{x.shape(0), x.shape(1), x.shape(2), w_hh.shape(1)};
-  const index_t G = cell_gates(cell);
-  check_layer_dims(d, G);
-  const LayerSizes sz = layer_sizes(cell, d, training);
-  const index_t GH = sz.gate_width;
+  const S* xp = in_ptr<S>(x, "x", {T, N, cfg.input_size});
+  const S* h0p = in_ptr<S>(h0, "h0", {GD, N, P});
+  if (c0 && !has_c) throw_expected("c0", concat("None (", mode_name(cfg.cell), " has no cell state)"), "an array");
+  const S* c0p = in_ptr<S>(c0, "c0", {GD, N, H});
+  const index_t* lp = nullptr;
+  if (lengths) {
+    check_array<index_t>(*lengths, "lengths", {N}, false);
+    lp = static_cast<const index_t*>(lengths->data());
+    for (index_t n = 0; n < N; ++n) {
+      if (lp[n] < 1 || lp[n] > T) {
+        throw_expected(concat("lengths[", n, "]"), concat("a length in [1, ", T, "]"), lp[n]);
+      }
+    }
+  }
+  const std::vector<LayerWeights<S>> w = group_views<S, LayerWeights<S>>(cfg, params, "params", false);
 
-  LayerWeights<S> w;
-  const S* xp = in_ptr<S>(x, "x", {d.T, d.N, d.C});
-  w.w_ih = in_ptr<S>(w_ih, "w_ih", {GH, d.C});
-  w.w_hh = in_ptr<S>(w_hh, "w_hh", {GH, d.H});
-  w.b_ih = in_ptr<S>(b_ih, "b_ih", {GH});
-  w.b_hh = in_ptr<S>(b_hh, "b_hh", {GH});
-  const S* h0p = in_ptr<S>(h0, "h0", {d.N, d.H});
-
-  const ForwardPlan plan = plan_forward(cell, sz, training);
-  index_t total = checked_add(checked_add(sz.y, sz.state, "outputs"),
-                              checked_add(plan.cache, plan.scratch, "buffers"), "forward");
+  const StackFootprint foot = stack_footprint(cfg, T, N, training);
+  const index_t outputs = checked_add(checked_mul(checked_mul(T, N, "output"), cfg.num_directions * P, "output"),
+                                      checked_mul(GD, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
+                                      "outputs");
+  const index_t total = checked_add(outputs, checked_add(foot.cache, foot.forward_scratch, "forward"), "forward");
   check_fits_in_memory(checked_mul(total, sizeof(S), "forward bytes"), "a forward call");
 
-  auto y = new_array<S>({d.T, d.N, d.H});
-  auto h_n = new_array<S>({d.N, d.H});
+  auto y = new_array<S>({T, N, cfg.num_directions * P});
+  auto h_n = new_array<S>({GD, N, P});
+  py::object c_n_obj = py::none();
+  S* c_n = nullptr;
+  if (has_c) {
+    auto c_n_arr = new_array<S>({GD, N, H});
+    c_n = c_n_arr.mutable_data();
+    c_n_obj = c_n_arr;
+  }
+  std::optional<Cache> cache;
+  if (training) cache.emplace(Cache{StackCache<S>{}});
+  StackCache<S>* cp = training ? &std::get<StackCache<S>>(cache->data) : nullptr;
   S* yp = y.mutable_data();
   S* hnp = h_n.mutable_data();
-
-  std::optional<Cache> cache;
-  ForwardBuffers<S> buf;
-  if (training) {
-    cache.emplace(Cache{cell, d, w.b_ih != nullptr, make_cache_data<S>(sz, plan)});
-    auto& cd = std::get<CacheData<S>>(cache->data);
-    buf.h_seq = cd.h_seq;
-    buf.gates = cd.gates;
-  }
-  Buffer<S> scratch(plan.scratch, "forward scratch");
-  {
-    S* p = scratch.data();
-    buf.bias = p;
-    p += sz.gate_width;
-    if (buf.gates == nullptr) { buf.gates = p; p += sz.gates; }
-    if (buf.h_seq == nullptr) { buf.h_seq = p; p += sz.h_seq; }
-    assert(p == scratch.data() + plan.scratch);
-  }
-
   {
     py::gil_scoped_release release;
-    if (cache) {
-      auto& cd = std::get<CacheData<S>>(cache->data);
-      copy_into(cd.x, xp, sz.x);
-      copy_into(cd.w_ih, w.w_ih, sz.w_ih);
-      copy_into(cd.w_hh, w.w_hh, sz.w_hh);
-      // Run on the copies: they are what backward will differentiate.
-      xp = cd.x;
-      w.w_ih = cd.w_ih;
-      w.w_hh = cd.w_hh;
-    }
-    layer_forward<S>(cell, d, w, xp, h0p, yp, hnp, training, buf);
+    stack_forward<S>(cfg, T, N, w, xp, h0p, c0p, lp, training, dropout_seed, yp, hnp, c_n, cp);
   }
   py::object cache_obj = py::none();
   if (cache) cache_obj = py::cast(std::move(*cache));
-  return py::make_tuple(y, h_n, cache_obj);
+  return py::make_tuple(y, h_n, c_n_obj, cache_obj);
 }
 
-py::tuple forward(const std::string& mode, const py::array& x, const std::optional<py::array>& h0,
-                  const py::array& w_ih, const py::array& w_hh,
-                  const std::optional<py::array>& b_ih, const std::optional<py::array>& b_hh,
-                  bool training) {
-  const CellKind cell = parse_mode(mode);
+py::tuple forward(const StackConfig& cfg, const py::list& params, const py::array& x,
+                  const std::optional<py::array>& h0, const std::optional<py::array>& c0,
+                  const std::optional<py::array>& lengths, bool training, std::uint64_t dropout_seed) {
+  check_stack_config(cfg);
   if (x.dtype().is(py::dtype::of<float>())) {
-    return forward_impl<float>(cell, x, h0, w_ih, w_hh, b_ih, b_hh, training);
+    return forward_impl<float>(cfg, params, x, h0, c0, lengths, training, dropout_seed);
   }
   if (x.dtype().is(py::dtype::of<double>())) {
-    return forward_impl<double>(cell, x, h0, w_ih, w_hh, b_ih, b_hh, training);
+    return forward_impl<double>(cfg, params, x, h0, c0, lengths, training, dropout_seed);
   }
-  throw py::type_error(concat("x: expected dtype float32 or float64, got ",
-                              py::str(x.dtype()).cast<std::string>()));
+  throw py::type_error(concat("x: expected dtype float32 or float64, got ", dtype_name(x.dtype())));
 }
 
 // ---- backward -------------------------------------------------------------------------------
 template <typename S>
-py::tuple backward_impl(const Cache& cache, const std::optional<py::array>& dy,
-                        const std::optional<py::array>& dh_n, py::array& dw_ih, py::array& dw_hh,
-                        std::optional<py::array>& db_ih, std::optional<py::array>& db_hh,
-                        bool need_dx) {
-  const LayerDims& d = cache.dims;
-  const auto& cd = std::get<CacheData<S>>(cache.data);
-  const LayerSizes sz = layer_sizes(cache.cell, d, true);
-  const index_t GH = sz.gate_width;
-  if (db_ih.has_value() != cache.has_bias || db_hh.has_value() != cache.has_bias) {
-    throw_expected("db_ih, db_hh", cache.has_bias ? "arrays (the forward had biases)"
-                                                  : "None (the forward had no biases)",
-                   "otherwise");
-  }
+py::tuple backward_impl(const Cache& cache_obj, const std::optional<py::array>& dy,
+                        const std::optional<py::array>& dh_n, const std::optional<py::array>& dc_n,
+                        const py::list& grads, bool need_dx) {
+  const StackCache<S>& cache = std::get<StackCache<S>>(cache_obj.data);
+  const StackConfig& cfg = cache.cfg;
+  const index_t T = cache.dims0.T, N = cache.dims0.N;
+  const index_t GD = cfg.groups(), H = cfg.hidden_size, P = cfg.state_size();
+  const bool has_c = cell_info(cfg.cell).has_cell_state;
+  const S* dyp = in_ptr<S>(dy, "dy", {T, N, cfg.num_directions * P});
+  const S* dhnp = in_ptr<S>(dh_n, "dh_n", {GD, N, P});
+  if (dc_n && !has_c) throw_expected("dc_n", concat("None (", mode_name(cfg.cell), " has no cell state)"), "an array");
+  const S* dcnp = in_ptr<S>(dc_n, "dc_n", {GD, N, H});
+  const std::vector<LayerGrads<S>> g = group_views<S, LayerGrads<S>>(cfg, grads, "grads", true);
 
-  const S* dyp = in_ptr<S>(dy, "dy", {d.T, d.N, d.H});
-  const S* dhnp = in_ptr<S>(dh_n, "dh_n", {d.N, d.H});
-  LayerGrads<S> g;
-  g.dw_ih = inout_ptr<S>(dw_ih, "dw_ih", {GH, d.C});
-  g.dw_hh = inout_ptr<S>(dw_hh, "dw_hh", {GH, d.H});
-  g.db_ih = inout_ptr<S>(db_ih, "db_ih", {GH});
-  g.db_hh = inout_ptr<S>(db_hh, "db_hh", {GH});
-
-  const index_t scratch_elems =
-      checked_add(sz.dgates, checked_mul(2, sz.state, "state grads"), "backward scratch");
-  const index_t total = checked_add(checked_add(need_dx ? sz.x : 0, sz.state, "outputs"),
-                                    scratch_elems, "backward");
-  check_fits_in_memory(checked_mul(total, sizeof(S), "backward bytes"), "a backward call");
+  const StackFootprint foot = stack_footprint(cfg, T, N, true);
+  const index_t outputs = checked_add(need_dx ? checked_mul(checked_mul(T, N, "dx"), cfg.input_size, "dx") : 0,
+                                      checked_mul(GD, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
+                                      "outputs");
+  check_fits_in_memory(checked_mul(checked_add(outputs, foot.backward_scratch, "backward"), sizeof(S), "backward bytes"),
+                       "a backward call");
 
   py::object dx_obj = py::none();
   S* dxp = nullptr;
   if (need_dx) {
-    auto dx = new_array<S>({d.T, d.N, d.C});
+    auto dx = new_array<S>({T, N, cfg.input_size});
     dxp = dx.mutable_data();
     dx_obj = dx;
   }
-  auto dh0 = new_array<S>({d.N, d.H});
+  auto dh0 = new_array<S>({GD, N, P});
   S* dh0p = dh0.mutable_data();
-
-  Buffer<S> scratch(scratch_elems, "backward scratch");
-  BackwardBuffers<S> buf;
-  {
-    S* p = scratch.data();
-    buf.dgates = p;  p += sz.dgates;
-    buf.dh_a = p;    p += sz.state;
-    buf.dh_b = p;
+  py::object dc0_obj = py::none();
+  S* dc0p = nullptr;
+  if (has_c) {
+    auto dc0 = new_array<S>({GD, N, H});
+    dc0p = dc0.mutable_data();
+    dc0_obj = dc0;
   }
-  LayerWeights<S> w;
-  w.w_ih = cd.w_ih;
-  w.w_hh = cd.w_hh;
   {
     py::gil_scoped_release release;
-    layer_backward<S>(cache.cell, d, w, cd.x, cd.h_seq, cd.gates, dyp, dhnp, g, dxp, dh0p, buf);
+    stack_backward<S>(cache, dyp, dhnp, dcnp, g, dxp, dh0p, dc0p);
   }
-  return py::make_tuple(dx_obj, dh0);
+  return py::make_tuple(dx_obj, dh0, dc0_obj);
 }
 
 py::tuple backward(const Cache& cache, const std::optional<py::array>& dy,
-                   const std::optional<py::array>& dh_n, py::array dw_ih, py::array dw_hh,
-                   std::optional<py::array> db_ih, std::optional<py::array> db_hh, bool need_dx) {
-  if (cache.data.index() == 0) {
-    return backward_impl<float>(cache, dy, dh_n, dw_ih, dw_hh, db_ih, db_hh, need_dx);
-  }
-  return backward_impl<double>(cache, dy, dh_n, dw_ih, dw_hh, db_ih, db_hh, need_dx);
+                   const std::optional<py::array>& dh_n, const std::optional<py::array>& dc_n,
+                   const py::list& grads, bool need_dx) {
+  if (cache.data.index() == 0) return backward_impl<float>(cache, dy, dh_n, dc_n, grads, need_dx);
+  return backward_impl<double>(cache, dy, dh_n, dc_n, grads, need_dx);
 }
 
 // ---- build information ----------------------------------------------------------------------
@@ -381,28 +349,67 @@ PYBIND11_MODULE(_core, m) {
 
   py::register_exception<OutOfMemory>(m, "OutOfMemoryError", PyExc_MemoryError);
 
+  py::class_<StackConfig>(m, "StackConfig", "Configuration of a layer stack (see stack.h).")
+      .def(py::init([](const std::string& mode, index_t input_size, index_t hidden_size,
+                       index_t num_layers, bool bidirectional, index_t proj_size, bool bias,
+                       double dropout) {
+             StackConfig c;
+             c.cell = parse_mode(mode);
+             c.input_size = input_size;
+             c.hidden_size = hidden_size;
+             c.num_layers = num_layers;
+             c.num_directions = bidirectional ? 2 : 1;
+             c.proj_size = proj_size;
+             c.bias = bias;
+             c.dropout = dropout;
+             check_stack_config(c);
+             return c;
+           }),
+           py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers") = 1,
+           py::arg("bidirectional") = false, py::arg("proj_size") = 0, py::arg("bias") = true,
+           py::arg("dropout") = 0.0)
+      .def_property_readonly("mode", [](const StackConfig& c) { return mode_name(c.cell); })
+      .def_readonly("input_size", &StackConfig::input_size)
+      .def_readonly("hidden_size", &StackConfig::hidden_size)
+      .def_readonly("num_layers", &StackConfig::num_layers)
+      .def_readonly("num_directions", &StackConfig::num_directions)
+      .def_readonly("proj_size", &StackConfig::proj_size)
+      .def_readonly("bias", &StackConfig::bias)
+      .def_readonly("dropout", &StackConfig::dropout)
+      .def_property_readonly("has_cell_state", [](const StackConfig& c) { return cell_info(c.cell).has_cell_state; })
+      .def_property_readonly("gates", [](const StackConfig& c) { return cell_info(c.cell).gates; })
+      .def("param_specs", [](const StackConfig& c) {
+             py::list out;
+             for (const ParamSpec& s : stack_param_specs(c)) {
+               py::tuple shape(s.shape.size());
+               for (std::size_t i = 0; i < s.shape.size(); ++i) shape[i] = s.shape[i];
+               out.append(py::make_tuple(s.name, shape));
+             }
+             return out;
+           },
+           "[(name, shape)] of every parameter, in PyTorch's state_dict order.");
+
   py::class_<Cache>(m, "Cache", "What a training forward keeps for backward (opaque).")
       .def_property_readonly("nbytes", &Cache::nbytes, "Bytes held by this cache.")
       .def_property_readonly("dtype", &Cache::dtype)
-      .def_property_readonly("shape", [](const Cache& c) {
-        return py::make_tuple(c.dims.T, c.dims.N, c.dims.C, c.dims.H);
-      }, "(T, N, C, H) of the forward that made it.");
+      .def_property_readonly("shape", [](const Cache& c) { return py::make_tuple(c.dims().T, c.dims().N); },
+                             "(T, N) of the forward that made it.");
 
-  m.def("forward", &forward, py::arg("mode"), py::arg("x"), py::arg("h0"), py::arg("w_ih"),
-        py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("training"),
-        R"doc(One recurrent layer, one direction, time-major.
+  m.def("forward", &forward, py::arg("config"), py::arg("params"), py::arg("x"), py::arg("h0"),
+        py::arg("c0"), py::arg("lengths"), py::arg("training"), py::arg("dropout_seed"),
+        R"doc(A stack of recurrent layers over a time-major sequence.
 
-x [T,N,C], h0 [N,H] or None, w_ih [G*H,C], w_hh [G*H,H], b_ih/b_hh [G*H] or both None; all
-C-contiguous with x's dtype (float32 or float64). Returns (y [T,N,H], h_n [N,H], cache), where
-cache is None unless training. The GIL is released while it runs.)doc");
+params: the arrays of config.param_specs(), in that order. x [T,N,C]; h0 [L*D,N,P] or None;
+c0 [L*D,N,H] or None (LSTM cells); lengths int64 [N] or None. All C-contiguous, x's dtype
+(float32 or float64). Returns (y [T,N,D*P], h_n, c_n or None, cache or None). The GIL is
+released while it runs.)doc");
 
-  m.def("backward", &backward, py::arg("cache"), py::arg("dy"), py::arg("dh_n"), py::arg("dw_ih"),
-        py::arg("dw_hh"), py::arg("db_ih"), py::arg("db_hh"), py::arg("need_dx"),
+  m.def("backward", &backward, py::arg("cache"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+        py::arg("grads"), py::arg("need_dx"),
         R"doc(BPTT through the forward that produced `cache`.
 
-dy [T,N,H] or None, dh_n [N,H] or None. The weight and bias gradients are ACCUMULATED into dw_ih,
-dw_hh, db_ih, db_hh (C-contiguous, writable, the cache's dtype). Returns (dx [T,N,C] or None when
-need_dx is False, dh0 [N,H]). The GIL is released while it runs.)doc");
+dy, dh_n, dc_n: gradients of the outputs or None. grads: arrays shaped like params, ACCUMULATED
+into. Returns (dx or None, dh0, dc0 or None). The GIL is released while it runs.)doc");
 
   m.def("set_num_threads", &set_blas_threads, py::arg("n"),
         "Threads for rnnkit's BLAS (process-wide; default 1).");

@@ -1,9 +1,8 @@
 // The CPU time loop: one generic forward and one generic BPTT loop, run for every cell.
 //
-// The cell sees one batch row at a time through the accessors below, which hand it Eigen maps of
-// H contiguous values; everything else here is GEMMs, pointer arithmetic and copies. No memory is
-// allocated in this file: the caller passes every buffer (sizes from layer_sizes).
-#include <algorithm>
+// The cell sees one batch row at a time through CpuRow, which hands it Eigen maps of H contiguous
+// values; everything else here is GEMMs, pointer arithmetic, masking for variable lengths and
+// copies. Nothing in this file allocates: the caller passes every buffer (sizes: layer_sizes).
 #include <cstring>
 
 #include <Eigen/Core>
@@ -19,147 +18,381 @@ using Vec = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
 template <typename S>
 using ConstVec = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
 
-// One batch row of one forward step.
-template <typename S>
-struct ForwardRow {
-  using Scalar = S;
-  S* pre_row;         // [GH] gate pre-activations (input + recurrent projections)
-  const S* bias_row;  // [GH] b_ih + b_hh
-  S* h_row;           // [H] new state
-  index_t H;
-
-  Vec<S> pre(int k) const { return Vec<S>(pre_row + k * H, H); }
-  ConstVec<S> bias(int k) const { return ConstVec<S>(bias_row + k * H, H); }
-  Vec<S> h() const { return Vec<S>(h_row, H); }
-};
-
-// One batch row of one backward step.
-template <typename S>
-struct BackwardRow {
-  using Scalar = S;
-  const S* pre_row;   // [GH] what forward left in the gate buffer
-  const S* h_row;     // [H] h_t
-  const S* dh_row;    // [H] dL/dh_t
-  S* dpre_row;        // [GH] out
-  S* dh_prev_row;     // [H] out: direct part of dL/dh_{t-1}
-  index_t H;
-
-  ConstVec<S> pre(int k) const { return ConstVec<S>(pre_row + k * H, H); }
-  ConstVec<S> h() const { return ConstVec<S>(h_row, H); }
-  ConstVec<S> dh() const { return ConstVec<S>(dh_row, H); }
-  Vec<S> dpre(int k) const { return Vec<S>(dpre_row + k * H, H); }
-  Vec<S> dh_prev() const { return Vec<S>(dh_prev_row, H); }
-};
-
 template <typename S>
 void copy_n(S* dst, const S* src, index_t n) {
-  std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(S));
+  if (n > 0) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(S));
 }
 
 template <typename S>
 void zero_n(S* dst, index_t n) {
-  std::memset(dst, 0, static_cast<std::size_t>(n) * sizeof(S));
+  if (n > 0) std::memset(dst, 0, static_cast<std::size_t>(n) * sizeof(S));
 }
 
-// sum_r rows[r, :] added into out[:] (rows is [R, W] row-major).
+// sum_r rows[r, :] added into out[:] (rows is [R, W] with leading dimension ld).
 template <typename S>
-void add_column_sums(const S* rows, index_t R, index_t W, S* out) {
+void add_column_sums(const S* rows, index_t R, index_t W, index_t ld, S* out) {
   Vec<S> acc(out, W);
-  for (index_t r = 0; r < R; ++r) acc += ConstVec<S>(rows + r * W, W);
+  for (index_t r = 0; r < R; ++r) acc += ConstVec<S>(rows + r * ld, W);
 }
+
+// The accessor of cells.h for one batch row on the CPU. Pointers that a cell does not use are
+// null; the members below are only instantiated for the cells that call them.
+template <typename S>
+struct CpuRow {
+  using Scalar = S;
+  index_t H = 0;
+  index_t GH = 0;
+  index_t cache_slots = 0;
+  // forward
+  S* g = nullptr;          // gates row [GH]
+  S* hg = nullptr;         // hgates row [GH]
+  const S* bsum = nullptr;  // [GH]
+  const S* bih = nullptr;   // [GH]
+  const S* bhh = nullptr;   // [GH]
+  S* hp = nullptr;          // h_{t-1} [H] (only cells with P == H read it)
+  S* cp = nullptr;          // c_{t-1} [H]
+  S* hn = nullptr;          // h_t (unprojected) [H]
+  S* cn = nullptr;          // c_t [H]
+  S* cache_row = nullptr;   // [cache_width]
+  S* tmp_row = nullptr;     // [tmp_width]
+  const S* const* lnp = nullptr;
+  // backward
+  S* dh_row = nullptr;   // [H]
+  S* dc_row = nullptr;   // [H], in/out (dc_prev aliases dc)
+  S* dg = nullptr;       // [GH]
+  S* dhg = nullptr;      // [GH]
+  S* dhp = nullptr;      // [H]
+  S* const* dlnp = nullptr;
+
+  Vec<S> gates(int k) const { return Vec<S>(g + k * H, H); }
+  Vec<S> gates_row() const { return Vec<S>(g, GH); }
+  Vec<S> hgates(int k) const { return Vec<S>(hg + k * H, H); }
+  Vec<S> hgates_row() const { return Vec<S>(hg, GH); }
+  ConstVec<S> bias(int k) const { return ConstVec<S>(bsum + k * H, H); }
+  ConstVec<S> b_ih(int k) const { return ConstVec<S>(bih + k * H, H); }
+  ConstVec<S> b_hh(int k) const { return ConstVec<S>(bhh + k * H, H); }
+  Vec<S> h_prev() const { return Vec<S>(hp, H); }
+  Vec<S> c_prev() const { return Vec<S>(cp, H); }
+  Vec<S> h() const { return Vec<S>(hn, H); }
+  Vec<S> c() const { return Vec<S>(cn, H); }
+  Vec<S> cache(int s) const { return Vec<S>(cache_row + s * H, H); }
+  Vec<S> cache_rows(int s, int count) const { return Vec<S>(cache_row + s * H, count * H); }
+  S& stat(int s) const { return cache_row[cache_slots * H + s]; }
+  Vec<S> tmp(int s) const { return Vec<S>(tmp_row + s * H, H); }
+  ConstVec<S> ln(int p, int k) const { return ConstVec<S>(lnp[p] + k * H, H); }
+  ConstVec<S> ln_row(int p) const { return ConstVec<S>(lnp[p], GH); }
+  Vec<S> dh() const { return Vec<S>(dh_row, H); }
+  Vec<S> dc() const { return Vec<S>(dc_row, H); }
+  Vec<S> dc_prev() const { return Vec<S>(dc_row, H); }
+  Vec<S> dgates(int k) const { return Vec<S>(dg + k * H, H); }
+  Vec<S> dgates_row() const { return Vec<S>(dg, GH); }
+  Vec<S> dhgates(int k) const { return Vec<S>(dhg + k * H, H); }
+  Vec<S> dhgates_row() const { return Vec<S>(dhg, GH); }
+  Vec<S> dh_prev() const { return Vec<S>(dhp, H); }
+  Vec<S> dln(int p, int k) const { return Vec<S>(dlnp[p] + k * H, H); }
+  Vec<S> dln_row(int p) const { return Vec<S>(dlnp[p], GH); }
+
+  template <typename D>
+  static S mean(const Eigen::ArrayBase<D>& v) {
+    return v.mean();
+  }
+};
+
+template <typename Cell>
+constexpr CellInfo info_of() {
+  CellInfo i;
+  i.gates = Cell::kGates;
+  i.has_cell_state = Cell::kHasCellState;
+  i.separate_recurrent = Cell::kSeparateRecurrent;
+  i.two_stage = Cell::kTwoStage;
+  i.cache_slots = Cell::kCacheSlots;
+  i.stats = Cell::kStats;
+  i.tmp_slots = Cell::kTmpSlots;
+  i.ln_params = Cell::kLnParams;
+  return i;
+}
+
+// Where the states of step t live. Training keeps all: slot t+1 holds the state after time t for
+// a forward layer, slot t the state after time t for a reverse one (so the state *before* t is
+// always the other neighbour). Inference alternates two slots by processing step.
+struct Slots {
+  index_t T;
+  bool reverse;
+  bool training;
+  index_t prev(index_t t) const {
+    if (training) return reverse ? t + 1 : t;
+    return step(t) % 2;
+  }
+  index_t cur(index_t t) const {
+    if (training) return reverse ? t : t + 1;
+    return (step(t) + 1) % 2;
+  }
+  index_t first() const { return training ? (reverse ? T : 0) : 0; }
+  index_t last() const { return cur(reverse ? 0 : T - 1); }
+  index_t step(index_t t) const { return reverse ? T - 1 - t : t; }
+};
 
 template <typename Cell, typename S>
-void forward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x, const S* h0, S* y,
-                  S* h_n, bool training, const ForwardBuffers<S>& buf) {
-  const index_t T = d.T, N = d.N, C = d.C, H = d.H;
+void forward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x, const S* h0,
+                  const S* c0, const index_t* lengths, bool reverse, bool training, S* y,
+                  index_t y_ld, S* h_n, S* c_n, const LayerState<S>& st,
+                  const ForwardScratch<S>& fs) {
+  const index_t T = d.T, N = d.N, C = d.C, H = d.H, P = d.P;
   const index_t GH = Cell::kGates * H;
-  const index_t NH = N * H;
+  const index_t CW = Cell::kCacheSlots * H + Cell::kStats;
+  const index_t TW = Cell::kTmpSlots * H;
+  const bool project = w.w_hr != nullptr;
+  const Slots slots{T, reverse, training};
 
   // Input projection for every step at once; biases are added in the pointwise step.
-  gemm(Trans::kNo, Trans::kYes, T * N, GH, C, S(1), x, C, w.w_ih, C, S(0), buf.gates, GH);
+  gemm(Trans::kNo, Trans::kYes, T * N, GH, C, S(1), x, C, w.w_ih, C, S(0), st.gates, GH);
 
+  S* bsum = fs.bias;
+  S* bih = fs.bias + GH;
+  S* bhh = fs.bias + 2 * GH;
   for (index_t j = 0; j < GH; ++j) {
-    buf.bias[j] = (w.b_ih ? w.b_ih[j] : S(0)) + (w.b_hh ? w.b_hh[j] : S(0));
+    bih[j] = w.b_ih ? w.b_ih[j] : S(0);
+    bhh[j] = w.b_hh ? w.b_hh[j] : S(0);
+    bsum[j] = bih[j] + bhh[j];
   }
 
-  // Training keeps every state (slot t holds h_t); inference alternates two slots.
-  auto slot = [&](index_t t) { return buf.h_seq + (training ? t : t % 2) * NH; };
-  if (h0 != nullptr) {
-    copy_n(slot(0), h0, NH);
-  } else {
-    zero_n(slot(0), NH);
+  auto h_slot = [&](index_t s) { return st.h_seq + s * N * P; };
+  auto c_slot = [&](index_t s) { return st.c_seq + s * N * H; };
+  if (h0) copy_n(h_slot(slots.first()), h0, N * P); else zero_n(h_slot(slots.first()), N * P);
+  if constexpr (Cell::kHasCellState) {
+    if (c0) copy_n(c_slot(slots.first()), c0, N * H); else zero_n(c_slot(slots.first()), N * H);
   }
 
-  for (index_t t = 0; t < T; ++t) {
-    const S* h_prev = slot(t);
-    S* h_cur = slot(t + 1);
-    S* g = buf.gates + t * N * GH;
-    gemm(Trans::kNo, Trans::kYes, N, GH, H, S(1), h_prev, H, w.w_hh, H, S(1), g, GH);
-    for (index_t n = 0; n < N; ++n) {
-      ForwardRow<S> row{g + n * GH, buf.bias, h_cur + n * H, H};
-      Cell::forward(row);
+  CpuRow<S> row;
+  row.H = H;
+  row.GH = GH;
+  row.cache_slots = Cell::kCacheSlots;
+  row.bsum = bsum;
+  row.bih = bih;
+  row.bhh = bhh;
+  row.lnp = w.ln;
+
+  for (index_t s = 0; s < T; ++s) {
+    const index_t t = reverse ? T - 1 - s : s;
+    S* hp = h_slot(slots.prev(t));
+    S* hc = h_slot(slots.cur(t));
+    S* cp = Cell::kHasCellState ? c_slot(slots.prev(t)) : nullptr;
+    S* cc = Cell::kHasCellState ? c_slot(slots.cur(t)) : nullptr;
+    S* g = st.gates + t * N * GH;
+    S* cache_t = st.cache + (training ? t * N * CW : 0);
+    S* hfull_t = project ? st.h_full + (training ? t * N * H : 0) : nullptr;
+    auto masked = [&](index_t n) { return lengths != nullptr && t >= lengths[n]; };
+
+    if constexpr (Cell::kTwoStage) {
+      const index_t G1 = Cell::kStage1Gates * H;
+      gemm(Trans::kNo, Trans::kYes, N, G1, P, S(1), hp, P, w.w_hh, P, S(1), g, GH);
+    } else if constexpr (Cell::kSeparateRecurrent) {
+      gemm(Trans::kNo, Trans::kYes, N, GH, P, S(1), hp, P, w.w_hh, P, S(0), fs.hgates, GH);
+    } else {
+      gemm(Trans::kNo, Trans::kYes, N, GH, P, S(1), hp, P, w.w_hh, P, S(1), g, GH);
     }
-    copy_n(y + t * NH, h_cur, NH);
+
+    auto point_row = [&](index_t n) {
+      row.g = g + n * GH;
+      row.hg = Cell::kSeparateRecurrent ? fs.hgates + n * GH : nullptr;
+      row.hp = hp + n * P;
+      row.cp = cp ? cp + n * H : nullptr;
+      row.hn = project ? hfull_t + n * H : hc + n * P;
+      row.cn = cc ? cc + n * H : nullptr;
+      row.cache_row = cache_t + n * CW;
+      row.tmp_row = fs.tmp + n * TW;
+    };
+    for (index_t n = 0; n < N; ++n) {
+      if (masked(n)) {
+        // Rows that later GEMMs read must hold numbers, not leftovers.
+        if (project) zero_n(hfull_t + n * H, H);
+        if (Cell::kTwoStage) zero_n(cache_t + n * CW, H);
+        continue;
+      }
+      point_row(n);
+      if constexpr (Cell::kTwoStage) {
+        Cell::forward_stage1(row);
+      } else {
+        Cell::forward(row);
+      }
+    }
+    if constexpr (Cell::kTwoStage) {
+      // gates(n) += (r * h_{t-1}) W_hn^T, with r * h_{t-1} in cache slot 0.
+      const index_t G1 = Cell::kStage1Gates * H;
+      gemm(Trans::kNo, Trans::kYes, N, GH - G1, P, S(1), cache_t, CW, w.w_hh + G1 * P, P, S(1),
+           g + G1, GH);
+      for (index_t n = 0; n < N; ++n) {
+        if (masked(n)) continue;
+        point_row(n);
+        Cell::forward_stage2(row);
+      }
+    }
+    if (project) {
+      gemm(Trans::kNo, Trans::kYes, N, P, H, S(1), hfull_t, H, w.w_hr, H, S(0), hc, P);
+    }
+    for (index_t n = 0; n < N; ++n) {
+      S* y_row = y + (t * N + n) * y_ld;
+      if (masked(n)) {
+        copy_n(hc + n * P, hp + n * P, P);
+        if (cc) copy_n(cc + n * H, cp + n * H, H);
+        zero_n(y_row, P);
+      } else {
+        copy_n(y_row, hc + n * P, P);
+      }
+    }
   }
-  copy_n(h_n, slot(T), NH);
+  copy_n(h_n, h_slot(slots.last()), N * P);
+  if constexpr (Cell::kHasCellState) {
+    if (c_n) copy_n(c_n, c_slot(slots.last()), N * H);
+  }
 }
 
 template <typename Cell, typename S>
-void backward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x, const S* h_seq,
-                   const S* gates, const S* dy, const S* dh_n, const LayerGrads<S>& grads, S* dx,
-                   S* dh0, const BackwardBuffers<S>& buf) {
-  const index_t T = d.T, N = d.N, C = d.C, H = d.H;
+void backward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x,
+                   const index_t* lengths, bool reverse, const LayerState<S>& st, const S* dy,
+                   index_t dy_ld, const S* dh_n, const S* dc_n, const LayerGrads<S>& grads, S* dx,
+                   bool dx_accumulate, S* dh0, S* dc0, const BackwardScratch<S>& bs) {
+  const index_t T = d.T, N = d.N, C = d.C, H = d.H, P = d.P;
   const index_t GH = Cell::kGates * H;
-  const index_t NH = N * H;
+  const index_t CW = Cell::kCacheSlots * H + Cell::kStats;
+  const index_t TW = Cell::kTmpSlots * H;
+  const bool project = w.w_hr != nullptr;
+  const Slots slots{T, reverse, true};
+  // The gradient that goes through W_hh: the recurrent pre-activations of separate-recurrent
+  // cells, the shared ones otherwise.
+  S* drec = Cell::kSeparateRecurrent ? bs.dhgates : bs.dgates;
 
-  // dh_next: gradient reaching the state of the step being processed from later steps.
-  // dh_cur:  dh_next plus the output gradient of this step.
-  S* dh_next = buf.dh_a;
-  S* dh_cur = buf.dh_b;
-  if (dh_n != nullptr) {
-    copy_n(dh_next, dh_n, NH);
-  } else {
-    zero_n(dh_next, NH);
+  // dh_next: dL/d(state after the step being processed) from later steps; dh_cur adds dy.
+  S* dh_next = bs.dh_a;
+  S* dh_cur = bs.dh_b;
+  if (dh_n) copy_n(dh_next, dh_n, N * P); else zero_n(dh_next, N * P);
+  if constexpr (Cell::kHasCellState) {
+    if (dc_n) copy_n(bs.dc, dc_n, N * H); else zero_n(bs.dc, N * H);
   }
 
-  for (index_t t = T - 1; t >= 0; --t) {
-    if (dy != nullptr) {
-      Vec<S>(dh_cur, NH) = ConstVec<S>(dh_next, NH) + ConstVec<S>(dy + t * NH, NH);
-    } else {
-      copy_n(dh_cur, dh_next, NH);
-    }
-    const S* h_t = h_seq + (t + 1) * NH;
-    const S* g = gates != nullptr ? gates + t * N * GH : nullptr;
-    S* dg = buf.dgates + t * N * GH;
+  auto h_slot = [&](index_t s) { return st.h_seq + s * N * P; };
+  auto c_slot = [&](index_t s) { return st.c_seq + s * N * H; };
+
+  CpuRow<S> row;
+  row.H = H;
+  row.GH = GH;
+  row.cache_slots = Cell::kCacheSlots;
+  row.lnp = w.ln;
+  row.dlnp = grads.dln;
+  // Cells read the biases only in forward; backward works from what forward cached.
+
+  for (index_t s = T - 1; s >= 0; --s) {
+    const index_t t = reverse ? T - 1 - s : s;
+    auto masked = [&](index_t n) { return lengths != nullptr && t >= lengths[n]; };
     for (index_t n = 0; n < N; ++n) {
-      BackwardRow<S> row{g ? g + n * GH : nullptr, h_t + n * H, dh_cur + n * H,
-                         dg + n * GH, dh_next + n * H, H};
-      Cell::backward(row);
+      Vec<S> cur(dh_cur + n * P, P);
+      if (dy != nullptr && !masked(n)) {
+        cur = ConstVec<S>(dh_next + n * P, P) + ConstVec<S>(dy + (t * N + n) * dy_ld, P);
+      } else {
+        cur = ConstVec<S>(dh_next + n * P, P);
+      }
     }
-    // dL/dh_{t-1} = (direct part written by the cell) + dgates[t] W_hh.
-    gemm(Trans::kNo, Trans::kNo, N, H, GH, S(1), dg, GH, w.w_hh, H, S(1), dh_next, H);
+    // The gradient reaching the cell's h output: through the projection if there is one.
+    const S* dh_cell = dh_cur;
+    if (project) {
+      S* dproj = bs.dh_proj + t * N * P;
+      for (index_t n = 0; n < N; ++n) {
+        if (masked(n)) zero_n(dproj + n * P, P); else copy_n(dproj + n * P, dh_cur + n * P, P);
+      }
+      gemm(Trans::kNo, Trans::kNo, N, H, P, S(1), dproj, P, w.w_hr, H, S(0), bs.dh_full, H);
+      dh_cell = bs.dh_full;
+    }
+
+    const S* hp = h_slot(slots.prev(t));
+    const S* hc = h_slot(slots.cur(t));
+    const S* cp = Cell::kHasCellState ? c_slot(slots.prev(t)) : nullptr;
+    const S* cc = Cell::kHasCellState ? c_slot(slots.cur(t)) : nullptr;
+    S* g = st.gates + t * N * GH;
+    S* cache_t = st.cache + t * N * CW;
+    S* hfull_t = project ? st.h_full + t * N * H : nullptr;
+    S* dg = bs.dgates + t * N * GH;
+    S* dhg = Cell::kSeparateRecurrent ? bs.dhgates + t * N * GH : nullptr;
+
+    auto point_row = [&](index_t n) {
+      row.g = g + n * GH;
+      row.hp = const_cast<S*>(hp + n * P);
+      row.cp = cp ? const_cast<S*>(cp + n * H) : nullptr;
+      row.hn = project ? hfull_t + n * H : const_cast<S*>(hc + n * P);
+      row.cn = cc ? const_cast<S*>(cc + n * H) : nullptr;
+      row.cache_row = cache_t + n * CW;
+      row.tmp_row = bs.tmp + n * TW;
+      row.dh_row = const_cast<S*>(dh_cell + n * H);
+      row.dc_row = Cell::kHasCellState ? bs.dc + n * H : nullptr;
+      row.dg = dg + n * GH;
+      row.dhg = dhg ? dhg + n * GH : nullptr;
+      row.dhp = dh_next + n * P;
+    };
+    auto masked_row = [&](index_t n) {
+      zero_n(dg + n * GH, GH);
+      if (dhg) zero_n(dhg + n * GH, GH);
+      copy_n(dh_next + n * P, dh_cur + n * P, P);  // the state was carried: so is its gradient
+    };
+
+    if constexpr (Cell::kTwoStage) {
+      const index_t G1 = Cell::kStage1Gates * H;
+      for (index_t n = 0; n < N; ++n) {
+        if (masked(n)) { masked_row(n); continue; }
+        point_row(n);
+        Cell::backward_stage2(row);
+      }
+      // tmp(0) = dL/d(r*h_{t-1}) = dgates(n) W_hn.
+      gemm(Trans::kNo, Trans::kNo, N, H, GH - G1, S(1), dg + G1, GH, w.w_hh + G1 * P, P, S(0),
+           bs.tmp, TW);
+      for (index_t n = 0; n < N; ++n) {
+        if (masked(n)) continue;
+        point_row(n);
+        Cell::backward_stage1(row);
+      }
+      gemm(Trans::kNo, Trans::kNo, N, P, G1, S(1), dg, GH, w.w_hh, P, S(1), dh_next, P);
+    } else {
+      for (index_t n = 0; n < N; ++n) {
+        if (masked(n)) { masked_row(n); continue; }
+        point_row(n);
+        if constexpr (!Cell::kDirectStateGrad) zero_n(dh_next + n * P, P);
+        Cell::backward(row);
+      }
+      S* drec_t = drec + t * N * GH;
+      gemm(Trans::kNo, Trans::kNo, N, P, GH, S(1), drec_t, GH, w.w_hh, P, S(1), dh_next, P);
+    }
   }
-  copy_n(dh0, dh_next, NH);
+  copy_n(dh0, dh_next, N * P);
+  if constexpr (Cell::kHasCellState) {
+    if (dc0) copy_n(dc0, bs.dc, N * H);
+  }
 
   // Weight gradients: one GEMM each over all T*N rows.
   const index_t TN = T * N;
-  gemm(Trans::kYes, Trans::kNo, GH, C, TN, S(1), buf.dgates, GH, x, C, S(1), grads.dw_ih, C);
-  gemm(Trans::kYes, Trans::kNo, GH, H, TN, S(1), buf.dgates, GH, h_seq, H, S(1), grads.dw_hh, H);
-  if (grads.db_ih != nullptr) add_column_sums(buf.dgates, TN, GH, grads.db_ih);
-  if (grads.db_hh != nullptr) add_column_sums(buf.dgates, TN, GH, grads.db_hh);
-  if (dx != nullptr) {
-    gemm(Trans::kNo, Trans::kNo, TN, C, GH, S(1), buf.dgates, GH, w.w_ih, C, S(0), dx, C);
+  // h_{t-1} for every t, in time order: slots 0..T-1 (forward) or 1..T (reverse).
+  const S* h_prev_all = h_slot(reverse ? 1 : 0);
+  gemm(Trans::kYes, Trans::kNo, GH, C, TN, S(1), bs.dgates, GH, x, C, S(1), grads.dw_ih, C);
+  if constexpr (Cell::kTwoStage) {
+    const index_t G1 = Cell::kStage1Gates * H;
+    gemm(Trans::kYes, Trans::kNo, G1, P, TN, S(1), bs.dgates, GH, h_prev_all, P, S(1), grads.dw_hh, P);
+    gemm(Trans::kYes, Trans::kNo, GH - G1, P, TN, S(1), bs.dgates + G1, GH, st.cache, CW, S(1),
+         grads.dw_hh + G1 * P, P);
+  } else {
+    gemm(Trans::kYes, Trans::kNo, GH, P, TN, S(1), drec, GH, h_prev_all, P, S(1), grads.dw_hh, P);
+  }
+  if (grads.db_ih) add_column_sums(bs.dgates, TN, GH, GH, grads.db_ih);
+  if (grads.db_hh) add_column_sums(drec, TN, GH, GH, grads.db_hh);
+  if (project) {
+    gemm(Trans::kYes, Trans::kNo, P, H, TN, S(1), bs.dh_proj, P, st.h_full, H, S(1), grads.dw_hr, H);
+  }
+  if (dx) {
+    gemm(Trans::kNo, Trans::kNo, TN, C, GH, S(1), bs.dgates, GH, w.w_ih, C,
+         dx_accumulate ? S(1) : S(0), dx, C);
   }
 }
 
 }  // namespace
 
-int cell_gates(CellKind cell) {
-  return dispatch_cell(cell, [](auto c) { return decltype(c)::kGates; });
-}
-
-bool cell_caches_gates(CellKind cell) {
-  return dispatch_cell(cell, [](auto c) { return decltype(c)::kCachesGates; });
+CellInfo cell_info(CellKind cell) {
+  return dispatch_cell(cell, [](auto c) { return info_of<decltype(c)>(); });
 }
 
 void check_layer_dims(const LayerDims& d, index_t gates) {
@@ -167,7 +400,8 @@ void check_layer_dims(const LayerDims& d, index_t gates) {
   if (d.N <= 0) throw_expected("batch size N", "N >= 1", d.N);
   if (d.C <= 0) throw_expected("input_size", "input_size >= 1", d.C);
   if (d.H <= 0) throw_expected("hidden_size", "hidden_size >= 1", d.H);
-  // Each GEMM dimension (T*N rows, G*H columns, C, H) must fit a 32-bit BLAS int.
+  if (d.P <= 0 || d.P > d.H) throw_expected("state size", concat("in [1, ", d.H, "]"), d.P);
+  // Each GEMM dimension (T*N rows, G*H columns, C) must fit a 32-bit BLAS int.
   const index_t rows = checked_mul(d.T, d.N, "T*N");
   const index_t width = checked_mul(gates, d.H, "G*H");
   if (rows > kMaxBlasDim) throw_expected("T*N", concat("at most ", kMaxBlasDim), rows);
@@ -175,52 +409,123 @@ void check_layer_dims(const LayerDims& d, index_t gates) {
   if (d.C > kMaxBlasDim) throw_expected("input_size", concat("at most ", kMaxBlasDim), d.C);
 }
 
+index_t LayerSizes::forward_kept() const {
+  index_t n = 0;
+  for (index_t v : {h_seq, c_seq, gates, cache, h_full}) n = checked_add(n, v, "layer state");
+  return n;
+}
+
+index_t LayerSizes::forward_scratch() const {
+  index_t n = 0;
+  for (index_t v : {bias, hgates, tmp}) n = checked_add(n, v, "forward scratch");
+  return n;
+}
+
+index_t LayerSizes::backward_scratch() const {
+  index_t n = 0;
+  for (index_t v : {dgates, dhgates, dh, dh, dc, dh_full, dh_proj, tmp}) {
+    n = checked_add(n, v, "backward scratch");
+  }
+  return n;
+}
+
 LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training) {
+  const CellInfo ci = cell_info(cell);
+  const bool project = d.P != d.H;
   LayerSizes s;
-  s.gate_width = checked_mul(cell_gates(cell), d.H, "gate width");
+  s.gate_width = checked_mul(ci.gates, d.H, "gate width");
+  s.cache_width = checked_add(checked_mul(ci.cache_slots, d.H, "cache width"), ci.stats, "cache width");
+  s.tmp_width = checked_mul(ci.tmp_slots, d.H, "scratch width");
   const index_t TN = checked_mul(d.T, d.N, "T*N");
-  s.x = checked_mul(TN, d.C, "input");
-  s.y = checked_mul(TN, d.H, "output");
-  s.state = checked_mul(d.N, d.H, "state");
-  s.w_ih = checked_mul(s.gate_width, d.C, "weight_ih");
-  s.w_hh = checked_mul(s.gate_width, d.H, "weight_hh");
-  s.bias = s.gate_width;
-  s.h_seq = checked_mul(training ? checked_add(d.T, 1, "T+1") : 2, s.state, "state sequence");
+  const index_t NP = checked_mul(d.N, d.P, "state");
+  const index_t NH = checked_mul(d.N, d.H, "cell state");
+  const index_t slots = training ? checked_add(d.T, 1, "T+1") : 2;
+  s.h_seq = checked_mul(slots, NP, "state sequence");
+  s.c_seq = ci.has_cell_state ? checked_mul(slots, NH, "cell state sequence") : 0;
   s.gates = checked_mul(TN, s.gate_width, "gate buffer");
+  s.cache = checked_mul(training ? TN : d.N, s.cache_width, "cell cache");
+  s.h_full = project ? checked_mul(training ? TN : d.N, d.H, "projection input") : 0;
+  s.bias = checked_mul(3, s.gate_width, "biases");
+  s.hgates = ci.separate_recurrent ? checked_mul(d.N, s.gate_width, "recurrent gates") : 0;
+  s.tmp = checked_mul(d.N, s.tmp_width, "scratch");
   s.dgates = s.gates;
+  s.dhgates = ci.separate_recurrent ? s.gates : 0;
+  s.dh = NP;
+  s.dc = ci.has_cell_state ? NH : 0;
+  s.dh_full = project ? NH : 0;
+  s.dh_proj = project ? checked_mul(TN, d.P, "projection gradient") : 0;
   return s;
 }
 
 template <typename S>
+S* carve(const LayerSizes& sz, S* p, LayerState<S>* st) {
+  auto take = [&p](index_t n) { S* v = n ? p : nullptr; p += n; return v; };
+  st->h_seq = take(sz.h_seq);
+  st->c_seq = take(sz.c_seq);
+  st->gates = take(sz.gates);
+  st->cache = take(sz.cache);
+  st->h_full = take(sz.h_full);
+  return p;
+}
+
+template <typename S>
+S* carve(const LayerSizes& sz, S* p, ForwardScratch<S>* fs) {
+  auto take = [&p](index_t n) { S* v = n ? p : nullptr; p += n; return v; };
+  fs->bias = take(sz.bias);
+  fs->hgates = take(sz.hgates);
+  fs->tmp = take(sz.tmp);
+  return p;
+}
+
+template <typename S>
+S* carve(const LayerSizes& sz, S* p, BackwardScratch<S>* bs) {
+  auto take = [&p](index_t n) { S* v = n ? p : nullptr; p += n; return v; };
+  bs->dgates = take(sz.dgates);
+  bs->dhgates = take(sz.dhgates);
+  bs->dh_a = take(sz.dh);
+  bs->dh_b = take(sz.dh);
+  bs->dc = take(sz.dc);
+  bs->dh_full = take(sz.dh_full);
+  bs->dh_proj = take(sz.dh_proj);
+  bs->tmp = take(sz.tmp);
+  return p;
+}
+
+template <typename S>
 void layer_forward(CellKind cell, const LayerDims& d, const LayerWeights<S>& w, const S* x,
-                   const S* h0, S* y, S* h_n, bool training, const ForwardBuffers<S>& buf) {
+                   const S* h0, const S* c0, const index_t* lengths, bool reverse, bool training,
+                   S* y, index_t y_ld, S* h_n, S* c_n, const LayerState<S>& state,
+                   const ForwardScratch<S>& scratch) {
   dispatch_cell(cell, [&](auto c) {
-    forward_loop<decltype(c), S>(d, w, x, h0, y, h_n, training, buf);
+    forward_loop<decltype(c), S>(d, w, x, h0, c0, lengths, reverse, training, y, y_ld, h_n, c_n,
+                                 state, scratch);
   });
 }
 
 template <typename S>
 void layer_backward(CellKind cell, const LayerDims& d, const LayerWeights<S>& w, const S* x,
-                    const S* h_seq, const S* gates, const S* dy, const S* dh_n,
-                    const LayerGrads<S>& grads, S* dx, S* dh0, const BackwardBuffers<S>& buf) {
+                    const index_t* lengths, bool reverse, const LayerState<S>& state, const S* dy,
+                    index_t dy_ld, const S* dh_n, const S* dc_n, const LayerGrads<S>& grads, S* dx,
+                    bool dx_accumulate, S* dh0, S* dc0, const BackwardScratch<S>& scratch) {
   dispatch_cell(cell, [&](auto c) {
-    backward_loop<decltype(c), S>(d, w, x, h_seq, gates, dy, dh_n, grads, dx, dh0, buf);
+    backward_loop<decltype(c), S>(d, w, x, lengths, reverse, state, dy, dy_ld, dh_n, dc_n, grads,
+                                  dx, dx_accumulate, dh0, dc0, scratch);
   });
 }
 
-template void layer_forward<float>(CellKind, const LayerDims&, const LayerWeights<float>&,
-                                   const float*, const float*, float*, float*, bool,
-                                   const ForwardBuffers<float>&);
-template void layer_forward<double>(CellKind, const LayerDims&, const LayerWeights<double>&,
-                                    const double*, const double*, double*, double*, bool,
-                                    const ForwardBuffers<double>&);
-template void layer_backward<float>(CellKind, const LayerDims&, const LayerWeights<float>&,
-                                    const float*, const float*, const float*, const float*,
-                                    const float*, const LayerGrads<float>&, float*, float*,
-                                    const BackwardBuffers<float>&);
-template void layer_backward<double>(CellKind, const LayerDims&, const LayerWeights<double>&,
-                                     const double*, const double*, const double*, const double*,
-                                     const double*, const LayerGrads<double>&, double*, double*,
-                                     const BackwardBuffers<double>&);
+#define RNNKIT_INSTANTIATE_LAYER(S)                                                              \
+  template S* carve<S>(const LayerSizes&, S*, LayerState<S>*);                                   \
+  template S* carve<S>(const LayerSizes&, S*, ForwardScratch<S>*);                               \
+  template S* carve<S>(const LayerSizes&, S*, BackwardScratch<S>*);                              \
+  template void layer_forward<S>(CellKind, const LayerDims&, const LayerWeights<S>&, const S*,   \
+                                 const S*, const S*, const index_t*, bool, bool, S*, index_t, S*, \
+                                 S*, const LayerState<S>&, const ForwardScratch<S>&);            \
+  template void layer_backward<S>(CellKind, const LayerDims&, const LayerWeights<S>&, const S*,  \
+                                  const index_t*, bool, const LayerState<S>&, const S*, index_t, \
+                                  const S*, const S*, const LayerGrads<S>&, S*, bool, S*, S*,    \
+                                  const BackwardScratch<S>&);
+RNNKIT_INSTANTIATE_LAYER(float)
+RNNKIT_INSTANTIATE_LAYER(double)
+#undef RNNKIT_INSTANTIATE_LAYER
 
 }  // namespace rnnkit

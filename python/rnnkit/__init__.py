@@ -19,9 +19,13 @@ except ImportError:  # a wheel repaired with the library bundled does not need t
 
 from . import _core
 from . import cuda
+from . import init
 from ._runtime import build_info, get_num_threads, set_num_threads
-from .layers import RNN
+from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
 
 __version__: str = _core.__version__
 
-__all__ = ["RNN", "build_info", "cuda", "get_num_threads", "set_num_threads", "__version__"]
+__all__ = [
+    "GRU", "LSTM", "LayerNormGRU", "LayerNormLSTM", "RNN",
+    "build_info", "cuda", "get_num_threads", "init", "set_num_threads", "__version__",
+]

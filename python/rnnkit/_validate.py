@@ -34,6 +34,56 @@ def check_size(name: str, value: Any) -> int:
     return int(value)
 
 
+def check_non_negative(name: str, value: Any) -> int:
+    """A non-negative integer (bool refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a non-negative integer, got {_type_name(value)} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name}: expected a non-negative integer, got {value}")
+    return int(value)
+
+
+def check_float(name: str, value: Any) -> float:
+    """A finite real number (bool refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {_type_name(value)} {value!r}")
+    if not np.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    return float(value)
+
+
+def check_positive_float(name: str, value: Any) -> float:
+    v = check_float(name, value)
+    if v <= 0:
+        raise ValueError(f"{name}: expected a positive number, got {v}")
+    return v
+
+
+def check_probability(name: str, value: Any) -> float:
+    """A probability in [0, 1]."""
+    v = check_float(name, value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name}: expected a probability in [0, 1], got {v}")
+    return v
+
+
+def check_lengths(name: str, value: Any, batch: int, steps: int) -> np.ndarray:
+    """One integer length per batch element, each in [1, steps]; returned as contiguous int64."""
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:
+        raise TypeError(f"{name}: expected a sequence of integers, got {_type_name(value)} ({exc})") from None
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integers, got dtype {arr.dtype.name}")
+    if arr.shape != (batch,):
+        raise ValueError(f"{name}: expected shape ({batch},) (one length per batch element), got {shape_str(arr.shape)}")
+    bad = np.flatnonzero((arr < 1) | (arr > steps))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{name}[{i}]: expected a length in [1, {steps}], got {int(arr[i])}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
 def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {_type_name(value)} {value!r}")

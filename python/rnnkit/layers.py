@@ -1,94 +1,115 @@
 """Recurrent layers: thin Python objects that own parameters and gradients and call ``rnnkit._core``.
 
-The layer follows PyTorch's conventions: parameter names and shapes of ``torch.nn.RNN``'s
-state_dict, input ``[T, N, C]`` (``[N, T, C]`` with ``batch_first``; ``[T, C]`` unbatched), state
-``[num_layers, N, H]``, default init U(-1/sqrt(H), 1/sqrt(H)). Training follows PyTorch's habit:
-``backward`` *accumulates* into ``layer.grads`` and ``zero_grad()`` clears them.
+The layers follow PyTorch's ``torch.nn.RNN`` / ``LSTM`` / ``GRU``: constructor arguments, parameter
+names and shapes (the state_dict keys), gate order, input ``[T, N, C]`` (``[N, T, C]`` with
+``batch_first``; ``[T, C]`` unbatched), states ``[num_layers * num_directions, N, H]``, default init
+U(-1/sqrt(H), 1/sqrt(H)). Training follows PyTorch's habit: ``backward`` *accumulates* into
+``layer.grads`` and ``zero_grad()`` clears them.
 
-All numerics run in C++ with the GIL released; this module only validates (through
-``_validate``), arranges memory (time-major, contiguous) and keeps the forward's cache for backward.
+All numerics run in C++ with the GIL released; this module only validates (through ``_validate``),
+arranges memory (time-major, contiguous) and keeps the forward's cache for backward.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+import warnings
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _core
 from . import _validate as V
+from . import init as _init
+
+State = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
 
 
-class RNN:
-    """Elman recurrent layer, ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
+class _RecurrentLayer:
+    """Shared implementation of every recurrent layer (see the subclasses for the math)."""
 
-    Args:
-        input_size: C, features per step of the input.
-        hidden_size: H, features of the state.
-        nonlinearity: ``"tanh"`` or ``"relu"``.
-        bias: whether to use ``b_ih`` and ``b_hh``.
-        batch_first: inputs and outputs are ``[N, T, ...]`` instead of ``[T, N, ...]``.
-        dtype: ``"float32"`` or ``"float64"``: parameters, gradients and outputs.
-        seed: seeds the initialisation (None: fresh entropy from NumPy).
-
-    Attributes:
-        params: ``{"weight_ih_l0": [H, C], "weight_hh_l0": [H, H], "bias_ih_l0": [H],
-            "bias_hh_l0": [H]}`` (PyTorch's state_dict names; no biases with ``bias=False``).
-            Arrays may be modified in place (that is what optimizers do); replacing one requires
-            an ndarray of the same dtype and shape.
-        grads: the same keys; ``backward`` accumulates into them.
-        training: when True (default), ``forward`` keeps what ``backward`` needs.
-    """
-
-    num_layers = 1
-    bidirectional = False
-    _GATES = 1
+    _has_cell_state = False
 
     def __init__(
         self,
+        mode: str,
         input_size: int,
         hidden_size: int,
-        nonlinearity: str = "tanh",
-        bias: bool = True,
-        batch_first: bool = False,
-        dtype: Any = "float32",
-        seed: Optional[int] = None,
+        num_layers: int,
+        bias: bool,
+        batch_first: bool,
+        dropout: float,
+        bidirectional: bool,
+        proj_size: int,
+        dtype: Any,
+        seed: Optional[int],
+        init: str,
+        init_gain: float,
+        forget_bias: Optional[float],
     ) -> None:
         self.input_size = V.check_size("input_size", input_size)
         self.hidden_size = V.check_size("hidden_size", hidden_size)
-        self.nonlinearity = V.check_choice("nonlinearity", nonlinearity, ("tanh", "relu"))
+        self.num_layers = V.check_size("num_layers", num_layers)
         self.bias = V.check_bool("bias", bias)
         self.batch_first = V.check_bool("batch_first", batch_first)
+        self.dropout = V.check_probability("dropout", dropout)
+        self.bidirectional = V.check_bool("bidirectional", bidirectional)
+        self.proj_size = V.check_non_negative("proj_size", proj_size)
+        if self.proj_size and self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size: expected less than hidden_size ({self.hidden_size}), got {self.proj_size}")
         self.dtype = V.resolve_dtype(dtype)
-        self.mode = "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
+        self.init = init
+        self._scheme = _init.parse_scheme(init)
+        self.init_gain = V.check_positive_float("init_gain", init_gain)
+        self.forget_bias = None if forget_bias is None else V.check_float("forget_bias", forget_bias)
+        if self.forget_bias is not None and not self.bias:
+            raise ValueError("forget_bias: expected None when bias=False (there is no bias to set), got "
+                             f"{self.forget_bias}")
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                f"expects num_layers greater than 1, but got dropout={self.dropout} and num_layers=1",
+                UserWarning, stacklevel=3,
+            )
+        self.mode = mode
+        self._config = _core.StackConfig(
+            mode, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
+            self.proj_size, self.bias, self.dropout,
+        )
+        self._specs: List[Tuple[str, Tuple[int, ...]]] = [(n, tuple(s)) for n, s in self._config.param_specs()]
         self.training = True
         self._cache: Optional[_core.Cache] = None
-        self._cache_layout: Optional[Tuple[bool, bool]] = None  # (batch_first, unbatched) of that forward
+        self._cache_layout: Optional[Tuple[bool, bool]] = None
         self.params: Dict[str, np.ndarray] = {}
         self.grads: Dict[str, np.ndarray] = {}
-        self.reset_parameters(V.check_seed("seed", seed))
+        seed = V.check_seed("seed", seed)
+        init_seq, dropout_seq = np.random.SeedSequence(seed).spawn(2)
+        #: The generator of dropout masks: each training forward with dropout draws one seed from
+        #: it. Replace it (e.g. ``np.random.default_rng(0)``) to replay the same masks.
+        self.dropout_rng = np.random.default_rng(dropout_seq)
+        self._init_rng = np.random.default_rng(init_seq)
+        self.reset_parameters()
+
+    # ---- sizes ------------------------------------------------------------------------------
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def state_size(self) -> int:
+        """Width of h: proj_size when projecting, else hidden_size."""
+        return self.proj_size or self.hidden_size
 
     # ---- parameters -------------------------------------------------------------------------
-    def _param_shapes(self) -> Dict[str, Tuple[int, ...]]:
-        gh = self._GATES * self.hidden_size
-        shapes = {
-            "weight_ih_l0": (gh, self.input_size),
-            "weight_hh_l0": (gh, self.hidden_size),
-        }
-        if self.bias:
-            shapes["bias_ih_l0"] = (gh,)
-            shapes["bias_hh_l0"] = (gh,)
-        return shapes
-
     def reset_parameters(self, seed: Optional[int] = None) -> None:
-        """PyTorch's default init: every parameter U(-1/sqrt(H), 1/sqrt(H)), drawn in state_dict
-        order from ``numpy.random.default_rng(seed)``; gradients are zeroed."""
-        rng = np.random.default_rng(V.check_seed("seed", seed))
-        bound = 1.0 / np.sqrt(self.hidden_size)
-        self.params = {
-            name: rng.uniform(-bound, bound, size=shape).astype(self.dtype)
-            for name, shape in self._param_shapes().items()
-        }
+        """Draws fresh parameters with this layer's ``init`` scheme (see ``rnnkit.init``) and zeroes
+        the gradients. With ``seed`` the draw starts from a new generator seeded with it; without,
+        it continues the layer's own (seeded at construction)."""
+        if seed is not None:
+            self._init_rng = np.random.default_rng(V.check_seed("seed", seed))
+        self.params = _init.initialise(
+            self._specs, self.hidden_size, self._config.gates, self.dtype, self._init_rng,
+            self._scheme, self.init_gain, self.forget_bias,
+        )
         self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
         self._cache = None
 
@@ -98,53 +119,61 @@ class RNN:
             g.fill(0)
 
     def state_dict(self) -> Dict[str, np.ndarray]:
-        """Copies of the parameters, keyed by PyTorch's names."""
-        return {name: p.copy() for name, p in self.params.items()}
+        """Copies of the parameters, keyed by PyTorch's names, in PyTorch's order."""
+        return {name: self.params[name].copy() for name, _ in self._specs}
 
     def load_state_dict(self, state: Any) -> None:
-        """Copies parameters in from a mapping with exactly this layer's keys and shapes (e.g.
-        ``{k: v.numpy() for k, v in torch_rnn.state_dict().items()}``). Floating arrays of any
-        precision are converted to the layer's dtype. Nothing is changed if any entry is wrong."""
-        checked = V.check_state_dict("state_dict", state, self._param_shapes(), self.dtype)
+        """Copies parameters in from a mapping with exactly this layer's keys and shapes, e.g.
+        ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}``. Floating arrays of any
+        precision are converted to the layer's dtype. Nothing changes if any entry is wrong."""
+        checked = V.check_state_dict("state_dict", state, dict(self._specs), self.dtype)
         for name, value in checked.items():
             np.copyto(self.params[name], value)
 
-    def _checked_params(self):
-        shapes = self._param_shapes()
-        p = {
-            name: V.check_owned_array(f"params[{name!r}]", self.params.get(name), shape, self.dtype, writable=False)
-            for name, shape in shapes.items()
-        }
-        return p
+    def _param_list(self) -> List[np.ndarray]:
+        return [
+            V.check_owned_array(f"params[{name!r}]", self.params.get(name), shape, self.dtype, writable=False)
+            for name, shape in self._specs
+        ]
 
-    def _checked_grads(self):
-        return {
-            name: V.check_owned_array(f"grads[{name!r}]", self.grads.get(name), shape, self.dtype, writable=True)
-            for name, shape in self._param_shapes().items()
-        }
+    def _grad_list(self) -> List[np.ndarray]:
+        return [
+            V.check_owned_array(f"grads[{name!r}]", self.grads.get(name), shape, self.dtype, writable=True)
+            for name, shape in self._specs
+        ]
 
     # ---- mode -------------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "RNN":
+    def train(self, mode: bool = True):
+        """Training mode (the default): forward keeps what backward needs, dropout is active."""
         self.training = V.check_bool("mode", mode)
         return self
 
-    def eval(self) -> "RNN":
+    def eval(self):
+        """Inference mode: forward caches nothing and applies no dropout."""
         return self.train(False)
 
     # ---- forward / backward -----------------------------------------------------------------
-    def __call__(self, x: Any, h0: Any = None) -> Tuple[np.ndarray, np.ndarray]:
-        return self.forward(x, h0)
+    def __call__(self, x: Any, h0: Any = None, lengths: Any = None):
+        return self.forward(x, h0, lengths)
 
-    def forward(self, x: Any, h0: Any = None) -> Tuple[np.ndarray, np.ndarray]:
-        """Runs the layer over a sequence.
+    def forward(self, x: Any, h0: Any = None, lengths: Any = None):
+        """Runs the stack over a batch of sequences.
 
         Args:
-            x: ``[T, N, C]`` (``[N, T, C]`` if batch_first; ``[T, C]`` for one unbatched sequence).
-            h0: ``[1, N, H]`` (``[1, H]`` unbatched), or None for zeros.
+            x: ``[T, N, C]`` (``[N, T, C]`` with batch_first; ``[T, C]`` for one unbatched sequence).
+            h0: initial state ``[L*D, N, P]`` (``[L*D, P]`` unbatched) or None for zeros; for LSTM
+                cells a tuple ``(h0, c0)`` with ``c0`` ``[L*D, N, H]``. L = num_layers, D = 2 if
+                bidirectional else 1, P = proj_size or hidden_size.
+            lengths: optional, one integer per batch element (any order), 1 <= length <= T:
+                steps at and after a sequence's length are padding. Their outputs are 0, ``h_n`` is
+                each sequence's state after its own last valid step, the reverse direction starts
+                at each sequence's last valid step, and backward ignores them. The lengths are
+                remembered for ``backward``.
 
         Returns:
-            ``(y, h_n)``: ``y`` is ``[T, N, H]`` (``[N, T, H]`` if batch_first, ``[T, H]``
-            unbatched), the state after every step; ``h_n`` is ``[1, N, H]`` (``[1, H]``).
+            ``(y, h_n)``, for LSTM cells ``(y, (h_n, c_n))``. ``y`` is ``[T, N, D*P]`` (batch_first:
+            ``[N, T, D*P]``; unbatched ``[T, D*P]``): the last layer's outputs, the forward
+            direction's first. ``h_n``/``c_n`` are shaped like ``h0``/``c0``.
         """
         x = V.as_float_array("x", x, self.dtype)
         layout = "[N, T, input_size]" if self.batch_first else "[T, N, input_size]"
@@ -159,39 +188,44 @@ class RNN:
         V.check_not_empty("x", x_tm, ("sequence length T", "batch size N"))
         T, N, C = x_tm.shape
         if C != self.input_size:
-            raise ValueError(f"x: expected input_size {self.input_size} in the last dimension, got {C} (shape {V.shape_str(x.shape)})")
+            raise ValueError(
+                f"x: expected input_size {self.input_size} in the last dimension, got {C} (shape {V.shape_str(x.shape)})"
+            )
+        h0_arr, c0_arr = self._check_state_in(h0, N, unbatched)
+        lengths_arr = None
+        if lengths is not None:
+            if unbatched:
+                raise ValueError("lengths: expected None for an unbatched [T, C] input, got lengths")
+            lengths_arr = V.check_lengths("lengths", lengths, N, T)
 
-        h0_2d = None
-        if h0 is not None:
-            h0 = V.as_float_array("h0", h0, self.dtype)
-            expected = (self.num_layers, self.hidden_size) if unbatched else (self.num_layers, N, self.hidden_size)
-            V.check_shape("h0", h0, expected, "[num_layers, N, hidden_size]" if not unbatched else "[num_layers, hidden_size]")
-            h0_2d = h0.reshape(N, self.hidden_size)
-
-        p = self._checked_params()
-        y, h_n, cache = _core.forward(
-            self.mode, x_tm, h0_2d, p["weight_ih_l0"], p["weight_hh_l0"],
-            p.get("bias_ih_l0"), p.get("bias_hh_l0"), self.training,
+        dropout_seed = 0
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            dropout_seed = int(self.dropout_rng.integers(0, 2**63))
+        y, h_n, c_n, cache = _core.forward(
+            self._config, self._param_list(), x_tm, h0_arr, c0_arr, lengths_arr, self.training, dropout_seed
         )
         self._cache = cache
         self._cache_layout = (self.batch_first, unbatched)
-        return self._output_layout(y, unbatched), self._state_layout(h_n, unbatched)
+        y = self._to_user_layout(y, self.batch_first, unbatched)
+        h_n = self._state_out(h_n, unbatched)
+        if self._has_cell_state:
+            return y, (h_n, self._state_out(c_n, unbatched))
+        return y, h_n
 
-    def backward(
-        self, dy: Any = None, dh_n: Any = None, *, compute_dx: bool = True
-    ) -> Tuple[Optional[np.ndarray], np.ndarray]:
+    def backward(self, dy: Any = None, dh_n: Any = None, *, compute_dx: bool = True):
         """Backpropagation through time for the last training ``forward``.
 
         Args:
             dy: dL/dy, shaped like that forward's ``y`` (None for zeros).
-            dh_n: dL/dh_n, shaped like its ``h_n`` (None for zeros).
-            compute_dx: False skips the input gradient (a GEMM of its own), e.g. for a first
-                layer fed raw data; ``dx`` is then None.
+            dh_n: dL/dh_n shaped like its ``h_n`` (None for zeros); for LSTM cells a tuple
+                ``(dh_n, dc_n)`` whose entries may be None (a bare array means ``dh_n`` only).
+            compute_dx: False skips the input gradient (one GEMM family: a real saving for a first
+                layer fed raw data); ``dx`` is then None.
 
         Returns:
-            ``(dx, dh0)`` shaped like that forward's ``x`` and ``h0`` (``[1, N, H]``).
-            Parameter gradients are accumulated into ``self.grads``. Each forward can be
-            backpropagated once: the cache is released afterwards.
+            ``(dx, dh0)``, for LSTM cells ``(dx, (dh0, dc0))``, shaped like that forward's ``x``
+            and states. Parameter gradients are **accumulated** into ``self.grads``. Padded steps
+            (``lengths``) get zero gradient. Each forward can be backpropagated once.
         """
         if self._cache is None:
             raise RuntimeError(
@@ -199,65 +233,224 @@ class RNN:
                 "that has not been backpropagated yet, got none"
             )
         compute_dx = V.check_bool("compute_dx", compute_dx)
-        if dy is None and dh_n is None:
-            raise ValueError("backward: expected dy, dh_n or both, got neither")
-        T, N, C, H = self._cache.shape
+        T, N = self._cache.shape
         batch_first, unbatched = self._cache_layout
+        width = self.num_directions * self.state_size
         dy_tm = None
         if dy is not None:
             dy = V.as_float_array("dy", dy, self.dtype)
             if unbatched:
-                V.check_shape("dy", dy, (T, H), "(the shape of y)")
+                V.check_shape("dy", dy, (T, width), "(the shape of y)")
                 dy_tm = dy[:, None, :]
             elif batch_first:
-                V.check_shape("dy", dy, (N, T, H), "(the shape of y)")
+                V.check_shape("dy", dy, (N, T, width), "(the shape of y)")
                 dy_tm = np.ascontiguousarray(dy.transpose(1, 0, 2))
             else:
-                V.check_shape("dy", dy, (T, N, H), "(the shape of y)")
+                V.check_shape("dy", dy, (T, N, width), "(the shape of y)")
                 dy_tm = dy
-        dh_n_2d = None
-        if dh_n is not None:
-            dh_n = V.as_float_array("dh_n", dh_n, self.dtype)
-            expected = (self.num_layers, H) if unbatched else (self.num_layers, N, H)
-            V.check_shape("dh_n", dh_n, expected, "(the shape of h_n)")
-            dh_n_2d = dh_n.reshape(N, H)
-
-        g = self._checked_grads()
-        dx, dh0 = _core.backward(
-            self._cache, dy_tm, dh_n_2d, g["weight_ih_l0"], g["weight_hh_l0"],
-            g.get("bias_ih_l0"), g.get("bias_hh_l0"), compute_dx,
-        )
+        dh_arr, dc_arr = self._check_state_grad(dh_n, N, unbatched)
+        if dy_tm is None and dh_arr is None and dc_arr is None:
+            raise ValueError("backward: expected dy, dh_n or both, got neither")
+        dx, dh0, dc0 = _core.backward(self._cache, dy_tm, dh_arr, dc_arr, self._grad_list(), compute_dx)
         self._cache = None
         self._cache_layout = None
         if dx is not None:
-            if unbatched:
-                dx = dx[:, 0, :]
-            elif batch_first:
-                dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
-        return dx, self._state_layout(dh0, unbatched)
+            dx = self._to_user_layout(dx, batch_first, unbatched)
+        dh0 = self._state_out(dh0, unbatched)
+        if self._has_cell_state:
+            return dx, (dh0, self._state_out(dc0, unbatched))
+        return dx, dh0
 
-    # ---- layouts ----------------------------------------------------------------------------
-    def _output_layout(self, y_tm: np.ndarray, unbatched: bool) -> np.ndarray:
-        if unbatched:
-            return y_tm[:, 0, :]
-        if self.batch_first:
-            return np.ascontiguousarray(y_tm.transpose(1, 0, 2))
-        return y_tm
+    # ---- state shapes -----------------------------------------------------------------------
+    def _state_shape(self, width: int, N: int, unbatched: bool) -> Tuple[int, ...]:
+        groups = self.num_layers * self.num_directions
+        return (groups, width) if unbatched else (groups, N, width)
 
-    def _state_layout(self, h: np.ndarray, unbatched: bool) -> np.ndarray:
+    def _check_state_array(self, name: str, value: Any, width: int, width_name: str, N: int, unbatched: bool):
+        arr = V.as_float_array(name, value, self.dtype)
+        meaning = f"[num_layers*num_directions, {'' if unbatched else 'N, '}{width_name}]"
+        V.check_shape(name, arr, self._state_shape(width, N, unbatched), meaning)
+        return arr.reshape(self.num_layers * self.num_directions, N, width)
+
+    def _p_name(self) -> str:
+        return "proj_size" if self.proj_size else "hidden_size"
+
+    def _check_state_in(self, h0: Any, N: int, unbatched: bool):
+        if h0 is None:
+            return None, None
+        if self._has_cell_state:
+            if not isinstance(h0, (tuple, list)) or len(h0) != 2:
+                raise TypeError(f"h0: expected a tuple (h0, c0) of arrays for {type(self).__name__}, got {type(h0).__name__}")
+            h, c = h0
+            if h is None or c is None:
+                raise TypeError("h0: expected both h0 and c0 as arrays in the (h0, c0) tuple, got None")
+            return (self._check_state_array("h0", h, self.state_size, self._p_name(), N, unbatched),
+                    self._check_state_array("c0", c, self.hidden_size, "hidden_size", N, unbatched))
+        if isinstance(h0, tuple):
+            raise TypeError(f"h0: expected an array for {type(self).__name__}, got a tuple")
+        return self._check_state_array("h0", h0, self.state_size, self._p_name(), N, unbatched), None
+
+    def _check_state_grad(self, dh_n: Any, N: int, unbatched: bool):
+        if dh_n is None:
+            return None, None
+        dh, dc = dh_n, None
+        if self._has_cell_state and isinstance(dh_n, (tuple, list)):
+            if len(dh_n) != 2:
+                raise TypeError(f"dh_n: expected (dh_n, dc_n), got a sequence of length {len(dh_n)}")
+            dh, dc = dh_n
+        elif isinstance(dh_n, tuple):
+            raise TypeError(f"dh_n: expected an array for {type(self).__name__}, got a tuple")
+        dh_arr = None if dh is None else self._check_state_array("dh_n", dh, self.state_size, self._p_name(), N, unbatched)
+        dc_arr = None if dc is None else self._check_state_array("dc_n", dc, self.hidden_size, "hidden_size", N, unbatched)
+        return dh_arr, dc_arr
+
+    @staticmethod
+    def _to_user_layout(a_tm: np.ndarray, batch_first: bool, unbatched: bool) -> np.ndarray:
         if unbatched:
-            return h.reshape(self.num_layers, self.hidden_size)
-        return h.reshape(self.num_layers, h.shape[0], self.hidden_size)
+            return a_tm[:, 0, :]
+        if batch_first:
+            return np.ascontiguousarray(a_tm.transpose(1, 0, 2))
+        return a_tm
+
+    @staticmethod
+    def _state_out(h: np.ndarray, unbatched: bool) -> np.ndarray:
+        return h[:, 0, :] if unbatched else h
 
     def __repr__(self) -> str:
-        extra = []
-        if self.nonlinearity != "tanh":
-            extra.append(f"nonlinearity={self.nonlinearity!r}")
+        args = [str(self.input_size), str(self.hidden_size)]
+        if self.num_layers != 1:
+            args.append(f"num_layers={self.num_layers}")
+        args.extend(self._extra_repr())
+        for flag in ("batch_first", "bidirectional"):
+            if getattr(self, flag):
+                args.append(f"{flag}=True")
         if not self.bias:
-            extra.append("bias=False")
-        if self.batch_first:
-            extra.append("batch_first=True")
+            args.append("bias=False")
+        if self.dropout:
+            args.append(f"dropout={self.dropout}")
+        if self.proj_size:
+            args.append(f"proj_size={self.proj_size}")
         if self.dtype != np.float32:
-            extra.append(f"dtype={self.dtype.name!r}")
-        tail = "".join(", " + e for e in extra)
-        return f"rnnkit.RNN({self.input_size}, {self.hidden_size}{tail})"
+            args.append(f"dtype={self.dtype.name!r}")
+        return f"rnnkit.{type(self).__name__}({', '.join(args)})"
+
+    def _extra_repr(self) -> List[str]:
+        return []
+
+
+class RNN(_RecurrentLayer):
+    """Elman RNN: ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``, act = tanh or relu.
+
+    Same constructor as ``torch.nn.RNN`` (``input_size, hidden_size, num_layers=1,
+    nonlinearity='tanh', bias=True, batch_first=False, dropout=0.0, bidirectional=False``), plus
+    keyword-only ``dtype`` ("float32"/"float64"), ``seed``, ``init`` and ``init_gain``
+    (see ``rnnkit.init``). Parameters per layer ``k`` (``_reverse`` for the second direction):
+    ``weight_ih_l{k} [H, C_k]``, ``weight_hh_l{k} [H, H]``, ``bias_ih_l{k} [H]``, ``bias_hh_l{k} [H]``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, *, dtype: Any = "float32", seed: Optional[int] = None,
+                 init: str = "default", init_gain: float = 1.0) -> None:
+        self.nonlinearity = V.check_choice("nonlinearity", nonlinearity, ("tanh", "relu"))
+        mode = "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
+        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, dtype, seed, init, init_gain, None)
+
+    def _extra_repr(self) -> List[str]:
+        return [] if self.nonlinearity == "tanh" else [f"nonlinearity={self.nonlinearity!r}"]
+
+
+class LSTM(_RecurrentLayer):
+    """Long short-term memory, PyTorch's gate order (i, f, g, o)::
+
+        i, f, o = sigmoid(.), g = tanh(.)  of  x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
+        c_t = f * c_{t-1} + i * g
+        h_t = o * tanh(c_t)            (with proj_size: h_t = (o * tanh(c_t)) W_hr^T)
+
+    Same constructor as ``torch.nn.LSTM`` (``..., bidirectional=False, proj_size=0``) plus
+    keyword-only ``dtype``, ``seed``, ``init``, ``init_gain`` and ``forget_bias``. Parameters per
+    layer: ``weight_ih_l{k} [4H, C_k]``, ``weight_hh_l{k} [4H, P]``, ``bias_ih_l{k}``,
+    ``bias_hh_l{k} [4H]``, and ``weight_hr_l{k} [P, H]`` with a projection. Call with ``(h0, c0)``;
+    returns ``y, (h_n, c_n)``.
+    """
+
+    _has_cell_state = True
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, *, dtype: Any = "float32", seed: Optional[int] = None,
+                 init: str = "default", init_gain: float = 1.0, forget_bias: Optional[float] = None) -> None:
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, dtype, seed, init, init_gain, forget_bias)
+
+
+class GRU(_RecurrentLayer):
+    """Gated recurrent unit, gate order (r, z, n)::
+
+        r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr),  z likewise
+        reset_after=True  (PyTorch, cuDNN; ONNX linear_before_reset=1):
+            n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
+        reset_after=False (the original GRU; ONNX linear_before_reset=0):
+            n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn)
+        h_t = (1 - z) * n + z * h_{t-1}
+
+    Same constructor as ``torch.nn.GRU`` plus keyword-only ``reset_after``, ``dtype``, ``seed``,
+    ``init`` and ``init_gain``. Parameters as ``torch.nn.GRU``: ``weight_ih_l{k} [3H, C_k]``,
+    ``weight_hh_l{k} [3H, H]``, ``bias_ih_l{k}``, ``bias_hh_l{k} [3H]``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
+                 reset_after: bool = True, dtype: Any = "float32", seed: Optional[int] = None,
+                 init: str = "default", init_gain: float = 1.0) -> None:
+        self.reset_after = V.check_bool("reset_after", reset_after)
+        mode = "GRU" if self.reset_after else "GRU_RESET_BEFORE"
+        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, dtype, seed, init, init_gain, None)
+
+    def _extra_repr(self) -> List[str]:
+        return [] if self.reset_after else ["reset_after=False"]
+
+
+class LayerNormLSTM(_RecurrentLayer):
+    """LSTM with layer normalisation inside the cell (Ba, Kiros & Hinton 2016)::
+
+        [i, f, g, o] = LN(x_t W_ih^T; ln_ih) + LN(h_{t-1} W_hh^T; ln_hh) + b_ih + b_hh
+        c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+        h_t = sigmoid(o) * tanh(LN(c_t; ln_c))
+
+    where ``LN(v; ln) = ln_weight * (v - mean(v)) / sqrt(var(v) + 1e-5) + ln_bias`` over the whole
+    row (all 4H gate pre-activations for ln_ih/ln_hh, the H cell values for ln_c; biased variance,
+    as torch.nn.LayerNorm). Parameters: those of ``LSTM`` (no projection) plus, per layer,
+    ``ln_ih_weight_l{k}``, ``ln_ih_bias_l{k}``, ``ln_hh_weight_l{k}``, ``ln_hh_bias_l{k}`` [4H] and
+    ``ln_c_weight_l{k}``, ``ln_c_bias_l{k}`` [H] (gains start at 1, biases at 0).
+    """
+
+    _has_cell_state = True
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
+                 dtype: Any = "float32", seed: Optional[int] = None, init: str = "default",
+                 init_gain: float = 1.0, forget_bias: Optional[float] = None) -> None:
+        super().__init__("LN_LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, dtype, seed, init, init_gain, forget_bias)
+
+
+class LayerNormGRU(_RecurrentLayer):
+    """GRU (reset_after flavour) with layer normalisation inside the cell::
+
+        ax = LN(x_t W_ih^T; ln_ih) + b_ih,   ah = LN(h_{t-1} W_hh^T; ln_hh) + b_hh
+        r = sigmoid(ax_r + ah_r),  z = sigmoid(ax_z + ah_z),  n = tanh(ax_n + r * ah_n)
+        h_t = (1 - z) * n + z * h_{t-1}
+
+    with ``LN`` as in ``LayerNormLSTM`` over all 3H values of a row. Parameters: those of ``GRU``
+    plus ``ln_ih_weight_l{k}``, ``ln_ih_bias_l{k}``, ``ln_hh_weight_l{k}``, ``ln_hh_bias_l{k}`` [3H].
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
+                 dtype: Any = "float32", seed: Optional[int] = None, init: str = "default",
+                 init_gain: float = 1.0) -> None:
+        super().__init__("LN_GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, dtype, seed, init, init_gain, None)

@@ -1,31 +1,52 @@
-// The recurrent cells: each cell's elementwise forward and backward math, written once.
+// The recurrent cells: each cell's forward and backward math, written once.
 //
 // A cell is a stateless struct. It knows nothing of GEMMs, loops, batches or memory; the time loop
 // (layer_cpu.cpp, and the CUDA kernels) does the matrix products and hands the cell an *accessor*
 // `a` for one unit of work:
 //
-//   * on the CPU, one batch row: every accessor value is an Eigen map of H contiguous elements;
-//   * on the GPU, one element j of one batch row: every accessor value is a scalar reference.
+//   * on the CPU, one batch row: every accessor value is an Eigen map of H contiguous elements,
+//     and a.mean(v) averages a whole row;
+//   * on the GPU, one element j of one batch row: every value is a scalar reference (and mean()
+//     a reduction across the threads of the row).
 //
-// Because the cell is written against ew:: functions and + - * only, the same text compiles for
-// both. Accessor members used by the cells (k indexes the gates, 0 <= k < kGates):
+// Because a cell is written against ew:: functions, a.mean() and + - * only, the same text
+// compiles for both. Gates are numbered in PyTorch's order (LSTM i,f,g,o; GRU r,z,n); `k` below
+// is a gate index, `s` a cache slot.
 //
-//   forward:   pre(k)      in/out  on entry x_t W_ih^T + h_{t-1} W_hh^T (gate k's slice, no bias);
-//                                  the cell may overwrite it with whatever backward needs
-//              bias(k)     in      b_ih + b_hh (zeros without bias), added here: bias and
-//                                  activation are one fused pass
-//              h()         out     the new hidden state h_t
-//   backward:  h()         in      h_t as cached by forward
-//              dh()        in      dL/dh_t: the output gradient plus what flows back from step t+1
-//              dpre(k)     out     dL/d(gate k pre-activation)
-//              dh_prev()   out     the part of dL/dh_{t-1} that does not go through W_hh
-//                                  (the loop adds dpre W_hh to it)
+// Accessor members, forward (values are gate slices or rows of H, unless said otherwise):
+//   gates(k)     in/out  x_t W_ih^T, plus h_{t-1} W_hh^T for cells without kSeparateRecurrent;
+//                        the cell overwrites it with what backward needs (activated gates).
+//   gates_row()          all G*H of gates (LayerNorm cells normalise the whole row).
+//   hgates(k)    in      h_{t-1} W_hh^T (kSeparateRecurrent cells only); scratch afterwards.
+//   hgates_row()
+//   bias(k)      in      b_ih + b_hh (zeros without bias); b_ih(k), b_hh(k) separately.
+//   h_prev(), c_prev()   the previous state (c: LSTM cells only).
+//   h(), c()     out     the new state (for an LSTM with a projection, h() is the unprojected
+//                        o*tanh(c); the loop projects it).
+//   cache(s)     out     training: kept per (t, n) for backward; inference: scratch.
+//   stat(s)      out     one scalar per (t, n) kept likewise (LayerNorm's 1/std).
+//   ln(p, k)     in      LayerNorm parameter p (kLnIhWeight ...) for gate k (p's row: ln_row(p)).
+// Backward (the forward's values above are inputs again, as left by forward):
+//   dh(), dc()   in      dL/dh_t (unprojected for LSTMP) and, for LSTM, dL/dc_t from step t+1.
+//   dgates(k)    out     dL/d(gates(k) as given to forward); for cells without
+//                        kSeparateRecurrent also dL/d(hgates(k)).
+//   dhgates(k)   out     dL/d(hgates(k)) (kSeparateRecurrent cells only).
+//   dh_prev()    out     the part of dL/dh_{t-1} that does not pass through W_hh
+//                        (kDirectStateGrad cells only; otherwise the loop supplies zeros).
+//   dc_prev()    out     dL/dc_{t-1} (LSTM cells). It aliases dc(): read dc() before writing.
+//   dln(p, k)    in/out  LayerNorm parameter gradients, ACCUMULATED.
+//   tmp(s)               per-row scratch of H.
 //
-// Cell traits used by the loop:
-//   kGates            G: the gate pre-activation row is [G*H]; weights are w_ih [G*H,C], w_hh [G*H,H]
-//                     in PyTorch's gate order.
-//   kCachesGates      whether backward reads pre(k) as left by forward (so training keeps the
-//                     [T,N,G*H] gate buffer); Elman needs only h_t, which the state cache holds.
+// Traits read by the loop:
+//   kGates             G: weights w_ih [G*H,C], w_hh [G*H,H], biases [G*H].
+//   kHasCellState      LSTM cells: the state is (h, c).
+//   kSeparateRecurrent h_{t-1} W_hh^T goes to hgates instead of being added into gates.
+//   kTwoStage          GRU without reset_after: the candidate gate's recurrent product needs r, so
+//                      forward runs stage1 (gates 0..kStage1Gates-1 with h_{t-1}), then the GEMM
+//                      gates(n) += cache(0) W_hn^T with cache(0) = r*h_{t-1}, then stage2.
+//   kDirectStateGrad   the cell writes dh_prev().
+//   kCacheSlots, kStats, kTmpSlots   per-row cache slots of H, cached scalars, scratch slots.
+//   kLnParams          LayerNorm parameter vectors (0 for plain cells), see LnParam.
 #pragma once
 
 #include "rnnkit/math.h"
@@ -35,42 +56,293 @@ namespace rnnkit {
 enum class CellKind : int {
   kElmanTanh = 0,
   kElmanRelu = 1,
+  kLSTM = 2,
+  kGRU = 3,           // reset_after=True: PyTorch/cuDNN, ONNX linear_before_reset=1
+  kGRUResetBefore = 4,  // reset_after=False: the original GRU, ONNX linear_before_reset=0
+  kLayerNormLSTM = 5,
+  kLayerNormGRU = 6,
 };
 
-// Elman RNN, h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
-struct ElmanTanhCell {
+// LayerNorm parameters of the LayerNorm cells, in the order of their parameter names.
+enum LnParam : int {
+  kLnIhWeight = 0,  // [G*H] gain of LN(x W_ih^T)
+  kLnIhBias = 1,    // [G*H]
+  kLnHhWeight = 2,  // [G*H] gain of LN(h W_hh^T)
+  kLnHhBias = 3,    // [G*H]
+  kLnCWeight = 4,   // [H]   gain of LN(c) (LayerNormLSTM)
+  kLnCBias = 5,     // [H]
+};
+
+struct CellDefaults {
+  static constexpr bool kHasCellState = false;
+  static constexpr bool kSeparateRecurrent = false;
+  static constexpr bool kTwoStage = false;
+  static constexpr int kStage1Gates = 0;
+  static constexpr bool kDirectStateGrad = false;
+  static constexpr int kCacheSlots = 0;
+  static constexpr int kStats = 0;
+  static constexpr int kTmpSlots = 0;
+  static constexpr int kLnParams = 0;
+};
+
+// ---- Elman ------------------------------------------------------------------------------------
+// h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
+struct ElmanTanhCell : CellDefaults {
   static constexpr int kGates = 1;
-  static constexpr bool kCachesGates = false;
 
-  template <typename Access>
-  RNNKIT_HOSTDEVICE static void forward(Access& a) {
-    a.h() = ew::tanh(a.pre(0) + a.bias(0));
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward(A& a) {
+    a.h() = ew::tanh(a.gates(0) + a.bias(0));
   }
-
-  template <typename Access>
-  RNNKIT_HOSTDEVICE static void backward(Access& a) {
-    using S = typename Access::Scalar;
-    a.dpre(0) = a.dh() * ew::tanh_grad_from_output(a.h());
-    a.dh_prev() = S(0);
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward(A& a) {
+    a.dgates(0) = a.dh() * ew::tanh_grad_from_output(a.h());
   }
 };
 
-// Elman RNN with ReLU, h_t = max(0, W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
-// The derivative at exactly 0 is taken as 0 (PyTorch's convention).
-struct ElmanReluCell {
+// h_t = relu(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh); relu'(0) = 0 as in PyTorch.
+struct ElmanReluCell : CellDefaults {
   static constexpr int kGates = 1;
-  static constexpr bool kCachesGates = false;
 
-  template <typename Access>
-  RNNKIT_HOSTDEVICE static void forward(Access& a) {
-    a.h() = ew::relu(a.pre(0) + a.bias(0));
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward(A& a) {
+    a.h() = ew::relu(a.gates(0) + a.bias(0));
+  }
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward(A& a) {
+    a.dgates(0) = a.dh() * ew::relu_grad_from_output(a.h());
+  }
+};
+
+// ---- LSTM -------------------------------------------------------------------------------------
+// i, f, o = sigmoid(.), g = tanh(.) of the gate pre-activations (x W_ih^T + h W_hh^T + b_ih + b_hh)
+// c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t)   (then h_t W_hr^T with a projection)
+// Caches the activated gates in place; tanh(c_t) is recomputed in backward (less memory).
+struct LSTMCell : CellDefaults {
+  static constexpr int kGates = 4;
+  static constexpr bool kHasCellState = true;
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward(A& a) {
+    a.gates(0) = ew::sigmoid(a.gates(0) + a.bias(0));
+    a.gates(1) = ew::sigmoid(a.gates(1) + a.bias(1));
+    a.gates(2) = ew::tanh(a.gates(2) + a.bias(2));
+    a.gates(3) = ew::sigmoid(a.gates(3) + a.bias(3));
+    a.c() = a.gates(1) * a.c_prev() + a.gates(0) * a.gates(2);
+    a.h() = a.gates(3) * ew::tanh(a.c());
   }
 
-  template <typename Access>
-  RNNKIT_HOSTDEVICE static void backward(Access& a) {
-    using S = typename Access::Scalar;
-    a.dpre(0) = a.dh() * ew::relu_grad_from_output(a.h());
-    a.dh_prev() = S(0);
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward(A& a) {
+    // dgates(3) holds tanh(c_t) until its own gradient is written.
+    a.dgates(3) = ew::tanh(a.c());
+    a.dc_prev() = a.dc() + a.dh() * a.gates(3) * ew::tanh_grad_from_output(a.dgates(3));  // dL/dc_t
+    a.dgates(0) = a.dc_prev() * a.gates(2) * ew::sigmoid_grad_from_output(a.gates(0));
+    a.dgates(1) = a.dc_prev() * a.c_prev() * ew::sigmoid_grad_from_output(a.gates(1));
+    a.dgates(2) = a.dc_prev() * a.gates(0) * ew::tanh_grad_from_output(a.gates(2));
+    a.dgates(3) = a.dh() * a.dgates(3) * ew::sigmoid_grad_from_output(a.gates(3));
+    a.dc_prev() = a.dc_prev() * a.gates(1);
+  }
+};
+
+// ---- GRU, reset_after=True (PyTorch, cuDNN) ---------------------------------------------------
+// r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr)
+// z = sigmoid(x W_iz^T + b_iz + h W_hz^T + b_hz)
+// n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
+// h_t = (1 - z) * n + z * h_{t-1}
+// Caches r, z, n in place and (h W_hn^T + b_hn) in cache(0).
+struct GRUCell : CellDefaults {
+  static constexpr int kGates = 3;
+  static constexpr bool kSeparateRecurrent = true;
+  static constexpr bool kDirectStateGrad = true;
+  static constexpr int kCacheSlots = 1;
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward(A& a) {
+    a.gates(0) = ew::sigmoid(a.gates(0) + a.hgates(0) + a.bias(0));
+    a.gates(1) = ew::sigmoid(a.gates(1) + a.hgates(1) + a.bias(1));
+    a.cache(0) = a.hgates(2) + a.b_hh(2);
+    a.gates(2) = ew::tanh(a.gates(2) + a.b_ih(2) + a.gates(0) * a.cache(0));
+    a.h() = a.gates(2) + a.gates(1) * (a.h_prev() - a.gates(2));
+  }
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward(A& a) {
+    using S = typename A::Scalar;
+    a.dgates(2) = a.dh() * (S(1) - a.gates(1)) * ew::tanh_grad_from_output(a.gates(2));
+    a.dhgates(2) = a.dgates(2) * a.gates(0);
+    a.dgates(0) = a.dgates(2) * a.cache(0) * ew::sigmoid_grad_from_output(a.gates(0));
+    a.dhgates(0) = a.dgates(0);
+    a.dgates(1) = a.dh() * (a.h_prev() - a.gates(2)) * ew::sigmoid_grad_from_output(a.gates(1));
+    a.dhgates(1) = a.dgates(1);
+    a.dh_prev() = a.dh() * a.gates(1);
+  }
+};
+
+// ---- GRU, reset_after=False (the original formulation; ONNX linear_before_reset=0) ------------
+// r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr),  z likewise
+// n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn)
+// h_t = (1 - z) * n + z * h_{t-1}
+// Two stages: r and z first; the loop then adds (r*h) W_hn^T (r*h is cache(0), kept for dW_hn).
+struct GRUResetBeforeCell : CellDefaults {
+  static constexpr int kGates = 3;
+  static constexpr bool kTwoStage = true;
+  static constexpr int kStage1Gates = 2;
+  static constexpr bool kDirectStateGrad = true;
+  static constexpr int kCacheSlots = 1;
+  static constexpr int kTmpSlots = 1;
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward_stage1(A& a) {
+    a.gates(0) = ew::sigmoid(a.gates(0) + a.bias(0));
+    a.gates(1) = ew::sigmoid(a.gates(1) + a.bias(1));
+    a.cache(0) = a.gates(0) * a.h_prev();
+  }
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward_stage2(A& a) {
+    a.gates(2) = ew::tanh(a.gates(2) + a.bias(2));
+    a.h() = a.gates(2) + a.gates(1) * (a.h_prev() - a.gates(2));
+  }
+
+  // Stage 2 backward: the candidate gate; the loop then computes tmp(0) = dgates(2) W_hn,
+  // the gradient reaching r*h.
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward_stage2(A& a) {
+    using S = typename A::Scalar;
+    a.dgates(2) = a.dh() * (S(1) - a.gates(1)) * ew::tanh_grad_from_output(a.gates(2));
+  }
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward_stage1(A& a) {
+    a.dgates(0) = a.tmp(0) * a.h_prev() * ew::sigmoid_grad_from_output(a.gates(0));
+    a.dgates(1) = a.dh() * (a.h_prev() - a.gates(2)) * ew::sigmoid_grad_from_output(a.gates(1));
+    a.dh_prev() = a.dh() * a.gates(1) + a.tmp(0) * a.gates(0);
+  }
+};
+
+// ---- LayerNorm ---------------------------------------------------------------------------------
+// LN(v; gain, bias) = gain * (v - mean(v)) / sqrt(var(v) + kLayerNormEps) + bias over a whole row,
+// var being the biased variance (as torch.nn.LayerNorm).
+constexpr double kLayerNormEps = 1e-5;
+
+// Forward: xhat_out = (v - mean) * rstd, returns rstd. `v` and `xhat_out` may be the same row.
+template <typename A, typename V, typename O>
+RNNKIT_HOSTDEVICE typename A::Scalar layer_norm_forward(A& a, const V& v, O&& xhat_out) {
+  using S = typename A::Scalar;
+  const S mu = a.mean(v);
+  const S var = a.mean((v - mu) * (v - mu));
+  const S rstd = S(1) / ew::sqrt(var + S(kLayerNormEps));
+  xhat_out = (v - mu) * rstd;
+  return rstd;
+}
+
+// Backward of y = gain * xhat + bias given dy: accumulates dgain += dy*xhat, dbias += dy and
+// writes dv = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * gain.
+// `dv` may alias `dy` (everything that reads dy is evaluated before dv is written).
+template <typename A, typename DY, typename XH, typename G, typename DG, typename DB, typename DV>
+RNNKIT_HOSTDEVICE void layer_norm_backward(A& a, const DY& dy, const XH& xhat, typename A::Scalar rstd,
+                                           const G& gain, DG&& dgain, DB&& dbias, DV&& dv) {
+  using S = typename A::Scalar;
+  dgain += dy * xhat;
+  dbias += dy;
+  const S mean_g = a.mean(dy * gain);
+  const S mean_gx = a.mean(dy * gain * xhat);
+  dv = rstd * (dy * gain - mean_g - xhat * mean_gx);
+}
+
+// LayerNormLSTM (Ba, Kiros & Hinton 2016, as in haste):
+//   [i,f,g,o] pre-activations = LN(x W_ih^T; ln_ih) + LN(h_{t-1} W_hh^T; ln_hh) + b_ih + b_hh
+//   c_t = f * c_{t-1} + i * g
+//   h_t = o * tanh(LN(c_t; ln_c))
+// cache: xhat_ih (slots 0-3), xhat_hh (4-7), xhat_c (8); stats: rstd_ih, rstd_hh, rstd_c.
+struct LayerNormLSTMCell : CellDefaults {
+  static constexpr int kGates = 4;
+  static constexpr bool kHasCellState = true;
+  static constexpr bool kSeparateRecurrent = true;
+  static constexpr int kCacheSlots = 9;
+  static constexpr int kStats = 3;
+  static constexpr int kTmpSlots = 1;
+  static constexpr int kLnParams = 6;
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward(A& a) {
+    a.stat(0) = layer_norm_forward(a, a.gates_row(), a.cache_rows(0, 4));
+    a.stat(1) = layer_norm_forward(a, a.hgates_row(), a.cache_rows(4, 4));
+    for (int k = 0; k < 4; ++k) {
+      a.gates(k) = a.ln(kLnIhWeight, k) * a.cache(k) + a.ln(kLnIhBias, k) +
+                   a.ln(kLnHhWeight, k) * a.cache(4 + k) + a.ln(kLnHhBias, k) + a.bias(k);
+    }
+    a.gates(0) = ew::sigmoid(a.gates(0));
+    a.gates(1) = ew::sigmoid(a.gates(1));
+    a.gates(2) = ew::tanh(a.gates(2));
+    a.gates(3) = ew::sigmoid(a.gates(3));
+    a.c() = a.gates(1) * a.c_prev() + a.gates(0) * a.gates(2);
+    a.stat(2) = layer_norm_forward(a, a.c(), a.cache(8));
+    a.h() = a.gates(3) * ew::tanh(a.ln(kLnCWeight, 0) * a.cache(8) + a.ln(kLnCBias, 0));
+  }
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward(A& a) {
+    // tmp(0) = tanh(LN(c_t)); then dL/d LN(c_t) in tmp(0).
+    a.tmp(0) = ew::tanh(a.ln(kLnCWeight, 0) * a.cache(8) + a.ln(kLnCBias, 0));
+    a.dgates(3) = a.dh() * a.tmp(0) * ew::sigmoid_grad_from_output(a.gates(3));
+    a.tmp(0) = a.dh() * a.gates(3) * ew::tanh_grad_from_output(a.tmp(0));
+    layer_norm_backward(a, a.tmp(0), a.cache(8), a.stat(2), a.ln(kLnCWeight, 0), a.dln(kLnCWeight, 0),
+                        a.dln(kLnCBias, 0), a.tmp(0));
+    a.dc_prev() = a.dc() + a.tmp(0);  // dL/dc_t
+    a.dgates(0) = a.dc_prev() * a.gates(2) * ew::sigmoid_grad_from_output(a.gates(0));
+    a.dgates(1) = a.dc_prev() * a.c_prev() * ew::sigmoid_grad_from_output(a.gates(1));
+    a.dgates(2) = a.dc_prev() * a.gates(0) * ew::tanh_grad_from_output(a.gates(2));
+    a.dc_prev() = a.dc_prev() * a.gates(1);
+    // dgates now holds dL/d(pre-activation), the gradient of both LN outputs.
+    layer_norm_backward(a, a.dgates_row(), a.cache_rows(4, 4), a.stat(1), a.ln_row(kLnHhWeight),
+                        a.dln_row(kLnHhWeight), a.dln_row(kLnHhBias), a.dhgates_row());
+    layer_norm_backward(a, a.dgates_row(), a.cache_rows(0, 4), a.stat(0), a.ln_row(kLnIhWeight),
+                        a.dln_row(kLnIhWeight), a.dln_row(kLnIhBias), a.dgates_row());
+  }
+};
+
+// LayerNormGRU (reset_after=True flavour):
+//   ax = LN(x W_ih^T; ln_ih) + b_ih,   ah = LN(h_{t-1} W_hh^T; ln_hh) + b_hh
+//   r = sigmoid(ax_r + ah_r),  z = sigmoid(ax_z + ah_z),  n = tanh(ax_n + r * ah_n)
+//   h_t = (1 - z) * n + z * h_{t-1}
+// cache: xhat_ih (slots 0-2), xhat_hh (3-5), ah_n (6); stats: rstd_ih, rstd_hh.
+struct LayerNormGRUCell : CellDefaults {
+  static constexpr int kGates = 3;
+  static constexpr bool kSeparateRecurrent = true;
+  static constexpr bool kDirectStateGrad = true;
+  static constexpr int kCacheSlots = 7;
+  static constexpr int kStats = 2;
+  static constexpr int kLnParams = 4;
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward(A& a) {
+    a.stat(0) = layer_norm_forward(a, a.gates_row(), a.cache_rows(0, 3));
+    a.stat(1) = layer_norm_forward(a, a.hgates_row(), a.cache_rows(3, 3));
+    for (int k = 0; k < 2; ++k) {
+      a.gates(k) = ew::sigmoid(a.ln(kLnIhWeight, k) * a.cache(k) + a.ln(kLnIhBias, k) + a.b_ih(k) +
+                               a.ln(kLnHhWeight, k) * a.cache(3 + k) + a.ln(kLnHhBias, k) + a.b_hh(k));
+    }
+    a.cache(6) = a.ln(kLnHhWeight, 2) * a.cache(5) + a.ln(kLnHhBias, 2) + a.b_hh(2);
+    a.gates(2) = ew::tanh(a.ln(kLnIhWeight, 2) * a.cache(2) + a.ln(kLnIhBias, 2) + a.b_ih(2) +
+                          a.gates(0) * a.cache(6));
+    a.h() = a.gates(2) + a.gates(1) * (a.h_prev() - a.gates(2));
+  }
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward(A& a) {
+    using S = typename A::Scalar;
+    // dL/d ax into dgates, dL/d ah into dhgates (as GRUCell), then through the two LayerNorms.
+    a.dgates(2) = a.dh() * (S(1) - a.gates(1)) * ew::tanh_grad_from_output(a.gates(2));
+    a.dhgates(2) = a.dgates(2) * a.gates(0);
+    a.dgates(0) = a.dgates(2) * a.cache(6) * ew::sigmoid_grad_from_output(a.gates(0));
+    a.dhgates(0) = a.dgates(0);
+    a.dgates(1) = a.dh() * (a.h_prev() - a.gates(2)) * ew::sigmoid_grad_from_output(a.gates(1));
+    a.dhgates(1) = a.dgates(1);
+    a.dh_prev() = a.dh() * a.gates(1);
+    layer_norm_backward(a, a.dhgates_row(), a.cache_rows(3, 3), a.stat(1), a.ln_row(kLnHhWeight),
+                        a.dln_row(kLnHhWeight), a.dln_row(kLnHhBias), a.dhgates_row());
+    layer_norm_backward(a, a.dgates_row(), a.cache_rows(0, 3), a.stat(0), a.ln_row(kLnIhWeight),
+                        a.dln_row(kLnIhWeight), a.dln_row(kLnIhBias), a.dgates_row());
   }
 };
 
@@ -82,6 +354,16 @@ decltype(auto) dispatch_cell(CellKind kind, Fn&& fn) {
       return fn(ElmanTanhCell{});
     case CellKind::kElmanRelu:
       return fn(ElmanReluCell{});
+    case CellKind::kLSTM:
+      return fn(LSTMCell{});
+    case CellKind::kGRU:
+      return fn(GRUCell{});
+    case CellKind::kGRUResetBefore:
+      return fn(GRUResetBeforeCell{});
+    case CellKind::kLayerNormLSTM:
+      return fn(LayerNormLSTMCell{});
+    case CellKind::kLayerNormGRU:
+      return fn(LayerNormGRUCell{});
   }
   throw std::invalid_argument(concat("unknown cell kind ", static_cast<int>(kind)));
 }

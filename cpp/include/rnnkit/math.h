@@ -39,6 +39,13 @@ RNNKIT_HOSTDEVICE double relu_grad_from_output(double h) { return h > 0.0 ? 1.0 
 RNNKIT_HOSTDEVICE float tanh_grad_from_output(float y) { return 1.0f - y * y; }
 RNNKIT_HOSTDEVICE double tanh_grad_from_output(double y) { return 1.0 - y * y; }
 
+// d sigmoid / d pre in terms of the output y = sigmoid(pre).
+RNNKIT_HOSTDEVICE float sigmoid_grad_from_output(float y) { return y * (1.0f - y); }
+RNNKIT_HOSTDEVICE double sigmoid_grad_from_output(double y) { return y * (1.0 - y); }
+
+RNNKIT_HOSTDEVICE float sqrt(float x) { return ::sqrtf(x); }
+RNNKIT_HOSTDEVICE double sqrt(double x) { return ::sqrt(x); }
+
 // ---- Eigen arrays (CPU) ---------------------------------------------------------------------
 #if !defined(__CUDACC__)
 template <typename D>
@@ -66,6 +73,12 @@ template <typename D>
 auto tanh_grad_from_output(const Eigen::ArrayBase<D>& y) {
   using S = typename D::Scalar;
   return S(1) - y.square();
+}
+
+template <typename D>
+auto sigmoid_grad_from_output(const Eigen::ArrayBase<D>& y) {
+  using S = typename D::Scalar;
+  return y * (S(1) - y);
 }
 #endif
 
