@@ -1,8 +1,12 @@
 """Readable NumPy references for rnnkit's kernels: the truth the C++ is tested against.
 
-Written for clarity, not speed: one explicit loop over time, one line per equation, float64
-throughout. Shapes are time-major: x [T, N, C], h0 [N, H], weights in PyTorch's layout
-(w_ih [H, C], w_hh [H, H], b_ih [H], b_hh [H]).
+Written for clarity, not speed: explicit loops over time (and, for the stack, over each sequence
+on its own), one line per equation, float64 throughout. Shapes are time-major: x [T, N, C],
+weights in PyTorch's layout and gate order (LSTM i, f, g, o; GRU r, z, n).
+
+Variable lengths are implemented here the direct way -- each sequence runs over its own valid
+steps only, forward t = 0..L-1 and reverse t = L-1..0, outputs past L are zero -- independently
+of rnnkit's masked-batch implementation.
 """
 
 from __future__ import annotations
@@ -66,6 +70,127 @@ def elman_backward(x, h0, w_ih, w_hh, b_ih, b_hh, dy, dh_n, nonlinearity="tanh")
         db += dpre.sum(axis=0)
         dh_next = dpre @ w_hh               # into h_{t-1}
     return {"x": dx, "h0": dh_next, "w_ih": dw_ih, "w_hh": dw_hh, "b_ih": db.copy(), "b_hh": db.copy()}
+
+
+# ---- every cell, one step, one sequence or a batch -------------------------------------------------
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def layer_norm(v, weight, bias, eps=1e-5):
+    """torch.nn.LayerNorm over the last axis (biased variance)."""
+    mu = v.mean(axis=-1, keepdims=True)
+    var = ((v - mu) ** 2).mean(axis=-1, keepdims=True)
+    return weight * (v - mu) / np.sqrt(var + eps) + bias
+
+
+def cell_step(mode, x, h, c, p):
+    """One step of one cell. x [.., C], h [.., P], c [.., H] (LSTM cells) -> (h_new, c_new).
+
+    p holds w_ih, w_hh, b_ih, b_hh (zeros without bias), optionally w_hr, and the LayerNorm
+    parameters ln_ih_weight ... ln_c_bias of the LayerNorm cells.
+    """
+    if mode in ("RNN_TANH", "RNN_RELU"):
+        pre = x @ p["w_ih"].T + p["b_ih"] + h @ p["w_hh"].T + p["b_hh"]
+        return (np.tanh(pre) if mode == "RNN_TANH" else np.maximum(pre, 0.0)), None
+    if mode == "LSTM":
+        gates = x @ p["w_ih"].T + p["b_ih"] + h @ p["w_hh"].T + p["b_hh"]
+        i, f, g, o = np.split(gates, 4, axis=-1)
+        c_new = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+        h_new = sigmoid(o) * np.tanh(c_new)
+        if p.get("w_hr") is not None:
+            h_new = h_new @ p["w_hr"].T
+        return h_new, c_new
+    if mode == "GRU":  # reset_after=True
+        gx = x @ p["w_ih"].T + p["b_ih"]
+        gh = h @ p["w_hh"].T + p["b_hh"]
+        xr, xz, xn = np.split(gx, 3, axis=-1)
+        hr, hz, hn = np.split(gh, 3, axis=-1)
+        r = sigmoid(xr + hr)
+        z = sigmoid(xz + hz)
+        n = np.tanh(xn + r * hn)
+        return (1 - z) * n + z * h, None
+    if mode == "GRU_RESET_BEFORE":  # the original GRU (Cho et al. 2014), every matrix by name
+        W_ir, W_iz, W_in = np.split(p["w_ih"], 3)
+        W_hr, W_hz, W_hn = np.split(p["w_hh"], 3)
+        b_ir, b_iz, b_in = np.split(p["b_ih"], 3)
+        b_hr, b_hz, b_hn = np.split(p["b_hh"], 3)
+        r = sigmoid(x @ W_ir.T + b_ir + h @ W_hr.T + b_hr)
+        z = sigmoid(x @ W_iz.T + b_iz + h @ W_hz.T + b_hz)
+        n = np.tanh(x @ W_in.T + b_in + (r * h) @ W_hn.T + b_hn)
+        return (1 - z) * n + z * h, None
+    if mode == "LN_LSTM":
+        pre = (layer_norm(x @ p["w_ih"].T, p["ln_ih_weight"], p["ln_ih_bias"])
+               + layer_norm(h @ p["w_hh"].T, p["ln_hh_weight"], p["ln_hh_bias"]) + p["b_ih"] + p["b_hh"])
+        i, f, g, o = np.split(pre, 4, axis=-1)
+        c_new = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+        h_new = sigmoid(o) * np.tanh(layer_norm(c_new, p["ln_c_weight"], p["ln_c_bias"]))
+        return h_new, c_new
+    if mode == "LN_GRU":
+        ax = layer_norm(x @ p["w_ih"].T, p["ln_ih_weight"], p["ln_ih_bias"]) + p["b_ih"]
+        ah = layer_norm(h @ p["w_hh"].T, p["ln_hh_weight"], p["ln_hh_bias"]) + p["b_hh"]
+        axr, axz, axn = np.split(ax, 3, axis=-1)
+        ahr, ahz, ahn = np.split(ah, 3, axis=-1)
+        r = sigmoid(axr + ahr)
+        z = sigmoid(axz + ahz)
+        n = np.tanh(axn + r * ahn)
+        return (1 - z) * n + z * h, None
+    raise ValueError(mode)
+
+
+HAS_CELL_STATE = {"LSTM", "LN_LSTM"}
+GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "LN_LSTM": 4, "GRU": 3, "GRU_RESET_BEFORE": 3, "LN_GRU": 3}
+
+
+def group_params(state, layer, reverse, gate_width):
+    """The parameters of one layer-direction from a PyTorch-style state dict (float64)."""
+    sfx = f"_l{layer}" + ("_reverse" if reverse else "")
+    get = lambda k: None if k + sfx not in state else np.asarray(state[k + sfx], np.float64)
+    p = {"w_ih": get("weight_ih"), "w_hh": get("weight_hh"), "w_hr": get("weight_hr")}
+    p["b_ih"] = get("bias_ih") if get("bias_ih") is not None else np.zeros(gate_width)
+    p["b_hh"] = get("bias_hh") if get("bias_hh") is not None else np.zeros(gate_width)
+    for k in ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias"):
+        p[k] = get(k)
+    return p
+
+
+def stack_forward(mode, state, x, num_layers=1, bidirectional=False, h0=None, c0=None, lengths=None,
+                  dropout_masks=None):
+    """torch.nn.RNN/LSTM/GRU semantics on a time-major batch, one sequence at a time.
+
+    state: the layer's state dict; x [T, N, C]; h0 [L*D, N, P], c0 [L*D, N, H] or None;
+    lengths [N] or None; dropout_masks: per layer l < L-1, a [T, N, D*P] array multiplying that
+    layer's output (None: no dropout). Returns (y [T, N, D*P], h_n [L*D, N, P], c_n or None).
+    """
+    x = np.asarray(x, np.float64)
+    T, N, _ = x.shape
+    D = 2 if bidirectional else 1
+    H = state["weight_hh_l0"].shape[0] // GATES[mode]
+    P = state["weight_hh_l0"].shape[1]
+    has_c = mode in HAS_CELL_STATE
+    lengths = np.full(N, T) if lengths is None else np.asarray(lengths)
+    h_n = np.zeros((num_layers * D, N, P))
+    c_n = np.zeros((num_layers * D, N, H)) if has_c else None
+    inp = x
+    for layer in range(num_layers):
+        out = np.zeros((T, N, D * P))
+        for d in range(D):
+            g = layer * D + d
+            p = group_params(state, layer, d == 1, GATES[mode] * H)
+            for n in range(N):
+                h = np.zeros(P) if h0 is None else np.asarray(h0[g, n], np.float64)
+                c = (np.zeros(H) if c0 is None else np.asarray(c0[g, n], np.float64)) if has_c else None
+                steps = range(lengths[n]) if d == 0 else reversed(range(lengths[n]))
+                for t in steps:
+                    h, c = cell_step(mode, inp[t, n], h, c, p)
+                    out[t, n, d * P:(d + 1) * P] = h
+                h_n[g, n] = h
+                if has_c:
+                    c_n[g, n] = c
+        if dropout_masks is not None and layer < num_layers - 1:
+            out = out * dropout_masks[layer]
+        inp = out
+    return inp, h_n, c_n
 
 
 def central_difference(f, arr: np.ndarray, eps: float) -> np.ndarray:

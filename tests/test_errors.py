@@ -271,3 +271,99 @@ def test_impossible_allocation_is_a_memory_error_naming_its_size():
     x = np.zeros((rows, 1, 1), np.float32)
     with pytest.raises(MemoryError, match=r"rnnkit could not allocate \d+ bytes for a forward call"):
         layer(x)
+
+
+# ---- the full layer's options -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "lengths, exc, pattern",
+    [
+        ([5, 6], ValueError, r"lengths\[1\]: expected a length in \[1, 5\], got 6"),
+        ([0, 5], ValueError, r"lengths\[0\]: expected a length in \[1, 5\], got 0"),
+        ([-1, 5], ValueError, r"lengths\[0\]"),
+        ([5], ValueError, r"lengths: expected shape \(2,\) \(one length per batch element\), got \(1,\)"),
+        ([5, 4, 3], ValueError, r"lengths: expected shape \(2,\)"),
+        ([[5, 4]], ValueError, r"lengths: expected shape \(2,\)"),
+        ([5.0, 4.0], TypeError, "lengths: expected integers, got dtype float64"),
+        ([True, True], TypeError, "lengths: expected integers, got dtype bool"),
+        (["5", "4"], TypeError, "lengths: expected integers"),
+    ],
+)
+def test_forward_rejects_lengths(lengths, exc, pattern):
+    layer = rnnkit.GRU(3, 4, num_layers=2, bidirectional=True)
+    with pytest.raises(exc, match=pattern):
+        layer(GOOD_X, None, lengths)
+
+
+def test_lengths_with_unbatched_input_is_refused():
+    with pytest.raises(ValueError, match="lengths: expected None for an unbatched"):
+        rnnkit.LSTM(3, 4)(np.zeros((5, 3), np.float32), None, [5])
+
+
+@pytest.mark.parametrize(
+    "h0, exc, pattern",
+    [
+        (np.zeros((4, 2, 4), np.float32), TypeError, r"h0: expected a tuple \(h0, c0\) of arrays for LSTM, got ndarray"),
+        ((np.zeros((4, 2, 4), np.float32),), TypeError, r"h0: expected a tuple \(h0, c0\)"),
+        ((np.zeros((4, 2, 4), np.float32), None), TypeError, "expected both h0 and c0"),
+        ((np.zeros((2, 2, 4), np.float32), np.zeros((4, 2, 4), np.float32)), ValueError,
+         r"h0: expected shape \(4, 2, 4\) \[num_layers\*num_directions, N, hidden_size\], got \(2, 2, 4\)"),
+        ((np.zeros((4, 2, 4), np.float32), np.zeros((4, 3, 4), np.float32)), ValueError,
+         r"c0: expected shape \(4, 2, 4\)"),
+    ],
+)
+def test_lstm_rejects_state(h0, exc, pattern):
+    layer = rnnkit.LSTM(3, 4, num_layers=2, bidirectional=True)
+    with pytest.raises(exc, match=pattern):
+        layer(GOOD_X, h0)
+
+
+def test_projected_lstm_names_proj_size_in_state_errors():
+    layer = rnnkit.LSTM(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match=r"h0: expected shape \(1, 2, 2\) \[num_layers\*num_directions, N, proj_size\]"):
+        layer(GOOD_X, (np.zeros((1, 2, 4), np.float32), np.zeros((1, 2, 4), np.float32)))
+
+
+def test_gru_refuses_a_state_tuple():
+    with pytest.raises(TypeError, match="h0: expected an array for GRU, got a tuple"):
+        rnnkit.GRU(3, 4)(GOOD_X, (np.zeros((1, 2, 4), np.float32), np.zeros((1, 2, 4), np.float32)))
+
+
+def test_lstm_backward_state_gradients():
+    layer = rnnkit.LSTM(3, 4)
+    layer(GOOD_X)
+    with pytest.raises(ValueError, match=r"dc_n: expected shape \(1, 2, 4\)"):
+        layer.backward(None, (None, np.zeros((1, 2, 5), np.float32)))
+    with pytest.raises(TypeError, match=r"dh_n: expected \(dh_n, dc_n\)"):
+        layer.backward(None, (None, None, None))
+    with pytest.raises(ValueError, match="backward: expected dy, dh_n or both"):
+        layer.backward(None, (None, None))
+    dx, (dh0, dc0) = layer.backward(None, (None, np.ones((1, 2, 4), np.float32)))
+    assert dx.shape == GOOD_X.shape and dh0.shape == dc0.shape == (1, 2, 4)
+
+
+@pytest.mark.parametrize(
+    "make, exc, pattern",
+    [
+        (lambda: rnnkit.LSTM(3, 4, num_layers=0), ValueError, "num_layers: expected a positive integer"),
+        (lambda: rnnkit.LSTM(3, 4, dropout=1.5), ValueError, r"dropout: expected a probability in \[0, 1\], got 1.5"),
+        (lambda: rnnkit.LSTM(3, 4, num_layers=2, dropout="0.1"), TypeError, "dropout"),
+        (lambda: rnnkit.LSTM(3, 4, proj_size=4), ValueError, r"proj_size: expected less than hidden_size \(4\), got 4"),
+        (lambda: rnnkit.LSTM(3, 4, proj_size=-1), ValueError, "proj_size: expected a non-negative integer"),
+        (lambda: rnnkit.GRU(3, 4, reset_after=None), TypeError, "reset_after"),
+        (lambda: rnnkit.LSTM(3, 4, bidirectional="yes"), TypeError, "bidirectional"),
+        (lambda: rnnkit.GRU(3, 4, proj_size=2), TypeError, "proj_size"),
+    ],
+)
+def test_constructor_rejects_layer_options(make, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        make()
+
+
+def test_load_state_dict_from_another_configuration_is_refused():
+    two_layers = rnnkit.LSTM(3, 4, num_layers=2, bidirectional=True).state_dict()
+    one_layer = rnnkit.LSTM(3, 4)
+    with pytest.raises(ValueError, match=r"unexpected keys \['weight_ih_l0_reverse'"):
+        one_layer.load_state_dict(two_layers)
+    gru = rnnkit.GRU(3, 4)
+    with pytest.raises(ValueError, match=r"state_dict\['weight_ih_l0'\]: expected shape \(12, 3\), got \(16, 3\)"):
+        gru.load_state_dict(rnnkit.LSTM(3, 4).state_dict())

@@ -411,6 +411,17 @@ released while it runs.)doc");
 dy, dh_n, dc_n: gradients of the outputs or None. grads: arrays shaped like params, ACCUMULATED
 into. Returns (dx or None, dh0, dc0 or None). The GIL is released while it runs.)doc");
 
+  m.def("_dropout_mask", [](std::uint64_t seed, index_t layer, index_t count, double p) {
+        if (count < 0) throw_expected("count", ">= 0", count);
+        auto out = new_array<double>({count});
+        double* o = out.mutable_data();
+        for (index_t i = 0; i < count; ++i) {
+          o[i] = (p >= 1.0 || dropout_uniform(seed, layer, i) < p) ? 0.0 : 1.0 / (1.0 - p);
+        }
+        return out;
+      }, py::arg("seed"), py::arg("layer"), py::arg("count"), py::arg("p"),
+      "The dropout multipliers forward applies to layer `layer`'s flattened output (for tests).");
+
   m.def("set_num_threads", &set_blas_threads, py::arg("n"),
         "Threads for rnnkit's BLAS (process-wide; default 1).");
   m.def("get_num_threads", &get_blas_threads);

@@ -63,6 +63,8 @@ struct CpuRow {
   S* dhg = nullptr;      // [GH]
   S* dhp = nullptr;      // [H]
   S* const* dlnp = nullptr;
+  S* dbih = nullptr;     // [GH] accumulated
+  S* dbhh = nullptr;     // [GH] accumulated
 
   Vec<S> gates(int k) const { return Vec<S>(g + k * H, H); }
   Vec<S> gates_row() const { return Vec<S>(g, GH); }
@@ -91,6 +93,8 @@ struct CpuRow {
   Vec<S> dh_prev() const { return Vec<S>(dhp, H); }
   Vec<S> dln(int p, int k) const { return Vec<S>(dlnp[p] + k * H, H); }
   Vec<S> dln_row(int p) const { return Vec<S>(dlnp[p], GH); }
+  Vec<S> db_ih_row() const { return Vec<S>(dbih, GH); }
+  Vec<S> db_hh_row() const { return Vec<S>(dbhh, GH); }
 
   template <typename D>
   static S mean(const Eigen::ArrayBase<D>& v) {
@@ -109,6 +113,7 @@ constexpr CellInfo info_of() {
   i.stats = Cell::kStats;
   i.tmp_slots = Cell::kTmpSlots;
   i.ln_params = Cell::kLnParams;
+  i.cell_bias_grads = Cell::kCellBiasGrads;
   return i;
 }
 
@@ -279,6 +284,10 @@ void backward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x,
   row.cache_slots = Cell::kCacheSlots;
   row.lnp = w.ln;
   row.dlnp = grads.dln;
+  if constexpr (Cell::kCellBiasGrads) {
+    row.dbih = grads.db_ih ? grads.db_ih : bs.bias_sink;
+    row.dbhh = grads.db_hh ? grads.db_hh : bs.bias_sink + GH;
+  }
   // Cells read the biases only in forward; backward works from what forward cached.
 
   for (index_t s = T - 1; s >= 0; --s) {
@@ -378,8 +387,10 @@ void backward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x,
   } else {
     gemm(Trans::kYes, Trans::kNo, GH, P, TN, S(1), drec, GH, h_prev_all, P, S(1), grads.dw_hh, P);
   }
-  if (grads.db_ih) add_column_sums(bs.dgates, TN, GH, GH, grads.db_ih);
-  if (grads.db_hh) add_column_sums(drec, TN, GH, GH, grads.db_hh);
+  if constexpr (!Cell::kCellBiasGrads) {
+    if (grads.db_ih) add_column_sums(bs.dgates, TN, GH, GH, grads.db_ih);
+    if (grads.db_hh) add_column_sums(drec, TN, GH, GH, grads.db_hh);
+  }
   if (project) {
     gemm(Trans::kYes, Trans::kNo, P, H, TN, S(1), bs.dh_proj, P, st.h_full, H, S(1), grads.dw_hr, H);
   }
@@ -423,7 +434,7 @@ index_t LayerSizes::forward_scratch() const {
 
 index_t LayerSizes::backward_scratch() const {
   index_t n = 0;
-  for (index_t v : {dgates, dhgates, dh, dh, dc, dh_full, dh_proj, tmp}) {
+  for (index_t v : {dgates, dhgates, dh, dh, dc, dh_full, dh_proj, tmp, bias_sink}) {
     n = checked_add(n, v, "backward scratch");
   }
   return n;
@@ -454,6 +465,7 @@ LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training) {
   s.dc = ci.has_cell_state ? NH : 0;
   s.dh_full = project ? NH : 0;
   s.dh_proj = project ? checked_mul(TN, d.P, "projection gradient") : 0;
+  s.bias_sink = ci.cell_bias_grads ? checked_mul(2, s.gate_width, "bias sink") : 0;
   return s;
 }
 
@@ -488,6 +500,7 @@ S* carve(const LayerSizes& sz, S* p, BackwardScratch<S>* bs) {
   bs->dh_full = take(sz.dh_full);
   bs->dh_proj = take(sz.dh_proj);
   bs->tmp = take(sz.tmp);
+  bs->bias_sink = take(sz.bias_sink);
   return p;
 }
 

@@ -18,8 +18,7 @@ except ImportError:  # a wheel repaired with the library bundled does not need t
     pass
 
 from . import _core
-from . import cuda
-from . import init
+from . import convert, cuda, init
 from ._runtime import build_info, get_num_threads, set_num_threads
 from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
 
@@ -27,5 +26,5 @@ __version__: str = _core.__version__
 
 __all__ = [
     "GRU", "LSTM", "LayerNormGRU", "LayerNormLSTM", "RNN",
-    "build_info", "cuda", "get_num_threads", "init", "set_num_threads", "__version__",
+    "build_info", "convert", "cuda", "get_num_threads", "init", "set_num_threads", "__version__",
 ]

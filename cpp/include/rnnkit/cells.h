@@ -35,6 +35,7 @@
 //                        (kDirectStateGrad cells only; otherwise the loop supplies zeros).
 //   dc_prev()    out     dL/dc_{t-1} (LSTM cells). It aliases dc(): read dc() before writing.
 //   dln(p, k)    in/out  LayerNorm parameter gradients, ACCUMULATED.
+//   db_ih_row(), db_hh_row()  in/out  bias gradients [G*H], ACCUMULATED (kCellBiasGrads cells).
 //   tmp(s)               per-row scratch of H.
 //
 // Traits read by the loop:
@@ -47,6 +48,8 @@
 //   kDirectStateGrad   the cell writes dh_prev().
 //   kCacheSlots, kStats, kTmpSlots   per-row cache slots of H, cached scalars, scratch slots.
 //   kLnParams          LayerNorm parameter vectors (0 for plain cells), see LnParam.
+//   kCellBiasGrads     the cell accumulates the bias gradients itself (the LayerNorm cells, whose
+//                      biases sit after a normalisation); otherwise the loop sums dgates/dhgates.
 #pragma once
 
 #include "rnnkit/math.h"
@@ -83,6 +86,7 @@ struct CellDefaults {
   static constexpr int kStats = 0;
   static constexpr int kTmpSlots = 0;
   static constexpr int kLnParams = 0;
+  static constexpr bool kCellBiasGrads = false;
 };
 
 // ---- Elman ------------------------------------------------------------------------------------
@@ -262,6 +266,7 @@ struct LayerNormLSTMCell : CellDefaults {
   static constexpr int kStats = 3;
   static constexpr int kTmpSlots = 1;
   static constexpr int kLnParams = 6;
+  static constexpr bool kCellBiasGrads = true;
 
   template <typename A>
   RNNKIT_HOSTDEVICE static void forward(A& a) {
@@ -293,7 +298,9 @@ struct LayerNormLSTMCell : CellDefaults {
     a.dgates(1) = a.dc_prev() * a.c_prev() * ew::sigmoid_grad_from_output(a.gates(1));
     a.dgates(2) = a.dc_prev() * a.gates(0) * ew::tanh_grad_from_output(a.gates(2));
     a.dc_prev() = a.dc_prev() * a.gates(1);
-    // dgates now holds dL/d(pre-activation), the gradient of both LN outputs.
+    // dgates now holds dL/d(pre-activation): the gradient of both biases and both LN outputs.
+    a.db_ih_row() += a.dgates_row();
+    a.db_hh_row() += a.dgates_row();
     layer_norm_backward(a, a.dgates_row(), a.cache_rows(4, 4), a.stat(1), a.ln_row(kLnHhWeight),
                         a.dln_row(kLnHhWeight), a.dln_row(kLnHhBias), a.dhgates_row());
     layer_norm_backward(a, a.dgates_row(), a.cache_rows(0, 4), a.stat(0), a.ln_row(kLnIhWeight),
@@ -313,6 +320,7 @@ struct LayerNormGRUCell : CellDefaults {
   static constexpr int kCacheSlots = 7;
   static constexpr int kStats = 2;
   static constexpr int kLnParams = 4;
+  static constexpr bool kCellBiasGrads = true;
 
   template <typename A>
   RNNKIT_HOSTDEVICE static void forward(A& a) {
@@ -339,6 +347,8 @@ struct LayerNormGRUCell : CellDefaults {
     a.dgates(1) = a.dh() * (a.h_prev() - a.gates(2)) * ew::sigmoid_grad_from_output(a.gates(1));
     a.dhgates(1) = a.dgates(1);
     a.dh_prev() = a.dh() * a.gates(1);
+    a.db_ih_row() += a.dgates_row();
+    a.db_hh_row() += a.dhgates_row();
     layer_norm_backward(a, a.dhgates_row(), a.cache_rows(3, 3), a.stat(1), a.ln_row(kLnHhWeight),
                         a.dln_row(kLnHhWeight), a.dln_row(kLnHhBias), a.dhgates_row());
     layer_norm_backward(a, a.dgates_row(), a.cache_rows(0, 3), a.stat(0), a.ln_row(kLnIhWeight),

@@ -71,6 +71,7 @@ struct CellInfo {
   int stats = 0;
   int tmp_slots = 0;
   int ln_params = 0;
+  bool cell_bias_grads = false;
 };
 CellInfo cell_info(CellKind cell);
 
@@ -97,6 +98,7 @@ struct LayerSizes {
   index_t dc = 0;       // [N,H] with a cell state
   index_t dh_full = 0;  // [N,H] with a projection
   index_t dh_proj = 0;  // [T,N,P] with a projection
+  index_t bias_sink = 0;  // 2*GH where the cell accumulates bias gradients but there are no biases
 
   index_t forward_kept() const;     // h_seq + c_seq + gates + cache + h_full
   index_t forward_scratch() const;  // bias + hgates + tmp
@@ -131,6 +133,7 @@ struct BackwardScratch {
   S* dh_full = nullptr;
   S* dh_proj = nullptr;
   S* tmp = nullptr;
+  S* bias_sink = nullptr;
 };
 
 // Carves views out of one block laid out in LayerSizes order; returns the end.
