@@ -1,20 +1,21 @@
-"""Benchmark: rnnkit's Elman layer against torch.nn.RNN and a per-step NumPy loop, on the CPU.
+"""Benchmark: rnnkit's RNN/LSTM/GRU layers against torch.nn.RNN/LSTM/GRU (and, for the Elman
+layer, a per-step NumPy loop) on the CPU.
 
-    python bench/bench_rnn.py                 # the three standard shapes, 1 thread
-    python bench/bench_rnn.py --threads 2 --csv out.csv
+    python bench/bench_rnn.py                 # every cell, the three standard shapes, 1 thread
+    python bench/bench_rnn.py --cells lstm --threads 2 --csv out.csv
 
 Every implementation runs in this one process with the same thread count, interleaved round by
 round so that a noisy neighbour slows all of them alike; each number is the median over rounds.
 Ratios are "times faster than rnnkit" for the reference (> 1 means rnnkit is faster).
 
-What is timed (float32, tanh):
+What is timed (float32; the Elman layer uses tanh):
   forward            inference: rnnkit in eval mode, torch under no_grad, the NumPy loop
   train (dx)         forward + backward for every parameter and the input
                      (torch: x.requires_grad=True; rnnkit: backward(..., compute_dx=True))
   train (no dx)      the same without the input gradient
                      (torch: x.requires_grad=False; rnnkit: compute_dx=False)
-The NumPy loop is the one a user would write: per step one matmul for the input, one for the
-state, tanh; its backward is BPTT written the same way.
+The NumPy loop (Elman only) is the one a user would write: per step one matmul for the input,
+one for the state, tanh; its backward is BPTT written the same way.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--shapes", default="", help="T,N,C,H;T,N,C,H;... (default: the three standard shapes)")
     p.add_argument("--csv", default="", help="also write the rows to this CSV file")
     p.add_argument("--no-numpy", action="store_true", help="skip the per-step NumPy loop")
+    p.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated subset of rnn,lstm,gru")
     return p.parse_args()
 
 
@@ -100,9 +102,13 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], rounds: int, warmup: in
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def bench_shape(T: int, N: int, C: int, H: int, rounds: int) -> List[dict]:
+CELLS = {"rnn": ("RNN", rnnkit.RNN, 1), "lstm": ("LSTM", rnnkit.LSTM, 4), "gru": ("GRU", rnnkit.GRU, 3)}
+
+
+def bench_shape(cell: str, T: int, N: int, C: int, H: int, rounds: int) -> List[dict]:
+    torch_name, ours, gates = CELLS[cell]
     rng = np.random.default_rng(0)
-    layer = rnnkit.RNN(C, H, seed=0)
+    layer = ours(C, H, seed=0)
     x = rng.standard_normal((T, N, C)).astype(np.float32)
     dy = rng.standard_normal((T, N, H)).astype(np.float32)
     p = layer.params
@@ -126,7 +132,7 @@ def bench_shape(T: int, N: int, C: int, H: int, rounds: int) -> List[dict]:
         "train (no dx)": {"rnnkit": rk_train(False)},
     }
     if torch is not None:
-        ref = torch.nn.RNN(C, H)
+        ref = getattr(torch.nn, torch_name)(C, H)
         ref.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
         xt = torch.from_numpy(x)
         dyt = torch.from_numpy(dy)
@@ -145,7 +151,7 @@ def bench_shape(T: int, N: int, C: int, H: int, rounds: int) -> List[dict]:
         fns["forward"]["torch"] = t_forward
         fns["train (dx)"]["torch"] = t_train(True)
         fns["train (no dx)"]["torch"] = t_train(False)
-    if not ARGS.no_numpy:
+    if cell == "rnn" and not ARGS.no_numpy:
         w_ih, w_hh = p["weight_ih_l0"], p["weight_hh_l0"]
         fns["forward"]["numpy"] = lambda: numpy_forward(x, h0, w_ih, w_hh, b)
         fns["train (dx)"]["numpy"] = lambda: numpy_train(x, h0, w_ih, w_hh, b, dy, True)
@@ -154,8 +160,8 @@ def bench_shape(T: int, N: int, C: int, H: int, rounds: int) -> List[dict]:
     rows = []
     for task, impls in fns.items():
         med = time_interleaved(impls, rounds)
-        flops = 2.0 * T * N * H * (C + H) * (1 if task == "forward" else 3)
-        row = {"T": T, "N": N, "C": C, "H": H, "task": task, "rnnkit_ms": med["rnnkit"] * 1e3,
+        flops = 2.0 * T * N * gates * H * (C + H) * (1 if task == "forward" else 3)
+        row = {"cell": cell, "T": T, "N": N, "C": C, "H": H, "task": task, "rnnkit_ms": med["rnnkit"] * 1e3,
                "rnnkit_gflops": flops / med["rnnkit"] / 1e9}
         for other in ("torch", "numpy"):
             if other in med:
@@ -184,20 +190,24 @@ def main() -> int:
     print(f"# date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; command: python {' '.join(sys.argv)}")
     if torch is None:
         print("# torch is not installed: the PyTorch columns are skipped")
-    header = f"{'shape (T,N,C,H)':<20} {'task':<14} {'rnnkit ms':>10} {'GFLOP/s':>8} {'torch ms':>10} {'vs torch':>9} {'numpy ms':>10} {'vs numpy':>9}"
+    header = f"{'cell':<5} {'shape (T,N,C,H)':<20} {'task':<14} {'rnnkit ms':>10} {'GFLOP/s':>8} {'torch ms':>10} {'vs torch':>9} {'numpy ms':>10} {'vs numpy':>9}"
     print(header)
     all_rows = []
-    for T, N, C, H in shapes:
-        rounds = ARGS.rounds or (30 if N * H <= 4096 else 15 if N * H <= 8192 else 7)
-        for r in bench_shape(T, N, C, H, rounds):
+    cells = [c.strip() for c in ARGS.cells.split(",") if c.strip()]
+    unknown = [c for c in cells if c not in CELLS]
+    if unknown:
+        raise SystemExit(f"--cells: expected a subset of {list(CELLS)}, got {unknown}")
+    for cell, (T, N, C, H) in ((c, s) for c in cells for s in shapes):
+        rounds = ARGS.rounds or (30 if N * H <= 4096 else 15 if N * H <= 8192 else 5)
+        for r in bench_shape(cell, T, N, C, H, rounds):
             all_rows.append(r)
 
-            def fmt(key, spec):
-                return format(r[key], spec) if key in r else "-"
+            def fmt(key, spec, unit=""):
+                return format(r[key], spec) + unit if key in r else "-"
 
-            print(f"{str((T, N, C, H)):<20} {r['task']:<14} {r['rnnkit_ms']:>10.3f} {r['rnnkit_gflops']:>8.1f} "
-                  f"{fmt('torch_ms', '>10.3f'):>10} {fmt('torch_ratio', '>8.2f'):>8}x "
-                  f"{fmt('numpy_ms', '>10.3f'):>10} {fmt('numpy_ratio', '>8.2f'):>8}x", flush=True)
+            print(f"{cell:<5} {str((T, N, C, H)):<20} {r['task']:<14} {r['rnnkit_ms']:>10.3f} {r['rnnkit_gflops']:>8.1f} "
+                  f"{fmt('torch_ms', '.3f'):>10} {fmt('torch_ratio', '.2f', 'x'):>9} "
+                  f"{fmt('numpy_ms', '.3f'):>10} {fmt('numpy_ratio', '.2f', 'x'):>9}", flush=True)
     if ARGS.csv:
         keys = sorted({k for r in all_rows for k in r}, key=lambda k: list(all_rows[0]).index(k) if k in all_rows[0] else 99)
         with open(ARGS.csv, "w", newline="") as f:
