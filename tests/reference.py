@@ -84,6 +84,16 @@ def layer_norm(v, weight, bias, eps=1e-5):
     return weight * (v - mu) / np.sqrt(var + eps) + bias
 
 
+def _gru_reset_after(gx, gh, h):
+    """GRU update from the input-side (gx) and recurrent-side (gh) pre-activations, r, z, n order."""
+    xr, xz, xn = np.split(gx, 3, axis=-1)
+    hr, hz, hn = np.split(gh, 3, axis=-1)
+    r = sigmoid(xr + hr)
+    z = sigmoid(xz + hz)
+    n = np.tanh(xn + r * hn)
+    return (1 - z) * n + z * h
+
+
 def cell_step(mode, x, h, c, p):
     """One step of one cell. x [.., C], h [.., P], c [.., H] (LSTM cells) -> (h_new, c_new).
 
@@ -102,14 +112,7 @@ def cell_step(mode, x, h, c, p):
             h_new = h_new @ p["w_hr"].T
         return h_new, c_new
     if mode == "GRU":  # reset_after=True
-        gx = x @ p["w_ih"].T + p["b_ih"]
-        gh = h @ p["w_hh"].T + p["b_hh"]
-        xr, xz, xn = np.split(gx, 3, axis=-1)
-        hr, hz, hn = np.split(gh, 3, axis=-1)
-        r = sigmoid(xr + hr)
-        z = sigmoid(xz + hz)
-        n = np.tanh(xn + r * hn)
-        return (1 - z) * n + z * h, None
+        return _gru_reset_after(x @ p["w_ih"].T + p["b_ih"], h @ p["w_hh"].T + p["b_hh"], h), None
     if mode == "GRU_RESET_BEFORE":  # the original GRU (Cho et al. 2014), every matrix by name
         W_ir, W_iz, W_in = np.split(p["w_ih"], 3)
         W_hr, W_hz, W_hn = np.split(p["w_hh"], 3)
@@ -129,12 +132,7 @@ def cell_step(mode, x, h, c, p):
     if mode == "LN_GRU":
         ax = layer_norm(x @ p["w_ih"].T, p["ln_ih_weight"], p["ln_ih_bias"]) + p["b_ih"]
         ah = layer_norm(h @ p["w_hh"].T, p["ln_hh_weight"], p["ln_hh_bias"]) + p["b_hh"]
-        axr, axz, axn = np.split(ax, 3, axis=-1)
-        ahr, ahz, ahn = np.split(ah, 3, axis=-1)
-        r = sigmoid(axr + ahr)
-        z = sigmoid(axz + ahz)
-        n = np.tanh(axn + r * ahn)
-        return (1 - z) * n + z * h, None
+        return _gru_reset_after(ax, ah, h), None
     raise ValueError(mode)
 
 

@@ -4,6 +4,8 @@
 // values; everything else here is GEMMs, pointer arithmetic, masking for variable lengths and
 // copies. Nothing in this file allocates: the caller passes every buffer (sizes: layer_sizes).
 #include <cstring>
+#include <initializer_list>
+#include <utility>
 
 #include <Eigen/Core>
 
@@ -469,39 +471,32 @@ LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training) {
   return s;
 }
 
+// Points each (view, size) at consecutive parts of `p` (null for size 0); returns the end.
+template <typename S>
+S* carve_views(S* p, std::initializer_list<std::pair<S**, index_t>> views) {
+  for (const auto& [view, n] : views) {
+    *view = n ? p : nullptr;
+    p += n;
+  }
+  return p;
+}
+
 template <typename S>
 S* carve(const LayerSizes& sz, S* p, LayerState<S>* st) {
-  auto take = [&p](index_t n) { S* v = n ? p : nullptr; p += n; return v; };
-  st->h_seq = take(sz.h_seq);
-  st->c_seq = take(sz.c_seq);
-  st->gates = take(sz.gates);
-  st->cache = take(sz.cache);
-  st->h_full = take(sz.h_full);
-  return p;
+  return carve_views(p, {{&st->h_seq, sz.h_seq}, {&st->c_seq, sz.c_seq}, {&st->gates, sz.gates},
+                         {&st->cache, sz.cache}, {&st->h_full, sz.h_full}});
 }
 
 template <typename S>
 S* carve(const LayerSizes& sz, S* p, ForwardScratch<S>* fs) {
-  auto take = [&p](index_t n) { S* v = n ? p : nullptr; p += n; return v; };
-  fs->bias = take(sz.bias);
-  fs->hgates = take(sz.hgates);
-  fs->tmp = take(sz.tmp);
-  return p;
+  return carve_views(p, {{&fs->bias, sz.bias}, {&fs->hgates, sz.hgates}, {&fs->tmp, sz.tmp}});
 }
 
 template <typename S>
 S* carve(const LayerSizes& sz, S* p, BackwardScratch<S>* bs) {
-  auto take = [&p](index_t n) { S* v = n ? p : nullptr; p += n; return v; };
-  bs->dgates = take(sz.dgates);
-  bs->dhgates = take(sz.dhgates);
-  bs->dh_a = take(sz.dh);
-  bs->dh_b = take(sz.dh);
-  bs->dc = take(sz.dc);
-  bs->dh_full = take(sz.dh_full);
-  bs->dh_proj = take(sz.dh_proj);
-  bs->tmp = take(sz.tmp);
-  bs->bias_sink = take(sz.bias_sink);
-  return p;
+  return carve_views(p, {{&bs->dgates, sz.dgates}, {&bs->dhgates, sz.dhgates}, {&bs->dh_a, sz.dh},
+                         {&bs->dh_b, sz.dh}, {&bs->dc, sz.dc}, {&bs->dh_full, sz.dh_full},
+                         {&bs->dh_proj, sz.dh_proj}, {&bs->tmp, sz.tmp}, {&bs->bias_sink, sz.bias_sink}});
 }
 
 template <typename S>

@@ -119,6 +119,27 @@ struct ElmanReluCell : CellDefaults {
 };
 
 // ---- LSTM -------------------------------------------------------------------------------------
+// Shared by LSTMCell and LayerNormLSTMCell. On entry gates(k) holds gate k's full pre-activation;
+// on exit the activated gate (i, f, o = sigmoid, g = tanh), and c_t = f * c_{t-1} + i * g.
+template <typename A>
+RNNKIT_HOSTDEVICE void lstm_activate_and_update_c(A& a) {
+  a.gates(0) = ew::sigmoid(a.gates(0));
+  a.gates(1) = ew::sigmoid(a.gates(1));
+  a.gates(2) = ew::tanh(a.gates(2));
+  a.gates(3) = ew::sigmoid(a.gates(3));
+  a.c() = a.gates(1) * a.c_prev() + a.gates(0) * a.gates(2);
+}
+
+// With dc_prev() holding dL/dc_t on entry: the i, f, g pre-activation gradients, and dc_prev()
+// becomes dL/dc_{t-1}.
+template <typename A>
+RNNKIT_HOSTDEVICE void lstm_backward_through_c(A& a) {
+  a.dgates(0) = a.dc_prev() * a.gates(2) * ew::sigmoid_grad_from_output(a.gates(0));
+  a.dgates(1) = a.dc_prev() * a.c_prev() * ew::sigmoid_grad_from_output(a.gates(1));
+  a.dgates(2) = a.dc_prev() * a.gates(0) * ew::tanh_grad_from_output(a.gates(2));
+  a.dc_prev() = a.dc_prev() * a.gates(1);
+}
+
 // i, f, o = sigmoid(.), g = tanh(.) of the gate pre-activations (x W_ih^T + h W_hh^T + b_ih + b_hh)
 // c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t)   (then h_t W_hr^T with a projection)
 // Caches the activated gates in place; tanh(c_t) is recomputed in backward (less memory).
@@ -128,11 +149,8 @@ struct LSTMCell : CellDefaults {
 
   template <typename A>
   RNNKIT_HOSTDEVICE static void forward(A& a) {
-    a.gates(0) = ew::sigmoid(a.gates(0) + a.bias(0));
-    a.gates(1) = ew::sigmoid(a.gates(1) + a.bias(1));
-    a.gates(2) = ew::tanh(a.gates(2) + a.bias(2));
-    a.gates(3) = ew::sigmoid(a.gates(3) + a.bias(3));
-    a.c() = a.gates(1) * a.c_prev() + a.gates(0) * a.gates(2);
+    for (int k = 0; k < 4; ++k) a.gates(k) = a.gates(k) + a.bias(k);
+    lstm_activate_and_update_c(a);
     a.h() = a.gates(3) * ew::tanh(a.c());
   }
 
@@ -141,15 +159,27 @@ struct LSTMCell : CellDefaults {
     // dgates(3) holds tanh(c_t) until its own gradient is written.
     a.dgates(3) = ew::tanh(a.c());
     a.dc_prev() = a.dc() + a.dh() * a.gates(3) * ew::tanh_grad_from_output(a.dgates(3));  // dL/dc_t
-    a.dgates(0) = a.dc_prev() * a.gates(2) * ew::sigmoid_grad_from_output(a.gates(0));
-    a.dgates(1) = a.dc_prev() * a.c_prev() * ew::sigmoid_grad_from_output(a.gates(1));
-    a.dgates(2) = a.dc_prev() * a.gates(0) * ew::tanh_grad_from_output(a.gates(2));
     a.dgates(3) = a.dh() * a.dgates(3) * ew::sigmoid_grad_from_output(a.gates(3));
-    a.dc_prev() = a.dc_prev() * a.gates(1);
+    lstm_backward_through_c(a);
   }
 };
 
 // ---- GRU, reset_after=True (PyTorch, cuDNN) ---------------------------------------------------
+// Shared by GRUCell and LayerNormGRUCell: with gates(0..1) holding r, z, gates(2) the candidate n
+// and hn = (recurrent part of n's pre-activation, before r), the gradients of the input-side
+// (dgates) and recurrent-side (dhgates) pre-activations, and the direct part of dL/dh_{t-1}.
+template <typename A, typename HN>
+RNNKIT_HOSTDEVICE void gru_reset_after_backward(A& a, const HN& hn) {
+  using S = typename A::Scalar;
+  a.dgates(2) = a.dh() * (S(1) - a.gates(1)) * ew::tanh_grad_from_output(a.gates(2));
+  a.dhgates(2) = a.dgates(2) * a.gates(0);
+  a.dgates(0) = a.dgates(2) * hn * ew::sigmoid_grad_from_output(a.gates(0));
+  a.dhgates(0) = a.dgates(0);
+  a.dgates(1) = a.dh() * (a.h_prev() - a.gates(2)) * ew::sigmoid_grad_from_output(a.gates(1));
+  a.dhgates(1) = a.dgates(1);
+  a.dh_prev() = a.dh() * a.gates(1);
+}
+
 // r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr)
 // z = sigmoid(x W_iz^T + b_iz + h W_hz^T + b_hz)
 // n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
@@ -172,14 +202,7 @@ struct GRUCell : CellDefaults {
 
   template <typename A>
   RNNKIT_HOSTDEVICE static void backward(A& a) {
-    using S = typename A::Scalar;
-    a.dgates(2) = a.dh() * (S(1) - a.gates(1)) * ew::tanh_grad_from_output(a.gates(2));
-    a.dhgates(2) = a.dgates(2) * a.gates(0);
-    a.dgates(0) = a.dgates(2) * a.cache(0) * ew::sigmoid_grad_from_output(a.gates(0));
-    a.dhgates(0) = a.dgates(0);
-    a.dgates(1) = a.dh() * (a.h_prev() - a.gates(2)) * ew::sigmoid_grad_from_output(a.gates(1));
-    a.dhgates(1) = a.dgates(1);
-    a.dh_prev() = a.dh() * a.gates(1);
+    gru_reset_after_backward(a, a.cache(0));
   }
 };
 
@@ -276,11 +299,7 @@ struct LayerNormLSTMCell : CellDefaults {
       a.gates(k) = a.ln(kLnIhWeight, k) * a.cache(k) + a.ln(kLnIhBias, k) +
                    a.ln(kLnHhWeight, k) * a.cache(4 + k) + a.ln(kLnHhBias, k) + a.bias(k);
     }
-    a.gates(0) = ew::sigmoid(a.gates(0));
-    a.gates(1) = ew::sigmoid(a.gates(1));
-    a.gates(2) = ew::tanh(a.gates(2));
-    a.gates(3) = ew::sigmoid(a.gates(3));
-    a.c() = a.gates(1) * a.c_prev() + a.gates(0) * a.gates(2);
+    lstm_activate_and_update_c(a);
     a.stat(2) = layer_norm_forward(a, a.c(), a.cache(8));
     a.h() = a.gates(3) * ew::tanh(a.ln(kLnCWeight, 0) * a.cache(8) + a.ln(kLnCBias, 0));
   }
@@ -294,10 +313,7 @@ struct LayerNormLSTMCell : CellDefaults {
     layer_norm_backward(a, a.tmp(0), a.cache(8), a.stat(2), a.ln(kLnCWeight, 0), a.dln(kLnCWeight, 0),
                         a.dln(kLnCBias, 0), a.tmp(0));
     a.dc_prev() = a.dc() + a.tmp(0);  // dL/dc_t
-    a.dgates(0) = a.dc_prev() * a.gates(2) * ew::sigmoid_grad_from_output(a.gates(0));
-    a.dgates(1) = a.dc_prev() * a.c_prev() * ew::sigmoid_grad_from_output(a.gates(1));
-    a.dgates(2) = a.dc_prev() * a.gates(0) * ew::tanh_grad_from_output(a.gates(2));
-    a.dc_prev() = a.dc_prev() * a.gates(1);
+    lstm_backward_through_c(a);
     // dgates now holds dL/d(pre-activation): the gradient of both biases and both LN outputs.
     a.db_ih_row() += a.dgates_row();
     a.db_hh_row() += a.dgates_row();
@@ -338,15 +354,8 @@ struct LayerNormGRUCell : CellDefaults {
 
   template <typename A>
   RNNKIT_HOSTDEVICE static void backward(A& a) {
-    using S = typename A::Scalar;
     // dL/d ax into dgates, dL/d ah into dhgates (as GRUCell), then through the two LayerNorms.
-    a.dgates(2) = a.dh() * (S(1) - a.gates(1)) * ew::tanh_grad_from_output(a.gates(2));
-    a.dhgates(2) = a.dgates(2) * a.gates(0);
-    a.dgates(0) = a.dgates(2) * a.cache(6) * ew::sigmoid_grad_from_output(a.gates(0));
-    a.dhgates(0) = a.dgates(0);
-    a.dgates(1) = a.dh() * (a.h_prev() - a.gates(2)) * ew::sigmoid_grad_from_output(a.gates(1));
-    a.dhgates(1) = a.dgates(1);
-    a.dh_prev() = a.dh() * a.gates(1);
+    gru_reset_after_backward(a, a.cache(6));
     a.db_ih_row() += a.dgates_row();
     a.db_hh_row() += a.dhgates_row();
     layer_norm_backward(a, a.dhgates_row(), a.cache_rows(3, 3), a.stat(1), a.ln_row(kLnHhWeight),
