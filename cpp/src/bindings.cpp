@@ -21,6 +21,7 @@
 #include "rnnkit/buffer.h"
 #include "rnnkit/layer.h"
 #include "rnnkit/stack.h"
+#include "bind_common.h"
 
 #ifdef RNNKIT_WITH_CUDA
 #include "rnnkit_cuda.h"
@@ -33,129 +34,13 @@
 namespace py = pybind11;
 
 namespace rnnkit {
+
+void register_network(py::module_& m);  // bind_network.cpp
+void register_optim(py::module_& m);    // bind_optim.cpp
+
 namespace {
 
-// ---- cell names ---------------------------------------------------------------------------
-struct ModeName {
-  const char* name;
-  CellKind cell;
-};
-// PyTorch's mode strings where PyTorch has the cell; rnnkit's own names for the others.
-constexpr ModeName kModes[] = {
-    {"RNN_TANH", CellKind::kElmanTanh},       {"RNN_RELU", CellKind::kElmanRelu},
-    {"LSTM", CellKind::kLSTM},                {"GRU", CellKind::kGRU},
-    {"GRU_RESET_BEFORE", CellKind::kGRUResetBefore},
-    {"LN_LSTM", CellKind::kLayerNormLSTM},    {"LN_GRU", CellKind::kLayerNormGRU},
-};
-
-CellKind parse_mode(const std::string& mode) {
-  for (const ModeName& m : kModes) {
-    if (mode == m.name) return m.cell;
-  }
-  std::string names;
-  for (const ModeName& m : kModes) names += concat(names.empty() ? "" : ", ", "'", m.name, "'");
-  throw_expected("mode", concat("one of ", names), concat("'", mode, "'"));
-}
-
-std::string mode_name(CellKind cell) {
-  for (const ModeName& m : kModes) {
-    if (m.cell == cell) return m.name;
-  }
-  return "?";
-}
-
-// ---- array checks ---------------------------------------------------------------------------
-std::string shape_string(const py::array& a) {
-  std::vector<index_t> shape(a.shape(), a.shape() + a.ndim());
-  std::string s = "(";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += concat(i ? ", " : "", shape[i]);
-  return s + (shape.size() == 1 ? ",)" : ")");
-}
-
-std::string shape_string(const std::vector<index_t>& shape) {
-  std::string s = "(";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += concat(i ? ", " : "", shape[i]);
-  return s + (shape.size() == 1 ? ",)" : ")");
-}
-
-std::string dtype_name(const py::dtype& dt) { return py::str(dt).cast<std::string>(); }
-
-template <typename S>
-void check_array(const py::array& a, const std::string& name, const std::vector<index_t>& shape,
-                 bool writable) {
-  if (!a.dtype().is(py::dtype::of<S>())) {
-    throw py::type_error(concat(name, ": expected dtype ", dtype_name(py::dtype::of<S>()),
-                                ", got ", dtype_name(a.dtype())));
-  }
-  bool same = a.ndim() == static_cast<py::ssize_t>(shape.size());
-  for (std::size_t i = 0; same && i < shape.size(); ++i) same = a.shape(i) == shape[i];
-  if (!same) throw_expected(concat(name, " shape"), shape_string(shape), shape_string(a));
-  if (!(a.flags() & py::array::c_style)) {
-    throw_expected(name, "a C-contiguous array", "a non-contiguous array");
-  }
-  if (writable && !a.writeable()) throw_expected(name, "a writable array", "a read-only array");
-}
-
-template <typename S>
-const S* in_ptr(const py::array& a, const std::string& name, const std::vector<index_t>& shape) {
-  check_array<S>(a, name, shape, false);
-  return static_cast<const S*>(a.data());
-}
-
-template <typename S>
-const S* in_ptr(const std::optional<py::array>& a, const std::string& name,
-                const std::vector<index_t>& shape) {
-  return a ? in_ptr<S>(*a, name, shape) : nullptr;
-}
-
-template <typename S>
-py::array_t<S> new_array(const std::vector<index_t>& shape) {
-  std::vector<py::ssize_t> dims(shape.begin(), shape.end());
-  return py::array_t<S>(dims);
-}
-
-// The parameter (or gradient) list, checked against the specs, as per-group views.
-template <typename S, typename W>
-std::vector<W> group_views(const StackConfig& cfg, const py::list& arrays, const char* what,
-                           bool writable) {
-  const std::vector<ParamSpec> specs = stack_param_specs(cfg);
-  if (static_cast<std::size_t>(py::len(arrays)) != specs.size()) {
-    throw_expected(concat(what, " list length"), specs.size(), py::len(arrays));
-  }
-  std::vector<W> views(cfg.groups());
-  for (std::size_t i = 0; i < specs.size(); ++i) {
-    const ParamSpec& spec = specs[i];
-    py::object item = arrays[i];
-    if (!py::isinstance<py::array>(item)) {
-      throw py::type_error(concat(what, "[", i, "] (", spec.name, "): expected a numpy array, got ",
-                                  py::str(py::type::of(item)).cast<std::string>()));
-    }
-    py::array a = item.cast<py::array>();
-    check_array<S>(a, concat(what, "[", i, "] (", spec.name, ")"), spec.shape, writable);
-    S* ptr = static_cast<S*>(const_cast<void*>(a.data()));
-    W& v = views[spec.group];
-    if constexpr (std::is_same_v<W, LayerWeights<S>>) {
-      switch (spec.role) {
-        case kRoleWIh: v.w_ih = ptr; break;
-        case kRoleWHh: v.w_hh = ptr; break;
-        case kRoleBIh: v.b_ih = ptr; break;
-        case kRoleBHh: v.b_hh = ptr; break;
-        case kRoleWHr: v.w_hr = ptr; break;
-        default: v.ln[spec.role - kRoleLn0] = ptr; break;
-      }
-    } else {
-      switch (spec.role) {
-        case kRoleWIh: v.dw_ih = ptr; break;
-        case kRoleWHh: v.dw_hh = ptr; break;
-        case kRoleBIh: v.db_ih = ptr; break;
-        case kRoleBHh: v.db_hh = ptr; break;
-        case kRoleWHr: v.dw_hr = ptr; break;
-        default: v.dln[spec.role - kRoleLn0] = ptr; break;
-      }
-    }
-  }
-  return views;
-}
+using namespace bind;
 
 // ---- the training cache ---------------------------------------------------------------------
 struct Cache {
@@ -204,7 +89,8 @@ py::tuple forward_impl(const StackConfig& cfg, const py::list& params, const py:
       }
     }
   }
-  const std::vector<LayerWeights<S>> w = group_views<S, LayerWeights<S>>(cfg, params, "params", false);
+  const std::vector<LayerWeights<S>> w =
+      group_views<S, LayerWeights<S>>(cfg, stack_param_specs(cfg), params, "params", false);
 
   const StackFootprint foot = stack_footprint(cfg, T, N, training);
   const index_t outputs = checked_add(checked_mul(checked_mul(T, N, "output"), cfg.num_directions * P, "output"),
@@ -263,7 +149,8 @@ py::tuple backward_impl(const Cache& cache_obj, const std::optional<py::array>& 
   const S* dhnp = in_ptr<S>(dh_n, "dh_n", {GD, N, P});
   if (dc_n && !has_c) throw_expected("dc_n", concat("None (", mode_name(cfg.cell), " has no cell state)"), "an array");
   const S* dcnp = in_ptr<S>(dc_n, "dc_n", {GD, N, H});
-  const std::vector<LayerGrads<S>> g = group_views<S, LayerGrads<S>>(cfg, grads, "grads", true);
+  const std::vector<LayerGrads<S>> g =
+      group_views<S, LayerGrads<S>>(cfg, stack_param_specs(cfg), grads, "grads", true);
 
   const StackFootprint foot = stack_footprint(cfg, T, N, true);
   const index_t outputs = checked_add(need_dx ? checked_mul(checked_mul(T, N, "dx"), cfg.input_size, "dx") : 0,
@@ -410,6 +297,9 @@ released while it runs.)doc");
 
 dy, dh_n, dc_n: gradients of the outputs or None. grads: arrays shaped like params, ACCUMULATED
 into. Returns (dx or None, dh0, dc0 or None). The GIL is released while it runs.)doc");
+
+  register_network(m);
+  register_optim(m);
 
   m.def("_dropout_mask", [](std::uint64_t seed, index_t layer, index_t count, double p) {
         if (count < 0) throw_expected("count", ">= 0", count);

@@ -18,13 +18,17 @@ except ImportError:  # a wheel repaired with the library bundled does not need t
     pass
 
 from . import _core
-from . import convert, cuda, init
+from . import convert, cuda, init, optim
 from ._runtime import build_info, get_num_threads, set_num_threads
 from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
+from .network import RNNNetwork
+from .training import Trainer
+from . import data
+from .checkpoint import load_checkpoint, save_checkpoint
 
 __version__: str = _core.__version__
 
 __all__ = [
-    "GRU", "LSTM", "LayerNormGRU", "LayerNormLSTM", "RNN",
-    "build_info", "convert", "cuda", "get_num_threads", "init", "set_num_threads", "__version__",
+    "GRU", "LSTM", "LayerNormGRU", "LayerNormLSTM", "RNN", "RNNNetwork", "Trainer",
+    "build_info", "convert", "cuda", "data", "load_checkpoint", "save_checkpoint", "get_num_threads", "init", "optim", "set_num_threads", "__version__",
 ]

@@ -137,6 +137,23 @@ def as_float_array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
+def as_token_array(name: str, value: Any) -> np.ndarray:
+    """Integer ids as a C-contiguous int64 array; refuses floats, bools and others with TypeError."""
+    if value is None:
+        raise TypeError(f"{name}: expected an array of integer ids, got None")
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:
+        raise TypeError(f"{name}: expected an array of integer ids, got {_type_name(value)} ({exc})") from None
+    if arr.size == 0 and arr.dtype == np.float64:  # an empty list: no ids, not float ids
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer ids, got dtype {arr.dtype.name}")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: expected ids that fit in int64, got {int(arr.max())}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
 def shape_str(shape: Iterable[int]) -> str:
     shape = tuple(shape)
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"

@@ -1,0 +1,347 @@
+// The recurrent network on the CPU: embedding, layer stack, output layer and fused loss (network.h).
+#include "rnnkit/network.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+
+#include <Eigen/Core>
+
+#include "rnnkit/blas.h"
+
+namespace rnnkit {
+namespace {
+
+template <typename S>
+using Vec = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
+template <typename S>
+using ConstVec = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
+
+template <typename S>
+void copy_n(S* dst, const S* src, index_t n) {
+  if (n > 0) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(S));
+}
+
+index_t head_rows(const NetworkConfig& cfg, index_t T, index_t N) {
+  return cfg.head == HeadKind::kSequence ? T * N : N;
+}
+
+// Row r of the head is valid (counts in the loss) unless it is a padded step.
+bool row_is_padding(const NetworkConfig& cfg, const index_t* lengths, index_t N, index_t r) {
+  if (cfg.head != HeadKind::kSequence || lengths == nullptr) return false;
+  return r / N >= lengths[r % N];
+}
+
+// The final states of the last layer, both directions side by side: [N, D*P].
+template <typename S>
+void gather_last_states(const NetworkConfig& cfg, index_t N, const S* h_n, S* features) {
+  const index_t D = cfg.stack.num_directions, P = cfg.stack.state_size();
+  const index_t first = (cfg.stack.num_layers - 1) * D;
+  for (index_t n = 0; n < N; ++n) {
+    for (index_t d = 0; d < D; ++d) {
+      copy_n(features + n * D * P + d * P, h_n + ((first + d) * N + n) * P, P);
+    }
+  }
+}
+
+// Writes softmax(row) in place.
+template <typename S>
+void softmax_in_place(S* row, index_t K) {
+  Vec<S> v(row, K);
+  const S mx = v.maxCoeff();
+  v = (v - mx).exp();
+  v /= v.sum();
+}
+
+// Cross-entropy over valid rows: returns the mean loss; writes dL/dlogits into `grad` (may alias
+// `logits`) when grad is non-null. One vectorised exp pass per row: the exponentials are kept
+// (in `grad`, or a scratch row) and become the softmax.
+template <typename S>
+double cross_entropy(const NetworkConfig& cfg, const S* logits, const std::int64_t* targets, index_t R,
+                     index_t N, const index_t* lengths, S* grad) {
+  const index_t K = cfg.output_size;
+  index_t count = 0;
+  for (index_t r = 0; r < R; ++r) {
+    if (!row_is_padding(cfg, lengths, N, r) && targets[r] != cfg.ignore_index) ++count;
+  }
+  if (count == 0) {
+    throw std::invalid_argument("targets: expected at least one target that is not padding or ignore_index, got none");
+  }
+  Buffer<S> scratch(grad == nullptr ? K : 0, "softmax row");
+  double total = 0.0;
+  const double inv = 1.0 / static_cast<double>(count);
+  for (index_t r = 0; r < R; ++r) {
+    const S* row = logits + r * K;
+    const bool valid = !row_is_padding(cfg, lengths, N, r) && targets[r] != cfg.ignore_index;
+    S* e = grad != nullptr ? grad + r * K : scratch.data();
+    if (!valid) {
+      if (grad != nullptr) std::memset(e, 0, static_cast<std::size_t>(K) * sizeof(S));
+      continue;
+    }
+    const S target_logit = row[targets[r]];  // read before `e` (maybe `row` itself) is overwritten
+    const S mx = ConstVec<S>(row, K).maxCoeff();
+    Vec<S> ev(e, K);
+    ev = (ConstVec<S>(row, K) - mx).exp();
+    const double sum = static_cast<double>(ev.sum());
+    total += static_cast<double>(mx) + std::log(sum) - static_cast<double>(target_logit);
+    if (grad != nullptr) {
+      ev *= static_cast<S>(inv / sum);
+      e[targets[r]] -= static_cast<S>(inv);
+    }
+  }
+  return total * inv;
+}
+
+template <typename S>
+double mean_squared_error(const NetworkConfig& cfg, const S* pred, const S* targets, index_t R, index_t N,
+                          const index_t* lengths, S* grad) {
+  const index_t K = cfg.output_size;
+  index_t count = 0;
+  for (index_t r = 0; r < R; ++r) count += row_is_padding(cfg, lengths, N, r) ? 0 : 1;
+  const double denom = static_cast<double>(count) * static_cast<double>(K);
+  double total = 0.0;
+  for (index_t r = 0; r < R; ++r) {
+    const bool valid = !row_is_padding(cfg, lengths, N, r);
+    for (index_t k = 0; k < K; ++k) {
+      const double diff = valid ? static_cast<double>(pred[r * K + k]) - static_cast<double>(targets[r * K + k]) : 0.0;
+      total += diff * diff;
+      if (grad != nullptr) grad[r * K + k] = static_cast<S>(2.0 * diff / denom);
+    }
+  }
+  return total / denom;
+}
+
+std::uint64_t splitmix64(std::uint64_t z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// Draws a token from the logits row; see network_generate.
+template <typename S>
+std::int64_t sample_token(const S* logits, index_t K, double temperature, index_t top_k, double u,
+                          std::vector<index_t>& order, std::vector<double>& probs) {
+  order.resize(K);
+  std::iota(order.begin(), order.end(), index_t(0));
+  if (temperature <= 0.0) {
+    return *std::max_element(order.begin(), order.end(),
+                             [&](index_t a, index_t b) { return logits[a] < logits[b]; });
+  }
+  index_t keep = (top_k > 0 && top_k < K) ? top_k : K;
+  if (keep < K) {
+    std::nth_element(order.begin(), order.begin() + (keep - 1), order.end(),
+                     [&](index_t a, index_t b) { return logits[a] > logits[b]; });
+  }
+  double mx = -std::numeric_limits<double>::infinity();
+  for (index_t i = 0; i < keep; ++i) mx = std::max(mx, static_cast<double>(logits[order[i]]));
+  probs.resize(keep);
+  double sum = 0.0;
+  for (index_t i = 0; i < keep; ++i) {
+    probs[i] = std::exp((static_cast<double>(logits[order[i]]) - mx) / temperature);
+    sum += probs[i];
+  }
+  double acc = 0.0;
+  const double target = u * sum;
+  for (index_t i = 0; i < keep; ++i) {
+    acc += probs[i];
+    if (target < acc) return order[i];
+  }
+  return order[keep - 1];
+}
+
+}  // namespace
+
+void check_network_config(const NetworkConfig& cfg) {
+  check_stack_config(cfg.stack);
+  if (cfg.vocab_size < 0) throw_expected("vocab_size", "an integer >= 0 (0: dense input)", cfg.vocab_size);
+  if (cfg.output_size < 1) throw_expected("output_size", "an integer >= 1", cfg.output_size);
+  if (cfg.loss == LossKind::kCrossEntropy && cfg.output_size < 2) {
+    throw_expected("output_size", "at least 2 classes for cross-entropy", cfg.output_size);
+  }
+}
+
+std::vector<ParamSpec> network_param_specs(const NetworkConfig& cfg) {
+  std::vector<ParamSpec> specs;
+  if (cfg.vocab_size > 0) {
+    specs.push_back({"embedding.weight", {cfg.vocab_size, cfg.stack.input_size}, -1, -1});
+  }
+  for (ParamSpec s : stack_param_specs(cfg.stack)) {
+    s.name = "rnn." + s.name;
+    specs.push_back(s);
+  }
+  specs.push_back({"output.weight", {cfg.output_size, cfg.feature_size()}, -1, -2});
+  specs.push_back({"output.bias", {cfg.output_size}, -1, -3});
+  return specs;
+}
+
+template <typename S>
+void network_forward(const NetworkConfig& cfg, const NetworkWeights<S>& w, const NetworkInputs& in,
+                     const S* h0, const S* c0, const void* targets, bool training,
+                     std::uint64_t dropout_seed, bool softmax_outputs, S* outputs, S* h_n, S* c_n,
+                     double* loss, NetworkCache<S>* cache) {
+  const index_t T = in.T, N = in.N;
+  const index_t E = cfg.stack.input_size, F = cfg.feature_size(), K = cfg.output_size;
+  const index_t R = head_rows(cfg, T, N);
+  const bool sequence = cfg.head == HeadKind::kSequence;
+
+  // Scratch: the embedded input, the head's features and the outputs, as needed.
+  const index_t emb_n = cfg.vocab_size > 0 ? T * N * E : 0;
+  const index_t feat_n = training ? 0 : R * F;
+  const index_t out_n = (training || outputs != nullptr) ? 0 : R * K;
+  Buffer<S> scratch(emb_n + feat_n + out_n, "network scratch");
+  S* emb = scratch.data();
+  S* features = emb + emb_n;
+  S* logits = features + feat_n;
+  if (training) {
+    cache->cfg = cfg;
+    cache->T = T;
+    cache->N = N;
+    cache->rows = R;
+    cache->block.allocate(R * F + R * K + K * F, "the network cache");
+    cache->features = cache->block.data();
+    cache->d_out = cache->features + R * F;
+    cache->out_w = cache->d_out + R * K;
+    copy_n(cache->out_w, w.out_w, K * F);
+    features = cache->features;
+    logits = cache->d_out;
+    if (cfg.vocab_size > 0) cache->tokens.assign(in.tokens, in.tokens + T * N);
+  } else if (outputs != nullptr) {
+    logits = outputs;
+  }
+
+  const S* x = static_cast<const S*>(in.x);
+  if (cfg.vocab_size > 0) {
+    for (index_t r = 0; r < T * N; ++r) copy_n(emb + r * E, w.embedding + in.tokens[r] * E, E);
+    x = emb;
+  }
+  // The sequence head reads the last layer's outputs straight from where the stack writes them.
+  Buffer<S> y_scratch(sequence ? 0 : T * N * F, "stack output");
+  S* y = sequence ? features : y_scratch.data();
+  stack_forward<S>(cfg.stack, T, N, w.stack, x, h0, c0, in.lengths, training, dropout_seed, y, h_n,
+                   c_n, training ? &cache->stack : nullptr);
+  if (!sequence) gather_last_states(cfg, N, h_n, features);
+
+  // outputs = features V^T + c
+  for (index_t r = 0; r < R; ++r) copy_n(logits + r * K, w.out_b, K);
+  gemm(Trans::kNo, Trans::kYes, R, K, F, S(1), features, F, w.out_w, F, S(1), logits, K);
+
+  if (outputs != nullptr && outputs != logits) copy_n(outputs, logits, R * K);
+  if (targets != nullptr && loss != nullptr) {
+    S* grad = training ? cache->d_out : nullptr;  // in place over the cached logits
+    if (cfg.loss == LossKind::kCrossEntropy) {
+      *loss = cross_entropy(cfg, logits, static_cast<const std::int64_t*>(targets), R, N, in.lengths, grad);
+    } else {
+      *loss = mean_squared_error(cfg, logits, static_cast<const S*>(targets), R, N, in.lengths, grad);
+    }
+    if (training) cache->has_loss_grad = true;
+  }
+  if (outputs != nullptr && softmax_outputs) {  // after the loss, which reads the logits
+    for (index_t r = 0; r < R; ++r) softmax_in_place(outputs + r * K, K);
+  }
+}
+
+template <typename S>
+void network_backward(const NetworkCache<S>& cache, const S* d_outputs, const NetworkGrads<S>& grads,
+                      S* dh0, S* dc0) {
+  const NetworkConfig& cfg = cache.cfg;
+  const index_t T = cache.T, N = cache.N, R = cache.rows;
+  const index_t E = cfg.stack.input_size, F = cfg.feature_size(), K = cfg.output_size;
+  const index_t groups = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
+  const bool sequence = cfg.head == HeadKind::kSequence;
+  const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
+  const S* d_out = d_outputs != nullptr ? d_outputs : cache.d_out;
+
+  const index_t dx_n = cfg.vocab_size > 0 ? T * N * E : 0;
+  const index_t dhn_n = sequence ? 0 : groups * N * P;
+  const index_t state_n = (dh0 ? 0 : groups * N * P) + ((has_c && !dc0) ? groups * N * H : 0);
+  Buffer<S> scratch(R * F + dx_n + dhn_n + state_n, "network backward scratch");
+  S* d_features = scratch.data();
+  S* dx = dx_n ? d_features + R * F : nullptr;
+  S* dh_n = dhn_n ? d_features + R * F + dx_n : nullptr;
+  S* spare = d_features + R * F + dx_n + dhn_n;
+  if (dh0 == nullptr) { dh0 = spare; spare += groups * N * P; }
+  if (has_c && dc0 == nullptr) dc0 = spare;
+
+  // Output layer: dV += d_out^T features, dc += column sums, d_features = d_out V.
+  gemm(Trans::kYes, Trans::kNo, K, F, R, S(1), d_out, K, cache.features, F, S(1), grads.out_w, F);
+  {
+    Vec<S> db(grads.out_b, K);
+    for (index_t r = 0; r < R; ++r) db += ConstVec<S>(d_out + r * K, K);
+  }
+  gemm(Trans::kNo, Trans::kNo, R, F, K, S(1), d_out, K, cache.out_w, F, S(0), d_features, F);
+
+  const S* dy = nullptr;
+  if (sequence) {
+    dy = d_features;
+  } else {
+    std::memset(dh_n, 0, static_cast<std::size_t>(dhn_n) * sizeof(S));
+    const index_t D = cfg.stack.num_directions, first = (cfg.stack.num_layers - 1) * D;
+    for (index_t n = 0; n < N; ++n) {
+      for (index_t d = 0; d < D; ++d) {
+        copy_n(dh_n + ((first + d) * N + n) * P, d_features + n * F + d * P, P);
+      }
+    }
+  }
+  stack_backward<S>(cache.stack, dy, dh_n, nullptr, grads.stack, dx, dh0, has_c ? dc0 : nullptr);
+  if (cfg.vocab_size > 0) {
+    const index_t* lengths = cache.stack.lengths.empty() ? nullptr : cache.stack.lengths.data();
+    for (index_t r = 0; r < T * N; ++r) {
+      if (lengths && r / N >= lengths[r % N]) continue;  // padded: zero gradient
+      Vec<S>(grads.embedding + cache.tokens[r] * E, E) += ConstVec<S>(dx + r * E, E);
+    }
+  }
+}
+
+template <typename S>
+void network_generate(const NetworkConfig& cfg, const NetworkWeights<S>& w,
+                      const std::int64_t* prefix, index_t prefix_len, index_t count,
+                      double temperature, index_t top_k, std::uint64_t seed, S* h, S* c,
+                      std::int64_t* out_tokens) {
+  const index_t K = cfg.output_size, groups = cfg.stack.groups();
+  const index_t P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
+  const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
+  NetworkConfig step_cfg = cfg;
+  step_cfg.head = HeadKind::kSequence;
+  Buffer<S> buf(prefix_len * K + groups * P + (has_c ? groups * H : 0), "generation");
+  S* logits = buf.data();
+  S* h_next = logits + prefix_len * K;
+  S* c_next = has_c ? h_next + groups * P : nullptr;
+  std::vector<index_t> order;
+  std::vector<double> probs;
+
+  NetworkInputs in;
+  in.N = 1;
+  in.tokens = prefix;
+  in.T = prefix_len;
+  std::int64_t token = 0;
+  for (index_t i = 0; i <= count; ++i) {
+    network_forward<S>(step_cfg, w, in, h, c, nullptr, false, 0, false, logits, h_next, c_next,
+                       nullptr, nullptr);
+    copy_n(h, h_next, groups * P);
+    if (has_c) copy_n(c, c_next, groups * H);
+    if (i == count) break;
+    const double u = static_cast<double>(splitmix64(seed + static_cast<std::uint64_t>(i)) >> 11) * 0x1.0p-53;
+    token = sample_token(logits + (in.T - 1) * K, K, temperature, top_k, u, order, probs);
+    out_tokens[i] = token;
+    in.tokens = &out_tokens[i];
+    in.T = 1;
+  }
+}
+
+#define RNNKIT_INSTANTIATE_NETWORK(S)                                                             \
+  template void network_forward<S>(const NetworkConfig&, const NetworkWeights<S>&,                \
+                                   const NetworkInputs&, const S*, const S*, const void*, bool,   \
+                                   std::uint64_t, bool, S*, S*, S*, double*, NetworkCache<S>*);   \
+  template void network_backward<S>(const NetworkCache<S>&, const S*, const NetworkGrads<S>&, S*, \
+                                    S*);                                                          \
+  template void network_generate<S>(const NetworkConfig&, const NetworkWeights<S>&,               \
+                                    const std::int64_t*, index_t, index_t, double, index_t,       \
+                                    std::uint64_t, S*, S*, std::int64_t*);
+RNNKIT_INSTANTIATE_NETWORK(float)
+RNNKIT_INSTANTIATE_NETWORK(double)
+#undef RNNKIT_INSTANTIATE_NETWORK
+
+}  // namespace rnnkit

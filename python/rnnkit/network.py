@@ -1,0 +1,403 @@
+"""The recurrent neural network: input -> recurrent stack -> output layer -> softmax / loss.
+
+``RNNNetwork`` composes an embedding (token inputs) or dense features, any rnnkit recurrent layer
+stack, and an output layer ``y_t = V h_t + c``. Its forward, loss and backward each run as one
+C++ call (``_core.network_forward`` / ``network_backward``), so a training step makes no
+per-timestep or per-layer Python call.
+
+Parameter names are those of a PyTorch module with submodules ``embedding`` (``nn.Embedding``),
+``rnn`` (``nn.LSTM`` ...) and ``output`` (``nn.Linear``), so a PyTorch twin loads rnnkit's
+``state_dict()`` directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _core
+from . import _validate as V
+from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, _RecurrentLayer
+
+#: cell name -> (layer class, fixed layer options)
+CELLS: Dict[str, Tuple[type, Dict[str, Any]]] = {
+    "rnn_tanh": (RNN, {"nonlinearity": "tanh"}),
+    "rnn_relu": (RNN, {"nonlinearity": "relu"}),
+    "lstm": (LSTM, {}),
+    "gru": (GRU, {}),
+    "gru_reset_before": (GRU, {"reset_after": False}),
+    "ln_lstm": (LayerNormLSTM, {}),
+    "ln_gru": (LayerNormGRU, {}),
+}
+HEADS = ("sequence", "last")
+LOSSES = ("cross_entropy", "mse")
+
+State = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
+
+
+class RNNNetwork:
+    """A recurrent network with an output layer and a loss.
+
+    Args (keyword-only):
+        vocab_size: token input through an embedding of ``embedding_dim`` (default hidden_size);
+            inputs are integer ids ``[T, N]``. Give this or ``input_size``.
+        input_size: dense input features ``[T, N, input_size]``.
+        hidden_size, num_layers, bidirectional, dropout, proj_size: the recurrent stack's options.
+        cell: ``"rnn_tanh"``, ``"rnn_relu"``, ``"lstm"``, ``"gru"``, ``"gru_reset_before"``,
+            ``"ln_lstm"`` or ``"ln_gru"``.
+        output_size: K, classes or regression targets (default: vocab_size).
+        head: ``"sequence"`` (an output at every step: language modelling, sequence labelling,
+            forecasting) or ``"last"`` (one output per sequence from the last layer's final state,
+            both directions, at each sequence's own last step with ``lengths``: classification).
+        loss: ``"cross_entropy"`` (softmax outputs; targets are class ids; ``ignore_index``
+            targets are skipped) or ``"mse"`` (linear outputs; float targets).
+        batch_first: inputs ``[N, T, ...]``, targets and outputs likewise.
+        dtype, seed, init, init_gain, forget_bias: as for the layers.
+
+    Losses are means over valid targets (padded steps and ``ignore_index`` do not count).
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: Optional[int] = None,
+        input_size: Optional[int] = None,
+        embedding_dim: Optional[int] = None,
+        hidden_size: int = 128,
+        output_size: Optional[int] = None,
+        cell: str = "lstm",
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        proj_size: int = 0,
+        head: str = "sequence",
+        loss: str = "cross_entropy",
+        ignore_index: int = -100,
+        batch_first: bool = False,
+        dtype: Any = "float32",
+        seed: Optional[int] = None,
+        init: str = "default",
+        init_gain: float = 1.0,
+        forget_bias: Optional[float] = None,
+    ) -> None:
+        if (vocab_size is None) == (input_size is None):
+            raise ValueError("vocab_size, input_size: expected exactly one of them (token or dense input), "
+                             f"got vocab_size={vocab_size!r}, input_size={input_size!r}")
+        self.vocab_size = 0 if vocab_size is None else V.check_size("vocab_size", vocab_size)
+        self.hidden_size = V.check_size("hidden_size", hidden_size)
+        if self.vocab_size:
+            self.embedding_dim = V.check_size("embedding_dim", embedding_dim if embedding_dim is not None else hidden_size)
+            rnn_input = self.embedding_dim
+        else:
+            if embedding_dim is not None:
+                raise ValueError(f"embedding_dim: expected None for dense input, got {embedding_dim!r}")
+            self.embedding_dim = None
+            rnn_input = V.check_size("input_size", input_size)
+        self.input_size = None if self.vocab_size else rnn_input
+        self.cell = V.check_choice("cell", cell, tuple(CELLS))
+        self.head = V.check_choice("head", head, HEADS)
+        self.loss_kind = V.check_choice("loss", loss, LOSSES)
+        if output_size is None:
+            if not (self.vocab_size and self.loss_kind == "cross_entropy"):
+                raise ValueError("output_size: expected an integer (it defaults to vocab_size only for a "
+                                 "token network with cross_entropy), got None")
+            output_size = self.vocab_size
+        self.output_size = V.check_size("output_size", output_size)
+        self.ignore_index = int(ignore_index)
+        self.batch_first = V.check_bool("batch_first", batch_first)
+        self.dtype = V.resolve_dtype(dtype)
+        self.seed = V.check_seed("seed", seed)
+        rnn_seq, head_seq = np.random.SeedSequence(self.seed).spawn(2)
+
+        layer_cls, fixed = CELLS[self.cell]
+        kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, dropout=dropout, dtype=self.dtype,
+                      seed=int(rnn_seq.generate_state(1, np.uint64)[0] >> np.uint64(1)), init=init,
+                      init_gain=init_gain, **fixed)
+        if proj_size:
+            kwargs["proj_size"] = proj_size
+        if forget_bias is not None:
+            kwargs["forget_bias"] = forget_bias
+        self.rnn: _RecurrentLayer = layer_cls(rnn_input, self.hidden_size, **kwargs)
+        self._config = _core.NetworkConfig(self.rnn._config, self.vocab_size, self.output_size, self.head,
+                                           self.loss_kind, self.ignore_index)
+        self._specs = [(n, tuple(s)) for n, s in self._config.param_specs()]
+        self._head_rng = np.random.default_rng(head_seq)
+        self._cache = None
+        self._cache_batch_first = False
+        self.training = True
+        self._init_head()
+
+    # ---- construction ----------------------------------------------------------------------
+    def config(self) -> Dict[str, Any]:
+        """The constructor arguments (JSON-serialisable): ``RNNNetwork(**model.config())`` rebuilds it."""
+        r = self.rnn
+        return {
+            "vocab_size": self.vocab_size or None, "input_size": self.input_size,
+            "embedding_dim": self.embedding_dim, "hidden_size": self.hidden_size,
+            "output_size": self.output_size, "cell": self.cell, "num_layers": r.num_layers,
+            "bidirectional": r.bidirectional, "dropout": r.dropout, "proj_size": r.proj_size,
+            "head": self.head, "loss": self.loss_kind, "ignore_index": self.ignore_index,
+            "batch_first": self.batch_first, "dtype": self.dtype.name, "seed": self.seed,
+            "init": r.init, "init_gain": r.init_gain, "forget_bias": r.forget_bias,
+        }
+
+    def _init_head(self) -> None:
+        F = self._config.feature_size
+        rng = self._head_rng
+        own: Dict[str, np.ndarray] = {}
+        if self.vocab_size:
+            own["embedding.weight"] = rng.standard_normal((self.vocab_size, self.embedding_dim))
+        bound = 1.0 / np.sqrt(F)
+        own["output.weight"] = rng.uniform(-bound, bound, (self.output_size, F))
+        own["output.bias"] = rng.uniform(-bound, bound, self.output_size)
+        own = {k: np.ascontiguousarray(v, dtype=self.dtype) for k, v in own.items()}
+        self.params: Dict[str, np.ndarray] = {}
+        self.grads: Dict[str, np.ndarray] = {}
+        for name, _ in self._specs:
+            if name.startswith("rnn."):
+                self.params[name] = self.rnn.params[name[4:]]
+                self.grads[name] = self.rnn.grads[name[4:]]
+            else:
+                self.params[name] = own[name]
+                self.grads[name] = np.zeros_like(own[name])
+
+    def reset_parameters(self, seed: Optional[int] = None) -> None:
+        """Fresh parameters (and zero gradients), from `seed` if given."""
+        if seed is not None:
+            rnn_seq, head_seq = np.random.SeedSequence(V.check_seed("seed", seed)).spawn(2)
+            self.rnn.reset_parameters(int(rnn_seq.generate_state(1, np.uint64)[0] >> np.uint64(1)))
+            self._head_rng = np.random.default_rng(head_seq)
+        else:
+            self.rnn.reset_parameters()
+        self._init_head()
+        self._cache = None
+
+    @property
+    def dropout_rng(self) -> np.random.Generator:
+        """The generator of dropout masks (see the layers)."""
+        return self.rnn.dropout_rng
+
+    @dropout_rng.setter
+    def dropout_rng(self, value: np.random.Generator) -> None:
+        self.rnn.dropout_rng = value
+
+    @property
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """Copies of every parameter, PyTorch-style names (embedding.*, rnn.*, output.*)."""
+        return {name: self.params[name].copy() for name, _ in self._specs}
+
+    def load_state_dict(self, state: Any) -> None:
+        """Copies parameters in (exact keys and shapes; nothing changes if any entry is wrong)."""
+        checked = V.check_state_dict("state_dict", state, dict(self._specs), self.dtype)
+        for name, value in checked.items():
+            np.copyto(self.params[name], value)
+
+    def zero_grad(self) -> None:
+        for g in self.grads.values():
+            g.fill(0)
+
+    def train(self, mode: bool = True) -> "RNNNetwork":
+        self.training = V.check_bool("mode", mode)
+        self.rnn.train(self.training)
+        return self
+
+    def eval(self) -> "RNNNetwork":
+        return self.train(False)
+
+    # ---- state ------------------------------------------------------------------------------
+    @property
+    def has_cell_state(self) -> bool:
+        return self.rnn._has_cell_state
+
+    def init_state(self, batch_size: int) -> State:
+        """Zero state for ``batch_size`` sequences: h ``[L*D, N, P]`` (LSTM cells: ``(h, c)``)."""
+        N = V.check_size("batch_size", batch_size)
+        groups = self.rnn.num_layers * self.rnn.num_directions
+        h = np.zeros((groups, N, self.rnn.state_size), self.dtype)
+        if self.has_cell_state:
+            return h, np.zeros((groups, N, self.hidden_size), self.dtype)
+        return h
+
+    def _state_in(self, state: Any, N: int):
+        if state is None:
+            return None, None
+        groups = self.rnn.num_layers * self.rnn.num_directions
+        P, H = self.rnn.state_size, self.hidden_size
+        if self.has_cell_state:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(f"state: expected a tuple (h, c) for cell {self.cell!r}, got {type(state).__name__}")
+            h = V.as_float_array("state[0]", state[0], self.dtype)
+            c = V.as_float_array("state[1]", state[1], self.dtype)
+            V.check_shape("state[0]", h, (groups, N, P), "[num_layers*num_directions, N, P]")
+            V.check_shape("state[1]", c, (groups, N, H), "[num_layers*num_directions, N, hidden_size]")
+            return h, c
+        if isinstance(state, tuple):
+            raise TypeError(f"state: expected an array for cell {self.cell!r}, got a tuple")
+        h = V.as_float_array("state", state, self.dtype)
+        V.check_shape("state", h, (groups, N, P), "[num_layers*num_directions, N, P]")
+        return h, None
+
+    def _state_out(self, h: np.ndarray, c: Optional[np.ndarray]) -> State:
+        return (h, c) if self.has_cell_state else h
+
+    # ---- inputs -----------------------------------------------------------------------------
+    def _inputs(self, inputs: Any, batch_first: bool) -> np.ndarray:
+        """Time-major inputs for the core: int64 ids [T, N] or floats [T, N, C]."""
+        if self.vocab_size:
+            arr = V.as_token_array("inputs", inputs)
+            V.check_rank("inputs", arr, (2,), "[N, T] of token ids" if batch_first else "[T, N] of token ids")
+            if batch_first:
+                arr = arr.T
+        else:
+            arr = V.as_float_array("inputs", inputs, self.dtype)
+            V.check_rank("inputs", arr, (3,), "[N, T, input_size]" if batch_first else "[T, N, input_size]")
+            if batch_first:
+                arr = arr.transpose(1, 0, 2)
+            if arr.shape[2] != self.input_size:
+                raise ValueError(f"inputs: expected input_size {self.input_size} in the last dimension, got {arr.shape[2]}")
+        V.check_not_empty("inputs", arr, ("sequence length T", "batch size N"))
+        return np.ascontiguousarray(arr)
+
+    def _targets(self, targets: Any, T: int, N: int) -> np.ndarray:
+        K = self.output_size
+        seq = self.head == "sequence"
+        if self.loss_kind == "cross_entropy":
+            arr = V.as_token_array("targets", targets)
+            shape = ((N, T) if self.batch_first else (T, N)) if seq else (N,)
+            V.check_shape("targets", arr, shape, "(class ids, one per output)")
+            if seq and self.batch_first:
+                arr = arr.T
+        else:
+            arr = V.as_float_array("targets", targets, self.dtype)
+            shape = ((N, T, K) if self.batch_first else (T, N, K)) if seq else (N, K)
+            V.check_shape("targets", arr, shape, "(the shape of the outputs)")
+            if seq and self.batch_first:
+                arr = arr.transpose(1, 0, 2)
+        return np.ascontiguousarray(arr)
+
+    def _run(self, inputs, state, lengths, targets, training, want_outputs, softmax, batch_first=None):
+        batch_first = self.batch_first if batch_first is None else batch_first
+        x = self._inputs(inputs, batch_first)
+        T, N = x.shape[0], x.shape[1]
+        h0, c0 = self._state_in(state, N)
+        lengths_arr = None if lengths is None else V.check_lengths("lengths", lengths, N, T)
+        t = None if targets is None else self._targets(targets, T, N)
+        seed = 0
+        if training and self.rnn.dropout > 0 and self.rnn.num_layers > 1:
+            seed = int(self.rnn.dropout_rng.integers(0, 2**63))
+        params = [V.check_owned_array(f"params[{n!r}]", self.params.get(n), s, self.dtype, writable=False)
+                  for n, s in self._specs]
+        out, h_n, c_n, loss, cache = _core.network_forward(
+            self._config, params, x, h0, c0, lengths_arr, t, training, seed, want_outputs, softmax
+        )
+        if training:
+            self._cache = cache
+            self._cache_batch_first = batch_first
+        if out is not None and self.head == "sequence" and batch_first:
+            out = np.ascontiguousarray(out.transpose(1, 0, 2))
+        return out, self._state_out(h_n, c_n), loss
+
+    # ---- forward / loss / backward ---------------------------------------------------------
+    def __call__(self, inputs: Any, state: Any = None, lengths: Any = None):
+        return self.forward(inputs, state, lengths)
+
+    def forward(self, inputs: Any, state: Any = None, lengths: Any = None) -> Tuple[np.ndarray, State]:
+        """Outputs and final state. Outputs are logits (cross-entropy) or predictions (MSE),
+        ``[T, N, K]`` (sequence head) or ``[N, K]`` (last head). In training mode the forward is
+        kept for ``backward(d_outputs)``."""
+        out, st, _ = self._run(inputs, state, lengths, None, self.training, True, False)
+        return out, st
+
+    def predict_proba(self, inputs: Any, state: Any = None, lengths: Any = None) -> Tuple[np.ndarray, State]:
+        """Softmax probabilities (cross-entropy networks), without caching anything."""
+        if self.loss_kind != "cross_entropy":
+            raise ValueError(f"predict_proba: expected a cross_entropy network, got loss={self.loss_kind!r}")
+        out, st, _ = self._run(inputs, state, lengths, None, False, True, True)
+        return out, st
+
+    def forward_loss(self, inputs: Any, targets: Any, state: Any = None, lengths: Any = None) -> Tuple[float, State]:
+        """The loss (mean over valid targets) and the final state. In training mode the loss's
+        gradient is kept, so ``backward()`` needs no argument."""
+        _, st, loss = self._run(inputs, state, lengths, targets, self.training, False, False)
+        return float(loss), st
+
+    def evaluate(self, inputs: Any, targets: Any, state: Any = None, lengths: Any = None) -> Tuple[float, State]:
+        """The loss without caching anything or applying dropout (the mode is left as it is)."""
+        _, st, loss = self._run(inputs, state, lengths, targets, False, False, False)
+        return float(loss), st
+
+    def backward(self, d_outputs: Any = None) -> State:
+        """Backpropagates the last training forward: the fused loss's gradient (after
+        ``forward_loss``/``train_step``) or ``d_outputs`` (after ``forward``). Gradients are
+        **accumulated** into ``self.grads``. Returns the gradient of the initial state."""
+        if self._cache is None:
+            raise RuntimeError("backward: expected a preceding training forward that has not been "
+                               "backpropagated yet, got none")
+        d = None
+        if d_outputs is not None:
+            d = V.as_float_array("d_outputs", d_outputs, self.dtype)
+            if self.head == "sequence" and self._cache_batch_first and d.ndim == 3:
+                d = np.ascontiguousarray(d.transpose(1, 0, 2))
+        grads = [V.check_owned_array(f"grads[{n!r}]", self.grads.get(n), s, self.dtype, writable=True)
+                 for n, s in self._specs]
+        cache, self._cache = self._cache, None
+        dh0, dc0 = _core.network_backward(cache, grads, d)
+        return self._state_out(dh0, dc0)
+
+    def train_step(self, inputs: Any, targets: Any, state: Any = None, lengths: Any = None) -> Tuple[float, State]:
+        """Forward, loss and backward (gradients accumulated): the loss and the final state, which
+        carries no gradient (pass it as the next chunk's state for truncated BPTT)."""
+        loss, st = self.forward_loss(inputs, targets, state, lengths)
+        if self.training:
+            self.backward()
+        return loss, st
+
+    # ---- inference ------------------------------------------------------------------------
+    def step(self, x_t: Any, state: Any = None) -> Tuple[np.ndarray, State]:
+        """One timestep for N streams in one C++ call: ``x_t`` is ``[N]`` token ids (or ``[N, C]``
+        features); returns ``(y_t [N, K], state)`` where ``y_t`` holds probabilities
+        (cross-entropy) or predictions (MSE). The state is plain arrays: copy it to branch."""
+        if self.head != "sequence":
+            raise ValueError("step: expected a network with head='sequence', got head='last'")
+        x = np.asarray(x_t)
+        per_step_rank = 0 if self.vocab_size else 1  # one stream: a token id, or a feature vector
+        if x.ndim == per_step_rank:
+            x = x[None]
+        out, st, _ = self._run(x[None], state, None, None, False, True, self.loss_kind == "cross_entropy",
+                               batch_first=False)
+        return out[0], st
+
+    def generate(self, prefix: Any, n: int, temperature: float = 1.0, top_k: int = 0,
+                 seed: Optional[int] = None, state: Any = None) -> np.ndarray:
+        """Token ids sampled after ``prefix`` (a token network trained with cross_entropy over its
+        vocabulary): ``n`` draws from softmax(logits / temperature) limited to the ``top_k`` most
+        likely tokens (0: all; temperature 0: greedy). One C++ call; seeded."""
+        if not self.vocab_size or self.loss_kind != "cross_entropy" or self.output_size != self.vocab_size:
+            raise ValueError("generate: expected a token network with a cross_entropy output over its vocabulary")
+        prefix_arr = V.as_token_array("prefix", prefix).reshape(-1)
+        if prefix_arr.size == 0:
+            raise ValueError("prefix: expected at least one token id, got none")
+        n = V.check_non_negative("n", n)
+        temperature = V.check_float("temperature", temperature)
+        if temperature < 0:
+            raise ValueError(f"temperature: expected a number >= 0, got {temperature}")
+        top_k = V.check_non_negative("top_k", top_k)
+        seed = V.check_seed("seed", seed)
+        if seed is None:
+            seed = int(np.random.default_rng().integers(0, 2**63))
+        h0, c0 = self._state_in(state, 1)
+        params = [V.check_owned_array(f"params[{k!r}]", self.params.get(k), s, self.dtype, writable=False)
+                  for k, s in self._specs]
+        tokens, _, _ = _core.network_generate(self._config, params, np.ascontiguousarray(prefix_arr, np.int64),
+                                              n, temperature, top_k, seed, h0, c0)
+        return tokens
+
+    def __repr__(self) -> str:
+        src = f"vocab_size={self.vocab_size}" if self.vocab_size else f"input_size={self.input_size}"
+        return (f"rnnkit.RNNNetwork({src}, cell={self.cell!r}, hidden_size={self.hidden_size}, "
+                f"num_layers={self.rnn.num_layers}, output_size={self.output_size}, head={self.head!r}, "
+                f"loss={self.loss_kind!r})")
