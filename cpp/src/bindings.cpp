@@ -21,6 +21,7 @@
 #include "rnnkit/buffer.h"
 #include "rnnkit/layer.h"
 #include "rnnkit/stack.h"
+#include "rnnkit/team.h"
 #include "bind_common.h"
 
 #ifdef RNNKIT_WITH_CUDA
@@ -92,7 +93,7 @@ py::tuple forward_impl(const StackConfig& cfg, const py::list& params, const py:
   const std::vector<LayerWeights<S>> w =
       group_views<S, LayerWeights<S>>(cfg, stack_param_specs(cfg), params, "params", false);
 
-  const StackFootprint foot = stack_footprint(cfg, T, N, training);
+  const StackFootprint foot = stack_footprint(cfg, T, N, training, stack_team_size(cfg, T, N));
   const index_t outputs = checked_add(checked_mul(checked_mul(T, N, "output"), cfg.num_directions * P, "output"),
                                       checked_mul(GD, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
                                       "outputs");
@@ -152,7 +153,7 @@ py::tuple backward_impl(const Cache& cache_obj, const std::optional<py::array>& 
   const std::vector<LayerGrads<S>> g =
       group_views<S, LayerGrads<S>>(cfg, stack_param_specs(cfg), grads, "grads", true);
 
-  const StackFootprint foot = stack_footprint(cfg, T, N, true);
+  const StackFootprint foot = stack_footprint(cfg, T, N, true, stack_team_size(cfg, T, N));
   const index_t outputs = checked_add(need_dx ? checked_mul(checked_mul(T, N, "dx"), cfg.input_size, "dx") : 0,
                                       checked_mul(GD, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
                                       "outputs");
@@ -312,9 +313,15 @@ into. Returns (dx or None, dh0, dc0 or None). The GIL is released while it runs.
       }, py::arg("seed"), py::arg("layer"), py::arg("count"), py::arg("p"),
       "The dropout multipliers forward applies to layer `layer`'s flattened output (for tests).");
 
-  m.def("set_num_threads", &set_blas_threads, py::arg("n"),
-        "Threads for rnnkit's BLAS (process-wide; default 1).");
-  m.def("get_num_threads", &get_blas_threads);
+  // BLAS itself always runs single-threaded: rnnkit's own thread team splits the work
+  // (team.h), which scales on the small per-step matrices where BLAS threads do not.
+  set_blas_threads(1);
+  m.def("set_num_threads", [](int n) { ThreadTeam::instance().set_default_size(n); }, py::arg("n"),
+        "Threads rnnkit's loops may use (process-wide; default 1).");
+  m.def("get_num_threads", [] { return ThreadTeam::instance().default_size(); });
+  m.def("_set_min_parallel_step_work", &set_min_parallel_step_work, py::arg("work"),
+        "From how much per-step work (multiply-adds) a call uses the thread team (tests lower it).");
+  m.def("blas_num_threads", &get_blas_threads, "Threads of rnnkit's OpenBLAS (always 1).");
   m.def("build_info", &build_info, "Compiler, Eigen, SIMD, BLAS and CUDA build details.");
   m.def("cuda_status", &cuda_status,
         "(available, reason): whether the CUDA backend can run here, and why not.");

@@ -3,6 +3,7 @@
 // The cell sees one batch row at a time through CpuRow, which hands it Eigen maps of H contiguous
 // values; everything else here is GEMMs, pointer arithmetic, masking for variable lengths and
 // copies. Nothing in this file allocates: the caller passes every buffer (sizes: layer_sizes).
+#include <algorithm>
 #include <cstring>
 #include <initializer_list>
 #include <utility>
@@ -11,6 +12,7 @@
 
 #include "rnnkit/blas.h"
 #include "rnnkit/layer.h"
+#include "rnnkit/team.h"
 
 namespace rnnkit {
 namespace {
@@ -140,35 +142,46 @@ struct Slots {
 };
 
 template <typename Cell, typename S>
-void forward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x, const S* h0,
-                  const S* c0, const index_t* lengths, bool reverse, bool training, S* y,
-                  index_t y_ld, S* h_n, S* c_n, const LayerState<S>& st,
+void forward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights<S>& w, const S* x,
+                  const S* h0, const S* c0, const index_t* lengths, bool reverse, bool training,
+                  S* y, index_t y_ld, S* h_n, S* c_n, const LayerState<S>& st,
                   const ForwardScratch<S>& fs) {
   const index_t T = d.T, N = d.N, C = d.C, H = d.H, P = d.P;
   const index_t GH = Cell::kGates * H;
+  const index_t G1 = Cell::kTwoStage ? Cell::kStage1Gates * H : GH;  // columns of the step GEMM
   const index_t CW = Cell::kCacheSlots * H + Cell::kStats;
   const index_t TW = Cell::kTmpSlots * H;
   const bool project = w.w_hr != nullptr;
   const Slots slots{T, reverse, training};
+  // This thread's share: rows of the hoisted GEMM and of the pointwise work, columns of the
+  // per-step GEMMs (multiples of 16 floats keep the BLAS kernels on full vectors).
+  const auto [r0, r1] = tc.split(T * N);
+  const auto [n0, n1] = tc.split(N);
+  const auto [g0, g1] = tc.split(G1, 16);
+  const auto [k0, k1] = tc.split(GH - G1, 16);  // two-stage: the candidate gate's columns
+  const auto [p0, p1] = tc.split(P, 16);       // projection output columns
 
   // Input projection for every step at once; biases are added in the pointwise step.
-  gemm(Trans::kNo, Trans::kYes, T * N, GH, C, S(1), x, C, w.w_ih, C, S(0), st.gates, GH);
+  gemm(Trans::kNo, Trans::kYes, r1 - r0, GH, C, S(1), x + r0 * C, C, w.w_ih, C, S(0),
+       st.gates + r0 * GH, GH);
 
   S* bsum = fs.bias;
   S* bih = fs.bias + GH;
   S* bhh = fs.bias + 2 * GH;
-  for (index_t j = 0; j < GH; ++j) {
-    bih[j] = w.b_ih ? w.b_ih[j] : S(0);
-    bhh[j] = w.b_hh ? w.b_hh[j] : S(0);
-    bsum[j] = bih[j] + bhh[j];
-  }
-
   auto h_slot = [&](index_t s) { return st.h_seq + s * N * P; };
   auto c_slot = [&](index_t s) { return st.c_seq + s * N * H; };
-  if (h0) copy_n(h_slot(slots.first()), h0, N * P); else zero_n(h_slot(slots.first()), N * P);
-  if constexpr (Cell::kHasCellState) {
-    if (c0) copy_n(c_slot(slots.first()), c0, N * H); else zero_n(c_slot(slots.first()), N * H);
+  if (tc.tid() == 0) {
+    for (index_t j = 0; j < GH; ++j) {
+      bih[j] = w.b_ih ? w.b_ih[j] : S(0);
+      bhh[j] = w.b_hh ? w.b_hh[j] : S(0);
+      bsum[j] = bih[j] + bhh[j];
+    }
+    if (h0) copy_n(h_slot(slots.first()), h0, N * P); else zero_n(h_slot(slots.first()), N * P);
+    if constexpr (Cell::kHasCellState) {
+      if (c0) copy_n(c_slot(slots.first()), c0, N * H); else zero_n(c_slot(slots.first()), N * H);
+    }
   }
+  tc.barrier();
 
   CpuRow<S> row;
   row.H = H;
@@ -190,14 +203,14 @@ void forward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x, cons
     S* hfull_t = project ? st.h_full + (training ? t * N * H : 0) : nullptr;
     auto masked = [&](index_t n) { return lengths != nullptr && t >= lengths[n]; };
 
-    if constexpr (Cell::kTwoStage) {
-      const index_t G1 = Cell::kStage1Gates * H;
-      gemm(Trans::kNo, Trans::kYes, N, G1, P, S(1), hp, P, w.w_hh, P, S(1), g, GH);
-    } else if constexpr (Cell::kSeparateRecurrent) {
-      gemm(Trans::kNo, Trans::kYes, N, GH, P, S(1), hp, P, w.w_hh, P, S(0), fs.hgates, GH);
+    // h_{t-1} W_hh^T, this thread's columns.
+    if constexpr (Cell::kSeparateRecurrent) {
+      gemm(Trans::kNo, Trans::kYes, N, g1 - g0, P, S(1), hp, P, w.w_hh + g0 * P, P, S(0),
+           fs.hgates + g0, GH);
     } else {
-      gemm(Trans::kNo, Trans::kYes, N, GH, P, S(1), hp, P, w.w_hh, P, S(1), g, GH);
+      gemm(Trans::kNo, Trans::kYes, N, g1 - g0, P, S(1), hp, P, w.w_hh + g0 * P, P, S(1), g + g0, GH);
     }
+    tc.barrier();
 
     auto point_row = [&](index_t n) {
       row.g = g + n * GH;
@@ -209,7 +222,7 @@ void forward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x, cons
       row.cache_row = cache_t + n * CW;
       row.tmp_row = fs.tmp + n * TW;
     };
-    for (index_t n = 0; n < N; ++n) {
+    for (index_t n = n0; n < n1; ++n) {
       if (masked(n)) {
         // Rows that later GEMMs read must hold numbers, not leftovers.
         if (project) zero_n(hfull_t + n * H, H);
@@ -225,19 +238,23 @@ void forward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x, cons
     }
     if constexpr (Cell::kTwoStage) {
       // gates(n) += (r * h_{t-1}) W_hn^T, with r * h_{t-1} in cache slot 0.
-      const index_t G1 = Cell::kStage1Gates * H;
-      gemm(Trans::kNo, Trans::kYes, N, GH - G1, P, S(1), cache_t, CW, w.w_hh + G1 * P, P, S(1),
-           g + G1, GH);
-      for (index_t n = 0; n < N; ++n) {
+      tc.barrier();
+      gemm(Trans::kNo, Trans::kYes, N, k1 - k0, P, S(1), cache_t, CW, w.w_hh + (G1 + k0) * P, P, S(1),
+           g + G1 + k0, GH);
+      tc.barrier();
+      for (index_t n = n0; n < n1; ++n) {
         if (masked(n)) continue;
         point_row(n);
         Cell::forward_stage2(row);
       }
     }
     if (project) {
-      gemm(Trans::kNo, Trans::kYes, N, P, H, S(1), hfull_t, H, w.w_hr, H, S(0), hc, P);
+      tc.barrier();
+      gemm(Trans::kNo, Trans::kYes, N, p1 - p0, H, S(1), hfull_t, H, w.w_hr + p0 * H, H, S(0),
+           hc + p0, P);
+      tc.barrier();
     }
-    for (index_t n = 0; n < N; ++n) {
+    for (index_t n = n0; n < n1; ++n) {
       S* y_row = y + (t * N + n) * y_ld;
       if (masked(n)) {
         copy_n(hc + n * P, hp + n * P, P);
@@ -247,35 +264,54 @@ void forward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x, cons
         copy_n(y_row, hc + n * P, P);
       }
     }
+    tc.barrier();
   }
-  copy_n(h_n, h_slot(slots.last()), N * P);
-  if constexpr (Cell::kHasCellState) {
-    if (c_n) copy_n(c_n, c_slot(slots.last()), N * H);
+  if (tc.tid() == 0) {
+    copy_n(h_n, h_slot(slots.last()), N * P);
+    if constexpr (Cell::kHasCellState) {
+      if (c_n) copy_n(c_n, c_slot(slots.last()), N * H);
+    }
   }
 }
 
 template <typename Cell, typename S>
-void backward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x,
+void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights<S>& w, const S* x,
                    const index_t* lengths, bool reverse, const LayerState<S>& st, const S* dy,
                    index_t dy_ld, const S* dh_n, const S* dc_n, const LayerGrads<S>& grads, S* dx,
                    bool dx_accumulate, S* dh0, S* dc0, const BackwardScratch<S>& bs) {
   const index_t T = d.T, N = d.N, C = d.C, H = d.H, P = d.P;
   const index_t GH = Cell::kGates * H;
+  const index_t G1 = Cell::kTwoStage ? Cell::kStage1Gates * H : GH;
   const index_t CW = Cell::kCacheSlots * H + Cell::kStats;
   const index_t TW = Cell::kTmpSlots * H;
+  const index_t TN = T * N;
   const bool project = w.w_hr != nullptr;
   const Slots slots{T, reverse, true};
   // The gradient that goes through W_hh: the recurrent pre-activations of separate-recurrent
   // cells, the shared ones otherwise.
   S* drec = Cell::kSeparateRecurrent ? bs.dhgates : bs.dgates;
+  const auto [n0, n1] = tc.split(N);
+  const auto [q0, q1] = tc.split(P, 16);       // columns of dh_{t-1}
+  const auto [h0c, h1c] = tc.split(H, 16);     // columns of dh_full / the two-stage tmp
 
   // dh_next: dL/d(state after the step being processed) from later steps; dh_cur adds dy.
   S* dh_next = bs.dh_a;
   S* dh_cur = bs.dh_b;
-  if (dh_n) copy_n(dh_next, dh_n, N * P); else zero_n(dh_next, N * P);
-  if constexpr (Cell::kHasCellState) {
-    if (dc_n) copy_n(bs.dc, dc_n, N * H); else zero_n(bs.dc, N * H);
+  if (tc.tid() == 0) {
+    if (dh_n) copy_n(dh_next, dh_n, N * P); else zero_n(dh_next, N * P);
+    if constexpr (Cell::kHasCellState) {
+      if (dc_n) copy_n(bs.dc, dc_n, N * H); else zero_n(bs.dc, N * H);
+    }
   }
+  // Cells that accumulate parameter gradients row by row (LayerNorm) do it into this thread's own
+  // partial sums; thread 0 adds them up after the loop.
+  S* partial = nullptr;
+  if constexpr (Cell::kLnParams > 0) {
+    const index_t width = bs.partial_width;
+    partial = bs.partials + tc.tid() * width;
+    zero_n(partial, width);
+  }
+  tc.barrier();
 
   auto h_slot = [&](index_t s) { return st.h_seq + s * N * P; };
   auto c_slot = [&](index_t s) { return st.c_seq + s * N * H; };
@@ -285,17 +321,24 @@ void backward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x,
   row.GH = GH;
   row.cache_slots = Cell::kCacheSlots;
   row.lnp = w.ln;
-  row.dlnp = grads.dln;
-  if constexpr (Cell::kCellBiasGrads) {
-    row.dbih = grads.db_ih ? grads.db_ih : bs.bias_sink;
-    row.dbhh = grads.db_hh ? grads.db_hh : bs.bias_sink + GH;
+  S* dln_views[6] = {};
+  if constexpr (Cell::kLnParams > 0) {
+    // partial layout: ln params in LnParam order ([GH] x 4, then [H] x 2), then db_ih, db_hh.
+    S* p = partial;
+    for (int k = 0; k < Cell::kLnParams; ++k) {
+      dln_views[k] = p;
+      p += k < 4 ? GH : H;
+    }
+    row.dlnp = dln_views;
+    row.dbih = p;
+    row.dbhh = p + GH;
   }
   // Cells read the biases only in forward; backward works from what forward cached.
 
   for (index_t s = T - 1; s >= 0; --s) {
     const index_t t = reverse ? T - 1 - s : s;
     auto masked = [&](index_t n) { return lengths != nullptr && t >= lengths[n]; };
-    for (index_t n = 0; n < N; ++n) {
+    for (index_t n = n0; n < n1; ++n) {
       Vec<S> cur(dh_cur + n * P, P);
       if (dy != nullptr && !masked(n)) {
         cur = ConstVec<S>(dh_next + n * P, P) + ConstVec<S>(dy + (t * N + n) * dy_ld, P);
@@ -307,10 +350,13 @@ void backward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x,
     const S* dh_cell = dh_cur;
     if (project) {
       S* dproj = bs.dh_proj + t * N * P;
-      for (index_t n = 0; n < N; ++n) {
+      for (index_t n = n0; n < n1; ++n) {
         if (masked(n)) zero_n(dproj + n * P, P); else copy_n(dproj + n * P, dh_cur + n * P, P);
       }
-      gemm(Trans::kNo, Trans::kNo, N, H, P, S(1), dproj, P, w.w_hr, H, S(0), bs.dh_full, H);
+      tc.barrier();
+      gemm(Trans::kNo, Trans::kNo, N, h1c - h0c, P, S(1), dproj, P, w.w_hr + h0c, H, S(0),
+           bs.dh_full + h0c, H);
+      tc.barrier();
       dh_cell = bs.dh_full;
     }
 
@@ -345,60 +391,94 @@ void backward_loop(const LayerDims& d, const LayerWeights<S>& w, const S* x,
     };
 
     if constexpr (Cell::kTwoStage) {
-      const index_t G1 = Cell::kStage1Gates * H;
-      for (index_t n = 0; n < N; ++n) {
+      for (index_t n = n0; n < n1; ++n) {
         if (masked(n)) { masked_row(n); continue; }
         point_row(n);
         Cell::backward_stage2(row);
       }
-      // tmp(0) = dL/d(r*h_{t-1}) = dgates(n) W_hn.
-      gemm(Trans::kNo, Trans::kNo, N, H, GH - G1, S(1), dg + G1, GH, w.w_hh + G1 * P, P, S(0),
-           bs.tmp, TW);
-      for (index_t n = 0; n < N; ++n) {
+      tc.barrier();
+      // tmp(0) = dL/d(r*h_{t-1}) = dgates(n) W_hn, this thread's columns.
+      gemm(Trans::kNo, Trans::kNo, N, h1c - h0c, GH - G1, S(1), dg + G1, GH, w.w_hh + G1 * P + h0c, P,
+           S(0), bs.tmp + h0c, TW);
+      tc.barrier();
+      for (index_t n = n0; n < n1; ++n) {
         if (masked(n)) continue;
         point_row(n);
         Cell::backward_stage1(row);
       }
-      gemm(Trans::kNo, Trans::kNo, N, P, G1, S(1), dg, GH, w.w_hh, P, S(1), dh_next, P);
     } else {
-      for (index_t n = 0; n < N; ++n) {
+      for (index_t n = n0; n < n1; ++n) {
         if (masked(n)) { masked_row(n); continue; }
         point_row(n);
         if constexpr (!Cell::kDirectStateGrad) zero_n(dh_next + n * P, P);
         Cell::backward(row);
       }
-      S* drec_t = drec + t * N * GH;
-      gemm(Trans::kNo, Trans::kNo, N, P, GH, S(1), drec_t, GH, w.w_hh, P, S(1), dh_next, P);
+    }
+    tc.barrier();
+    // dL/dh_{t-1} = (direct part written by the cell) + d(recurrent pre-activations) W_hh,
+    // this thread's columns.
+    gemm(Trans::kNo, Trans::kNo, N, q1 - q0, G1, S(1), drec + t * N * GH, GH, w.w_hh + q0, P, S(1),
+         dh_next + q0, P);
+    tc.barrier();
+  }
+  if (tc.tid() == 0) {
+    copy_n(dh0, dh_next, N * P);
+    if constexpr (Cell::kHasCellState) {
+      if (dc0) copy_n(dc0, bs.dc, N * H);
     }
   }
-  copy_n(dh0, dh_next, N * P);
-  if constexpr (Cell::kHasCellState) {
-    if (dc0) copy_n(dc0, bs.dc, N * H);
-  }
 
-  // Weight gradients: one GEMM each over all T*N rows.
-  const index_t TN = T * N;
+  // Weight gradients, one GEMM each over all T*N rows; each thread owns a block of output rows
+  // (columns for the bias sums), so no two threads write the same element.
   // h_{t-1} for every t, in time order: slots 0..T-1 (forward) or 1..T (reverse).
   const S* h_prev_all = h_slot(reverse ? 1 : 0);
-  gemm(Trans::kYes, Trans::kNo, GH, C, TN, S(1), bs.dgates, GH, x, C, S(1), grads.dw_ih, C);
+  const auto [w0, w1] = tc.split(GH, 16);
+  gemm(Trans::kYes, Trans::kNo, w1 - w0, C, TN, S(1), bs.dgates + w0, GH, x, C, S(1),
+       grads.dw_ih + w0 * C, C);
   if constexpr (Cell::kTwoStage) {
-    const index_t G1 = Cell::kStage1Gates * H;
-    gemm(Trans::kYes, Trans::kNo, G1, P, TN, S(1), bs.dgates, GH, h_prev_all, P, S(1), grads.dw_hh, P);
-    gemm(Trans::kYes, Trans::kNo, GH - G1, P, TN, S(1), bs.dgates + G1, GH, st.cache, CW, S(1),
-         grads.dw_hh + G1 * P, P);
+    // Rows of W_hh below G1 multiply h_{t-1}; the candidate gate's rows multiply r * h_{t-1}.
+    const index_t a1 = std::min(w1, G1), b0 = std::max(w0, G1);
+    if (a1 > w0) {
+      gemm(Trans::kYes, Trans::kNo, a1 - w0, P, TN, S(1), bs.dgates + w0, GH, h_prev_all, P, S(1),
+           grads.dw_hh + w0 * P, P);
+    }
+    if (w1 > b0) {
+      gemm(Trans::kYes, Trans::kNo, w1 - b0, P, TN, S(1), bs.dgates + b0, GH, st.cache, CW, S(1),
+           grads.dw_hh + b0 * P, P);
+    }
   } else {
-    gemm(Trans::kYes, Trans::kNo, GH, P, TN, S(1), drec, GH, h_prev_all, P, S(1), grads.dw_hh, P);
+    gemm(Trans::kYes, Trans::kNo, w1 - w0, P, TN, S(1), drec + w0, GH, h_prev_all, P, S(1),
+         grads.dw_hh + w0 * P, P);
   }
   if constexpr (!Cell::kCellBiasGrads) {
-    if (grads.db_ih) add_column_sums(bs.dgates, TN, GH, GH, grads.db_ih);
-    if (grads.db_hh) add_column_sums(drec, TN, GH, GH, grads.db_hh);
+    if (grads.db_ih) add_column_sums(bs.dgates + w0, TN, w1 - w0, GH, grads.db_ih + w0);
+    if (grads.db_hh) add_column_sums(drec + w0, TN, w1 - w0, GH, grads.db_hh + w0);
   }
   if (project) {
-    gemm(Trans::kYes, Trans::kNo, P, H, TN, S(1), bs.dh_proj, P, st.h_full, H, S(1), grads.dw_hr, H);
+    const auto [a0, a1] = tc.split(P, 16);
+    gemm(Trans::kYes, Trans::kNo, a1 - a0, H, TN, S(1), bs.dh_proj + a0, P, st.h_full, H, S(1),
+         grads.dw_hr + a0 * H, H);
   }
   if (dx) {
-    gemm(Trans::kNo, Trans::kNo, TN, C, GH, S(1), bs.dgates, GH, w.w_ih, C,
-         dx_accumulate ? S(1) : S(0), dx, C);
+    const auto [r0, r1] = tc.split(TN);
+    gemm(Trans::kNo, Trans::kNo, r1 - r0, C, GH, S(1), bs.dgates + r0 * GH, GH, w.w_ih, C,
+         dx_accumulate ? S(1) : S(0), dx + r0 * C, C);
+  }
+  if constexpr (Cell::kLnParams > 0) {
+    tc.barrier();
+    if (tc.tid() == 0) {
+      // Sum every thread's partials into the gradients (biases only where they exist).
+      for (int th = 0; th < tc.size(); ++th) {
+        const S* p = bs.partials + th * bs.partial_width;
+        for (int k = 0; k < Cell::kLnParams; ++k) {
+          const index_t len = k < 4 ? GH : H;
+          Vec<S>(grads.dln[k], len) += ConstVec<S>(p, len);
+          p += len;
+        }
+        if (grads.db_ih) Vec<S>(grads.db_ih, GH) += ConstVec<S>(p, GH);
+        if (grads.db_hh) Vec<S>(grads.db_hh, GH) += ConstVec<S>(p + GH, GH);
+      }
+    }
   }
 }
 
@@ -436,13 +516,13 @@ index_t LayerSizes::forward_scratch() const {
 
 index_t LayerSizes::backward_scratch() const {
   index_t n = 0;
-  for (index_t v : {dgates, dhgates, dh, dh, dc, dh_full, dh_proj, tmp, bias_sink}) {
+  for (index_t v : {dgates, dhgates, dh, dh, dc, dh_full, dh_proj, tmp, partials}) {
     n = checked_add(n, v, "backward scratch");
   }
   return n;
 }
 
-LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training) {
+LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int team) {
   const CellInfo ci = cell_info(cell);
   const bool project = d.P != d.H;
   LayerSizes s;
@@ -467,7 +547,10 @@ LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training) {
   s.dc = ci.has_cell_state ? NH : 0;
   s.dh_full = project ? NH : 0;
   s.dh_proj = project ? checked_mul(TN, d.P, "projection gradient") : 0;
-  s.bias_sink = ci.cell_bias_grads ? checked_mul(2, s.gate_width, "bias sink") : 0;
+  if (ci.ln_params > 0) {
+    s.partial_width = 4 * s.gate_width + (ci.ln_params > 4 ? 2 * d.H : 0) + 2 * s.gate_width;
+    s.partials = checked_mul(team, s.partial_width, "gradient partial sums");
+  }
   return s;
 }
 
@@ -494,29 +577,30 @@ S* carve(const LayerSizes& sz, S* p, ForwardScratch<S>* fs) {
 
 template <typename S>
 S* carve(const LayerSizes& sz, S* p, BackwardScratch<S>* bs) {
+  bs->partial_width = sz.partial_width;
   return carve_views(p, {{&bs->dgates, sz.dgates}, {&bs->dhgates, sz.dhgates}, {&bs->dh_a, sz.dh},
                          {&bs->dh_b, sz.dh}, {&bs->dc, sz.dc}, {&bs->dh_full, sz.dh_full},
-                         {&bs->dh_proj, sz.dh_proj}, {&bs->tmp, sz.tmp}, {&bs->bias_sink, sz.bias_sink}});
+                         {&bs->dh_proj, sz.dh_proj}, {&bs->tmp, sz.tmp}, {&bs->partials, sz.partials}});
 }
 
 template <typename S>
-void layer_forward(CellKind cell, const LayerDims& d, const LayerWeights<S>& w, const S* x,
-                   const S* h0, const S* c0, const index_t* lengths, bool reverse, bool training,
-                   S* y, index_t y_ld, S* h_n, S* c_n, const LayerState<S>& state,
+void layer_forward(const TeamContext& tc, CellKind cell, const LayerDims& d, const LayerWeights<S>& w,
+                   const S* x, const S* h0, const S* c0, const index_t* lengths, bool reverse,
+                   bool training, S* y, index_t y_ld, S* h_n, S* c_n, const LayerState<S>& state,
                    const ForwardScratch<S>& scratch) {
   dispatch_cell(cell, [&](auto c) {
-    forward_loop<decltype(c), S>(d, w, x, h0, c0, lengths, reverse, training, y, y_ld, h_n, c_n,
+    forward_loop<decltype(c), S>(tc, d, w, x, h0, c0, lengths, reverse, training, y, y_ld, h_n, c_n,
                                  state, scratch);
   });
 }
 
 template <typename S>
-void layer_backward(CellKind cell, const LayerDims& d, const LayerWeights<S>& w, const S* x,
-                    const index_t* lengths, bool reverse, const LayerState<S>& state, const S* dy,
-                    index_t dy_ld, const S* dh_n, const S* dc_n, const LayerGrads<S>& grads, S* dx,
-                    bool dx_accumulate, S* dh0, S* dc0, const BackwardScratch<S>& scratch) {
+void layer_backward(const TeamContext& tc, CellKind cell, const LayerDims& d, const LayerWeights<S>& w,
+                    const S* x, const index_t* lengths, bool reverse, const LayerState<S>& state,
+                    const S* dy, index_t dy_ld, const S* dh_n, const S* dc_n, const LayerGrads<S>& grads,
+                    S* dx, bool dx_accumulate, S* dh0, S* dc0, const BackwardScratch<S>& scratch) {
   dispatch_cell(cell, [&](auto c) {
-    backward_loop<decltype(c), S>(d, w, x, lengths, reverse, state, dy, dy_ld, dh_n, dc_n, grads,
+    backward_loop<decltype(c), S>(tc, d, w, x, lengths, reverse, state, dy, dy_ld, dh_n, dc_n, grads,
                                   dx, dx_accumulate, dh0, dc0, scratch);
   });
 }
@@ -525,13 +609,14 @@ void layer_backward(CellKind cell, const LayerDims& d, const LayerWeights<S>& w,
   template S* carve<S>(const LayerSizes&, S*, LayerState<S>*);                                   \
   template S* carve<S>(const LayerSizes&, S*, ForwardScratch<S>*);                               \
   template S* carve<S>(const LayerSizes&, S*, BackwardScratch<S>*);                              \
-  template void layer_forward<S>(CellKind, const LayerDims&, const LayerWeights<S>&, const S*,   \
-                                 const S*, const S*, const index_t*, bool, bool, S*, index_t, S*, \
-                                 S*, const LayerState<S>&, const ForwardScratch<S>&);            \
-  template void layer_backward<S>(CellKind, const LayerDims&, const LayerWeights<S>&, const S*,  \
-                                  const index_t*, bool, const LayerState<S>&, const S*, index_t, \
-                                  const S*, const S*, const LayerGrads<S>&, S*, bool, S*, S*,    \
-                                  const BackwardScratch<S>&);
+  template void layer_forward<S>(const TeamContext&, CellKind, const LayerDims&,                \
+                                 const LayerWeights<S>&, const S*, const S*, const S*,           \
+                                 const index_t*, bool, bool, S*, index_t, S*, S*,                \
+                                 const LayerState<S>&, const ForwardScratch<S>&);                \
+  template void layer_backward<S>(const TeamContext&, CellKind, const LayerDims&,               \
+                                  const LayerWeights<S>&, const S*, const index_t*, bool,        \
+                                  const LayerState<S>&, const S*, index_t, const S*, const S*,   \
+                                  const LayerGrads<S>&, S*, bool, S*, S*, const BackwardScratch<S>&);
 RNNKIT_INSTANTIATE_LAYER(float)
 RNNKIT_INSTANTIATE_LAYER(double)
 #undef RNNKIT_INSTANTIATE_LAYER

@@ -2,11 +2,13 @@
 // layers, and the one allocation per call that everything is carved from (stack.h).
 #include "rnnkit/stack.h"
 
+#include <atomic>
 #include <cstring>
 
 #include <Eigen/Core>
 
 #include "rnnkit/blas.h"
+#include "rnnkit/team.h"
 
 namespace rnnkit {
 namespace {
@@ -23,17 +25,17 @@ std::uint64_t splitmix64(std::uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// Multiplies layer `layer`'s output [T,N,D*P] (count elements) by its dropout mask, in place.
-// The same call applied to a gradient is dropout's backward.
+// Multiplies elements [begin, end) of layer `layer`'s output [T,N,D*P] by its dropout mask, in
+// place. The same call applied to a gradient is dropout's backward.
 template <typename S>
-void apply_dropout(S* v, index_t count, double p, std::uint64_t seed, index_t layer) {
+void apply_dropout(S* v, index_t begin, index_t end, double p, std::uint64_t seed, index_t layer) {
   if (p <= 0.0) return;
   if (p >= 1.0) {
-    std::memset(v, 0, static_cast<std::size_t>(count) * sizeof(S));
+    std::memset(v + begin, 0, static_cast<std::size_t>(end - begin) * sizeof(S));
     return;
   }
   const S scale = S(1.0 / (1.0 - p));
-  for (index_t i = 0; i < count; ++i) {
+  for (index_t i = begin; i < end; ++i) {
     v[i] = dropout_uniform(seed, layer, i) < p ? S(0) : v[i] * scale;
   }
 }
@@ -121,14 +123,32 @@ std::vector<ParamSpec> stack_param_specs(const StackConfig& cfg) {
   return specs;
 }
 
-StackFootprint stack_footprint(const StackConfig& cfg, index_t T, index_t N, bool training) {
+namespace {
+// Threads pay off only when each step's GEMM is big enough to split: below ~2^19 multiply-adds
+// per step the two barriers of a step cost more than half the step saves. Tests lower it to run
+// the threaded code on small shapes.
+std::atomic<index_t> g_min_parallel_step_work{index_t(1) << 19};
+}  // namespace
+
+void set_min_parallel_step_work(index_t work) { g_min_parallel_step_work.store(work < 0 ? 0 : work); }
+
+int stack_team_size(const StackConfig& cfg, index_t T, index_t N) {
+  const int wanted = ThreadTeam::instance().default_size();
+  if (wanted <= 1) return 1;
+  const index_t step_work = N * cell_info(cfg.cell).gates * cfg.hidden_size * cfg.state_size();
+  if (step_work < g_min_parallel_step_work.load()) return 1;
+  (void)T;
+  return wanted;
+}
+
+StackFootprint stack_footprint(const StackConfig& cfg, index_t T, index_t N, bool training, int team) {
   const index_t L = cfg.num_layers;
   const index_t D = cfg.num_directions;
   const index_t groups = cfg.groups();
   const index_t TN = checked_mul(T, N, "T*N");
   const index_t between = checked_mul(TN, D * cfg.state_size(), "layer output");
   StackFootprint f;
-  const LayerSizes kept = layer_sizes(cfg.cell, layer_dims(cfg, 0, T, N), training);
+  const LayerSizes kept = layer_sizes(cfg.cell, layer_dims(cfg, 0, T, N), training, team);
   if (training) {
     index_t params = 0;
     for (const ParamSpec& s : stack_param_specs(cfg)) {
@@ -163,8 +183,9 @@ void stack_forward(const StackConfig& cfg, index_t T, index_t N,
   const index_t TN = T * N;
   const index_t between = TN * D * P;
   const bool has_c = cell_info(cfg.cell).has_cell_state;
-  const LayerSizes sz = layer_sizes(cfg.cell, layer_dims(cfg, 0, T, N), training);
-  const StackFootprint foot = stack_footprint(cfg, T, N, training);
+  const int team = stack_team_size(cfg, T, N);
+  const LayerSizes sz = layer_sizes(cfg.cell, layer_dims(cfg, 0, T, N), training, team);
+  const StackFootprint foot = stack_footprint(cfg, T, N, training, team);
 
   Buffer<S> scratch(foot.forward_scratch, "forward scratch");
   ForwardScratch<S> fs;
@@ -174,6 +195,7 @@ void stack_forward(const StackConfig& cfg, index_t T, index_t N,
   std::vector<S*> outputs(L);
   std::vector<LayerState<S>> states(cfg.groups());
   const std::vector<LayerWeights<S>>* weights = &params;
+  S* x_copy = nullptr;
 
   if (training) {
     assert(cache != nullptr);
@@ -183,19 +205,7 @@ void stack_forward(const StackConfig& cfg, index_t T, index_t N,
     cache->dropout_seed = dropout_seed;
     cache->block.allocate(foot.cache, "the training cache");
     S* c = cache->block.data();
-    // Layer 0's input: a copy, with padded steps zeroed (they are never read as data, and a NaN
-    // left there by the caller must not reach dW_ih through 0 * NaN).
-    S* x_copy = c;
-    copy_n(x_copy, x, TN * cfg.input_size);
-    if (lengths) {
-      for (index_t t = 0; t < T; ++t) {
-        for (index_t n = 0; n < N; ++n) {
-          if (t >= lengths[n]) {
-            std::memset(x_copy + (t * N + n) * cfg.input_size, 0, cfg.input_size * sizeof(S));
-          }
-        }
-      }
-    }
+    x_copy = c;  // filled by the team below
     inputs[0] = x_copy;
     c += TN * cfg.input_size;
     for (index_t l = 1; l < L; ++l) {
@@ -224,7 +234,6 @@ void stack_forward(const StackConfig& cfg, index_t T, index_t N,
     if (L > 1) {
       S* ping = p;
       S* pong = p + between;
-      p += 2 * between;
       for (index_t l = 0; l + 1 < L; ++l) {
         outputs[l] = (l % 2 == 0) ? ping : pong;
         inputs[l + 1] = outputs[l];
@@ -233,17 +242,35 @@ void stack_forward(const StackConfig& cfg, index_t T, index_t N,
   }
   outputs[L - 1] = y;
 
-  for (index_t l = 0; l < L; ++l) {
-    const LayerDims dims = layer_dims(cfg, l, T, N);
-    for (index_t d = 0; d < D; ++d) {
-      const index_t g = l * D + d;
-      layer_forward<S>(cfg.cell, dims, (*weights)[g], inputs[l], h0 ? h0 + g * N * P : nullptr,
-                       c0 ? c0 + g * N * H : nullptr, lengths, d == 1, training, outputs[l] + d * P,
-                       D * P, h_n + g * N * P, (has_c && c_n) ? c_n + g * N * H : nullptr,
-                       states[g], fs);
+  ThreadTeam::instance().run(team, [&](const TeamContext& tc) {
+    if (x_copy != nullptr) {
+      // Layer 0's input: a copy, with padded steps zeroed (they are never read as data, and a
+      // NaN left there by the caller must not reach dW_ih through 0 * NaN).
+      const index_t C = cfg.input_size;
+      const auto [r0, r1] = tc.split(TN);
+      copy_n(x_copy + r0 * C, x + r0 * C, (r1 - r0) * C);
+      for (index_t r = r0; lengths && r < r1; ++r) {
+        if (r / N >= lengths[r % N]) std::memset(x_copy + r * C, 0, C * sizeof(S));
+      }
+      tc.barrier();
     }
-    if (training && l + 1 < L) apply_dropout(outputs[l], between, cfg.dropout, dropout_seed, l);
-  }
+    for (index_t l = 0; l < L; ++l) {
+      const LayerDims dims = layer_dims(cfg, l, T, N);
+      for (index_t d = 0; d < D; ++d) {
+        const index_t g = l * D + d;
+        layer_forward<S>(tc, cfg.cell, dims, (*weights)[g], inputs[l], h0 ? h0 + g * N * P : nullptr,
+                         c0 ? c0 + g * N * H : nullptr, lengths, d == 1, training, outputs[l] + d * P,
+                         D * P, h_n + g * N * P, (has_c && c_n) ? c_n + g * N * H : nullptr,
+                         states[g], fs);
+        tc.barrier();
+      }
+      if (training && l + 1 < L && cfg.dropout > 0.0) {
+        const auto [e0, e1] = tc.split(between);
+        apply_dropout(outputs[l], e0, e1, cfg.dropout, dropout_seed, l);
+        tc.barrier();
+      }
+    }
+  });
   if (training) {
     cache->inputs = std::move(inputs);
     cache->states = std::move(states);
@@ -262,8 +289,9 @@ void stack_backward(const StackCache<S>& cache, const S* dy, const S* dh_n, cons
   const index_t between = T * N * D * P;
   const bool has_c = cell_info(cfg.cell).has_cell_state;
   const index_t* lengths = cache.lengths.empty() ? nullptr : cache.lengths.data();
-  const LayerSizes sz = layer_sizes(cfg.cell, cache.dims0, true);
-  const StackFootprint foot = stack_footprint(cfg, T, N, true);
+  const int team = stack_team_size(cfg, T, N);
+  const LayerSizes sz = layer_sizes(cfg.cell, cache.dims0, true, team);
+  const StackFootprint foot = stack_footprint(cfg, T, N, true, team);
 
   Buffer<S> scratch(foot.backward_scratch, "backward scratch");
   BackwardScratch<S> bs;
@@ -271,23 +299,30 @@ void stack_backward(const StackCache<S>& cache, const S* dy, const S* dh_n, cons
   S* ping = L > 1 ? p : nullptr;
   S* pong = L > 1 ? p + between : nullptr;
 
-  const S* d_out = dy;  // dL/d(output of layer l), [T,N,D*P]
-  for (index_t l = L - 1; l >= 0; --l) {
-    const LayerDims dims = layer_dims(cfg, l, T, N);
-    S* d_in = (l == 0) ? dx : ((l % 2 == 0) ? ping : pong);
-    for (index_t d = 0; d < D; ++d) {
-      const index_t g = l * D + d;
-      layer_backward<S>(cfg.cell, dims, cache.weights[g], cache.inputs[l], lengths, d == 1,
-                        cache.states[g], d_out ? d_out + d * P : nullptr, D * P,
-                        dh_n ? dh_n + g * N * P : nullptr, dc_n ? dc_n + g * N * H : nullptr,
-                        grads[g], d_in, d > 0, dh0 + g * N * P,
-                        (has_c && dc0) ? dc0 + g * N * H : nullptr, bs);
+  ThreadTeam::instance().run(team, [&](const TeamContext& tc) {
+    const S* d_out = dy;  // dL/d(output of layer l), [T,N,D*P]
+    for (index_t l = L - 1; l >= 0; --l) {
+      const LayerDims dims = layer_dims(cfg, l, T, N);
+      S* d_in = (l == 0) ? dx : ((l % 2 == 0) ? ping : pong);
+      for (index_t d = 0; d < D; ++d) {
+        const index_t g = l * D + d;
+        layer_backward<S>(tc, cfg.cell, dims, cache.weights[g], cache.inputs[l], lengths, d == 1,
+                          cache.states[g], d_out ? d_out + d * P : nullptr, D * P,
+                          dh_n ? dh_n + g * N * P : nullptr, dc_n ? dc_n + g * N * H : nullptr,
+                          grads[g], d_in, d > 0, dh0 + g * N * P,
+                          (has_c && dc0) ? dc0 + g * N * H : nullptr, bs);
+        tc.barrier();
+      }
+      if (l > 0) {
+        if (cfg.dropout > 0.0) {
+          const auto [e0, e1] = tc.split(between);
+          apply_dropout(d_in, e0, e1, cfg.dropout, cache.dropout_seed, l - 1);
+          tc.barrier();
+        }
+        d_out = d_in;
+      }
     }
-    if (l > 0) {
-      apply_dropout(d_in, between, cfg.dropout, cache.dropout_seed, l - 1);
-      d_out = d_in;
-    }
-  }
+  });
 }
 
 template void stack_forward<float>(const StackConfig&, index_t, index_t,

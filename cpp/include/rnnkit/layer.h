@@ -23,6 +23,7 @@
 
 #include "rnnkit/cells.h"
 #include "rnnkit/common.h"
+#include "rnnkit/team.h"
 
 namespace rnnkit {
 
@@ -98,13 +99,15 @@ struct LayerSizes {
   index_t dc = 0;       // [N,H] with a cell state
   index_t dh_full = 0;  // [N,H] with a projection
   index_t dh_proj = 0;  // [T,N,P] with a projection
-  index_t bias_sink = 0;  // 2*GH where the cell accumulates bias gradients but there are no biases
+  index_t partial_width = 0;  // LayerNorm cells: per-thread sums of LN and bias gradients
+  index_t partials = 0;       // team * partial_width
 
   index_t forward_kept() const;     // h_seq + c_seq + gates + cache + h_full
   index_t forward_scratch() const;  // bias + hgates + tmp
   index_t backward_scratch() const;
 };
-LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training);
+// `team`: the number of threads that will run the call (for the per-thread partial sums).
+LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int team = 1);
 
 // Named views into the buffers (sizes from LayerSizes with the same `training`).
 template <typename S>
@@ -133,7 +136,8 @@ struct BackwardScratch {
   S* dh_full = nullptr;
   S* dh_proj = nullptr;
   S* tmp = nullptr;
-  S* bias_sink = nullptr;
+  S* partials = nullptr;
+  index_t partial_width = 0;
 };
 
 // Carves views out of one block laid out in LayerSizes order; returns the end.
@@ -152,10 +156,13 @@ S* carve(const LayerSizes& sz, S* p, BackwardScratch<S>* bs);
 //   y, y_ld:  output rows y[(t*N + n) * y_ld + j], j < P. Must not alias any input.
 //   h_n, c_n: [N,P], [N,H] final states (c_n: with a cell state; may be null otherwise).
 //   state:    training: kept for layer_backward; inference: scratch.
+//   tc:       the thread team running the call (every thread of the team calls this with the
+//             same arguments; TeamContext of size 1 for a single thread). Returns after a final
+//             barrier-free phase: callers barrier before reading outputs from other threads.
 template <typename S>
-void layer_forward(CellKind cell, const LayerDims& d, const LayerWeights<S>& w, const S* x,
-                   const S* h0, const S* c0, const index_t* lengths, bool reverse, bool training,
-                   S* y, index_t y_ld, S* h_n, S* c_n, const LayerState<S>& state,
+void layer_forward(const TeamContext& tc, CellKind cell, const LayerDims& d, const LayerWeights<S>& w,
+                   const S* x, const S* h0, const S* c0, const index_t* lengths, bool reverse,
+                   bool training, S* y, index_t y_ld, S* h_n, S* c_n, const LayerState<S>& state,
                    const ForwardScratch<S>& scratch);
 
 // Arguments of layer_backward (x, w, lengths, reverse, state: exactly as in the training forward):
@@ -165,9 +172,9 @@ void layer_forward(CellKind cell, const LayerDims& d, const LayerWeights<S>& w, 
 //   dx:          [T,N,C]: dx = dgates W_ih is added (dx_accumulate) or written; null to skip.
 //   dh0, dc0:    [N,P], [N,H] outputs, overwritten (dc0 may be null without a cell state).
 template <typename S>
-void layer_backward(CellKind cell, const LayerDims& d, const LayerWeights<S>& w, const S* x,
-                    const index_t* lengths, bool reverse, const LayerState<S>& state, const S* dy,
-                    index_t dy_ld, const S* dh_n, const S* dc_n, const LayerGrads<S>& grads, S* dx,
-                    bool dx_accumulate, S* dh0, S* dc0, const BackwardScratch<S>& scratch);
+void layer_backward(const TeamContext& tc, CellKind cell, const LayerDims& d, const LayerWeights<S>& w,
+                    const S* x, const index_t* lengths, bool reverse, const LayerState<S>& state,
+                    const S* dy, index_t dy_ld, const S* dh_n, const S* dc_n, const LayerGrads<S>& grads,
+                    S* dx, bool dx_accumulate, S* dh0, S* dc0, const BackwardScratch<S>& scratch);
 
 }  // namespace rnnkit

@@ -93,6 +93,13 @@ struct StackFootprint {
   index_t forward_scratch = 0;
   index_t backward_scratch = 0;
 };
-StackFootprint stack_footprint(const StackConfig& cfg, index_t T, index_t N, bool training);
+// `team`: the threads that will run it (see stack_team_size).
+StackFootprint stack_footprint(const StackConfig& cfg, index_t T, index_t N, bool training, int team = 1);
+
+// How many threads of the team (rnnkit.set_num_threads) a forward/backward of this shape uses:
+// 1 when a step's work is too small to split profitably.
+int stack_team_size(const StackConfig& cfg, index_t T, index_t N);
+// The per-step work (N * G*H * P multiply-adds) from which a call uses more than one thread.
+void set_min_parallel_step_work(index_t work);
 
 }  // namespace rnnkit
