@@ -8,9 +8,8 @@
 #include <pybind11/stl.h>
 #include <pybind11/numpy.h>
 
-#include <Eigen/Core>
-
 #include <array>
+#include <chrono>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -20,6 +19,7 @@
 #include "rnnkit/blas.h"
 #include "rnnkit/buffer.h"
 #include "rnnkit/layer.h"
+#include "rnnkit/packed_gemm.h"
 #include "rnnkit/stack.h"
 #include "rnnkit/team.h"
 #include "bind_common.h"
@@ -31,11 +31,19 @@
 #ifndef RNNKIT_VERSION
 #define RNNKIT_VERSION "0+unknown"
 #endif
+#ifndef RNNKIT_ARCH
+#define RNNKIT_ARCH "none"
+#endif
+#ifndef RNNKIT_CPU_FEATURES
+#define RNNKIT_CPU_FEATURES ""
+#endif
 
 namespace py = pybind11;
 
 namespace rnnkit {
 
+std::string core_simd_info();      // build_info.cpp
+std::string core_eigen_version();  // build_info.cpp
 void register_network(py::module_& m);  // bind_network.cpp
 void register_optim(py::module_& m);    // bind_optim.cpp
 
@@ -93,7 +101,7 @@ py::tuple forward_impl(const StackConfig& cfg, const py::list& params, const py:
   const std::vector<LayerWeights<S>> w =
       group_views<S, LayerWeights<S>>(cfg, stack_param_specs(cfg), params, "params", false);
 
-  const StackFootprint foot = stack_footprint(cfg, T, N, training, stack_team_size(cfg, T, N));
+  const StackFootprint foot = stack_footprint(cfg, T, N, training, stack_team_size(cfg, T, N), sizeof(S));
   const index_t outputs = checked_add(checked_mul(checked_mul(T, N, "output"), cfg.num_directions * P, "output"),
                                       checked_mul(GD, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
                                       "outputs");
@@ -153,7 +161,7 @@ py::tuple backward_impl(const Cache& cache_obj, const std::optional<py::array>& 
   const std::vector<LayerGrads<S>> g =
       group_views<S, LayerGrads<S>>(cfg, stack_param_specs(cfg), grads, "grads", true);
 
-  const StackFootprint foot = stack_footprint(cfg, T, N, true, stack_team_size(cfg, T, N));
+  const StackFootprint foot = stack_footprint(cfg, T, N, true, stack_team_size(cfg, T, N), sizeof(S));
   const index_t outputs = checked_add(need_dx ? checked_mul(checked_mul(T, N, "dx"), cfg.input_size, "dx") : 0,
                                       checked_mul(GD, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
                                       "outputs");
@@ -216,8 +224,10 @@ py::dict build_info() {
 #else
   info["assertions"] = true;
 #endif
-  info["eigen"] = concat(EIGEN_WORLD_VERSION, ".", EIGEN_MAJOR_VERSION, ".", EIGEN_MINOR_VERSION);
-  info["simd"] = std::string(Eigen::SimdInstructionSetsInUse());
+  info["eigen"] = core_eigen_version();
+  info["simd"] = core_simd_info();
+  info["arch"] = RNNKIT_ARCH;
+  info["cpu_features"] = RNNKIT_CPU_FEATURES;
   info["blas"] = blas_info();
 #ifdef RNNKIT_WITH_CUDA
   info["cuda_built"] = true;
@@ -230,8 +240,63 @@ py::dict build_info() {
 }  // namespace
 }  // namespace rnnkit
 
+namespace {
+
+// The instruction-set extensions the core was compiled for (RNNKIT_CPU_FEATURES) that this CPU
+// lacks, space-separated; empty when it has them all. This file is compiled for baseline x86-64,
+// so the check itself runs anywhere.
+std::string missing_cpu_features() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  struct Feature {
+    const char* name;
+    bool present;
+  };
+  const Feature table[] = {
+      {"ssse3", !!__builtin_cpu_supports("ssse3")},         {"sse4.1", !!__builtin_cpu_supports("sse4.1")},
+      {"sse4.2", !!__builtin_cpu_supports("sse4.2")},       {"popcnt", !!__builtin_cpu_supports("popcnt")},
+      {"avx", !!__builtin_cpu_supports("avx")},             {"avx2", !!__builtin_cpu_supports("avx2")},
+      {"fma", !!__builtin_cpu_supports("fma")},             {"bmi", !!__builtin_cpu_supports("bmi")},
+      {"bmi2", !!__builtin_cpu_supports("bmi2")},           {"avx512f", !!__builtin_cpu_supports("avx512f")},
+      {"avx512cd", !!__builtin_cpu_supports("avx512cd")},   {"avx512bw", !!__builtin_cpu_supports("avx512bw")},
+      {"avx512dq", !!__builtin_cpu_supports("avx512dq")},   {"avx512vl", !!__builtin_cpu_supports("avx512vl")},
+      {"avx512ifma", !!__builtin_cpu_supports("avx512ifma")}, {"avx512vbmi", !!__builtin_cpu_supports("avx512vbmi")},
+      {"avx512vbmi2", !!__builtin_cpu_supports("avx512vbmi2")}, {"avx512vnni", !!__builtin_cpu_supports("avx512vnni")},
+      {"avx512bitalg", !!__builtin_cpu_supports("avx512bitalg")},
+      {"avx512vpopcntdq", !!__builtin_cpu_supports("avx512vpopcntdq")},
+      {"avx512bf16", !!__builtin_cpu_supports("avx512bf16")}, {"gfni", !!__builtin_cpu_supports("gfni")},
+      {"vpclmulqdq", !!__builtin_cpu_supports("vpclmulqdq")}, {"aes", !!__builtin_cpu_supports("aes")},
+      {"pclmul", !!__builtin_cpu_supports("pclmul")},
+  };
+  std::string missing;
+  std::string wanted = RNNKIT_CPU_FEATURES;
+  std::size_t pos = 0;
+  while (pos < wanted.size()) {
+    const std::size_t end = std::min(wanted.find(' ', pos), wanted.size());
+    const std::string name = wanted.substr(pos, end - pos);
+    for (const Feature& f : table) {
+      if (name == f.name && !f.present) missing += (missing.empty() ? "" : " ") + name;
+    }
+    pos = end + 1;
+  }
+  return missing;
+#else
+  return "";
+#endif
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_core, m) {
   using namespace rnnkit;
+  if (const std::string missing = missing_cpu_features(); !missing.empty()) {
+    // Plain std::string here: helpers shared with the core might be its -march copies.
+    throw py::import_error(
+        std::string("rnnkit was compiled for -march=") + RNNKIT_ARCH + " but this CPU lacks: " + missing +
+        ". Reinstall it for this machine (pip install --force-reinstall --no-cache-dir rnnkit builds "
+        "for the machine you run it on), or for any AVX2 machine with RNNKIT_ARCH=x86-64-v3, or for "
+        "any x86-64 with RNNKIT_ARCH=x86-64.");
+  }
   m.doc() = "rnnkit's compiled core: recurrent layer forward and BPTT on the CPU (and CUDA when built).";
   m.attr("__version__") = RNNKIT_VERSION;
 
@@ -319,6 +384,47 @@ into. Returns (dx or None, dh0, dc0 or None). The GIL is released while it runs.
   m.def("set_num_threads", [](int n) { ThreadTeam::instance().set_default_size(n); }, py::arg("n"),
         "Threads rnnkit's loops may use (process-wide; default 1).");
   m.def("get_num_threads", [] { return ThreadTeam::instance().default_size(); });
+  m.def("_packed_gemm", [](py::array A, py::array B, bool transposed, double beta, py::array C, index_t cb, index_t ce) {
+        // Test hook: C[:, cb:ce] = beta C + A B through the packed kernels (B given as B, or as B^T).
+        if (!A.dtype().is(C.dtype()) || !B.dtype().is(C.dtype())) throw py::type_error("A, B, C: expected one dtype");
+        auto run = [&](auto s) {
+          using S = decltype(s);
+          if (!packed_gemm_available<S>()) throw std::runtime_error("no packed kernel on this CPU");
+          const index_t M = A.shape(0), K = A.shape(1), cols = transposed ? B.shape(0) : B.shape(1);
+          check_array<S>(A, "A", {M, K}, false);
+          check_array<S>(B, "B", transposed ? std::vector<index_t>{cols, K} : std::vector<index_t>{K, cols}, false);
+          check_array<S>(C, "C", {M, cols}, true);
+          if (cb < 0 || ce > cols || cb > ce || cb % packed_panel_width<S>() != 0) throw_expected("cb, ce", "a panel-aligned range", cb);
+          Buffer<S> packed(packed_size<S>(K, cols), "packed B");
+          pack_b<S>(static_cast<const S*>(B.data()), transposed ? K : cols, transposed, K, cols, 0, cols, packed.data());
+          packed_gemm<S>(M, K, cols, cb, ce, static_cast<const S*>(A.data()), K, packed.data(), S(beta),
+                         static_cast<S*>(C.mutable_data()), cols);
+        };
+        if (C.dtype().is(py::dtype::of<float>())) run(float{}); else run(double{});
+      }, py::arg("A"), py::arg("B"), py::arg("transposed"), py::arg("beta"), py::arg("C"), py::arg("cb"), py::arg("ce"));
+  m.def("_packed_vs_blas", [](index_t M, index_t K, index_t cols, int reps) {
+        // Microbenchmark hook: seconds per call of the packed kernel (packed once) and of BLAS.
+        Buffer<float> A(M * K, "A"), W(cols * K, "W"), C(M * cols, "C"), P(packed_size<float>(K, cols), "P");
+        for (index_t i = 0; i < M * K; ++i) A.data()[i] = float((i * 7) % 13) * 0.01f;
+        for (index_t i = 0; i < cols * K; ++i) W.data()[i] = float((i * 5) % 11) * 0.01f;
+        C.zero();
+        double packed_s = 0, blas_s = 0;
+        {
+          py::gil_scoped_release release;
+          pack_b<float>(W.data(), K, true, K, cols, 0, cols, P.data());
+          auto t0 = std::chrono::steady_clock::now();
+          for (int r = 0; r < reps; ++r) packed_gemm<float>(M, K, cols, 0, cols, A.data(), K, P.data(), 1.0f, C.data(), cols);
+          auto t1 = std::chrono::steady_clock::now();
+          for (int r = 0; r < reps; ++r) gemm(Trans::kNo, Trans::kYes, M, cols, K, 1.0f, A.data(), K, W.data(), K, 1.0f, C.data(), cols);
+          auto t2 = std::chrono::steady_clock::now();
+          packed_s = std::chrono::duration<double>(t1 - t0).count() / reps;
+          blas_s = std::chrono::duration<double>(t2 - t1).count() / reps;
+        }
+        return py::make_tuple(packed_s, blas_s);
+      });
+  m.def("_packed_panel_width", [](const std::string& dtype) -> index_t {
+        return dtype == "float64" ? packed_panel_width<double>() : packed_panel_width<float>();
+      });
   m.def("_set_min_parallel_step_work", &set_min_parallel_step_work, py::arg("work"),
         "From how much per-step work (multiply-adds) a call uses the thread team (tests lower it).");
   m.def("blas_num_threads", &get_blas_threads, "Threads of rnnkit's OpenBLAS (always 1).");

@@ -12,6 +12,7 @@
 
 #include "rnnkit/blas.h"
 #include "rnnkit/layer.h"
+#include "rnnkit/packed_gemm.h"
 #include "rnnkit/team.h"
 
 namespace rnnkit {
@@ -141,6 +142,36 @@ struct Slots {
   index_t step(index_t t) const { return reverse ? T - 1 - t : t; }
 };
 
+// The right-hand matrix B [K, cols] of a per-step GEMM C = A B: packed once per call for
+// packed_gemm when this CPU has the kernels (`packed` non-null), else multiplied by BLAS from
+// its source. Column ranges given to multiply() start at multiples of align().
+template <typename S>
+struct StepOperand {
+  const S* src = nullptr;  // B, or B^T if transposed, row-major with leading dimension ld
+  index_t ld = 0;
+  bool transposed = false;
+  index_t K = 0, cols = 0;
+  S* packed = nullptr;
+
+  index_t align() const { return packed ? packed_panel_width<S>() : 16; }
+  // Each thread packs its own panels; the caller barriers before the first multiply.
+  void pack(const TeamContext& tc) const {
+    if (!packed) return;
+    const auto [c0, c1] = tc.split(cols, align());
+    pack_b<S>(src, ld, transposed, K, cols, c0, c1, packed);
+  }
+  // C[:, c0:c1] = beta C[:, c0:c1] + A[M, K] B[:, c0:c1]
+  void multiply(index_t M, index_t c0, index_t c1, const S* A, index_t lda, S beta, S* C, index_t ldc) const {
+    if (c1 <= c0) return;
+    if (packed) {
+      packed_gemm<S>(M, K, cols, c0, c1, A, lda, packed, beta, C, ldc);
+    } else {
+      gemm(Trans::kNo, transposed ? Trans::kYes : Trans::kNo, M, c1 - c0, K, S(1), A, lda,
+           transposed ? src + c0 * ld : src + c0, ld, beta, C + c0, ldc);
+    }
+  }
+};
+
 template <typename Cell, typename S>
 void forward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights<S>& w, const S* x,
                   const S* h0, const S* c0, const index_t* lengths, bool reverse, bool training,
@@ -155,11 +186,19 @@ void forward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights<
   const Slots slots{T, reverse, training};
   // This thread's share: rows of the hoisted GEMM and of the pointwise work, columns of the
   // per-step GEMMs (multiples of 16 floats keep the BLAS kernels on full vectors).
+  // The per-step products: h_{t-1} W_hh^T (the step GEMM's G1 columns), (r * h_{t-1}) W_hn^T for
+  // the two-stage GRU, h_full W_hr^T for a projection.
+  const StepOperand<S> rec{w.w_hh, P, true, P, G1, fs.packed_rec};
+  const StepOperand<S> stage2{w.w_hh + G1 * P, P, true, P, GH - G1, fs.packed_stage2};
+  const StepOperand<S> proj{w.w_hr, H, true, H, P, fs.packed_proj};
   const auto [r0, r1] = tc.split(T * N);
   const auto [n0, n1] = tc.split(N);
-  const auto [g0, g1] = tc.split(G1, 16);
-  const auto [k0, k1] = tc.split(GH - G1, 16);  // two-stage: the candidate gate's columns
-  const auto [p0, p1] = tc.split(P, 16);       // projection output columns
+  const auto [g0, g1] = tc.split(G1, rec.align());
+  const auto [k0, k1] = tc.split(GH - G1, stage2.align());  // two-stage: the candidate gate's columns
+  const auto [p0, p1] = tc.split(P, proj.align());          // projection output columns
+  rec.pack(tc);
+  if (Cell::kTwoStage) stage2.pack(tc);
+  if (project) proj.pack(tc);
 
   // Input projection for every step at once; biases are added in the pointwise step.
   gemm(Trans::kNo, Trans::kYes, r1 - r0, GH, C, S(1), x + r0 * C, C, w.w_ih, C, S(0),
@@ -205,10 +244,9 @@ void forward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights<
 
     // h_{t-1} W_hh^T, this thread's columns.
     if constexpr (Cell::kSeparateRecurrent) {
-      gemm(Trans::kNo, Trans::kYes, N, g1 - g0, P, S(1), hp, P, w.w_hh + g0 * P, P, S(0),
-           fs.hgates + g0, GH);
+      rec.multiply(N, g0, g1, hp, P, S(0), fs.hgates, GH);
     } else {
-      gemm(Trans::kNo, Trans::kYes, N, g1 - g0, P, S(1), hp, P, w.w_hh + g0 * P, P, S(1), g + g0, GH);
+      rec.multiply(N, g0, g1, hp, P, S(1), g, GH);
     }
     tc.barrier();
 
@@ -239,8 +277,7 @@ void forward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights<
     if constexpr (Cell::kTwoStage) {
       // gates(n) += (r * h_{t-1}) W_hn^T, with r * h_{t-1} in cache slot 0.
       tc.barrier();
-      gemm(Trans::kNo, Trans::kYes, N, k1 - k0, P, S(1), cache_t, CW, w.w_hh + (G1 + k0) * P, P, S(1),
-           g + G1 + k0, GH);
+      stage2.multiply(N, k0, k1, cache_t, CW, S(1), g + G1, GH);
       tc.barrier();
       for (index_t n = n0; n < n1; ++n) {
         if (masked(n)) continue;
@@ -250,8 +287,7 @@ void forward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights<
     }
     if (project) {
       tc.barrier();
-      gemm(Trans::kNo, Trans::kYes, N, p1 - p0, H, S(1), hfull_t, H, w.w_hr + p0 * H, H, S(0),
-           hc + p0, P);
+      proj.multiply(N, p0, p1, hfull_t, H, S(0), hc, P);
       tc.barrier();
     }
     for (index_t n = n0; n < n1; ++n) {
@@ -290,9 +326,18 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
   // The gradient that goes through W_hh: the recurrent pre-activations of separate-recurrent
   // cells, the shared ones otherwise.
   S* drec = Cell::kSeparateRecurrent ? bs.dhgates : bs.dgates;
+  // The per-step products: d(rec) W_hh (rows of the step GEMM), d(candidate) W_hn for the
+  // two-stage GRU, d(h) W_hr for a projection.
+  const StepOperand<S> rec{w.w_hh, P, false, G1, P, bs.packed_drec};
+  const StepOperand<S> stage2{w.w_hh + G1 * P, P, false, GH - G1, P, bs.packed_dstage2};
+  const StepOperand<S> proj{w.w_hr, H, false, P, H, bs.packed_dproj};
   const auto [n0, n1] = tc.split(N);
-  const auto [q0, q1] = tc.split(P, 16);       // columns of dh_{t-1}
-  const auto [h0c, h1c] = tc.split(H, 16);     // columns of dh_full / the two-stage tmp
+  const auto [q0, q1] = tc.split(P, rec.align());         // columns of dh_{t-1}
+  const auto [h0c, h1c] = tc.split(H, proj.align());      // columns of dh_full
+  const auto [s0c, s1c] = tc.split(H, stage2.align());    // columns of the two-stage tmp
+  rec.pack(tc);
+  if (Cell::kTwoStage) stage2.pack(tc);
+  if (project) proj.pack(tc);
 
   // dh_next: dL/d(state after the step being processed) from later steps; dh_cur adds dy.
   S* dh_next = bs.dh_a;
@@ -354,8 +399,7 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
         if (masked(n)) zero_n(dproj + n * P, P); else copy_n(dproj + n * P, dh_cur + n * P, P);
       }
       tc.barrier();
-      gemm(Trans::kNo, Trans::kNo, N, h1c - h0c, P, S(1), dproj, P, w.w_hr + h0c, H, S(0),
-           bs.dh_full + h0c, H);
+      proj.multiply(N, h0c, h1c, dproj, P, S(0), bs.dh_full, H);
       tc.barrier();
       dh_cell = bs.dh_full;
     }
@@ -398,8 +442,7 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
       }
       tc.barrier();
       // tmp(0) = dL/d(r*h_{t-1}) = dgates(n) W_hn, this thread's columns.
-      gemm(Trans::kNo, Trans::kNo, N, h1c - h0c, GH - G1, S(1), dg + G1, GH, w.w_hh + G1 * P + h0c, P,
-           S(0), bs.tmp + h0c, TW);
+      stage2.multiply(N, s0c, s1c, dg + G1, GH, S(0), bs.tmp, TW);
       tc.barrier();
       for (index_t n = n0; n < n1; ++n) {
         if (masked(n)) continue;
@@ -417,8 +460,7 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
     tc.barrier();
     // dL/dh_{t-1} = (direct part written by the cell) + d(recurrent pre-activations) W_hh,
     // this thread's columns.
-    gemm(Trans::kNo, Trans::kNo, N, q1 - q0, G1, S(1), drec + t * N * GH, GH, w.w_hh + q0, P, S(1),
-         dh_next + q0, P);
+    rec.multiply(N, q0, q1, drec + t * N * GH, GH, S(1), dh_next, P);
     tc.barrier();
   }
   if (tc.tid() == 0) {
@@ -510,19 +552,25 @@ index_t LayerSizes::forward_kept() const {
 
 index_t LayerSizes::forward_scratch() const {
   index_t n = 0;
-  for (index_t v : {bias, hgates, tmp}) n = checked_add(n, v, "forward scratch");
+  for (index_t v : {bias, hgates, tmp, packed_rec, packed_stage2, packed_proj}) n = checked_add(n, v, "forward scratch");
   return n;
 }
 
 index_t LayerSizes::backward_scratch() const {
   index_t n = 0;
-  for (index_t v : {dgates, dhgates, dh, dh, dc, dh_full, dh_proj, tmp, partials}) {
+  for (index_t v : {dgates, dhgates, dh, dh, dc, dh_full, dh_proj, tmp, partials, packed_drec,
+                    packed_dstage2, packed_dproj}) {
     n = checked_add(n, v, "backward scratch");
   }
   return n;
 }
 
-LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int team) {
+template <typename S>
+index_t packed_or_zero(index_t K, index_t cols) {
+  return packed_gemm_available<S>() ? packed_size<S>(K, cols) : 0;
+}
+
+LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int team, int elem_bytes) {
   const CellInfo ci = cell_info(cell);
   const bool project = d.P != d.H;
   LayerSizes s;
@@ -551,6 +599,19 @@ LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int tea
     s.partial_width = 4 * s.gate_width + (ci.ln_params > 4 ? 2 * d.H : 0) + 2 * s.gate_width;
     s.partials = checked_mul(team, s.partial_width, "gradient partial sums");
   }
+  // Packed copies of the per-step GEMMs' weights (packed_gemm.h), when the CPU has the kernels.
+  auto packed = elem_bytes == 8 ? &packed_or_zero<double> : &packed_or_zero<float>;
+  const index_t G1 = ci.two_stage ? 2 * d.H : s.gate_width;
+  s.packed_rec = packed(d.P, G1);
+  s.packed_drec = packed(G1, d.P);
+  if (ci.two_stage) {
+    s.packed_stage2 = packed(d.P, s.gate_width - G1);
+    s.packed_dstage2 = packed(s.gate_width - G1, d.P);
+  }
+  if (project) {
+    s.packed_proj = packed(d.H, d.P);
+    s.packed_dproj = packed(d.P, d.H);
+  }
   return s;
 }
 
@@ -572,7 +633,9 @@ S* carve(const LayerSizes& sz, S* p, LayerState<S>* st) {
 
 template <typename S>
 S* carve(const LayerSizes& sz, S* p, ForwardScratch<S>* fs) {
-  return carve_views(p, {{&fs->bias, sz.bias}, {&fs->hgates, sz.hgates}, {&fs->tmp, sz.tmp}});
+  return carve_views(p, {{&fs->bias, sz.bias}, {&fs->hgates, sz.hgates}, {&fs->tmp, sz.tmp},
+                         {&fs->packed_rec, sz.packed_rec}, {&fs->packed_stage2, sz.packed_stage2},
+                         {&fs->packed_proj, sz.packed_proj}});
 }
 
 template <typename S>
@@ -580,7 +643,9 @@ S* carve(const LayerSizes& sz, S* p, BackwardScratch<S>* bs) {
   bs->partial_width = sz.partial_width;
   return carve_views(p, {{&bs->dgates, sz.dgates}, {&bs->dhgates, sz.dhgates}, {&bs->dh_a, sz.dh},
                          {&bs->dh_b, sz.dh}, {&bs->dc, sz.dc}, {&bs->dh_full, sz.dh_full},
-                         {&bs->dh_proj, sz.dh_proj}, {&bs->tmp, sz.tmp}, {&bs->partials, sz.partials}});
+                         {&bs->dh_proj, sz.dh_proj}, {&bs->tmp, sz.tmp}, {&bs->partials, sz.partials},
+                         {&bs->packed_drec, sz.packed_drec}, {&bs->packed_dstage2, sz.packed_dstage2},
+                         {&bs->packed_dproj, sz.packed_dproj}});
 }
 
 template <typename S>

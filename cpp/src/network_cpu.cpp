@@ -10,6 +10,7 @@
 #include <Eigen/Core>
 
 #include "rnnkit/blas.h"
+#include "rnnkit/team.h"
 
 namespace rnnkit {
 namespace {
@@ -34,12 +35,12 @@ bool row_is_padding(const NetworkConfig& cfg, const index_t* lengths, index_t N,
   return r / N >= lengths[r % N];
 }
 
-// The final states of the last layer, both directions side by side: [N, D*P].
+// The final states of the last layer, both directions side by side: rows [n0, n1) of [N, D*P].
 template <typename S>
-void gather_last_states(const NetworkConfig& cfg, index_t N, const S* h_n, S* features) {
+void gather_last_states(const NetworkConfig& cfg, index_t n0, index_t n1, index_t N, const S* h_n, S* features) {
   const index_t D = cfg.stack.num_directions, P = cfg.stack.state_size();
   const index_t first = (cfg.stack.num_layers - 1) * D;
-  for (index_t n = 0; n < N; ++n) {
+  for (index_t n = n0; n < n1; ++n) {
     for (index_t d = 0; d < D; ++d) {
       copy_n(features + n * D * P + d * P, h_n + ((first + d) * N + n) * P, P);
     }
@@ -55,27 +56,31 @@ void softmax_in_place(S* row, index_t K) {
   v /= v.sum();
 }
 
-// Cross-entropy over valid rows: returns the mean loss; writes dL/dlogits into `grad` (may alias
-// `logits`) when grad is non-null. One vectorised exp pass per row: the exponentials are kept
-// (in `grad`, or a scratch row) and become the softmax.
-template <typename S>
-double cross_entropy(const NetworkConfig& cfg, const S* logits, const std::int64_t* targets, index_t R,
-                     index_t N, const index_t* lengths, S* grad) {
-  const index_t K = cfg.output_size;
+// Valid rows of the head: not padding and (cross-entropy) not ignore_index.
+index_t count_valid_rows(const NetworkConfig& cfg, const std::int64_t* targets, index_t R, index_t N,
+                         const index_t* lengths) {
   index_t count = 0;
   for (index_t r = 0; r < R; ++r) {
-    if (!row_is_padding(cfg, lengths, N, r) && targets[r] != cfg.ignore_index) ++count;
+    if (row_is_padding(cfg, lengths, N, r)) continue;
+    if (cfg.loss == LossKind::kCrossEntropy && targets[r] == cfg.ignore_index) continue;
+    ++count;
   }
-  if (count == 0) {
-    throw std::invalid_argument("targets: expected at least one target that is not padding or ignore_index, got none");
-  }
-  Buffer<S> scratch(grad == nullptr ? K : 0, "softmax row");
+  return count;
+}
+
+// Cross-entropy of rows [r0, r1), summed; with `grad` (may alias `logits`) also dL/dlogits, where
+// `inv` = 1 / (valid rows). One vectorised exp pass per row: the exponentials are kept (in `grad`,
+// or `scratch_row`) and become the softmax.
+template <typename S>
+double cross_entropy_rows(const NetworkConfig& cfg, const S* logits, const std::int64_t* targets,
+                          index_t r0, index_t r1, index_t N, const index_t* lengths, S* grad,
+                          S* scratch_row, double inv) {
+  const index_t K = cfg.output_size;
   double total = 0.0;
-  const double inv = 1.0 / static_cast<double>(count);
-  for (index_t r = 0; r < R; ++r) {
+  for (index_t r = r0; r < r1; ++r) {
     const S* row = logits + r * K;
     const bool valid = !row_is_padding(cfg, lengths, N, r) && targets[r] != cfg.ignore_index;
-    S* e = grad != nullptr ? grad + r * K : scratch.data();
+    S* e = grad != nullptr ? grad + r * K : scratch_row;
     if (!valid) {
       if (grad != nullptr) std::memset(e, 0, static_cast<std::size_t>(K) * sizeof(S));
       continue;
@@ -91,18 +96,17 @@ double cross_entropy(const NetworkConfig& cfg, const S* logits, const std::int64
       e[targets[r]] -= static_cast<S>(inv);
     }
   }
-  return total * inv;
+  return total;
 }
 
+// Squared error of rows [r0, r1), summed; with `grad` (may alias `pred`) also dL/dpred for the
+// mean over `denom` = valid rows * K.
 template <typename S>
-double mean_squared_error(const NetworkConfig& cfg, const S* pred, const S* targets, index_t R, index_t N,
-                          const index_t* lengths, S* grad) {
+double squared_error_rows(const NetworkConfig& cfg, const S* pred, const S* targets, index_t r0, index_t r1,
+                          index_t N, const index_t* lengths, S* grad, double denom) {
   const index_t K = cfg.output_size;
-  index_t count = 0;
-  for (index_t r = 0; r < R; ++r) count += row_is_padding(cfg, lengths, N, r) ? 0 : 1;
-  const double denom = static_cast<double>(count) * static_cast<double>(K);
   double total = 0.0;
-  for (index_t r = 0; r < R; ++r) {
+  for (index_t r = r0; r < r1; ++r) {
     const bool valid = !row_is_padding(cfg, lengths, N, r);
     for (index_t k = 0; k < K; ++k) {
       const double diff = valid ? static_cast<double>(pred[r * K + k]) - static_cast<double>(targets[r * K + k]) : 0.0;
@@ -110,7 +114,7 @@ double mean_squared_error(const NetworkConfig& cfg, const S* pred, const S* targ
       if (grad != nullptr) grad[r * K + k] = static_cast<S>(2.0 * diff / denom);
     }
   }
-  return total / denom;
+  return total;
 }
 
 std::uint64_t splitmix64(std::uint64_t z) {
@@ -222,24 +226,47 @@ void network_forward(const NetworkConfig& cfg, const NetworkWeights<S>& w, const
   S* y = sequence ? features : y_scratch.data();
   stack_forward<S>(cfg.stack, T, N, w.stack, x, h0, c0, in.lengths, training, dropout_seed, y, h_n,
                    c_n, training ? &cache->stack : nullptr);
-  if (!sequence) gather_last_states(cfg, N, h_n, features);
-
-  // outputs = features V^T + c
-  for (index_t r = 0; r < R; ++r) copy_n(logits + r * K, w.out_b, K);
-  gemm(Trans::kNo, Trans::kYes, R, K, F, S(1), features, F, w.out_w, F, S(1), logits, K);
-
-  if (outputs != nullptr && outputs != logits) copy_n(outputs, logits, R * K);
-  if (targets != nullptr && loss != nullptr) {
-    S* grad = training ? cache->d_out : nullptr;  // in place over the cached logits
-    if (cfg.loss == LossKind::kCrossEntropy) {
-      *loss = cross_entropy(cfg, logits, static_cast<const std::int64_t*>(targets), R, N, in.lengths, grad);
-    } else {
-      *loss = mean_squared_error(cfg, logits, static_cast<const S*>(targets), R, N, in.lengths, grad);
+  // The head, split by rows over the team: outputs = features V^T + c, then the loss.
+  const int team = stack_team_size(cfg.stack, T, N);
+  const bool ce = cfg.loss == LossKind::kCrossEntropy;
+  const bool with_loss = targets != nullptr && loss != nullptr;
+  double scale = 0.0;  // 1 / (what the loss averages over)
+  if (with_loss) {
+    const index_t valid = count_valid_rows(cfg, static_cast<const std::int64_t*>(targets), R, N, in.lengths);
+    if (valid == 0) {
+      throw std::invalid_argument("targets: expected at least one target that is not padding or ignore_index, got none");
     }
-    if (training) cache->has_loss_grad = true;
+    scale = 1.0 / (static_cast<double>(valid) * (ce ? 1.0 : static_cast<double>(K)));
   }
-  if (outputs != nullptr && softmax_outputs) {  // after the loss, which reads the logits
-    for (index_t r = 0; r < R; ++r) softmax_in_place(outputs + r * K, K);
+  S* grad = training ? cache->d_out : nullptr;  // the loss's gradient, in place over the cached logits
+  Buffer<S> softmax_rows(with_loss && ce && grad == nullptr ? team * K : 0, "softmax rows");
+  std::vector<double> partial(team, 0.0);
+  ThreadTeam::instance().run(team, [&](const TeamContext& tc) {
+    if (!sequence) {
+      const auto [n0, n1] = tc.split(N);
+      gather_last_states(cfg, n0, n1, N, h_n, features);
+      tc.barrier();
+    }
+    const auto [r0, r1] = tc.split(R);
+    for (index_t r = r0; r < r1; ++r) copy_n(logits + r * K, w.out_b, K);
+    gemm(Trans::kNo, Trans::kYes, r1 - r0, K, F, S(1), features + r0 * F, F, w.out_w, F, S(1),
+         logits + r0 * K, K);
+    if (outputs != nullptr && outputs != logits) copy_n(outputs + r0 * K, logits + r0 * K, (r1 - r0) * K);
+    if (with_loss) {
+      partial[tc.tid()] = ce ? cross_entropy_rows(cfg, logits, static_cast<const std::int64_t*>(targets), r0, r1,
+                                                  N, in.lengths, grad, softmax_rows.data() + tc.tid() * K, scale)
+                             : squared_error_rows(cfg, logits, static_cast<const S*>(targets), r0, r1, N,
+                                                  in.lengths, grad, 1.0 / scale);
+    }
+    if (outputs != nullptr && softmax_outputs) {  // after the loss, which reads the logits
+      for (index_t r = r0; r < r1; ++r) softmax_in_place(outputs + r * K, K);
+    }
+  });
+  if (with_loss) {
+    double total = 0.0;
+    for (double p : partial) total += p;  // in thread order: reproducible for a thread count
+    *loss = total * scale;
+    if (training) cache->has_loss_grad = true;
   }
 }
 
@@ -265,33 +292,47 @@ void network_backward(const NetworkCache<S>& cache, const S* d_outputs, const Ne
   if (dh0 == nullptr) { dh0 = spare; spare += groups * N * P; }
   if (has_c && dc0 == nullptr) dc0 = spare;
 
-  // Output layer: dV += d_out^T features, dc += column sums, d_features = d_out V.
-  gemm(Trans::kYes, Trans::kNo, K, F, R, S(1), d_out, K, cache.features, F, S(1), grads.out_w, F);
-  {
-    Vec<S> db(grads.out_b, K);
-    for (index_t r = 0; r < R; ++r) db += ConstVec<S>(d_out + r * K, K);
-  }
-  gemm(Trans::kNo, Trans::kNo, R, F, K, S(1), d_out, K, cache.out_w, F, S(0), d_features, F);
-
-  const S* dy = nullptr;
-  if (sequence) {
-    dy = d_features;
-  } else {
-    std::memset(dh_n, 0, static_cast<std::size_t>(dhn_n) * sizeof(S));
-    const index_t D = cfg.stack.num_directions, first = (cfg.stack.num_layers - 1) * D;
-    for (index_t n = 0; n < N; ++n) {
-      for (index_t d = 0; d < D; ++d) {
-        copy_n(dh_n + ((first + d) * N + n) * P, d_features + n * F + d * P, P);
+  // Output layer: dV += d_out^T features, dc += column sums, d_features = d_out V; each thread
+  // owns rows of dV and entries of dc, rows of d_features.
+  const int team = stack_team_size(cfg.stack, T, N);
+  const index_t D = cfg.stack.num_directions, first = (cfg.stack.num_layers - 1) * D;
+  ThreadTeam::instance().run(team, [&](const TeamContext& tc) {
+    const auto [k0, k1] = tc.split(K, 16);
+    gemm(Trans::kYes, Trans::kNo, k1 - k0, F, R, S(1), d_out + k0, K, cache.features, F, S(1),
+         grads.out_w + k0 * F, F);
+    Vec<S> db(grads.out_b + k0, k1 - k0);
+    for (index_t r = 0; r < R; ++r) db += ConstVec<S>(d_out + r * K + k0, k1 - k0);
+    const auto [r0, r1] = tc.split(R);
+    gemm(Trans::kNo, Trans::kNo, r1 - r0, F, K, S(1), d_out + r0 * K, K, cache.out_w, F, S(0),
+         d_features + r0 * F, F);
+    if (!sequence) {
+      // The last head's gradient enters the stack as dh_n of the last layer.
+      const auto [n0, n1] = tc.split(N);
+      for (index_t g = 0; g < groups; ++g) {
+        std::memset(dh_n + (g * N + n0) * P, 0, static_cast<std::size_t>((n1 - n0) * P) * sizeof(S));
+      }
+      for (index_t n = n0; n < n1; ++n) {
+        for (index_t d = 0; d < D; ++d) {
+          copy_n(dh_n + ((first + d) * N + n) * P, d_features + n * F + d * P, P);
+        }
       }
     }
-  }
+  });
+  const S* dy = sequence ? d_features : nullptr;
   stack_backward<S>(cache.stack, dy, dh_n, nullptr, grads.stack, dx, dh0, has_c ? dc0 : nullptr);
   if (cfg.vocab_size > 0) {
+    // Each thread adds the rows of the embedding ids in its range, in row order: no two threads
+    // touch the same row, and each row sums in the same order for any thread count.
     const index_t* lengths = cache.stack.lengths.empty() ? nullptr : cache.stack.lengths.data();
-    for (index_t r = 0; r < T * N; ++r) {
-      if (lengths && r / N >= lengths[r % N]) continue;  // padded: zero gradient
-      Vec<S>(grads.embedding + cache.tokens[r] * E, E) += ConstVec<S>(dx + r * E, E);
-    }
+    ThreadTeam::instance().run(team, [&](const TeamContext& tc) {
+      const auto [v0, v1] = tc.split(cfg.vocab_size);
+      for (index_t r = 0; r < T * N; ++r) {
+        const std::int64_t id = cache.tokens[r];
+        if (id < v0 || id >= v1) continue;
+        if (lengths && r / N >= lengths[r % N]) continue;  // padded: zero gradient
+        Vec<S>(grads.embedding + id * E, E) += ConstVec<S>(dx + r * E, E);
+      }
+    });
   }
 }
 

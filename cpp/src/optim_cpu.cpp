@@ -1,93 +1,76 @@
-// Optimizer updates on the CPU (optim.h), as Eigen array expressions over each parameter.
+// Optimizer updates on the CPU (optim.h), one loop over each parameter.
 #include "rnnkit/optim.h"
 
 #include <cmath>
 
-#include <Eigen/Core>
-
 namespace rnnkit {
-namespace {
 
-template <typename S>
-using Vec = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
-template <typename S>
-using ConstVec = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
-
-// torch's lerp(self, end, w) for w < 0.5 (every use here): self + w * (end - self).
-template <typename A, typename B>
-auto lerp_small(const A& self, const B& end, typename A::Scalar w) {
-  return self + w * (end - self);
-}
-
-}  // namespace
+// Plain loops, not Eigen: Eigen's fast-math vector sqrt is an approximation (rsqrt + a Newton
+// step) while its unaligned-head elements use the exact one, so results would depend on where the
+// caller's arrays happen to start in memory. The compiler vectorises these loops with exact sqrt
+// and division; -ffp-contract=off (CMakeLists.txt) keeps vector body and scalar tail identical.
 
 template <typename S>
 void sgd_update(S* param, const S* grad, S* momentum_buf, index_t n, const SgdHyper& h, bool first_step) {
-  Vec<S> p(param, n);
-  ConstVec<S> g0(grad, n);
-  // d = grad (+ weight_decay * param)
-  Eigen::Array<S, Eigen::Dynamic, 1> d = g0;
-  if (h.weight_decay != 0.0) d = g0 + S(h.weight_decay) * p;
-  if (h.momentum != 0.0) {
-    Vec<S> buf(momentum_buf, n);
-    if (first_step) {
-      buf = d;
-    } else {
-      buf = buf * S(h.momentum) + S(1.0 - h.dampening) * d;
+  const S wd = S(h.weight_decay), mom = S(h.momentum), damp = S(1.0 - h.dampening), lr = S(-h.lr);
+  for (index_t i = 0; i < n; ++i) {
+    S d = h.weight_decay != 0.0 ? grad[i] + wd * param[i] : grad[i];
+    if (h.momentum != 0.0) {
+      const S b = first_step ? d : momentum_buf[i] * mom + damp * d;
+      momentum_buf[i] = b;
+      d = h.nesterov ? d + mom * b : b;
     }
-    if (h.nesterov) {
-      d = d + S(h.momentum) * buf;
-    } else {
-      d = buf;
-    }
+    param[i] = param[i] + lr * d;
   }
-  p = p + S(-h.lr) * d;
 }
 
 template <typename S>
 void adam_update(S* param, const S* grad, S* exp_avg, S* exp_avg_sq, index_t n, const AdamHyper& h,
                  index_t step) {
-  Vec<S> p(param, n), m(exp_avg, n), v(exp_avg_sq, n);
-  ConstVec<S> g0(grad, n);
-  Eigen::Array<S, Eigen::Dynamic, 1> g = g0;
-  if (h.weight_decay != 0.0) {
-    if (h.decoupled_weight_decay) {
-      p = p * S(1.0 - h.lr * h.weight_decay);
-    } else {
-      g = g0 + S(h.weight_decay) * p;
-    }
-  }
-  m = lerp_small(m, g, S(1.0 - h.beta1));
-  v = v * S(h.beta2) + S(1.0 - h.beta2) * g * g;
   const double bias_correction1 = 1.0 - std::pow(h.beta1, static_cast<double>(step));
   const double bias_correction2 = 1.0 - std::pow(h.beta2, static_cast<double>(step));
-  const double step_size = h.lr / bias_correction1;
-  const double bias_correction2_sqrt = std::sqrt(bias_correction2);
-  p = p + S(-step_size) * (m / (v.sqrt() / S(bias_correction2_sqrt) + S(h.eps)));
+  const S step_size = S(-(h.lr / bias_correction1));
+  const S bc2_sqrt = S(std::sqrt(bias_correction2));
+  const S w1 = S(1.0 - h.beta1), b2 = S(h.beta2), w2 = S(1.0 - h.beta2), eps = S(h.eps);
+  const S wd = S(h.weight_decay), decay = S(1.0 - h.lr * h.weight_decay);
+  const bool l2 = h.weight_decay != 0.0 && !h.decoupled_weight_decay;
+  const bool decoupled = h.weight_decay != 0.0 && h.decoupled_weight_decay;
+  for (index_t i = 0; i < n; ++i) {
+    S p = param[i];
+    if (decoupled) p = p * decay;
+    const S g = l2 ? grad[i] + wd * p : grad[i];
+    const S m = exp_avg[i] + w1 * (g - exp_avg[i]);  // torch's lerp(exp_avg, g, 1 - beta1)
+    const S v = exp_avg_sq[i] * b2 + w2 * g * g;
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    param[i] = p + step_size * (m / (std::sqrt(v) / bc2_sqrt + eps));
+  }
 }
 
 template <typename S>
 void rmsprop_update(S* param, const S* grad, S* square_avg, S* momentum_buf, S* grad_avg, index_t n,
                     const RmspropHyper& h) {
-  Vec<S> p(param, n), sq(square_avg, n);
-  ConstVec<S> g0(grad, n);
-  Eigen::Array<S, Eigen::Dynamic, 1> g = g0;
-  if (h.weight_decay != 0.0) g = g0 + S(h.weight_decay) * p;
-  sq = sq * S(h.alpha) + S(1.0 - h.alpha) * g * g;
-  Eigen::Array<S, Eigen::Dynamic, 1> avg;
-  if (h.centered) {
-    Vec<S> ga(grad_avg, n);
-    ga = lerp_small(ga, g, S(1.0 - h.alpha));
-    avg = (sq - ga * ga).sqrt() + S(h.eps);
-  } else {
-    avg = sq.sqrt() + S(h.eps);
-  }
-  if (h.momentum > 0.0) {
-    Vec<S> buf(momentum_buf, n);
-    buf = buf * S(h.momentum) + g / avg;
-    p = p + S(-h.lr) * buf;
-  } else {
-    p = p + S(-h.lr) * (g / avg);
+  const S wd = S(h.weight_decay), alpha = S(h.alpha), w = S(1.0 - h.alpha), eps = S(h.eps);
+  const S mom = S(h.momentum), lr = S(-h.lr);
+  for (index_t i = 0; i < n; ++i) {
+    const S g = h.weight_decay != 0.0 ? grad[i] + wd * param[i] : grad[i];
+    const S sq = square_avg[i] * alpha + w * g * g;
+    square_avg[i] = sq;
+    S avg;
+    if (h.centered) {
+      const S ga = grad_avg[i] + w * (g - grad_avg[i]);
+      grad_avg[i] = ga;
+      avg = std::sqrt(sq - ga * ga) + eps;
+    } else {
+      avg = std::sqrt(sq) + eps;
+    }
+    if (h.momentum > 0.0) {
+      const S b = momentum_buf[i] * mom + g / avg;
+      momentum_buf[i] = b;
+      param[i] = param[i] + lr * b;
+    } else {
+      param[i] = param[i] + lr * (g / avg);
+    }
   }
 }
 
@@ -100,7 +83,7 @@ double sum_of_squares(const S* g, index_t n) {
 
 template <typename S>
 void scale_in_place(S* g, index_t n, S factor) {
-  Vec<S>(g, n) *= factor;
+  for (index_t i = 0; i < n; ++i) g[i] *= factor;
 }
 
 template <typename S>

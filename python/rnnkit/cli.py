@@ -24,6 +24,14 @@ import numpy as np
 CELL_CHOICES = ("rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before", "ln_lstm", "ln_gru")
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on: the commands' default thread count (like PyTorch's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 # ---- info ---------------------------------------------------------------------------------------
 def _demo(T: int, N: int, C: int, H: int, repeats: int) -> None:
     import rnnkit
@@ -109,8 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import rnnkit
     from rnnkit import data
 
-    if args.threads is not None:
-        rnnkit.set_num_threads(args.threads)
+    rnnkit.set_num_threads(args.threads if args.threads is not None else available_cpus())
     os.makedirs(args.out, exist_ok=True)
     steps = args.steps
     if steps is None and args.minutes is None:
@@ -205,8 +212,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 # ---- compare ---------------------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
+    import rnnkit
     from rnnkit.compare import run_compare
 
+    rnnkit.set_num_threads(args.threads if args.threads is not None else available_cpus())
     run_compare(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     return 0
 
@@ -244,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float, default=0.1)
     t.add_argument("--log-every", type=int, default=50)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, help="BLAS threads (default: RNNKIT_NUM_THREADS or 1)")
+    t.add_argument("--threads", type=int, help="threads (default: the CPUs available to this process)")
     t.add_argument("--out", default="rnnkit-run", help="output folder (default ./rnnkit-run)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -263,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="rnnkit-compare")
     c.add_argument("--quick", action="store_true", help="a small version that finishes in under 3 minutes")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, help="threads (default: the CPUs available to this process)")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=cmd_compare)
     return p

@@ -92,6 +92,9 @@ struct LayerSizes {
   index_t bias = 0;    // 3*GH: b_ih + b_hh, b_ih, b_hh (zeros without bias)
   index_t hgates = 0;  // [N,GH] for separate-recurrent cells, else 0
   index_t tmp = 0;     // [N,tmp_width]
+  index_t packed_rec = 0;    // W_hh^T (the step GEMM's columns) packed for packed_gemm, else 0
+  index_t packed_stage2 = 0; // two-stage GRU: W_hn^T packed
+  index_t packed_proj = 0;   // projection: W_hr^T packed
   // backward scratch
   index_t dgates = 0;   // [T,N,GH]
   index_t dhgates = 0;  // [T,N,GH] for separate-recurrent cells, else 0
@@ -101,13 +104,17 @@ struct LayerSizes {
   index_t dh_proj = 0;  // [T,N,P] with a projection
   index_t partial_width = 0;  // LayerNorm cells: per-thread sums of LN and bias gradients
   index_t partials = 0;       // team * partial_width
+  index_t packed_drec = 0;    // W_hh (rows of the step GEMM) packed, else 0
+  index_t packed_dstage2 = 0; // two-stage GRU: W_hn packed
+  index_t packed_dproj = 0;   // projection: W_hr packed
 
   index_t forward_kept() const;     // h_seq + c_seq + gates + cache + h_full
-  index_t forward_scratch() const;  // bias + hgates + tmp
+  index_t forward_scratch() const;  // bias + hgates + tmp + packed weights
   index_t backward_scratch() const;
 };
-// `team`: the number of threads that will run the call (for the per-thread partial sums).
-LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int team = 1);
+// `team`: the number of threads that will run the call (for the per-thread partial sums);
+// `elem_bytes`: 4 (float) or 8 (double), for the packed-weight sizes of packed_gemm.h.
+LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int team = 1, int elem_bytes = 4);
 
 // Named views into the buffers (sizes from LayerSizes with the same `training`).
 template <typename S>
@@ -124,6 +131,9 @@ struct ForwardScratch {
   S* bias = nullptr;
   S* hgates = nullptr;
   S* tmp = nullptr;
+  S* packed_rec = nullptr;
+  S* packed_stage2 = nullptr;
+  S* packed_proj = nullptr;
 };
 
 template <typename S>
@@ -138,6 +148,9 @@ struct BackwardScratch {
   S* tmp = nullptr;
   S* partials = nullptr;
   index_t partial_width = 0;
+  S* packed_drec = nullptr;
+  S* packed_dstage2 = nullptr;
+  S* packed_dproj = nullptr;
 };
 
 // Carves views out of one block laid out in LayerSizes order; returns the end.

@@ -1,0 +1,47 @@
+// GEMM with the right-hand matrix packed once and reused: the recurrent product of every step.
+//
+// A layer multiplies by the same W_hh at each of its T steps. BLAS repacks W_hh into its kernel
+// layout on every call, which for the small per-step matrices (N rows) costs about as much as the
+// arithmetic. Here W_hh (or its transpose) is packed once per call into column panels of NR
+// columns, [panels][K][NR] with zero padding, and each step runs register-blocked kernels over it:
+// MR rows of A at a time, broadcast-FMA against two vectors of B, K in L1-sized chunks.
+//
+// Kernels: AVX-512F and AVX2+FMA for float and double, chosen at run time from the CPU
+// (rnnkit is built for the baseline x86-64; these functions carry their own target attributes).
+// On other CPUs packed_gemm_available() is false and callers keep using gemm() from blas.h.
+//
+//   C[m, cb:ce] = beta * C[m, cb:ce] + sum_k A[m, k] * B[k, cb:ce]      m < M
+//
+// A is row-major [M, K] (lda), C row-major (ldc); [cb, ce) is a range of B's columns whose start
+// is a multiple of packed_panel_width<S>() (so threads can split the columns panel-wise).
+#pragma once
+
+#include "rnnkit/common.h"
+
+namespace rnnkit {
+
+// Whether this CPU has a packed kernel for S (AVX2+FMA or AVX-512F on x86-64).
+template <typename S>
+bool packed_gemm_available();
+
+// NR: columns per panel of the kernel in use (16 or 32 for float, 8 or 16 for double).
+template <typename S>
+index_t packed_panel_width();
+
+// Elements of the packed form of a [K, cols] matrix.
+template <typename S>
+index_t packed_size(index_t K, index_t cols);
+
+// Packs B [K, cols] into `out` (packed_size elements). If `transposed`, the source is B^T stored
+// row-major [cols, K] with leading dimension ld (e.g. W_hh [G*H, P] packs B = W_hh^T);
+// otherwise B itself, row-major [K, cols] with leading dimension ld. Columns [c0, c1) only (the
+// rest of `out` is left alone), so threads can pack their own panels; c0 must be panel-aligned.
+template <typename S>
+void pack_b(const S* src, index_t ld, bool transposed, index_t K, index_t cols, index_t c0, index_t c1, S* out);
+
+// See the file comment. `packed` comes from pack_b with the same K and cols.
+template <typename S>
+void packed_gemm(index_t M, index_t K, index_t cols, index_t cb, index_t ce, const S* A, index_t lda,
+                 const S* packed, S beta, S* C, index_t ldc);
+
+}  // namespace rnnkit

@@ -1,0 +1,17 @@
+// Facts about how the core was compiled, reported by rnnkit.build_info(). Compiled with the core's
+// -march, so Eigen reports the vector instructions the cell math actually uses.
+#include <Eigen/Core>
+
+#include <string>
+
+#include "rnnkit/common.h"
+
+namespace rnnkit {
+
+std::string core_simd_info() { return Eigen::SimdInstructionSetsInUse(); }
+
+std::string core_eigen_version() {
+  return concat(EIGEN_WORLD_VERSION, ".", EIGEN_MAJOR_VERSION, ".", EIGEN_MINOR_VERSION);
+}
+
+}  // namespace rnnkit

@@ -1,0 +1,257 @@
+// Packed-B GEMM kernels (packed_gemm.h): AVX-512F and AVX2+FMA, float and double, selected once
+// at run time. Each ISA's code lives in functions carrying that ISA's target attribute, so the
+// rest of rnnkit stays baseline x86-64 and a CPU without the instructions never executes them.
+#include "rnnkit/packed_gemm.h"
+
+#include <algorithm>
+#include <cstring>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define RNNKIT_X86_KERNELS 1
+#include <immintrin.h>
+#endif
+
+namespace rnnkit {
+namespace {
+
+constexpr index_t kKChunk = 128;  // K rows of a panel per pass: 128 x NR values (8-16 KiB) stay in L1
+
+#if defined(RNNKIT_X86_KERNELS)
+
+#define RNNKIT_T512 __attribute__((target("avx512f"), always_inline)) static inline
+#define RNNKIT_T256 __attribute__((target("avx2,fma"), always_inline)) static inline
+
+// Vector operations per ISA and element type; L lanes per vector, two vectors per panel row.
+struct Avx512Float {
+  using S = float;
+  using V = __m512;
+  static constexpr int L = 16;
+  RNNKIT_T512 V zero() { return _mm512_setzero_ps(); }
+  RNNKIT_T512 V load(const S* p) { return _mm512_loadu_ps(p); }
+  RNNKIT_T512 V set1(S a) { return _mm512_set1_ps(a); }
+  RNNKIT_T512 V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  RNNKIT_T512 V add(V a, V b) { return _mm512_add_ps(a, b); }
+  RNNKIT_T512 V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  RNNKIT_T512 V load_n(const S* p, int n) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p); }
+  RNNKIT_T512 void store_n(S* p, V v, int n) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), v); }
+};
+
+struct Avx512Double {
+  using S = double;
+  using V = __m512d;
+  static constexpr int L = 8;
+  RNNKIT_T512 V zero() { return _mm512_setzero_pd(); }
+  RNNKIT_T512 V load(const S* p) { return _mm512_loadu_pd(p); }
+  RNNKIT_T512 V set1(S a) { return _mm512_set1_pd(a); }
+  RNNKIT_T512 V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  RNNKIT_T512 V add(V a, V b) { return _mm512_add_pd(a, b); }
+  RNNKIT_T512 V mul(V a, V b) { return _mm512_mul_pd(a, b); }
+  RNNKIT_T512 V load_n(const S* p, int n) { return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1u), p); }
+  RNNKIT_T512 void store_n(S* p, V v, int n) { _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1u), v); }
+};
+
+struct Avx2Float {
+  using S = float;
+  using V = __m256;
+  static constexpr int L = 8;
+  RNNKIT_T256 V zero() { return _mm256_setzero_ps(); }
+  RNNKIT_T256 V load(const S* p) { return _mm256_loadu_ps(p); }
+  RNNKIT_T256 V set1(S a) { return _mm256_set1_ps(a); }
+  RNNKIT_T256 V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  RNNKIT_T256 V add(V a, V b) { return _mm256_add_ps(a, b); }
+  RNNKIT_T256 V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  RNNKIT_T256 __m256i mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  RNNKIT_T256 V load_n(const S* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
+  RNNKIT_T256 void store_n(S* p, V v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
+};
+
+struct Avx2Double {
+  using S = double;
+  using V = __m256d;
+  static constexpr int L = 4;
+  RNNKIT_T256 V zero() { return _mm256_setzero_pd(); }
+  RNNKIT_T256 V load(const S* p) { return _mm256_loadu_pd(p); }
+  RNNKIT_T256 V set1(S a) { return _mm256_set1_pd(a); }
+  RNNKIT_T256 V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  RNNKIT_T256 V add(V a, V b) { return _mm256_add_pd(a, b); }
+  RNNKIT_T256 V mul(V a, V b) { return _mm256_mul_pd(a, b); }
+  RNNKIT_T256 __m256i mask(int n) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+  RNNKIT_T256 V load_n(const S* p, int n) { return _mm256_maskload_pd(p, mask(n)); }
+  RNNKIT_T256 void store_n(S* p, V v, int n) { _mm256_maskstore_pd(p, mask(n), v); }
+};
+
+// MR rows of A times one K chunk of a panel (two vectors wide). `first` chunk applies beta to C;
+// later chunks add. ncols: valid columns of the panel (the rest are padding and not stored).
+#define RNNKIT_DEFINE_MICRO(ISA, TARGET)                                                          \
+  template <int MR>                                                                               \
+  __attribute__((target(TARGET))) void micro_##ISA(index_t kc, const ISA::S* A, index_t lda,      \
+                                                   const ISA::S* B, ISA::S* C, index_t ldc,       \
+                                                   int ncols, ISA::S beta, bool first) {         \
+    using I = ISA;                                                                                \
+    constexpr int L = I::L;                                                                       \
+    I::V acc0[MR], acc1[MR];                                                                      \
+    for (int i = 0; i < MR; ++i) {                                                                \
+      acc0[i] = I::zero();                                                                        \
+      acc1[i] = I::zero();                                                                        \
+    }                                                                                             \
+    for (index_t k = 0; k < kc; ++k) {                                                            \
+      const I::V b0 = I::load(B + k * 2 * L);                                                     \
+      const I::V b1 = I::load(B + k * 2 * L + L);                                                 \
+      for (int i = 0; i < MR; ++i) {                                                              \
+        const I::V a = I::set1(A[i * lda + k]);                                                   \
+        acc0[i] = I::fma(a, b0, acc0[i]);                                                         \
+        acc1[i] = I::fma(a, b1, acc1[i]);                                                         \
+      }                                                                                           \
+    }                                                                                             \
+    const int n0 = std::min(ncols, L), n1 = std::max(0, std::min(ncols - L, L));                  \
+    const bool keep = !first || beta != ISA::S(0);                                                \
+    const I::V vb = I::set1(first ? beta : ISA::S(1));                                            \
+    for (int i = 0; i < MR; ++i) {                                                                \
+      ISA::S* c = C + i * ldc;                                                                    \
+      I::V c0 = acc0[i], c1 = acc1[i];                                                            \
+      if (keep) {                                                                                 \
+        c0 = I::fma(I::load_n(c, n0), vb, c0);                                                    \
+        if (n1 > 0) c1 = I::fma(I::load_n(c + L, n1), vb, c1);                                    \
+      }                                                                                           \
+      I::store_n(c, c0, n0);                                                                      \
+      if (n1 > 0) I::store_n(c + L, c1, n1);                                                      \
+    }                                                                                             \
+  }                                                                                               \
+  __attribute__((target(TARGET))) void gemm_##ISA(index_t M, index_t K, index_t cols, index_t cb, \
+                                                  index_t ce, const ISA::S* A, index_t lda,       \
+                                                  const ISA::S* packed, ISA::S beta, ISA::S* C,   \
+                                                  index_t ldc) {                                  \
+    constexpr index_t NR = 2 * ISA::L;                                                            \
+    constexpr int MR = 6;                                                                         \
+    (void)cols;                                                                                   \
+    for (index_t k0 = 0; k0 < K; k0 += kKChunk) {                                                 \
+      const index_t kc = std::min(kKChunk, K - k0);                                               \
+      const bool first = k0 == 0;                                                                 \
+      for (index_t p = cb / NR; p * NR < ce; ++p) {                                               \
+        const ISA::S* Bp = packed + (p * K + k0) * NR;                                            \
+        const int ncols = static_cast<int>(std::min(NR, ce - p * NR));                            \
+        ISA::S* Cp = C + p * NR;                                                                  \
+        index_t i = 0;                                                                            \
+        for (; i + MR <= M; i += MR) {                                                            \
+          micro_##ISA<MR>(kc, A + i * lda + k0, lda, Bp, Cp + i * ldc, ldc, ncols, beta, first);  \
+        }                                                                                         \
+        const ISA::S* Ai = A + i * lda + k0;                                                      \
+        ISA::S* Ci = Cp + i * ldc;                                                                \
+        switch (M - i) {                                                                          \
+          case 1: micro_##ISA<1>(kc, Ai, lda, Bp, Ci, ldc, ncols, beta, first); break;            \
+          case 2: micro_##ISA<2>(kc, Ai, lda, Bp, Ci, ldc, ncols, beta, first); break;            \
+          case 3: micro_##ISA<3>(kc, Ai, lda, Bp, Ci, ldc, ncols, beta, first); break;            \
+          case 4: micro_##ISA<4>(kc, Ai, lda, Bp, Ci, ldc, ncols, beta, first); break;            \
+          case 5: micro_##ISA<5>(kc, Ai, lda, Bp, Ci, ldc, ncols, beta, first); break;            \
+          default: break;                                                                         \
+        }                                                                                         \
+      }                                                                                           \
+    }                                                                                             \
+  }
+
+RNNKIT_DEFINE_MICRO(Avx512Float, "avx512f")
+RNNKIT_DEFINE_MICRO(Avx512Double, "avx512f")
+RNNKIT_DEFINE_MICRO(Avx2Float, "avx2,fma")
+RNNKIT_DEFINE_MICRO(Avx2Double, "avx2,fma")
+#undef RNNKIT_DEFINE_MICRO
+
+#endif  // RNNKIT_X86_KERNELS
+
+template <typename S>
+using GemmFn = void (*)(index_t, index_t, index_t, index_t, index_t, const S*, index_t, const S*, S, S*, index_t);
+
+template <typename S>
+struct Kernel {
+  GemmFn<S> fn = nullptr;
+  index_t nr = 0;
+};
+
+template <typename S>
+Kernel<S> select_kernel() {
+  Kernel<S> k;
+#if defined(RNNKIT_X86_KERNELS)
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if constexpr (std::is_same_v<S, float>) {
+    if (avx512) k = {&gemm_Avx512Float, 2 * Avx512Float::L};
+    else if (avx2) k = {&gemm_Avx2Float, 2 * Avx2Float::L};
+  } else {
+    if (avx512) k = {&gemm_Avx512Double, 2 * Avx512Double::L};
+    else if (avx2) k = {&gemm_Avx2Double, 2 * Avx2Double::L};
+  }
+#endif
+  return k;
+}
+
+template <typename S>
+const Kernel<S>& kernel() {
+  static const Kernel<S> k = select_kernel<S>();
+  return k;
+}
+
+}  // namespace
+
+template <typename S>
+bool packed_gemm_available() {
+  return kernel<S>().fn != nullptr;
+}
+
+template <typename S>
+index_t packed_panel_width() {
+  return kernel<S>().nr;
+}
+
+template <typename S>
+index_t packed_size(index_t K, index_t cols) {
+  const index_t nr = kernel<S>().nr;
+  if (nr == 0) return 0;
+  return checked_mul(checked_mul((cols + nr - 1) / nr, K, "packed panels"), nr, "packed panels");
+}
+
+template <typename S>
+void pack_b(const S* src, index_t ld, bool transposed, index_t K, index_t cols, index_t c0, index_t c1, S* out) {
+  const index_t nr = kernel<S>().nr;
+  assert(nr > 0 && c0 % nr == 0);
+  for (index_t p = c0 / nr; p * nr < c1; ++p) {
+    S* panel = out + p * K * nr;
+    for (index_t k = 0; k < K; ++k) {
+      S* dst = panel + k * nr;
+      for (index_t j = 0; j < nr; ++j) {
+        const index_t c = p * nr + j;
+        dst[j] = c < cols ? (transposed ? src[c * ld + k] : src[k * ld + c]) : S(0);
+      }
+    }
+  }
+}
+
+template <typename S>
+void packed_gemm(index_t M, index_t K, index_t cols, index_t cb, index_t ce, const S* A, index_t lda,
+                 const S* packed, S beta, S* C, index_t ldc) {
+  assert(kernel<S>().fn != nullptr);
+  if (M <= 0 || ce <= cb) return;
+  if (K == 0) {  // C = beta * C
+    for (index_t i = 0; i < M; ++i) {
+      for (index_t c = cb; c < ce; ++c) C[i * ldc + c] = beta == S(0) ? S(0) : beta * C[i * ldc + c];
+    }
+    return;
+  }
+  kernel<S>().fn(M, K, cols, cb, ce, A, lda, packed, beta, C, ldc);
+}
+
+#define RNNKIT_INSTANTIATE_PACKED(S)                                                              \
+  template bool packed_gemm_available<S>();                                                       \
+  template index_t packed_panel_width<S>();                                                       \
+  template index_t packed_size<S>(index_t, index_t);                                              \
+  template void pack_b<S>(const S*, index_t, bool, index_t, index_t, index_t, index_t, S*);       \
+  template void packed_gemm<S>(index_t, index_t, index_t, index_t, index_t, const S*, index_t,    \
+                               const S*, S, S*, index_t);
+RNNKIT_INSTANTIATE_PACKED(float)
+RNNKIT_INSTANTIATE_PACKED(double)
+#undef RNNKIT_INSTANTIATE_PACKED
+
+}  // namespace rnnkit
