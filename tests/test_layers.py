@@ -174,3 +174,49 @@ def test_parameter_names_and_shapes_follow_pytorch():
     ln_lstm = rnnkit.LayerNormLSTM(4, 6, bias=False)
     assert list(ln_lstm.params)[-2:] == ["ln_c_weight_l0", "ln_c_bias_l0"]
     assert ln_lstm.params["ln_c_bias_l0"].shape == (6,)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_step_streaming_equals_full_forward(rng, cell, dtype):
+    layer, _ = make(cell, 5, 6, dtype=dtype, num_layers=2)
+    T, N = 7, 3
+    x = rng.standard_normal((T, N, 5)).astype(dtype)
+    hx, _, _ = random_states(layer, N, rng, dtype)
+    layer.eval()
+    y_full, s_full = layer(x, hx)
+    state = hx
+    tol = REFERENCE_RTOL[dtype] * 10
+    for t in range(T):
+        y_t, state = layer.step(x[t], state)
+        assert max_relative_diff(y_t, y_full[t]) < tol
+    for a, b in zip(state if isinstance(state, tuple) else (state,), s_full if isinstance(s_full, tuple) else (s_full,)):
+        assert max_relative_diff(a, b) < tol
+
+
+def test_step_one_stream_and_zero_state(rng):
+    layer = rnnkit.GRU(4, 5, seed=0, dtype=np.float64)
+    x = rng.standard_normal(4)
+    y, h = layer.step(x)
+    assert y.shape == (5,) and h.shape == (1, 1, 5)
+    y_full, _ = layer(x[None, None, :])
+    np.testing.assert_allclose(y, y_full[0, 0], rtol=1e-13)
+    y2, h2 = layer.step(x, h)
+    y3, _ = layer.step(x, h.copy())   # the state is plain data: copy to branch
+    np.testing.assert_array_equal(y2, y3)
+
+
+@pytest.mark.parametrize(
+    "call, exc, pattern",
+    [
+        (lambda: rnnkit.LSTM(3, 4, bidirectional=True).step(np.zeros(3)), ValueError, "step: expected a unidirectional layer"),
+        (lambda: rnnkit.LSTM(3, 4).step(np.zeros(5)), ValueError, "x_t: expected input_size 3"),
+        (lambda: rnnkit.LSTM(3, 4).step(np.zeros((2, 3)), np.zeros((1, 2, 4))), TypeError, r"state: expected a tuple \(h, c\)"),
+        (lambda: rnnkit.GRU(3, 4).step(np.zeros((2, 3)), np.zeros((1, 3, 4))), ValueError, r"state: expected shape \(1, 2, 4\)"),
+        (lambda: rnnkit.GRU(3, 4).step(np.zeros((2, 3), np.int64)), TypeError, "x_t: expected a floating-point array"),
+        (lambda: rnnkit.GRU(3, 4).step(np.zeros((0, 3))), ValueError, "x_t: expected batch size N >= 1"),
+    ],
+)
+def test_step_rejects_bad_input(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()

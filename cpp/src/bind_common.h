@@ -78,6 +78,16 @@ void check_array(const py::array& a, const std::string& name, const std::vector<
   if (writable && !a.writeable()) throw_expected(name, "a writable array", "a read-only array");
 }
 
+// The checks of check_array without building any message (the common, valid case is hot).
+template <typename S>
+bool array_ok(const py::array& a, const std::vector<index_t>& shape, bool writable) {
+  if (!a.dtype().is(py::dtype::of<S>()) || a.ndim() != static_cast<py::ssize_t>(shape.size())) return false;
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (a.shape(i) != shape[i]) return false;
+  }
+  return (a.flags() & py::array::c_style) && (!writable || a.writeable());
+}
+
 template <typename S>
 const S* in_ptr(const py::array& a, const std::string& name, const std::vector<index_t>& shape) {
   check_array<S>(a, name, shape, false);
@@ -102,18 +112,18 @@ inline void check_list_length(const py::list& arrays, std::size_t expected, cons
   }
 }
 
-// arrays[i], checked against specs[i].
+// arrays[i], checked against specs[i]; the message (naming the parameter) is built only on failure.
 template <typename S>
 S* list_item(const py::list& arrays, std::size_t i, const ParamSpec& spec, const char* what,
              bool writable) {
-  py::object item = arrays[i];
-  if (!py::isinstance<py::array>(item)) {
-    throw py::type_error(concat(what, "[", i, "] (", spec.name, "): expected a numpy array, got ",
-                                py::str(py::type::of(item)).cast<std::string>()));
+  py::handle item = arrays[i];
+  if (py::isinstance<py::array>(item)) {
+    py::array a = py::reinterpret_borrow<py::array>(item);
+    if (array_ok<S>(a, spec.shape, writable)) return static_cast<S*>(const_cast<void*>(a.data()));
+    check_array<S>(a, concat(what, "[", i, "] (", spec.name, ")"), spec.shape, writable);  // throws
   }
-  py::array a = item.cast<py::array>();
-  check_array<S>(a, concat(what, "[", i, "] (", spec.name, ")"), spec.shape, writable);
-  return static_cast<S*>(const_cast<void*>(a.data()));
+  throw py::type_error(concat(what, "[", i, "] (", spec.name, "): expected a numpy array, got ",
+                              py::str(py::type::of(item)).cast<std::string>()));
 }
 
 // The arrays of `specs` in order, checked (dtype S, shape, C order, writable for gradients), as

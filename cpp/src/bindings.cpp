@@ -198,6 +198,42 @@ py::tuple backward(const Cache& cache, const std::optional<py::array>& dy,
   return backward_impl<double>(cache, dy, dh_n, dc_n, grads, need_dx);
 }
 
+// ---- streaming step -------------------------------------------------------------------------
+template <typename S>
+py::tuple step_impl(const StackConfig& cfg, const py::list& params, const py::array& x,
+                    const py::array& h, const std::optional<py::array>& c) {
+  if (cfg.num_directions != 1) {
+    throw_expected("layer", "a unidirectional layer (a step has no future for the reverse direction)",
+                   "a bidirectional one");
+  }
+  if (x.ndim() != 2) throw_expected("x", "a 2-D array [N, input_size]", concat(x.ndim(), "-D"));
+  const index_t N = x.shape(0), L = cfg.num_layers, P = cfg.state_size(), H = cfg.hidden_size;
+  if (N < 1) throw_expected("batch size N", "N >= 1", N);
+  const bool has_c = cell_info(cfg.cell).has_cell_state;
+  const S* xp = in_ptr<S>(x, "x", {N, cfg.input_size});
+  const S* hp = in_ptr<S>(h, "h", {L, N, P});
+  if (has_c != c.has_value()) throw_expected("c", has_c ? "an array (LSTM cells)" : "None", c ? "an array" : "None");
+  const S* cp = in_ptr<S>(c, "c", {L, N, H});
+  const std::vector<LayerWeights<S>> w =
+      group_views<S, LayerWeights<S>>(cfg, stack_param_specs(cfg), params, "params", false);
+  auto y = new_array<S>({N, P});
+  auto h_new = new_array<S>({L, N, P});
+  py::object c_obj = py::none();
+  S* c_new = nullptr;
+  if (has_c) {
+    auto arr = new_array<S>({L, N, H});
+    c_new = arr.mutable_data();
+    c_obj = arr;
+  }
+  S* yp = y.mutable_data();
+  S* hnp = h_new.mutable_data();
+  {
+    py::gil_scoped_release release;
+    stack_step<S>(cfg, N, w, xp, hp, cp, yp, hnp, c_new);
+  }
+  return py::make_tuple(y, h_new, c_obj);
+}
+
 // ---- build information ----------------------------------------------------------------------
 py::tuple cuda_status() {
 #ifdef RNNKIT_WITH_CUDA
@@ -356,6 +392,16 @@ params: the arrays of config.param_specs(), in that order. x [T,N,C]; h0 [L*D,N,
 c0 [L*D,N,H] or None (LSTM cells); lengths int64 [N] or None. All C-contiguous, x's dtype
 (float32 or float64). Returns (y [T,N,D*P], h_n, c_n or None, cache or None). The GIL is
 released while it runs.)doc");
+
+  m.def("step",
+        [](const StackConfig& cfg, const py::list& params, const py::array& x, const py::array& h,
+           const std::optional<py::array>& c) {
+          if (x.dtype().is(py::dtype::of<float>())) return step_impl<float>(cfg, params, x, h, c);
+          if (x.dtype().is(py::dtype::of<double>())) return step_impl<double>(cfg, params, x, h, c);
+          throw py::type_error(concat("x: expected dtype float32 or float64, got ", dtype_name(x.dtype())));
+        },
+        py::arg("config"), py::arg("params"), py::arg("x"), py::arg("h"), py::arg("c"),
+        "One timestep of a unidirectional stack: x [N,C], h [L,N,P], c [L,N,H] or None -> (y [N,P], h, c|None).");
 
   m.def("backward", &backward, py::arg("cache"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         py::arg("grads"), py::arg("need_dx"),

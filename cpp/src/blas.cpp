@@ -21,11 +21,33 @@ blasint to_blasint(index_t v) {
   return static_cast<blasint>(v);
 }
 
+// A product with one row (m == 1) is a matrix-vector product; OpenBLAS's GEMM would pack all of B
+// first, which for one row costs more than the product (streaming steps live on this path).
+// Returns false when the shapes are not of that kind.
+template <typename S, typename Gemv>
+bool gemm_as_gemv(Gemv gemv, Trans trans_a, Trans trans_b, index_t m, index_t n, index_t k, S alpha,
+                  const S* a, index_t lda, const S* b, index_t ldb, S beta, S* c) {
+  if (m != 1) return false;
+  // The row vector op(A)[0, :]: contiguous, or a column of A^T with stride lda.
+  const blasint inc_a = trans_a == Trans::kNo ? 1 : to_blasint(lda);
+  if (trans_b == Trans::kYes) {
+    // C[0, j] = sum_i B[j, i] a[i]: B [n, k] times a.
+    gemv(CblasRowMajor, CblasNoTrans, to_blasint(n), to_blasint(k), alpha, b, to_blasint(ldb), a, inc_a,
+         beta, c, 1);
+  } else {
+    // C[0, j] = sum_i B[i, j] a[i]: B^T with B [k, n].
+    gemv(CblasRowMajor, CblasTrans, to_blasint(k), to_blasint(n), alpha, b, to_blasint(ldb), a, inc_a,
+         beta, c, 1);
+  }
+  return true;
+}
+
 }  // namespace
 
 void gemm(Trans trans_a, Trans trans_b, index_t m, index_t n, index_t k, float alpha, const float* a,
           index_t lda, const float* b, index_t ldb, float beta, float* c, index_t ldc) {
   if (m == 0 || n == 0) return;
+  if (gemm_as_gemv(&RNNKIT_BLAS(cblas_sgemv), trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c)) return;
   RNNKIT_BLAS(cblas_sgemm)(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_blasint(m),
                            to_blasint(n), to_blasint(k), alpha, a, to_blasint(lda), b,
                            to_blasint(ldb), beta, c, to_blasint(ldc));
@@ -35,6 +57,7 @@ void gemm(Trans trans_a, Trans trans_b, index_t m, index_t n, index_t k, double 
           const double* a, index_t lda, const double* b, index_t ldb, double beta, double* c,
           index_t ldc) {
   if (m == 0 || n == 0) return;
+  if (gemm_as_gemv(&RNNKIT_BLAS(cblas_dgemv), trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c)) return;
   RNNKIT_BLAS(cblas_dgemm)(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_blasint(m),
                            to_blasint(n), to_blasint(k), alpha, a, to_blasint(lda), b,
                            to_blasint(ldb), beta, c, to_blasint(ldc));

@@ -565,6 +565,10 @@ index_t LayerSizes::backward_scratch() const {
   return n;
 }
 
+// Packing W costs about one step's worth of reading W: it pays from a few steps on. Shorter
+// calls (streaming, T = 1) multiply by the weights as they are.
+constexpr index_t kMinStepsToPack = 8;
+
 template <typename S>
 index_t packed_or_zero(index_t K, index_t cols) {
   return packed_gemm_available<S>() ? packed_size<S>(K, cols) : 0;
@@ -600,7 +604,8 @@ LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int tea
     s.partials = checked_mul(team, s.partial_width, "gradient partial sums");
   }
   // Packed copies of the per-step GEMMs' weights (packed_gemm.h), when the CPU has the kernels.
-  auto packed = elem_bytes == 8 ? &packed_or_zero<double> : &packed_or_zero<float>;
+  auto packed = d.T < kMinStepsToPack ? +[](index_t, index_t) -> index_t { return 0; }
+                : elem_bytes == 8 ? &packed_or_zero<double> : &packed_or_zero<float>;
   const index_t G1 = ci.two_stage ? 2 * d.H : s.gate_width;
   s.packed_rec = packed(d.P, G1);
   s.packed_drec = packed(G1, d.P);

@@ -107,7 +107,8 @@ std::vector<ParamSpec> stack_param_specs(const StackConfig& cfg) {
   for (index_t l = 0; l < cfg.num_layers; ++l) {
     for (index_t d = 0; d < cfg.num_directions; ++d) {
       const index_t g = l * cfg.num_directions + d;
-      const std::string sfx = concat("_l", l, d == 1 ? "_reverse" : "");
+      // Plain string operations (no stream): this runs on every call from Python.
+      const std::string sfx = "_l" + std::to_string(l) + (d == 1 ? "_reverse" : "");
       specs.push_back({"weight_ih" + sfx, {GH, cfg.layer_input_size(l)}, g, kRoleWIh});
       specs.push_back({"weight_hh" + sfx, {GH, P}, g, kRoleWHh});
       if (cfg.bias) {
@@ -325,6 +326,41 @@ void stack_backward(const StackCache<S>& cache, const S* dy, const S* dh_n, cons
     }
   });
 }
+
+template <typename S>
+void stack_step(const StackConfig& cfg, index_t N, const std::vector<LayerWeights<S>>& params, const S* x,
+                const S* h, const S* c, S* y, S* h_new, S* c_new) {
+  assert(cfg.num_directions == 1);
+  const index_t L = cfg.num_layers, H = cfg.hidden_size, P = cfg.state_size();
+  const bool has_c = cell_info(cfg.cell).has_cell_state;
+  const LayerDims d0 = layer_dims(cfg, 0, 1, N);
+  const LayerSizes sz = layer_sizes(cfg.cell, d0, false, 1, sizeof(S));  // T = 1: nothing packed
+  // One buffer per thread, grown when needed and kept: a stream of steps allocates nothing.
+  thread_local Buffer<S> scratch;
+  const index_t need = checked_add(checked_add(sz.forward_scratch(), sz.forward_kept(), "step scratch"),
+                                   L > 1 ? 2 * N * P : 0, "step scratch");
+  if (scratch.size() < need) scratch.allocate(need, "step scratch");
+  ForwardScratch<S> fs;
+  LayerState<S> st;
+  S* p = carve(sz, scratch.data(), &fs);
+  p = carve(sz, p, &st);
+  S* between[2] = {p, p + N * P};
+  const TeamContext solo(nullptr, 0, 1);
+  const S* in = x;
+  for (index_t l = 0; l < L; ++l) {
+    const LayerDims dims = layer_dims(cfg, l, 1, N);
+    S* out = l + 1 == L ? y : between[l % 2];
+    layer_forward<S>(solo, cfg.cell, dims, params[l], in, h + l * N * P, has_c ? c + l * N * H : nullptr,
+                     nullptr, false, false, out, P, h_new + l * N * P, has_c ? c_new + l * N * H : nullptr,
+                     st, fs);
+    in = out;
+  }
+}
+
+template void stack_step<float>(const StackConfig&, index_t, const std::vector<LayerWeights<float>>&,
+                                const float*, const float*, const float*, float*, float*, float*);
+template void stack_step<double>(const StackConfig&, index_t, const std::vector<LayerWeights<double>>&,
+                                 const double*, const double*, const double*, double*, double*, double*);
 
 template void stack_forward<float>(const StackConfig&, index_t, index_t,
                                    const std::vector<LayerWeights<float>>&, const float*,

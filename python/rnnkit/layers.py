@@ -261,6 +261,56 @@ class _RecurrentLayer:
             return dx, (dh0, self._state_out(dc0, unbatched))
         return dx, dh0
 
+    # ---- streaming ----------------------------------------------------------------------------
+    def step(self, x_t: Any, state: Any = None):
+        """One timestep for N streams, in one C++ call with nothing allocated but the results:
+        the low-latency path for streaming inference (no cache, no dropout, whatever the mode).
+
+        Args:
+            x_t: ``[N, input_size]`` (or ``[input_size]`` for one stream).
+            state: ``[num_layers, N, P]`` (LSTM cells: a tuple ``(h, c)``), or None for zeros.
+
+        Returns:
+            ``(y_t, state)``: the top layer's output ``[N, P]`` (``[P]`` for a 1-D ``x_t``) and the
+            new state (fresh arrays: keep the old one to branch). Unidirectional layers only.
+        """
+        if self.bidirectional:
+            raise ValueError("step: expected a unidirectional layer (the reverse direction needs the "
+                             "future), got bidirectional=True")
+        x = x_t
+        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 2 and x.flags.c_contiguous):
+            x = V.as_float_array("x_t", x_t, self.dtype)
+            V.check_rank("x_t", x, (1, 2), "[N, input_size] or [input_size]")
+        single = x.ndim == 1
+        if single:
+            x = x[None, :]
+        N = x.shape[0]
+        if x.shape[1] != self.input_size:
+            raise ValueError(f"x_t: expected input_size {self.input_size} in the last dimension, got {x.shape[1]}")
+        if N == 0:
+            raise ValueError("x_t: expected batch size N >= 1, got an empty batch")
+        L, P, H = self.num_layers, self.state_size, self.hidden_size
+        if state is None:
+            h = np.zeros((L, N, P), self.dtype)
+            c = np.zeros((L, N, H), self.dtype) if self._has_cell_state else None
+        elif self._has_cell_state:
+            if not isinstance(state, tuple) or len(state) != 2:
+                raise TypeError(f"state: expected a tuple (h, c) for {type(self).__name__}, got {type(state).__name__}")
+            h, c = self._step_state("state[0]", state[0], (L, N, P)), self._step_state("state[1]", state[1], (L, N, H))
+        else:
+            h, c = self._step_state("state", state, (L, N, P)), None
+        y, h_new, c_new = _core.step(self._config, [self.params[n] for n, _ in self._specs], x, h, c)
+        if single:
+            y = y[0]
+        return y, ((h_new, c_new) if self._has_cell_state else h_new)
+
+    def _step_state(self, name: str, value: Any, shape: Tuple[int, ...]) -> np.ndarray:
+        if type(value) is np.ndarray and value.dtype == self.dtype and value.shape == shape and value.flags.c_contiguous:
+            return value
+        arr = V.as_float_array(name, value, self.dtype)
+        V.check_shape(name, arr, shape, "[num_layers, N, P]")
+        return arr
+
     # ---- state shapes -----------------------------------------------------------------------
     def _state_shape(self, width: int, N: int, unbatched: bool) -> Tuple[int, ...]:
         groups = self.num_layers * self.num_directions

@@ -359,17 +359,32 @@ class RNNNetwork:
     # ---- inference ------------------------------------------------------------------------
     def step(self, x_t: Any, state: Any = None) -> Tuple[np.ndarray, State]:
         """One timestep for N streams in one C++ call: ``x_t`` is ``[N]`` token ids (or ``[N, C]``
-        features); returns ``(y_t [N, K], state)`` where ``y_t`` holds probabilities
-        (cross-entropy) or predictions (MSE). The state is plain arrays: copy it to branch."""
+        features; a scalar id or a ``[C]`` vector for one stream); returns ``(y_t [N, K], state)``
+        where ``y_t`` holds probabilities (cross-entropy) or predictions (MSE). No cache, no
+        dropout. The state is plain arrays: copy it to branch."""
         if self.head != "sequence":
             raise ValueError("step: expected a network with head='sequence', got head='last'")
-        x = np.asarray(x_t)
+        x = x_t if type(x_t) is np.ndarray else np.asarray(x_t)
         per_step_rank = 0 if self.vocab_size else 1  # one stream: a token id, or a feature vector
         if x.ndim == per_step_rank:
             x = x[None]
-        out, st, _ = self._run(x[None], state, None, None, False, True, self.loss_kind == "cross_entropy",
-                               batch_first=False)
-        return out[0], st
+        if self.vocab_size:
+            if x.dtype != np.int64 or not x.flags.c_contiguous:
+                x = V.as_token_array("x_t", x)
+            V.check_rank("x_t", x, (1,), "[N] of token ids")
+        else:
+            if x.dtype != self.dtype or not x.flags.c_contiguous:
+                x = V.as_float_array("x_t", x, self.dtype)
+            V.check_rank("x_t", x, (2,), "[N, input_size]")
+        x = x[None]
+        N = x.shape[1]
+        if N == 0:
+            raise ValueError("x_t: expected batch size N >= 1, got an empty batch")
+        h0, c0 = (None, None) if state is None else self._state_in(state, N)
+        out, h_n, c_n, _, _ = _core.network_forward(
+            self._config, [self.params[n] for n, _ in self._specs], x, h0, c0, None, None, False, 0, True,
+            self.loss_kind == "cross_entropy")
+        return out[0], self._state_out(h_n, c_n)
 
     def generate(self, prefix: Any, n: int, temperature: float = 1.0, top_k: int = 0,
                  seed: Optional[int] = None, state: Any = None) -> np.ndarray:

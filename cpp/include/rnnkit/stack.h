@@ -87,6 +87,14 @@ template <typename S>
 void stack_backward(const StackCache<S>& cache, const S* dy, const S* dh_n, const S* dc_n,
                     const std::vector<LayerGrads<S>>& grads, S* dx, S* dh0, S* dc0);
 
+// One timestep of a unidirectional stack for N streams, in inference mode, with nothing packed or
+// allocated per call (a per-thread scratch buffer is kept): x [N,C]; h, c [L,N,P], [L,N,H] the
+// state before the step (c null without a cell state); y [N,P] the top layer's output; h_new,
+// c_new the state after (must not alias h, c).
+template <typename S>
+void stack_step(const StackConfig& cfg, index_t N, const std::vector<LayerWeights<S>>& params, const S* x,
+                const S* h, const S* c, S* y, S* h_new, S* c_new);
+
 // Element counts of one call's allocations, for the memory check before anything is allocated.
 struct StackFootprint {
   index_t cache = 0;            // kept from forward to backward (training)
