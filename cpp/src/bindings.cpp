@@ -8,6 +8,7 @@
 #include <pybind11/stl.h>
 #include <pybind11/numpy.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstring>
@@ -468,6 +469,25 @@ into. Returns (dx or None, dh0, dc0 or None). The GIL is released while it runs.
         }
         return py::make_tuple(packed_s, blas_s);
       });
+  m.def("_sgemm_gflops", [](index_t n, int reps) {
+        // The BLAS ceiling rnnkit's GEMMs work against: GFLOP/s of an n^3 sgemm on this thread.
+        Buffer<float> A(n * n, "A"), B(n * n, "B"), C(n * n, "C");
+        for (index_t i = 0; i < n * n; ++i) {
+          A.data()[i] = float(i % 7) * 0.1f;
+          B.data()[i] = float(i % 5) * 0.1f;
+        }
+        double best = 1e30;
+        {
+          py::gil_scoped_release release;
+          for (int r = 0; r < reps + 1; ++r) {
+            auto t0 = std::chrono::steady_clock::now();
+            gemm(Trans::kNo, Trans::kNo, n, n, n, 1.0f, A.data(), n, B.data(), n, 0.0f, C.data(), n);
+            const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            if (r > 0) best = std::min(best, s);
+          }
+        }
+        return 2.0 * double(n) * double(n) * double(n) / best / 1e9;
+      }, py::arg("n"), py::arg("reps"));
   m.def("_packed_panel_width", [](const std::string& dtype) -> index_t {
         return dtype == "float64" ? packed_panel_width<double>() : packed_panel_width<float>();
       });

@@ -224,8 +224,20 @@ void network_forward(const NetworkConfig& cfg, const NetworkWeights<S>& w, const
   // The sequence head reads the last layer's outputs straight from where the stack writes them.
   Buffer<S> y_scratch(sequence ? 0 : T * N * F, "stack output");
   S* y = sequence ? features : y_scratch.data();
-  stack_forward<S>(cfg.stack, T, N, w.stack, x, h0, c0, in.lengths, training, dropout_seed, y, h_n,
-                   c_n, training ? &cache->stack : nullptr);
+  if (!training && T == 1 && cfg.stack.num_directions == 1) {
+    // A streaming step: the allocation-free one-step path (zero states made here when absent).
+    const index_t groups = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
+    const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
+    Buffer<S> zeros((h0 ? 0 : groups * N * P) + (has_c && !c0 ? groups * N * H : 0), "zero state");
+    zeros.zero();
+    const S* h = h0 ? h0 : zeros.data();
+    const S* c = has_c ? (c0 ? c0 : zeros.data() + (h0 ? 0 : groups * N * P)) : nullptr;
+    // A sequence head reads y; a last head reads the final states, so y goes to scratch.
+    stack_step<S>(cfg.stack, N, w.stack, x, h, c, sequence ? y : y_scratch.data(), h_n, c_n);
+  } else {
+    stack_forward<S>(cfg.stack, T, N, w.stack, x, h0, c0, in.lengths, training, dropout_seed, y, h_n,
+                     c_n, training ? &cache->stack : nullptr);
+  }
   // The head, split by rows over the team: outputs = features V^T + c, then the loss.
   const int team = stack_team_size(cfg.stack, T, N);
   const bool ce = cfg.loss == LossKind::kCrossEntropy;

@@ -241,6 +241,18 @@ class RNNNetwork:
         V.check_shape("state", h, (groups, N, P), "[num_layers*num_directions, N, P]")
         return h, None
 
+    def _step_state(self, state: Any, N: int):
+        """_state_in without its conversions when the state is already what a step returned."""
+        groups = self.rnn.num_layers * self.rnn.num_directions
+        ok = lambda a, width: (type(a) is np.ndarray and a.dtype == self.dtype  # noqa: E731
+                               and a.shape == (groups, N, width) and a.flags.c_contiguous)
+        if self.has_cell_state:
+            if isinstance(state, tuple) and len(state) == 2 and ok(state[0], self.rnn.state_size) and ok(state[1], self.hidden_size):
+                return state
+        elif ok(state, self.rnn.state_size):
+            return state, None
+        return self._state_in(state, N)
+
     def _state_out(self, h: np.ndarray, c: Optional[np.ndarray]) -> State:
         return (h, c) if self.has_cell_state else h
 
@@ -380,7 +392,7 @@ class RNNNetwork:
         N = x.shape[1]
         if N == 0:
             raise ValueError("x_t: expected batch size N >= 1, got an empty batch")
-        h0, c0 = (None, None) if state is None else self._state_in(state, N)
+        h0, c0 = (None, None) if state is None else self._step_state(state, N)
         out, h_n, c_n, _, _ = _core.network_forward(
             self._config, [self.params[n] for n, _ in self._specs], x, h0, c0, None, None, False, 0, True,
             self.loss_kind == "cross_entropy")

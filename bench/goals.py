@@ -1,0 +1,440 @@
+"""The CPU performance goals, every one measured in one run, with pass/miss.
+
+    python bench/goals.py                          # everything (~5 minutes on 2 cores)
+    python bench/goals.py --update-results         # ... and rewrite the goals section of bench/RESULTS.md
+    python bench/goals.py --quick                  # a smoke run (small shape, few rounds)
+
+All comparisons are ratios against the reference measured in this same process, interleaved
+round by round (a noisy neighbour slows both alike), medians over the rounds, float32:
+
+- training step (forward + backward for every parameter), with the input gradient (PyTorch:
+  x.requires_grad=True; rnnkit: compute_dx=True) and without it; rnnkit vs torch.nn.RNN/LSTM/GRU;
+- inference forward vs PyTorch (no_grad) and ONNX Runtime (its CPU RNN/LSTM/GRU operators, the
+  graph built here from the layer's weights with rnnkit.convert.to_onnx);
+- the large shape's GFLOP/s against the single-thread sgemm GFLOP/s of rnnkit's own BLAS,
+  measured in this run (training FLOPs counted as 3x forward, forward = 2*T*N*G*H*(C+H));
+- streaming: one step at B=1, C=H=256 through layer.step() and RNNNetwork.step() vs the PyTorch
+  Cell and ONNX Runtime with T=1; the bare pybind11 call overhead is reported separately;
+- memory: the extra peak resident memory of one LSTM training step at the large shape, rnnkit and
+  PyTorch each in a fresh process;
+- 2 threads: rnnkit at 2 vs 1 thread, after a probe of how much of the second core is free
+  (a 1- vs 2-thread sgemm just before).
+Goals are measured at 1 thread except the 2-thread section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Callable, Dict, List, Optional
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small shape only, few rounds (a smoke run)")
+    p.add_argument("--csv", default="", help="write every measurement to this CSV")
+    p.add_argument("--json", default="", help="write the results as JSON")
+    p.add_argument("--update-results", action="store_true", help="rewrite the goals section of bench/RESULTS.md")
+    return p.parse_args()
+
+
+ARGS = _parse()
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"
+
+import numpy as np  # noqa: E402
+
+import rnnkit  # noqa: E402
+from rnnkit import _core  # noqa: E402
+
+try:
+    import torch  # noqa: E402
+except ImportError:
+    torch = None
+try:
+    import onnx  # noqa: E402
+    import onnxruntime as ort  # noqa: E402
+    from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+except ImportError:
+    ort = None
+
+SHAPES = {"small": (100, 1, 128, 128), "mid": (100, 16, 256, 256), "large": (100, 64, 512, 512)}
+CELLS = {"rnn": ("RNN", rnnkit.RNN, 1), "lstm": ("LSTM", rnnkit.LSTM, 4), "gru": ("GRU", rnnkit.GRU, 3)}
+TRAIN_GOAL = {"small": {"rnn": 5.0, "gru": 5.0, "lstm": 1.5}, "mid": {"rnn": 1.3, "gru": 1.3, "lstm": 1.0},
+              "large": {"rnn": 1.05, "gru": 1.05, "lstm": 1.05}}
+SGEMM_SHARE_GOAL = 0.90
+STREAM_GOAL = 3.0
+MEMORY_GOAL = 0.6
+TWO_THREAD_GOAL = 1.6
+ROWS: List[dict] = []
+
+
+def interleaved(fns: Dict[str, Callable[[], None]], rounds: int, warmup: int = 2) -> Dict[str, float]:
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def record(section: str, what: str, ours: float, ref_name: str, ref: Optional[float], goal: Optional[float],
+           unit: str = "ms", extra: str = "") -> None:
+    ratio = None if ref is None else ref / ours
+    status = "n/a" if ratio is None or goal is None else ("PASS" if ratio >= goal else "MISS")
+    ROWS.append({"section": section, "what": what, "rnnkit": ours, "reference": ref_name, "ref_value": ref,
+                 "ratio": ratio, "goal": goal, "status": status, "unit": unit, "note": extra})
+    scale = 1e3 if unit == "ms" else 1e6 if unit == "us" else 1.0
+    ref_txt = "-" if ref is None else f"{ref * scale:.3f}"
+    ratio_txt = "-" if ratio is None else f"{ratio:.2f}x"
+    goal_txt = "" if goal is None else f" (goal >= {goal:g}x)"
+    print(f"  {what:<44} rnnkit {ours * scale:10.3f} {unit}  {ref_name:<9} {ref_txt:>10}  {ratio_txt:>7}{goal_txt} {status} {extra}",
+          flush=True)
+
+
+# ---- ONNX Runtime models built by hand ------------------------------------------------------------
+def ort_session(layer, T: int, N: int, output=None):
+    """An ONNX RNN/LSTM/GRU node with the layer's weights, run by onnxruntime on 1 thread; with
+    `output` (weight [K, H], bias [K]) a Gemm after the final state, like RNNNetwork.step()."""
+    node_w = rnnkit.convert.to_onnx(layer)[0]
+    op = {"RNN_TANH": "RNN", "LSTM": "LSTM", "GRU": "GRU"}[layer.mode]
+    C, H = layer.input_size, layer.hidden_size
+    inits = [numpy_helper.from_array(node_w["W"], "W"), numpy_helper.from_array(node_w["R"], "R"),
+             numpy_helper.from_array(node_w["B"], "B")]
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, N, C]),
+              helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, N, H])]
+    node_inputs = ["X", "W", "R", "B", "", "h0"]
+    outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [T, 1, N, H]),
+               helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, N, H])]
+    node_outputs = ["Y", "Y_h"]
+    attrs = {"hidden_size": H}
+    if op == "LSTM":
+        inputs.append(helper.make_tensor_value_info("c0", TensorProto.FLOAT, [1, N, H]))
+        node_inputs.append("c0")
+        outputs.append(helper.make_tensor_value_info("Y_c", TensorProto.FLOAT, [1, N, H]))
+        node_outputs.append("Y_c")
+    if op == "GRU":
+        attrs["linear_before_reset"] = 1
+    nodes = [helper.make_node(op, node_inputs, node_outputs, **attrs)]
+    if output is not None:
+        weight, bias = output
+        inits += [numpy_helper.from_array(weight, "V"), numpy_helper.from_array(bias, "c"),
+                  numpy_helper.from_array(np.array([N, H], np.int64), "flat")]
+        nodes += [helper.make_node("Reshape", ["Y_h", "flat"], ["h_flat"]),
+                  helper.make_node("Gemm", ["h_flat", "V", "c"], ["out"], transB=1)]
+        outputs.append(helper.make_tensor_value_info("out", TensorProto.FLOAT, [N, weight.shape[0]]))
+    graph = helper.make_graph(nodes, "rnn", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+# ---- sections ---------------------------------------------------------------------------------------
+def full_sequence(shape_names: List[str], rounds: Dict[str, int], sgemm: float) -> None:
+    for shape_name in shape_names:
+        T, N, C, H = SHAPES[shape_name]
+        for cell, (tname, cls, G) in CELLS.items():
+            rng = np.random.default_rng(0)
+            layer = cls(C, H, seed=0)
+            x = rng.standard_normal((T, N, C)).astype(np.float32)
+            dy = rng.standard_normal((T, N, H)).astype(np.float32)
+            h0 = np.zeros((1, N, H), np.float32)
+            flops_fwd = 2.0 * T * N * G * H * (C + H)
+            print(f"{cell} {shape_name} {SHAPES[shape_name]}:")
+
+            def rk_train(dx):
+                def run():
+                    layer.training = True
+                    layer(x)
+                    layer.backward(dy, compute_dx=dx)
+                return run
+
+            def rk_forward():
+                layer.training = False
+                layer(x)
+
+            fns = {"rk_dx": rk_train(True), "rk_nodx": rk_train(False), "rk_fwd": rk_forward}
+            if torch is not None:
+                ref = getattr(torch.nn, tname)(C, H)
+                ref.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
+                xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+
+                def t_train(dx):
+                    def run():
+                        y, _ = ref(xt.detach().requires_grad_(dx))
+                        y.backward(dyt)
+                    return run
+
+                def t_forward():
+                    with torch.no_grad():
+                        ref(xt)
+
+                fns.update({"t_dx": t_train(True), "t_nodx": t_train(False), "t_fwd": t_forward})
+            if ort is not None:
+                sess = ort_session(layer, T, N)
+                feeds = {"X": x, "h0": h0}
+                if cell == "lstm":
+                    feeds["c0"] = h0
+                fns["ort_fwd"] = lambda: sess.run(None, feeds)
+            m = interleaved(fns, rounds[shape_name])
+            goal = TRAIN_GOAL[shape_name][cell]
+            for variant, label in (("dx", "train (with dx)"), ("nodx", "train (no dx)")):
+                gflops = 3 * flops_fwd / m[f"rk_{variant}"] / 1e9
+                share = gflops / sgemm
+                extra = f"{gflops:.1f} GFLOP/s = {100 * share:.0f}% of sgemm"
+                if shape_name == "large":
+                    extra += " PASS" if share >= SGEMM_SHARE_GOAL else " MISS (goal >= 90% of sgemm)"
+                record(f"train-{shape_name}", f"{cell} {label}", m[f"rk_{variant}"], "torch", m.get(f"t_{variant}"),
+                       goal, extra=extra)
+                ROWS[-1]["gflops"] = gflops
+                ROWS[-1]["sgemm_share"] = share
+            record(f"forward-{shape_name}", f"{cell} inference forward", m["rk_fwd"], "torch", m.get("t_fwd"), goal,
+                   extra=f"{flops_fwd / m['rk_fwd'] / 1e9:.1f} GFLOP/s")
+            if "ort_fwd" in m:
+                record(f"forward-{shape_name}", f"{cell} inference forward", m["rk_fwd"], "ORT", m["ort_fwd"], 1.0)
+
+
+def streaming(rounds: int) -> None:
+    C = H = 256
+    print("streaming, B=1, C=H=256 (microseconds per step):")
+    for cell, (tname, cls, _) in CELLS.items():
+        layer = cls(C, H, seed=0)
+        x = np.random.default_rng(0).standard_normal((1, C)).astype(np.float32)
+        _, state = layer.step(x)
+        net_cell = {"rnn": "rnn_tanh", "lstm": "lstm", "gru": "gru"}[cell]
+        net = rnnkit.RNNNetwork(input_size=C, hidden_size=H, output_size=H, loss="mse", cell=net_cell, seed=0)
+        _, net_state = net.step(x)
+        reps = 200
+
+        def loop(fn):
+            def run():
+                for _ in range(reps):
+                    fn()
+            return run
+
+        fns = {"layer": loop(lambda: layer.step(x, state)), "network": loop(lambda: net.step(x, net_state))}
+        if torch is not None:
+            # The Cell for the layer; the Cell plus an nn.Linear output layer for the network.
+            tc = getattr(torch.nn, tname + "Cell")(C, H)
+            lin = torch.nn.Linear(H, H)
+            xt, ht = torch.from_numpy(x), torch.zeros(1, H)
+            if cell == "lstm":
+                fns["torch"] = loop(lambda: tc(xt, (ht, ht)))
+                fns["torch_net"] = loop(lambda: lin(tc(xt, (ht, ht))[0]))
+            else:
+                fns["torch"] = loop(lambda: tc(xt, ht))
+                fns["torch_net"] = loop(lambda: lin(tc(xt, ht)))
+        if ort is not None:
+            feeds = {"X": x[None], "h0": np.zeros((1, 1, H), np.float32)}
+            if cell == "lstm":
+                feeds["c0"] = feeds["h0"]
+            sess = ort_session(layer, 1, 1)
+            sess_net = ort_session(layer, 1, 1, (net.params["output.weight"], net.params["output.bias"]))
+            fns["ort"] = loop(lambda: sess.run(None, feeds))
+            fns["ort_net"] = loop(lambda: sess_net.run(None, feeds))
+        if torch is not None:
+            with torch.no_grad():
+                m = interleaved(fns, rounds)
+        else:
+            m = interleaved(fns, rounds)
+        m = {k: v / reps for k, v in m.items()}
+        for which, sfx in (("layer", ""), ("network", "_net")):
+            record("streaming", f"{cell} {which}.step()", m[which], "torch", m.get("torch" + sfx), STREAM_GOAL, unit="us",
+                   extra="vs Cell + Linear" if sfx else "vs Cell")
+            if "ort" + sfx in m:
+                record("streaming", f"{cell} {which}.step()", m[which], "ORT", m["ort" + sfx], 1.0, unit="us",
+                       extra="vs RNN node + Gemm" if sfx else "")
+    calls = 20000
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        _core.get_num_threads()
+    call = (time.perf_counter() - t0) / calls
+    record("streaming", "bare pybind11 call (get_num_threads)", call, "-", None, None, unit="us")
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import os, sys, numpy as np
+    os.environ["OMP_NUM_THREADS"] = "1"
+    which, T, N, C, H = sys.argv[1], *map(int, sys.argv[2:6])
+    def rss(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, N, C)).astype(np.float32)
+    dy = rng.standard_normal((T, N, H)).astype(np.float32)
+    if which == "rnnkit":
+        import rnnkit
+        layer = rnnkit.LSTM(C, H, seed=0)
+        def step():
+            layer(x)
+            layer.backward(dy, compute_dx=False)
+    else:
+        import torch
+        torch.set_num_threads(1)
+        layer = torch.nn.LSTM(C, H)
+        xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+        def step():
+            y, _ = layer(xt)
+            y.backward(dyt)
+    # Parameters, gradients and inputs exist; what one step adds on top is what is measured.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    base = rss("VmRSS:")
+    step()
+    print(rss("VmHWM:") - base)
+""")
+
+
+def memory() -> None:
+    T, N, C, H = SHAPES["large"]
+    print("memory, LSTM training step at the large shape (fresh processes):")
+    out = {}
+    for which in ("rnnkit", "torch"):
+        if which == "torch" and torch is None:
+            continue
+        proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, which, str(T), str(N), str(C), str(H)],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            print(proc.stderr)
+            continue
+        out[which] = int(proc.stdout.strip().splitlines()[-1])
+    if "rnnkit" in out:
+        ours, ref = out["rnnkit"], out.get("torch")
+        # Smaller is better here: the goal is ours <= 0.6 x theirs, i.e. theirs/ours >= 1/0.6.
+        record("memory", "LSTM large training step, extra peak RSS", ours, "torch", ref, 1 / MEMORY_GOAL, unit="MB",
+               extra=f"{ours / 2**20:.0f} MiB vs {ref / 2**20:.0f} MiB" if ref else "")
+
+
+def probe() -> float:
+    """How much of a second core is free: 2-thread / 1-thread speed of a 1024^3 sgemm (NumPy's BLAS)."""
+    import threadpoolctl
+
+    a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+    speed = {}
+    for n in (1, 2):
+        with threadpoolctl.threadpool_limits(n, user_api="blas"):
+            a @ a
+            t0 = time.perf_counter()
+            for _ in range(5):
+                a @ a
+            speed[n] = 5 / (time.perf_counter() - t0)
+    return speed[2] / speed[1]
+
+
+def two_threads(rounds: Dict[str, int]) -> float:
+    print("2 threads vs 1 thread (rnnkit), training step with dx:")
+    availability = probe()
+    print(f"  probe: 2-thread sgemm runs {availability:.2f}x the 1-thread speed "
+          f"({'two full cores' if availability >= 1.8 else 'the second core is partly busy'})")
+    for shape_name in ("small", "mid", "large"):
+        T, N, C, H = SHAPES[shape_name]
+        for cell, (_, cls, _) in CELLS.items():
+            rng = np.random.default_rng(0)
+            layer = cls(C, H, seed=0)
+            x = rng.standard_normal((T, N, C)).astype(np.float32)
+            dy = rng.standard_normal((T, N, H)).astype(np.float32)
+
+            def at(n):
+                def run():
+                    rnnkit.set_num_threads(n)
+                    layer(x)
+                    layer.backward(dy)
+                return run
+
+            m = interleaved({"one": at(1), "two": at(2)}, max(3, rounds[shape_name] // 2))
+            rnnkit.set_num_threads(1)
+            goal = TWO_THREAD_GOAL if shape_name == "large" and availability >= 1.8 else 1.0 if shape_name != "large" else None
+            record(f"2-threads-{shape_name}", f"{cell} train, 2 threads vs 1", m["two"], "1 thread", m["one"], goal)
+    return availability
+
+
+def update_results(path: str, availability: Optional[float], sgemm: float, header: str) -> None:
+    lines = [header, "", "| section | measurement | rnnkit | reference | ratio | goal | result |", "|---|---|---:|---|---:|---:|---|"]
+    for r in ROWS:
+        scale = 1e3 if r["unit"] == "ms" else 1e6 if r["unit"] == "us" else 1 / 2**20
+        unit = "MiB" if r["unit"] == "MB" else r["unit"]
+        ref = "-" if r["ref_value"] is None else f"{r['reference']} {r['ref_value'] * scale:.3f} {unit}"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+        goal = "-" if r["goal"] is None else f"≥ {r['goal']:.2f}×"
+        note = f" ({r['note']})" if r["note"] else ""
+        lines.append(f"| {r['section']} | {r['what']}{note} | {r['rnnkit'] * scale:.3f} {unit} | {ref} | {ratio} | {goal} | {r['status']} |")
+    block = "\n".join(lines)
+    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    start, end = "<!-- goals:start -->", "<!-- goals:end -->"
+    if start in text and end in text:
+        text = text[:text.index(start) + len(start)] + "\n" + block + "\n" + text[text.index(end):]
+    else:
+        text = text.replace("\n", f"\n\n{start}\n{block}\n{end}\n", 1)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main() -> int:
+    rnnkit.set_num_threads(1)
+    if torch is not None:
+        torch.set_num_threads(1)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    sgemm = max(_core._sgemm_gflops(1024, 5) for _ in range(2))
+    info = rnnkit.build_info()
+    header = (f"Machine: {cpu}, {os.cpu_count()} logical CPUs. rnnkit {rnnkit.__version__} "
+              f"(-march={info['arch']}, {info['simd']}; {info['blas'].split(' (')[0]}), "
+              f"torch {torch.__version__ if torch else 'absent'}, onnxruntime {ort.__version__ if ort else 'absent'}, "
+              f"numpy {np.__version__}. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}. "
+              f"Command: `python {' '.join(sys.argv)}`. Single-thread sgemm (rnnkit's OpenBLAS, 1024³): "
+              f"{sgemm:.1f} GFLOP/s.")
+    print(header)
+    if torch is None:
+        print("torch is not installed: the PyTorch comparisons are skipped")
+    if ort is None:
+        print("onnx/onnxruntime are not installed: the ONNX Runtime comparisons are skipped")
+    if ARGS.quick:
+        full_sequence(["small"], {"small": 3}, sgemm)
+        streaming(3)
+        availability = None
+    else:
+        rounds = {"small": 21, "mid": 11, "large": 5}
+        full_sequence(["small", "mid", "large"], rounds, sgemm)
+        streaming(15)
+        memory()
+        availability = two_threads(rounds)
+    if availability is not None:
+        header += f" Core probe before the 2-thread rows: 2-thread sgemm = {availability:.2f}× 1-thread."
+    passed = sum(r["status"] == "PASS" for r in ROWS)
+    missed = sum(r["status"] == "MISS" for r in ROWS)
+    print(f"goals: {passed} pass, {missed} miss")
+    if ARGS.csv:
+        with open(ARGS.csv, "w", newline="") as f:
+            keys = sorted({k for r in ROWS for k in r})
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(ROWS)
+    if ARGS.json:
+        with open(ARGS.json, "w") as f:
+            json.dump({"header": header, "sgemm_gflops": sgemm, "rows": ROWS}, f, indent=1)
+    if ARGS.update_results:
+        update_results(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"), availability, sgemm, header)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
