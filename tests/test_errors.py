@@ -367,3 +367,12 @@ def test_load_state_dict_from_another_configuration_is_refused():
     gru = rnnkit.GRU(3, 4)
     with pytest.raises(ValueError, match=r"state_dict\['weight_ih_l0'\]: expected shape \(12, 3\), got \(16, 3\)"):
         gru.load_state_dict(rnnkit.LSTM(3, 4).state_dict())
+
+
+def test_core_cache_serves_one_backward():
+    _, _, _, cache = _core.forward(CFG, PARAMS, GOOD_X, None, None, None, True, 0)
+    grads = [g.copy() for g in PARAMS]
+    dy = np.ones((5, 2, 4), np.float32)
+    _core.backward(cache, dy, None, None, grads, True)
+    with pytest.raises(ValueError, match="cache: expected the cache of a forward that has not been backpropagated"):
+        _core.backward(cache, dy, None, None, grads, True)

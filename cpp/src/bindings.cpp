@@ -494,6 +494,8 @@ into. Returns (dx or None, dh0, dc0 or None). The GIL is released while it runs.
   m.def("_set_min_parallel_step_work", &set_min_parallel_step_work, py::arg("work"),
         "From how much per-step work (multiply-adds) a call uses the thread team (tests lower it).");
   m.def("blas_num_threads", &get_blas_threads, "Threads of rnnkit's OpenBLAS (always 1).");
+  m.def("empty_cache", &pool_empty, "Returns the large buffers rnnkit keeps for reuse to the system.");
+  m.def("cached_bytes", &pool_cached_bytes, "Bytes of large buffers kept for reuse.");
   m.def("build_info", &build_info, "Compiler, Eigen, SIMD, BLAS and CUDA build details.");
   m.def("cuda_status", &cuda_status,
         "(available, reason): whether the CUDA backend can run here, and why not.");

@@ -323,9 +323,14 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
   const index_t TN = T * N;
   const bool project = w.w_hr != nullptr;
   const Slots slots{T, reverse, true};
+  // dL/d(gates) of every step ends up in the forward's gate buffer: a step's pointwise backward
+  // writes it to a one-step staging buffer (the cell still reads that step's gates), and it is
+  // copied over the step's gates when they are no longer needed. This saves a [T,N,G*H] buffer
+  // (the largest of an LSTM's backward) and consumes the cache: one backward per forward.
+  S* const dall = st.gates;
   // The gradient that goes through W_hh: the recurrent pre-activations of separate-recurrent
   // cells, the shared ones otherwise.
-  S* drec = Cell::kSeparateRecurrent ? bs.dhgates : bs.dgates;
+  S* drec = Cell::kSeparateRecurrent ? bs.dhgates : dall;
   // The per-step products: d(rec) W_hh (rows of the step GEMM), d(candidate) W_hn for the
   // two-stage GRU, d(h) W_hr for a projection.
   const StepOperand<S> rec{w.w_hh, P, false, G1, P, bs.packed_drec};
@@ -411,7 +416,7 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
     S* g = st.gates + t * N * GH;
     S* cache_t = st.cache + t * N * CW;
     S* hfull_t = project ? st.h_full + t * N * H : nullptr;
-    S* dg = bs.dgates + t * N * GH;
+    S* dg = bs.dgates;  // staging: this step's dL/d(gates)
     S* dhg = Cell::kSeparateRecurrent ? bs.dhgates + t * N * GH : nullptr;
 
     auto point_row = [&](index_t n) {
@@ -457,10 +462,12 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
         Cell::backward(row);
       }
     }
+    // This thread's rows of the step's gates are done with: they become the step's gradients.
+    copy_n(dall + (t * N + n0) * GH, dg + n0 * GH, (n1 - n0) * GH);
     tc.barrier();
     // dL/dh_{t-1} = (direct part written by the cell) + d(recurrent pre-activations) W_hh,
     // this thread's columns.
-    rec.multiply(N, q0, q1, drec + t * N * GH, GH, S(1), dh_next, P);
+    rec.multiply(N, q0, q1, Cell::kSeparateRecurrent ? drec + t * N * GH : dg, GH, S(1), dh_next, P);
     tc.barrier();
   }
   if (tc.tid() == 0) {
@@ -475,17 +482,17 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
   // h_{t-1} for every t, in time order: slots 0..T-1 (forward) or 1..T (reverse).
   const S* h_prev_all = h_slot(reverse ? 1 : 0);
   const auto [w0, w1] = tc.split(GH, 16);
-  gemm(Trans::kYes, Trans::kNo, w1 - w0, C, TN, S(1), bs.dgates + w0, GH, x, C, S(1),
+  gemm(Trans::kYes, Trans::kNo, w1 - w0, C, TN, S(1), dall + w0, GH, x, C, S(1),
        grads.dw_ih + w0 * C, C);
   if constexpr (Cell::kTwoStage) {
     // Rows of W_hh below G1 multiply h_{t-1}; the candidate gate's rows multiply r * h_{t-1}.
     const index_t a1 = std::min(w1, G1), b0 = std::max(w0, G1);
     if (a1 > w0) {
-      gemm(Trans::kYes, Trans::kNo, a1 - w0, P, TN, S(1), bs.dgates + w0, GH, h_prev_all, P, S(1),
+      gemm(Trans::kYes, Trans::kNo, a1 - w0, P, TN, S(1), dall + w0, GH, h_prev_all, P, S(1),
            grads.dw_hh + w0 * P, P);
     }
     if (w1 > b0) {
-      gemm(Trans::kYes, Trans::kNo, w1 - b0, P, TN, S(1), bs.dgates + b0, GH, st.cache, CW, S(1),
+      gemm(Trans::kYes, Trans::kNo, w1 - b0, P, TN, S(1), dall + b0, GH, st.cache, CW, S(1),
            grads.dw_hh + b0 * P, P);
     }
   } else {
@@ -493,7 +500,7 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
          grads.dw_hh + w0 * P, P);
   }
   if constexpr (!Cell::kCellBiasGrads) {
-    if (grads.db_ih) add_column_sums(bs.dgates + w0, TN, w1 - w0, GH, grads.db_ih + w0);
+    if (grads.db_ih) add_column_sums(dall + w0, TN, w1 - w0, GH, grads.db_ih + w0);
     if (grads.db_hh) add_column_sums(drec + w0, TN, w1 - w0, GH, grads.db_hh + w0);
   }
   if (project) {
@@ -503,7 +510,7 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
   }
   if (dx) {
     const auto [r0, r1] = tc.split(TN);
-    gemm(Trans::kNo, Trans::kNo, r1 - r0, C, GH, S(1), bs.dgates + r0 * GH, GH, w.w_ih, C,
+    gemm(Trans::kNo, Trans::kNo, r1 - r0, C, GH, S(1), dall + r0 * GH, GH, w.w_ih, C,
          dx_accumulate ? S(1) : S(0), dx + r0 * C, C);
   }
   if constexpr (Cell::kLnParams > 0) {
@@ -593,7 +600,7 @@ LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int tea
   s.bias = checked_mul(3, s.gate_width, "biases");
   s.hgates = ci.separate_recurrent ? checked_mul(d.N, s.gate_width, "recurrent gates") : 0;
   s.tmp = checked_mul(d.N, s.tmp_width, "scratch");
-  s.dgates = s.gates;
+  s.dgates = checked_mul(d.N, s.gate_width, "gate gradients");  // one step, staged (see backward)
   s.dhgates = ci.separate_recurrent ? s.gates : 0;
   s.dh = NP;
   s.dc = ci.has_cell_state ? NH : 0;

@@ -282,6 +282,12 @@ void stack_forward(const StackConfig& cfg, index_t T, index_t N,
 template <typename S>
 void stack_backward(const StackCache<S>& cache, const S* dy, const S* dh_n, const S* dc_n,
                     const std::vector<LayerGrads<S>>& grads, S* dx, S* dh0, S* dc0) {
+  if (cache.consumed) {
+    throw std::invalid_argument(
+        "cache: expected the cache of a forward that has not been backpropagated yet, got one that has "
+        "(backward uses up what forward kept; run forward again)");
+  }
+  cache.consumed = true;
   const StackConfig& cfg = cache.cfg;
   const index_t T = cache.dims0.T, N = cache.dims0.N;
   const index_t L = cfg.num_layers;

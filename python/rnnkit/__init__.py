@@ -10,16 +10,29 @@ this package is a thin NumPy API over the compiled module ``rnnkit._core``.
     ((5, 3, 16), (1, 3, 16))
 """
 
+import os as _os
+
+import numpy as _np  # noqa: F401  (NumPy's own OpenBLAS reads its settings before ours is loaded)
+
 # Load libscipy_openblas.so globally before _core needs it. The module's RUNPATH finds it in a
 # normal install; an editable install runs _core from the build tree, where only this works.
+# rnnkit calls its BLAS single-threaded (its own thread team splits the work), so the library is
+# told to start no thread pool of its own: idle pool threads spin and take CPU from the team.
+_saved_threads = _os.environ.get("OPENBLAS_NUM_THREADS")
+_os.environ["OPENBLAS_NUM_THREADS"] = "1"
 try:
     import scipy_openblas32 as _scipy_openblas32  # noqa: F401
 except ImportError:  # a wheel repaired with the library bundled does not need the package
     pass
+finally:
+    if _saved_threads is None:
+        del _os.environ["OPENBLAS_NUM_THREADS"]
+    else:
+        _os.environ["OPENBLAS_NUM_THREADS"] = _saved_threads
 
 from . import _core
 from . import convert, cuda, init, optim
-from ._runtime import build_info, get_num_threads, set_num_threads
+from ._runtime import build_info, empty_cache, get_num_threads, set_num_threads
 from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
 from .network import RNNNetwork
 from .training import Trainer
@@ -30,5 +43,5 @@ __version__: str = _core.__version__
 
 __all__ = [
     "GRU", "LSTM", "LayerNormGRU", "LayerNormLSTM", "RNN", "RNNNetwork", "Trainer",
-    "build_info", "convert", "cuda", "data", "load_checkpoint", "save_checkpoint", "get_num_threads", "init", "optim", "set_num_threads", "__version__",
+    "build_info", "convert", "cuda", "data", "empty_cache", "load_checkpoint", "save_checkpoint", "get_num_threads", "init", "optim", "set_num_threads", "__version__",
 ]

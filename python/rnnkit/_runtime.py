@@ -29,6 +29,15 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
+def empty_cache() -> int:
+    """Returns the large buffers rnnkit keeps for reuse between calls to the system; returns the
+    number of bytes released. (rnnkit keeps freed buffers of 1 MiB and more, up to a quarter of the
+    machine's memory, because fresh large allocations cost page faults on every call.)"""
+    cached = int(_core.cached_bytes())
+    _core.empty_cache()
+    return cached
+
+
 def build_info() -> Dict[str, Any]:
     """Version, compiler, Eigen/SIMD, BLAS and CUDA details of this build, plus the thread count."""
     info = dict(_core.build_info())

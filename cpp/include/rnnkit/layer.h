@@ -96,7 +96,8 @@ struct LayerSizes {
   index_t packed_stage2 = 0; // two-stage GRU: W_hn^T packed
   index_t packed_proj = 0;   // projection: W_hr^T packed
   // backward scratch
-  index_t dgates = 0;   // [T,N,GH]
+  index_t dgates = 0;   // [N,GH]: one step's dL/d(gates), staged before it replaces that step's
+                        // gates in the forward's buffer (backward consumes the forward's state)
   index_t dhgates = 0;  // [T,N,GH] for separate-recurrent cells, else 0
   index_t dh = 0;       // [N,P] (two of these)
   index_t dc = 0;       // [N,H] with a cell state
@@ -178,7 +179,8 @@ void layer_forward(const TeamContext& tc, CellKind cell, const LayerDims& d, con
                    bool training, S* y, index_t y_ld, S* h_n, S* c_n, const LayerState<S>& state,
                    const ForwardScratch<S>& scratch);
 
-// Arguments of layer_backward (x, w, lengths, reverse, state: exactly as in the training forward):
+// Arguments of layer_backward (x, w, lengths, reverse, state: exactly as in the training forward;
+// backward overwrites state.gates with the gates' gradients, so it runs once per forward):
 //   dy, dy_ld:   dL/dy rows like y, or null for zeros.
 //   dh_n, dc_n:  [N,P], [N,H] or null for zeros.
 //   grads:       accumulated into.

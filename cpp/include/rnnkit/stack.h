@@ -72,6 +72,8 @@ struct StackCache {
   std::vector<LayerWeights<S>> weights;  // [L*D]: copies of the parameters
   std::vector<LayerState<S>> states;     // [L*D]
   index_t param_elems = 0;
+  // Backward overwrites the gate buffers with their gradients: a cache is good for one backward.
+  mutable bool consumed = false;
 };
 
 template <typename S>

@@ -1,0 +1,177 @@
+// C++ microbenchmarks of the CPU core (Google Benchmark): every cell's inference forward and
+// training step (forward + BPTT) at the three standard shapes, a streaming step at B=1, and an
+// sgemm in the same binary, each reporting GFLOP/s and the share of that sgemm rate.
+//
+//   cmake -S . -B build/bench -G Ninja -DRNNKIT_BUILD_BENCH=ON && cmake --build build/bench --target rnnkit_micro
+//   build/bench/rnnkit_micro --benchmark_filter=lstm            # or --benchmark_min_time=0.05 for a short run
+//
+// FLOPs: forward = 2*T*N*G*H*(C+H), a training step = 3x forward (as the goals count them).
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "rnnkit/blas.h"
+#include "rnnkit/buffer.h"
+#include "rnnkit/stack.h"
+
+namespace {
+
+using rnnkit::index_t;
+
+double g_sgemm_gflops = 0.0;  // measured once in main, before the benchmarks
+
+struct Shape {
+  const char* name;
+  index_t T, N, C, H;
+};
+constexpr Shape kShapes[] = {{"small", 100, 1, 128, 128}, {"mid", 100, 16, 256, 256}, {"large", 100, 64, 512, 512}};
+
+// A layer's parameters and buffers, filled with small random numbers.
+struct Problem {
+  rnnkit::StackConfig cfg;
+  index_t T, N;
+  std::vector<std::vector<float>> storage;
+  std::vector<rnnkit::LayerWeights<float>> weights;
+  std::vector<rnnkit::LayerGrads<float>> grads;
+  std::vector<float> x, y, h_n, c_n, dy, dh0, dc0;
+
+  Problem(rnnkit::CellKind cell, index_t T_, index_t N_, index_t C, index_t H) : T(T_), N(N_) {
+    cfg.cell = cell;
+    cfg.input_size = C;
+    cfg.hidden_size = H;
+    std::mt19937 gen(0);
+    std::uniform_real_distribution<float> u(-0.05f, 0.05f);
+    auto fill = [&](std::size_t n) {
+      storage.emplace_back(n);
+      for (float& v : storage.back()) v = u(gen);
+      return storage.back().data();
+    };
+    const auto specs = rnnkit::stack_param_specs(cfg);
+    storage.reserve(2 * specs.size() + 1);
+    weights.resize(cfg.groups());
+    grads.resize(cfg.groups());
+    for (const auto& s : specs) {
+      index_t n = 1;
+      for (index_t d : s.shape) n *= d;
+      float* w = fill(n);
+      float* g = fill(n);
+      switch (s.role) {
+        case rnnkit::kRoleWIh: weights[s.group].w_ih = w; grads[s.group].dw_ih = g; break;
+        case rnnkit::kRoleWHh: weights[s.group].w_hh = w; grads[s.group].dw_hh = g; break;
+        case rnnkit::kRoleBIh: weights[s.group].b_ih = w; grads[s.group].db_ih = g; break;
+        case rnnkit::kRoleBHh: weights[s.group].b_hh = w; grads[s.group].db_hh = g; break;
+        default: break;
+      }
+    }
+    x.assign(T * N * C, 0.1f);
+    y.resize(T * N * H);
+    dy.assign(T * N * H, 0.01f);
+    h_n.resize(N * H);
+    c_n.resize(N * H);
+    dh0.resize(N * H);
+    dc0.resize(N * H);
+  }
+
+  double forward_flops() const {
+    const int G = rnnkit::cell_info(cfg.cell).gates;
+    return 2.0 * T * N * G * cfg.hidden_size * (cfg.input_size + cfg.hidden_size);
+  }
+};
+
+void set_counters(benchmark::State& state, double flops) {
+  state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["pct_sgemm"] =
+      benchmark::Counter(flops / 1e9 * 100.0 / g_sgemm_gflops, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_sgemm(benchmark::State& state) {
+  const index_t n = state.range(0);
+  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
+  for (auto _ : state) {
+    rnnkit::gemm(rnnkit::Trans::kNo, rnnkit::Trans::kNo, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    benchmark::DoNotOptimize(c.data());
+  }
+  set_counters(state, 2.0 * n * n * n);
+}
+
+template <rnnkit::CellKind Cell>
+void BM_forward(benchmark::State& state) {
+  const Shape& s = kShapes[state.range(0)];
+  Problem p(Cell, s.T, s.N, s.C, s.H);
+  for (auto _ : state) {
+    rnnkit::stack_forward<float>(p.cfg, p.T, p.N, p.weights, p.x.data(), nullptr, nullptr, nullptr, false, 0,
+                                 p.y.data(), p.h_n.data(), p.c_n.data(), nullptr);
+    benchmark::DoNotOptimize(p.y.data());
+  }
+  state.SetLabel(s.name);
+  set_counters(state, p.forward_flops());
+}
+
+template <rnnkit::CellKind Cell>
+void BM_train(benchmark::State& state) {
+  const Shape& s = kShapes[state.range(0)];
+  Problem p(Cell, s.T, s.N, s.C, s.H);
+  for (auto _ : state) {
+    rnnkit::StackCache<float> cache;
+    rnnkit::stack_forward<float>(p.cfg, p.T, p.N, p.weights, p.x.data(), nullptr, nullptr, nullptr, true, 0,
+                                 p.y.data(), p.h_n.data(), p.c_n.data(), &cache);
+    rnnkit::stack_backward<float>(cache, p.dy.data(), nullptr, nullptr, p.grads, nullptr, p.dh0.data(),
+                                  p.dc0.data());
+    benchmark::DoNotOptimize(p.dh0.data());
+  }
+  state.SetLabel(std::string(s.name) + ", no dx");
+  set_counters(state, 3.0 * p.forward_flops());
+}
+
+template <rnnkit::CellKind Cell>
+void BM_step(benchmark::State& state) {
+  Problem p(Cell, 1, 1, 256, 256);
+  std::vector<float> h(256, 0.0f), c(256, 0.0f);
+  for (auto _ : state) {
+    rnnkit::stack_step<float>(p.cfg, 1, p.weights, p.x.data(), h.data(), c.data(), p.y.data(), p.h_n.data(),
+                              p.c_n.data());
+    std::swap(h, p.h_n);
+    std::swap(c, p.c_n);
+    benchmark::DoNotOptimize(h.data());
+  }
+  state.SetLabel("B=1, C=H=256");
+  set_counters(state, p.forward_flops());
+}
+
+using rnnkit::CellKind;
+BENCHMARK(BM_sgemm)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+#define RNNKIT_CELL_BENCHMARKS(KIND, NAME)                                                               \
+  BENCHMARK(BM_forward<KIND>)->Name(NAME "/forward")->DenseRange(0, 2)->Unit(benchmark::kMillisecond)->UseRealTime(); \
+  BENCHMARK(BM_train<KIND>)->Name(NAME "/train")->DenseRange(0, 2)->Unit(benchmark::kMillisecond)->UseRealTime();     \
+  BENCHMARK(BM_step<KIND>)->Name(NAME "/step")->Unit(benchmark::kMicrosecond)->UseRealTime();
+RNNKIT_CELL_BENCHMARKS(CellKind::kElmanTanh, "rnn_tanh")
+RNNKIT_CELL_BENCHMARKS(CellKind::kLSTM, "lstm")
+RNNKIT_CELL_BENCHMARKS(CellKind::kGRU, "gru")
+
+double measure_sgemm(index_t n) {
+  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
+  double best = 1e30;
+  for (int r = 0; r < 6; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    rnnkit::gemm(rnnkit::Trans::kNo, rnnkit::Trans::kNo, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    if (r > 0) best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return 2.0 * n * n * n / best / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  rnnkit::set_blas_threads(1);
+  g_sgemm_gflops = measure_sgemm(1024);
+  std::printf("sgemm 1024^3, 1 thread: %.1f GFLOP/s (the 100%% of pct_sgemm)\n", g_sgemm_gflops);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
