@@ -140,3 +140,71 @@ def test_network_with_threads_matches_one_thread(rng, threads):
     assert abs(loss_n - loss_1) < 1e-13 * loss_1
     for k in grads_n:
         np.testing.assert_allclose(grads_n[k], one.grads[k], rtol=1e-11, atol=1e-14)
+
+
+# ---- deterministic mode: bit for bit across thread counts ----------------------------------------
+@pytest.fixture
+def deterministic():
+    """Deterministic mode and the team forced onto every shape, restoring the defaults afterwards."""
+    before = rnnkit.get_num_threads()
+    rnnkit.set_deterministic(True)
+    _core._set_min_parallel_step_work(0)
+    yield
+    rnnkit.set_deterministic(False)
+    rnnkit.set_num_threads(before)
+    _core._set_min_parallel_step_work(1 << 19)
+
+
+# (T, N, C, H): T < 8 keeps the per-step GEMM on BLAS (unpacked); the others use the packed kernel;
+# sizes that split unevenly among 2 and 3 threads, and one whose hoisted GEMMs are split in blocks.
+DETERMINISM_SHAPES = [(3, 40, 50, 130), (7, 3, 30, 20), (9, 6, 8, 32), (12, 300, 40, 48)]
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru", "gru_reset_before", "ln_lstm", "ln_gru", "lstm_proj"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", DETERMINISM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_deterministic_mode_is_bitwise_identical_for_every_thread_count(rng, deterministic, cell, dtype, shape):
+    T, N, C, H = shape
+    x = rng.standard_normal((T, N, C)).astype(dtype)
+    lengths = rng.integers(1, T + 1, N)
+    dy = None
+    results = {}
+    for n in (1, 2, 3):
+        rnnkit.set_num_threads(n)
+        layer, _ = make(cell, C, H, dtype=dtype, num_layers=2, bidirectional=True, dropout=0.25)
+        y, _ = layer(x, None, lengths)
+        if dy is None:
+            dy = rng.standard_normal(y.shape).astype(dtype)
+        dx, _ = layer.backward(dy)
+        results[n] = [y, dx] + [layer.grads[k].copy() for k in sorted(layer.grads)]
+    for n in (2, 3):
+        for a, b in zip(results[1], results[n]):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "ln_gru"])
+@pytest.mark.parametrize("vocab", [11, 700])
+def test_deterministic_mode_network_is_bitwise_identical_for_every_thread_count(rng, deterministic, cell, vocab):
+    tokens = rng.integers(0, vocab, (20, 16))
+    targets = rng.integers(0, vocab, (20, 16))
+    results = {}
+    for n in (1, 2, 3):
+        rnnkit.set_num_threads(n)
+        net = rnnkit.RNNNetwork(vocab_size=vocab, embedding_dim=8, hidden_size=64, cell=cell, num_layers=2, seed=0)
+        loss, _ = net.train_step(tokens, targets)
+        results[n] = [np.array(loss)] + [net.grads[k].copy() for k in sorted(net.grads)]
+    for n in (2, 3):
+        for a, b in zip(results[1], results[n]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_deterministic_setting_round_trips_and_is_validated():
+    assert rnnkit.get_deterministic() is False
+    rnnkit.set_deterministic(True)
+    try:
+        assert rnnkit.get_deterministic() is True
+        assert rnnkit.build_info()["deterministic"] is True
+    finally:
+        rnnkit.set_deterministic(False)
+    with pytest.raises(TypeError, match="on: expected"):
+        rnnkit.set_deterministic("yes")

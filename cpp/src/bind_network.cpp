@@ -135,7 +135,7 @@ py::tuple forward_impl(const NetworkConfig& cfg, const py::list& params, const p
       tp = in_ptr<S>(*targets, "targets", out_shape);
     }
   }
-  const StackFootprint foot = stack_footprint(cfg.stack, T, N, training, stack_team_size(cfg.stack, T, N), sizeof(S));
+  const StackFootprint foot = stack_footprint(cfg.stack, T, N, training, sizeof(S));
   const index_t rows = sequence ? T * N : N;
   index_t total = checked_add(foot.cache, foot.forward_scratch, "forward");
   total = checked_add(total, checked_mul(checked_mul(T, N, "T*N"), cfg.stack.input_size + cfg.feature_size(), "activations"), "forward");

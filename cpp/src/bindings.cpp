@@ -102,7 +102,7 @@ py::tuple forward_impl(const StackConfig& cfg, const py::list& params, const py:
   const std::vector<LayerWeights<S>> w =
       group_views<S, LayerWeights<S>>(cfg, stack_param_specs(cfg), params, "params", false);
 
-  const StackFootprint foot = stack_footprint(cfg, T, N, training, stack_team_size(cfg, T, N), sizeof(S));
+  const StackFootprint foot = stack_footprint(cfg, T, N, training, sizeof(S));
   const index_t outputs = checked_add(checked_mul(checked_mul(T, N, "output"), cfg.num_directions * P, "output"),
                                       checked_mul(GD, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
                                       "outputs");
@@ -162,7 +162,7 @@ py::tuple backward_impl(const Cache& cache_obj, const std::optional<py::array>& 
   const std::vector<LayerGrads<S>> g =
       group_views<S, LayerGrads<S>>(cfg, stack_param_specs(cfg), grads, "grads", true);
 
-  const StackFootprint foot = stack_footprint(cfg, T, N, true, stack_team_size(cfg, T, N), sizeof(S));
+  const StackFootprint foot = stack_footprint(cfg, T, N, true, sizeof(S));
   const index_t outputs = checked_add(need_dx ? checked_mul(checked_mul(T, N, "dx"), cfg.input_size, "dx") : 0,
                                       checked_mul(GD, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
                                       "outputs");
@@ -431,6 +431,9 @@ into. Returns (dx or None, dh0, dc0 or None). The GIL is released while it runs.
   m.def("set_num_threads", [](int n) { ThreadTeam::instance().set_default_size(n); }, py::arg("n"),
         "Threads rnnkit's loops may use (process-wide; default 1).");
   m.def("get_num_threads", [] { return ThreadTeam::instance().default_size(); });
+  m.def("set_deterministic", [](bool on) { ThreadTeam::instance().set_deterministic(on); }, py::arg("on"),
+        "Results identical for every thread count (process-wide; default off).");
+  m.def("get_deterministic", [] { return ThreadTeam::instance().deterministic(); });
   m.def("_packed_gemm", [](py::array A, py::array B, bool transposed, double beta, py::array C, index_t cb, index_t ce) {
         // Test hook: C[:, cb:ce] = beta C + A B through the packed kernels (B given as B, or as B^T).
         if (!A.dtype().is(C.dtype()) || !B.dtype().is(C.dtype())) throw py::type_error("A, B, C: expected one dtype");

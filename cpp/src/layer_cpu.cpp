@@ -152,8 +152,16 @@ struct StepOperand {
   bool transposed = false;
   index_t K = 0, cols = 0;
   S* packed = nullptr;
+  // Deterministic mode, unpacked: a thread's columns are multiplied in blocks of kBlasColumns
+  // whose boundaries do not depend on the team size (see TeamContext::gemm_blocks). The packed
+  // kernel computes every element the same way whatever the column range.
+  bool fixed_blocks = false;
 
-  index_t align() const { return packed ? packed_panel_width<S>() : 16; }
+  static constexpr index_t kBlasColumns = 64;
+  index_t align() const {
+    if (packed) return packed_panel_width<S>();
+    return fixed_blocks ? kBlasColumns : 16;
+  }
   // Each thread packs its own panels; the caller barriers before the first multiply.
   void pack(const TeamContext& tc) const {
     if (!packed) return;
@@ -166,8 +174,12 @@ struct StepOperand {
     if (packed) {
       packed_gemm<S>(M, K, cols, c0, c1, A, lda, packed, beta, C, ldc);
     } else {
-      gemm(Trans::kNo, transposed ? Trans::kYes : Trans::kNo, M, c1 - c0, K, S(1), A, lda,
-           transposed ? src + c0 * ld : src + c0, ld, beta, C + c0, ldc);
+      const index_t block = fixed_blocks ? kBlasColumns : c1 - c0;
+      for (index_t b0 = c0; b0 < c1; b0 += block) {
+        const index_t b1 = std::min(c1, b0 + block);
+        gemm(Trans::kNo, transposed ? Trans::kYes : Trans::kNo, M, b1 - b0, K, S(1), A, lda,
+             transposed ? src + b0 * ld : src + b0, ld, beta, C + b0, ldc);
+      }
     }
   }
 };
@@ -188,10 +200,9 @@ void forward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights<
   // per-step GEMMs (multiples of 16 floats keep the BLAS kernels on full vectors).
   // The per-step products: h_{t-1} W_hh^T (the step GEMM's G1 columns), (r * h_{t-1}) W_hn^T for
   // the two-stage GRU, h_full W_hr^T for a projection.
-  const StepOperand<S> rec{w.w_hh, P, true, P, G1, fs.packed_rec};
-  const StepOperand<S> stage2{w.w_hh + G1 * P, P, true, P, GH - G1, fs.packed_stage2};
-  const StepOperand<S> proj{w.w_hr, H, true, H, P, fs.packed_proj};
-  const auto [r0, r1] = tc.split(T * N);
+  const StepOperand<S> rec{w.w_hh, P, true, P, G1, fs.packed_rec, tc.deterministic()};
+  const StepOperand<S> stage2{w.w_hh + G1 * P, P, true, P, GH - G1, fs.packed_stage2, tc.deterministic()};
+  const StepOperand<S> proj{w.w_hr, H, true, H, P, fs.packed_proj, tc.deterministic()};
   const auto [n0, n1] = tc.split(N);
   const auto [g0, g1] = tc.split(G1, rec.align());
   const auto [k0, k1] = tc.split(GH - G1, stage2.align());  // two-stage: the candidate gate's columns
@@ -201,8 +212,10 @@ void forward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights<
   if (project) proj.pack(tc);
 
   // Input projection for every step at once; biases are added in the pointwise step.
-  gemm(Trans::kNo, Trans::kYes, r1 - r0, GH, C, S(1), x + r0 * C, C, w.w_ih, C, S(0),
-       st.gates + r0 * GH, GH);
+  tc.gemm_blocks(T * N, 1, kDeterministicRows, [&](index_t r0, index_t r1) {
+    gemm(Trans::kNo, Trans::kYes, r1 - r0, GH, C, S(1), x + r0 * C, C, w.w_ih, C, S(0),
+         st.gates + r0 * GH, GH);
+  });
 
   S* bsum = fs.bias;
   S* bih = fs.bias + GH;
@@ -333,9 +346,9 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
   S* drec = Cell::kSeparateRecurrent ? bs.dhgates : dall;
   // The per-step products: d(rec) W_hh (rows of the step GEMM), d(candidate) W_hn for the
   // two-stage GRU, d(h) W_hr for a projection.
-  const StepOperand<S> rec{w.w_hh, P, false, G1, P, bs.packed_drec};
-  const StepOperand<S> stage2{w.w_hh + G1 * P, P, false, GH - G1, P, bs.packed_dstage2};
-  const StepOperand<S> proj{w.w_hr, H, false, P, H, bs.packed_dproj};
+  const StepOperand<S> rec{w.w_hh, P, false, G1, P, bs.packed_drec, tc.deterministic()};
+  const StepOperand<S> stage2{w.w_hh + G1 * P, P, false, GH - G1, P, bs.packed_dstage2, tc.deterministic()};
+  const StepOperand<S> proj{w.w_hr, H, false, P, H, bs.packed_dproj, tc.deterministic()};
   const auto [n0, n1] = tc.split(N);
   const auto [q0, q1] = tc.split(P, rec.align());         // columns of dh_{t-1}
   const auto [h0c, h1c] = tc.split(H, proj.align());      // columns of dh_full
@@ -353,14 +366,10 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
       if (dc_n) copy_n(bs.dc, dc_n, N * H); else zero_n(bs.dc, N * H);
     }
   }
-  // Cells that accumulate parameter gradients row by row (LayerNorm) do it into this thread's own
-  // partial sums; thread 0 adds them up after the loop.
-  S* partial = nullptr;
-  if constexpr (Cell::kLnParams > 0) {
-    const index_t width = bs.partial_width;
-    partial = bs.partials + tc.tid() * width;
-    zero_n(partial, width);
-  }
+  // Cells that accumulate parameter gradients row by row (LayerNorm) do it into partial sums of
+  // their own, one set per batch row (not per thread), which thread 0 adds up in row order after
+  // the loop: the result does not depend on how the rows were shared among the threads.
+  if constexpr (Cell::kLnParams > 0) zero_n(bs.partials + n0 * bs.partial_width, (n1 - n0) * bs.partial_width);
   tc.barrier();
 
   auto h_slot = [&](index_t s) { return st.h_seq + s * N * P; };
@@ -372,17 +381,20 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
   row.cache_slots = Cell::kCacheSlots;
   row.lnp = w.ln;
   S* dln_views[6] = {};
-  if constexpr (Cell::kLnParams > 0) {
-    // partial layout: ln params in LnParam order ([GH] x 4, then [H] x 2), then db_ih, db_hh.
-    S* p = partial;
-    for (int k = 0; k < Cell::kLnParams; ++k) {
-      dln_views[k] = p;
-      p += k < 4 ? GH : H;
+  // Row n's partial sums. Layout: ln params in LnParam order ([GH] x 4, then [H] x 2), then
+  // db_ih, db_hh.
+  auto point_partials = [&](index_t n) {
+    if constexpr (Cell::kLnParams > 0) {
+      S* p = bs.partials + n * bs.partial_width;
+      for (int k = 0; k < Cell::kLnParams; ++k) {
+        dln_views[k] = p;
+        p += k < 4 ? GH : H;
+      }
+      row.dlnp = dln_views;
+      row.dbih = p;
+      row.dbhh = p + GH;
     }
-    row.dlnp = dln_views;
-    row.dbih = p;
-    row.dbhh = p + GH;
-  }
+  };
   // Cells read the biases only in forward; backward works from what forward cached.
 
   for (index_t s = T - 1; s >= 0; --s) {
@@ -432,6 +444,7 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
       row.dg = dg + n * GH;
       row.dhg = dhg ? dhg + n * GH : nullptr;
       row.dhp = dh_next + n * P;
+      point_partials(n);
     };
     auto masked_row = [&](index_t n) {
       zero_n(dg + n * GH, GH);
@@ -481,44 +494,47 @@ void backward_loop(const TeamContext& tc, const LayerDims& d, const LayerWeights
   // (columns for the bias sums), so no two threads write the same element.
   // h_{t-1} for every t, in time order: slots 0..T-1 (forward) or 1..T (reverse).
   const S* h_prev_all = h_slot(reverse ? 1 : 0);
-  const auto [w0, w1] = tc.split(GH, 16);
-  gemm(Trans::kYes, Trans::kNo, w1 - w0, C, TN, S(1), dall + w0, GH, x, C, S(1),
-       grads.dw_ih + w0 * C, C);
-  if constexpr (Cell::kTwoStage) {
-    // Rows of W_hh below G1 multiply h_{t-1}; the candidate gate's rows multiply r * h_{t-1}.
-    const index_t a1 = std::min(w1, G1), b0 = std::max(w0, G1);
-    if (a1 > w0) {
-      gemm(Trans::kYes, Trans::kNo, a1 - w0, P, TN, S(1), dall + w0, GH, h_prev_all, P, S(1),
+  tc.gemm_blocks(GH, 16, kDeterministicRows, [&](index_t w0, index_t w1) {
+    gemm(Trans::kYes, Trans::kNo, w1 - w0, C, TN, S(1), dall + w0, GH, x, C, S(1),
+         grads.dw_ih + w0 * C, C);
+    if constexpr (Cell::kTwoStage) {
+      // Rows of W_hh below G1 multiply h_{t-1}; the candidate gate's rows multiply r * h_{t-1}.
+      const index_t a1 = std::min(w1, G1), b0 = std::max(w0, G1);
+      if (a1 > w0) {
+        gemm(Trans::kYes, Trans::kNo, a1 - w0, P, TN, S(1), dall + w0, GH, h_prev_all, P, S(1),
+             grads.dw_hh + w0 * P, P);
+      }
+      if (w1 > b0) {
+        gemm(Trans::kYes, Trans::kNo, w1 - b0, P, TN, S(1), dall + b0, GH, st.cache, CW, S(1),
+             grads.dw_hh + b0 * P, P);
+      }
+    } else {
+      gemm(Trans::kYes, Trans::kNo, w1 - w0, P, TN, S(1), drec + w0, GH, h_prev_all, P, S(1),
            grads.dw_hh + w0 * P, P);
     }
-    if (w1 > b0) {
-      gemm(Trans::kYes, Trans::kNo, w1 - b0, P, TN, S(1), dall + b0, GH, st.cache, CW, S(1),
-           grads.dw_hh + b0 * P, P);
+    if constexpr (!Cell::kCellBiasGrads) {
+      if (grads.db_ih) add_column_sums(dall + w0, TN, w1 - w0, GH, grads.db_ih + w0);
+      if (grads.db_hh) add_column_sums(drec + w0, TN, w1 - w0, GH, grads.db_hh + w0);
     }
-  } else {
-    gemm(Trans::kYes, Trans::kNo, w1 - w0, P, TN, S(1), drec + w0, GH, h_prev_all, P, S(1),
-         grads.dw_hh + w0 * P, P);
-  }
-  if constexpr (!Cell::kCellBiasGrads) {
-    if (grads.db_ih) add_column_sums(dall + w0, TN, w1 - w0, GH, grads.db_ih + w0);
-    if (grads.db_hh) add_column_sums(drec + w0, TN, w1 - w0, GH, grads.db_hh + w0);
-  }
+  });
   if (project) {
-    const auto [a0, a1] = tc.split(P, 16);
-    gemm(Trans::kYes, Trans::kNo, a1 - a0, H, TN, S(1), bs.dh_proj + a0, P, st.h_full, H, S(1),
-         grads.dw_hr + a0 * H, H);
+    tc.gemm_blocks(P, 16, kDeterministicRows, [&](index_t a0, index_t a1) {
+      gemm(Trans::kYes, Trans::kNo, a1 - a0, H, TN, S(1), bs.dh_proj + a0, P, st.h_full, H, S(1),
+           grads.dw_hr + a0 * H, H);
+    });
   }
   if (dx) {
-    const auto [r0, r1] = tc.split(TN);
-    gemm(Trans::kNo, Trans::kNo, r1 - r0, C, GH, S(1), dall + r0 * GH, GH, w.w_ih, C,
-         dx_accumulate ? S(1) : S(0), dx + r0 * C, C);
+    tc.gemm_blocks(TN, 1, kDeterministicRows, [&](index_t r0, index_t r1) {
+      gemm(Trans::kNo, Trans::kNo, r1 - r0, C, GH, S(1), dall + r0 * GH, GH, w.w_ih, C,
+           dx_accumulate ? S(1) : S(0), dx + r0 * C, C);
+    });
   }
   if constexpr (Cell::kLnParams > 0) {
     tc.barrier();
     if (tc.tid() == 0) {
-      // Sum every thread's partials into the gradients (biases only where they exist).
-      for (int th = 0; th < tc.size(); ++th) {
-        const S* p = bs.partials + th * bs.partial_width;
+      // Sum every row's partials into the gradients, in row order (biases only where they exist).
+      for (index_t n = 0; n < N; ++n) {
+        const S* p = bs.partials + n * bs.partial_width;
         for (int k = 0; k < Cell::kLnParams; ++k) {
           const index_t len = k < 4 ? GH : H;
           Vec<S>(grads.dln[k], len) += ConstVec<S>(p, len);
@@ -581,7 +597,7 @@ index_t packed_or_zero(index_t K, index_t cols) {
   return packed_gemm_available<S>() ? packed_size<S>(K, cols) : 0;
 }
 
-LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int team, int elem_bytes) {
+LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int elem_bytes) {
   const CellInfo ci = cell_info(cell);
   const bool project = d.P != d.H;
   LayerSizes s;
@@ -608,7 +624,7 @@ LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int tea
   s.dh_proj = project ? checked_mul(TN, d.P, "projection gradient") : 0;
   if (ci.ln_params > 0) {
     s.partial_width = 4 * s.gate_width + (ci.ln_params > 4 ? 2 * d.H : 0) + 2 * s.gate_width;
-    s.partials = checked_mul(team, s.partial_width, "gradient partial sums");
+    s.partials = checked_mul(d.N, s.partial_width, "gradient partial sums");
   }
   // Packed copies of the per-step GEMMs' weights (packed_gemm.h), when the CPU has the kernels.
   auto packed = d.T < kMinStepsToPack ? +[](index_t, index_t) -> index_t { return 0; }

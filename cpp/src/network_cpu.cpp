@@ -72,12 +72,12 @@ index_t count_valid_rows(const NetworkConfig& cfg, const std::int64_t* targets, 
 // `inv` = 1 / (valid rows). One vectorised exp pass per row: the exponentials are kept (in `grad`,
 // or `scratch_row`) and become the softmax.
 template <typename S>
-double cross_entropy_rows(const NetworkConfig& cfg, const S* logits, const std::int64_t* targets,
-                          index_t r0, index_t r1, index_t N, const index_t* lengths, S* grad,
-                          S* scratch_row, double inv) {
+void cross_entropy_rows(const NetworkConfig& cfg, const S* logits, const std::int64_t* targets,
+                        index_t r0, index_t r1, index_t N, const index_t* lengths, S* grad,
+                        S* scratch_row, double inv, double* row_loss) {
   const index_t K = cfg.output_size;
-  double total = 0.0;
   for (index_t r = r0; r < r1; ++r) {
+    row_loss[r] = 0.0;
     const S* row = logits + r * K;
     const bool valid = !row_is_padding(cfg, lengths, N, r) && targets[r] != cfg.ignore_index;
     S* e = grad != nullptr ? grad + r * K : scratch_row;
@@ -90,31 +90,30 @@ double cross_entropy_rows(const NetworkConfig& cfg, const S* logits, const std::
     Vec<S> ev(e, K);
     ev = (ConstVec<S>(row, K) - mx).exp();
     const double sum = static_cast<double>(ev.sum());
-    total += static_cast<double>(mx) + std::log(sum) - static_cast<double>(target_logit);
+    row_loss[r] = static_cast<double>(mx) + std::log(sum) - static_cast<double>(target_logit);
     if (grad != nullptr) {
       ev *= static_cast<S>(inv / sum);
       e[targets[r]] -= static_cast<S>(inv);
     }
   }
-  return total;
 }
 
-// Squared error of rows [r0, r1), summed; with `grad` (may alias `pred`) also dL/dpred for the
-// mean over `denom` = valid rows * K.
+// Squared error of rows [r0, r1), each row's sum into row_loss[r]; with `grad` (may alias `pred`)
+// also dL/dpred for the mean over `denom` = valid rows * K.
 template <typename S>
-double squared_error_rows(const NetworkConfig& cfg, const S* pred, const S* targets, index_t r0, index_t r1,
-                          index_t N, const index_t* lengths, S* grad, double denom) {
+void squared_error_rows(const NetworkConfig& cfg, const S* pred, const S* targets, index_t r0, index_t r1,
+                        index_t N, const index_t* lengths, S* grad, double denom, double* row_loss) {
   const index_t K = cfg.output_size;
-  double total = 0.0;
   for (index_t r = r0; r < r1; ++r) {
     const bool valid = !row_is_padding(cfg, lengths, N, r);
+    double total = 0.0;
     for (index_t k = 0; k < K; ++k) {
       const double diff = valid ? static_cast<double>(pred[r * K + k]) - static_cast<double>(targets[r * K + k]) : 0.0;
       total += diff * diff;
       if (grad != nullptr) grad[r * K + k] = static_cast<S>(2.0 * diff / denom);
     }
+    row_loss[r] = total;
   }
-  return total;
 }
 
 std::uint64_t splitmix64(std::uint64_t z) {
@@ -252,7 +251,8 @@ void network_forward(const NetworkConfig& cfg, const NetworkWeights<S>& w, const
   }
   S* grad = training ? cache->d_out : nullptr;  // the loss's gradient, in place over the cached logits
   Buffer<S> softmax_rows(with_loss && ce && grad == nullptr ? team * K : 0, "softmax rows");
-  std::vector<double> partial(team, 0.0);
+  // Each row's loss, summed in row order below: the total does not depend on the thread count.
+  std::vector<double> row_loss(with_loss ? static_cast<std::size_t>(R) : 0, 0.0);
   ThreadTeam::instance().run(team, [&](const TeamContext& tc) {
     if (!sequence) {
       const auto [n0, n1] = tc.split(N);
@@ -261,14 +261,21 @@ void network_forward(const NetworkConfig& cfg, const NetworkWeights<S>& w, const
     }
     const auto [r0, r1] = tc.split(R);
     for (index_t r = r0; r < r1; ++r) copy_n(logits + r * K, w.out_b, K);
-    gemm(Trans::kNo, Trans::kYes, r1 - r0, K, F, S(1), features + r0 * F, F, w.out_w, F, S(1),
-         logits + r0 * K, K);
+    tc.barrier();
+    tc.gemm_blocks(R, 1, kDeterministicRows, [&](index_t b0, index_t b1) {
+      gemm(Trans::kNo, Trans::kYes, b1 - b0, K, F, S(1), features + b0 * F, F, w.out_w, F, S(1),
+           logits + b0 * K, K);
+    });
+    tc.barrier();
     if (outputs != nullptr && outputs != logits) copy_n(outputs + r0 * K, logits + r0 * K, (r1 - r0) * K);
     if (with_loss) {
-      partial[tc.tid()] = ce ? cross_entropy_rows(cfg, logits, static_cast<const std::int64_t*>(targets), r0, r1,
-                                                  N, in.lengths, grad, softmax_rows.data() + tc.tid() * K, scale)
-                             : squared_error_rows(cfg, logits, static_cast<const S*>(targets), r0, r1, N,
-                                                  in.lengths, grad, 1.0 / scale);
+      if (ce) {
+        cross_entropy_rows(cfg, logits, static_cast<const std::int64_t*>(targets), r0, r1, N, in.lengths, grad,
+                           softmax_rows.data() + tc.tid() * K, scale, row_loss.data());
+      } else {
+        squared_error_rows(cfg, logits, static_cast<const S*>(targets), r0, r1, N, in.lengths, grad, 1.0 / scale,
+                           row_loss.data());
+      }
     }
     if (outputs != nullptr && softmax_outputs) {  // after the loss, which reads the logits
       for (index_t r = r0; r < r1; ++r) softmax_in_place(outputs + r * K, K);
@@ -276,7 +283,7 @@ void network_forward(const NetworkConfig& cfg, const NetworkWeights<S>& w, const
   });
   if (with_loss) {
     double total = 0.0;
-    for (double p : partial) total += p;  // in thread order: reproducible for a thread count
+    for (double v : row_loss) total += v;
     *loss = total * scale;
     if (training) cache->has_loss_grad = true;
   }
@@ -309,14 +316,16 @@ void network_backward(const NetworkCache<S>& cache, const S* d_outputs, const Ne
   const int team = stack_team_size(cfg.stack, T, N);
   const index_t D = cfg.stack.num_directions, first = (cfg.stack.num_layers - 1) * D;
   ThreadTeam::instance().run(team, [&](const TeamContext& tc) {
-    const auto [k0, k1] = tc.split(K, 16);
-    gemm(Trans::kYes, Trans::kNo, k1 - k0, F, R, S(1), d_out + k0, K, cache.features, F, S(1),
-         grads.out_w + k0 * F, F);
-    Vec<S> db(grads.out_b + k0, k1 - k0);
-    for (index_t r = 0; r < R; ++r) db += ConstVec<S>(d_out + r * K + k0, k1 - k0);
-    const auto [r0, r1] = tc.split(R);
-    gemm(Trans::kNo, Trans::kNo, r1 - r0, F, K, S(1), d_out + r0 * K, K, cache.out_w, F, S(0),
-         d_features + r0 * F, F);
+    tc.gemm_blocks(K, 16, kDeterministicRows, [&](index_t k0, index_t k1) {
+      gemm(Trans::kYes, Trans::kNo, k1 - k0, F, R, S(1), d_out + k0, K, cache.features, F, S(1),
+           grads.out_w + k0 * F, F);
+      Vec<S> db(grads.out_b + k0, k1 - k0);
+      for (index_t r = 0; r < R; ++r) db += ConstVec<S>(d_out + r * K + k0, k1 - k0);
+    });
+    tc.gemm_blocks(R, 1, kDeterministicRows, [&](index_t r0, index_t r1) {
+      gemm(Trans::kNo, Trans::kNo, r1 - r0, F, K, S(1), d_out + r0 * K, K, cache.out_w, F, S(0),
+           d_features + r0 * F, F);
+    });
     if (!sequence) {
       // The last head's gradient enters the stack as dh_n of the last layer.
       const auto [n0, n1] = tc.split(N);

@@ -142,15 +142,14 @@ int stack_team_size(const StackConfig& cfg, index_t T, index_t N) {
   return wanted;
 }
 
-StackFootprint stack_footprint(const StackConfig& cfg, index_t T, index_t N, bool training, int team,
-                               int elem_bytes) {
+StackFootprint stack_footprint(const StackConfig& cfg, index_t T, index_t N, bool training, int elem_bytes) {
   const index_t L = cfg.num_layers;
   const index_t D = cfg.num_directions;
   const index_t groups = cfg.groups();
   const index_t TN = checked_mul(T, N, "T*N");
   const index_t between = checked_mul(TN, D * cfg.state_size(), "layer output");
   StackFootprint f;
-  const LayerSizes kept = layer_sizes(cfg.cell, layer_dims(cfg, 0, T, N), training, team, elem_bytes);
+  const LayerSizes kept = layer_sizes(cfg.cell, layer_dims(cfg, 0, T, N), training, elem_bytes);
   if (training) {
     index_t params = 0;
     for (const ParamSpec& s : stack_param_specs(cfg)) {
@@ -186,8 +185,8 @@ void stack_forward(const StackConfig& cfg, index_t T, index_t N,
   const index_t between = TN * D * P;
   const bool has_c = cell_info(cfg.cell).has_cell_state;
   const int team = stack_team_size(cfg, T, N);
-  const LayerSizes sz = layer_sizes(cfg.cell, layer_dims(cfg, 0, T, N), training, team, sizeof(S));
-  const StackFootprint foot = stack_footprint(cfg, T, N, training, team, sizeof(S));
+  const LayerSizes sz = layer_sizes(cfg.cell, layer_dims(cfg, 0, T, N), training, sizeof(S));
+  const StackFootprint foot = stack_footprint(cfg, T, N, training, sizeof(S));
 
   Buffer<S> scratch(foot.forward_scratch, "forward scratch");
   ForwardScratch<S> fs;
@@ -298,8 +297,8 @@ void stack_backward(const StackCache<S>& cache, const S* dy, const S* dh_n, cons
   const bool has_c = cell_info(cfg.cell).has_cell_state;
   const index_t* lengths = cache.lengths.empty() ? nullptr : cache.lengths.data();
   const int team = stack_team_size(cfg, T, N);
-  const LayerSizes sz = layer_sizes(cfg.cell, cache.dims0, true, team, sizeof(S));
-  const StackFootprint foot = stack_footprint(cfg, T, N, true, team, sizeof(S));
+  const LayerSizes sz = layer_sizes(cfg.cell, cache.dims0, true, sizeof(S));
+  const StackFootprint foot = stack_footprint(cfg, T, N, true, sizeof(S));
 
   Buffer<S> scratch(foot.backward_scratch, "backward scratch");
   BackwardScratch<S> bs;
@@ -340,7 +339,7 @@ void stack_step(const StackConfig& cfg, index_t N, const std::vector<LayerWeight
   const index_t L = cfg.num_layers, H = cfg.hidden_size, P = cfg.state_size();
   const bool has_c = cell_info(cfg.cell).has_cell_state;
   const LayerDims d0 = layer_dims(cfg, 0, 1, N);
-  const LayerSizes sz = layer_sizes(cfg.cell, d0, false, 1, sizeof(S));  // T = 1: nothing packed
+  const LayerSizes sz = layer_sizes(cfg.cell, d0, false, sizeof(S));  // T = 1: nothing packed
   // One buffer per thread, grown when needed and kept: a stream of steps allocates nothing.
   thread_local Buffer<S> scratch;
   const index_t need = checked_add(checked_add(sz.forward_scratch(), sz.forward_kept(), "step scratch"),

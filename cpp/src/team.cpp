@@ -72,6 +72,7 @@ void ThreadTeam::worker_main(int tid) {
   for (;;) {
     const std::function<void(const TeamContext&)>* job;
     int size;
+    bool det;
     {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return stopping_ || job_generation_ != seen; });
@@ -79,10 +80,11 @@ void ThreadTeam::worker_main(int tid) {
       seen = job_generation_;
       job = job_;
       size = job_size_;
+      det = job_deterministic_;
     }
     if (tid < size) {
       try {
-        (*job)(TeamContext(this, tid, size));
+        (*job)(TeamContext(this, tid, size, det));
       } catch (const TeamAborted&) {
         // another thread failed; its exception is the one reported
       } catch (...) {
@@ -95,9 +97,10 @@ void ThreadTeam::worker_main(int tid) {
 }
 
 void ThreadTeam::run(int n, const std::function<void(const TeamContext&)>& fn) {
+  const bool det = deterministic_.load();
   std::unique_lock<std::mutex> run_lock(run_mutex_, std::try_to_lock);
   if (n <= 1 || !run_lock.owns_lock()) {
-    fn(TeamContext(this, 0, 1));
+    fn(TeamContext(this, 0, 1, det));
     return;
   }
   ensure_workers(n);
@@ -107,13 +110,14 @@ void ThreadTeam::run(int n, const std::function<void(const TeamContext&)>& fn) {
     std::lock_guard<std::mutex> lock(mutex_);
     job_ = &fn;
     job_size_ = n;
+    job_deterministic_ = det;
     pending_ = n - 1;
     error_ = nullptr;
     ++job_generation_;
   }
   wake_.notify_all();
   try {
-    fn(TeamContext(this, 0, n));
+    fn(TeamContext(this, 0, n, det));
   } catch (const TeamAborted&) {
   } catch (...) {
     record_error(std::current_exception());

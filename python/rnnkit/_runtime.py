@@ -1,10 +1,15 @@
-"""Process-wide runtime settings: BLAS threads and build information.
+"""Process-wide runtime settings: threads, deterministic mode, the buffer cache, build information.
 
-rnnkit runs its BLAS with 1 thread by default: the GEMMs of a recurrent layer are small enough
-that a second thread usually costs more than it brings, and on a shared machine it can be much
-slower (bench/RESULTS.md). Set ``RNNKIT_NUM_THREADS`` in the environment or call
-``set_num_threads`` to change it. The setting applies to rnnkit's own OpenBLAS only (NumPy and
-PyTorch keep theirs).
+rnnkit's loops run on 1 thread by default; ``set_num_threads`` (or ``RNNKIT_NUM_THREADS`` in the
+environment) lets its own thread team split each step's work (its BLAS always runs
+single-threaded; NumPy and PyTorch keep their own settings). Small shapes stay on one thread
+whatever the setting.
+
+Reproducibility: for a fixed seed, results are bitwise identical run to run at a given thread
+count. Across thread counts they can differ in the last bits, because BLAS rounds a row differently
+depending on the shape of the call that computes it. ``set_deterministic(True)`` makes every BLAS
+call independent of the thread count (fixed blocks), so results are identical for any
+``set_num_threads``; it costs a few per cent at large shapes (bench/NOTES.md).
 """
 
 from __future__ import annotations
@@ -20,13 +25,24 @@ ENV_THREADS = "RNNKIT_NUM_THREADS"
 
 
 def set_num_threads(n: int) -> None:
-    """Threads rnnkit's BLAS may use (an integer >= 1; process-wide)."""
+    """Threads rnnkit's loops may use (an integer >= 1; process-wide)."""
     _core.set_num_threads(V.check_size("n", n))
 
 
 def get_num_threads() -> int:
-    """Threads rnnkit's BLAS currently uses."""
+    """Threads rnnkit's loops may currently use."""
     return int(_core.get_num_threads())
+
+
+def set_deterministic(on: bool = True) -> None:
+    """Results bitwise identical for every thread count (process-wide; default off). Takes effect
+    at the next call; a call already running keeps the mode it started with."""
+    _core.set_deterministic(V.check_bool("on", on))
+
+
+def get_deterministic() -> bool:
+    """Whether deterministic mode is on."""
+    return bool(_core.get_deterministic())
 
 
 def empty_cache() -> int:
@@ -42,6 +58,7 @@ def build_info() -> Dict[str, Any]:
     """Version, compiler, Eigen/SIMD, BLAS and CUDA details of this build, plus the thread count."""
     info = dict(_core.build_info())
     info["num_threads"] = get_num_threads()
+    info["deterministic"] = get_deterministic()
     available, reason = _core.cuda_status()
     info["cuda_available"] = bool(available)
     info["cuda_status"] = reason

@@ -103,8 +103,8 @@ struct LayerSizes {
   index_t dc = 0;       // [N,H] with a cell state
   index_t dh_full = 0;  // [N,H] with a projection
   index_t dh_proj = 0;  // [T,N,P] with a projection
-  index_t partial_width = 0;  // LayerNorm cells: per-thread sums of LN and bias gradients
-  index_t partials = 0;       // team * partial_width
+  index_t partial_width = 0;  // LayerNorm cells: per-row sums of LN and bias gradients
+  index_t partials = 0;       // N * partial_width
   index_t packed_drec = 0;    // W_hh (rows of the step GEMM) packed, else 0
   index_t packed_dstage2 = 0; // two-stage GRU: W_hn packed
   index_t packed_dproj = 0;   // projection: W_hr packed
@@ -113,9 +113,8 @@ struct LayerSizes {
   index_t forward_scratch() const;  // bias + hgates + tmp + packed weights
   index_t backward_scratch() const;
 };
-// `team`: the number of threads that will run the call (for the per-thread partial sums);
 // `elem_bytes`: 4 (float) or 8 (double), for the packed-weight sizes of packed_gemm.h.
-LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int team = 1, int elem_bytes = 4);
+LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int elem_bytes = 4);
 
 // Named views into the buffers (sizes from LayerSizes with the same `training`).
 template <typename S>

@@ -103,9 +103,8 @@ struct StackFootprint {
   index_t forward_scratch = 0;
   index_t backward_scratch = 0;
 };
-// `team`: the threads that will run it (see stack_team_size); `elem_bytes`: sizeof the scalar.
-StackFootprint stack_footprint(const StackConfig& cfg, index_t T, index_t N, bool training, int team = 1,
-                               int elem_bytes = 4);
+// `elem_bytes`: sizeof the scalar. (Sizes do not depend on the thread count.)
+StackFootprint stack_footprint(const StackConfig& cfg, index_t T, index_t N, bool training, int elem_bytes = 4);
 
 // How many threads of the team (rnnkit.set_num_threads) a forward/backward of this shape uses:
 // 1 when a step's work is too small to split profitably.

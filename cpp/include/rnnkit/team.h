@@ -30,12 +30,19 @@ namespace rnnkit {
 
 class ThreadTeam;
 
+// Deterministic mode (TeamContext::gemm_blocks): the block, in rows or columns, in which the
+// hoisted GEMMs run. Large enough that the extra calls (each packs its right-hand matrix again)
+// cost little.
+constexpr index_t kDeterministicRows = 256;
+
 // What a thread of a run sees: its id, the team size, and the barrier.
 class TeamContext {
  public:
-  TeamContext(ThreadTeam* team, int tid, int size) : team_(team), tid_(tid), size_(size) {}
+  TeamContext(ThreadTeam* team, int tid, int size, bool deterministic = false)
+      : team_(team), tid_(tid), size_(size), deterministic_(deterministic) {}
   int tid() const { return tid_; }
   int size() const { return size_; }
+  bool deterministic() const { return deterministic_; }
   void barrier() const;
 
   // This thread's share [begin, end) of `total` items, in chunks that are multiples of `align`
@@ -49,10 +56,29 @@ class TeamContext {
     return {std::min(total, first * align), std::min(total, (first + count) * align)};
   }
 
+  // Calls fn(begin, end) for this thread's share of a GEMM's `total` rows or columns: normally
+  // once, on the share from split(). BLAS results depend on a call's shape (OpenBLAS changes
+  // kernels and blocking with M, N and K, so a row computed in a 40-row call can round
+  // differently from the same row in a 120-row call). In deterministic mode the share is cut
+  // into blocks of `block` items (a multiple of `align`) whose boundaries do not depend on the
+  // team size, so every element comes from the same call for every thread count.
+  template <typename Fn>
+  void gemm_blocks(index_t total, index_t align, index_t block, Fn&& fn) const {
+    if (!deterministic_) {
+      const auto [b, e] = split(total, align);
+      if (e > b) fn(b, e);
+      return;
+    }
+    block = (block + align - 1) / align * align;
+    const auto [b, e] = split(total, block);
+    for (index_t s = b; s < e; s += block) fn(s, std::min(e, s + block));
+  }
+
  private:
   ThreadTeam* team_;
   int tid_;
   int size_;
+  bool deterministic_;
 };
 
 class ThreadTeam {
@@ -66,6 +92,11 @@ class ThreadTeam {
   // The team size rnnkit uses by default (set_num_threads); 1 at start.
   void set_default_size(int n);
   int default_size() const { return default_size_.load(); }
+
+  // Deterministic mode (rnnkit.set_deterministic): results identical for every thread count;
+  // read once at the start of each run, so a run never mixes the two modes.
+  void set_deterministic(bool on) { deterministic_.store(on); }
+  bool deterministic() const { return deterministic_.load(); }
 
  private:
   friend class TeamContext;
@@ -83,11 +114,13 @@ class ThreadTeam {
   std::vector<std::thread> workers_;
   const std::function<void(const TeamContext&)>* job_ = nullptr;
   int job_size_ = 1;
+  bool job_deterministic_ = false;
   std::uint64_t job_generation_ = 0;
   int pending_ = 0;
   bool stopping_ = false;
   std::exception_ptr error_;
   std::atomic<int> default_size_{1};
+  std::atomic<bool> deterministic_{false};
   std::atomic<bool> aborted_{false};  // a thread of this run threw: barriers stop waiting
   // Barrier: sense reversal on a generation counter.
   std::atomic<int> arrived_{0};
