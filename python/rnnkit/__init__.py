@@ -31,8 +31,8 @@ finally:
         _os.environ["OPENBLAS_NUM_THREADS"] = _saved_threads
 
 from . import _core
-from . import convert, cuda, init, optim
-from ._runtime import build_info, empty_cache, get_num_threads, set_num_threads
+from . import convert, cuda, init, onnx, optim
+from ._runtime import build_info, empty_cache, get_deterministic, get_num_threads, set_deterministic, set_num_threads
 from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
 from .network import RNNNetwork
 from .training import Trainer
@@ -43,5 +43,6 @@ __version__: str = _core.__version__
 
 __all__ = [
     "GRU", "LSTM", "LayerNormGRU", "LayerNormLSTM", "RNN", "RNNNetwork", "Trainer",
-    "build_info", "convert", "cuda", "data", "empty_cache", "load_checkpoint", "save_checkpoint", "get_num_threads", "init", "optim", "set_num_threads", "__version__",
+    "build_info", "convert", "cuda", "data", "empty_cache", "get_deterministic", "get_num_threads", "init",
+    "load_checkpoint", "onnx", "optim", "save_checkpoint", "set_deterministic", "set_num_threads", "__version__",
 ]
