@@ -5,6 +5,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <new>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -102,8 +105,18 @@ const S* in_ptr(const std::optional<py::array>& a, const std::string& name,
 
 template <typename S>
 py::array_t<S> new_array(const std::vector<index_t>& shape) {
+  // 64-byte aligned, like rnnkit's own buffers (NumPy's allocator guarantees 16): Eigen's SIMD
+  // loops peel scalar iterations up to the first aligned element, and a scalar tanh or exp does
+  // not round like its SIMD twin, so results written here would otherwise depend on the address
+  // the allocator happened to return, and differ from run to run.
   std::vector<py::ssize_t> dims(shape.begin(), shape.end());
-  return py::array_t<S>(dims);
+  std::size_t count = 1;
+  for (index_t d : shape) count *= static_cast<std::size_t>(d);
+  const std::size_t bytes = std::max<std::size_t>(64, (count * sizeof(S) + 63) / 64 * 64);
+  void* data = std::aligned_alloc(64, bytes);
+  if (data == nullptr) throw std::bad_alloc();
+  py::capsule owner(data, [](void* p) { std::free(p); });
+  return py::array_t<S>(dims, static_cast<S*>(data), owner);
 }
 
 inline void check_list_length(const py::list& arrays, std::size_t expected, const char* what) {

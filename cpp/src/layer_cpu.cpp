@@ -103,7 +103,7 @@ struct CpuRow {
 
   template <typename D>
   static S mean(const Eigen::ArrayBase<D>& v) {
-    return v.mean();
+    return ordered_sum(v) / static_cast<S>(v.size());
   }
 };
 

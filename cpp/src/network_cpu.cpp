@@ -53,7 +53,7 @@ void softmax_in_place(S* row, index_t K) {
   Vec<S> v(row, K);
   const S mx = v.maxCoeff();
   v = (v - mx).exp();
-  v /= v.sum();
+  v /= ordered_sum(v);
 }
 
 // Valid rows of the head: not padding and (cross-entropy) not ignore_index.
@@ -89,7 +89,7 @@ void cross_entropy_rows(const NetworkConfig& cfg, const S* logits, const std::in
     const S mx = ConstVec<S>(row, K).maxCoeff();
     Vec<S> ev(e, K);
     ev = (ConstVec<S>(row, K) - mx).exp();
-    const double sum = static_cast<double>(ev.sum());
+    const double sum = static_cast<double>(ordered_sum(ev));
     row_loss[r] = static_cast<double>(mx) + std::log(sum) - static_cast<double>(target_logit);
     if (grad != nullptr) {
       ev *= static_cast<S>(inv / sum);

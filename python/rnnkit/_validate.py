@@ -214,3 +214,29 @@ def check_state_dict(
         check_shape(f"{name}[{key!r}]", arr, shape)
         out[key] = arr
     return out
+
+
+# ---- check_finite mode ---------------------------------------------------------------------------
+# Without it, NaN and Inf propagate as IEEE arithmetic makes them (as in PyTorch): a non-finite
+# input reaches exactly the outputs that depend on it. With ``model.check_finite = True`` the model
+# scans what goes in and comes out of each call (a pass over the arrays, small next to the
+# recurrence) and stops at the first non-finite value: ValueError for an input, FloatingPointError
+# for a value the computation produced.
+def check_finite_input(name: str, arr: Optional[np.ndarray]) -> None:
+    """ValueError naming the first non-finite entry of an input (check_finite mode)."""
+    if arr is None or np.isfinite(arr).all():
+        return
+    index = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+    raise ValueError(f"{name}: expected finite values (check_finite is on), got {arr[index]} at index {index}")
+
+
+def first_nonfinite_step(arr_tm: np.ndarray, last: bool = False) -> Optional[Tuple[int, int]]:
+    """(t, n) of the first (or, with ``last``, the latest) time step of a time-major ``[T, N, ...]``
+    array holding a non-finite value, and the first batch element there; None if all are finite."""
+    T, N = arr_tm.shape[0], arr_tm.shape[1]
+    bad = ~np.isfinite(arr_tm.reshape(T, N, -1)).all(axis=2)
+    steps = np.flatnonzero(bad.any(axis=1))
+    if steps.size == 0:
+        return None
+    t = int(steps[-1] if last else steps[0])
+    return t, int(np.flatnonzero(bad[t])[0])

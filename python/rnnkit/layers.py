@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from . import _core
+from ._guard import TrainingGuard
 from . import _validate as V
 from . import init as _init
 
@@ -77,6 +78,10 @@ class _RecurrentLayer:
         )
         self._specs: List[Tuple[str, Tuple[int, ...]]] = [(n, tuple(s)) for n, s in self._config.param_specs()]
         self.training = True
+        #: Scan every call's inputs and results for NaN/Inf and stop at the first one (README,
+        #: "Input rules"): ValueError for an input, FloatingPointError for a computed value.
+        self.check_finite = False
+        self._guard = TrainingGuard()
         self._cache: Optional[_core.Cache] = None
         self._cache_layout: Optional[Tuple[bool, bool]] = None
         self.params: Dict[str, np.ndarray] = {}
@@ -112,6 +117,7 @@ class _RecurrentLayer:
         )
         self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
         self._cache = None
+        self._guard.set_pending(False)
 
     def zero_grad(self) -> None:
         """Sets every gradient to zero (in place)."""
@@ -198,14 +204,29 @@ class _RecurrentLayer:
                 raise ValueError("lengths: expected None for an unbatched [T, C] input, got lengths")
             lengths_arr = V.check_lengths("lengths", lengths, N, T)
 
+        check = self.check_finite
+        if check:
+            for name, arr in (("x", x), ("h0", h0_arr), ("c0", c0_arr)):
+                V.check_finite_input(name, arr)
+            for name, p in self.params.items():
+                V.check_finite_input(f"params[{name!r}]", p)
         dropout_seed = 0
         if self.training and self.dropout > 0 and self.num_layers > 1:
             dropout_seed = int(self.dropout_rng.integers(0, 2**63))
-        y, h_n, c_n, cache = _core.forward(
-            self._config, self._param_list(), x_tm, h0_arr, c0_arr, lengths_arr, self.training, dropout_seed
-        )
-        self._cache = cache
-        self._cache_layout = (self.batch_first, unbatched)
+        params = self._param_list()
+        if self.training:
+            with self._guard.training_call("forward", forward=True):
+                y, h_n, c_n, cache = _core.forward(
+                    self._config, params, x_tm, h0_arr, c0_arr, lengths_arr, True, dropout_seed
+                )
+                self._cache = cache
+                self._cache_layout = (self.batch_first, unbatched)
+                self._guard.set_pending(True)
+        else:
+            # Inference leaves a pending training forward's cache alone (and any thread may run it).
+            y, h_n, c_n, _ = _core.forward(self._config, params, x_tm, h0_arr, c0_arr, lengths_arr, False, 0)
+        if check:
+            self._check_finite_result("forward", "the output y", y, h_n, c_n, last=False)
         y = self._to_user_layout(y, self.batch_first, unbatched)
         h_n = self._state_out(h_n, unbatched)
         if self._has_cell_state:
@@ -251,15 +272,46 @@ class _RecurrentLayer:
         dh_arr, dc_arr = self._check_state_grad(dh_n, N, unbatched)
         if dy_tm is None and dh_arr is None and dc_arr is None:
             raise ValueError("backward: expected dy, dh_n or both, got neither")
-        dx, dh0, dc0 = _core.backward(self._cache, dy_tm, dh_arr, dc_arr, self._grad_list(), compute_dx)
-        self._cache = None
-        self._cache_layout = None
+        check = self.check_finite
+        if check:
+            for name, arr in (("dy", dy_tm), ("dh_n", dh_arr), ("dc_n", dc_arr)):
+                V.check_finite_input(name, arr)
+        with self._guard.training_call("backward", forward=False):
+            cache = self._cache
+            if cache is None:  # another thread's backward took it while this one validated
+                raise RuntimeError("backward: expected a preceding forward() in training mode that has "
+                                   "not been backpropagated yet, got none")
+            self._cache = None
+            self._cache_layout = None
+            self._guard.set_pending(False)
+            dx, dh0, dc0 = _core.backward(cache, dy_tm, dh_arr, dc_arr, self._grad_list(), compute_dx)
+        if check:
+            self._check_finite_result("backward", "dx", dx, dh0, dc0, last=True)
+            for name, g in self.grads.items():
+                if not np.isfinite(g).all():
+                    raise FloatingPointError(f"backward: the gradient grads[{name!r}] became non-finite")
         if dx is not None:
             dx = self._to_user_layout(dx, batch_first, unbatched)
         dh0 = self._state_out(dh0, unbatched)
         if self._has_cell_state:
             return dx, (dh0, self._state_out(dc0, unbatched))
         return dx, dh0
+
+    @staticmethod
+    def _check_finite_result(where: str, what: str, seq_tm: Optional[np.ndarray], h: np.ndarray,
+                             c: Optional[np.ndarray], last: bool) -> None:
+        """check_finite mode: FloatingPointError at the first non-finite step of a computed
+        sequence (time-major), going forwards, or backwards (``last``) for gradients."""
+        if seq_tm is not None:
+            found = V.first_nonfinite_step(seq_tm, last=last)
+            if found is not None:
+                t, n = found
+                order = "the first step reached going backwards" if last else "the first such step"
+                raise FloatingPointError(f"{where}: {what} became non-finite at step t={t} (batch element {n}; "
+                                         f"{order}) from finite inputs and parameters")
+        for name, arr in (("h", h), ("c", c)):
+            if arr is not None and not np.isfinite(arr).all():
+                raise FloatingPointError(f"{where}: the {name} state became non-finite from finite inputs and parameters")
 
     # ---- streaming ----------------------------------------------------------------------------
     def step(self, x_t: Any, state: Any = None):

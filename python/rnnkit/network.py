@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import _core
+from ._guard import TrainingGuard
 from . import _validate as V
 from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, _RecurrentLayer
 
@@ -126,6 +127,10 @@ class RNNNetwork:
         self._cache = None
         self._cache_batch_first = False
         self.training = True
+        #: Scan every call's inputs and results for NaN/Inf (README, "Input rules"): ValueError for
+        #: an input, FloatingPointError for a computed value.
+        self.check_finite = False
+        self._guard = TrainingGuard()
         self._init_head()
 
     # ---- construction ----------------------------------------------------------------------
@@ -172,6 +177,7 @@ class RNNNetwork:
             self.rnn.reset_parameters()
         self._init_head()
         self._cache = None
+        self._guard.set_pending(False)
 
     @property
     def dropout_rng(self) -> np.random.Generator:
@@ -303,12 +309,38 @@ class RNNNetwork:
             seed = int(self.rnn.dropout_rng.integers(0, 2**63))
         params = [V.check_owned_array(f"params[{n!r}]", self.params.get(n), s, self.dtype, writable=False)
                   for n, s in self._specs]
-        out, h_n, c_n, loss, cache = _core.network_forward(
-            self._config, params, x, h0, c0, lengths_arr, t, training, seed, want_outputs, softmax
-        )
+        check = self.check_finite
+        if check:
+            if not self.vocab_size:
+                V.check_finite_input("inputs", x)
+            for name, arr in (("state", h0), ("state[1]", c0)):
+                V.check_finite_input(name, arr)
+            if t is not None and t.dtype.kind == "f":
+                V.check_finite_input("targets", t)
+            for (name, _), p in zip(self._specs, params):
+                V.check_finite_input(f"params[{name!r}]", p)
         if training:
-            self._cache = cache
-            self._cache_batch_first = batch_first
+            with self._guard.training_call("forward", forward=True):
+                out, h_n, c_n, loss, cache = _core.network_forward(
+                    self._config, params, x, h0, c0, lengths_arr, t, True, seed, want_outputs, softmax
+                )
+                self._cache = cache
+                self._cache_batch_first = batch_first
+                self._guard.set_pending(True)
+        else:
+            out, h_n, c_n, loss, _ = _core.network_forward(
+                self._config, params, x, h0, c0, lengths_arr, t, False, seed, want_outputs, softmax
+            )
+        if check:
+            if out is not None and self.head == "sequence":
+                found = V.first_nonfinite_step(out)
+                if found is not None:
+                    raise FloatingPointError(f"forward: the outputs became non-finite at step t={found[0]} "
+                                             f"(batch element {found[1]}) from finite inputs and parameters")
+            elif out is not None and not np.isfinite(out).all():
+                raise FloatingPointError("forward: the outputs became non-finite from finite inputs and parameters")
+            if loss is not None and not np.isfinite(loss):
+                raise FloatingPointError(f"forward: the loss became {loss} from finite inputs, targets and parameters")
         if out is not None and self.head == "sequence" and batch_first:
             out = np.ascontiguousarray(out.transpose(1, 0, 2))
         return out, self._state_out(h_n, c_n), loss
@@ -356,8 +388,19 @@ class RNNNetwork:
                 d = np.ascontiguousarray(d.transpose(1, 0, 2))
         grads = [V.check_owned_array(f"grads[{n!r}]", self.grads.get(n), s, self.dtype, writable=True)
                  for n, s in self._specs]
-        cache, self._cache = self._cache, None
-        dh0, dc0 = _core.network_backward(cache, grads, d)
+        if self.check_finite:
+            V.check_finite_input("d_outputs", d)
+        with self._guard.training_call("backward", forward=False):
+            cache, self._cache = self._cache, None
+            if cache is None:  # another thread's backward took it while this one validated
+                raise RuntimeError("backward: expected a preceding training forward that has not been "
+                                   "backpropagated yet, got none")
+            self._guard.set_pending(False)
+            dh0, dc0 = _core.network_backward(cache, grads, d)
+        if self.check_finite:
+            for (name, _), g in zip(self._specs, grads):
+                if not np.isfinite(g).all():
+                    raise FloatingPointError(f"backward: the gradient grads[{name!r}] became non-finite")
         return self._state_out(dh0, dc0)
 
     def train_step(self, inputs: Any, targets: Any, state: Any = None, lengths: Any = None) -> Tuple[float, State]:

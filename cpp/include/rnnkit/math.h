@@ -83,4 +83,25 @@ auto sigmoid_grad_from_output(const Eigen::ArrayBase<D>& y) {
 #endif
 
 }  // namespace ew
+
+#if !defined(__CUDACC__)
+// The sum of an array expression in an order fixed by its length alone: 16 running lane sums
+// (element i goes to lane i mod 16), then the lanes pairwise. Eigen's own reductions start at
+// the first SIMD-aligned element, so their rounding would depend on where the data happens to
+// sit in memory, and the same call could give a different last bit from one run to the next.
+template <typename D>
+typename D::Scalar ordered_sum(const Eigen::ArrayBase<D>& v) {
+  using S = typename D::Scalar;
+  constexpr int kLanes = 16;
+  Eigen::Array<S, kLanes, 1> acc = Eigen::Array<S, kLanes, 1>::Zero();
+  const Eigen::Index n = v.size();
+  Eigen::Index i = 0;
+  for (; i + kLanes <= n; i += kLanes) acc += v.template segment<kLanes>(i);
+  if (i < n) acc.head(n - i) += v.segment(i, n - i);
+  for (int width = kLanes / 2; width >= 1; width /= 2) {
+    for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
+  }
+  return acc[0];
+}
+#endif
 }  // namespace rnnkit
