@@ -86,3 +86,18 @@ def test_main_job_runs():
     assert f"rnnkit {rnnkit.__version__}" in out
     for needle in ("BLAS", "threads", "CUDA", "forward", "backward"):
         assert needle in out, needle
+
+
+def test_type_stubs_match_the_compiled_module():
+    """python/rnnkit/_core.pyi declares every public name of _core (and no other); py.typed ships."""
+    import ast
+    import pathlib
+
+    from rnnkit import _core
+
+    package = pathlib.Path(rnnkit.__file__).parent
+    assert (package / "py.typed").exists()
+    tree = ast.parse((package / "_core.pyi").read_text())
+    declared = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    public = {name for name in dir(_core) if not name.startswith("_")}
+    assert {n for n in declared if not n.startswith("_")} == public

@@ -1,0 +1,200 @@
+# Type stubs of the compiled module rnnkit._core (its public names), generated from the built
+# module with `pybind11-stubgen rnnkit._core -o <dir>`; tests/test_package.py checks they match it.
+"""
+rnnkit's compiled core: recurrent layer forward and BPTT on the CPU (and CUDA when built).
+"""
+from __future__ import annotations
+import numpy
+import numpy.typing
+import typing
+__all__: list[str] = ['Cache', 'NetworkCache', 'NetworkConfig', 'OutOfMemoryError', 'StackConfig', 'adam_step', 'backward', 'blas_num_threads', 'build_info', 'cached_bytes', 'clamp_arrays', 'cuda_status', 'empty_cache', 'forward', 'get_deterministic', 'get_num_threads', 'network_backward', 'network_forward', 'network_generate', 'rmsprop_step', 'scale_arrays', 'set_deterministic', 'set_num_threads', 'sgd_step', 'step', 'sum_of_squares']
+class OutOfMemoryError(MemoryError):
+    pass
+class StackConfig:
+    """
+    Configuration of a layer stack (see stack.h).
+    """
+    def __init__(self, mode: str, input_size: typing.SupportsInt | typing.SupportsIndex, hidden_size: typing.SupportsInt | typing.SupportsIndex, num_layers: typing.SupportsInt | typing.SupportsIndex = 1, bidirectional: bool = False, proj_size: typing.SupportsInt | typing.SupportsIndex = 0, bias: bool = True, dropout: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> None:
+        ...
+    def param_specs(self) -> list:
+        """
+        [(name, shape)] of every parameter, in PyTorch's state_dict order.
+        """
+    @property
+    def bias(self) -> bool:
+        ...
+    @property
+    def dropout(self) -> float:
+        ...
+    @property
+    def gates(self) -> int:
+        ...
+    @property
+    def has_cell_state(self) -> bool:
+        ...
+    @property
+    def hidden_size(self) -> int:
+        ...
+    @property
+    def input_size(self) -> int:
+        ...
+    @property
+    def mode(self) -> str:
+        ...
+    @property
+    def num_directions(self) -> int:
+        ...
+    @property
+    def num_layers(self) -> int:
+        ...
+    @property
+    def proj_size(self) -> int:
+        ...
+class Cache:
+    """
+    What a training forward keeps for backward (opaque).
+    """
+    @property
+    def dtype(self) -> str:
+        ...
+    @property
+    def nbytes(self) -> int:
+        """
+        Bytes held by this cache.
+        """
+    @property
+    def shape(self) -> tuple[int, int]:
+        """
+        (T, N) of the forward that made it.
+        """
+class NetworkConfig:
+    """
+    Configuration of a recurrent network (see network.h).
+    """
+    def __init__(self, stack: StackConfig, vocab_size: typing.SupportsInt | typing.SupportsIndex, output_size: typing.SupportsInt | typing.SupportsIndex, head: str = 'sequence', loss: str = 'cross_entropy', ignore_index: typing.SupportsInt | typing.SupportsIndex = -100) -> None:
+        ...
+    def param_specs(self) -> list:
+        ...
+    @property
+    def feature_size(self) -> int:
+        ...
+    @property
+    def ignore_index(self) -> int:
+        ...
+    @property
+    def output_size(self) -> int:
+        ...
+    @property
+    def stack(self) -> StackConfig:
+        ...
+    @property
+    def vocab_size(self) -> int:
+        ...
+class NetworkCache:
+    """
+    What a training forward of a network keeps (opaque).
+    """
+    @property
+    def has_loss_grad(self) -> bool:
+        ...
+    @property
+    def nbytes(self) -> int:
+        ...
+    @property
+    def shape(self) -> tuple[int, int]:
+        ...
+def _dropout_mask(seed: typing.SupportsInt | typing.SupportsIndex, layer: typing.SupportsInt | typing.SupportsIndex, count: typing.SupportsInt | typing.SupportsIndex, p: typing.SupportsFloat | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float64]:
+    """
+    The dropout multipliers forward applies to layer `layer`'s flattened output (for tests).
+    """
+def _packed_gemm(A: numpy.ndarray, B: numpy.ndarray, transposed: bool, beta: typing.SupportsFloat | typing.SupportsIndex, C: numpy.ndarray, cb: typing.SupportsInt | typing.SupportsIndex, ce: typing.SupportsInt | typing.SupportsIndex) -> None:
+    ...
+def _packed_panel_width(arg0: str) -> int:
+    ...
+def _packed_vs_blas(arg0: typing.SupportsInt | typing.SupportsIndex, arg1: typing.SupportsInt | typing.SupportsIndex, arg2: typing.SupportsInt | typing.SupportsIndex, arg3: typing.SupportsInt | typing.SupportsIndex) -> tuple[float, float]:
+    ...
+def _set_min_parallel_step_work(work: typing.SupportsInt | typing.SupportsIndex) -> None:
+    """
+    From how much per-step work (multiply-adds) a call uses the thread team (tests lower it).
+    """
+def _sgemm_gflops(n: typing.SupportsInt | typing.SupportsIndex, reps: typing.SupportsInt | typing.SupportsIndex) -> float:
+    ...
+def adam_step(params: list, grads: list, exp_avg: list, exp_avg_sq: list, lr: typing.SupportsFloat | typing.SupportsIndex, beta1: typing.SupportsFloat | typing.SupportsIndex, beta2: typing.SupportsFloat | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, weight_decay: typing.SupportsFloat | typing.SupportsIndex, decoupled: bool, step: typing.SupportsInt | typing.SupportsIndex) -> None:
+    ...
+def backward(cache: Cache, dy: numpy.ndarray | None, dh_n: numpy.ndarray | None, dc_n: numpy.ndarray | None, grads: list, need_dx: bool) -> tuple:
+    """
+    BPTT through the forward that produced `cache`.
+    
+    dy, dh_n, dc_n: gradients of the outputs or None. grads: arrays shaped like params, ACCUMULATED
+    into. Returns (dx or None, dh0, dc0 or None). The GIL is released while it runs.
+    """
+def blas_num_threads() -> int:
+    """
+    Threads of rnnkit's OpenBLAS (always 1).
+    """
+def build_info() -> dict:
+    """
+    Compiler, Eigen, SIMD, BLAS and CUDA build details.
+    """
+def cached_bytes() -> int:
+    """
+    Bytes of large buffers kept for reuse.
+    """
+def clamp_arrays(arrays: list, limit: typing.SupportsFloat | typing.SupportsIndex) -> None:
+    ...
+def cuda_status() -> tuple:
+    """
+    (available, reason): whether the CUDA backend can run here, and why not.
+    """
+def empty_cache() -> None:
+    """
+    Returns the large buffers rnnkit keeps for reuse to the system.
+    """
+def forward(config: StackConfig, params: list, x: numpy.ndarray, h0: numpy.ndarray | None, c0: numpy.ndarray | None, lengths: numpy.ndarray | None, training: bool, dropout_seed: typing.SupportsInt | typing.SupportsIndex) -> tuple:
+    """
+    A stack of recurrent layers over a time-major sequence.
+    
+    params: the arrays of config.param_specs(), in that order. x [T,N,C]; h0 [L*D,N,P] or None;
+    c0 [L*D,N,H] or None (LSTM cells); lengths int64 [N] or None. All C-contiguous, x's dtype
+    (float32 or float64). Returns (y [T,N,D*P], h_n, c_n or None, cache or None). The GIL is
+    released while it runs.
+    """
+def get_deterministic() -> bool:
+    ...
+def get_num_threads() -> int:
+    ...
+def network_backward(cache: NetworkCache, grads: list, d_outputs: numpy.ndarray | None) -> tuple:
+    """
+    Network backward; gradients ACCUMULATED into grads. Returns (dh0, dc0|None).
+    """
+def network_forward(config: NetworkConfig, params: list, inputs: numpy.ndarray, h0: numpy.ndarray | None, c0: numpy.ndarray | None, lengths: numpy.ndarray | None, targets: numpy.ndarray | None, training: bool, dropout_seed: typing.SupportsInt | typing.SupportsIndex, want_outputs: bool, softmax_outputs: bool) -> tuple:
+    """
+    Network forward (and loss with targets): (outputs|None, h_n, c_n|None, loss|None, cache|None).
+    """
+def network_generate(config: NetworkConfig, params: list, prefix: numpy.ndarray, count: typing.SupportsInt | typing.SupportsIndex, temperature: typing.SupportsFloat | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, h0: numpy.ndarray | None, c0: numpy.ndarray | None) -> tuple:
+    """
+    Feeds prefix then samples count tokens: (tokens, h_n, c_n|None).
+    """
+def rmsprop_step(params: list, grads: list, square_avg: list, momentum_buffer: typing.Any, grad_avg: typing.Any, lr: typing.SupportsFloat | typing.SupportsIndex, alpha: typing.SupportsFloat | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, weight_decay: typing.SupportsFloat | typing.SupportsIndex, momentum: typing.SupportsFloat | typing.SupportsIndex, centered: bool) -> None:
+    ...
+def scale_arrays(arrays: list, factor: typing.SupportsFloat | typing.SupportsIndex) -> None:
+    ...
+def set_deterministic(on: bool) -> None:
+    """
+    Results identical for every thread count (process-wide; default off).
+    """
+def set_num_threads(n: typing.SupportsInt | typing.SupportsIndex) -> None:
+    """
+    Threads rnnkit's loops may use (process-wide; default 1).
+    """
+def sgd_step(params: list, grads: list, momentum_buffers: typing.Any, lr: typing.SupportsFloat | typing.SupportsIndex, momentum: typing.SupportsFloat | typing.SupportsIndex, dampening: typing.SupportsFloat | typing.SupportsIndex, weight_decay: typing.SupportsFloat | typing.SupportsIndex, nesterov: bool, first_step: bool) -> None:
+    ...
+def step(config: StackConfig, params: list, x: numpy.ndarray, h: numpy.ndarray, c: numpy.ndarray | None) -> tuple:
+    """
+    One timestep of a unidirectional stack: x [N,C], h [L,N,P], c [L,N,H] or None -> (y [N,P], h, c|None).
+    """
+def sum_of_squares(arrays: list) -> float:
+    """
+    sum of squares of every element of every array (in double).
+    """
+__version__: str = '0.1.0'
