@@ -80,13 +80,24 @@ def test_last_output_is_final_state(rng):
 def test_eval_mode_gives_same_outputs_and_keeps_no_cache(rng):
     layer = rnnkit.RNN(4, 8, seed=0)
     x = rng.standard_normal((9, 3, 4)).astype(np.float32)
-    y_train, h_train = layer(x)
     layer.eval()
     y_eval, h_eval = layer(x)
-    np.testing.assert_array_equal(y_train, y_eval)
-    np.testing.assert_array_equal(h_train, h_eval)
     with pytest.raises(RuntimeError, match="training mode"):
         layer.backward(np.ones_like(y_eval))
+    layer.train()
+    y_train, h_train = layer(x)
+    np.testing.assert_array_equal(y_train, y_eval)
+    np.testing.assert_array_equal(h_train, h_eval)
+    # An inference call in between leaves the pending training forward's cache alone (as a
+    # PyTorch graph stays valid): backward still backpropagates the training forward.
+    layer.eval()
+    layer(2 * x)
+    dx, _ = layer.backward(np.ones_like(y_train))
+    layer.train()
+    reference = rnnkit.RNN(4, 8, seed=0)
+    reference(x)
+    dx_reference, _ = reference.backward(np.ones_like(y_train))
+    np.testing.assert_array_equal(dx, dx_reference)
 
 
 def test_non_contiguous_and_negative_stride_inputs(rng):
