@@ -25,7 +25,50 @@ from . import init as _init
 State = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
 
 
-class _RecurrentLayer:
+class _StackOptions:
+    """The constructor options every recurrent stack shares — rnnkit's layers and the PyTorch
+    bridge's modules — validated in one place, with the sizes derived from them."""
+
+    def _set_stack_options(self, mode: str, input_size: int, hidden_size: int, num_layers: int, bias: bool,
+                           batch_first: bool, dropout: float, bidirectional: bool, proj_size: int, init: str,
+                           init_gain: float, forget_bias: Optional[float]) -> None:
+        self.mode = mode
+        self.input_size = V.check_size("input_size", input_size)
+        self.hidden_size = V.check_size("hidden_size", hidden_size)
+        self.num_layers = V.check_size("num_layers", num_layers)
+        self.bias = V.check_bool("bias", bias)
+        self.batch_first = V.check_bool("batch_first", batch_first)
+        self.dropout = V.check_probability("dropout", dropout)
+        self.bidirectional = V.check_bool("bidirectional", bidirectional)
+        self.proj_size = V.check_non_negative("proj_size", proj_size)
+        if self.proj_size and self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size: expected less than hidden_size ({self.hidden_size}), got {self.proj_size}")
+        self.init = init
+        self._scheme = _init.parse_scheme(init)
+        self.init_gain = V.check_positive_float("init_gain", init_gain)
+        self.forget_bias = None if forget_bias is None else V.check_float("forget_bias", forget_bias)
+        if self.forget_bias is not None and not self.bias:
+            raise ValueError("forget_bias: expected None when bias=False (there is no bias to set), got "
+                             f"{self.forget_bias}")
+        if self.dropout > 0 and self.num_layers == 1:
+            # PyTorch's warning, word for word; it points at the user's constructor call.
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                f"expects num_layers greater than 1, but got dropout={self.dropout} and num_layers=1",
+                UserWarning, stacklevel=4,
+            )
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def state_size(self) -> int:
+        """Width of h: proj_size when projecting, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+
+class _RecurrentLayer(_StackOptions):
     """Shared implementation of every recurrent layer (see the subclasses for the math)."""
 
     _has_cell_state = False
@@ -47,31 +90,9 @@ class _RecurrentLayer:
         init_gain: float,
         forget_bias: Optional[float],
     ) -> None:
-        self.input_size = V.check_size("input_size", input_size)
-        self.hidden_size = V.check_size("hidden_size", hidden_size)
-        self.num_layers = V.check_size("num_layers", num_layers)
-        self.bias = V.check_bool("bias", bias)
-        self.batch_first = V.check_bool("batch_first", batch_first)
-        self.dropout = V.check_probability("dropout", dropout)
-        self.bidirectional = V.check_bool("bidirectional", bidirectional)
-        self.proj_size = V.check_non_negative("proj_size", proj_size)
-        if self.proj_size and self.proj_size >= self.hidden_size:
-            raise ValueError(f"proj_size: expected less than hidden_size ({self.hidden_size}), got {self.proj_size}")
+        self._set_stack_options(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                                bidirectional, proj_size, init, init_gain, forget_bias)
         self.dtype = V.resolve_dtype(dtype)
-        self.init = init
-        self._scheme = _init.parse_scheme(init)
-        self.init_gain = V.check_positive_float("init_gain", init_gain)
-        self.forget_bias = None if forget_bias is None else V.check_float("forget_bias", forget_bias)
-        if self.forget_bias is not None and not self.bias:
-            raise ValueError("forget_bias: expected None when bias=False (there is no bias to set), got "
-                             f"{self.forget_bias}")
-        if self.dropout > 0 and self.num_layers == 1:
-            warnings.warn(
-                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
-                f"expects num_layers greater than 1, but got dropout={self.dropout} and num_layers=1",
-                UserWarning, stacklevel=3,
-            )
-        self.mode = mode
         self._config = _core.StackConfig(
             mode, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
             self.proj_size, self.bias, self.dropout,
@@ -93,16 +114,6 @@ class _RecurrentLayer:
         self.dropout_rng = np.random.default_rng(dropout_seq)
         self._init_rng = np.random.default_rng(init_seq)
         self.reset_parameters()
-
-    # ---- sizes ------------------------------------------------------------------------------
-    @property
-    def num_directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    @property
-    def state_size(self) -> int:
-        """Width of h: proj_size when projecting, else hidden_size."""
-        return self.proj_size or self.hidden_size
 
     # ---- parameters -------------------------------------------------------------------------
     def reset_parameters(self, seed: Optional[int] = None) -> None:

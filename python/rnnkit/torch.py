@@ -20,7 +20,6 @@ torch is never a dependency of rnnkit: ``import rnnkit`` does not import this mo
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 if __name__ == "torch":
@@ -47,6 +46,7 @@ from . import _core
 from . import _validate as V
 from . import cuda as _cuda
 from . import init as _init
+from .layers import _StackOptions
 
 __all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU"]
 
@@ -208,7 +208,7 @@ def _pack_like(y_tm: Tensor, template: PackedSequence) -> PackedSequence:
     return PackedSequence(data, batch_sizes, template.sorted_indices, template.unsorted_indices)
 
 
-class _RNNBase(torch.nn.Module):
+class _RNNBase(torch.nn.Module, _StackOptions):
     """Shared implementation of the bridge modules (see the subclasses for each cell)."""
 
     _has_cell_state = False
@@ -217,32 +217,10 @@ class _RNNBase(torch.nn.Module):
                  batch_first: bool, dropout: float, bidirectional: bool, proj_size: int, device: Any,
                  dtype: Any, init: str, init_gain: float, forget_bias: Optional[float]) -> None:
         super().__init__()
-        self.mode = mode
-        self.input_size = V.check_size("input_size", input_size)
-        self.hidden_size = V.check_size("hidden_size", hidden_size)
-        self.num_layers = V.check_size("num_layers", num_layers)
-        self.bias = V.check_bool("bias", bias)
-        self.batch_first = V.check_bool("batch_first", batch_first)
-        self.dropout = V.check_probability("dropout", dropout)
-        self.bidirectional = V.check_bool("bidirectional", bidirectional)
-        self.proj_size = V.check_non_negative("proj_size", proj_size)
-        if self.proj_size and self.proj_size >= self.hidden_size:
-            raise ValueError(f"proj_size: expected less than hidden_size ({self.hidden_size}), got {self.proj_size}")
-        self.init = init
-        self._scheme = _init.parse_scheme(init)
-        self.init_gain = V.check_positive_float("init_gain", init_gain)
-        self.forget_bias = None if forget_bias is None else V.check_float("forget_bias", forget_bias)
-        if self.forget_bias is not None and not self.bias:
-            raise ValueError("forget_bias: expected None when bias=False (there is no bias to set), got "
-                             f"{self.forget_bias}")
+        self._set_stack_options(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                                bidirectional, proj_size, init, init_gain, forget_bias)
         device = _resolve_device(device)
         dtype = _resolve_dtype(dtype)
-        if self.dropout > 0 and self.num_layers == 1:
-            warnings.warn(
-                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
-                f"expects num_layers greater than 1, but got dropout={self.dropout} and num_layers=1",
-                UserWarning, stacklevel=3,
-            )
         config_args = (mode, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
                        self.proj_size, self.bias)
         self._config = _core.StackConfig(*config_args, self.dropout)
@@ -254,15 +232,6 @@ class _RNNBase(torch.nn.Module):
         self.reset_parameters()
 
     # ---- parameters -------------------------------------------------------------------------
-    @property
-    def num_directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    @property
-    def state_size(self) -> int:
-        """Width of h: proj_size when projecting, else hidden_size."""
-        return self.proj_size or self.hidden_size
-
     @property
     def _flat_weights_names(self) -> List[str]:
         return [name for name, _ in self._specs]
