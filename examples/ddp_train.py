@@ -15,6 +15,7 @@ cores (``--threads``, default 1) so they do not compete. docs/torch.md shows mul
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import socket
 import time
@@ -66,30 +67,7 @@ def _init_distributed(backend: str) -> None:
     dist.init_process_group(backend, timeout=timedelta(minutes=5))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
-    parser.add_argument("--batch", type=int, default=64, help="global batch, split over the processes")
-    parser.add_argument("--seq-len", type=int, default=20)
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--layers", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch and rnnkit threads per process")
-    parser.add_argument("--print-every", type=int, default=20)
-    parser.add_argument("--backend", default=None,
-                        help="gloo (default: rnnkit.torch computes on the CPU) or nccl for GPU modules")
-    parser.add_argument("--save", default=None, help="rank 0 writes the final state_dict here")
-    args = parser.parse_args()
-
-    torch.set_num_threads(args.threads)
-    rnnkit.set_num_threads(args.threads)
-    device = torch.device("cpu")  # rnnkit.torch computes on the CPU (its CUDA backend has no RNN kernels yet)
-    _init_distributed(args.backend or ("nccl" if device.type == "cuda" else "gloo"))
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if args.batch % world:
-        raise SystemExit(f"--batch: expected a multiple of the process count {world}, got {args.batch}")
-
+def _train(args: argparse.Namespace, rank: int, world: int) -> None:
     torch.manual_seed(args.seed)  # DDP also broadcasts rank 0's weights, but start equal anyway
     model = DistributedDataParallel(SequenceRegressor(2, args.hidden, args.layers))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -121,6 +99,39 @@ def main() -> None:
 
     if rank == 0 and args.save:
         torch.save(model.module.state_dict(), args.save)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    parser.add_argument("--batch", type=int, default=64, help="global batch, split over the processes")
+    parser.add_argument("--seq-len", type=int, default=20)
+    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch and rnnkit threads per process")
+    parser.add_argument("--print-every", type=int, default=20)
+    parser.add_argument("--backend", default=None,
+                        help="gloo (default: rnnkit.torch computes on the CPU) or nccl for GPU modules")
+    parser.add_argument("--save", default=None, help="rank 0 writes the final state_dict here")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    rnnkit.set_num_threads(args.threads)
+    device = torch.device("cpu")  # rnnkit.torch computes on the CPU (its CUDA backend has no RNN kernels yet)
+    _init_distributed(args.backend or ("nccl" if device.type == "cuda" else "gloo"))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if args.batch % world:
+        raise SystemExit(f"--batch: expected a multiple of the process count {world}, got {args.batch}")
+
+    _train(args, rank, world)
+    # Every tensor and module that took part in a collective died with _train's frame; collect any
+    # cycles too, so Gloo's worker threads have released them and are joined while the interpreter is
+    # alive. A worker that releases a Python-owned tensor during interpreter shutdown aborts the
+    # process ("terminate called without an active exception"; see pytorch/pytorch#179291).
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
