@@ -216,6 +216,10 @@ index_t packed_size(index_t K, index_t cols) {
 template <typename S>
 void pack_b(const S* src, index_t ld, bool transposed, index_t K, index_t cols, index_t c0, index_t c1, S* out) {
   const index_t nr = kernel<S>().nr;
+  // A thread of a team larger than the panel count gets an empty range that starts at `cols`,
+  // which need not be a panel boundary: rounding it down would repack (and race on) a panel that
+  // another thread owns.
+  if (c1 <= c0) return;
   assert(nr > 0 && c0 % nr == 0);
   for (index_t p = c0 / nr; p * nr < c1; ++p) {
     S* panel = out + p * K * nr;
