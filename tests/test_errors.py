@@ -16,8 +16,10 @@ from rnnkit import _core
 @pytest.mark.parametrize(
     "kwargs, exc, pattern",
     [
-        (dict(input_size=0, hidden_size=4), ValueError, "input_size: expected a positive integer, got 0"),
+        (dict(input_size=0, hidden_size=4), ValueError, r"input_size: expected a positive integer <= \d+, got 0"),
         (dict(input_size=-3, hidden_size=4), ValueError, "input_size"),
+        (dict(input_size=2**31, hidden_size=4), ValueError,
+         r"input_size: expected a positive integer <= 2147483647, got 2147483648"),
         (dict(input_size=2.5, hidden_size=4), TypeError, "input_size"),
         (dict(input_size="3", hidden_size=4), TypeError, "input_size"),
         (dict(input_size=True, hidden_size=4), TypeError, "input_size"),

@@ -247,3 +247,51 @@ def test_network_results_do_not_depend_on_array_alignment(rng):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+# ---- misaligned arrays: NumPy allows them, the kernels load whole aligned elements ---------------
+def misaligned(a: np.ndarray) -> np.ndarray:
+    """A writable copy of `a` one byte past an aligned address (a view into a byte buffer)."""
+    raw = np.zeros(a.nbytes + a.itemsize, np.uint8)
+    out = np.frombuffer(raw.data, a.dtype, count=a.size, offset=1).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned and out.flags.writeable
+    return out
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru_reset_before"])
+def test_misaligned_inputs_are_copied_and_give_the_same_results(rng, cell):
+    """Found by UBSan under the fuzz tests: a misaligned dy reached the kernels as is."""
+    from test_layers import make
+
+    x = rng.standard_normal((6, 2, 5)).astype(np.float32)
+    h0 = rng.standard_normal((1, 2, 7)).astype(np.float32)
+    dy = rng.standard_normal((6, 2, 7)).astype(np.float32)
+    results = []
+    for wrap in (np.array, misaligned):
+        layer, _ = make(cell, 5, 7, dtype=np.float32)
+        state = (wrap(h0), wrap(h0)) if cell == "lstm" else wrap(h0)
+        y, _ = layer(wrap(x), state, lengths=wrap(np.array([6, 4])))
+        dx, _ = layer.backward(wrap(dy))
+        results.append([y, dx] + [layer.grads[k].copy() for k in sorted(layer.grads)])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+    net = rnnkit.RNNNetwork(vocab_size=9, hidden_size=4, seed=0)
+    tokens = rng.integers(0, 9, (5, 3))
+    losses = [net.evaluate(wrap(tokens), wrap(tokens))[0] for wrap in (np.array, misaligned)]
+    assert losses[0] == losses[1]
+
+
+def test_misaligned_parameter_or_gradient_arrays_are_refused_naming_them(rng):
+    """params and grads are used in place (no copy), so a misaligned one is an error, not UB."""
+    layer = rnnkit.GRU(3, 4, seed=0)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    layer.params["weight_hh_l0"] = misaligned(layer.params["weight_hh_l0"])
+    with pytest.raises(ValueError, match=r"params\['weight_hh_l0'\]: expected an aligned array"):
+        layer(x)
+    layer.params["weight_hh_l0"] = np.array(layer.params["weight_hh_l0"])
+    layer.grads["bias_ih_l0"] = misaligned(layer.grads["bias_ih_l0"])
+    y, _ = layer(x)
+    with pytest.raises(ValueError, match=r"grads\['bias_ih_l0'\]: expected an aligned array"):
+        layer.backward(np.ones_like(y))

@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 #include <optional>
@@ -65,6 +66,13 @@ inline std::string shape_string(const std::vector<index_t>& shape) {
 
 inline std::string dtype_name(const py::dtype& dt) { return py::str(dt).cast<std::string>(); }
 
+// NumPy allows arrays at any byte offset (views of a byte buffer); the kernels load whole, aligned
+// elements, so a misaligned array is refused here (the Python layer copies inputs to aligned ones).
+template <typename S>
+bool is_aligned(const py::array& a) {
+  return reinterpret_cast<std::uintptr_t>(a.data()) % alignof(S) == 0;
+}
+
 template <typename S>
 void check_array(const py::array& a, const std::string& name, const std::vector<index_t>& shape,
                  bool writable) {
@@ -78,6 +86,7 @@ void check_array(const py::array& a, const std::string& name, const std::vector<
   if (!(a.flags() & py::array::c_style)) {
     throw_expected(name, "a C-contiguous array", "a non-contiguous array");
   }
+  if (!is_aligned<S>(a)) throw_expected(name, "an aligned array", "a view at a misaligned address");
   if (writable && !a.writeable()) throw_expected(name, "a writable array", "a read-only array");
 }
 
@@ -88,7 +97,7 @@ bool array_ok(const py::array& a, const std::vector<index_t>& shape, bool writab
   for (std::size_t i = 0; i < shape.size(); ++i) {
     if (a.shape(i) != shape[i]) return false;
   }
-  return (a.flags() & py::array::c_style) && (!writable || a.writeable());
+  return (a.flags() & py::array::c_style) && is_aligned<S>(a) && (!writable || a.writeable());
 }
 
 template <typename S>

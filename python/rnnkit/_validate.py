@@ -14,7 +14,7 @@ strides) are copied to contiguous memory.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,21 +25,32 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+# Largest size a constructor accepts: the BLAS (scipy-openblas32) takes 32-bit dimensions, and a
+# bigger layer could never be allocated anyway (2**31 float32 weights are 8 GiB per matrix row block).
+MAX_SIZE = 2**31 - 1
+
+
+def c_array(arr: Any, dtype: Any = None) -> np.ndarray:
+    """``arr`` as a C-contiguous, aligned array (a copy only when needed). NumPy allows misaligned
+    arrays (views at an odd byte offset of a buffer); the C++ core reads whole elements."""
+    return np.require(arr, dtype=dtype, requirements=("C", "A"))
+
+
 def check_size(name: str, value: Any) -> int:
-    """A positive integer size (bool is refused even though it is an int)."""
+    """A positive integer size up to MAX_SIZE (bool is refused even though it is an int)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected a positive integer, got {_type_name(value)} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name}: expected a positive integer, got {value}")
+    if not 0 < value <= MAX_SIZE:
+        raise ValueError(f"{name}: expected a positive integer <= {MAX_SIZE}, got {value}")
     return int(value)
 
 
 def check_non_negative(name: str, value: Any) -> int:
-    """A non-negative integer (bool refused)."""
+    """A non-negative integer up to MAX_SIZE (bool refused)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected a non-negative integer, got {_type_name(value)} {value!r}")
-    if value < 0:
-        raise ValueError(f"{name}: expected a non-negative integer, got {value}")
+    if not 0 <= value <= MAX_SIZE:
+        raise ValueError(f"{name}: expected a non-negative integer <= {MAX_SIZE}, got {value}")
     return int(value)
 
 
@@ -81,7 +92,7 @@ def check_lengths(name: str, value: Any, batch: int, steps: int) -> np.ndarray:
     if bad.size:
         i = int(bad[0])
         raise ValueError(f"{name}[{i}]: expected a length in [1, {steps}], got {int(arr[i])}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return c_array(arr, np.int64)
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -134,7 +145,7 @@ def as_float_array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
         raise TypeError(
             f"{name}: expected a floating-point array (float32 or float64), got dtype {arr.dtype.name}"
         )
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return c_array(arr, dtype)
 
 
 def as_token_array(name: str, value: Any) -> np.ndarray:
@@ -151,7 +162,7 @@ def as_token_array(name: str, value: Any) -> np.ndarray:
         raise TypeError(f"{name}: expected integer ids, got dtype {arr.dtype.name}")
     if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
         raise ValueError(f"{name}: expected ids that fit in int64, got {int(arr.max())}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return c_array(arr, np.int64)
 
 
 def shape_str(shape: Iterable[int]) -> str:
@@ -177,9 +188,35 @@ def check_not_empty(name: str, arr: np.ndarray, labels: Sequence[str]) -> None:
             raise ValueError(f"{name}: expected {label} >= 1, got an empty array of shape {shape_str(arr.shape)}")
 
 
+def zero_arrays(label: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """zero_grad's write: every array is checked writable before the first is zeroed."""
+    check_writable(label, arrays)
+    for a in arrays.values():
+        a.fill(0)
+
+
+def check_writable(label: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """Arrays rnnkit writes into in place (gradients, parameters): refused before any write."""
+    for name, a in arrays.items():
+        if not getattr(getattr(a, "flags", None), "writeable", False):
+            raise ValueError(f"{label}[{name!r}]: expected a writable array, got "
+                             f"{'a read-only one' if isinstance(a, np.ndarray) else type(a).__name__}")
+
+
+def copy_into_params(params: Dict[str, np.ndarray], checked: Dict[str, np.ndarray],
+                     specs: Dict[str, Tuple[int, ...]], dtype: np.dtype) -> None:
+    """load_state_dict's write: every destination in ``params`` is checked (owned, writable, right
+    shape and dtype) before the first copy, so a refused load changes nothing."""
+    for name in checked:
+        check_owned_array(f"params[{name!r}]", params.get(name), specs[name], dtype, writable=True)
+    for name, value in checked.items():
+        np.copyto(params[name], value)
+
+
 def check_owned_array(name: str, arr: Any, shape: Tuple[int, ...], dtype: np.dtype, writable: bool) -> np.ndarray:
     """A parameter or gradient array the layer hands to C++ as is (no conversion, no copy):
-    it must be an ndarray of exactly this dtype and shape, C-contiguous (and writable for grads)."""
+    it must be an ndarray of exactly this dtype and shape, C-contiguous, aligned (and writable for
+    grads)."""
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {_type_name(arr)}")
     if arr.dtype != dtype:
@@ -187,6 +224,8 @@ def check_owned_array(name: str, arr: Any, shape: Tuple[int, ...], dtype: np.dty
     check_shape(name, arr, shape)
     if not arr.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array, got a non-contiguous view")
+    if not arr.flags.aligned:
+        raise ValueError(f"{name}: expected an aligned array, got a view at a misaligned address")
     if writable and not arr.flags.writeable:
         raise ValueError(f"{name}: expected a writable array, got a read-only one")
     return arr

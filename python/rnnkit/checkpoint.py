@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
@@ -133,11 +134,15 @@ def load_checkpoint(path: str) -> Checkpoint:
     try:
         # Our own handle: np.load leaks its file when the zip cannot be parsed.
         with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
+            members = archive.zip.namelist()
+            if len(set(members)) != len(members):
+                # A damaged name can repeat another; zipfile would silently keep only the last one.
+                raise ValueError(f"duplicate entry {next(m for m in members if members.count(m) > 1)!r}")
             names = list(archive.files)
             if "meta.json" not in names:
                 raise ValueError("no meta.json entry")
             raw = archive["meta.json"]
-            if raw.dtype != np.uint8 or raw.ndim != 1:
+            if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8 or raw.ndim != 1:
                 raise ValueError("meta.json is not a byte array")
             meta = json.loads(raw.tobytes().decode("utf-8"))
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -148,12 +153,18 @@ def load_checkpoint(path: str) -> Checkpoint:
             for name in names:
                 prefix, _, rest = name.partition("/")
                 if prefix in groups and rest:
-                    groups[prefix][rest] = archive[name]
+                    value = archive[name]
+                    if not isinstance(value, np.ndarray):  # NumPy hands back a member without .npy magic as bytes
+                        raise ValueError(f"entry {name!r} is not an array")
+                    groups[prefix][rest] = value
                 elif name != "meta.json":
                     raise ValueError(f"unexpected entry {name!r}")
     except FileNotFoundError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, UnicodeDecodeError) as exc:
+    # zipfile reports some damaged header fields as NotImplementedError (version, compression,
+    # patched-data flag) or RuntimeError (the encryption flag); zlib.error for damaged deflate data.
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, UnicodeDecodeError, NotImplementedError,
+            RuntimeError, zlib.error) as exc:
         raise ValueError(f"checkpoint {path!r}: cannot be loaded: {exc}") from None
     return Checkpoint(meta, groups["params"], groups["optim"], groups["arrays"])
 

@@ -132,8 +132,7 @@ class _RecurrentLayer(_StackOptions):
 
     def zero_grad(self) -> None:
         """Sets every gradient to zero (in place)."""
-        for g in self.grads.values():
-            g.fill(0)
+        V.zero_arrays("grads", self.grads)
 
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Copies of the parameters, keyed by PyTorch's names, in PyTorch's order."""
@@ -143,9 +142,8 @@ class _RecurrentLayer(_StackOptions):
         """Copies parameters in from a mapping with exactly this layer's keys and shapes, e.g.
         ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}``. Floating arrays of any
         precision are converted to the layer's dtype. Nothing changes if any entry is wrong."""
-        checked = V.check_state_dict("state_dict", state, dict(self._specs), self.dtype)
-        for name, value in checked.items():
-            np.copyto(self.params[name], value)
+        specs = dict(self._specs)
+        V.copy_into_params(self.params, V.check_state_dict("state_dict", state, specs, self.dtype), specs, self.dtype)
 
     def _param_list(self) -> List[np.ndarray]:
         return [
@@ -199,7 +197,7 @@ class _RecurrentLayer(_StackOptions):
         if unbatched:
             x_tm = x[:, None, :]
         elif self.batch_first:
-            x_tm = np.ascontiguousarray(x.transpose(1, 0, 2))
+            x_tm = V.c_array(x.transpose(1, 0, 2))
         else:
             x_tm = x
         V.check_not_empty("x", x_tm, ("sequence length T", "batch size N"))
@@ -250,7 +248,8 @@ class _RecurrentLayer(_StackOptions):
         Args:
             dy: dL/dy, shaped like that forward's ``y`` (None for zeros).
             dh_n: dL/dh_n shaped like its ``h_n`` (None for zeros); for LSTM cells a tuple
-                ``(dh_n, dc_n)`` whose entries may be None (a bare array means ``dh_n`` only).
+                ``(dh_n, dc_n)`` whose entries may be None (a bare array or nested list of numbers
+                means ``dh_n`` only; a list of two arrays is read as the pair).
             compute_dx: False skips the input gradient (one GEMM family: a real saving for a first
                 layer fed raw data); ``dx`` is then None.
 
@@ -276,7 +275,7 @@ class _RecurrentLayer(_StackOptions):
                 dy_tm = dy[:, None, :]
             elif batch_first:
                 V.check_shape("dy", dy, (N, T, width), "(the shape of y)")
-                dy_tm = np.ascontiguousarray(dy.transpose(1, 0, 2))
+                dy_tm = V.c_array(dy.transpose(1, 0, 2))
             else:
                 V.check_shape("dy", dy, (T, N, width), "(the shape of y)")
                 dy_tm = dy
@@ -407,7 +406,11 @@ class _RecurrentLayer(_StackOptions):
         if dh_n is None:
             return None, None
         dh, dc = dh_n, None
-        if self._has_cell_state and isinstance(dh_n, (tuple, list)):
+        # A tuple, or a list of two arrays/None, is the (dh_n, dc_n) pair; a nested list of numbers is
+        # an array like any other argument (dh_n only), however many layers it spans.
+        is_pair = isinstance(dh_n, tuple) or (
+            isinstance(dh_n, list) and len(dh_n) == 2 and all(e is None or isinstance(e, np.ndarray) for e in dh_n))
+        if self._has_cell_state and is_pair:
             if len(dh_n) != 2:
                 raise TypeError(f"dh_n: expected (dh_n, dc_n), got a sequence of length {len(dh_n)}")
             dh, dc = dh_n
@@ -422,7 +425,7 @@ class _RecurrentLayer(_StackOptions):
         if unbatched:
             return a_tm[:, 0, :]
         if batch_first:
-            return np.ascontiguousarray(a_tm.transpose(1, 0, 2))
+            return V.c_array(a_tm.transpose(1, 0, 2))
         return a_tm
 
     @staticmethod

@@ -156,7 +156,7 @@ class RNNNetwork:
         bound = 1.0 / np.sqrt(F)
         own["output.weight"] = rng.uniform(-bound, bound, (self.output_size, F))
         own["output.bias"] = rng.uniform(-bound, bound, self.output_size)
-        own = {k: np.ascontiguousarray(v, dtype=self.dtype) for k, v in own.items()}
+        own = {k: V.c_array(v, dtype=self.dtype) for k, v in own.items()}
         self.params: Dict[str, np.ndarray] = {}
         self.grads: Dict[str, np.ndarray] = {}
         for name, _ in self._specs:
@@ -198,13 +198,11 @@ class RNNNetwork:
 
     def load_state_dict(self, state: Any) -> None:
         """Copies parameters in (exact keys and shapes; nothing changes if any entry is wrong)."""
-        checked = V.check_state_dict("state_dict", state, dict(self._specs), self.dtype)
-        for name, value in checked.items():
-            np.copyto(self.params[name], value)
+        specs = dict(self._specs)
+        V.copy_into_params(self.params, V.check_state_dict("state_dict", state, specs, self.dtype), specs, self.dtype)
 
     def zero_grad(self) -> None:
-        for g in self.grads.values():
-            g.fill(0)
+        V.zero_arrays("grads", self.grads)
 
     def train(self, mode: bool = True) -> "RNNNetwork":
         self.training = V.check_bool("mode", mode)
@@ -278,7 +276,7 @@ class RNNNetwork:
             if arr.shape[2] != self.input_size:
                 raise ValueError(f"inputs: expected input_size {self.input_size} in the last dimension, got {arr.shape[2]}")
         V.check_not_empty("inputs", arr, ("sequence length T", "batch size N"))
-        return np.ascontiguousarray(arr)
+        return V.c_array(arr)
 
     def _targets(self, targets: Any, T: int, N: int) -> np.ndarray:
         K = self.output_size
@@ -295,7 +293,7 @@ class RNNNetwork:
             V.check_shape("targets", arr, shape, "(the shape of the outputs)")
             if seq and self.batch_first:
                 arr = arr.transpose(1, 0, 2)
-        return np.ascontiguousarray(arr)
+        return V.c_array(arr)
 
     def _run(self, inputs, state, lengths, targets, training, want_outputs, softmax, batch_first=None):
         batch_first = self.batch_first if batch_first is None else batch_first
@@ -342,7 +340,7 @@ class RNNNetwork:
             if loss is not None and not np.isfinite(loss):
                 raise FloatingPointError(f"forward: the loss became {loss} from finite inputs, targets and parameters")
         if out is not None and self.head == "sequence" and batch_first:
-            out = np.ascontiguousarray(out.transpose(1, 0, 2))
+            out = V.c_array(out.transpose(1, 0, 2))
         return out, self._state_out(h_n, c_n), loss
 
     # ---- forward / loss / backward ---------------------------------------------------------
@@ -385,7 +383,7 @@ class RNNNetwork:
         if d_outputs is not None:
             d = V.as_float_array("d_outputs", d_outputs, self.dtype)
             if self.head == "sequence" and self._cache_batch_first and d.ndim == 3:
-                d = np.ascontiguousarray(d.transpose(1, 0, 2))
+                d = V.c_array(d.transpose(1, 0, 2))
         grads = [V.check_owned_array(f"grads[{n!r}]", self.grads.get(n), s, self.dtype, writable=True)
                  for n, s in self._specs]
         if self.check_finite:
@@ -462,7 +460,7 @@ class RNNNetwork:
         h0, c0 = self._state_in(state, 1)
         params = [V.check_owned_array(f"params[{k!r}]", self.params.get(k), s, self.dtype, writable=False)
                   for k, s in self._specs]
-        tokens, _, _ = _core.network_generate(self._config, params, np.ascontiguousarray(prefix_arr, np.int64),
+        tokens, _, _ = _core.network_generate(self._config, params, V.c_array(prefix_arr, np.int64),
                                               n, temperature, top_k, seed, h0, c0)
         return tokens
 

@@ -44,6 +44,7 @@ def clip_grad_norm(model: Any, max_norm: float) -> float:
     Returns the norm before clipping."""
     max_norm = V.check_positive_float("max_norm", max_norm)
     names, _, grads = _arrays(model)
+    V.check_writable("grads", {n: grads[n] for n in names})
     total = grad_norm(model)
     coef = min(max_norm / (total + 1e-6), 1.0)
     _core.scale_arrays([grads[n] for n in names], coef)
@@ -54,6 +55,7 @@ def clip_grad_value(model: Any, clip_value: float) -> None:
     """Clamps every gradient element to [-clip_value, clip_value] (torch.nn.utils.clip_grad_value_)."""
     clip_value = V.check_positive_float("clip_value", clip_value)
     names, _, grads = _arrays(model)
+    V.check_writable("grads", {n: grads[n] for n in names})
     _core.clamp_arrays([grads[n] for n in names], clip_value)
 
 
@@ -79,14 +81,19 @@ class Optimizer:
         return [[self.state[b][n] for n in self._names] for b in buffers]
 
     def zero_grad(self) -> None:
-        for n in self._names:
-            self._grads[n].fill(0)
+        V.zero_arrays("grads", {n: self._grads[n] for n in self._names})
 
     def step(self) -> None:
-        self.step_count += 1
         params = [self._params[n] for n in self._names]
         grads = [self._grads[n] for n in self._names]
-        self._update(params, grads)
+        # The update reads the new count (Adam's bias correction); a refused update (_core checks
+        # every array before writing any) leaves the count where it was, as it leaves everything else.
+        self.step_count += 1
+        try:
+            self._update(params, grads)
+        except BaseException:
+            self.step_count -= 1
+            raise
 
     def _update(self, params: List[np.ndarray], grads: List[np.ndarray]) -> None:
         raise NotImplementedError
