@@ -25,8 +25,8 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-# Largest size a constructor accepts: the BLAS (scipy-openblas32) takes 32-bit dimensions, and a
-# bigger layer could never be allocated anyway (2**31 float32 weights are 8 GiB per matrix row block).
+# Largest size a constructor accepts: the BLAS (scipy-openblas32) takes 32-bit dimensions (and a
+# hidden size near it could not be allocated anyway: W_hh alone would hold 2**62 elements).
 MAX_SIZE = 2**31 - 1
 
 
