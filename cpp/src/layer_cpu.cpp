@@ -10,6 +10,7 @@
 
 #include <Eigen/Core>
 
+#include "cpu_util.h"
 #include "rnnkit/blas.h"
 #include "rnnkit/layer.h"
 #include "rnnkit/packed_gemm.h"
@@ -18,20 +19,10 @@
 namespace rnnkit {
 namespace {
 
-template <typename S>
-using Vec = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
-template <typename S>
-using ConstVec = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
-
-template <typename S>
-void copy_n(S* dst, const S* src, index_t n) {
-  if (n > 0) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(S));
-}
-
-template <typename S>
-void zero_n(S* dst, index_t n) {
-  if (n > 0) std::memset(dst, 0, static_cast<std::size_t>(n) * sizeof(S));
-}
+using cpu::Vec;
+using cpu::ConstVec;
+using cpu::copy_n;
+using cpu::zero_n;
 
 // sum_r rows[r, :] added into out[:] (rows is [R, W] with leading dimension ld).
 template <typename S>

@@ -9,21 +9,17 @@
 
 #include <Eigen/Core>
 
+#include "cpu_util.h"
 #include "rnnkit/blas.h"
 #include "rnnkit/team.h"
 
 namespace rnnkit {
 namespace {
 
-template <typename S>
-using Vec = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
-template <typename S>
-using ConstVec = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
-
-template <typename S>
-void copy_n(S* dst, const S* src, index_t n) {
-  if (n > 0) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(S));
-}
+using cpu::Vec;
+using cpu::ConstVec;
+using cpu::copy_n;
+using cpu::splitmix64;
 
 index_t head_rows(const NetworkConfig& cfg, index_t T, index_t N) {
   return cfg.head == HeadKind::kSequence ? T * N : N;
@@ -114,13 +110,6 @@ void squared_error_rows(const NetworkConfig& cfg, const S* pred, const S* target
     }
     row_loss[r] = total;
   }
-}
-
-std::uint64_t splitmix64(std::uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
 }
 
 // Draws a token from the logits row; see network_generate.

@@ -7,23 +7,15 @@
 
 #include <Eigen/Core>
 
+#include "cpu_util.h"
 #include "rnnkit/blas.h"
 #include "rnnkit/team.h"
 
 namespace rnnkit {
 namespace {
 
-template <typename S>
-void copy_n(S* dst, const S* src, index_t n) {
-  if (n > 0) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(S));
-}
-
-std::uint64_t splitmix64(std::uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
+using cpu::copy_n;
+using cpu::splitmix64;
 
 // Multiplies elements [begin, end) of layer `layer`'s output [T,N,D*P] by its dropout mask, in
 // place. The same call applied to a gradient is dropout's backward.
