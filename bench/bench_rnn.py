@@ -24,7 +24,6 @@ import argparse
 import csv
 import os
 import platform
-import statistics
 import sys
 import time
 from typing import Callable, Dict, List, Optional
@@ -52,6 +51,7 @@ os.environ["RNNKIT_NUM_THREADS"] = str(ARGS.threads)
 import numpy as np  # noqa: E402
 
 import rnnkit  # noqa: E402
+from rnnkit.compare import interleaved_medians  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -86,20 +86,6 @@ def numpy_train(x, h0, w_ih, w_hh, b, dy, need_dx):
             dx[t] = dpre @ w_ih
         dh = dpre @ w_hh
     return dx, dh
-
-
-# ---- timing --------------------------------------------------------------------------------
-def time_interleaved(fns: Dict[str, Callable[[], None]], rounds: int, warmup: int = 2) -> Dict[str, float]:
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    samples: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 CELLS = {"rnn": ("RNN", rnnkit.RNN, 1), "lstm": ("LSTM", rnnkit.LSTM, 4), "gru": ("GRU", rnnkit.GRU, 3)}
@@ -159,7 +145,7 @@ def bench_shape(cell: str, T: int, N: int, C: int, H: int, rounds: int) -> List[
 
     rows = []
     for task, impls in fns.items():
-        med = time_interleaved(impls, rounds)
+        med = interleaved_medians(impls, rounds, warmup=2)
         flops = 2.0 * T * N * gates * H * (C + H) * (1 if task == "forward" else 3)
         row = {"cell": cell, "T": T, "N": N, "C": C, "H": H, "task": task, "rnnkit_ms": med["rnnkit"] * 1e3,
                "rnnkit_gflops": flops / med["rnnkit"] / 1e9}

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 
 def _parse() -> argparse.Namespace:
@@ -60,6 +60,7 @@ import numpy as np  # noqa: E402
 
 import rnnkit  # noqa: E402
 from rnnkit import _core  # noqa: E402
+from rnnkit.compare import interleaved_medians  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -82,19 +83,6 @@ MEMORY_GOAL = 0.6
 TWO_THREAD_GOAL = 1.6
 NEVER_SLOWER = 0.97
 ROWS: List[dict] = []
-
-
-def interleaved(fns: Dict[str, Callable[[], None]], rounds: int, warmup: int = 2) -> Dict[str, float]:
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    samples: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def record(section: str, what: str, ours: float, ref_name: str, ref: Optional[float], goal: Optional[float],
@@ -207,7 +195,7 @@ def full_sequence(shape_names: List[str], rounds: Dict[str, int], sgemm: float) 
                 # The sgemm rate is sampled in the same rounds as the rows it is compared with: on a
                 # shared machine a rate measured minutes earlier can be 10% off either way.
                 fns["sgemm"] = lambda: sgemm_rates.append(_core._sgemm_gflops(1024, 3))
-            m = interleaved(fns, rounds[shape_name])
+            m = interleaved_medians(fns, rounds[shape_name], warmup=2)
             if sgemm_rates:
                 sgemm_here = statistics.median(sgemm_rates[-rounds[shape_name]:])  # the warm-up calls dropped
             goal = TRAIN_GOAL[shape_name][cell]
@@ -266,9 +254,9 @@ def streaming(rounds: int) -> None:
             fns["ort_net"] = loop(lambda: sess_net.run(None, feeds))
         if torch is not None:
             with torch.no_grad():
-                m = interleaved(fns, rounds)
+                m = interleaved_medians(fns, rounds, warmup=2)
         else:
-            m = interleaved(fns, rounds)
+            m = interleaved_medians(fns, rounds, warmup=2)
         m = {k: v / reps for k, v in m.items()}
         for which, sfx in (("layer", ""), ("network", "_net")):
             record("streaming", f"{cell} {which}.step()", m[which], "torch", m.get("torch" + sfx), STREAM_GOAL, unit="us",
@@ -378,7 +366,7 @@ def two_threads(rounds: Dict[str, int]) -> float:
                     layer.backward(dy)
                 return run
 
-            m = interleaved({"one": at(1), "two": at(2)}, max(3, rounds[shape_name] // 2))
+            m = interleaved_medians({"one": at(1), "two": at(2)}, max(3, rounds[shape_name] // 2), warmup=2)
             rnnkit.set_num_threads(1)
             # Large: the speed-up goal, when the probe saw two free cores. Smaller shapes: never slower,
             # within the 3% this machine's noise allows (shapes below the team threshold run on one

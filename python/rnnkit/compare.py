@@ -45,10 +45,12 @@ def _settings(quick: bool) -> Dict[str, Any]:
 
 
 # ---- (a) layer vs network ------------------------------------------------------------------------
-def _interleaved_medians(fns: Dict[str, Any], repeats: int) -> Dict[str, float]:
-    """Median seconds of each function, run round-robin so machine noise hits all alike."""
-    for fn in fns.values():
-        fn()  # warm-up
+def interleaved_medians(fns: Dict[str, Any], repeats: int, warmup: int = 1) -> Dict[str, float]:
+    """Median seconds of each function, run round-robin so machine noise hits all alike (after
+    `warmup` untimed rounds). The timing rule of every rnnkit benchmark (bench/ uses it too)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
     times: Dict[str, List[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -90,7 +92,7 @@ def layer_vs_network(vocab_sizes: List[int], shape, repeats: int, seed: int) -> 
             net.eval()
             net.forward(tokens)
 
-        t = _interleaved_medians({"layer_train": layer_train, "net_train": net_train,
+        t = interleaved_medians({"layer_train": layer_train, "net_train": net_train,
                                   "layer_fwd": layer_forward, "net_fwd": net_forward}, repeats)
         rows.append({"vocab": K, "layer_train_ms": 1e3 * t["layer_train"], "network_train_ms": 1e3 * t["net_train"],
                      "layer_forward_ms": 1e3 * t["layer_fwd"], "network_forward_ms": 1e3 * t["net_fwd"],
