@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+from typing import Any, Callable, List, Sequence
 
 import numpy as np
 import pytest
@@ -33,3 +35,32 @@ def rng():
 def require_torch():
     """Imports torch or skips the test, saying why."""
     return pytest.importorskip("torch", reason="PyTorch is not installed: the PyTorch parity oracle is skipped")
+
+
+# How long run_concurrently waits for its threads before it calls one hung.
+THREAD_JOIN_TIMEOUT_S = 120.0
+
+
+def run_concurrently(fns: Sequence[Callable[[], Any]]) -> List[Any]:
+    """Calls every function in its own thread, all released at once by a barrier, and returns
+    their results in order. Any exception a thread raised, or a thread still running after
+    THREAD_JOIN_TIMEOUT_S, fails the test."""
+    results: List[Any] = [None] * len(fns)
+    errors: List[BaseException] = []
+    barrier = threading.Barrier(len(fns))
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = fns[i]()
+        except Exception as exc:  # surfaced below: a thread's exception must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(THREAD_JOIN_TIMEOUT_S)
+    assert not any(t.is_alive() for t in threads), f"a thread was still running after {THREAD_JOIN_TIMEOUT_S} s"
+    assert not errors, errors
+    return results

@@ -4,14 +4,13 @@ count; layers used from several Python threads while the team is busy."""
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
 
 import rnnkit
 from rnnkit import _core
-from conftest import REFERENCE_RTOL
+from conftest import REFERENCE_RTOL, run_concurrently
 from test_gradients import check_all_gradients
 from test_layers import CELLS, make, random_states, run_and_compare
 
@@ -102,22 +101,7 @@ def test_python_threads_share_the_team_safely(rng, threads):
         return out, {k: g.copy() for k, g in layer.grads.items()}
 
     sequential = [run(i) for i in range(len(configs))]
-    results, errors = [None] * len(configs), []
-    barrier = threading.Barrier(len(configs))
-
-    def work(i):
-        try:
-            barrier.wait()
-            results[i] = run(i)
-        except Exception as exc:
-            errors.append(exc)
-
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(len(configs))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errors, errors
+    results = run_concurrently([lambda i=i: run(i) for i in range(len(configs))])
     for (seq_out, seq_g), (par_out, par_g) in zip(sequential, results):
         for (y1, dx1), (y2, dx2) in zip(seq_out, par_out):
             np.testing.assert_allclose(y2, y1, rtol=1e-12, atol=1e-14)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import rnnkit
+from conftest import run_concurrently
 
 
 def relu_rnn(C: int = 3, H: int = 4, recurrent_scale: float = 1.0, dtype=np.float32) -> rnnkit.RNN:
@@ -179,23 +180,12 @@ def test_inference_from_many_threads_on_one_model_matches_sequential(rng):
     xs = [rng.standard_normal((30, 4, 6)).astype(np.float32) for _ in range(6)]
     tokens = [rng.integers(0, 20, (30, 4)) for _ in range(6)]
     expected = [(layer(x)[0], net.predict_proba(tk)[0]) for x, tk in zip(xs, tokens)]
-    results, errors = [None] * 6, []
-    barrier = threading.Barrier(6)
-
     def work(i):
-        try:
-            barrier.wait()
-            for _ in range(3):
-                results[i] = (layer(xs[i])[0], net.predict_proba(tokens[i])[0])
-        except Exception as exc:
-            errors.append(exc)
+        for _ in range(3):
+            out = (layer(xs[i])[0], net.predict_proba(tokens[i])[0])
+        return out
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not errors, errors
+    results = run_concurrently([lambda i=i: work(i) for i in range(6)])
     for (y, p), (y_exp, p_exp) in zip(results, expected):
         np.testing.assert_array_equal(y, y_exp)
         np.testing.assert_array_equal(p, p_exp)

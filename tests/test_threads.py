@@ -8,6 +8,7 @@ import threading
 import numpy as np
 
 import rnnkit
+from conftest import run_concurrently
 
 
 def _train_steps(layer, x, dy, steps):
@@ -44,23 +45,7 @@ def test_two_threads_two_layers_match_sequential_runs():
     sequential = [_train_steps(*_make(*cfg), steps) for cfg in configs]
 
     setups = [_make(*cfg) for cfg in configs]
-    results = [None, None]
-    errors = []
-    barrier = threading.Barrier(len(setups))
-
-    def work(i):
-        try:
-            barrier.wait()
-            results[i] = _train_steps(*setups[i], steps)
-        except Exception as exc:  # surfaced below: a thread's exception must fail the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(setups))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    results = run_concurrently([lambda i=i: _train_steps(*setups[i], steps) for i in range(len(setups))])
     for seq, par in zip(sequential, results):
         _assert_same(seq, par)
 
