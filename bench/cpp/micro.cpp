@@ -14,9 +14,8 @@
 #include <random>
 #include <vector>
 
-#include "rnnkit/blas.h"
-#include "rnnkit/buffer.h"
-#include "rnnkit/stack.h"
+#include "cpu/blas.h"
+#include "rnnkit/backend.h"
 
 namespace {
 
@@ -29,6 +28,9 @@ struct Shape {
   index_t T, N, C, H;
 };
 constexpr Shape kShapes[] = {{"small", 100, 1, 128, 128}, {"mid", 100, 16, 256, 256}, {"large", 100, 64, 512, 512}};
+
+// The CPU backend, through the interface the module uses (backend.h).
+const rnnkit::BackendOps<float>& cpu_ops() { return rnnkit::backend_for(rnnkit::Device::kCpu).ops<float>(); }
 
 // A layer's parameters and buffers, filled with small random numbers.
 struct Problem {
@@ -55,17 +57,11 @@ struct Problem {
     weights.resize(cfg.groups());
     grads.resize(cfg.groups());
     for (const auto& s : specs) {
-      index_t n = 1;
-      for (index_t d : s.shape) n *= d;
+      const index_t n = s.numel();
       float* w = fill(n);
       float* g = fill(n);
-      switch (s.role) {
-        case rnnkit::kRoleWIh: weights[s.group].w_ih = w; grads[s.group].dw_ih = g; break;
-        case rnnkit::kRoleWHh: weights[s.group].w_hh = w; grads[s.group].dw_hh = g; break;
-        case rnnkit::kRoleBIh: weights[s.group].b_ih = w; grads[s.group].db_ih = g; break;
-        case rnnkit::kRoleBHh: weights[s.group].b_hh = w; grads[s.group].db_hh = g; break;
-        default: break;
-      }
+      rnnkit::param_field(weights[s.group], s.role) = w;
+      rnnkit::param_field(grads[s.group], s.role) = g;
     }
     x.assign(T * N * C, 0.1f);
     y.resize(T * N * H);
@@ -75,6 +71,16 @@ struct Problem {
     c_n.resize(N * H);
     dh0.resize(N * H);
     dc0.resize(N * H);
+  }
+
+  rnnkit::StackForwardArgs<float> forward_args() {
+    rnnkit::StackForwardArgs<float> a;
+    a.params = &weights;
+    a.x = x.data();
+    a.y = y.data();
+    a.h_n = h_n.data();
+    a.c_n = c_n.data();
+    return a;
   }
 
   double forward_flops() const {
@@ -94,7 +100,8 @@ void BM_sgemm(benchmark::State& state) {
   const index_t n = state.range(0);
   std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
   for (auto _ : state) {
-    rnnkit::gemm(rnnkit::Trans::kNo, rnnkit::Trans::kNo, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    rnnkit::cpu::gemm(rnnkit::cpu::Trans::kNo, rnnkit::cpu::Trans::kNo, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f,
+                      c.data(), n);
     benchmark::DoNotOptimize(c.data());
   }
   set_counters(state, 2.0 * n * n * n);
@@ -104,9 +111,10 @@ template <rnnkit::CellKind Cell>
 void BM_forward(benchmark::State& state) {
   const Shape& s = kShapes[state.range(0)];
   Problem p(Cell, s.T, s.N, s.C, s.H);
+  const auto args = p.forward_args();
   for (auto _ : state) {
-    rnnkit::stack_forward<float>(p.cfg, p.T, p.N, p.weights, p.x.data(), nullptr, nullptr, nullptr, false, 0,
-                                 p.y.data(), p.h_n.data(), p.c_n.data(), nullptr);
+    const auto plan = cpu_ops().plan_stack(p.cfg, p.T, p.N, false);
+    cpu_ops().stack_forward(*plan, args);
     benchmark::DoNotOptimize(p.y.data());
   }
   state.SetLabel(s.name);
@@ -117,12 +125,17 @@ template <rnnkit::CellKind Cell>
 void BM_train(benchmark::State& state) {
   const Shape& s = kShapes[state.range(0)];
   Problem p(Cell, s.T, s.N, s.C, s.H);
+  const auto args = p.forward_args();
+  rnnkit::StackBackwardArgs<float> back;
+  back.grads = &p.grads;
+  back.dy = p.dy.data();
+  back.dx = p.dx.data();
+  back.dh0 = p.dh0.data();
+  back.dc0 = p.dc0.data();
   for (auto _ : state) {
-    rnnkit::StackCache<float> cache;
-    rnnkit::stack_forward<float>(p.cfg, p.T, p.N, p.weights, p.x.data(), nullptr, nullptr, nullptr, true, 0,
-                                 p.y.data(), p.h_n.data(), p.c_n.data(), &cache);
-    rnnkit::stack_backward<float>(cache, p.dy.data(), nullptr, nullptr, p.grads, p.dx.data(), p.dh0.data(),
-                                  p.dc0.data());
+    const auto plan = cpu_ops().plan_stack(p.cfg, p.T, p.N, true);
+    const auto cache = cpu_ops().stack_forward(*plan, args);
+    cpu_ops().stack_backward(*cache, back);
     benchmark::DoNotOptimize(p.dx.data());
   }
   state.SetLabel(std::string(s.name) + ", with dx");
@@ -133,9 +146,17 @@ template <rnnkit::CellKind Cell>
 void BM_step(benchmark::State& state) {
   Problem p(Cell, 1, 1, 256, 256);
   std::vector<float> h(256, 0.0f), c(256, 0.0f);
+  rnnkit::StackStepArgs<float> step;
+  step.params = &p.weights;
+  step.N = 1;
+  step.x = p.x.data();
+  step.y = p.y.data();
   for (auto _ : state) {
-    rnnkit::stack_step<float>(p.cfg, 1, p.weights, p.x.data(), h.data(), c.data(), p.y.data(), p.h_n.data(),
-                              p.c_n.data());
+    step.h = h.data();
+    step.c = c.data();
+    step.h_new = p.h_n.data();
+    step.c_new = p.c_n.data();
+    cpu_ops().stack_step(p.cfg, step);
     std::swap(h, p.h_n);
     std::swap(c, p.c_n);
     benchmark::DoNotOptimize(h.data());
@@ -150,16 +171,17 @@ BENCHMARK(BM_sgemm)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
   BENCHMARK(BM_forward<KIND>)->Name(NAME "/forward")->DenseRange(0, 2)->Unit(benchmark::kMillisecond)->UseRealTime(); \
   BENCHMARK(BM_train<KIND>)->Name(NAME "/train")->DenseRange(0, 2)->Unit(benchmark::kMillisecond)->UseRealTime();     \
   BENCHMARK(BM_step<KIND>)->Name(NAME "/step")->Unit(benchmark::kMicrosecond)->UseRealTime();
-RNNKIT_CELL_BENCHMARKS(CellKind::kElmanTanh, "rnn_tanh")
-RNNKIT_CELL_BENCHMARKS(CellKind::kLSTM, "lstm")
-RNNKIT_CELL_BENCHMARKS(CellKind::kGRU, "gru")
+RNNKIT_CELL_BENCHMARKS(CellKind::kRnnTanh, "rnn_tanh")
+RNNKIT_CELL_BENCHMARKS(CellKind::kLstm, "lstm")
+RNNKIT_CELL_BENCHMARKS(CellKind::kGru, "gru")
 
 double measure_sgemm(index_t n) {
   std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
   double best = 1e30;
   for (int r = 0; r < 6; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
-    rnnkit::gemm(rnnkit::Trans::kNo, rnnkit::Trans::kNo, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    rnnkit::cpu::gemm(rnnkit::cpu::Trans::kNo, rnnkit::cpu::Trans::kNo, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f,
+                      c.data(), n);
     if (r > 0) best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   return 2.0 * n * n * n / best / 1e9;
@@ -168,7 +190,7 @@ double measure_sgemm(index_t n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  rnnkit::set_blas_threads(1);
+  rnnkit::cpu::set_blas_threads(1);
   g_sgemm_gflops = measure_sgemm(1024);
   std::printf("sgemm 1024^3, 1 thread: %.1f GFLOP/s (the 100%% of pct_sgemm)\n", g_sgemm_gflops);
   benchmark::Initialize(&argc, argv);

@@ -394,7 +394,7 @@ class RNNNetwork:
                 raise RuntimeError("backward: expected a preceding training forward that has not been "
                                    "backpropagated yet, got none")
             self._guard.set_pending(False)
-            dh0, dc0 = _core.network_backward(cache, grads, d)
+            _, dh0, dc0 = _core.network_backward(cache, grads, d, False)
         if self.check_finite:
             for (name, _), g in zip(self._specs, grads):
                 if not np.isfinite(g).all():

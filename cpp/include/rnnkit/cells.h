@@ -11,7 +11,7 @@
 //
 // Because a cell is written against ew:: functions, a.mean() and + - * only, the same text
 // compiles for both. Gates are numbered in PyTorch's order (LSTM i,f,g,o; GRU r,z,n); `k` below
-// is a gate index, `s` a cache slot.
+// is a gate index, `s` a slot of what the cell saves for backward.
 //
 // Accessor members, forward (values are gate slices or rows of H, unless said otherwise):
 //   gates(k)     in/out  x_t W_ih^T, plus h_{t-1} W_hh^T for cells without kSeparateRecurrent;
@@ -23,8 +23,9 @@
 //   h_prev(), c_prev()   the previous state (c: LSTM cells only).
 //   h(), c()     out     the new state (for an LSTM with a projection, h() is the unprojected
 //                        o*tanh(c); the loop projects it).
-//   cache(s)     out     training: kept per (t, n) for backward; inference: scratch.
-//   stat(s)      out     one scalar per (t, n) kept likewise (LayerNorm's 1/std).
+//   saved(s)     out     rows of H the cell saves for its backward (training: kept per (t, n);
+//                        inference: scratch); saved_rows(s, count) several slots as one row.
+//   stat(s)      out     one scalar per (t, n) saved likewise (LayerNorm's 1/std).
 //   ln(p, k)     in      LayerNorm parameter p (kLnIhWeight ...) for gate k (p's row: ln_row(p)).
 // Backward (the forward's values above are inputs again, as left by forward):
 //   dh(), dc()   in      dL/dh_t (unprojected for LSTMP) and, for LSTM, dL/dc_t from step t+1.
@@ -44,9 +45,9 @@
 //   kSeparateRecurrent h_{t-1} W_hh^T goes to hgates instead of being added into gates.
 //   kTwoStage          GRU without reset_after: the candidate gate's recurrent product needs r, so
 //                      forward runs stage1 (gates 0..kStage1Gates-1 with h_{t-1}), then the GEMM
-//                      gates(n) += cache(0) W_hn^T with cache(0) = r*h_{t-1}, then stage2.
+//                      gates(n) += saved(0) W_hn^T with saved(0) = r*h_{t-1}, then stage2.
 //   kDirectStateGrad   the cell writes dh_prev().
-//   kCacheSlots, kStats, kTmpSlots   per-row cache slots of H, cached scalars, scratch slots.
+//   kSavedSlots, kStats, kTmpSlots   saved rows of H, saved scalars, scratch rows of H.
 //   kLnParams          LayerNorm parameter vectors (0 for plain cells), see LnParam.
 //   kCellBiasGrads     the cell accumulates the bias gradients itself (the LayerNorm cells, whose
 //                      biases sit after a normalisation); otherwise the loop sums dgates/dhgates.
@@ -56,14 +57,16 @@
 
 namespace rnnkit {
 
+// The cells, named as users name them (rnnkit.RNNNetwork(cell=...), rnnkit train --cell); the
+// enumerators spell the same names in C++ style. kCellNames below is the one table of the names.
 enum class CellKind : int {
-  kElmanTanh = 0,
-  kElmanRelu = 1,
-  kLSTM = 2,
-  kGRU = 3,           // reset_after=True: PyTorch/cuDNN, ONNX linear_before_reset=1
-  kGRUResetBefore = 4,  // reset_after=False: the original GRU, ONNX linear_before_reset=0
-  kLayerNormLSTM = 5,
-  kLayerNormGRU = 6,
+  kRnnTanh = 0,
+  kRnnRelu = 1,
+  kLstm = 2,
+  kGru = 3,             // reset_after=True: PyTorch/cuDNN, ONNX linear_before_reset=1
+  kGruResetBefore = 4,  // reset_after=False: the original GRU, ONNX linear_before_reset=0
+  kLnLstm = 5,
+  kLnGru = 6,
 };
 
 // LayerNorm parameters of the LayerNorm cells, in the order of their parameter names.
@@ -75,6 +78,13 @@ enum LnParam : int {
   kLnCWeight = 4,   // [H]   gain of LN(c) (LayerNormLSTM)
   kLnCBias = 5,     // [H]
 };
+constexpr int kMaxLnParams = 6;
+
+// Elements of LayerNorm parameter p: the gate-wide ones normalise a whole row of G*H
+// pre-activations, LN(c) the H cell values.
+constexpr index_t ln_param_width(int p, index_t gate_width, index_t H) {
+  return p < kLnCWeight ? gate_width : H;
+}
 
 struct CellDefaults {
   static constexpr bool kHasCellState = false;
@@ -82,7 +92,7 @@ struct CellDefaults {
   static constexpr bool kTwoStage = false;
   static constexpr int kStage1Gates = 0;
   static constexpr bool kDirectStateGrad = false;
-  static constexpr int kCacheSlots = 0;
+  static constexpr int kSavedSlots = 0;
   static constexpr int kStats = 0;
   static constexpr int kTmpSlots = 0;
   static constexpr int kLnParams = 0;
@@ -142,7 +152,7 @@ RNNKIT_HOSTDEVICE void lstm_backward_through_c(A& a) {
 
 // i, f, o = sigmoid(.), g = tanh(.) of the gate pre-activations (x W_ih^T + h W_hh^T + b_ih + b_hh)
 // c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t)   (then h_t W_hr^T with a projection)
-// Caches the activated gates in place; tanh(c_t) is recomputed in backward (less memory).
+// Saves the activated gates in place; tanh(c_t) is recomputed in backward (less memory).
 struct LSTMCell : CellDefaults {
   static constexpr int kGates = 4;
   static constexpr bool kHasCellState = true;
@@ -184,25 +194,25 @@ RNNKIT_HOSTDEVICE void gru_reset_after_backward(A& a, const HN& hn) {
 // z = sigmoid(x W_iz^T + b_iz + h W_hz^T + b_hz)
 // n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
 // h_t = (1 - z) * n + z * h_{t-1}
-// Caches r, z, n in place and (h W_hn^T + b_hn) in cache(0).
+// Saves r, z, n in place of the gates and (h W_hn^T + b_hn) in saved(0).
 struct GRUCell : CellDefaults {
   static constexpr int kGates = 3;
   static constexpr bool kSeparateRecurrent = true;
   static constexpr bool kDirectStateGrad = true;
-  static constexpr int kCacheSlots = 1;
+  static constexpr int kSavedSlots = 1;
 
   template <typename A>
   RNNKIT_HOSTDEVICE static void forward(A& a) {
     a.gates(0) = ew::sigmoid(a.gates(0) + a.hgates(0) + a.bias(0));
     a.gates(1) = ew::sigmoid(a.gates(1) + a.hgates(1) + a.bias(1));
-    a.cache(0) = a.hgates(2) + a.b_hh(2);
-    a.gates(2) = ew::tanh(a.gates(2) + a.b_ih(2) + a.gates(0) * a.cache(0));
+    a.saved(0) = a.hgates(2) + a.b_hh(2);
+    a.gates(2) = ew::tanh(a.gates(2) + a.b_ih(2) + a.gates(0) * a.saved(0));
     a.h() = a.gates(2) + a.gates(1) * (a.h_prev() - a.gates(2));
   }
 
   template <typename A>
   RNNKIT_HOSTDEVICE static void backward(A& a) {
-    gru_reset_after_backward(a, a.cache(0));
+    gru_reset_after_backward(a, a.saved(0));
   }
 };
 
@@ -210,20 +220,20 @@ struct GRUCell : CellDefaults {
 // r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr),  z likewise
 // n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn)
 // h_t = (1 - z) * n + z * h_{t-1}
-// Two stages: r and z first; the loop then adds (r*h) W_hn^T (r*h is cache(0), kept for dW_hn).
+// Two stages: r and z first; the loop then adds (r*h) W_hn^T (r*h is saved(0), kept for dW_hn).
 struct GRUResetBeforeCell : CellDefaults {
   static constexpr int kGates = 3;
   static constexpr bool kTwoStage = true;
   static constexpr int kStage1Gates = 2;
   static constexpr bool kDirectStateGrad = true;
-  static constexpr int kCacheSlots = 1;
+  static constexpr int kSavedSlots = 1;
   static constexpr int kTmpSlots = 1;
 
   template <typename A>
   RNNKIT_HOSTDEVICE static void forward_stage1(A& a) {
     a.gates(0) = ew::sigmoid(a.gates(0) + a.bias(0));
     a.gates(1) = ew::sigmoid(a.gates(1) + a.bias(1));
-    a.cache(0) = a.gates(0) * a.h_prev();
+    a.saved(0) = a.gates(0) * a.h_prev();
   }
   template <typename A>
   RNNKIT_HOSTDEVICE static void forward_stage2(A& a) {
@@ -280,12 +290,12 @@ RNNKIT_HOSTDEVICE void layer_norm_backward(A& a, const DY& dy, const XH& xhat, t
 //   [i,f,g,o] pre-activations = LN(x W_ih^T; ln_ih) + LN(h_{t-1} W_hh^T; ln_hh) + b_ih + b_hh
 //   c_t = f * c_{t-1} + i * g
 //   h_t = o * tanh(LN(c_t; ln_c))
-// cache: xhat_ih (slots 0-3), xhat_hh (4-7), xhat_c (8); stats: rstd_ih, rstd_hh, rstd_c.
+// saved: xhat_ih (slots 0-3), xhat_hh (4-7), xhat_c (8); stats: rstd_ih, rstd_hh, rstd_c.
 struct LayerNormLSTMCell : CellDefaults {
   static constexpr int kGates = 4;
   static constexpr bool kHasCellState = true;
   static constexpr bool kSeparateRecurrent = true;
-  static constexpr int kCacheSlots = 9;
+  static constexpr int kSavedSlots = 9;
   static constexpr int kStats = 3;
   static constexpr int kTmpSlots = 1;
   static constexpr int kLnParams = 6;
@@ -293,33 +303,33 @@ struct LayerNormLSTMCell : CellDefaults {
 
   template <typename A>
   RNNKIT_HOSTDEVICE static void forward(A& a) {
-    a.stat(0) = layer_norm_forward(a, a.gates_row(), a.cache_rows(0, 4));
-    a.stat(1) = layer_norm_forward(a, a.hgates_row(), a.cache_rows(4, 4));
+    a.stat(0) = layer_norm_forward(a, a.gates_row(), a.saved_rows(0, 4));
+    a.stat(1) = layer_norm_forward(a, a.hgates_row(), a.saved_rows(4, 4));
     for (int k = 0; k < 4; ++k) {
-      a.gates(k) = a.ln(kLnIhWeight, k) * a.cache(k) + a.ln(kLnIhBias, k) +
-                   a.ln(kLnHhWeight, k) * a.cache(4 + k) + a.ln(kLnHhBias, k) + a.bias(k);
+      a.gates(k) = a.ln(kLnIhWeight, k) * a.saved(k) + a.ln(kLnIhBias, k) +
+                   a.ln(kLnHhWeight, k) * a.saved(4 + k) + a.ln(kLnHhBias, k) + a.bias(k);
     }
     lstm_activate_and_update_c(a);
-    a.stat(2) = layer_norm_forward(a, a.c(), a.cache(8));
-    a.h() = a.gates(3) * ew::tanh(a.ln(kLnCWeight, 0) * a.cache(8) + a.ln(kLnCBias, 0));
+    a.stat(2) = layer_norm_forward(a, a.c(), a.saved(8));
+    a.h() = a.gates(3) * ew::tanh(a.ln(kLnCWeight, 0) * a.saved(8) + a.ln(kLnCBias, 0));
   }
 
   template <typename A>
   RNNKIT_HOSTDEVICE static void backward(A& a) {
     // tmp(0) = tanh(LN(c_t)); then dL/d LN(c_t) in tmp(0).
-    a.tmp(0) = ew::tanh(a.ln(kLnCWeight, 0) * a.cache(8) + a.ln(kLnCBias, 0));
+    a.tmp(0) = ew::tanh(a.ln(kLnCWeight, 0) * a.saved(8) + a.ln(kLnCBias, 0));
     a.dgates(3) = a.dh() * a.tmp(0) * ew::sigmoid_grad_from_output(a.gates(3));
     a.tmp(0) = a.dh() * a.gates(3) * ew::tanh_grad_from_output(a.tmp(0));
-    layer_norm_backward(a, a.tmp(0), a.cache(8), a.stat(2), a.ln(kLnCWeight, 0), a.dln(kLnCWeight, 0),
+    layer_norm_backward(a, a.tmp(0), a.saved(8), a.stat(2), a.ln(kLnCWeight, 0), a.dln(kLnCWeight, 0),
                         a.dln(kLnCBias, 0), a.tmp(0));
     a.dc_prev() = a.dc() + a.tmp(0);  // dL/dc_t
     lstm_backward_through_c(a);
     // dgates now holds dL/d(pre-activation): the gradient of both biases and both LN outputs.
     a.db_ih_row() += a.dgates_row();
     a.db_hh_row() += a.dgates_row();
-    layer_norm_backward(a, a.dgates_row(), a.cache_rows(4, 4), a.stat(1), a.ln_row(kLnHhWeight),
+    layer_norm_backward(a, a.dgates_row(), a.saved_rows(4, 4), a.stat(1), a.ln_row(kLnHhWeight),
                         a.dln_row(kLnHhWeight), a.dln_row(kLnHhBias), a.dhgates_row());
-    layer_norm_backward(a, a.dgates_row(), a.cache_rows(0, 4), a.stat(0), a.ln_row(kLnIhWeight),
+    layer_norm_backward(a, a.dgates_row(), a.saved_rows(0, 4), a.stat(0), a.ln_row(kLnIhWeight),
                         a.dln_row(kLnIhWeight), a.dln_row(kLnIhBias), a.dgates_row());
   }
 };
@@ -328,39 +338,39 @@ struct LayerNormLSTMCell : CellDefaults {
 //   ax = LN(x W_ih^T; ln_ih) + b_ih,   ah = LN(h_{t-1} W_hh^T; ln_hh) + b_hh
 //   r = sigmoid(ax_r + ah_r),  z = sigmoid(ax_z + ah_z),  n = tanh(ax_n + r * ah_n)
 //   h_t = (1 - z) * n + z * h_{t-1}
-// cache: xhat_ih (slots 0-2), xhat_hh (3-5), ah_n (6); stats: rstd_ih, rstd_hh.
+// saved: xhat_ih (slots 0-2), xhat_hh (3-5), ah_n (6); stats: rstd_ih, rstd_hh.
 struct LayerNormGRUCell : CellDefaults {
   static constexpr int kGates = 3;
   static constexpr bool kSeparateRecurrent = true;
   static constexpr bool kDirectStateGrad = true;
-  static constexpr int kCacheSlots = 7;
+  static constexpr int kSavedSlots = 7;
   static constexpr int kStats = 2;
   static constexpr int kLnParams = 4;
   static constexpr bool kCellBiasGrads = true;
 
   template <typename A>
   RNNKIT_HOSTDEVICE static void forward(A& a) {
-    a.stat(0) = layer_norm_forward(a, a.gates_row(), a.cache_rows(0, 3));
-    a.stat(1) = layer_norm_forward(a, a.hgates_row(), a.cache_rows(3, 3));
+    a.stat(0) = layer_norm_forward(a, a.gates_row(), a.saved_rows(0, 3));
+    a.stat(1) = layer_norm_forward(a, a.hgates_row(), a.saved_rows(3, 3));
     for (int k = 0; k < 2; ++k) {
-      a.gates(k) = ew::sigmoid(a.ln(kLnIhWeight, k) * a.cache(k) + a.ln(kLnIhBias, k) + a.b_ih(k) +
-                               a.ln(kLnHhWeight, k) * a.cache(3 + k) + a.ln(kLnHhBias, k) + a.b_hh(k));
+      a.gates(k) = ew::sigmoid(a.ln(kLnIhWeight, k) * a.saved(k) + a.ln(kLnIhBias, k) + a.b_ih(k) +
+                               a.ln(kLnHhWeight, k) * a.saved(3 + k) + a.ln(kLnHhBias, k) + a.b_hh(k));
     }
-    a.cache(6) = a.ln(kLnHhWeight, 2) * a.cache(5) + a.ln(kLnHhBias, 2) + a.b_hh(2);
-    a.gates(2) = ew::tanh(a.ln(kLnIhWeight, 2) * a.cache(2) + a.ln(kLnIhBias, 2) + a.b_ih(2) +
-                          a.gates(0) * a.cache(6));
+    a.saved(6) = a.ln(kLnHhWeight, 2) * a.saved(5) + a.ln(kLnHhBias, 2) + a.b_hh(2);
+    a.gates(2) = ew::tanh(a.ln(kLnIhWeight, 2) * a.saved(2) + a.ln(kLnIhBias, 2) + a.b_ih(2) +
+                          a.gates(0) * a.saved(6));
     a.h() = a.gates(2) + a.gates(1) * (a.h_prev() - a.gates(2));
   }
 
   template <typename A>
   RNNKIT_HOSTDEVICE static void backward(A& a) {
     // dL/d ax into dgates, dL/d ah into dhgates (as GRUCell), then through the two LayerNorms.
-    gru_reset_after_backward(a, a.cache(6));
+    gru_reset_after_backward(a, a.saved(6));
     a.db_ih_row() += a.dgates_row();
     a.db_hh_row() += a.dhgates_row();
-    layer_norm_backward(a, a.dhgates_row(), a.cache_rows(3, 3), a.stat(1), a.ln_row(kLnHhWeight),
+    layer_norm_backward(a, a.dhgates_row(), a.saved_rows(3, 3), a.stat(1), a.ln_row(kLnHhWeight),
                         a.dln_row(kLnHhWeight), a.dln_row(kLnHhBias), a.dhgates_row());
-    layer_norm_backward(a, a.dgates_row(), a.cache_rows(0, 3), a.stat(0), a.ln_row(kLnIhWeight),
+    layer_norm_backward(a, a.dgates_row(), a.saved_rows(0, 3), a.stat(0), a.ln_row(kLnIhWeight),
                         a.dln_row(kLnIhWeight), a.dln_row(kLnIhBias), a.dgates_row());
   }
 };
@@ -369,22 +379,77 @@ struct LayerNormGRUCell : CellDefaults {
 template <typename Fn>
 decltype(auto) dispatch_cell(CellKind kind, Fn&& fn) {
   switch (kind) {
-    case CellKind::kElmanTanh:
+    case CellKind::kRnnTanh:
       return fn(ElmanTanhCell{});
-    case CellKind::kElmanRelu:
+    case CellKind::kRnnRelu:
       return fn(ElmanReluCell{});
-    case CellKind::kLSTM:
+    case CellKind::kLstm:
       return fn(LSTMCell{});
-    case CellKind::kGRU:
+    case CellKind::kGru:
       return fn(GRUCell{});
-    case CellKind::kGRUResetBefore:
+    case CellKind::kGruResetBefore:
       return fn(GRUResetBeforeCell{});
-    case CellKind::kLayerNormLSTM:
+    case CellKind::kLnLstm:
       return fn(LayerNormLSTMCell{});
-    case CellKind::kLayerNormGRU:
+    case CellKind::kLnGru:
       return fn(LayerNormGRUCell{});
   }
   throw std::invalid_argument(concat("unknown cell kind ", static_cast<int>(kind)));
+}
+
+// A cell's traits as plain values, for code that is not templated on the cell (sizes, the
+// parameter list, the bindings).
+struct CellInfo {
+  int gates = 1;            // G
+  int stage1_gates = 1;     // gates of the step GEMM: G, or kStage1Gates of a two-stage cell
+  bool has_cell_state = false;
+  bool separate_recurrent = false;
+  bool two_stage = false;
+  int saved_slots = 0;
+  int stats = 0;
+  int tmp_slots = 0;
+  int ln_params = 0;
+  bool cell_bias_grads = false;
+};
+
+template <typename Cell>
+constexpr CellInfo cell_info_of() {
+  CellInfo i;
+  i.gates = Cell::kGates;
+  i.stage1_gates = Cell::kTwoStage ? Cell::kStage1Gates : Cell::kGates;
+  i.has_cell_state = Cell::kHasCellState;
+  i.separate_recurrent = Cell::kSeparateRecurrent;
+  i.two_stage = Cell::kTwoStage;
+  i.saved_slots = Cell::kSavedSlots;
+  i.stats = Cell::kStats;
+  i.tmp_slots = Cell::kTmpSlots;
+  i.ln_params = Cell::kLnParams;
+  i.cell_bias_grads = Cell::kCellBiasGrads;
+  return i;
+}
+
+inline CellInfo cell_info(CellKind kind) {
+  return dispatch_cell(kind, [](auto cell) { return cell_info_of<decltype(cell)>(); });
+}
+
+// The one table of cell names. PyTorch's `mode` strings ("LSTM", "RNN_TANH") are these names in
+// upper case (the compiled module's StackConfig takes that form).
+struct CellName {
+  CellKind kind;
+  const char* name;
+};
+inline constexpr CellName kCellNames[] = {
+    {CellKind::kRnnTanh, "rnn_tanh"}, {CellKind::kRnnRelu, "rnn_relu"},
+    {CellKind::kLstm, "lstm"},        {CellKind::kGru, "gru"},
+    {CellKind::kGruResetBefore, "gru_reset_before"},
+    {CellKind::kLnLstm, "ln_lstm"},   {CellKind::kLnGru, "ln_gru"},
+};
+
+inline const char* cell_name(CellKind kind) {
+  for (const CellName& c : kCellNames) {
+    if (c.kind == kind) return c.name;
+  }
+  return "?";
 }
 
 }  // namespace rnnkit

@@ -1,5 +1,5 @@
-// Shared basics for the rnnkit core: index type, the host/device annotation used by the cell math,
-// and the two kinds of failure the library distinguishes.
+// Shared basics for every backend of the rnnkit core: index type, the host/device annotation used
+// by the cell math, checked size arithmetic, and the kinds of failure the library distinguishes.
 //
 //  * User errors (bad shapes, sizes, options) throw std::invalid_argument whose text names the
 //    argument and says "expected ... got ..."; pybind11 turns them into ValueError.
@@ -27,6 +27,9 @@
 namespace rnnkit {
 
 using index_t = std::int64_t;
+
+// Largest dimension of one GEMM call: the BLAS (scipy-openblas32) and cuBLAS take 32-bit ints.
+constexpr index_t kMaxGemmDim = 2147483647;
 
 // Concatenates its arguments with operator<< (used to build error messages).
 template <typename... Parts>
@@ -69,6 +72,15 @@ inline index_t checked_add(index_t a, index_t b, const char* what) {
     throw OutOfMemory(std::numeric_limits<std::size_t>::max(), concat(what, " (size overflows 64 bits)"));
   }
   return a + b;
+}
+
+// SplitMix64's finaliser: a well-mixed 64-bit value from a counter, so a stream of random numbers
+// can be indexed (element i of a dropout mask, draw i of a sampler) instead of generated in order.
+RNNKIT_HOSTDEVICE std::uint64_t splitmix64(std::uint64_t z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
 }
 
 }  // namespace rnnkit

@@ -1,7 +1,8 @@
-// One recurrent layer in one direction on the CPU: the shape contract, every buffer size, and the
-// generic forward/BPTT loops (run for every cell of cells.h).
+// One recurrent layer in one direction, for every backend: the shape contract, the parameters and
+// gradients, and the one table of its buffers from which their sizes, views and carving all come.
 //
-// The big matrix products are hoisted out of the time loop:
+// What a backend's time loop does with them (the CPU's is cpu/layer_forward.cpp and
+// cpu/layer_backward.cpp; the CUDA backend's will follow the same plan):
 //
 //   forward   gates = x W_ih^T                               one GEMM over all T*N rows
 //             per step: h_{t-1} W_hh^T (one GEMM; two for the two-stage GRU), the cell's pointwise
@@ -11,7 +12,7 @@
 //             after the loop: dW_ih, dW_hh, dW_hr, dx one GEMM each, db_ih/db_hh one column sum each
 //
 // Notation: T steps, N batch, C input features, H hidden units, P state width (H, or proj_size
-// for an LSTM with a projection), G = Cell::kGates, GH = G*H. Arrays are row-major; an array
+// for an LSTM with a projection), G = the cell's gates, GH = G*H. Arrays are row-major; an array
 // with a leading-dimension argument (y, dy) may be a column slice of a wider one (a bidirectional
 // layer writes its half of [T,N,2P]).
 //
@@ -23,7 +24,6 @@
 
 #include "rnnkit/cells.h"
 #include "rnnkit/common.h"
-#include "rnnkit/team.h"
 
 namespace rnnkit {
 
@@ -35,160 +35,129 @@ struct LayerDims {
   index_t P = 0;  // state width: H, or proj_size for LSTM with a projection
 };
 
-// Parameters, PyTorch's shapes and gate order. Biases may be null (bias=False); w_hr is null
-// without a projection; ln[p] is null for cells without LayerNorm.
-template <typename S>
-struct LayerWeights {
-  const S* w_ih = nullptr;  // [GH,C]
-  const S* w_hh = nullptr;  // [GH,P]
-  const S* b_ih = nullptr;  // [GH]
-  const S* b_hh = nullptr;  // [GH]
-  const S* w_hr = nullptr;  // [P,H]
-  const S* ln[6] = {};      // LnParam order: [GH] x 4, then [H] x 2 (LayerNormLSTM)
-};
-
-// Gradients, same shapes, ACCUMULATED into (+=); null exactly where the weight is null.
-template <typename S>
-struct LayerGrads {
-  S* dw_ih = nullptr;
-  S* dw_hh = nullptr;
-  S* db_ih = nullptr;
-  S* db_hh = nullptr;
-  S* dw_hr = nullptr;
-  S* dln[6] = {};
-};
-
-// Rejects dims the kernels cannot take (non-positive, or a GEMM dimension beyond 32-bit BLAS)
-// with std::invalid_argument naming the dimension.
+// Rejects dims the kernels cannot take (non-positive, or a GEMM dimension beyond a 32-bit BLAS
+// int) with std::invalid_argument naming the dimension.
 void check_layer_dims(const LayerDims& d, index_t gates);
 
-// Per-cell facts the layer needs (from the cell's traits).
-struct CellInfo {
-  int gates = 1;
-  bool has_cell_state = false;
-  bool separate_recurrent = false;
-  bool two_stage = false;
-  int cache_slots = 0;
-  int stats = 0;
-  int tmp_slots = 0;
-  int ln_params = 0;
-  bool cell_bias_grads = false;
-};
-CellInfo cell_info(CellKind cell);
-
-// Every buffer size (in elements) of one layer-direction, computed here and nowhere else.
-// "Training" sizes are kept from forward to backward; the others are scratch of one call.
-struct LayerSizes {
-  index_t gate_width = 0;   // GH
-  index_t cache_width = 0;  // per (t,n): cache_slots*H + stats
+// The widths every loop and every size derives from the dims and the cell: computed once per
+// call (layer_shape) and handed to the loop, the sizing and the carving alike.
+struct LayerShape {
+  LayerDims d;
+  CellInfo cell;
+  bool training = false;  // a training forward keeps every step for backward
+  index_t GH = 0;           // G*H: columns of the gate buffers
+  index_t G1 = 0;           // columns of the per-step recurrent GEMM (stage 1 of a two-stage cell)
+  index_t saved_width = 0;  // per (t, n): saved_slots*H rows plus stats scalars
   index_t tmp_width = 0;    // per row: tmp_slots*H
-  // forward, training: kept for backward / inference: scratch
-  index_t h_seq = 0;   // [T+1,N,P] / [2,N,P]
-  index_t c_seq = 0;   // [T+1,N,H] / [2,N,H] (cells with a cell state), else 0
-  index_t gates = 0;   // [T,N,GH]  (both)
-  index_t cache = 0;   // [T,N,cache_width] / [N,cache_width]
-  index_t h_full = 0;  // [T,N,H] / [N,H] with a projection, else 0
-  // forward scratch
-  index_t bias = 0;    // 3*GH: b_ih + b_hh, b_ih, b_hh (zeros without bias)
-  index_t hgates = 0;  // [N,GH] for separate-recurrent cells, else 0
-  index_t tmp = 0;     // [N,tmp_width]
-  index_t packed_rec = 0;    // W_hh^T (the step GEMM's columns) packed for packed_gemm, else 0
-  index_t packed_stage2 = 0; // two-stage GRU: W_hn^T packed
-  index_t packed_proj = 0;   // projection: W_hr^T packed
-  // backward scratch
-  index_t dgates = 0;   // [N,GH]: one step's dL/d(gates), staged before it replaces that step's
-                        // gates in the forward's buffer (backward consumes the forward's state)
-  index_t dhgates = 0;  // [T,N,GH] for separate-recurrent cells, else 0
-  index_t dh = 0;       // [N,P] (two of these)
-  index_t dc = 0;       // [N,H] with a cell state
-  index_t dh_full = 0;  // [N,H] with a projection
-  index_t dh_proj = 0;  // [T,N,P] with a projection
-  index_t partial_width = 0;  // LayerNorm cells: per-row sums of LN and bias gradients
-  index_t partials = 0;       // N * partial_width
-  index_t packed_drec = 0;    // W_hh (rows of the step GEMM) packed, else 0
-  index_t packed_dstage2 = 0; // two-stage GRU: W_hn packed
-  index_t packed_dproj = 0;   // projection: W_hr packed
-
-  index_t forward_kept() const;     // h_seq + c_seq + gates + cache + h_full
-  index_t forward_scratch() const;  // bias + hgates + tmp + packed weights
-  index_t backward_scratch() const;
-};
-// `elem_bytes`: 4 (float) or 8 (double), for the packed-weight sizes of packed_gemm.h.
-LayerSizes layer_sizes(CellKind cell, const LayerDims& d, bool training, int elem_bytes = 4);
-
-// Named views into the buffers (sizes from LayerSizes with the same `training`).
-template <typename S>
-struct LayerState {
-  S* h_seq = nullptr;
-  S* c_seq = nullptr;
-  S* gates = nullptr;
-  S* cache = nullptr;
-  S* h_full = nullptr;
-};
-
-template <typename S>
-struct ForwardScratch {
-  S* bias = nullptr;
-  S* hgates = nullptr;
-  S* tmp = nullptr;
-  S* packed_rec = nullptr;
-  S* packed_stage2 = nullptr;
-  S* packed_proj = nullptr;
-};
-
-template <typename S>
-struct BackwardScratch {
-  S* dgates = nullptr;
-  S* dhgates = nullptr;
-  S* dh_a = nullptr;
-  S* dh_b = nullptr;
-  S* dc = nullptr;
-  S* dh_full = nullptr;
-  S* dh_proj = nullptr;
-  S* tmp = nullptr;
-  S* partials = nullptr;
+  index_t TN = 0;           // T*N rows of the hoisted GEMMs
+  index_t state_slots = 0;  // states kept: T+1 in training, two alternating in inference
+  bool project = false;     // an LSTM with a projection (P < H)
+  // LayerNorm cells accumulate their parameter (and bias) gradients per batch row, in this
+  // layout: the LN parameters in LnParam order (ln_param_width each), then db_ih, db_hh.
   index_t partial_width = 0;
-  S* packed_drec = nullptr;
-  S* packed_dstage2 = nullptr;
-  S* packed_dproj = nullptr;
+};
+LayerShape layer_shape(CellKind cell, const LayerDims& d, bool training);
+
+// A layer-direction's parameters (Ptr = const S*) or their gradients (Ptr = S*), PyTorch's
+// shapes and gate order. Biases are null with bias=False, w_hr without a projection, ln[p] for
+// cells without LayerNorm. Gradients are ACCUMULATED into (+=) and null exactly where the
+// parameter is.
+template <typename Ptr>
+struct LayerParams {
+  Ptr w_ih = nullptr;           // [GH,C]
+  Ptr w_hh = nullptr;           // [GH,P]
+  Ptr b_ih = nullptr;           // [GH]
+  Ptr b_hh = nullptr;           // [GH]
+  Ptr w_hr = nullptr;           // [P,H]
+  Ptr ln[kMaxLnParams] = {};    // LnParam order: [GH] x 4, then [H] x 2 (LayerNormLSTM)
+};
+template <typename S>
+using LayerWeights = LayerParams<const S*>;
+template <typename S>
+using LayerGrads = LayerParams<S*>;
+
+// ---- buffers ----------------------------------------------------------------------------------
+// When a buffer is needed: kept from a training forward for its backward (in inference, scratch of
+// the forward call), or scratch of one forward or one backward call. A buffer may belong to both
+// scratch sets (it is then carved from each pass's own block).
+enum BufferUse : unsigned {
+  kKept = 1u,
+  kForwardScratch = 2u,
+  kBackwardScratch = 4u,
 };
 
-// Carves views out of one block laid out in LayerSizes order; returns the end.
+// Named views of one layer-direction's buffers. Sizes, order and use: for_each_layer_buffer.
 template <typename S>
-S* carve(const LayerSizes& sz, S* p, LayerState<S>* st);
-template <typename S>
-S* carve(const LayerSizes& sz, S* p, ForwardScratch<S>* fs);
-template <typename S>
-S* carve(const LayerSizes& sz, S* p, BackwardScratch<S>* bs);
+struct LayerBuffers {
+  // kept (inference: scratch)
+  S* h_seq = nullptr;   // [T+1,N,P] the states (inference: [2,N,P]); see the loops for the slots
+  S* c_seq = nullptr;   // [T+1,N,H] cell states (cells with one)
+  S* gates = nullptr;   // [T,N,GH] x W_ih^T, then what the cell saves there; backward turns it
+                        // into dL/d(gates), so a kept buffer serves one backward
+  S* saved = nullptr;   // [T,N,saved_width] what the cell saves besides (inference: [N,..])
+  S* h_full = nullptr;  // [T,N,H] the unprojected h of an LSTM with a projection (inference: [N,H])
+  // forward scratch
+  S* bias = nullptr;    // [3,GH]: b_ih + b_hh, b_ih, b_hh (zeros without bias)
+  S* hgates = nullptr;  // [N,GH] h_{t-1} W_hh^T of separate-recurrent cells
+  S* tmp = nullptr;     // [N,tmp_width] the cell's scratch rows (backward too)
+  // backward scratch
+  S* dgates = nullptr;   // [N,GH] one step's dL/d(gates), staged until that step's gates are read
+  S* dhgates = nullptr;  // [T,N,GH] dL/d(hgates) of separate-recurrent cells
+  S* dh_a = nullptr;     // [N,P] dL/dh ping-pong: the gradient from later steps ...
+  S* dh_b = nullptr;     // [N,P] ... and with this step's dy added
+  S* dc = nullptr;       // [N,H] dL/dc (cells with a cell state)
+  S* dh_full = nullptr;  // [N,H] dL/d(unprojected h) (projection)
+  S* dh_proj = nullptr;  // [T,N,P] dL/d(projected h) of every step (projection: for dW_hr)
+  S* partials = nullptr; // [N,partial_width] LayerNorm cells' per-row gradient sums
+};
 
-// Arguments of layer_forward:
-//   x:        [T,N,C] input (contiguous).
-//   h0, c0:   [N,P], [N,H] initial state, or null for zeros (c0: cells with a cell state).
-//   lengths:  [N] valid steps per sequence, or null (all T). Checked by the caller.
-//   reverse:  process t = T-1 ... 0.
-//   y, y_ld:  output rows y[(t*N + n) * y_ld + j], j < P. Must not alias any input.
-//   h_n, c_n: [N,P], [N,H] final states (c_n: with a cell state; may be null otherwise).
-//   state:    training: kept for layer_backward; inference: scratch.
-//   tc:       the thread team running the call (every thread of the team calls this with the
-//             same arguments; TeamContext of size 1 for a single thread). Returns after a final
-//             barrier-free phase: callers barrier before reading outputs from other threads.
-template <typename S>
-void layer_forward(const TeamContext& tc, CellKind cell, const LayerDims& d, const LayerWeights<S>& w,
-                   const S* x, const S* h0, const S* c0, const index_t* lengths, bool reverse,
-                   bool training, S* y, index_t y_ld, S* h_n, S* c_n, const LayerState<S>& state,
-                   const ForwardScratch<S>& scratch);
+// THE buffer table: calls fn(use, elements, view) for every buffer of `b`, in carving order.
+// Sizes are overflow-checked; a buffer a cell or option does not need has 0 elements.
+template <typename S, typename Fn>
+void for_each_layer_buffer(const LayerShape& s, LayerBuffers<S>& b, Fn&& fn) {
+  const LayerDims& d = s.d;
+  const bool train = s.training;
+  const index_t NP = checked_mul(d.N, d.P, "state"), NH = checked_mul(d.N, d.H, "cell state");
+  const index_t rows = train ? s.TN : d.N;  // rows of the per-step buffers a forward keeps
+  fn(kKept, checked_mul(s.state_slots, NP, "state sequence"), b.h_seq);
+  fn(kKept, s.cell.has_cell_state ? checked_mul(s.state_slots, NH, "cell state sequence") : 0, b.c_seq);
+  fn(kKept, checked_mul(s.TN, s.GH, "gate buffer"), b.gates);
+  fn(kKept, checked_mul(rows, s.saved_width, "saved values"), b.saved);
+  fn(kKept, s.project ? checked_mul(rows, d.H, "projection input") : 0, b.h_full);
+  fn(kForwardScratch, checked_mul(3, s.GH, "biases"), b.bias);
+  fn(kForwardScratch, s.cell.separate_recurrent ? checked_mul(d.N, s.GH, "recurrent gates") : 0, b.hgates);
+  fn(kForwardScratch | kBackwardScratch, checked_mul(d.N, s.tmp_width, "scratch rows"), b.tmp);
+  fn(kBackwardScratch, checked_mul(d.N, s.GH, "gate gradients"), b.dgates);
+  fn(kBackwardScratch, s.cell.separate_recurrent ? checked_mul(s.TN, s.GH, "recurrent gate gradients") : 0,
+     b.dhgates);
+  fn(kBackwardScratch, NP, b.dh_a);
+  fn(kBackwardScratch, NP, b.dh_b);
+  fn(kBackwardScratch, s.cell.has_cell_state ? NH : 0, b.dc);
+  fn(kBackwardScratch, s.project ? NH : 0, b.dh_full);
+  fn(kBackwardScratch, s.project ? checked_mul(s.TN, d.P, "projection gradient") : 0, b.dh_proj);
+  fn(kBackwardScratch, checked_mul(d.N, s.partial_width, "gradient partial sums"), b.partials);
+}
 
-// Arguments of layer_backward (x, w, lengths, reverse, state: exactly as in the training forward;
-// backward overwrites state.gates with the gates' gradients, so it runs once per forward):
-//   dy, dy_ld:   dL/dy rows like y, or null for zeros.
-//   dh_n, dc_n:  [N,P], [N,H] or null for zeros.
-//   grads:       accumulated into.
-//   dx:          [T,N,C]: dx = dgates W_ih is added (dx_accumulate) or written; null to skip.
-//   dh0, dc0:    [N,P], [N,H] outputs, overwritten (dc0 may be null without a cell state).
+// Elements of the buffers of one use (kKept, kForwardScratch or kBackwardScratch).
+inline index_t layer_buffer_elems(const LayerShape& s, BufferUse use) {
+  LayerBuffers<char> unused;
+  index_t total = 0;
+  for_each_layer_buffer(s, unused, [&](unsigned uses, index_t n, char*&) {
+    if (uses & use) total = checked_add(total, n, "layer buffers");
+  });
+  return total;
+}
+
+// Points the views of one use at consecutive parts of `p` (null for an empty one) and returns
+// the end; the other views are left alone. `p` holds layer_buffer_elems(s, use) elements.
 template <typename S>
-void layer_backward(const TeamContext& tc, CellKind cell, const LayerDims& d, const LayerWeights<S>& w,
-                    const S* x, const index_t* lengths, bool reverse, const LayerState<S>& state,
-                    const S* dy, index_t dy_ld, const S* dh_n, const S* dc_n, const LayerGrads<S>& grads,
-                    S* dx, bool dx_accumulate, S* dh0, S* dc0, const BackwardScratch<S>& scratch);
+S* carve_layer_buffers(const LayerShape& s, BufferUse use, S* p, LayerBuffers<S>* b) {
+  for_each_layer_buffer(s, *b, [&](unsigned uses, index_t n, S*& view) {
+    if (!(uses & use)) return;
+    view = n > 0 ? p : nullptr;
+    p += n;
+  });
+  return p;
+}
 
 }  // namespace rnnkit

@@ -1,6 +1,7 @@
-// The recurrent neural network on the CPU: input (embedding or dense features) -> layer stack ->
-// output layer y = V h + c -> softmax cross-entropy or mean squared error, forward and backward in
-// one call each, so a training step makes no per-timestep (or per-layer) call from Python.
+// The recurrent neural network, for every backend: input (embedding or dense features) -> layer
+// stack -> output layer y = V h + c -> softmax cross-entropy or mean squared error. A backend runs
+// forward and backward in one call each (backend.h), so a training step makes no per-timestep
+// (or per-layer) call from Python.
 //
 // Shapes (F = D*P, the stack's output width; K = output_size; R = rows of the head):
 //   tokens   [T,N] int64 in [0, vocab)        (vocab_size > 0: through embedding [vocab, E])
@@ -20,7 +21,6 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
 #include <vector>
 
 #include "rnnkit/stack.h"
@@ -39,43 +39,37 @@ struct NetworkConfig {
   index_t ignore_index = -100;
 
   index_t feature_size() const { return stack.num_directions * stack.state_size(); }
+  index_t head_rows(index_t T, index_t N) const { return head == HeadKind::kSequence ? T * N : N; }
 };
 
 void check_network_config(const NetworkConfig& cfg);
 
-// (name, shape) of every parameter in order.
+// Every parameter in order (the stack's with role kWIh..kLn0+p, the network's own with kEmbedding,
+// kOutWeight, kOutBias).
 std::vector<ParamSpec> network_param_specs(const NetworkConfig& cfg);
 
-template <typename S>
-struct NetworkWeights {
-  const S* embedding = nullptr;          // [vocab, E] or null
-  std::vector<LayerWeights<S>> stack;    // per group
-  const S* out_w = nullptr;              // [K, F]
-  const S* out_b = nullptr;              // [K]
+template <typename Ptr>
+struct NetworkParams {
+  Ptr embedding = nullptr;                 // [vocab, E] or null
+  std::vector<LayerParams<Ptr>> stack;     // per group
+  Ptr out_w = nullptr;                     // [K, F]
+  Ptr out_b = nullptr;                     // [K]
 };
+template <typename S>
+using NetworkWeights = NetworkParams<const S*>;
+template <typename S>
+using NetworkGrads = NetworkParams<S*>;
 
-template <typename S>
-struct NetworkGrads {
-  S* embedding = nullptr;
-  std::vector<LayerGrads<S>> stack;
-  S* out_w = nullptr;
-  S* out_b = nullptr;
-};
-
-// What a training forward keeps for backward.
-template <typename S>
-struct NetworkCache {
-  NetworkConfig cfg;
-  index_t T = 0, N = 0;
-  StackCache<S> stack;
-  std::vector<std::int64_t> tokens;   // [T,N] (token input)
-  Buffer<S> block;
-  S* features = nullptr;   // [R,F]
-  S* d_out = nullptr;      // [R,K]: dL/d(outputs) when the loss was fused, else filled by backward
-  S* out_w = nullptr;      // [K,F] copy
-  index_t rows = 0;        // R
-  bool has_loss_grad = false;
-};
+// The field of a network's parameters (or gradients) that a role names (stack roles: the group's).
+template <typename Ptr>
+Ptr& param_field(NetworkParams<Ptr>& p, const ParamSpec& spec) {
+  switch (spec.role) {
+    case ParamRole::kEmbedding: return p.embedding;
+    case ParamRole::kOutWeight: return p.out_w;
+    case ParamRole::kOutBias: return p.out_b;
+    default: return param_field(p.stack[spec.group], spec.role);
+  }
+}
 
 struct NetworkInputs {
   const std::int64_t* tokens = nullptr;  // [T,N]
@@ -87,28 +81,50 @@ struct NetworkInputs {
 // Forward. outputs [R,K] may be null (not wanted); softmax_outputs turns logits into
 // probabilities (cross-entropy networks). targets (int64 for cross-entropy, S for MSE) may be null;
 // with targets the loss is returned through *loss and, in training, its gradient kept for
-// backward. h0/c0/h_n/c_n as in stack_forward.
+// backward. h0/c0/h_n/c_n as in the stack.
 template <typename S>
-void network_forward(const NetworkConfig& cfg, const NetworkWeights<S>& w, const NetworkInputs& in,
-                     const S* h0, const S* c0, const void* targets, bool training,
-                     std::uint64_t dropout_seed, bool softmax_outputs, S* outputs, S* h_n, S* c_n,
-                     double* loss, NetworkCache<S>* cache);
+struct NetworkForwardArgs {
+  const NetworkWeights<S>* weights = nullptr;
+  NetworkInputs in;
+  const S* h0 = nullptr;
+  const S* c0 = nullptr;
+  const void* targets = nullptr;
+  std::uint64_t dropout_seed = 0;
+  bool softmax_outputs = false;
+  S* outputs = nullptr;
+  S* h_n = nullptr;
+  S* c_n = nullptr;
+  double* loss = nullptr;
+};
 
-// Backward through a training forward: d_outputs [R,K] (null: use the fused loss's gradient,
-// which requires targets in forward). Gradients are ACCUMULATED into grads. dh0/dc0
-// ([L*D,N,P]/[L*D,N,H]) may be null.
+// Backward through a training forward: d_outputs [R,K] (null: the fused loss's gradient, which
+// requires targets in forward). Gradients are ACCUMULATED into grads. dx [T,N,C] (dense input
+// only) is overwritten, or null to skip it; dh0/dc0 ([L*D,N,P]/[L*D,N,H]) may be null.
 template <typename S>
-void network_backward(const NetworkCache<S>& cache, const S* d_outputs, const NetworkGrads<S>& grads,
-                      S* dh0, S* dc0);
+struct NetworkBackwardArgs {
+  const NetworkGrads<S>* grads = nullptr;
+  const S* d_outputs = nullptr;
+  S* dx = nullptr;
+  S* dh0 = nullptr;
+  S* dc0 = nullptr;
+};
 
 // Samples `count` tokens after feeding `prefix` (a token network with a cross-entropy head):
 // each step feeds the previous token, draws from softmax(logits / temperature) restricted to the
 // top_k most likely tokens (top_k <= 0: all), with a counter-based generator seeded by `seed`.
-// temperature == 0 takes the most likely token. State in/out as stack_forward ([L*D,N=1,..]).
+// temperature == 0 takes the most likely token. h, c: the state in and out ([L*D,1,..]).
 template <typename S>
-void network_generate(const NetworkConfig& cfg, const NetworkWeights<S>& w,
-                      const std::int64_t* prefix, index_t prefix_len, index_t count,
-                      double temperature, index_t top_k, std::uint64_t seed, S* h, S* c,
-                      std::int64_t* out_tokens);
+struct NetworkGenerateArgs {
+  const NetworkWeights<S>* weights = nullptr;
+  const std::int64_t* prefix = nullptr;
+  index_t prefix_len = 0;
+  index_t count = 0;
+  double temperature = 1.0;
+  index_t top_k = 0;
+  std::uint64_t seed = 0;
+  S* h = nullptr;
+  S* c = nullptr;
+  std::int64_t* out_tokens = nullptr;
+};
 
 }  // namespace rnnkit

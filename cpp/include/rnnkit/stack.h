@@ -1,32 +1,33 @@
-// A stack of recurrent layers (num_layers x directions) on the CPU, PyTorch's torch.nn.RNN/LSTM/GRU
-// semantics: layer l > 0 reads the concatenated outputs of layer l-1 (forward half, then reverse
-// half), optionally through dropout in training.
+// A stack of recurrent layers (num_layers x directions), for every backend: its configuration,
+// its parameter list, dropout between layers, and the arguments of one call. PyTorch's
+// torch.nn.RNN/LSTM/GRU semantics: layer l > 0 reads the concatenated outputs of layer l-1
+// (forward half, then reverse half), optionally through dropout in training.
 //
 // Notation: L layers, D directions (1 or 2), P state width (hidden_size, or proj_size), and for
 // layer l the input width C_l = (l == 0 ? input_size : D*P). Group g = l*D + d is layer l,
 // direction d (d = 1 is the reverse direction); states and parameters are ordered by group,
 // exactly as PyTorch orders h_n and its state_dict.
 //
-// Shapes of stack_forward's arguments:
+// The backends run the calls (backend.h); the argument structs below are their contract:
 //   x        [T,N,C]       input, time-major, contiguous
-//   h0, c0   [L*D,N,P], [L*D,N,H] or null for zeros (c0: LSTM cells only)
+//   h0, c0   [L*D,N,P], [L*D,N,H] or null for zeros (c0: cells with a cell state only)
 //   lengths  [N] or null   valid steps per sequence, 1 <= lengths[n] <= T (checked by the caller)
 //   y        [T,N,D*P]     output of the last layer (0 at padded steps)
 //   h_n, c_n [L*D,N,P], [L*D,N,H]
-//   params   per group, LayerWeights into caller memory (see stack_param_specs for the order)
+//   params   per group, into caller memory (stack_param_specs gives the order)
+// No output may alias an input.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "rnnkit/buffer.h"
 #include "rnnkit/layer.h"
 
 namespace rnnkit {
 
 struct StackConfig {
-  CellKind cell = CellKind::kElmanTanh;
+  CellKind cell = CellKind::kRnnTanh;
   index_t num_layers = 1;
   index_t num_directions = 1;
   index_t input_size = 0;
@@ -40,62 +41,72 @@ struct StackConfig {
     return layer == 0 ? input_size : num_directions * state_size();
   }
   index_t groups() const { return num_layers * num_directions; }
+  LayerDims layer_dims(index_t layer, index_t T, index_t N) const {
+    return LayerDims{T, N, layer_input_size(layer), hidden_size, state_size()};
+  }
 };
 
 // Rejects impossible configurations with std::invalid_argument naming the option.
 void check_stack_config(const StackConfig& cfg);
+// Rejects a call's T and N (every layer's dims, check_layer_dims) likewise.
+void check_stack_dims(const StackConfig& cfg, index_t T, index_t N);
 
-// The parameters of every group in order: name (PyTorch's state_dict key) and shape.
+// What a parameter is. Stack parameters belong to a group (layer, direction); the network adds
+// its own around the stack (network.h).
+enum class ParamRole : int {
+  kWIh, kWHh, kBIh, kBHh, kWHr,
+  kLn0,                                  // kLn0 + p: LayerNorm parameter p (LnParam)
+  kEmbedding = kLn0 + kMaxLnParams,      // network: embedding.weight
+  kOutWeight,                            // network: output.weight
+  kOutBias,                              // network: output.bias
+};
+
+// One parameter: its name (PyTorch's state_dict key), shape, and where it goes.
 struct ParamSpec {
   std::string name;
   std::vector<index_t> shape;
-  index_t group = 0;
-  int role = 0;  // see ParamRole
+  ParamRole role = ParamRole::kWIh;
+  index_t group = 0;  // stack parameters only
+
+  index_t numel() const {
+    index_t n = 1;
+    for (index_t v : shape) n = checked_mul(n, v, "parameter size");
+    return n;
+  }
+  bool in_stack() const { return role < ParamRole::kEmbedding; }
 };
-enum ParamRole : int { kRoleWIh, kRoleWHh, kRoleBIh, kRoleBHh, kRoleWHr, kRoleLn0 };
 std::vector<ParamSpec> stack_param_specs(const StackConfig& cfg);
+index_t total_numel(const std::vector<ParamSpec>& specs);
+
+// The field of a layer's parameters (or gradients) that a stack role names.
+template <typename Ptr>
+Ptr& param_field(LayerParams<Ptr>& p, ParamRole role) {
+  switch (role) {
+    case ParamRole::kWIh: return p.w_ih;
+    case ParamRole::kWHh: return p.w_hh;
+    case ParamRole::kBIh: return p.b_ih;
+    case ParamRole::kBHh: return p.b_hh;
+    case ParamRole::kWHr: return p.w_hr;
+    default: break;
+  }
+  const int ln = static_cast<int>(role) - static_cast<int>(ParamRole::kLn0);
+  assert(ln >= 0 && ln < kMaxLnParams);
+  return p.ln[ln];
+}
+template <typename Ptr>
+Ptr param_field(const LayerParams<Ptr>& p, ParamRole role) {
+  return param_field(const_cast<LayerParams<Ptr>&>(p), role);
+}
 
 // Dropout between layers: element i of layer l's output is kept with probability 1 - p and then
 // scaled by 1/(1-p). The decision is a pure function of (seed, l, i) (a counter-based hash), so
-// backward recomputes the mask instead of storing it, and a seed reproduces a forward exactly.
-double dropout_uniform(std::uint64_t seed, index_t layer, index_t i);
-
-// What a training forward keeps for backward.
-template <typename S>
-struct StackCache {
-  StackConfig cfg;
-  LayerDims dims0;                 // T, N, C, H, P of layer 0 (later layers differ in C only)
-  std::vector<index_t> lengths;    // empty: all sequences have T steps
-  std::uint64_t dropout_seed = 0;
-  Buffer<S> block;                 // everything below points into it
-  std::vector<const S*> inputs;    // [L]: the input of layer l (a copy of x for l = 0)
-  std::vector<LayerWeights<S>> weights;  // [L*D]: copies of the parameters
-  std::vector<LayerState<S>> states;     // [L*D]
-  index_t param_elems = 0;
-  // Backward overwrites the gate buffers with their gradients: a cache is good for one backward.
-  mutable bool consumed = false;
-};
-
-template <typename S>
-void stack_forward(const StackConfig& cfg, index_t T, index_t N,
-                   const std::vector<LayerWeights<S>>& params, const S* x, const S* h0,
-                   const S* c0, const index_t* lengths, bool training, std::uint64_t dropout_seed,
-                   S* y, S* h_n, S* c_n, StackCache<S>* cache);
-
-// Backward through a training forward. dy [T,N,D*P], dh_n [L*D,N,P], dc_n [L*D,N,H]: each may
-// be null (zeros). grads: per group, ACCUMULATED into. dx [T,N,C] (overwritten) may be null to
-// skip it; dh0 [L*D,N,P], dc0 [L*D,N,H] are overwritten (dc0 null without a cell state).
-template <typename S>
-void stack_backward(const StackCache<S>& cache, const S* dy, const S* dh_n, const S* dc_n,
-                    const std::vector<LayerGrads<S>>& grads, S* dx, S* dh0, S* dc0);
-
-// One timestep of a unidirectional stack for N streams, in inference mode, with nothing packed or
-// allocated per call (a per-thread scratch buffer is kept): x [N,C]; h, c [L,N,P], [L,N,H] the
-// state before the step (c null without a cell state); y [N,P] the top layer's output; h_new,
-// c_new the state after (must not alias h, c).
-template <typename S>
-void stack_step(const StackConfig& cfg, index_t N, const std::vector<LayerWeights<S>>& params, const S* x,
-                const S* h, const S* c, S* y, S* h_new, S* c_new);
+// backward recomputes the mask instead of storing it, a seed reproduces a forward exactly, and a
+// GPU thread can draw element i on its own.
+RNNKIT_HOSTDEVICE double dropout_uniform(std::uint64_t seed, index_t layer, index_t i) {
+  const std::uint64_t stream = splitmix64(seed ^ splitmix64(static_cast<std::uint64_t>(layer) + 1));
+  const std::uint64_t bits = splitmix64(stream + static_cast<std::uint64_t>(i));
+  return static_cast<double>(bits >> 11) * 0x1.0p-53;
+}
 
 // Element counts of one call's allocations, for the memory check before anything is allocated.
 struct StackFootprint {
@@ -103,13 +114,48 @@ struct StackFootprint {
   index_t forward_scratch = 0;
   index_t backward_scratch = 0;
 };
-// `elem_bytes`: sizeof the scalar. (Sizes do not depend on the thread count.)
-StackFootprint stack_footprint(const StackConfig& cfg, index_t T, index_t N, bool training, int elem_bytes = 4);
 
-// How many threads of the team (rnnkit.set_num_threads) a forward/backward of this shape uses:
-// 1 when a step's work is too small to split profitably.
-int stack_team_size(const StackConfig& cfg, index_t T, index_t N);
-// The per-step work (N * G*H * P multiply-adds) from which a call uses more than one thread.
-void set_min_parallel_step_work(index_t work);
+// ---- the arguments of one call (pointers into the backend's memory) -------------------------
+template <typename S>
+struct StackForwardArgs {
+  const std::vector<LayerWeights<S>>* params = nullptr;  // [L*D]
+  const S* x = nullptr;
+  const S* h0 = nullptr;
+  const S* c0 = nullptr;
+  const index_t* lengths = nullptr;
+  std::uint64_t dropout_seed = 0;  // training with dropout
+  S* y = nullptr;
+  S* h_n = nullptr;
+  S* c_n = nullptr;  // null when not wanted (or no cell state)
+};
+
+// Backward through a training forward. dy [T,N,D*P], dh_n [L*D,N,P], dc_n [L*D,N,H]: each may
+// be null (zeros). grads: per group, ACCUMULATED into. dx [T,N,C] (overwritten) may be null to
+// skip it; dh0 [L*D,N,P], dc0 [L*D,N,H] are overwritten (dc0 null without a cell state).
+template <typename S>
+struct StackBackwardArgs {
+  const std::vector<LayerGrads<S>>* grads = nullptr;  // [L*D]
+  const S* dy = nullptr;
+  const S* dh_n = nullptr;
+  const S* dc_n = nullptr;
+  S* dx = nullptr;
+  S* dh0 = nullptr;
+  S* dc0 = nullptr;
+};
+
+// One timestep of a unidirectional stack for N streams, in inference mode: x [N,C]; h, c
+// [L,N,P], [L,N,H] the state before the step (c null without a cell state); y [N,P] the top
+// layer's output; h_new, c_new the state after (must not alias h, c).
+template <typename S>
+struct StackStepArgs {
+  const std::vector<LayerWeights<S>>* params = nullptr;  // [L]
+  index_t N = 0;
+  const S* x = nullptr;
+  const S* h = nullptr;
+  const S* c = nullptr;
+  S* y = nullptr;
+  S* h_new = nullptr;
+  S* c_new = nullptr;
+};
 
 }  // namespace rnnkit

@@ -4,14 +4,17 @@
 
 #include <string>
 
+#include "cpu/build_info.h"
 #include "rnnkit/common.h"
 
 namespace rnnkit {
+namespace cpu {
 
-std::string core_simd_info() { return Eigen::SimdInstructionSetsInUse(); }
+std::string simd_info() { return Eigen::SimdInstructionSetsInUse(); }
 
-std::string core_eigen_version() {
+std::string eigen_version() {
   return concat(EIGEN_WORLD_VERSION, ".", EIGEN_MAJOR_VERSION, ".", EIGEN_MINOR_VERSION);
 }
 
+}  // namespace cpu
 }  // namespace rnnkit

@@ -19,6 +19,7 @@
 #include "rnnkit/common.h"
 
 namespace rnnkit {
+namespace cpu {
 
 // Whether this CPU has a packed kernel for S (AVX2+FMA or AVX-512F on x86-64).
 template <typename S>
@@ -44,4 +45,5 @@ template <typename S>
 void packed_gemm(index_t M, index_t K, index_t cols, index_t cb, index_t ce, const S* A, index_t lda,
                  const S* packed, S beta, S* C, index_t ldc);
 
+}  // namespace cpu
 }  // namespace rnnkit

@@ -6,9 +6,10 @@
 #include <map>
 #include <mutex>
 
-#include "rnnkit/buffer.h"
+#include "cpu/buffer.h"
 
 namespace rnnkit {
+namespace cpu {
 namespace {
 
 constexpr std::size_t kAlign = 64;
@@ -77,4 +78,5 @@ void pool_empty() {
   p.cached = 0;
 }
 
+}  // namespace cpu
 }  // namespace rnnkit

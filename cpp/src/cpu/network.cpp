@@ -1,5 +1,6 @@
-// The recurrent network on the CPU: embedding, layer stack, output layer and fused loss (network.h).
-#include "rnnkit/network.h"
+// The recurrent network on the CPU (cpu/network.h): embedding, layer stack, output layer and fused
+// loss; generation.
+#include "cpu/network.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,21 +10,13 @@
 
 #include <Eigen/Core>
 
-#include "cpu_util.h"
-#include "rnnkit/blas.h"
-#include "rnnkit/team.h"
+#include "cpu/blas.h"
+#include "cpu/team.h"
+#include "cpu/util.h"
 
 namespace rnnkit {
+namespace cpu {
 namespace {
-
-using cpu::Vec;
-using cpu::ConstVec;
-using cpu::copy_n;
-using cpu::splitmix64;
-
-index_t head_rows(const NetworkConfig& cfg, index_t T, index_t N) {
-  return cfg.head == HeadKind::kSequence ? T * N : N;
-}
 
 // Row r of the head is valid (counts in the loss) unless it is a padded step.
 bool row_is_padding(const NetworkConfig& cfg, const index_t* lengths, index_t N, index_t r) {
@@ -146,38 +139,43 @@ std::int64_t sample_token(const S* logits, index_t K, double temperature, index_
 
 }  // namespace
 
-void check_network_config(const NetworkConfig& cfg) {
-  check_stack_config(cfg.stack);
-  if (cfg.vocab_size < 0) throw_expected("vocab_size", "an integer >= 0 (0: dense input)", cfg.vocab_size);
-  if (cfg.output_size < 1) throw_expected("output_size", "an integer >= 1", cfg.output_size);
-  if (cfg.loss == LossKind::kCrossEntropy && cfg.output_size < 2) {
-    throw_expected("output_size", "at least 2 classes for cross-entropy", cfg.output_size);
+template <typename S>
+CpuNetworkPlan plan_network(const NetworkConfig& cfg, index_t T, index_t N, bool training) {
+  CpuNetworkPlan p;
+  p.cfg = cfg;
+  p.T = T;
+  p.N = N;
+  p.training = training;
+  p.specs = network_param_specs(cfg);
+  std::vector<ParamSpec> stack_specs;
+  for (const ParamSpec& s : p.specs) {
+    if (s.in_stack()) stack_specs.push_back(s);
   }
-}
-
-std::vector<ParamSpec> network_param_specs(const NetworkConfig& cfg) {
-  std::vector<ParamSpec> specs;
-  if (cfg.vocab_size > 0) {
-    specs.push_back({"embedding.weight", {cfg.vocab_size, cfg.stack.input_size}, -1, -1});
-  }
-  for (ParamSpec s : stack_param_specs(cfg.stack)) {
-    s.name = "rnn." + s.name;
-    specs.push_back(s);
-  }
-  specs.push_back({"output.weight", {cfg.output_size, cfg.feature_size()}, -1, -2});
-  specs.push_back({"output.bias", {cfg.output_size}, -1, -3});
-  return specs;
+  p.stack = plan_stack<S>(cfg.stack, T, N, training, std::move(stack_specs));
+  p.rows = cfg.head_rows(T, N);
+  p.streaming = !training && T == 1 && cfg.stack.num_directions == 1;
+  const index_t TN = p.stack.shape.TN, R = p.rows, F = cfg.feature_size(), K = cfg.output_size;
+  index_t elems = checked_add(p.stack.footprint.cache, p.stack.footprint.forward_scratch, "network");
+  if (cfg.vocab_size > 0) elems = checked_add(elems, checked_mul(TN, cfg.stack.input_size, "embedded input"), "network");
+  elems = checked_add(elems, checked_mul(R, checked_add(F, K, "head"), "head"), "network");  // features, logits
+  if (training) elems = checked_add(elems, checked_mul(K, F, "output weight"), "network");
+  if (cfg.head != HeadKind::kSequence) elems = checked_add(elems, checked_mul(TN, F, "stack output"), "network");
+  p.elems = elems;
+  return p;
 }
 
 template <typename S>
-void network_forward(const NetworkConfig& cfg, const NetworkWeights<S>& w, const NetworkInputs& in,
-                     const S* h0, const S* c0, const void* targets, bool training,
-                     std::uint64_t dropout_seed, bool softmax_outputs, S* outputs, S* h_n, S* c_n,
-                     double* loss, NetworkCache<S>* cache) {
-  const index_t T = in.T, N = in.N;
+void network_forward(const CpuNetworkPlan& plan, const NetworkForwardArgs<S>& args, CpuNetworkCache<S>* cache) {
+  const NetworkConfig& cfg = plan.cfg;
+  const NetworkWeights<S>& w = *args.weights;
+  const NetworkInputs& in = args.in;
+  const bool training = plan.training;
+  const index_t T = plan.T, N = plan.N;
   const index_t E = cfg.stack.input_size, F = cfg.feature_size(), K = cfg.output_size;
-  const index_t R = head_rows(cfg, T, N);
+  const index_t R = plan.rows;
   const bool sequence = cfg.head == HeadKind::kSequence;
+  S* const outputs = args.outputs;
+  assert(training == (cache != nullptr));
 
   // Scratch: the embedded input, the head's features and the outputs, as needed.
   const index_t emb_n = cfg.vocab_size > 0 ? T * N * E : 0;
@@ -188,10 +186,7 @@ void network_forward(const NetworkConfig& cfg, const NetworkWeights<S>& w, const
   S* features = emb + emb_n;
   S* logits = features + feat_n;
   if (training) {
-    cache->cfg = cfg;
-    cache->T = T;
-    cache->N = N;
-    cache->rows = R;
+    cache->plan_ = plan;
     cache->block.allocate(R * F + R * K + K * F, "the network cache");
     cache->features = cache->block.data();
     cache->d_out = cache->features + R * F;
@@ -212,27 +207,42 @@ void network_forward(const NetworkConfig& cfg, const NetworkWeights<S>& w, const
   // The sequence head reads the last layer's outputs straight from where the stack writes them.
   Buffer<S> y_scratch(sequence ? 0 : T * N * F, "stack output");
   S* y = sequence ? features : y_scratch.data();
-  if (!training && T == 1 && cfg.stack.num_directions == 1) {
+  if (plan.streaming) {
     // A streaming step: the allocation-free one-step path (zero states made here when absent).
     const index_t groups = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
-    const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
-    Buffer<S> zeros((h0 ? 0 : groups * N * P) + (has_c && !c0 ? groups * N * H : 0), "zero state");
+    const bool has_c = plan.stack.shape.cell.has_cell_state;
+    Buffer<S> zeros((args.h0 ? 0 : groups * N * P) + (has_c && !args.c0 ? groups * N * H : 0), "zero state");
     zeros.zero();
-    const S* h = h0 ? h0 : zeros.data();
-    const S* c = has_c ? (c0 ? c0 : zeros.data() + (h0 ? 0 : groups * N * P)) : nullptr;
-    // A sequence head reads y; a last head reads the final states, so y goes to scratch.
-    stack_step<S>(cfg.stack, N, w.stack, x, h, c, sequence ? y : y_scratch.data(), h_n, c_n);
+    StackStepArgs<S> step;
+    step.params = &w.stack;
+    step.N = N;
+    step.x = x;
+    step.h = args.h0 ? args.h0 : zeros.data();
+    step.c = has_c ? (args.c0 ? args.c0 : zeros.data() + (args.h0 ? 0 : groups * N * P)) : nullptr;
+    step.y = y;  // a last head reads the final states: y is then scratch
+    step.h_new = args.h_n;
+    step.c_new = args.c_n;
+    stack_step<S>(cfg.stack, step);
   } else {
-    stack_forward<S>(cfg.stack, T, N, w.stack, x, h0, c0, in.lengths, training, dropout_seed, y, h_n,
-                     c_n, training ? &cache->stack : nullptr);
+    StackForwardArgs<S> sf;
+    sf.params = &w.stack;
+    sf.x = x;
+    sf.h0 = args.h0;
+    sf.c0 = args.c0;
+    sf.lengths = in.lengths;
+    sf.dropout_seed = args.dropout_seed;
+    sf.y = y;
+    sf.h_n = args.h_n;
+    sf.c_n = args.c_n;
+    stack_forward<S>(plan.stack, sf, training ? &cache->stack : nullptr);
   }
   // The head, split by rows over the team: outputs = features V^T + c, then the loss.
-  const int team = stack_team_size(cfg.stack, T, N);
+  const int team = plan.stack.team;
   const bool ce = cfg.loss == LossKind::kCrossEntropy;
-  const bool with_loss = targets != nullptr && loss != nullptr;
+  const bool with_loss = args.targets != nullptr && args.loss != nullptr;
   double scale = 0.0;  // 1 / (what the loss averages over)
   if (with_loss) {
-    const index_t valid = count_valid_rows(cfg, static_cast<const std::int64_t*>(targets), R, N, in.lengths);
+    const index_t valid = count_valid_rows(cfg, static_cast<const std::int64_t*>(args.targets), R, N, in.lengths);
     if (valid == 0) {
       throw std::invalid_argument("targets: expected at least one target that is not padding or ignore_index, got none");
     }
@@ -245,7 +255,7 @@ void network_forward(const NetworkConfig& cfg, const NetworkWeights<S>& w, const
   ThreadTeam::instance().run(team, [&](const TeamContext& tc) {
     if (!sequence) {
       const auto [n0, n1] = tc.split(N);
-      gather_last_states(cfg, n0, n1, N, h_n, features);
+      gather_last_states(cfg, n0, n1, N, args.h_n, features);
       tc.barrier();
     }
     const auto [r0, r1] = tc.split(R);
@@ -259,50 +269,54 @@ void network_forward(const NetworkConfig& cfg, const NetworkWeights<S>& w, const
     if (outputs != nullptr && outputs != logits) copy_n(outputs + r0 * K, logits + r0 * K, (r1 - r0) * K);
     if (with_loss) {
       if (ce) {
-        cross_entropy_rows(cfg, logits, static_cast<const std::int64_t*>(targets), r0, r1, N, in.lengths, grad,
-                           softmax_rows.data() + tc.tid() * K, scale, row_loss.data());
+        cross_entropy_rows(cfg, logits, static_cast<const std::int64_t*>(args.targets), r0, r1, N, in.lengths,
+                           grad, softmax_rows.data() + tc.tid() * K, scale, row_loss.data());
       } else {
-        squared_error_rows(cfg, logits, static_cast<const S*>(targets), r0, r1, N, in.lengths, grad, 1.0 / scale,
-                           row_loss.data());
+        squared_error_rows(cfg, logits, static_cast<const S*>(args.targets), r0, r1, N, in.lengths, grad,
+                           1.0 / scale, row_loss.data());
       }
     }
-    if (outputs != nullptr && softmax_outputs) {  // after the loss, which reads the logits
+    if (outputs != nullptr && args.softmax_outputs) {  // after the loss, which reads the logits
       for (index_t r = r0; r < r1; ++r) softmax_in_place(outputs + r * K, K);
     }
   });
   if (with_loss) {
     double total = 0.0;
     for (double v : row_loss) total += v;
-    *loss = total * scale;
-    if (training) cache->has_loss_grad = true;
+    *args.loss = total * scale;
+    if (training) cache->has_loss_grad_ = true;
   }
 }
 
 template <typename S>
-void network_backward(const NetworkCache<S>& cache, const S* d_outputs, const NetworkGrads<S>& grads,
-                      S* dh0, S* dc0) {
-  const NetworkConfig& cfg = cache.cfg;
-  const index_t T = cache.T, N = cache.N, R = cache.rows;
+void network_backward(CpuNetworkCache<S>& cache, const NetworkBackwardArgs<S>& args) {
+  const CpuNetworkPlan& plan = cache.plan_;
+  const NetworkConfig& cfg = plan.cfg;
+  const NetworkGrads<S>& grads = *args.grads;
+  const index_t T = plan.T, N = plan.N, R = plan.rows;
   const index_t E = cfg.stack.input_size, F = cfg.feature_size(), K = cfg.output_size;
   const index_t groups = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
   const bool sequence = cfg.head == HeadKind::kSequence;
-  const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
-  const S* d_out = d_outputs != nullptr ? d_outputs : cache.d_out;
+  const bool has_c = plan.stack.shape.cell.has_cell_state;
+  const S* d_out = args.d_outputs != nullptr ? args.d_outputs : cache.d_out;
+  S* dh0 = args.dh0;
+  S* dc0 = args.dc0;
 
-  const index_t dx_n = cfg.vocab_size > 0 ? T * N * E : 0;
+  // The embedding's gradient goes through dL/d(embedded input); a dense input's goes to args.dx.
+  const index_t demb_n = cfg.vocab_size > 0 ? T * N * E : 0;
   const index_t dhn_n = sequence ? 0 : groups * N * P;
   const index_t state_n = (dh0 ? 0 : groups * N * P) + ((has_c && !dc0) ? groups * N * H : 0);
-  Buffer<S> scratch(R * F + dx_n + dhn_n + state_n, "network backward scratch");
+  Buffer<S> scratch(R * F + demb_n + dhn_n + state_n, "network backward scratch");
   S* d_features = scratch.data();
-  S* dx = dx_n ? d_features + R * F : nullptr;
-  S* dh_n = dhn_n ? d_features + R * F + dx_n : nullptr;
-  S* spare = d_features + R * F + dx_n + dhn_n;
+  S* d_emb = demb_n ? d_features + R * F : nullptr;
+  S* dh_n = dhn_n ? d_features + R * F + demb_n : nullptr;
+  S* spare = d_features + R * F + demb_n + dhn_n;
   if (dh0 == nullptr) { dh0 = spare; spare += groups * N * P; }
   if (has_c && dc0 == nullptr) dc0 = spare;
 
   // Output layer: dV += d_out^T features, dc += column sums, d_features = d_out V; each thread
   // owns rows of dV and entries of dc, rows of d_features.
-  const int team = stack_team_size(cfg.stack, T, N);
+  const int team = plan.stack.team;
   const index_t D = cfg.stack.num_directions, first = (cfg.stack.num_layers - 1) * D;
   ThreadTeam::instance().run(team, [&](const TeamContext& tc) {
     tc.gemm_blocks(K, 16, kDeterministicRows, [&](index_t k0, index_t k1) {
@@ -328,8 +342,14 @@ void network_backward(const NetworkCache<S>& cache, const S* d_outputs, const Ne
       }
     }
   });
-  const S* dy = sequence ? d_features : nullptr;
-  stack_backward<S>(cache.stack, dy, dh_n, nullptr, grads.stack, dx, dh0, has_c ? dc0 : nullptr);
+  StackBackwardArgs<S> sb;
+  sb.grads = &grads.stack;
+  sb.dy = sequence ? d_features : nullptr;
+  sb.dh_n = dh_n;
+  sb.dx = cfg.vocab_size > 0 ? d_emb : args.dx;
+  sb.dh0 = dh0;
+  sb.dc0 = has_c ? dc0 : nullptr;
+  stack_backward<S>(cache.stack, sb);
   if (cfg.vocab_size > 0) {
     // Each thread adds the rows of the embedding ids in its range, in row order: no two threads
     // touch the same row, and each row sums in the same order for any thread count.
@@ -340,59 +360,63 @@ void network_backward(const NetworkCache<S>& cache, const S* d_outputs, const Ne
         const std::int64_t id = cache.tokens[r];
         if (id < v0 || id >= v1) continue;
         if (lengths && r / N >= lengths[r % N]) continue;  // padded: zero gradient
-        Vec<S>(grads.embedding + id * E, E) += ConstVec<S>(dx + r * E, E);
+        Vec<S>(grads.embedding + id * E, E) += ConstVec<S>(d_emb + r * E, E);
       }
     });
   }
 }
 
 template <typename S>
-void network_generate(const NetworkConfig& cfg, const NetworkWeights<S>& w,
-                      const std::int64_t* prefix, index_t prefix_len, index_t count,
-                      double temperature, index_t top_k, std::uint64_t seed, S* h, S* c,
-                      std::int64_t* out_tokens) {
+void network_generate(const NetworkConfig& cfg, const NetworkGenerateArgs<S>& args) {
   const index_t K = cfg.output_size, groups = cfg.stack.groups();
   const index_t P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
   const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
   NetworkConfig step_cfg = cfg;
   step_cfg.head = HeadKind::kSequence;
-  Buffer<S> buf(prefix_len * K + groups * P + (has_c ? groups * H : 0), "generation");
+  // Two shapes of call: the prefix, then one token at a time.
+  const CpuNetworkPlan prefix_plan = plan_network<S>(step_cfg, args.prefix_len, 1, false);
+  const CpuNetworkPlan token_plan = plan_network<S>(step_cfg, 1, 1, false);
+  Buffer<S> buf(args.prefix_len * K + groups * P + (has_c ? groups * H : 0), "generation");
   S* logits = buf.data();
-  S* h_next = logits + prefix_len * K;
+  S* h_next = logits + args.prefix_len * K;
   S* c_next = has_c ? h_next + groups * P : nullptr;
   std::vector<index_t> order;
   std::vector<double> probs;
 
-  NetworkInputs in;
-  in.N = 1;
-  in.tokens = prefix;
-  in.T = prefix_len;
-  std::int64_t token = 0;
-  for (index_t i = 0; i <= count; ++i) {
-    network_forward<S>(step_cfg, w, in, h, c, nullptr, false, 0, false, logits, h_next, c_next,
-                       nullptr, nullptr);
-    copy_n(h, h_next, groups * P);
-    if (has_c) copy_n(c, c_next, groups * H);
-    if (i == count) break;
-    const double u = static_cast<double>(splitmix64(seed + static_cast<std::uint64_t>(i)) >> 11) * 0x1.0p-53;
-    token = sample_token(logits + (in.T - 1) * K, K, temperature, top_k, u, order, probs);
-    out_tokens[i] = token;
-    in.tokens = &out_tokens[i];
-    in.T = 1;
+  NetworkForwardArgs<S> fa;
+  fa.weights = args.weights;
+  fa.in.N = 1;
+  fa.in.tokens = args.prefix;
+  fa.in.T = args.prefix_len;
+  fa.h0 = args.h;
+  fa.c0 = args.c;
+  fa.outputs = logits;
+  fa.h_n = h_next;
+  fa.c_n = c_next;
+  const CpuNetworkPlan* plan = &prefix_plan;
+  for (index_t i = 0; i <= args.count; ++i) {
+    network_forward<S>(*plan, fa, nullptr);
+    copy_n(args.h, h_next, groups * P);
+    if (has_c) copy_n(args.c, c_next, groups * H);
+    if (i == args.count) break;
+    const double u = static_cast<double>(splitmix64(args.seed + static_cast<std::uint64_t>(i)) >> 11) * 0x1.0p-53;
+    const std::int64_t token = sample_token(logits + (fa.in.T - 1) * K, K, args.temperature, args.top_k, u, order, probs);
+    args.out_tokens[i] = token;
+    fa.in.tokens = &args.out_tokens[i];
+    fa.in.T = 1;
+    plan = &token_plan;
   }
 }
 
-#define RNNKIT_INSTANTIATE_NETWORK(S)                                                             \
-  template void network_forward<S>(const NetworkConfig&, const NetworkWeights<S>&,                \
-                                   const NetworkInputs&, const S*, const S*, const void*, bool,   \
-                                   std::uint64_t, bool, S*, S*, S*, double*, NetworkCache<S>*);   \
-  template void network_backward<S>(const NetworkCache<S>&, const S*, const NetworkGrads<S>&, S*, \
-                                    S*);                                                          \
-  template void network_generate<S>(const NetworkConfig&, const NetworkWeights<S>&,               \
-                                    const std::int64_t*, index_t, index_t, double, index_t,       \
-                                    std::uint64_t, S*, S*, std::int64_t*);
+#define RNNKIT_INSTANTIATE_NETWORK(S)                                                                  \
+  template CpuNetworkPlan plan_network<S>(const NetworkConfig&, index_t, index_t, bool);               \
+  template void network_forward<S>(const CpuNetworkPlan&, const NetworkForwardArgs<S>&,                \
+                                   CpuNetworkCache<S>*);                                               \
+  template void network_backward<S>(CpuNetworkCache<S>&, const NetworkBackwardArgs<S>&);               \
+  template void network_generate<S>(const NetworkConfig&, const NetworkGenerateArgs<S>&);
 RNNKIT_INSTANTIATE_NETWORK(float)
 RNNKIT_INSTANTIATE_NETWORK(double)
 #undef RNNKIT_INSTANTIATE_NETWORK
 
+}  // namespace cpu
 }  // namespace rnnkit

@@ -1,9 +1,10 @@
-// Optimizer updates on the CPU (optim.h), one loop over each parameter.
-#include "rnnkit/optim.h"
+// Optimizer updates on the CPU (cpu/optim.h), one loop over each parameter.
+#include "cpu/optim.h"
 
 #include <cmath>
 
 namespace rnnkit {
+namespace cpu {
 
 // Plain loops, not Eigen: Eigen's fast-math vector sqrt is an approximation (rsqrt + a Newton
 // step) while its unaligned-head elements use the exact one, so results would depend on where the
@@ -105,4 +106,5 @@ RNNKIT_INSTANTIATE_OPTIM(float)
 RNNKIT_INSTANTIATE_OPTIM(double)
 #undef RNNKIT_INSTANTIATE_OPTIM
 
+}  // namespace cpu
 }  // namespace rnnkit

@@ -1,7 +1,3 @@
-// Thrown out of TeamContext::barrier() in the other threads when one thread of a run throws, so
-// that none waits forever; run() rethrows the original exception.
-struct TeamAborted {};
-
 // A small team of threads for the CPU time loop, SPMD style (like an OpenMP parallel region):
 // team.run(n, fn) runs fn(ctx) on n threads -- the caller is thread 0 -- and every thread calls
 // ctx.barrier() at the same points. The loops split each step's GEMM by columns and the pointwise
@@ -27,6 +23,11 @@ struct TeamAborted {};
 #include "rnnkit/common.h"
 
 namespace rnnkit {
+namespace cpu {
+
+// Thrown out of TeamContext::barrier() in the other threads when one thread of a run throws, so
+// that none waits forever; run() rethrows the original exception.
+struct TeamAborted {};
 
 class ThreadTeam;
 
@@ -128,4 +129,5 @@ class ThreadTeam {
   std::atomic<int> sleepers_{0};
 };
 
+}  // namespace cpu
 }  // namespace rnnkit

@@ -1,5 +1,6 @@
-// Helpers shared by the pybind11 binding files: cell names, array checks at the boundary, and
-// the parameter lists that arrive from Python as lists of arrays (checked against the specs).
+// Helpers shared by the pybind11 binding files: cell names, array checks at the boundary, where a
+// call's data lives (which backend runs it), and the parameter lists that arrive from Python as
+// lists of arrays (checked against the call's parameter specs).
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -14,7 +15,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "rnnkit/stack.h"
+#include "rnnkit/backend.h"
+#include "rnnkit/network.h"
 
 namespace rnnkit {
 namespace bind {
@@ -22,32 +24,20 @@ namespace bind {
 namespace py = pybind11;
 
 // ---- cell names ---------------------------------------------------------------------------
-struct ModeName {
-  const char* name;
-  CellKind cell;
-};
-// PyTorch's mode strings where PyTorch has the cell; rnnkit's own names for the others.
-inline constexpr ModeName kModes[] = {
-    {"RNN_TANH", CellKind::kElmanTanh},       {"RNN_RELU", CellKind::kElmanRelu},
-    {"LSTM", CellKind::kLSTM},                {"GRU", CellKind::kGRU},
-    {"GRU_RESET_BEFORE", CellKind::kGRUResetBefore},
-    {"LN_LSTM", CellKind::kLayerNormLSTM},    {"LN_GRU", CellKind::kLayerNormGRU},
-};
-
-inline CellKind parse_mode(const std::string& mode) {
-  for (const ModeName& m : kModes) {
-    if (mode == m.name) return m.cell;
-  }
-  std::string names;
-  for (const ModeName& m : kModes) names += concat(names.empty() ? "" : ", ", "'", m.name, "'");
-  throw_expected("mode", concat("one of ", names), concat("'", mode, "'"));
+// The compiled module takes PyTorch's `mode` spelling of a cell: its name (cells.h) in upper case.
+inline std::string mode_name(CellKind cell) {
+  std::string mode = cell_name(cell);
+  for (char& ch : mode) ch = static_cast<char>(ch >= 'a' && ch <= 'z' ? ch - 'a' + 'A' : ch);
+  return mode;
 }
 
-inline std::string mode_name(CellKind cell) {
-  for (const ModeName& m : kModes) {
-    if (m.cell == cell) return m.name;
+inline CellKind parse_mode(const std::string& mode) {
+  for (const CellName& c : kCellNames) {
+    if (mode == mode_name(c.kind)) return c.kind;
   }
-  return "?";
+  std::string names;
+  for (const CellName& c : kCellNames) names += concat(names.empty() ? "" : ", ", "'", mode_name(c.kind), "'");
+  throw_expected("mode", concat("one of ", names), concat("'", mode, "'"));
 }
 
 // ---- array checks ---------------------------------------------------------------------------
@@ -149,38 +139,71 @@ S* list_item(const py::list& arrays, std::size_t i, const ParamSpec& spec, const
 }
 
 // The arrays of `specs` in order, checked (dtype S, shape, C order, writable for gradients), as
-// per-group views of the stack's weights (W = LayerWeights<S>) or gradients (LayerGrads<S>).
-template <typename S, typename W>
-std::vector<W> group_views(const StackConfig& cfg, const std::vector<ParamSpec>& specs,
-                           const py::list& arrays, const char* what, bool writable) {
+// the stack's per-group weights (Ptr = const S*) or gradients (Ptr = S*), and for a network's list
+// its own parameters too.
+template <typename S, typename Ptr>
+std::vector<LayerParams<Ptr>> group_views(const StackConfig& cfg, const std::vector<ParamSpec>& specs,
+                                          const py::list& arrays, const char* what, bool writable) {
   check_list_length(arrays, specs.size(), what);
-  std::vector<W> views(cfg.groups());
+  std::vector<LayerParams<Ptr>> views(cfg.groups());
   for (std::size_t i = 0; i < specs.size(); ++i) {
-    const ParamSpec& spec = specs[i];
-    if (spec.group < 0) continue;  // not a stack parameter (network layers handle their own)
-    S* ptr = list_item<S>(arrays, i, spec, what, writable);
-    W& v = views[spec.group];
-    if constexpr (std::is_same_v<W, LayerWeights<S>>) {
-      switch (spec.role) {
-        case kRoleWIh: v.w_ih = ptr; break;
-        case kRoleWHh: v.w_hh = ptr; break;
-        case kRoleBIh: v.b_ih = ptr; break;
-        case kRoleBHh: v.b_hh = ptr; break;
-        case kRoleWHr: v.w_hr = ptr; break;
-        default: v.ln[spec.role - kRoleLn0] = ptr; break;
-      }
-    } else {
-      switch (spec.role) {
-        case kRoleWIh: v.dw_ih = ptr; break;
-        case kRoleWHh: v.dw_hh = ptr; break;
-        case kRoleBIh: v.db_ih = ptr; break;
-        case kRoleBHh: v.db_hh = ptr; break;
-        case kRoleWHr: v.dw_hr = ptr; break;
-        default: v.dln[spec.role - kRoleLn0] = ptr; break;
-      }
-    }
+    if (!specs[i].in_stack()) continue;
+    param_field(views[specs[i].group], specs[i].role) = list_item<S>(arrays, i, specs[i], what, writable);
   }
   return views;
+}
+
+template <typename S, typename Ptr>
+NetworkParams<Ptr> network_views(const NetworkConfig& cfg, const std::vector<ParamSpec>& specs,
+                                 const py::list& arrays, const char* what, bool writable) {
+  NetworkParams<Ptr> net;
+  net.stack = group_views<S, Ptr>(cfg.stack, specs, arrays, what, writable);
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    if (!specs[i].in_stack()) param_field(net, specs[i]) = list_item<S>(arrays, i, specs[i], what, writable);
+  }
+  return net;
+}
+
+// lengths: int64 [N], each in [1, T]; null when absent.
+inline const index_t* check_lengths(const std::optional<py::array>& lengths, index_t T, index_t N) {
+  if (!lengths) return nullptr;
+  check_array<index_t>(*lengths, "lengths", {N}, false);
+  const auto* lp = static_cast<const index_t*>(lengths->data());
+  for (index_t n = 0; n < N; ++n) {
+    if (lp[n] < 1 || lp[n] > T) throw_expected(concat("lengths[", n, "]"), concat("a length in [1, ", T, "]"), lp[n]);
+  }
+  return lp;
+}
+
+// Where an array's data lives, which picks the backend that runs the call. NumPy arrays are host
+// memory; device arrays (DLPack, __cuda_array_interface__) arrive with the CUDA backend.
+inline Device device_of(const py::array&) { return Device::kCpu; }
+
+// The dtype of a list of arrays (its last entry decides; every entry is checked later).
+inline py::dtype list_dtype(const py::list& arrays, const char* what) {
+  if (py::len(arrays) == 0 || !py::isinstance<py::array>(arrays[py::len(arrays) - 1])) {
+    throw py::type_error(concat(what, ": expected a list of numpy arrays"));
+  }
+  return arrays[py::len(arrays) - 1].cast<py::array>().dtype();
+}
+
+// Calls fn(float{}) or fn(double{}) for a float32/float64 dtype; TypeError naming `what` otherwise.
+template <typename Fn>
+decltype(auto) by_dtype(const py::dtype& dt, const char* what, Fn&& fn) {
+  if (dt.is(py::dtype::of<float>())) return fn(float{});
+  if (dt.is(py::dtype::of<double>())) return fn(double{});
+  throw py::type_error(concat(what, ": expected dtype float32 or float64, got ", dtype_name(dt)));
+}
+
+// The (name, shape) list Python sees from param_specs().
+inline py::list specs_list(const std::vector<ParamSpec>& specs) {
+  py::list out;
+  for (const ParamSpec& s : specs) {
+    py::tuple shape(s.shape.size());
+    for (std::size_t i = 0; i < s.shape.size(); ++i) shape[i] = s.shape[i];
+    out.append(py::make_tuple(s.name, shape));
+  }
+  return out;
 }
 
 }  // namespace bind

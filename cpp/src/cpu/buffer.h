@@ -20,6 +20,7 @@
 #include "rnnkit/common.h"
 
 namespace rnnkit {
+namespace cpu {
 
 // Total physical memory of this machine in bytes (0 if unknown).
 inline std::size_t physical_memory_bytes() {
@@ -108,4 +109,5 @@ class Buffer {
   std::size_t capacity_ = 0;  // bytes of the block actually held
 };
 
+}  // namespace cpu
 }  // namespace rnnkit

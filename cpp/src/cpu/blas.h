@@ -13,21 +13,19 @@
 #include "rnnkit/common.h"
 
 namespace rnnkit {
+namespace cpu {
 
 enum class Trans { kNo, kYes };
 
 // C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C.
 // op(A) is A [m,k] (lda >= k) or, transposed, A [k,m] (lda >= m); likewise for B.
-// C must not alias A or B. Dimensions must fit in a 32-bit BLAS int; callers guarantee it
-// (layer entry points reject larger sizes up front with a user error).
+// C must not alias A or B. Dimensions are at most kMaxGemmDim; callers guarantee it (layer
+// entry points reject larger sizes up front with a user error).
 void gemm(Trans trans_a, Trans trans_b, index_t m, index_t n, index_t k, float alpha, const float* a,
           index_t lda, const float* b, index_t ldb, float beta, float* c, index_t ldc);
 void gemm(Trans trans_a, Trans trans_b, index_t m, index_t n, index_t k, double alpha,
           const double* a, index_t lda, const double* b, index_t ldb, double beta, double* c,
           index_t ldc);
-
-// Largest dimension a single BLAS call accepts (blasint is 32-bit in scipy-openblas32).
-constexpr index_t kMaxBlasDim = 2147483647;
 
 // BLAS threads: rnnkit defaults to 1 (measured: RNN-sized GEMMs get slower with a second
 // thread on a shared core; see build-recipe notes). The count is process-wide for our OpenBLAS.
@@ -36,4 +34,5 @@ int get_blas_threads();
 // OpenBLAS' own description: version, build options and the kernel picked for this CPU.
 std::string blas_info();
 
+}  // namespace cpu
 }  // namespace rnnkit

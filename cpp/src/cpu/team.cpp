@@ -1,5 +1,5 @@
 // The process-wide thread team (team.h).
-#include "rnnkit/team.h"
+#include "cpu/team.h"
 
 #include <pthread.h>
 
@@ -21,6 +21,7 @@
 #endif
 
 namespace rnnkit {
+namespace cpu {
 
 ThreadTeam& ThreadTeam::instance() {
   static ThreadTeam* team = [] {
@@ -181,4 +182,5 @@ void TeamContext::barrier() const {
   if (size_ > 1) team_->barrier_wait();
 }
 
+}  // namespace cpu
 }  // namespace rnnkit

@@ -1,5 +1,5 @@
-// CBLAS calls behind rnnkit/blas.h; the only file that includes the OpenBLAS headers.
-#include "rnnkit/blas.h"
+// CBLAS calls behind cpu/blas.h; the only file that includes the OpenBLAS headers.
+#include "cpu/blas.h"
 
 #include <cblas.h>
 
@@ -12,12 +12,13 @@
 #endif
 
 namespace rnnkit {
+namespace cpu {
 namespace {
 
 CBLAS_TRANSPOSE to_cblas(Trans t) { return t == Trans::kYes ? CblasTrans : CblasNoTrans; }
 
 blasint to_blasint(index_t v) {
-  assert(v >= 0 && v <= kMaxBlasDim);
+  assert(v >= 0 && v <= kMaxGemmDim);
   return static_cast<blasint>(v);
 }
 
@@ -78,4 +79,5 @@ std::string blas_info() {
   return info;
 }
 
+}  // namespace cpu
 }  // namespace rnnkit

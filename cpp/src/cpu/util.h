@@ -1,9 +1,7 @@
-// Small helpers shared by the CPU loop files (layer_cpu.cpp, stack_cpu.cpp, network_cpu.cpp):
-// Eigen maps over raw buffers, size-checked copies, and the seed mixer behind dropout masks and
-// sampling. Internal to the CPU backend (not installed, not seen by nvcc).
+// Small helpers shared by the CPU backend's loops (layers, stack, network): Eigen maps over raw
+// buffers and size-checked copies. Internal to the CPU backend.
 #pragma once
 
-#include <cstdint>
 #include <cstring>
 
 #include <Eigen/Core>
@@ -30,14 +28,6 @@ void zero_n(S* dst, index_t n) {
   if (n > 0) std::memset(dst, 0, static_cast<std::size_t>(n) * sizeof(S));
 }
 
-// SplitMix64's finaliser: a well-mixed 64-bit value from a counter, so a stream of random numbers
-// can be indexed (element i of a dropout mask) instead of generated in order.
-inline std::uint64_t splitmix64(std::uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 }  // namespace cpu
 }  // namespace rnnkit

@@ -1,7 +1,7 @@
 // Packed-B GEMM kernels (packed_gemm.h): AVX-512F and AVX2+FMA, float and double, selected once
 // at run time. Each ISA's code lives in functions carrying that ISA's target attribute, so the
 // rest of rnnkit stays baseline x86-64 and a CPU without the instructions never executes them.
-#include "rnnkit/packed_gemm.h"
+#include "cpu/packed_gemm.h"
 
 #include <algorithm>
 #include <cstring>
@@ -12,6 +12,7 @@
 #endif
 
 namespace rnnkit {
+namespace cpu {
 namespace {
 
 constexpr index_t kKChunk = 128;  // K rows of a panel per pass: 128 x NR values (8-16 KiB) stay in L1
@@ -269,4 +270,5 @@ RNNKIT_INSTANTIATE_PACKED(float)
 RNNKIT_INSTANTIATE_PACKED(double)
 #undef RNNKIT_INSTANTIATE_PACKED
 
+}  // namespace cpu
 }  // namespace rnnkit

@@ -1,17 +1,16 @@
-// pybind11 bindings of the optimizer updates and gradient clipping (optim.h): one call updates
-// every parameter of a model, with the GIL released. Registered into rnnkit._core by bindings.cpp.
-#include <pybind11/pybind11.h>
+// Bindings of the optimizer updates and gradient clipping (optim.h): one call updates every
+// parameter of a model, with the GIL released, on the backend that owns the arrays.
 #include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
 
 #include <vector>
 
-#include "bind_common.h"
-#include "rnnkit/optim.h"
+#include "bind/common.h"
+#include "bind/module.h"
 
 namespace rnnkit {
+namespace bind {
 namespace {
-
-using namespace bind;
 
 // The arrays of a list, checked: same dtype S as `like`, same shapes, C order, writable if asked.
 template <typename S>
@@ -48,15 +47,16 @@ index_t count(const std::vector<index_t>& shape) {
   return n;
 }
 
+// Calls fn(S{}, backend.ops<S>()) for the dtype S of a list's arrays (nothing for an empty list),
+// with the operations of the backend that owns them.
 template <typename Fn>
 void by_list_dtype(const py::list& arrays, Fn&& fn) {
   if (py::len(arrays) == 0) return;
   py::object first = arrays[0];
   if (!py::isinstance<py::array>(first)) throw py::type_error("expected a list of numpy arrays");
-  const py::dtype dt = first.cast<py::array>().dtype();
-  if (dt.is(py::dtype::of<float>())) return fn(float{});
-  if (dt.is(py::dtype::of<double>())) return fn(double{});
-  throw py::type_error(concat("expected float32 or float64 arrays, got dtype ", dtype_name(dt)));
+  const py::array a = first.cast<py::array>();
+  const Backend& backend = backend_for(device_of(a));
+  by_dtype(a.dtype(), "arrays", [&](auto s) { fn(s, backend.ops<decltype(s)>()); });
 }
 
 }  // namespace
@@ -66,7 +66,7 @@ void register_optim(py::module_& m) {
         [](const py::list& params, const py::list& grads, const py::object& bufs, double lr, double momentum,
            double dampening, double weight_decay, bool nesterov, bool first_step) {
           const auto shapes = shapes_of(params, "params");
-          by_list_dtype(params, [&](auto s) {
+          by_list_dtype(params, [&](auto s, const auto& ops) {
             using S = decltype(s);
             auto p = array_list<S>(params, "params", shapes, true);
             auto g = array_list<S>(grads, "grads", shapes, false);
@@ -74,7 +74,7 @@ void register_optim(py::module_& m) {
             if (momentum != 0.0) b = array_list<S>(bufs.cast<py::list>(), "momentum_buffers", shapes, true);
             SgdHyper h{lr, momentum, dampening, weight_decay, nesterov};
             py::gil_scoped_release release;
-            for (std::size_t i = 0; i < shapes.size(); ++i) sgd_update<S>(p[i], g[i], b[i], count(shapes[i]), h, first_step);
+            for (std::size_t i = 0; i < shapes.size(); ++i) ops.sgd_update(p[i], g[i], b[i], count(shapes[i]), h, first_step);
           });
         },
         py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"), py::arg("lr"), py::arg("momentum"),
@@ -84,7 +84,7 @@ void register_optim(py::module_& m) {
         [](const py::list& params, const py::list& grads, const py::list& exp_avgs, const py::list& exp_avg_sqs,
            double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled, index_t step) {
           const auto shapes = shapes_of(params, "params");
-          by_list_dtype(params, [&](auto s) {
+          by_list_dtype(params, [&](auto s, const auto& ops) {
             using S = decltype(s);
             auto p = array_list<S>(params, "params", shapes, true);
             auto g = array_list<S>(grads, "grads", shapes, false);
@@ -92,7 +92,7 @@ void register_optim(py::module_& m) {
             auto m2 = array_list<S>(exp_avg_sqs, "exp_avg_sq", shapes, true);
             AdamHyper h{lr, beta1, beta2, eps, weight_decay, decoupled};
             py::gil_scoped_release release;
-            for (std::size_t i = 0; i < shapes.size(); ++i) adam_update<S>(p[i], g[i], m1[i], m2[i], count(shapes[i]), h, step);
+            for (std::size_t i = 0; i < shapes.size(); ++i) ops.adam_update(p[i], g[i], m1[i], m2[i], count(shapes[i]), h, step);
           });
         },
         py::arg("params"), py::arg("grads"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("lr"),
@@ -104,7 +104,7 @@ void register_optim(py::module_& m) {
            const py::object& grad_avgs, double lr, double alpha, double eps, double weight_decay, double momentum,
            bool centered) {
           const auto shapes = shapes_of(params, "params");
-          by_list_dtype(params, [&](auto s) {
+          by_list_dtype(params, [&](auto s, const auto& ops) {
             using S = decltype(s);
             auto p = array_list<S>(params, "params", shapes, true);
             auto g = array_list<S>(grads, "grads", shapes, false);
@@ -115,7 +115,7 @@ void register_optim(py::module_& m) {
             RmspropHyper h{lr, alpha, eps, weight_decay, momentum, centered};
             py::gil_scoped_release release;
             for (std::size_t i = 0; i < shapes.size(); ++i) {
-              rmsprop_update<S>(p[i], g[i], sq[i], mb[i], ga[i], count(shapes[i]), h);
+              ops.rmsprop_update(p[i], g[i], sq[i], mb[i], ga[i], count(shapes[i]), h);
             }
           });
         },
@@ -127,11 +127,11 @@ void register_optim(py::module_& m) {
         [](const py::list& arrays) {
           double total = 0.0;
           const auto shapes = shapes_of(arrays, "arrays");
-          by_list_dtype(arrays, [&](auto s) {
+          by_list_dtype(arrays, [&](auto s, const auto& ops) {
             using S = decltype(s);
             auto a = array_list<S>(arrays, "arrays", shapes, false);
             py::gil_scoped_release release;
-            for (std::size_t i = 0; i < shapes.size(); ++i) total += sum_of_squares<S>(a[i], count(shapes[i]));
+            for (std::size_t i = 0; i < shapes.size(); ++i) total += ops.sum_of_squares(a[i], count(shapes[i]));
           });
           return total;
         },
@@ -140,10 +140,10 @@ void register_optim(py::module_& m) {
   m.def("scale_arrays",
         [](const py::list& arrays, double factor) {
           const auto shapes = shapes_of(arrays, "arrays");
-          by_list_dtype(arrays, [&](auto s) {
+          by_list_dtype(arrays, [&](auto s, const auto& ops) {
             using S = decltype(s);
             auto a = array_list<S>(arrays, "arrays", shapes, true);
-            for (std::size_t i = 0; i < shapes.size(); ++i) scale_in_place<S>(a[i], count(shapes[i]), S(factor));
+            for (std::size_t i = 0; i < shapes.size(); ++i) ops.scale(a[i], count(shapes[i]), S(factor));
           });
         },
         py::arg("arrays"), py::arg("factor"));
@@ -151,13 +151,14 @@ void register_optim(py::module_& m) {
   m.def("clamp_arrays",
         [](const py::list& arrays, double limit) {
           const auto shapes = shapes_of(arrays, "arrays");
-          by_list_dtype(arrays, [&](auto s) {
+          by_list_dtype(arrays, [&](auto s, const auto& ops) {
             using S = decltype(s);
             auto a = array_list<S>(arrays, "arrays", shapes, true);
-            for (std::size_t i = 0; i < shapes.size(); ++i) clamp_in_place<S>(a[i], count(shapes[i]), S(limit));
+            for (std::size_t i = 0; i < shapes.size(); ++i) ops.clamp(a[i], count(shapes[i]), S(limit));
           });
         },
         py::arg("arrays"), py::arg("limit"));
 }
 
+}  // namespace bind
 }  // namespace rnnkit

@@ -1,0 +1,255 @@
+// Bindings of the layer stack (stack.h): StackConfig, the training Cache, forward, backward and the
+// streaming step. Each call checks its arrays at the boundary, asks the backend that owns the data
+// for a plan, checks the whole call fits in memory, allocates the outputs and runs with the GIL
+// released.
+//
+// The Python package (python/rnnkit) validates user input first and gives the friendlier messages;
+// the checks here are the backstop for direct callers of _core: any array of the wrong dtype,
+// layout or shape is refused with ValueError/TypeError, never read out of bounds.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+
+#include "bind/common.h"
+#include "bind/module.h"
+
+namespace rnnkit {
+namespace bind {
+namespace {
+
+// What a training forward keeps for backward, as the Python object _core.Cache.
+struct Cache {
+  std::unique_ptr<StackCache> data;
+};
+
+// Refuses a state array for a cell that has none, naming the cell.
+void refuse_cell_state(const std::optional<py::array>& a, const char* name, const StackConfig& cfg) {
+  if (a && !cell_info(cfg.cell).has_cell_state) {
+    throw_expected(name, concat("None (", mode_name(cfg.cell), " has no cell state)"), "an array");
+  }
+}
+
+template <typename S>
+py::tuple forward_impl(const StackConfig& cfg, const py::list& params, const py::array& x,
+                       const std::optional<py::array>& h0, const std::optional<py::array>& c0,
+                       const std::optional<py::array>& lengths, bool training, std::uint64_t dropout_seed) {
+  if (x.ndim() != 3) throw_expected("x", "a 3-D array [T, N, C]", concat(x.ndim(), "-D"));
+  const index_t T = x.shape(0), N = x.shape(1);
+  if (T < 1) throw_expected("sequence length T", "T >= 1", T);
+  if (N < 1) throw_expected("batch size N", "N >= 1", N);
+  check_stack_dims(cfg, T, N);
+  const bool has_c = cell_info(cfg.cell).has_cell_state;
+  const index_t GD = cfg.groups(), H = cfg.hidden_size, P = cfg.state_size();
+  const S* xp = in_ptr<S>(x, "x", {T, N, cfg.input_size});
+  const S* h0p = in_ptr<S>(h0, "h0", {GD, N, P});
+  refuse_cell_state(c0, "c0", cfg);
+  const S* c0p = in_ptr<S>(c0, "c0", {GD, N, H});
+  const index_t* lp = check_lengths(lengths, T, N);
+
+  const Backend& backend = backend_for(device_of(x));
+  const BackendOps<S>& ops = backend.ops<S>();
+  const std::unique_ptr<StackPlan> plan = ops.plan_stack(cfg, T, N, training);
+  const std::vector<LayerWeights<S>> w = group_views<S, const S*>(cfg, plan->specs, params, "params", false);
+  const index_t outputs = checked_add(checked_mul(checked_mul(T, N, "output"), cfg.num_directions * P, "output"),
+                                      checked_mul(GD, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
+                                      "outputs");
+  const index_t total =
+      checked_add(outputs, checked_add(plan->footprint.cache, plan->footprint.forward_scratch, "forward"), "forward");
+  backend.check_fits(checked_mul(total, sizeof(S), "forward bytes"), "a forward call");
+
+  auto y = new_array<S>({T, N, cfg.num_directions * P});
+  auto h_n = new_array<S>({GD, N, P});
+  py::object c_n_obj = py::none();
+  StackForwardArgs<S> args;
+  if (has_c) {
+    auto c_n = new_array<S>({GD, N, H});
+    args.c_n = c_n.mutable_data();
+    c_n_obj = c_n;
+  }
+  args.params = &w;
+  args.x = xp;
+  args.h0 = h0p;
+  args.c0 = c0p;
+  args.lengths = lp;
+  args.dropout_seed = dropout_seed;
+  args.y = y.mutable_data();
+  args.h_n = h_n.mutable_data();
+  std::unique_ptr<StackCache> cache;
+  {
+    py::gil_scoped_release release;
+    cache = ops.stack_forward(*plan, args);
+  }
+  py::object cache_obj = cache ? py::cast(Cache{std::move(cache)}) : py::object(py::none());
+  return py::make_tuple(y, h_n, c_n_obj, cache_obj);
+}
+
+template <typename S>
+py::tuple backward_impl(Cache& cache_obj, const std::optional<py::array>& dy, const std::optional<py::array>& dh_n,
+                        const std::optional<py::array>& dc_n, const py::list& grads, bool need_dx) {
+  StackCache& cache = *cache_obj.data;
+  const StackPlan& plan = cache.plan();
+  const StackConfig& cfg = plan.cfg;
+  const index_t T = plan.T, N = plan.N;
+  const index_t GD = cfg.groups(), H = cfg.hidden_size, P = cfg.state_size();
+  const bool has_c = cell_info(cfg.cell).has_cell_state;
+  const S* dyp = in_ptr<S>(dy, "dy", {T, N, cfg.num_directions * P});
+  const S* dhnp = in_ptr<S>(dh_n, "dh_n", {GD, N, P});
+  refuse_cell_state(dc_n, "dc_n", cfg);
+  const S* dcnp = in_ptr<S>(dc_n, "dc_n", {GD, N, H});
+  const std::vector<LayerGrads<S>> g = group_views<S, S*>(cfg, plan.specs, grads, "grads", true);
+
+  const Backend& backend = backend_for(cache.device());
+  const index_t outputs = checked_add(need_dx ? checked_mul(checked_mul(T, N, "dx"), cfg.input_size, "dx") : 0,
+                                      checked_mul(GD, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
+                                      "outputs");
+  backend.check_fits(checked_mul(checked_add(outputs, plan.footprint.backward_scratch, "backward"), sizeof(S),
+                                 "backward bytes"),
+                     "a backward call");
+
+  StackBackwardArgs<S> args;
+  py::object dx_obj = py::none();
+  if (need_dx) {
+    auto dx = new_array<S>({T, N, cfg.input_size});
+    args.dx = dx.mutable_data();
+    dx_obj = dx;
+  }
+  auto dh0 = new_array<S>({GD, N, P});
+  py::object dc0_obj = py::none();
+  if (has_c) {
+    auto dc0 = new_array<S>({GD, N, H});
+    args.dc0 = dc0.mutable_data();
+    dc0_obj = dc0;
+  }
+  args.grads = &g;
+  args.dy = dyp;
+  args.dh_n = dhnp;
+  args.dc_n = dcnp;
+  args.dh0 = dh0.mutable_data();
+  {
+    py::gil_scoped_release release;
+    backend.ops<S>().stack_backward(cache, args);
+  }
+  return py::make_tuple(dx_obj, dh0, dc0_obj);
+}
+
+template <typename S>
+py::tuple step_impl(const StackConfig& cfg, const py::list& params, const py::array& x, const py::array& h,
+                    const std::optional<py::array>& c) {
+  if (cfg.num_directions != 1) {
+    throw_expected("layer", "a unidirectional layer (a step has no future for the reverse direction)",
+                   "a bidirectional one");
+  }
+  if (x.ndim() != 2) throw_expected("x", "a 2-D array [N, input_size]", concat(x.ndim(), "-D"));
+  const index_t N = x.shape(0), L = cfg.num_layers, P = cfg.state_size(), H = cfg.hidden_size;
+  if (N < 1) throw_expected("batch size N", "N >= 1", N);
+  const bool has_c = cell_info(cfg.cell).has_cell_state;
+  StackStepArgs<S> args;
+  args.N = N;
+  args.x = in_ptr<S>(x, "x", {N, cfg.input_size});
+  args.h = in_ptr<S>(h, "h", {L, N, P});
+  if (has_c != c.has_value()) throw_expected("c", has_c ? "an array (LSTM cells)" : "None", c ? "an array" : "None");
+  args.c = in_ptr<S>(c, "c", {L, N, H});
+  const std::vector<LayerWeights<S>> w =
+      group_views<S, const S*>(cfg, stack_param_specs(cfg), params, "params", false);
+  args.params = &w;
+  auto y = new_array<S>({N, P});
+  auto h_new = new_array<S>({L, N, P});
+  py::object c_obj = py::none();
+  if (has_c) {
+    auto arr = new_array<S>({L, N, H});
+    args.c_new = arr.mutable_data();
+    c_obj = arr;
+  }
+  args.y = y.mutable_data();
+  args.h_new = h_new.mutable_data();
+  const BackendOps<S>& ops = backend_for(device_of(x)).ops<S>();
+  {
+    py::gil_scoped_release release;
+    ops.stack_step(cfg, args);
+  }
+  return py::make_tuple(y, h_new, c_obj);
+}
+
+}  // namespace
+
+void register_stack(py::module_& m) {
+  py::class_<StackConfig>(m, "StackConfig", "Configuration of a layer stack (see stack.h).")
+      .def(py::init([](const std::string& mode, index_t input_size, index_t hidden_size, index_t num_layers,
+                       bool bidirectional, index_t proj_size, bool bias, double dropout) {
+             StackConfig c;
+             c.cell = parse_mode(mode);
+             c.input_size = input_size;
+             c.hidden_size = hidden_size;
+             c.num_layers = num_layers;
+             c.num_directions = bidirectional ? 2 : 1;
+             c.proj_size = proj_size;
+             c.bias = bias;
+             c.dropout = dropout;
+             check_stack_config(c);
+             return c;
+           }),
+           py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers") = 1,
+           py::arg("bidirectional") = false, py::arg("proj_size") = 0, py::arg("bias") = true,
+           py::arg("dropout") = 0.0)
+      .def_property_readonly("mode", [](const StackConfig& c) { return mode_name(c.cell); })
+      .def_readonly("input_size", &StackConfig::input_size)
+      .def_readonly("hidden_size", &StackConfig::hidden_size)
+      .def_readonly("num_layers", &StackConfig::num_layers)
+      .def_readonly("num_directions", &StackConfig::num_directions)
+      .def_readonly("proj_size", &StackConfig::proj_size)
+      .def_readonly("bias", &StackConfig::bias)
+      .def_readonly("dropout", &StackConfig::dropout)
+      .def_property_readonly("has_cell_state", [](const StackConfig& c) { return cell_info(c.cell).has_cell_state; })
+      .def_property_readonly("gates", [](const StackConfig& c) { return cell_info(c.cell).gates; })
+      .def("param_specs", [](const StackConfig& c) { return specs_list(stack_param_specs(c)); },
+           "[(name, shape)] of every parameter, in PyTorch's state_dict order.");
+
+  py::class_<Cache>(m, "Cache", "What a training forward keeps for backward (opaque).")
+      .def_property_readonly("nbytes", [](const Cache& c) { return c.data->nbytes(); }, "Bytes held by this cache.")
+      .def_property_readonly("dtype", [](const Cache& c) { return c.data->elem_bytes() == 4 ? "float32" : "float64"; })
+      .def_property_readonly("shape", [](const Cache& c) { return py::make_tuple(c.data->plan().T, c.data->plan().N); },
+                             "(T, N) of the forward that made it.");
+
+  m.def("forward",
+        [](const StackConfig& cfg, const py::list& params, const py::array& x, const std::optional<py::array>& h0,
+           const std::optional<py::array>& c0, const std::optional<py::array>& lengths, bool training,
+           std::uint64_t dropout_seed) {
+          return by_dtype(x.dtype(), "x", [&](auto s) {
+            return forward_impl<decltype(s)>(cfg, params, x, h0, c0, lengths, training, dropout_seed);
+          });
+        },
+        py::arg("config"), py::arg("params"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
+        py::arg("training"), py::arg("dropout_seed"),
+        R"doc(A stack of recurrent layers over a time-major sequence.
+
+params: the arrays of config.param_specs(), in that order. x [T,N,C]; h0 [L*D,N,P] or None;
+c0 [L*D,N,H] or None (LSTM cells); lengths int64 [N] or None. All C-contiguous, x's dtype
+(float32 or float64). Returns (y [T,N,D*P], h_n, c_n or None, cache or None). The GIL is
+released while it runs.)doc");
+
+  m.def("step",
+        [](const StackConfig& cfg, const py::list& params, const py::array& x, const py::array& h,
+           const std::optional<py::array>& c) {
+          return by_dtype(x.dtype(), "x", [&](auto s) { return step_impl<decltype(s)>(cfg, params, x, h, c); });
+        },
+        py::arg("config"), py::arg("params"), py::arg("x"), py::arg("h"), py::arg("c"),
+        "One timestep of a unidirectional stack: x [N,C], h [L,N,P], c [L,N,H] or None -> (y [N,P], h, c|None).");
+
+  m.def("backward",
+        [](Cache& cache, const std::optional<py::array>& dy, const std::optional<py::array>& dh_n,
+           const std::optional<py::array>& dc_n, const py::list& grads, bool need_dx) {
+          if (cache.data->elem_bytes() == 4) return backward_impl<float>(cache, dy, dh_n, dc_n, grads, need_dx);
+          return backward_impl<double>(cache, dy, dh_n, dc_n, grads, need_dx);
+        },
+        py::arg("cache"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("grads"), py::arg("need_dx"),
+        R"doc(BPTT through the forward that produced `cache`.
+
+dy, dh_n, dc_n: gradients of the outputs or None. grads: arrays shaped like params, ACCUMULATED
+into. Returns (dx or None, dh0, dc0 or None). The GIL is released while it runs.)doc");
+}
+
+}  // namespace bind
+}  // namespace rnnkit

@@ -1,0 +1,102 @@
+// Hooks for tests and benchmarks, not API: the dropout masks forward applies, the packed per-step
+// GEMM against NumPy and against BLAS, the single-thread sgemm rate, and the threshold from which
+// a call uses the thread team. Their names start with an underscore.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+
+#include "bind/common.h"
+#include "bind/module.h"
+#include "cpu/blas.h"
+#include "cpu/buffer.h"
+#include "cpu/packed_gemm.h"
+#include "cpu/stack.h"
+
+namespace rnnkit {
+namespace bind {
+
+void register_test_hooks(py::module_& m) {
+  using namespace cpu;
+  m.def("_dropout_mask", [](std::uint64_t seed, index_t layer, index_t count, double p) {
+        if (count < 0) throw_expected("count", ">= 0", count);
+        auto out = new_array<double>({count});
+        double* o = out.mutable_data();
+        for (index_t i = 0; i < count; ++i) {
+          o[i] = (p >= 1.0 || dropout_uniform(seed, layer, i) < p) ? 0.0 : 1.0 / (1.0 - p);
+        }
+        return out;
+      }, py::arg("seed"), py::arg("layer"), py::arg("count"), py::arg("p"),
+      "The dropout multipliers forward applies to layer `layer`'s flattened output (for tests).");
+
+  m.def("_packed_gemm", [](py::array A, py::array B, bool transposed, double beta, py::array C, index_t cb, index_t ce) {
+        // C[:, cb:ce] = beta C + A B through the packed kernels (B given as B, or as B^T).
+        if (!A.dtype().is(C.dtype()) || !B.dtype().is(C.dtype())) throw py::type_error("A, B, C: expected one dtype");
+        auto run = [&](auto s) {
+          using S = decltype(s);
+          if (!packed_gemm_available<S>()) throw std::runtime_error("no packed kernel on this CPU");
+          const index_t M = A.shape(0), K = A.shape(1), cols = transposed ? B.shape(0) : B.shape(1);
+          check_array<S>(A, "A", {M, K}, false);
+          check_array<S>(B, "B", transposed ? std::vector<index_t>{cols, K} : std::vector<index_t>{K, cols}, false);
+          check_array<S>(C, "C", {M, cols}, true);
+          if (cb < 0 || ce > cols || cb > ce || cb % packed_panel_width<S>() != 0) throw_expected("cb, ce", "a panel-aligned range", cb);
+          Buffer<S> packed(packed_size<S>(K, cols), "packed B");
+          pack_b<S>(static_cast<const S*>(B.data()), transposed ? K : cols, transposed, K, cols, 0, cols, packed.data());
+          packed_gemm<S>(M, K, cols, cb, ce, static_cast<const S*>(A.data()), K, packed.data(), S(beta),
+                         static_cast<S*>(C.mutable_data()), cols);
+        };
+        if (C.dtype().is(py::dtype::of<float>())) run(float{}); else run(double{});
+      }, py::arg("A"), py::arg("B"), py::arg("transposed"), py::arg("beta"), py::arg("C"), py::arg("cb"), py::arg("ce"));
+
+  m.def("_packed_vs_blas", [](index_t M, index_t K, index_t cols, int reps) {
+        // Seconds per call of the packed kernel (packed once) and of BLAS.
+        Buffer<float> A(M * K, "A"), W(cols * K, "W"), C(M * cols, "C"), P(packed_size<float>(K, cols), "P");
+        for (index_t i = 0; i < M * K; ++i) A.data()[i] = float((i * 7) % 13) * 0.01f;
+        for (index_t i = 0; i < cols * K; ++i) W.data()[i] = float((i * 5) % 11) * 0.01f;
+        C.zero();
+        double packed_s = 0, blas_s = 0;
+        {
+          py::gil_scoped_release release;
+          pack_b<float>(W.data(), K, true, K, cols, 0, cols, P.data());
+          auto t0 = std::chrono::steady_clock::now();
+          for (int r = 0; r < reps; ++r) packed_gemm<float>(M, K, cols, 0, cols, A.data(), K, P.data(), 1.0f, C.data(), cols);
+          auto t1 = std::chrono::steady_clock::now();
+          for (int r = 0; r < reps; ++r) gemm(Trans::kNo, Trans::kYes, M, cols, K, 1.0f, A.data(), K, W.data(), K, 1.0f, C.data(), cols);
+          auto t2 = std::chrono::steady_clock::now();
+          packed_s = std::chrono::duration<double>(t1 - t0).count() / reps;
+          blas_s = std::chrono::duration<double>(t2 - t1).count() / reps;
+        }
+        return py::make_tuple(packed_s, blas_s);
+      });
+
+  m.def("_sgemm_gflops", [](index_t n, int reps) {
+        // The BLAS ceiling rnnkit's GEMMs work against: GFLOP/s of an n^3 sgemm on this thread.
+        Buffer<float> A(n * n, "A"), B(n * n, "B"), C(n * n, "C");
+        for (index_t i = 0; i < n * n; ++i) {
+          A.data()[i] = float(i % 7) * 0.1f;
+          B.data()[i] = float(i % 5) * 0.1f;
+        }
+        double best = 1e30;
+        {
+          py::gil_scoped_release release;
+          for (int r = 0; r < reps + 1; ++r) {
+            auto t0 = std::chrono::steady_clock::now();
+            gemm(Trans::kNo, Trans::kNo, n, n, n, 1.0f, A.data(), n, B.data(), n, 0.0f, C.data(), n);
+            const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            if (r > 0) best = std::min(best, s);
+          }
+        }
+        return 2.0 * double(n) * double(n) * double(n) / best / 1e9;
+      }, py::arg("n"), py::arg("reps"));
+
+  m.def("_packed_panel_width", [](const std::string& dtype) -> index_t {
+        return dtype == "float64" ? packed_panel_width<double>() : packed_panel_width<float>();
+      });
+  m.def("_set_min_parallel_step_work", &set_min_parallel_step_work, py::arg("work"),
+        "From how much per-step work (multiply-adds) a call uses the thread team (tests lower it).");
+}
+
+}  // namespace bind
+}  // namespace rnnkit

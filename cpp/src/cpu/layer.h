@@ -1,0 +1,113 @@
+// One layer-direction on the CPU: the time loops (layer_forward.cpp, layer_backward.cpp) and the
+// CPU's own buffers beside the shared ones of layer.h -- the recurrent weights packed once per call
+// for the per-step GEMM (packed_gemm.h).
+//
+// Both loops are run by every thread of a team (team.h) with the same arguments: each thread takes
+// its share of the rows (pointwise work, hoisted GEMMs) and columns (per-step GEMMs) and the
+// threads meet at barriers between phases. They return after a final barrier-free phase: callers
+// barrier before reading outputs written by other threads. Nothing here allocates: the caller
+// carves every buffer (layer.h's table, and for_each_packed_buffer below).
+#pragma once
+
+#include "cpu/packed_gemm.h"
+#include "cpu/team.h"
+#include "rnnkit/layer.h"
+
+namespace rnnkit {
+namespace cpu {
+
+// The per-step GEMMs' right-hand matrices, packed (null: multiplied by BLAS as they are).
+// Forward packs W^T (columns of h W^T), backward W (rows of d W).
+template <typename S>
+struct PackedWeights {
+  S* rec = nullptr;     // W_hh (the step GEMM's G1 gates)
+  S* stage2 = nullptr;  // W_hn, the candidate gate of a two-stage cell
+  S* proj = nullptr;    // W_hr of a projection
+};
+
+// Packing W costs about one step's worth of reading W: it pays from a few steps on. Shorter
+// calls (streaming, T = 1) multiply by the weights as they are.
+constexpr index_t kMinStepsToPack = 8;
+
+// The CPU's buffer table, as layer.h's: fn(elements, view) for each packed weight of one pass
+// (`backward` false: the forward's W^T panels; true: the backward's W panels); all are 0 when the
+// CPU has no packed kernel for S or the call is too short to pay for packing.
+template <typename S, typename Fn>
+void for_each_packed_buffer(const LayerShape& s, bool backward, PackedWeights<S>& w, Fn&& fn) {
+  const bool pack = s.d.T >= kMinStepsToPack && packed_gemm_available<S>();
+  // The right-hand matrix [K, cols] of a step GEMM whose weight is [out, in]: forward multiplies
+  // by W^T ([in, out]), backward by W ([out, in]).
+  auto size = [&](index_t out, index_t in) -> index_t {
+    if (!pack) return 0;
+    return backward ? packed_size<S>(out, in) : packed_size<S>(in, out);
+  };
+  fn(size(s.G1, s.d.P), w.rec);
+  fn(s.cell.two_stage ? size(s.GH - s.G1, s.d.P) : 0, w.stage2);
+  fn(s.project ? size(s.d.P, s.d.H) : 0, w.proj);
+}
+
+template <typename S>
+index_t packed_buffer_elems(const LayerShape& s, bool backward) {
+  PackedWeights<S> unused;
+  index_t total = 0;
+  for_each_packed_buffer<S>(s, backward, unused, [&](index_t n, S*&) { total = checked_add(total, n, "packed weights"); });
+  return total;
+}
+
+template <typename S>
+S* carve_packed_buffers(const LayerShape& s, bool backward, S* p, PackedWeights<S>* w) {
+  for_each_packed_buffer<S>(s, backward, *w, [&](index_t n, S*& view) {
+    view = n > 0 ? p : nullptr;
+    p += n;
+  });
+  return p;
+}
+
+// One layer-direction forward. x [T,N,C] contiguous; h0 [N,P], c0 [N,H] or null for zeros (c0:
+// cells with a cell state); lengths [N] or null (checked by the caller); reverse: t = T-1 ... 0.
+// y: rows y[(t*N + n) * y_ld + j], j < P, must not alias an input. h_n [N,P], c_n [N,H] (or null)
+// the final states.
+template <typename S>
+struct LayerForwardArgs {
+  const S* x = nullptr;
+  const S* h0 = nullptr;
+  const S* c0 = nullptr;
+  const index_t* lengths = nullptr;
+  bool reverse = false;
+  S* y = nullptr;
+  index_t y_ld = 0;
+  S* h_n = nullptr;
+  S* c_n = nullptr;
+};
+
+// One layer-direction BPTT through a training forward (x, lengths, reverse: as given to it; the
+// forward's kept buffers: backward overwrites the gates with their gradients, so it runs once per
+// forward). dy rows like y (dy_ld), or null for zeros; dh_n [N,P], dc_n [N,H] or null for zeros;
+// dx [T,N,C]: dgates W_ih is added (dx_accumulate) or written, null to skip; dh0 [N,P], dc0 [N,H]
+// overwritten (dc0 may be null without a cell state). The gradients are ACCUMULATED into.
+template <typename S>
+struct LayerBackwardArgs {
+  const S* x = nullptr;
+  const index_t* lengths = nullptr;
+  bool reverse = false;
+  const S* dy = nullptr;
+  index_t dy_ld = 0;
+  const S* dh_n = nullptr;
+  const S* dc_n = nullptr;
+  S* dx = nullptr;
+  bool dx_accumulate = false;
+  S* dh0 = nullptr;
+  S* dc0 = nullptr;
+};
+
+template <typename S>
+void layer_forward(const TeamContext& tc, CellKind cell, const LayerShape& s, const LayerWeights<S>& w,
+                   const LayerBuffers<S>& buffers, const PackedWeights<S>& packed, const LayerForwardArgs<S>& args);
+
+template <typename S>
+void layer_backward(const TeamContext& tc, CellKind cell, const LayerShape& s, const LayerWeights<S>& w,
+                    const LayerGrads<S>& grads, const LayerBuffers<S>& buffers, const PackedWeights<S>& packed,
+                    const LayerBackwardArgs<S>& args);
+
+}  // namespace cpu
+}  // namespace rnnkit

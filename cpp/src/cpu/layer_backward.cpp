@@ -1,0 +1,283 @@
+// The CPU BPTT loop of one layer-direction (cpu/layer.h), generic over the cells of cells.h.
+//
+// Phases of a call (split over the team as in the forward loop):
+//   1. pack the per-step weights (W itself this time), load dL/dh_n and dL/dc_n;
+//   2. per step, from the last: dL/dh_t (later steps plus this step's dy), back through the
+//      projection, the cell's pointwise backward (two stages for the two-stage GRU), and
+//      dL/dh_{t-1} through W_hh;
+//   3. dh0, dc0;
+//   4. the weight gradients, one GEMM each over all T*N rows (dW_ih, dW_hh, dW_hr, dx), the bias
+//      column sums, and the LayerNorm cells' per-row partial sums added up.
+//
+// dL/d(gates) of every step ends up in the forward's gate buffer: a step's pointwise backward
+// writes it to a one-step staging buffer (the cell still reads that step's gates), and it is
+// copied over the step's gates when they are no longer needed. This saves a [T,N,G*H] buffer (the
+// largest of an LSTM's backward) and consumes what the forward kept: one backward per forward.
+#include "cpu/layer_loop.h"
+
+namespace rnnkit {
+namespace cpu {
+namespace {
+
+// sum_r rows[r, :] added into out[:] (rows is [R, W] with leading dimension ld).
+template <typename S>
+void add_column_sums(const S* rows, index_t R, index_t W, index_t ld, S* out) {
+  Vec<S> acc(out, W);
+  for (index_t r = 0; r < R; ++r) acc += ConstVec<S>(rows + r * ld, W);
+}
+
+template <typename Cell, typename S>
+class BackwardLoop {
+ public:
+  BackwardLoop(const TeamContext& tc, const LayerShape& s, const LayerWeights<S>& w, const LayerGrads<S>& grads,
+               const LayerBuffers<S>& b, const PackedWeights<S>& packed, const LayerBackwardArgs<S>& args)
+      : p_(tc, s, w, packed, args.reverse, true), w_(w), grads_(grads), b_(b), a_(args),
+        dgates_all_(b.gates), drec_all_(Plan::kSeparateRecurrent ? b.dhgates : b.gates) {}
+
+  void run() {
+    prepare();
+    for (index_t i = p_.T - 1; i >= 0; --i) step(p_.step_time(i));
+    store_initial_state_grads();
+    weight_gradients();
+  }
+
+ private:
+  using Plan = LayerPlan<Cell, S>;
+
+  const S* h_slot(index_t slot) const { return b_.h_seq + slot * p_.N * p_.P; }
+  const S* c_slot(index_t slot) const { return b_.c_seq + slot * p_.N * p_.H; }
+  bool padded(index_t t, index_t n) const { return Plan::padded(a_.lengths, t, n); }
+
+  // Phase 1. dh_next holds dL/d(the state after the step being processed) from later steps.
+  void prepare() {
+    const TeamContext& tc = p_.tc;
+    const index_t N = p_.N, P = p_.P, H = p_.H;
+    const auto [n0, n1] = p_.rows;
+    p_.gemms.pack(tc, p_.s);
+    if (tc.tid() == 0) {
+      if (a_.dh_n) copy_n(dh_next_, a_.dh_n, N * P); else zero_n(dh_next_, N * P);
+      if constexpr (Plan::kHasC) {
+        if (a_.dc_n) copy_n(b_.dc, a_.dc_n, N * H); else zero_n(b_.dc, N * H);
+      }
+    }
+    // Cells that accumulate parameter gradients row by row (LayerNorm) do it into partial sums of
+    // their own, one set per batch row (not per thread), which thread 0 adds up in row order after
+    // the loop: the result does not depend on how the rows were shared among the threads.
+    if constexpr (Cell::kLnParams > 0) {
+      zero_n(b_.partials + n0 * p_.s.partial_width, (n1 - n0) * p_.s.partial_width);
+    }
+    tc.barrier();
+    row_.H = H;
+    row_.GH = p_.GH;
+    row_.saved_slots = Cell::kSavedSlots;
+    row_.ln_ = w_.ln;  // cells read the biases only in forward; backward works from what it saved
+  }
+
+  // Row n's partial sums (LayerShape::partial_width's layout).
+  void point_partials(index_t n) {
+    if constexpr (Cell::kLnParams > 0) {
+      S* p = b_.partials + n * p_.s.partial_width;
+      for (int k = 0; k < Cell::kLnParams; ++k) {
+        dln_views_[k] = p;
+        p += ln_param_width(k, p_.GH, p_.H);
+      }
+      row_.dln_ = dln_views_;
+      row_.db_ih_ = p;
+      row_.db_hh_ = p + p_.GH;
+    }
+  }
+
+  // Phase 2, one step at time t.
+  void step(index_t t) {
+    const TeamContext& tc = p_.tc;
+    const StepGemms<S>& g = p_.gemms;
+    const index_t N = p_.N, H = p_.H, P = p_.P, GH = p_.GH;
+    const auto [n0, n1] = p_.rows;
+    for (index_t n = n0; n < n1; ++n) {
+      Vec<S> cur(dh_cur_ + n * P, P);
+      if (a_.dy != nullptr && !padded(t, n)) {
+        cur = ConstVec<S>(dh_next_ + n * P, P) + ConstVec<S>(a_.dy + (t * N + n) * a_.dy_ld, P);
+      } else {
+        cur = ConstVec<S>(dh_next_ + n * P, P);
+      }
+    }
+    // The gradient reaching the cell's h output: through the projection if there is one.
+    const S* dh_cell = dh_cur_;
+    if (p_.s.project) {
+      S* dproj = b_.dh_proj + t * N * P;
+      for (index_t n = n0; n < n1; ++n) {
+        if (padded(t, n)) zero_n(dproj + n * P, P); else copy_n(dproj + n * P, dh_cur_ + n * P, P);
+      }
+      tc.barrier();
+      g.proj.multiply(N, g.proj.share(tc), dproj, P, S(0), b_.dh_full, H);
+      tc.barrier();
+      dh_cell = b_.dh_full;
+    }
+
+    const S* h_prev = h_slot(p_.slots.prev(t));
+    const S* h_cur = h_slot(p_.slots.cur(t));
+    const S* c_prev = Plan::kHasC ? c_slot(p_.slots.prev(t)) : nullptr;
+    const S* c_cur = Plan::kHasC ? c_slot(p_.slots.cur(t)) : nullptr;
+    S* gates = b_.gates + t * N * GH;
+    S* saved = b_.saved + t * N * p_.SW;
+    S* h_full = p_.s.project ? b_.h_full + t * N * H : nullptr;
+    S* dgates = b_.dgates;  // staging: this step's dL/d(gates)
+    S* dhgates = Plan::kSeparateRecurrent ? b_.dhgates + t * N * GH : nullptr;
+
+    // The accessor is read-write for the cell's sake; backward never writes the forward's values.
+    auto point_row = [&](index_t n) {
+      row_.gates_ = gates + n * GH;
+      row_.h_prev_ = const_cast<S*>(h_prev + n * P);
+      row_.c_prev_ = c_prev ? const_cast<S*>(c_prev + n * H) : nullptr;
+      row_.h_ = p_.s.project ? h_full + n * H : const_cast<S*>(h_cur + n * P);
+      row_.c_ = c_cur ? const_cast<S*>(c_cur + n * H) : nullptr;
+      row_.saved_ = saved + n * p_.SW;
+      row_.tmp_ = b_.tmp + n * p_.TW;
+      row_.dh_ = const_cast<S*>(dh_cell + n * H);
+      row_.dc_ = Plan::kHasC ? b_.dc + n * H : nullptr;
+      row_.dgates_ = dgates + n * GH;
+      row_.dhgates_ = dhgates ? dhgates + n * GH : nullptr;
+      row_.dh_prev_ = dh_next_ + n * P;
+      point_partials(n);
+    };
+    auto padded_row = [&](index_t n) {
+      zero_n(dgates + n * GH, GH);
+      if (dhgates) zero_n(dhgates + n * GH, GH);
+      copy_n(dh_next_ + n * P, dh_cur_ + n * P, P);  // the state was carried: so is its gradient
+    };
+
+    if constexpr (Plan::kTwoStage) {
+      for (index_t n = n0; n < n1; ++n) {
+        if (padded(t, n)) { padded_row(n); continue; }
+        point_row(n);
+        Cell::backward_stage2(row_);
+      }
+      tc.barrier();
+      // tmp(0) = dL/d(r*h_{t-1}) = dgates(n) W_hn, this thread's columns.
+      g.stage2.multiply(N, g.stage2.share(tc), dgates + p_.G1, GH, S(0), b_.tmp, p_.TW);
+      tc.barrier();
+      for (index_t n = n0; n < n1; ++n) {
+        if (padded(t, n)) continue;
+        point_row(n);
+        Cell::backward_stage1(row_);
+      }
+    } else {
+      for (index_t n = n0; n < n1; ++n) {
+        if (padded(t, n)) { padded_row(n); continue; }
+        point_row(n);
+        if constexpr (!Cell::kDirectStateGrad) zero_n(dh_next_ + n * P, P);
+        Cell::backward(row_);
+      }
+    }
+    // This thread's rows of the step's gates are done with: they become the step's gradients.
+    copy_n(dgates_all_ + (t * N + n0) * GH, dgates + n0 * GH, (n1 - n0) * GH);
+    tc.barrier();
+    // dL/dh_{t-1} = (direct part written by the cell) + d(recurrent pre-activations) W_hh,
+    // this thread's columns.
+    g.rec.multiply(N, g.rec.share(tc), Plan::kSeparateRecurrent ? drec_all_ + t * N * GH : dgates, GH, S(1),
+                   dh_next_, P);
+    tc.barrier();
+  }
+
+  // Phase 3.
+  void store_initial_state_grads() {
+    if (p_.tc.tid() != 0) return;
+    copy_n(a_.dh0, dh_next_, p_.N * p_.P);
+    if constexpr (Plan::kHasC) {
+      if (a_.dc0) copy_n(a_.dc0, b_.dc, p_.N * p_.H);
+    }
+  }
+
+  // Phase 4. Each thread owns a block of output rows (columns for the bias sums), so no two
+  // threads write the same element.
+  void weight_gradients() {
+    const TeamContext& tc = p_.tc;
+    const index_t N = p_.N, C = p_.C, H = p_.H, P = p_.P, GH = p_.GH, G1 = p_.G1, TN = p_.s.TN;
+    const S* dall = dgates_all_;
+    const S* drec = drec_all_;
+    // h_{t-1} for every t, in time order: slots 0..T-1 (forward) or 1..T (reverse).
+    const S* h_prev_all = h_slot(p_.slots.reverse ? 1 : 0);
+    tc.gemm_blocks(GH, 16, kDeterministicRows, [&](index_t w0, index_t w1) {
+      gemm(Trans::kYes, Trans::kNo, w1 - w0, C, TN, S(1), dall + w0, GH, a_.x, C, S(1), grads_.w_ih + w0 * C, C);
+      if constexpr (Plan::kTwoStage) {
+        // Rows of W_hh below G1 multiply h_{t-1}; the candidate gate's rows multiply r * h_{t-1}.
+        const index_t a1 = std::min(w1, G1), b0 = std::max(w0, G1);
+        if (a1 > w0) {
+          gemm(Trans::kYes, Trans::kNo, a1 - w0, P, TN, S(1), dall + w0, GH, h_prev_all, P, S(1),
+               grads_.w_hh + w0 * P, P);
+        }
+        if (w1 > b0) {
+          gemm(Trans::kYes, Trans::kNo, w1 - b0, P, TN, S(1), dall + b0, GH, b_.saved, p_.SW, S(1),
+               grads_.w_hh + b0 * P, P);
+        }
+      } else {
+        gemm(Trans::kYes, Trans::kNo, w1 - w0, P, TN, S(1), drec + w0, GH, h_prev_all, P, S(1),
+             grads_.w_hh + w0 * P, P);
+      }
+      if constexpr (!Cell::kCellBiasGrads) {
+        if (grads_.b_ih) add_column_sums(dall + w0, TN, w1 - w0, GH, grads_.b_ih + w0);
+        if (grads_.b_hh) add_column_sums(drec + w0, TN, w1 - w0, GH, grads_.b_hh + w0);
+      }
+    });
+    if (p_.s.project) {
+      tc.gemm_blocks(P, 16, kDeterministicRows, [&](index_t a0, index_t a1) {
+        gemm(Trans::kYes, Trans::kNo, a1 - a0, H, TN, S(1), b_.dh_proj + a0, P, b_.h_full, H, S(1),
+             grads_.w_hr + a0 * H, H);
+      });
+    }
+    if (a_.dx) {
+      tc.gemm_blocks(TN, 1, kDeterministicRows, [&](index_t r0, index_t r1) {
+        gemm(Trans::kNo, Trans::kNo, r1 - r0, C, GH, S(1), dall + r0 * GH, GH, w_.w_ih, C,
+             a_.dx_accumulate ? S(1) : S(0), a_.dx + r0 * C, C);
+      });
+    }
+    if constexpr (Cell::kLnParams > 0) {
+      tc.barrier();
+      if (tc.tid() == 0) {
+        // Sum every row's partials into the gradients, in row order (biases only where they exist).
+        for (index_t n = 0; n < N; ++n) {
+          const S* p = b_.partials + n * p_.s.partial_width;
+          for (int k = 0; k < Cell::kLnParams; ++k) {
+            const index_t len = ln_param_width(k, GH, H);
+            Vec<S>(grads_.ln[k], len) += ConstVec<S>(p, len);
+            p += len;
+          }
+          if (grads_.b_ih) Vec<S>(grads_.b_ih, GH) += ConstVec<S>(p, GH);
+          if (grads_.b_hh) Vec<S>(grads_.b_hh, GH) += ConstVec<S>(p + GH, GH);
+        }
+      }
+    }
+  }
+
+  const Plan p_;
+  const LayerWeights<S>& w_;
+  const LayerGrads<S>& grads_;
+  const LayerBuffers<S>& b_;
+  const LayerBackwardArgs<S>& a_;
+  S* const dgates_all_;  // the gates' gradients of every step, over the forward's gates
+  S* const drec_all_;    // the gradient that goes through W_hh: the recurrent pre-activations' of
+                         // separate-recurrent cells, the shared gates' otherwise
+  S* dh_next_ = b_.dh_a;  // dL/d(state after the step being processed), from later steps
+  S* dh_cur_ = b_.dh_b;   // ... plus this step's dy
+  S* dln_views_[kMaxLnParams] = {};
+  CpuRow<S> row_;
+};
+
+}  // namespace
+
+template <typename S>
+void layer_backward(const TeamContext& tc, CellKind cell, const LayerShape& s, const LayerWeights<S>& w,
+                    const LayerGrads<S>& grads, const LayerBuffers<S>& buffers, const PackedWeights<S>& packed,
+                    const LayerBackwardArgs<S>& args) {
+  dispatch_cell(cell, [&](auto c) { BackwardLoop<decltype(c), S>(tc, s, w, grads, buffers, packed, args).run(); });
+}
+
+template void layer_backward<float>(const TeamContext&, CellKind, const LayerShape&, const LayerWeights<float>&,
+                                    const LayerGrads<float>&, const LayerBuffers<float>&,
+                                    const PackedWeights<float>&, const LayerBackwardArgs<float>&);
+template void layer_backward<double>(const TeamContext&, CellKind, const LayerShape&, const LayerWeights<double>&,
+                                     const LayerGrads<double>&, const LayerBuffers<double>&,
+                                     const PackedWeights<double>&, const LayerBackwardArgs<double>&);
+
+}  // namespace cpu
+}  // namespace rnnkit

@@ -1,0 +1,180 @@
+// The CPU forward loop of one layer-direction (cpu/layer.h), generic over the cells of cells.h.
+//
+// Phases of a call, each split over the team (rows for pointwise work and hoisted GEMMs, columns
+// for per-step GEMMs), with a barrier where a phase reads what another thread wrote:
+//   1. pack the per-step weights, project every step's input at once (x W_ih^T), load biases and
+//      the initial state;
+//   2. per step: the recurrent product, the cell's pointwise forward (two stages with the
+//      candidate gate's own product between them for the two-stage GRU), the projection, and the
+//      outputs (padded steps carry the state and output 0);
+//   3. the final state.
+#include <cstring>
+
+#include "cpu/layer_loop.h"
+
+namespace rnnkit {
+namespace cpu {
+namespace {
+
+template <typename Cell, typename S>
+class ForwardLoop {
+ public:
+  ForwardLoop(const TeamContext& tc, const LayerShape& s, const LayerWeights<S>& w, const LayerBuffers<S>& b,
+              const PackedWeights<S>& packed, const LayerForwardArgs<S>& args)
+      : p_(tc, s, w, packed, args.reverse, false), w_(w), b_(b), a_(args) {}
+
+  void run() {
+    prepare();
+    for (index_t i = 0; i < p_.T; ++i) step(p_.step_time(i));
+    store_final_state();
+  }
+
+ private:
+  using Plan = LayerPlan<Cell, S>;
+
+  S* h_slot(index_t slot) const { return b_.h_seq + slot * p_.N * p_.P; }
+  S* c_slot(index_t slot) const { return b_.c_seq + slot * p_.N * p_.H; }
+  bool padded(index_t t, index_t n) const { return Plan::padded(a_.lengths, t, n); }
+
+  // Phase 1. Biases are added in the pointwise step, not here.
+  void prepare() {
+    const TeamContext& tc = p_.tc;
+    p_.gemms.pack(tc, p_.s);
+    tc.gemm_blocks(p_.s.TN, 1, kDeterministicRows, [&](index_t r0, index_t r1) {
+      gemm(Trans::kNo, Trans::kYes, r1 - r0, p_.GH, p_.C, S(1), a_.x + r0 * p_.C, p_.C, w_.w_ih, p_.C, S(0),
+           b_.gates + r0 * p_.GH, p_.GH);
+    });
+    if (tc.tid() == 0) {
+      S* bsum = b_.bias;
+      S* bih = b_.bias + p_.GH;
+      S* bhh = b_.bias + 2 * p_.GH;
+      for (index_t j = 0; j < p_.GH; ++j) {
+        bih[j] = w_.b_ih ? w_.b_ih[j] : S(0);
+        bhh[j] = w_.b_hh ? w_.b_hh[j] : S(0);
+        bsum[j] = bih[j] + bhh[j];
+      }
+      const index_t first = p_.slots.first();
+      if (a_.h0) copy_n(h_slot(first), a_.h0, p_.N * p_.P); else zero_n(h_slot(first), p_.N * p_.P);
+      if constexpr (Plan::kHasC) {
+        if (a_.c0) copy_n(c_slot(first), a_.c0, p_.N * p_.H); else zero_n(c_slot(first), p_.N * p_.H);
+      }
+    }
+    tc.barrier();
+    row_.H = p_.H;
+    row_.GH = p_.GH;
+    row_.saved_slots = Cell::kSavedSlots;
+    row_.bias_ = b_.bias;
+    row_.b_ih_ = b_.bias + p_.GH;
+    row_.b_hh_ = b_.bias + 2 * p_.GH;
+    row_.ln_ = w_.ln;
+  }
+
+  // Phase 2, one step at time t.
+  void step(index_t t) {
+    const TeamContext& tc = p_.tc;
+    const StepGemms<S>& g = p_.gemms;
+    const index_t N = p_.N, H = p_.H, P = p_.P, GH = p_.GH;
+    const auto [n0, n1] = p_.rows;
+    S* h_prev = h_slot(p_.slots.prev(t));
+    S* h_cur = h_slot(p_.slots.cur(t));
+    S* c_prev = Plan::kHasC ? c_slot(p_.slots.prev(t)) : nullptr;
+    S* c_cur = Plan::kHasC ? c_slot(p_.slots.cur(t)) : nullptr;
+    S* gates = b_.gates + t * N * GH;
+    S* saved = b_.saved + (p_.s.training ? t * N * p_.SW : 0);
+    S* h_full = p_.s.project ? b_.h_full + (p_.s.training ? t * N * H : 0) : nullptr;
+
+    // h_{t-1} W_hh^T, this thread's columns: into the gates, or beside them for cells that keep
+    // the recurrent part separate.
+    if constexpr (Plan::kSeparateRecurrent) {
+      g.rec.multiply(N, g.rec.share(tc), h_prev, P, S(0), b_.hgates, GH);
+    } else {
+      g.rec.multiply(N, g.rec.share(tc), h_prev, P, S(1), gates, GH);
+    }
+    tc.barrier();
+
+    auto point_row = [&](index_t n) {
+      row_.gates_ = gates + n * GH;
+      row_.hgates_ = Plan::kSeparateRecurrent ? b_.hgates + n * GH : nullptr;
+      row_.h_prev_ = h_prev + n * P;
+      row_.c_prev_ = c_prev ? c_prev + n * H : nullptr;
+      row_.h_ = p_.s.project ? h_full + n * H : h_cur + n * P;
+      row_.c_ = c_cur ? c_cur + n * H : nullptr;
+      row_.saved_ = saved + n * p_.SW;
+      row_.tmp_ = b_.tmp + n * p_.TW;
+    };
+    for (index_t n = n0; n < n1; ++n) {
+      if (padded(t, n)) {
+        // Rows that later GEMMs read must hold numbers, not leftovers.
+        if (p_.s.project) zero_n(h_full + n * H, H);
+        if (Plan::kTwoStage) zero_n(saved + n * p_.SW, H);
+        continue;
+      }
+      point_row(n);
+      if constexpr (Plan::kTwoStage) {
+        Cell::forward_stage1(row_);
+      } else {
+        Cell::forward(row_);
+      }
+    }
+    if constexpr (Plan::kTwoStage) {
+      // gates(n) += (r * h_{t-1}) W_hn^T, with r * h_{t-1} in saved slot 0.
+      tc.barrier();
+      g.stage2.multiply(N, g.stage2.share(tc), saved, p_.SW, S(1), gates + p_.G1, GH);
+      tc.barrier();
+      for (index_t n = n0; n < n1; ++n) {
+        if (padded(t, n)) continue;
+        point_row(n);
+        Cell::forward_stage2(row_);
+      }
+    }
+    if (p_.s.project) {
+      tc.barrier();
+      g.proj.multiply(N, g.proj.share(tc), h_full, H, S(0), h_cur, P);
+      tc.barrier();
+    }
+    for (index_t n = n0; n < n1; ++n) {
+      S* y_row = a_.y + (t * N + n) * a_.y_ld;
+      if (padded(t, n)) {
+        copy_n(h_cur + n * P, h_prev + n * P, P);
+        if (c_cur) copy_n(c_cur + n * H, c_prev + n * H, H);
+        zero_n(y_row, P);
+      } else {
+        copy_n(y_row, h_cur + n * P, P);
+      }
+    }
+    tc.barrier();
+  }
+
+  // Phase 3.
+  void store_final_state() {
+    if (p_.tc.tid() != 0) return;
+    copy_n(a_.h_n, h_slot(p_.slots.last()), p_.N * p_.P);
+    if constexpr (Plan::kHasC) {
+      if (a_.c_n) copy_n(a_.c_n, c_slot(p_.slots.last()), p_.N * p_.H);
+    }
+  }
+
+  const Plan p_;
+  const LayerWeights<S>& w_;
+  const LayerBuffers<S>& b_;
+  const LayerForwardArgs<S>& a_;
+  CpuRow<S> row_;
+};
+
+}  // namespace
+
+template <typename S>
+void layer_forward(const TeamContext& tc, CellKind cell, const LayerShape& s, const LayerWeights<S>& w,
+                   const LayerBuffers<S>& buffers, const PackedWeights<S>& packed, const LayerForwardArgs<S>& args) {
+  dispatch_cell(cell, [&](auto c) { ForwardLoop<decltype(c), S>(tc, s, w, buffers, packed, args).run(); });
+}
+
+template void layer_forward<float>(const TeamContext&, CellKind, const LayerShape&, const LayerWeights<float>&,
+                                   const LayerBuffers<float>&, const PackedWeights<float>&,
+                                   const LayerForwardArgs<float>&);
+template void layer_forward<double>(const TeamContext&, CellKind, const LayerShape&, const LayerWeights<double>&,
+                                    const LayerBuffers<double>&, const PackedWeights<double>&,
+                                    const LayerForwardArgs<double>&);
+
+}  // namespace cpu
+}  // namespace rnnkit

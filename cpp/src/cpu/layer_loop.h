@@ -1,0 +1,210 @@
+// What the CPU's forward and BPTT loops (layer_forward.cpp, layer_backward.cpp) share: the
+// accessor through which a cell sees one batch row, where each step's states live, the per-step
+// GEMM operands, and the plan every thread builds once at the start of a call.
+#pragma once
+
+#include <algorithm>
+#include <utility>
+
+#include <Eigen/Core>
+
+#include "cpu/blas.h"
+#include "cpu/layer.h"
+#include "cpu/packed_gemm.h"
+#include "cpu/team.h"
+#include "cpu/util.h"
+
+namespace rnnkit {
+namespace cpu {
+
+// The accessor of cells.h for one batch row on the CPU: every value is an Eigen map of H (or a
+// whole row of G*H) contiguous elements. The loop points the fields at row n before calling the
+// cell; a field a cell does not use stays null, and its accessor is never instantiated.
+template <typename S>
+struct CpuRow {
+  using Scalar = S;
+  index_t H = 0;
+  index_t GH = 0;
+  index_t saved_slots = 0;
+  // forward (backward reads them again, as forward left them)
+  S* gates_ = nullptr;        // [GH]
+  S* hgates_ = nullptr;       // [GH]
+  const S* bias_ = nullptr;   // [GH] b_ih + b_hh
+  const S* b_ih_ = nullptr;   // [GH]
+  const S* b_hh_ = nullptr;   // [GH]
+  S* h_prev_ = nullptr;       // [H] h_{t-1} (only cells with P == H read it)
+  S* c_prev_ = nullptr;       // [H]
+  S* h_ = nullptr;            // [H] h_t (unprojected)
+  S* c_ = nullptr;            // [H]
+  S* saved_ = nullptr;        // [saved_width]
+  S* tmp_ = nullptr;          // [tmp_width]
+  const S* const* ln_ = nullptr;
+  // backward
+  S* dh_ = nullptr;       // [H]
+  S* dc_ = nullptr;       // [H] in: dL/dc_t, out: dL/dc_{t-1} (dc_prev aliases dc)
+  S* dgates_ = nullptr;   // [GH]
+  S* dhgates_ = nullptr;  // [GH]
+  S* dh_prev_ = nullptr;  // [H]
+  S* const* dln_ = nullptr;
+  S* db_ih_ = nullptr;    // [GH] accumulated
+  S* db_hh_ = nullptr;    // [GH] accumulated
+
+  Vec<S> gates(int k) const { return Vec<S>(gates_ + k * H, H); }
+  Vec<S> gates_row() const { return Vec<S>(gates_, GH); }
+  Vec<S> hgates(int k) const { return Vec<S>(hgates_ + k * H, H); }
+  Vec<S> hgates_row() const { return Vec<S>(hgates_, GH); }
+  ConstVec<S> bias(int k) const { return ConstVec<S>(bias_ + k * H, H); }
+  ConstVec<S> b_ih(int k) const { return ConstVec<S>(b_ih_ + k * H, H); }
+  ConstVec<S> b_hh(int k) const { return ConstVec<S>(b_hh_ + k * H, H); }
+  Vec<S> h_prev() const { return Vec<S>(h_prev_, H); }
+  Vec<S> c_prev() const { return Vec<S>(c_prev_, H); }
+  Vec<S> h() const { return Vec<S>(h_, H); }
+  Vec<S> c() const { return Vec<S>(c_, H); }
+  Vec<S> saved(int s) const { return Vec<S>(saved_ + s * H, H); }
+  Vec<S> saved_rows(int s, int count) const { return Vec<S>(saved_ + s * H, count * H); }
+  S& stat(int s) const { return saved_[saved_slots * H + s]; }
+  Vec<S> tmp(int s) const { return Vec<S>(tmp_ + s * H, H); }
+  ConstVec<S> ln(int p, int k) const { return ConstVec<S>(ln_[p] + k * H, H); }
+  ConstVec<S> ln_row(int p) const { return ConstVec<S>(ln_[p], GH); }
+  Vec<S> dh() const { return Vec<S>(dh_, H); }
+  Vec<S> dc() const { return Vec<S>(dc_, H); }
+  Vec<S> dc_prev() const { return Vec<S>(dc_, H); }
+  Vec<S> dgates(int k) const { return Vec<S>(dgates_ + k * H, H); }
+  Vec<S> dgates_row() const { return Vec<S>(dgates_, GH); }
+  Vec<S> dhgates(int k) const { return Vec<S>(dhgates_ + k * H, H); }
+  Vec<S> dhgates_row() const { return Vec<S>(dhgates_, GH); }
+  Vec<S> dh_prev() const { return Vec<S>(dh_prev_, H); }
+  Vec<S> dln(int p, int k) const { return Vec<S>(dln_[p] + k * H, H); }
+  Vec<S> dln_row(int p) const { return Vec<S>(dln_[p], GH); }
+  Vec<S> db_ih_row() const { return Vec<S>(db_ih_, GH); }
+  Vec<S> db_hh_row() const { return Vec<S>(db_hh_, GH); }
+
+  template <typename D>
+  static S mean(const Eigen::ArrayBase<D>& v) {
+    return ordered_sum(v) / static_cast<S>(v.size());
+  }
+};
+
+// Where the states of step t live. Training keeps all: slot t+1 holds the state after time t for
+// a forward layer, slot t the state after time t for a reverse one (so the state *before* t is
+// always the other neighbour). Inference alternates two slots by processing step.
+struct StateSlots {
+  index_t T;
+  bool reverse;
+  bool training;
+  index_t prev(index_t t) const {
+    if (training) return reverse ? t + 1 : t;
+    return step(t) % 2;
+  }
+  index_t cur(index_t t) const {
+    if (training) return reverse ? t : t + 1;
+    return (step(t) + 1) % 2;
+  }
+  index_t first() const { return training ? (reverse ? T : 0) : 0; }
+  index_t last() const { return cur(reverse ? 0 : T - 1); }
+  index_t step(index_t t) const { return reverse ? T - 1 - t : t; }
+};
+
+// The right-hand matrix B [K, cols] of a per-step GEMM C = A B: packed once per call for
+// packed_gemm when this CPU has the kernels (`packed` non-null), else multiplied by BLAS from
+// its source. Column ranges given to multiply() start at multiples of align().
+template <typename S>
+struct StepOperand {
+  const S* src = nullptr;  // B, or B^T if transposed, row-major with leading dimension ld
+  index_t ld = 0;
+  bool transposed = false;
+  index_t K = 0, cols = 0;
+  S* packed = nullptr;
+  // Deterministic mode, unpacked: a thread's columns are multiplied in blocks of kBlasColumns
+  // whose boundaries do not depend on the team size (see TeamContext::gemm_blocks). The packed
+  // kernel computes every element the same way whatever the column range.
+  bool fixed_blocks = false;
+
+  static constexpr index_t kBlasColumns = 64;
+  index_t align() const {
+    // Multiples of 16 floats keep the BLAS kernels on full vectors.
+    if (packed) return packed_panel_width<S>();
+    return fixed_blocks ? kBlasColumns : 16;
+  }
+  // This thread's columns [c0, c1).
+  std::pair<index_t, index_t> share(const TeamContext& tc) const { return tc.split(cols, align()); }
+  // Each thread packs its own panels; the caller barriers before the first multiply.
+  void pack(const TeamContext& tc) const {
+    if (!packed) return;
+    const auto [c0, c1] = share(tc);
+    pack_b<S>(src, ld, transposed, K, cols, c0, c1, packed);
+  }
+  // C[:, c0:c1] = beta C[:, c0:c1] + A[M, K] B[:, c0:c1]
+  void multiply(index_t M, std::pair<index_t, index_t> columns, const S* A, index_t lda, S beta, S* C,
+                index_t ldc) const {
+    const auto [c0, c1] = columns;
+    if (c1 <= c0) return;
+    if (packed) {
+      packed_gemm<S>(M, K, cols, c0, c1, A, lda, packed, beta, C, ldc);
+    } else {
+      const index_t block = fixed_blocks ? kBlasColumns : c1 - c0;
+      for (index_t b0 = c0; b0 < c1; b0 += block) {
+        const index_t b1 = std::min(c1, b0 + block);
+        gemm(Trans::kNo, transposed ? Trans::kYes : Trans::kNo, M, b1 - b0, K, S(1), A, lda,
+             transposed ? src + b0 * ld : src + b0, ld, beta, C + b0, ldc);
+      }
+    }
+  }
+};
+
+// The three per-step products of a layer, for one pass. Forward multiplies by W^T: h_{t-1} W_hh^T
+// (the G1 columns of the step GEMM), (r * h_{t-1}) W_hn^T for the two-stage GRU, h_full W_hr^T for
+// a projection. Backward multiplies by W: d(rec) W_hh, d(candidate) W_hn, d(h) W_hr.
+template <typename S>
+struct StepGemms {
+  StepOperand<S> rec, stage2, proj;
+
+  StepGemms(const LayerShape& s, const LayerWeights<S>& w, const PackedWeights<S>& packed, bool backward,
+            bool deterministic) {
+    const index_t H = s.d.H, P = s.d.P, G1 = s.G1, G2 = s.GH - s.G1;
+    if (!backward) {
+      rec = {w.w_hh, P, true, P, G1, packed.rec, deterministic};
+      stage2 = {w.w_hh + G1 * P, P, true, P, G2, packed.stage2, deterministic};
+      proj = {w.w_hr, H, true, H, P, packed.proj, deterministic};
+    } else {
+      rec = {w.w_hh, P, false, G1, P, packed.rec, deterministic};
+      stage2 = {w.w_hh + G1 * P, P, false, G2, P, packed.stage2, deterministic};
+      proj = {w.w_hr, H, false, P, H, packed.proj, deterministic};
+    }
+  }
+  // Every thread packs its panels of the operands the call uses; the caller barriers after.
+  void pack(const TeamContext& tc, const LayerShape& s) const {
+    rec.pack(tc);
+    if (s.cell.two_stage) stage2.pack(tc);
+    if (s.project) proj.pack(tc);
+  }
+};
+
+// A cell's traits and one thread's share of a call, computed once per call: the loops' phases
+// read everything from here.
+template <typename Cell, typename S>
+struct LayerPlan {
+  static constexpr bool kHasC = Cell::kHasCellState;
+  static constexpr bool kSeparateRecurrent = Cell::kSeparateRecurrent;
+  static constexpr bool kTwoStage = Cell::kTwoStage;
+
+  const TeamContext& tc;
+  const LayerShape& s;
+  index_t T, N, C, H, P, GH, G1, SW /* saved width */, TW /* tmp width */;
+  StateSlots slots;
+  std::pair<index_t, index_t> rows;  // this thread's batch rows [n0, n1)
+  StepGemms<S> gemms;
+
+  LayerPlan(const TeamContext& team, const LayerShape& shape, const LayerWeights<S>& w,
+            const PackedWeights<S>& packed, bool reverse, bool backward)
+      : tc(team), s(shape), T(shape.d.T), N(shape.d.N), C(shape.d.C), H(shape.d.H), P(shape.d.P),
+        GH(shape.GH), G1(shape.G1), SW(shape.saved_width), TW(shape.tmp_width),
+        slots{shape.d.T, reverse, shape.training || backward}, rows(team.split(shape.d.N)),
+        gemms(shape, w, packed, backward, team.deterministic()) {}
+
+  index_t step_time(index_t s_) const { return slots.reverse ? T - 1 - s_ : s_; }
+  static bool padded(const index_t* lengths, index_t t, index_t n) { return lengths != nullptr && t >= lengths[n]; }
+};
+
+}  // namespace cpu
+}  // namespace rnnkit

@@ -1,0 +1,57 @@
+// The recurrent network on the CPU (the contract is network.h's): embedding, the CPU layer stack,
+// the output layer and the fused loss, split over the thread team by rows.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "cpu/buffer.h"
+#include "cpu/stack.h"
+#include "rnnkit/backend.h"
+
+namespace rnnkit {
+namespace cpu {
+
+struct CpuNetworkPlan : NetworkPlan {
+  CpuStackPlan stack;
+  index_t rows = 0;        // R, rows of the head
+  bool streaming = false;  // inference of one step, unidirectional: the allocation-free step path
+};
+
+template <typename S>
+CpuNetworkPlan plan_network(const NetworkConfig& cfg, index_t T, index_t N, bool training);
+
+template <typename S>
+class CpuNetworkCache final : public NetworkCache {
+ public:
+  Device device() const override { return Device::kCpu; }
+  const NetworkPlan& plan() const override { return plan_; }
+  std::size_t nbytes() const override {
+    return static_cast<std::size_t>(block.size() + stack.block.size()) * sizeof(S) +
+           tokens.size() * sizeof(std::int64_t);
+  }
+  int elem_bytes() const override { return static_cast<int>(sizeof(S)); }
+  bool has_loss_grad() const override { return has_loss_grad_; }
+
+  CpuNetworkPlan plan_;
+  CpuStackCache<S> stack;
+  std::vector<std::int64_t> tokens;  // [T,N] (token input)
+  Buffer<S> block;
+  S* features = nullptr;  // [R,F]
+  S* d_out = nullptr;     // [R,K]: dL/d(outputs) when the loss was fused, else filled by backward
+  S* out_w = nullptr;     // [K,F] copy
+  bool has_loss_grad_ = false;
+};
+
+// Inference (cache == null) or training forward (the cache is filled).
+template <typename S>
+void network_forward(const CpuNetworkPlan& plan, const NetworkForwardArgs<S>& args, CpuNetworkCache<S>* cache);
+
+template <typename S>
+void network_backward(CpuNetworkCache<S>& cache, const NetworkBackwardArgs<S>& args);
+
+template <typename S>
+void network_generate(const NetworkConfig& cfg, const NetworkGenerateArgs<S>& args);
+
+}  // namespace cpu
+}  // namespace rnnkit

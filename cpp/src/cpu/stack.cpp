@@ -1,0 +1,306 @@
+// The layer stack on the CPU (cpu/stack.h): plans, the forward and backward over layers x
+// directions with dropout between layers, and the streaming step.
+#include "cpu/stack.h"
+
+#include <atomic>
+#include <cstring>
+
+#include "cpu/team.h"
+#include "cpu/util.h"
+
+namespace rnnkit {
+namespace cpu {
+namespace {
+
+// Multiplies elements [begin, end) of layer `layer`'s output [T,N,D*P] by its dropout mask, in
+// place. The same call applied to a gradient is dropout's backward.
+template <typename S>
+void apply_dropout(S* v, index_t begin, index_t end, double p, std::uint64_t seed, index_t layer) {
+  if (p <= 0.0) return;
+  if (p >= 1.0) {
+    std::memset(v + begin, 0, static_cast<std::size_t>(end - begin) * sizeof(S));
+    return;
+  }
+  const S scale = S(1.0 / (1.0 - p));
+  for (index_t i = begin; i < end; ++i) {
+    v[i] = dropout_uniform(seed, layer, i) < p ? S(0) : v[i] * scale;
+  }
+}
+
+// Copies the parameters into `dst` in spec order and returns views of the copies.
+template <typename S>
+std::vector<LayerWeights<S>> copy_params(const std::vector<ParamSpec>& specs,
+                                         const std::vector<LayerWeights<S>>& src, S* dst) {
+  std::vector<LayerWeights<S>> out(src.size());
+  for (const ParamSpec& spec : specs) {
+    const index_t n = spec.numel();
+    copy_n(dst, param_field(src[spec.group], spec.role), n);
+    param_field(out[spec.group], spec.role) = dst;
+    dst += n;
+  }
+  return out;
+}
+
+// Threads pay off only when each step's GEMM is big enough to split: below ~2^19 multiply-adds
+// per step the two barriers of a step cost more than half the step saves. Tests lower it to run
+// the threaded code on small shapes.
+std::atomic<index_t> g_min_parallel_step_work{index_t(1) << 19};
+
+}  // namespace
+
+void set_min_parallel_step_work(index_t work) { g_min_parallel_step_work.store(work < 0 ? 0 : work); }
+
+int stack_team_size(const StackConfig& cfg, index_t N) {
+  const int wanted = ThreadTeam::instance().default_size();
+  if (wanted <= 1) return 1;
+  const index_t step_work = N * cell_info(cfg.cell).gates * cfg.hidden_size * cfg.state_size();
+  return step_work < g_min_parallel_step_work.load() ? 1 : wanted;
+}
+
+template <typename S>
+CpuStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool training, std::vector<ParamSpec> specs) {
+  CpuStackPlan p;
+  p.cfg = cfg;
+  p.T = T;
+  p.N = N;
+  p.training = training;
+  p.specs = std::move(specs);
+  p.shape = layer_shape(cfg.cell, cfg.layer_dims(0, T, N), training);
+  p.layer_kept = layer_buffer_elems(p.shape, kKept);
+  p.layer_forward = layer_buffer_elems(p.shape, kForwardScratch);
+  p.layer_backward = layer_buffer_elems(p.shape, kBackwardScratch);
+  p.packed_forward = packed_buffer_elems<S>(p.shape, false);
+  p.packed_backward = packed_buffer_elems<S>(p.shape, true);
+  p.team = stack_team_size(cfg, N);
+
+  const index_t L = cfg.num_layers;
+  // The output of a layer below the top one: the next layer's input, [T,N,D*P].
+  const index_t between = checked_mul(p.shape.TN, cfg.num_directions * cfg.state_size(), "layer output");
+  const index_t forward_scratch = checked_add(p.layer_forward, p.packed_forward, "forward scratch");
+  StackFootprint& f = p.footprint;
+  if (training) {
+    f.cache = checked_add(checked_mul(p.shape.TN, cfg.input_size, "input"),
+                          checked_mul(L - 1, between, "layer inputs"), "cache");
+    f.cache = checked_add(f.cache, total_numel(p.specs), "cache");
+    f.cache = checked_add(f.cache, checked_mul(cfg.groups(), p.layer_kept, "layer states"), "cache");
+    f.forward_scratch = forward_scratch;
+    f.backward_scratch = checked_add(checked_add(p.layer_backward, p.packed_backward, "backward scratch"),
+                                     L > 1 ? checked_mul(2, between, "layer gradients") : 0, "backward scratch");
+  } else {
+    // Every group reuses one set of layer buffers; layers ping-pong between two outputs.
+    f.forward_scratch = checked_add(forward_scratch, p.layer_kept, "forward scratch");
+    if (L > 1) f.forward_scratch = checked_add(f.forward_scratch, checked_mul(2, between, "layer outputs"), "forward scratch");
+  }
+  return p;
+}
+
+template <typename S>
+void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, CpuStackCache<S>* cache) {
+  const StackConfig& cfg = plan.cfg;
+  const bool training = plan.training;
+  const index_t T = plan.T, N = plan.N, TN = plan.shape.TN;
+  const index_t L = cfg.num_layers, D = cfg.num_directions, H = cfg.hidden_size, P = cfg.state_size();
+  const index_t between = TN * D * P;
+  const bool has_c = plan.shape.cell.has_cell_state;
+  assert(training == (cache != nullptr));
+
+  // This call's scratch: the layer buffers every group shares, then the packed weights.
+  Buffer<S> scratch(plan.footprint.forward_scratch, "forward scratch");
+  LayerBuffers<S> shared;
+  PackedWeights<S> packed;
+  S* p = carve_layer_buffers(plan.shape, kForwardScratch, scratch.data(), &shared);
+  p = carve_packed_buffers(plan.shape, false, p, &packed);
+
+  std::vector<const S*> inputs(L);
+  std::vector<S*> outputs(L);
+  std::vector<LayerBuffers<S>> buffers(cfg.groups(), shared);
+  const std::vector<LayerWeights<S>>* weights = args.params;
+  S* x_copy = nullptr;
+  if (training) {
+    cache->plan_ = plan;
+    cache->lengths.assign(args.lengths ? args.lengths : nullptr, args.lengths ? args.lengths + N : nullptr);
+    cache->dropout_seed = args.dropout_seed;
+    cache->block.allocate(plan.footprint.cache, "the training cache");
+    S* c = cache->block.data();
+    x_copy = c;  // filled by the team below
+    inputs[0] = x_copy;
+    c += TN * cfg.input_size;
+    for (index_t l = 1; l < L; ++l) {
+      outputs[l - 1] = c;
+      inputs[l] = c;
+      c += between;
+    }
+    cache->weights = copy_params(plan.specs, *args.params, c);
+    c += total_numel(plan.specs);
+    cache->kept.resize(cfg.groups());
+    for (index_t g = 0; g < cfg.groups(); ++g) {
+      cache->kept[g] = c;
+      c = carve_layer_buffers(plan.shape, kKept, c, &buffers[g]);
+    }
+    assert(c == cache->block.data() + plan.footprint.cache);
+    weights = &cache->weights;
+  } else {
+    // Inference: every group reuses the same kept-buffer views.
+    p = carve_layer_buffers(plan.shape, kKept, p, &shared);
+    for (auto& b : buffers) b = shared;
+    inputs[0] = args.x;
+    if (L > 1) {
+      S* ping = p;
+      S* pong = p + between;
+      for (index_t l = 0; l + 1 < L; ++l) {
+        outputs[l] = (l % 2 == 0) ? ping : pong;
+        inputs[l + 1] = outputs[l];
+      }
+    }
+  }
+  outputs[L - 1] = args.y;
+
+  ThreadTeam::instance().run(plan.team, [&](const TeamContext& tc) {
+    if (x_copy != nullptr) {
+      // Layer 0's input: a copy, with padded steps zeroed (they are never read as data, and a
+      // NaN left there by the caller must not reach dW_ih through 0 * NaN).
+      const index_t C = cfg.input_size;
+      const auto [r0, r1] = tc.split(TN);
+      copy_n(x_copy + r0 * C, args.x + r0 * C, (r1 - r0) * C);
+      for (index_t r = r0; args.lengths && r < r1; ++r) {
+        if (r / N >= args.lengths[r % N]) std::memset(x_copy + r * C, 0, C * sizeof(S));
+      }
+      tc.barrier();
+    }
+    LayerShape shape = plan.shape;
+    for (index_t l = 0; l < L; ++l) {
+      shape.d.C = cfg.layer_input_size(l);
+      for (index_t d = 0; d < D; ++d) {
+        const index_t g = l * D + d;
+        LayerForwardArgs<S> la;
+        la.x = inputs[l];
+        la.h0 = args.h0 ? args.h0 + g * N * P : nullptr;
+        la.c0 = args.c0 ? args.c0 + g * N * H : nullptr;
+        la.lengths = args.lengths;
+        la.reverse = d == 1;
+        la.y = outputs[l] + d * P;
+        la.y_ld = D * P;
+        la.h_n = args.h_n + g * N * P;
+        la.c_n = (has_c && args.c_n) ? args.c_n + g * N * H : nullptr;
+        layer_forward<S>(tc, cfg.cell, shape, (*weights)[g], buffers[g], packed, la);
+        tc.barrier();
+      }
+      if (training && l + 1 < L && cfg.dropout > 0.0) {
+        const auto [e0, e1] = tc.split(between);
+        apply_dropout(outputs[l], e0, e1, cfg.dropout, args.dropout_seed, l);
+        tc.barrier();
+      }
+    }
+  });
+  if (training) cache->inputs = std::move(inputs);
+}
+
+template <typename S>
+void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
+  if (cache.consumed) {
+    throw std::invalid_argument(
+        "cache: expected the cache of a forward that has not been backpropagated yet, got one that has "
+        "(backward uses up what forward kept; run forward again)");
+  }
+  cache.consumed = true;
+  const CpuStackPlan& plan = cache.plan_;
+  const StackConfig& cfg = plan.cfg;
+  const index_t N = plan.N, TN = plan.shape.TN;
+  const index_t L = cfg.num_layers, D = cfg.num_directions, H = cfg.hidden_size, P = cfg.state_size();
+  const index_t between = TN * D * P;
+  const bool has_c = plan.shape.cell.has_cell_state;
+  const index_t* lengths = cache.lengths.empty() ? nullptr : cache.lengths.data();
+
+  // The layer scratch every group shares, the packed weights, then two layer gradients to
+  // ping-pong between layers.
+  Buffer<S> scratch(plan.footprint.backward_scratch, "backward scratch");
+  LayerBuffers<S> shared;
+  PackedWeights<S> packed;
+  S* p = carve_layer_buffers(plan.shape, kBackwardScratch, scratch.data(), &shared);
+  p = carve_packed_buffers(plan.shape, true, p, &packed);
+  S* ping = L > 1 ? p : nullptr;
+  S* pong = L > 1 ? p + between : nullptr;
+  std::vector<LayerBuffers<S>> buffers(cfg.groups(), shared);
+  for (index_t g = 0; g < cfg.groups(); ++g) carve_layer_buffers(plan.shape, kKept, cache.kept[g], &buffers[g]);
+
+  ThreadTeam::instance().run(plan.team, [&](const TeamContext& tc) {
+    const S* d_out = args.dy;  // dL/d(output of layer l), [T,N,D*P]
+    LayerShape shape = plan.shape;
+    for (index_t l = L - 1; l >= 0; --l) {
+      shape.d.C = cfg.layer_input_size(l);
+      S* d_in = (l == 0) ? args.dx : ((l % 2 == 0) ? ping : pong);
+      for (index_t d = 0; d < D; ++d) {
+        const index_t g = l * D + d;
+        LayerBackwardArgs<S> la;
+        la.x = cache.inputs[l];
+        la.lengths = lengths;
+        la.reverse = d == 1;
+        la.dy = d_out ? d_out + d * P : nullptr;
+        la.dy_ld = D * P;
+        la.dh_n = args.dh_n ? args.dh_n + g * N * P : nullptr;
+        la.dc_n = args.dc_n ? args.dc_n + g * N * H : nullptr;
+        la.dx = d_in;
+        la.dx_accumulate = d > 0;
+        la.dh0 = args.dh0 + g * N * P;
+        la.dc0 = (has_c && args.dc0) ? args.dc0 + g * N * H : nullptr;
+        layer_backward<S>(tc, cfg.cell, shape, cache.weights[g], (*args.grads)[g], buffers[g], packed, la);
+        tc.barrier();
+      }
+      if (l > 0) {
+        if (cfg.dropout > 0.0) {
+          const auto [e0, e1] = tc.split(between);
+          apply_dropout(d_in, e0, e1, cfg.dropout, cache.dropout_seed, l - 1);
+          tc.barrier();
+        }
+        d_out = d_in;
+      }
+    }
+  });
+}
+
+template <typename S>
+void stack_step(const StackConfig& cfg, const StackStepArgs<S>& args) {
+  assert(cfg.num_directions == 1);
+  const index_t L = cfg.num_layers, H = cfg.hidden_size, P = cfg.state_size(), N = args.N;
+  const LayerShape shape0 = layer_shape(cfg.cell, cfg.layer_dims(0, 1, N), false);  // T = 1: nothing packed
+  const bool has_c = shape0.cell.has_cell_state;
+  // One buffer per thread, grown when needed and kept: a stream of steps allocates nothing.
+  thread_local Buffer<S> scratch;
+  const index_t need = checked_add(checked_add(layer_buffer_elems(shape0, kForwardScratch),
+                                               layer_buffer_elems(shape0, kKept), "step scratch"),
+                                   L > 1 ? 2 * N * P : 0, "step scratch");
+  if (scratch.size() < need) scratch.allocate(need, "step scratch");
+  LayerBuffers<S> buffers;
+  S* p = carve_layer_buffers(shape0, kForwardScratch, scratch.data(), &buffers);
+  p = carve_layer_buffers(shape0, kKept, p, &buffers);
+  S* between[2] = {p, p + N * P};
+  const PackedWeights<S> unpacked;
+  const TeamContext solo(nullptr, 0, 1);
+  LayerShape shape = shape0;
+  const S* in = args.x;
+  for (index_t l = 0; l < L; ++l) {
+    shape.d.C = cfg.layer_input_size(l);
+    LayerForwardArgs<S> la;
+    la.x = in;
+    la.h0 = args.h + l * N * P;
+    la.c0 = has_c ? args.c + l * N * H : nullptr;
+    la.y = l + 1 == L ? args.y : between[l % 2];
+    la.y_ld = P;
+    la.h_n = args.h_new + l * N * P;
+    la.c_n = has_c ? args.c_new + l * N * H : nullptr;
+    layer_forward<S>(solo, cfg.cell, shape, (*args.params)[l], buffers, unpacked, la);
+    in = la.y;
+  }
+}
+
+#define RNNKIT_INSTANTIATE_STACK(S)                                                                        \
+  template CpuStackPlan plan_stack<S>(const StackConfig&, index_t, index_t, bool, std::vector<ParamSpec>); \
+  template void stack_forward<S>(const CpuStackPlan&, const StackForwardArgs<S>&, CpuStackCache<S>*);     \
+  template void stack_backward<S>(CpuStackCache<S>&, const StackBackwardArgs<S>&);                        \
+  template void stack_step<S>(const StackConfig&, const StackStepArgs<S>&);
+RNNKIT_INSTANTIATE_STACK(float)
+RNNKIT_INSTANTIATE_STACK(double)
+#undef RNNKIT_INSTANTIATE_STACK
+
+}  // namespace cpu
+}  // namespace rnnkit

@@ -1,0 +1,73 @@
+// The layer stack on the CPU (the contract is stack.h's): layers x directions around the layer
+// loops, dropout between layers, and the one allocation per call everything is carved from.
+//
+// A call's plan (CpuStackPlan) is computed once: the layer buffers' sizes (layer 0's shape: no
+// buffer depends on the input width), the packed weights', the footprint and the team size.
+// Training forward keeps, in one block: a copy of x (padded steps zeroed), every layer's input,
+// a copy of the parameters, and each group's kept layer buffers.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "cpu/buffer.h"
+#include "cpu/layer.h"
+#include "rnnkit/backend.h"
+
+namespace rnnkit {
+namespace cpu {
+
+struct CpuStackPlan : StackPlan {
+  LayerShape shape;            // layer 0 (later layers differ in C only)
+  index_t layer_kept = 0;      // elements of one group's kept layer buffers
+  index_t layer_forward = 0;   // ... of the forward's layer scratch (shared by the groups)
+  index_t layer_backward = 0;  // ... of the backward's
+  index_t packed_forward = 0;  // packed weights of one forward pass (shared by the groups)
+  index_t packed_backward = 0;
+  int team = 1;                // threads the call uses
+};
+
+// specs: the call's parameter list (stack_param_specs, or the network's stack part).
+template <typename S>
+CpuStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool training, std::vector<ParamSpec> specs);
+
+template <typename S>
+class CpuStackCache final : public StackCache {
+ public:
+  Device device() const override { return Device::kCpu; }
+  const StackPlan& plan() const override { return plan_; }
+  std::size_t nbytes() const override { return static_cast<std::size_t>(block.size()) * sizeof(S); }
+  int elem_bytes() const override { return static_cast<int>(sizeof(S)); }
+
+  CpuStackPlan plan_;
+  std::vector<index_t> lengths;         // empty: all sequences have T steps
+  std::uint64_t dropout_seed = 0;
+  Buffer<S> block;                      // everything below points into it
+  std::vector<const S*> inputs;         // [L]: the input of layer l (a copy of x for l = 0)
+  std::vector<LayerWeights<S>> weights; // [L*D]: copies of the parameters
+  std::vector<S*> kept;                 // [L*D]: where each group's kept layer buffers start
+  // Backward overwrites the gate buffers with their gradients: a cache is good for one backward.
+  bool consumed = false;
+};
+
+// Inference (cache == null) or training forward (the cache is filled).
+template <typename S>
+void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, CpuStackCache<S>* cache);
+
+// Throws std::invalid_argument if the cache was already backpropagated.
+template <typename S>
+void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args);
+
+// One streaming step, with nothing packed or allocated per call (a per-thread scratch buffer is
+// kept and grown when needed).
+template <typename S>
+void stack_step(const StackConfig& cfg, const StackStepArgs<S>& args);
+
+// How many threads of the team (rnnkit.set_num_threads) a call of this batch uses: 1 when a step's
+// work is too small to split profitably.
+int stack_team_size(const StackConfig& cfg, index_t N);
+// The per-step work (N * G*H * P multiply-adds) from which a call uses more than one thread.
+void set_min_parallel_step_work(index_t work);
+
+}  // namespace cpu
+}  // namespace rnnkit
