@@ -51,7 +51,7 @@ os.environ["RNNKIT_NUM_THREADS"] = str(ARGS.threads)
 import numpy as np  # noqa: E402
 
 import rnnkit  # noqa: E402
-from rnnkit.compare import interleaved_medians  # noqa: E402
+from rnnkit.app.timing import interleaved_medians  # noqa: E402
 
 try:
     import torch  # noqa: E402

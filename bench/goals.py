@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 
 import rnnkit  # noqa: E402
 from rnnkit import _core  # noqa: E402
-from rnnkit.compare import interleaved_medians  # noqa: E402
+from rnnkit.app.timing import interleaved_medians  # noqa: E402
 
 try:
     import torch  # noqa: E402

@@ -127,6 +127,26 @@ def test_every_network_gradient_matches_finite_differences(rng, kind, cell):
     assert not failures, failures
 
 
+@pytest.mark.parametrize("kind", ["regress_last", "regress_seq"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_dense_input_gradient_matches_finite_differences(rng, kind, batch_first):
+    """backward(compute_dx=True): dL/d(inputs) of a dense network, shaped like the inputs."""
+    net = make_net(kind, "gru", num_layers=2, bidirectional=True, batch_first=batch_first)
+    inputs, targets = problem(net, rng)
+    if batch_first:
+        inputs = np.ascontiguousarray(inputs.transpose(1, 0, 2))
+        if net.head == "sequence":
+            targets = np.ascontiguousarray(targets.transpose(1, 0, 2))
+    lengths = [5, 3, 4]
+    net.forward_loss(inputs, targets, None, lengths)
+    dx, dstate = net.backward(compute_dx=True)
+    assert dx.shape == inputs.shape and dstate.shape == net.init_state(3).shape
+    fd = central_difference(lambda: net.evaluate(inputs, targets, None, lengths)[0], inputs, FINITE_DIFF_EPS)
+    assert relative_error(dx, fd) < FINITE_DIFF_RTOL
+    with pytest.raises(ValueError, match="compute_dx: expected False for a token network"):
+        make_net("lm").backward(compute_dx=True)
+
+
 def test_backward_with_external_output_gradient_matches_fused_loss(rng):
     """forward() + backward(d_outputs) with the loss's gradient == train_step's fused loss."""
     net = make_net("lm", "gru")

@@ -101,3 +101,30 @@ def test_type_stubs_match_the_compiled_module():
     declared = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     public = {name for name in dir(_core) if not name.startswith("_")}
     assert {n for n in declared if not n.startswith("_")} == public
+
+
+def test_the_cell_table_is_the_compiled_cores():
+    """One table of cells: the Python one (rnnkit._cells) lists the compiled module's cells, in its
+    order, each by the name whose upper case is the module's mode."""
+    import re
+
+    from rnnkit import _cells, _core
+
+    with pytest.raises(ValueError) as info:
+        _core.StackConfig("NO_SUCH_CELL", 3, 4)
+    assert re.findall(r"'([A-Z_]+)'", str(info.value).split("got")[0]) == [c.mode for c in _cells.CELLS.values()]
+    for cell in _cells.CELLS.values():
+        layer_class = getattr(rnnkit, cell.layer)
+        layer = layer_class(3, 4, **cell.options)
+        assert (layer.cell, layer.mode, layer._config.mode) == (cell.name, cell.name.upper(), cell.name.upper())
+
+
+def test_old_module_paths_still_import():
+    """The modules moved by role (train/, interop/, app/); the paths users import keep working."""
+    import importlib
+
+    for name in ("optim", "init", "data", "checkpoint", "training", "convert", "onnx"):
+        module = importlib.import_module(f"rnnkit.{name}")
+        assert module is getattr(rnnkit, name)
+    from rnnkit.checkpoint import load_checkpoint  # noqa: F401
+    from rnnkit.optim import Adam  # noqa: F401

@@ -36,6 +36,7 @@ const rnnkit::BackendOps<float>& cpu_ops() { return rnnkit::backend_for(rnnkit::
 struct Problem {
   rnnkit::StackConfig cfg;
   index_t T, N;
+  bool has_c;
   std::vector<std::vector<float>> storage;
   std::vector<rnnkit::LayerWeights<float>> weights;
   std::vector<rnnkit::LayerGrads<float>> grads;
@@ -45,6 +46,7 @@ struct Problem {
     cfg.cell = cell;
     cfg.input_size = C;
     cfg.hidden_size = H;
+    has_c = rnnkit::cell_info(cell).has_cell_state;
     std::mt19937 gen(0);
     std::uniform_real_distribution<float> u(-0.05f, 0.05f);
     auto fill = [&](std::size_t n) {
@@ -78,8 +80,7 @@ struct Problem {
     a.params = &weights;
     a.x = x.data();
     a.y = y.data();
-    a.h_n = h_n.data();
-    a.c_n = c_n.data();
+    a.state_n = {h_n.data(), has_c ? c_n.data() : nullptr};
     return a;
   }
 
@@ -130,8 +131,7 @@ void BM_train(benchmark::State& state) {
   back.grads = &p.grads;
   back.dy = p.dy.data();
   back.dx = p.dx.data();
-  back.dh0 = p.dh0.data();
-  back.dc0 = p.dc0.data();
+  back.d_state0 = {p.dh0.data(), p.has_c ? p.dc0.data() : nullptr};
   for (auto _ : state) {
     const auto plan = cpu_ops().plan_stack(p.cfg, p.T, p.N, true);
     const auto cache = cpu_ops().stack_forward(*plan, args);
@@ -146,17 +146,11 @@ template <rnnkit::CellKind Cell>
 void BM_step(benchmark::State& state) {
   Problem p(Cell, 1, 1, 256, 256);
   std::vector<float> h(256, 0.0f), c(256, 0.0f);
-  rnnkit::StackStepArgs<float> step;
-  step.params = &p.weights;
-  step.N = 1;
-  step.x = p.x.data();
-  step.y = p.y.data();
+  auto step = p.forward_args();
   for (auto _ : state) {
-    step.h = h.data();
-    step.c = c.data();
-    step.h_new = p.h_n.data();
-    step.c_new = p.c_n.data();
-    cpu_ops().stack_step(p.cfg, step);
+    step.state0 = {h.data(), p.has_c ? c.data() : nullptr};
+    step.state_n = {p.h_n.data(), p.has_c ? p.c_n.data() : nullptr};
+    cpu_ops().stack_step(p.cfg, 1, step);
     std::swap(h, p.h_n);
     std::swap(c, p.c_n);
     benchmark::DoNotOptimize(h.data());

@@ -30,14 +30,25 @@ finally:
     else:
         _os.environ["OPENBLAS_NUM_THREADS"] = _saved_threads
 
+import sys as _sys
+
 from . import _core
-from . import convert, cuda, init, onnx, optim
+from . import cuda
 from ._runtime import build_info, empty_cache, get_deterministic, get_num_threads, set_deterministic, set_num_threads
+from .interop import convert, onnx
 from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
 from .network import RNNNetwork
-from .training import Trainer
-from . import data
-from .checkpoint import load_checkpoint, save_checkpoint
+from .train import checkpoint, data, init, optim, training
+from .train.checkpoint import load_checkpoint, save_checkpoint
+from .train.training import Trainer
+
+# The modules live by role (train/, interop/, app/); users import them by these names, as before
+# the move: `import rnnkit.optim`, `from rnnkit.checkpoint import ...`. (rnnkit.torch has a file of
+# its own, because importing it imports torch.)
+for _name, _module in {"optim": optim, "init": init, "data": data, "checkpoint": checkpoint, "training": training,
+                       "convert": convert, "onnx": onnx}.items():
+    _sys.modules[f"{__name__}.{_name}"] = _module
+del _name, _module
 
 __version__: str = _core.__version__
 

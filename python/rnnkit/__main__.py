@@ -1,8 +1,8 @@
-"""``python -m rnnkit``: the ``rnnkit`` command (see rnnkit.cli); with no subcommand, ``info``."""
+"""``python -m rnnkit``: the ``rnnkit`` command (see rnnkit.app.cli); with no subcommand, ``info``."""
 
 import sys
 
-from .cli import main
+from .app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -163,9 +163,9 @@ def get_deterministic() -> bool:
     ...
 def get_num_threads() -> int:
     ...
-def network_backward(cache: NetworkCache, grads: list, d_outputs: numpy.ndarray | None) -> tuple:
+def network_backward(cache: NetworkCache, grads: list, d_outputs: numpy.ndarray | None, need_dx: bool = False) -> tuple:
     """
-    Network backward; gradients ACCUMULATED into grads. Returns (dh0, dc0|None).
+    Network backward; gradients ACCUMULATED into grads. Returns (dx|None, dh0, dc0|None); dx (the gradient of a dense input, need_dx=True) is [T,N,C].
     """
 def network_forward(config: NetworkConfig, params: list, inputs: numpy.ndarray, h0: numpy.ndarray | None, c0: numpy.ndarray | None, lengths: numpy.ndarray | None, targets: numpy.ndarray | None, training: bool, dropout_seed: typing.SupportsInt | typing.SupportsIndex, want_outputs: bool, softmax_outputs: bool) -> tuple:
     """

@@ -256,6 +256,38 @@ def check_state_dict(
     return out
 
 
+# ---- recurrent states ------------------------------------------------------------------------
+# Every API takes a recurrent state the same way: one array h [L*D, N, P] (L*D = num_layers *
+# num_directions, P = proj_size or hidden_size; [L*D, P] for one unbatched sequence), or for cells
+# with a cell state a tuple (h, c) whose c is [L*D, N, hidden_size]. Each entry is then checked
+# by the caller's own rule for its kind of array (NumPy: converted; torch: checked as it is).
+def split_state(name: str, value: Any, has_cell_state: bool, owner: str, pair: Tuple[str, str] = ("h0", "c0"),
+                kind: Tuple[str, str] = ("an array", "arrays")) -> Tuple[Any, Any]:
+    """The (h, c) entries of a state argument (c is None for cells without a cell state);
+    TypeError naming `name` when it is not shaped as `owner`'s state. `kind`: the entries' kind,
+    singular with its article and plural (arrays, tensors)."""
+    one, many = kind
+    if has_cell_state:
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise TypeError(f"{name}: expected a tuple ({pair[0]}, {pair[1]}) of {many} for {owner}, "
+                            f"got {_type_name(value)}")
+        h, c = value
+        if h is None or c is None:
+            raise TypeError(f"{name}: expected both {pair[0]} and {pair[1]} as {many} in the "
+                            f"({pair[0]}, {pair[1]}) tuple, got None")
+        return h, c
+    if isinstance(value, tuple):
+        raise TypeError(f"{name}: expected {one} for {owner}, got a tuple")
+    return value, None
+
+
+def state_meaning(width_name: str, unbatched: bool = False) -> str:
+    """What a state entry's shape means, for its shape error."""
+    if unbatched:
+        return f"[num_layers*num_directions, {width_name}] for unbatched 2-D input"
+    return f"[num_layers*num_directions, N, {width_name}]"
+
+
 # ---- check_finite mode ---------------------------------------------------------------------------
 # Without it, NaN and Inf propagate as IEEE arithmetic makes them (as in PyTorch): a non-finite
 # input reaches exactly the outputs that depend on it. With ``model.check_finite = True`` the model

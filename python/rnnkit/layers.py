@@ -7,96 +7,41 @@ U(-1/sqrt(H), 1/sqrt(H)). Training follows PyTorch's habit: ``backward`` *accumu
 ``layer.grads`` and ``zero_grad()`` clears them.
 
 All numerics run in C++ with the GIL released; this module only validates (through ``_validate``),
-arranges memory (time-major, contiguous) and keeps the forward's cache for backward.
+arranges memory (time-major, contiguous) and keeps the forward's cache for backward. The classes
+themselves are built from the one table of cells and layer classes (``_cells``), as the PyTorch
+bridge's are.
 """
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _core
-from ._guard import TrainingGuard
 from . import _validate as V
-from . import init as _init
+from ._cells import LAYER_CLASSES, Cell, Family, LayerClass, StackOptions, make_layer_class
+from ._guard import TrainingGuard
+from .train import init as _init
 
 State = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
 
-
-class _StackOptions:
-    """The constructor options every recurrent stack shares — rnnkit's layers and the PyTorch
-    bridge's modules — validated in one place, with the sizes derived from them."""
-
-    def _set_stack_options(self, mode: str, input_size: int, hidden_size: int, num_layers: int, bias: bool,
-                           batch_first: bool, dropout: float, bidirectional: bool, proj_size: int, init: str,
-                           init_gain: float, forget_bias: Optional[float]) -> None:
-        self.mode = mode
-        self.input_size = V.check_size("input_size", input_size)
-        self.hidden_size = V.check_size("hidden_size", hidden_size)
-        self.num_layers = V.check_size("num_layers", num_layers)
-        self.bias = V.check_bool("bias", bias)
-        self.batch_first = V.check_bool("batch_first", batch_first)
-        self.dropout = V.check_probability("dropout", dropout)
-        self.bidirectional = V.check_bool("bidirectional", bidirectional)
-        self.proj_size = V.check_non_negative("proj_size", proj_size)
-        if self.proj_size and self.proj_size >= self.hidden_size:
-            raise ValueError(f"proj_size: expected less than hidden_size ({self.hidden_size}), got {self.proj_size}")
-        self.init = init
-        self._scheme = _init.parse_scheme(init)
-        self.init_gain = V.check_positive_float("init_gain", init_gain)
-        self.forget_bias = None if forget_bias is None else V.check_float("forget_bias", forget_bias)
-        if self.forget_bias is not None and not self.bias:
-            raise ValueError("forget_bias: expected None when bias=False (there is no bias to set), got "
-                             f"{self.forget_bias}")
-        if self.dropout > 0 and self.num_layers == 1:
-            # PyTorch's warning, word for word; it points at the user's constructor call.
-            warnings.warn(
-                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
-                f"expects num_layers greater than 1, but got dropout={self.dropout} and num_layers=1",
-                UserWarning, stacklevel=4,
-            )
-
-    @property
-    def num_directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    @property
-    def state_size(self) -> int:
-        """Width of h: proj_size when projecting, else hidden_size."""
-        return self.proj_size or self.hidden_size
+# This family's constructor: PyTorch's positional parameters, then keyword-only dtype and seed.
+NUMPY_FAMILY = Family(
+    positional=(),
+    keyword=(("dtype", "float32"), ("seed", None)),
+    doc="Same constructor as PyTorch's class of the same name, plus keyword-only ``dtype`` "
+        '("float32"/"float64"), ``seed``, ``init`` and ``init_gain`` (see ``rnnkit.init``).',
+)
 
 
-class _RecurrentLayer(_StackOptions):
-    """Shared implementation of every recurrent layer (see the subclasses for the math)."""
+class _RecurrentLayer(StackOptions):
+    """Shared implementation of every recurrent layer (see the classes below for the math)."""
 
-    _has_cell_state = False
-
-    def __init__(
-        self,
-        mode: str,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int,
-        bias: bool,
-        batch_first: bool,
-        dropout: float,
-        bidirectional: bool,
-        proj_size: int,
-        dtype: Any,
-        seed: Optional[int],
-        init: str,
-        init_gain: float,
-        forget_bias: Optional[float],
-    ) -> None:
-        self._set_stack_options(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                                bidirectional, proj_size, init, init_gain, forget_bias)
-        self.dtype = V.resolve_dtype(dtype)
-        self._config = _core.StackConfig(
-            mode, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
-            self.proj_size, self.bias, self.dropout,
-        )
+    def _init_stack(self, spec: LayerClass, cell: Cell, options: Mapping[str, Any]) -> None:
+        self._set_stack_options(spec, cell, options)
+        self.dtype = V.resolve_dtype(options["dtype"])
+        self._config = _core.StackConfig(*self._config_args(), self.dropout)
         self._specs: List[Tuple[str, Tuple[int, ...]]] = [(n, tuple(s)) for n, s in self._config.param_specs()]
         self.training = True
         #: Scan every call's inputs and results for NaN/Inf and stop at the first one (README,
@@ -107,7 +52,7 @@ class _RecurrentLayer(_StackOptions):
         self._cache_layout: Optional[Tuple[bool, bool]] = None
         self.params: Dict[str, np.ndarray] = {}
         self.grads: Dict[str, np.ndarray] = {}
-        seed = V.check_seed("seed", seed)
+        seed = V.check_seed("seed", options["seed"])
         init_seq, dropout_seq = np.random.SeedSequence(seed).spawn(2)
         #: The generator of dropout masks: each training forward with dropout draws one seed from
         #: it. Replace it (e.g. ``np.random.default_rng(0)``) to replay the same masks.
@@ -194,12 +139,7 @@ class _RecurrentLayer(_StackOptions):
         layout = "[N, T, input_size]" if self.batch_first else "[T, N, input_size]"
         V.check_rank("x", x, (2, 3), f"{layout} or [T, input_size]")
         unbatched = x.ndim == 2
-        if unbatched:
-            x_tm = x[:, None, :]
-        elif self.batch_first:
-            x_tm = V.c_array(x.transpose(1, 0, 2))
-        else:
-            x_tm = x
+        x_tm = self._to_time_major(x, self.batch_first, unbatched)
         V.check_not_empty("x", x_tm, ("sequence length T", "batch size N"))
         T, N, C = x_tm.shape
         if C != self.input_size:
@@ -270,15 +210,9 @@ class _RecurrentLayer(_StackOptions):
         dy_tm = None
         if dy is not None:
             dy = V.as_float_array("dy", dy, self.dtype)
-            if unbatched:
-                V.check_shape("dy", dy, (T, width), "(the shape of y)")
-                dy_tm = dy[:, None, :]
-            elif batch_first:
-                V.check_shape("dy", dy, (N, T, width), "(the shape of y)")
-                dy_tm = V.c_array(dy.transpose(1, 0, 2))
-            else:
-                V.check_shape("dy", dy, (T, N, width), "(the shape of y)")
-                dy_tm = dy
+            y_shape = (T, width) if unbatched else (N, T, width) if batch_first else (T, N, width)
+            V.check_shape("dy", dy, y_shape, "(the shape of y)")
+            dy_tm = self._to_time_major(dy, batch_first, unbatched)
         dh_arr, dc_arr = self._check_state_grad(dh_n, N, unbatched)
         if dy_tm is None and dh_arr is None and dc_arr is None:
             raise ValueError("backward: expected dy, dh_n or both, got neither")
@@ -355,22 +289,20 @@ class _RecurrentLayer(_StackOptions):
         if state is None:
             h = np.zeros((L, N, P), self.dtype)
             c = np.zeros((L, N, H), self.dtype) if self._has_cell_state else None
-        elif self._has_cell_state:
-            if not isinstance(state, tuple) or len(state) != 2:
-                raise TypeError(f"state: expected a tuple (h, c) for {type(self).__name__}, got {type(state).__name__}")
-            h, c = self._step_state("state[0]", state[0], (L, N, P)), self._step_state("state[1]", state[1], (L, N, H))
         else:
-            h, c = self._step_state("state", state, (L, N, P)), None
+            h, c = V.split_state("state", state, self._has_cell_state, type(self).__name__, pair=("h", "c"))
+            h = self._step_state("state[0]" if c is not None else "state", h, (L, N, P), self._state_size_name)
+            c = None if c is None else self._step_state("state[1]", c, (L, N, H), "hidden_size")
         y, h_new, c_new = _core.step(self._config, [self.params[n] for n, _ in self._specs], x, h, c)
         if single:
             y = y[0]
         return y, ((h_new, c_new) if self._has_cell_state else h_new)
 
-    def _step_state(self, name: str, value: Any, shape: Tuple[int, ...]) -> np.ndarray:
+    def _step_state(self, name: str, value: Any, shape: Tuple[int, ...], width_name: str) -> np.ndarray:
         if type(value) is np.ndarray and value.dtype == self.dtype and value.shape == shape and value.flags.c_contiguous:
-            return value
+            return value  # what the last step returned: no conversion (the streaming hot path)
         arr = V.as_float_array(name, value, self.dtype)
-        V.check_shape(name, arr, shape, "[num_layers, N, P]")
+        V.check_shape(name, arr, shape, V.state_meaning(width_name))
         return arr
 
     # ---- state shapes -----------------------------------------------------------------------
@@ -380,27 +312,16 @@ class _RecurrentLayer(_StackOptions):
 
     def _check_state_array(self, name: str, value: Any, width: int, width_name: str, N: int, unbatched: bool):
         arr = V.as_float_array(name, value, self.dtype)
-        meaning = f"[num_layers*num_directions, {'' if unbatched else 'N, '}{width_name}]"
-        V.check_shape(name, arr, self._state_shape(width, N, unbatched), meaning)
+        V.check_shape(name, arr, self._state_shape(width, N, unbatched), V.state_meaning(width_name, unbatched))
         return arr.reshape(self.num_layers * self.num_directions, N, width)
-
-    def _p_name(self) -> str:
-        return "proj_size" if self.proj_size else "hidden_size"
 
     def _check_state_in(self, h0: Any, N: int, unbatched: bool):
         if h0 is None:
             return None, None
-        if self._has_cell_state:
-            if not isinstance(h0, (tuple, list)) or len(h0) != 2:
-                raise TypeError(f"h0: expected a tuple (h0, c0) of arrays for {type(self).__name__}, got {type(h0).__name__}")
-            h, c = h0
-            if h is None or c is None:
-                raise TypeError("h0: expected both h0 and c0 as arrays in the (h0, c0) tuple, got None")
-            return (self._check_state_array("h0", h, self.state_size, self._p_name(), N, unbatched),
-                    self._check_state_array("c0", c, self.hidden_size, "hidden_size", N, unbatched))
-        if isinstance(h0, tuple):
-            raise TypeError(f"h0: expected an array for {type(self).__name__}, got a tuple")
-        return self._check_state_array("h0", h0, self.state_size, self._p_name(), N, unbatched), None
+        h, c = V.split_state("h0", h0, self._has_cell_state, type(self).__name__)
+        h = self._check_state_array("h0", h, self.state_size, self._state_size_name, N, unbatched)
+        c = None if c is None else self._check_state_array("c0", c, self.hidden_size, "hidden_size", N, unbatched)
+        return h, c
 
     def _check_state_grad(self, dh_n: Any, N: int, unbatched: bool):
         if dh_n is None:
@@ -416,12 +337,22 @@ class _RecurrentLayer(_StackOptions):
             dh, dc = dh_n
         elif isinstance(dh_n, tuple):
             raise TypeError(f"dh_n: expected an array for {type(self).__name__}, got a tuple")
-        dh_arr = None if dh is None else self._check_state_array("dh_n", dh, self.state_size, self._p_name(), N, unbatched)
+        dh_arr = None if dh is None else self._check_state_array("dh_n", dh, self.state_size, self._state_size_name, N, unbatched)
         dc_arr = None if dc is None else self._check_state_array("dc_n", dc, self.hidden_size, "hidden_size", N, unbatched)
         return dh_arr, dc_arr
 
+    # ---- layout: the compiled core is time-major, [T, N, ...] ---------------------------------
+    @staticmethod
+    def _to_time_major(a: np.ndarray, batch_first: bool, unbatched: bool) -> np.ndarray:
+        if unbatched:
+            return a[:, None, :]
+        if batch_first:
+            return V.c_array(a.transpose(1, 0, 2))
+        return a
+
     @staticmethod
     def _to_user_layout(a_tm: np.ndarray, batch_first: bool, unbatched: bool) -> np.ndarray:
+        """The inverse of _to_time_major."""
         if unbatched:
             return a_tm[:, 0, :]
         if batch_first:
@@ -436,7 +367,7 @@ class _RecurrentLayer(_StackOptions):
         args = [str(self.input_size), str(self.hidden_size)]
         if self.num_layers != 1:
             args.append(f"num_layers={self.num_layers}")
-        args.extend(self._extra_repr())
+        args.extend(self._class_option_reprs())
         for flag in ("batch_first", "bidirectional"):
             if getattr(self, flag):
                 args.append(f"{flag}=True")
@@ -450,123 +381,10 @@ class _RecurrentLayer(_StackOptions):
             args.append(f"dtype={self.dtype.name!r}")
         return f"rnnkit.{type(self).__name__}({', '.join(args)})"
 
-    def _extra_repr(self) -> List[str]:
-        return []
 
-
-class RNN(_RecurrentLayer):
-    """Elman RNN: ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``, act = tanh or relu.
-
-    Same constructor as ``torch.nn.RNN`` (``input_size, hidden_size, num_layers=1,
-    nonlinearity='tanh', bias=True, batch_first=False, dropout=0.0, bidirectional=False``), plus
-    keyword-only ``dtype`` ("float32"/"float64"), ``seed``, ``init`` and ``init_gain``
-    (see ``rnnkit.init``). Parameters per layer ``k`` (``_reverse`` for the second direction):
-    ``weight_ih_l{k} [H, C_k]``, ``weight_hh_l{k} [H, H]``, ``bias_ih_l{k} [H]``, ``bias_hh_l{k} [H]``.
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
-                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, *, dtype: Any = "float32", seed: Optional[int] = None,
-                 init: str = "default", init_gain: float = 1.0) -> None:
-        self.nonlinearity = V.check_choice("nonlinearity", nonlinearity, ("tanh", "relu"))
-        mode = "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
-        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, dtype, seed, init, init_gain, None)
-
-    def _extra_repr(self) -> List[str]:
-        return [] if self.nonlinearity == "tanh" else [f"nonlinearity={self.nonlinearity!r}"]
-
-
-class LSTM(_RecurrentLayer):
-    """Long short-term memory, PyTorch's gate order (i, f, g, o)::
-
-        i, f, o = sigmoid(.), g = tanh(.)  of  x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
-        c_t = f * c_{t-1} + i * g
-        h_t = o * tanh(c_t)            (with proj_size: h_t = (o * tanh(c_t)) W_hr^T)
-
-    Same constructor as ``torch.nn.LSTM`` (``..., bidirectional=False, proj_size=0``) plus
-    keyword-only ``dtype``, ``seed``, ``init``, ``init_gain`` and ``forget_bias``. Parameters per
-    layer: ``weight_ih_l{k} [4H, C_k]``, ``weight_hh_l{k} [4H, P]``, ``bias_ih_l{k}``,
-    ``bias_hh_l{k} [4H]``, and ``weight_hr_l{k} [P, H]`` with a projection. Call with ``(h0, c0)``;
-    returns ``y, (h_n, c_n)``.
-    """
-
-    _has_cell_state = True
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, *, dtype: Any = "float32", seed: Optional[int] = None,
-                 init: str = "default", init_gain: float = 1.0, forget_bias: Optional[float] = None) -> None:
-        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, dtype, seed, init, init_gain, forget_bias)
-
-
-class GRU(_RecurrentLayer):
-    """Gated recurrent unit, gate order (r, z, n)::
-
-        r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr),  z likewise
-        reset_after=True  (PyTorch, cuDNN; ONNX linear_before_reset=1):
-            n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
-        reset_after=False (the original GRU; ONNX linear_before_reset=0):
-            n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn)
-        h_t = (1 - z) * n + z * h_{t-1}
-
-    Same constructor as ``torch.nn.GRU`` plus keyword-only ``reset_after``, ``dtype``, ``seed``,
-    ``init`` and ``init_gain``. Parameters as ``torch.nn.GRU``: ``weight_ih_l{k} [3H, C_k]``,
-    ``weight_hh_l{k} [3H, H]``, ``bias_ih_l{k}``, ``bias_hh_l{k} [3H]``.
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 reset_after: bool = True, dtype: Any = "float32", seed: Optional[int] = None,
-                 init: str = "default", init_gain: float = 1.0) -> None:
-        self.reset_after = V.check_bool("reset_after", reset_after)
-        mode = "GRU" if self.reset_after else "GRU_RESET_BEFORE"
-        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, dtype, seed, init, init_gain, None)
-
-    def _extra_repr(self) -> List[str]:
-        return [] if self.reset_after else ["reset_after=False"]
-
-
-class LayerNormLSTM(_RecurrentLayer):
-    """LSTM with layer normalisation inside the cell (Ba, Kiros & Hinton 2016)::
-
-        [i, f, g, o] = LN(x_t W_ih^T; ln_ih) + LN(h_{t-1} W_hh^T; ln_hh) + b_ih + b_hh
-        c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
-        h_t = sigmoid(o) * tanh(LN(c_t; ln_c))
-
-    where ``LN(v; ln) = ln_weight * (v - mean(v)) / sqrt(var(v) + 1e-5) + ln_bias`` over the whole
-    row (all 4H gate pre-activations for ln_ih/ln_hh, the H cell values for ln_c; biased variance,
-    as torch.nn.LayerNorm). Parameters: those of ``LSTM`` (no projection) plus, per layer,
-    ``ln_ih_weight_l{k}``, ``ln_ih_bias_l{k}``, ``ln_hh_weight_l{k}``, ``ln_hh_bias_l{k}`` [4H] and
-    ``ln_c_weight_l{k}``, ``ln_c_bias_l{k}`` [H] (gains start at 1, biases at 0).
-    """
-
-    _has_cell_state = True
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 dtype: Any = "float32", seed: Optional[int] = None, init: str = "default",
-                 init_gain: float = 1.0, forget_bias: Optional[float] = None) -> None:
-        super().__init__("LN_LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, dtype, seed, init, init_gain, forget_bias)
-
-
-class LayerNormGRU(_RecurrentLayer):
-    """GRU (reset_after flavour) with layer normalisation inside the cell::
-
-        ax = LN(x_t W_ih^T; ln_ih) + b_ih,   ah = LN(h_{t-1} W_hh^T; ln_hh) + b_hh
-        r = sigmoid(ax_r + ah_r),  z = sigmoid(ax_z + ah_z),  n = tanh(ax_n + r * ah_n)
-        h_t = (1 - z) * n + z * h_{t-1}
-
-    with ``LN`` as in ``LayerNormLSTM`` over all 3H values of a row. Parameters: those of ``GRU``
-    plus ``ln_ih_weight_l{k}``, ``ln_ih_bias_l{k}``, ``ln_hh_weight_l{k}``, ``ln_hh_bias_l{k}`` [3H].
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 dtype: Any = "float32", seed: Optional[int] = None, init: str = "default",
-                 init_gain: float = 1.0) -> None:
-        super().__init__("LN_GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, dtype, seed, init, init_gain, None)
+# The public classes, built from the one table (_cells.LAYER_CLASSES).
+RNN = make_layer_class(LAYER_CLASSES["RNN"], _RecurrentLayer, NUMPY_FAMILY, __name__)
+LSTM = make_layer_class(LAYER_CLASSES["LSTM"], _RecurrentLayer, NUMPY_FAMILY, __name__)
+GRU = make_layer_class(LAYER_CLASSES["GRU"], _RecurrentLayer, NUMPY_FAMILY, __name__)
+LayerNormLSTM = make_layer_class(LAYER_CLASSES["LayerNormLSTM"], _RecurrentLayer, NUMPY_FAMILY, __name__)
+LayerNormGRU = make_layer_class(LAYER_CLASSES["LayerNormGRU"], _RecurrentLayer, NUMPY_FAMILY, __name__)

@@ -17,20 +17,12 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._guard import TrainingGuard
 from . import _validate as V
-from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, _RecurrentLayer
+from . import layers
+from ._cells import CELL_NAMES, CELLS
+from ._guard import TrainingGuard
+from .layers import _RecurrentLayer
 
-#: cell name -> (layer class, fixed layer options)
-CELLS: Dict[str, Tuple[type, Dict[str, Any]]] = {
-    "rnn_tanh": (RNN, {"nonlinearity": "tanh"}),
-    "rnn_relu": (RNN, {"nonlinearity": "relu"}),
-    "lstm": (LSTM, {}),
-    "gru": (GRU, {}),
-    "gru_reset_before": (GRU, {"reset_after": False}),
-    "ln_lstm": (LayerNormLSTM, {}),
-    "ln_gru": (LayerNormGRU, {}),
-}
 HEADS = ("sequence", "last")
 LOSSES = ("cross_entropy", "mse")
 
@@ -46,7 +38,7 @@ class RNNNetwork:
         input_size: dense input features ``[T, N, input_size]``.
         hidden_size, num_layers, bidirectional, dropout, proj_size: the recurrent stack's options.
         cell: ``"rnn_tanh"``, ``"rnn_relu"``, ``"lstm"``, ``"gru"``, ``"gru_reset_before"``,
-            ``"ln_lstm"`` or ``"ln_gru"``.
+            ``"ln_lstm"`` or ``"ln_gru"`` (the rows of rnnkit._cells.CELLS).
         output_size: K, classes or regression targets (default: vocab_size).
         head: ``"sequence"`` (an output at every step: language modelling, sequence labelling,
             forecasting) or ``"last"`` (one output per sequence from the last layer's final state,
@@ -96,7 +88,7 @@ class RNNNetwork:
             self.embedding_dim = None
             rnn_input = V.check_size("input_size", input_size)
         self.input_size = None if self.vocab_size else rnn_input
-        self.cell = V.check_choice("cell", cell, tuple(CELLS))
+        self.cell = V.check_choice("cell", cell, CELL_NAMES)
         self.head = V.check_choice("head", head, HEADS)
         self.loss_kind = V.check_choice("loss", loss, LOSSES)
         if output_size is None:
@@ -111,10 +103,10 @@ class RNNNetwork:
         self.seed = V.check_seed("seed", seed)
         rnn_seq, head_seq = np.random.SeedSequence(self.seed).spawn(2)
 
-        layer_cls, fixed = CELLS[self.cell]
+        layer_cls = getattr(layers, CELLS[self.cell].layer)
         kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, dropout=dropout, dtype=self.dtype,
                       seed=int(rnn_seq.generate_state(1, np.uint64)[0] >> np.uint64(1)), init=init,
-                      init_gain=init_gain, **fixed)
+                      init_gain=init_gain, **CELLS[self.cell].options)
         if proj_size:
             kwargs["proj_size"] = proj_size
         if forget_bias is not None:
@@ -230,20 +222,14 @@ class RNNNetwork:
         if state is None:
             return None, None
         groups = self.rnn.num_layers * self.rnn.num_directions
-        P, H = self.rnn.state_size, self.hidden_size
-        if self.has_cell_state:
-            if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise TypeError(f"state: expected a tuple (h, c) for cell {self.cell!r}, got {type(state).__name__}")
-            h = V.as_float_array("state[0]", state[0], self.dtype)
-            c = V.as_float_array("state[1]", state[1], self.dtype)
-            V.check_shape("state[0]", h, (groups, N, P), "[num_layers*num_directions, N, P]")
-            V.check_shape("state[1]", c, (groups, N, H), "[num_layers*num_directions, N, hidden_size]")
-            return h, c
-        if isinstance(state, tuple):
-            raise TypeError(f"state: expected an array for cell {self.cell!r}, got a tuple")
-        h = V.as_float_array("state", state, self.dtype)
-        V.check_shape("state", h, (groups, N, P), "[num_layers*num_directions, N, P]")
-        return h, None
+        h, c = V.split_state("state", state, self.has_cell_state, f"cell {self.cell!r}", pair=("h", "c"))
+        h_name = "state[0]" if c is not None else "state"
+        h = V.as_float_array(h_name, h, self.dtype)
+        V.check_shape(h_name, h, (groups, N, self.rnn.state_size), V.state_meaning(self.rnn._state_size_name))
+        if c is not None:
+            c = V.as_float_array("state[1]", c, self.dtype)
+            V.check_shape("state[1]", c, (groups, N, self.hidden_size), V.state_meaning("hidden_size"))
+        return h, c
 
     def _step_state(self, state: Any, N: int):
         """_state_in without its conversions when the state is already what a step returned."""
@@ -372,10 +358,16 @@ class RNNNetwork:
         _, st, loss = self._run(inputs, state, lengths, targets, False, False, False)
         return float(loss), st
 
-    def backward(self, d_outputs: Any = None) -> State:
+    def backward(self, d_outputs: Any = None, *, compute_dx: bool = False):
         """Backpropagates the last training forward: the fused loss's gradient (after
         ``forward_loss``/``train_step``) or ``d_outputs`` (after ``forward``). Gradients are
-        **accumulated** into ``self.grads``. Returns the gradient of the initial state."""
+        **accumulated** into ``self.grads``. Returns the gradient of the initial state; with
+        ``compute_dx=True`` (dense input only), ``(dx, dstate)`` where ``dx`` is the gradient of the
+        forward's inputs, shaped like them."""
+        compute_dx = V.check_bool("compute_dx", compute_dx)
+        if compute_dx and self.vocab_size:
+            raise ValueError("compute_dx: expected False for a token network (integer ids have no gradient; "
+                             "it goes to embedding.weight), got True")
         if self._cache is None:
             raise RuntimeError("backward: expected a preceding training forward that has not been "
                                "backpropagated yet, got none")
@@ -394,12 +386,16 @@ class RNNNetwork:
                 raise RuntimeError("backward: expected a preceding training forward that has not been "
                                    "backpropagated yet, got none")
             self._guard.set_pending(False)
-            _, dh0, dc0 = _core.network_backward(cache, grads, d, False)
+            dx, dh0, dc0 = _core.network_backward(cache, grads, d, compute_dx)
         if self.check_finite:
             for (name, _), g in zip(self._specs, grads):
                 if not np.isfinite(g).all():
                     raise FloatingPointError(f"backward: the gradient grads[{name!r}] became non-finite")
-        return self._state_out(dh0, dc0)
+        if not compute_dx:
+            return self._state_out(dh0, dc0)
+        if self._cache_batch_first:
+            dx = V.c_array(dx.transpose(1, 0, 2))
+        return dx, self._state_out(dh0, dc0)
 
     def train_step(self, inputs: Any, targets: Any, state: Any = None, lengths: Any = None) -> Tuple[float, State]:
         """Forward, loss and backward (gradients accumulated): the loss and the final state, which

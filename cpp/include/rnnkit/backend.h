@@ -29,43 +29,40 @@ enum class Device : int { kCpu = 0, kCuda = 1 };
 const char* device_name(Device device);
 
 // ---- plans and caches (each backend derives its own) ------------------------------------------
-// The shape of one stack call, its parameter list and the element counts of what it allocates.
-struct StackPlan {
-  StackConfig cfg;
+// The shape of one call (Config: StackConfig or NetworkConfig) and its parameter list, in order
+// (the bindings check the caller's arrays against it).
+template <typename Config>
+struct CallPlan {
+  Config cfg;
   index_t T = 0, N = 0;
   bool training = false;
-  std::vector<ParamSpec> specs;  // the call's parameters in order (the bindings check the arrays)
-  StackFootprint footprint;
-  virtual ~StackPlan() = default;
+  std::vector<ParamSpec> specs;
+  virtual ~CallPlan() = default;
 };
 
-// What a training forward of a stack keeps for its backward.
-class StackCache {
- public:
-  virtual ~StackCache() = default;
-  virtual Device device() const = 0;
-  virtual const StackPlan& plan() const = 0;
-  virtual std::size_t nbytes() const = 0;
-  virtual int elem_bytes() const = 0;  // 4 (float) or 8 (double)
+struct StackPlan : CallPlan<StackConfig> {
+  StackFootprint footprint;  // element counts of what the call allocates
 };
 
-// The shape of one network call: its stack's plan and the head's own element counts.
-struct NetworkPlan {
-  NetworkConfig cfg;
-  index_t T = 0, N = 0;
-  bool training = false;
-  std::vector<ParamSpec> specs;  // network_param_specs
+struct NetworkPlan : CallPlan<NetworkConfig> {
   index_t elems = 0;  // everything the call allocates: stack footprint, embedding, head, cache
-  virtual ~NetworkPlan() = default;
 };
 
-class NetworkCache {
+// What a training forward keeps for its backward, owned by the backend that made it.
+template <typename Plan>
+class CallCache {
  public:
-  virtual ~NetworkCache() = default;
+  virtual ~CallCache() = default;
   virtual Device device() const = 0;
-  virtual const NetworkPlan& plan() const = 0;
+  virtual const Plan& plan() const = 0;  // of the forward that made it
   virtual std::size_t nbytes() const = 0;
-  virtual int elem_bytes() const = 0;
+  virtual int elem_bytes() const = 0;    // 4 (float) or 8 (double)
+};
+
+using StackCache = CallCache<StackPlan>;
+
+class NetworkCache : public CallCache<NetworkPlan> {
+ public:
   virtual bool has_loss_grad() const = 0;  // the forward was given targets: backward needs no d_outputs
 };
 
@@ -80,7 +77,7 @@ class BackendOps {
                                                 bool training) const = 0;
   virtual std::unique_ptr<StackCache> stack_forward(const StackPlan& plan, const StackForwardArgs<S>& args) const = 0;
   virtual void stack_backward(StackCache& cache, const StackBackwardArgs<S>& args) const = 0;
-  virtual void stack_step(const StackConfig& cfg, const StackStepArgs<S>& args) const = 0;
+  virtual void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& args) const = 0;
 
   // Network: forward with the fused loss, backward, sampling.
   virtual std::unique_ptr<NetworkPlan> plan_network(const NetworkConfig& cfg, index_t T, index_t N,

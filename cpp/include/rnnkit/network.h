@@ -81,38 +81,35 @@ struct NetworkInputs {
 // Forward. outputs [R,K] may be null (not wanted); softmax_outputs turns logits into
 // probabilities (cross-entropy networks). targets (int64 for cross-entropy, S for MSE) may be null;
 // with targets the loss is returned through *loss and, in training, its gradient kept for
-// backward. h0/c0/h_n/c_n as in the stack.
+// backward. state0 and state_n as in the stack.
 template <typename S>
 struct NetworkForwardArgs {
   const NetworkWeights<S>* weights = nullptr;
   NetworkInputs in;
-  const S* h0 = nullptr;
-  const S* c0 = nullptr;
+  StatePair<const S*> state0;
   const void* targets = nullptr;
   std::uint64_t dropout_seed = 0;
   bool softmax_outputs = false;
   S* outputs = nullptr;
-  S* h_n = nullptr;
-  S* c_n = nullptr;
+  StatePair<S*> state_n;
   double* loss = nullptr;
 };
 
 // Backward through a training forward: d_outputs [R,K] (null: the fused loss's gradient, which
 // requires targets in forward). Gradients are ACCUMULATED into grads. dx [T,N,C] (dense input
-// only) is overwritten, or null to skip it; dh0/dc0 ([L*D,N,P]/[L*D,N,H]) may be null.
+// only) is overwritten, or null to skip it; d_state0 may be null.
 template <typename S>
 struct NetworkBackwardArgs {
   const NetworkGrads<S>* grads = nullptr;
   const S* d_outputs = nullptr;
   S* dx = nullptr;
-  S* dh0 = nullptr;
-  S* dc0 = nullptr;
+  StatePair<S*> d_state0;
 };
 
 // Samples `count` tokens after feeding `prefix` (a token network with a cross-entropy head):
 // each step feeds the previous token, draws from softmax(logits / temperature) restricted to the
 // top_k most likely tokens (top_k <= 0: all), with a counter-based generator seeded by `seed`.
-// temperature == 0 takes the most likely token. h, c: the state in and out ([L*D,1,..]).
+// temperature == 0 takes the most likely token. state: in and out ([L*D,1,..]).
 template <typename S>
 struct NetworkGenerateArgs {
   const NetworkWeights<S>* weights = nullptr;
@@ -122,8 +119,7 @@ struct NetworkGenerateArgs {
   double temperature = 1.0;
   index_t top_k = 0;
   std::uint64_t seed = 0;
-  S* h = nullptr;
-  S* c = nullptr;
+  StatePair<S*> state;
   std::int64_t* out_tokens = nullptr;
 };
 

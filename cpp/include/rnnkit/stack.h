@@ -116,46 +116,38 @@ struct StackFootprint {
 };
 
 // ---- the arguments of one call (pointers into the backend's memory) -------------------------
+// A recurrent state or its gradient: h [L*D,N,P] and, for cells with a cell state, c [L*D,N,H].
+// An input state may be null (zeros); an output c is null when not wanted or there is none.
+template <typename Ptr>
+struct StatePair {
+  Ptr h = nullptr;
+  Ptr c = nullptr;
+};
+
+// A forward, or (stack_step) one timestep of a unidirectional stack for N streams in inference
+// mode: x [N,C], state0 the state before the step (required), y [N,P], state_n the state after
+// (must not alias state0); a step ignores lengths and dropout_seed.
 template <typename S>
 struct StackForwardArgs {
   const std::vector<LayerWeights<S>>* params = nullptr;  // [L*D]
   const S* x = nullptr;
-  const S* h0 = nullptr;
-  const S* c0 = nullptr;
+  StatePair<const S*> state0;      // h0, c0
   const index_t* lengths = nullptr;
   std::uint64_t dropout_seed = 0;  // training with dropout
   S* y = nullptr;
-  S* h_n = nullptr;
-  S* c_n = nullptr;  // null when not wanted (or no cell state)
+  StatePair<S*> state_n;           // h_n, c_n
 };
 
-// Backward through a training forward. dy [T,N,D*P], dh_n [L*D,N,P], dc_n [L*D,N,H]: each may
+// Backward through a training forward. dy [T,N,D*P] and d_state_n (dL/dh_n, dL/dc_n) may each
 // be null (zeros). grads: per group, ACCUMULATED into. dx [T,N,C] (overwritten) may be null to
-// skip it; dh0 [L*D,N,P], dc0 [L*D,N,H] are overwritten (dc0 null without a cell state).
+// skip it; d_state0 (dL/dh0, dL/dc0) is overwritten (its c null without a cell state).
 template <typename S>
 struct StackBackwardArgs {
   const std::vector<LayerGrads<S>>* grads = nullptr;  // [L*D]
   const S* dy = nullptr;
-  const S* dh_n = nullptr;
-  const S* dc_n = nullptr;
+  StatePair<const S*> d_state_n;
   S* dx = nullptr;
-  S* dh0 = nullptr;
-  S* dc0 = nullptr;
-};
-
-// One timestep of a unidirectional stack for N streams, in inference mode: x [N,C]; h, c
-// [L,N,P], [L,N,H] the state before the step (c null without a cell state); y [N,P] the top
-// layer's output; h_new, c_new the state after (must not alias h, c).
-template <typename S>
-struct StackStepArgs {
-  const std::vector<LayerWeights<S>>* params = nullptr;  // [L]
-  index_t N = 0;
-  const S* x = nullptr;
-  const S* h = nullptr;
-  const S* c = nullptr;
-  S* y = nullptr;
-  S* h_new = nullptr;
-  S* c_new = nullptr;
+  StatePair<S*> d_state0;
 };
 
 }  // namespace rnnkit

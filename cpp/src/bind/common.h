@@ -118,6 +118,18 @@ py::array_t<S> new_array(const std::vector<index_t>& shape) {
   return py::array_t<S>(dims, static_cast<S*>(data), owner);
 }
 
+// A new array of `shape` when `wanted`, its data in *data; else None, and *data null.
+template <typename S>
+py::object new_array_if(bool wanted, const std::vector<index_t>& shape, S** data) {
+  if (!wanted) {
+    *data = nullptr;
+    return py::none();
+  }
+  auto a = new_array<S>(shape);
+  *data = a.mutable_data();
+  return std::move(a);
+}
+
 inline void check_list_length(const py::list& arrays, std::size_t expected, const char* what) {
   if (static_cast<std::size_t>(py::len(arrays)) != expected) {
     throw_expected(concat(what, " list length"), expected, py::len(arrays));

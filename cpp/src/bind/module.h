@@ -4,6 +4,14 @@
 
 #include <pybind11/pybind11.h>
 
+// The build's identity, from CMake (the defaults serve a build outside it).
+#ifndef RNNKIT_VERSION
+#define RNNKIT_VERSION "0+unknown"
+#endif
+#ifndef RNNKIT_ARCH
+#define RNNKIT_ARCH "none"
+#endif
+
 namespace rnnkit {
 namespace bind {
 

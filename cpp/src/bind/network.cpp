@@ -74,9 +74,9 @@ py::tuple forward_impl(const NetworkConfig& cfg, const py::list& params, const p
   in.lengths = check_lengths(lengths, T, N);
   const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
   const index_t G = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
-  args.h0 = in_ptr<S>(h0, "h0", {G, N, P});
+  args.state0.h = in_ptr<S>(h0, "h0", {G, N, P});
   if (c0 && !has_c) throw_expected("c0", "None (this cell has no cell state)", "an array");
-  args.c0 = in_ptr<S>(c0, "c0", {G, N, H});
+  args.state0.c = in_ptr<S>(c0, "c0", {G, N, H});
   const bool sequence = cfg.head == HeadKind::kSequence;
   const std::vector<index_t> out_shape = sequence ? std::vector<index_t>{T, N, K} : std::vector<index_t>{N, K};
   if (targets) {
@@ -104,24 +104,14 @@ py::tuple forward_impl(const NetworkConfig& cfg, const py::list& params, const p
   backend.check_fits(checked_mul(checked_add(plan->elems, outputs, "forward"), sizeof(S), "forward bytes"),
                      "a network forward call");
 
-  py::object outputs_obj = py::none();
-  if (want_outputs) {
-    auto arr = new_array<S>(out_shape);
-    args.outputs = arr.mutable_data();
-    outputs_obj = arr;
-  }
+  py::object outputs_obj = new_array_if<S>(want_outputs, out_shape, &args.outputs);
   auto h_n = new_array<S>({G, N, P});
-  py::object c_n_obj = py::none();
-  if (has_c) {
-    auto arr = new_array<S>({G, N, H});
-    args.c_n = arr.mutable_data();
-    c_n_obj = arr;
-  }
+  py::object c_n_obj = new_array_if<S>(has_c, {G, N, H}, &args.state_n.c);
   double loss = 0.0;
   args.weights = &w;
   args.dropout_seed = dropout_seed;
   args.softmax_outputs = softmax_outputs;
-  args.h_n = h_n.mutable_data();
+  args.state_n.h = h_n.mutable_data();
   args.loss = &loss;
   std::unique_ptr<NetworkCache> cache;
   {
@@ -155,20 +145,10 @@ py::tuple backward_impl(NetCache& cache_obj, const py::list& grads, const std::o
   }
   const index_t G = cfg.stack.groups();
   const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
-  py::object dx_obj = py::none();
-  if (need_dx) {
-    auto dx = new_array<S>({T, N, cfg.stack.input_size});
-    args.dx = dx.mutable_data();
-    dx_obj = dx;
-  }
+  py::object dx_obj = new_array_if<S>(need_dx, {T, N, cfg.stack.input_size}, &args.dx);
   auto dh0 = new_array<S>({G, N, cfg.stack.state_size()});
-  py::object dc0_obj = py::none();
-  if (has_c) {
-    auto arr = new_array<S>({G, N, cfg.stack.hidden_size});
-    args.dc0 = arr.mutable_data();
-    dc0_obj = arr;
-  }
-  args.dh0 = dh0.mutable_data();
+  py::object dc0_obj = new_array_if<S>(has_c, {G, N, cfg.stack.hidden_size}, &args.d_state0.c);
+  args.d_state0.h = dh0.mutable_data();
   const BackendOps<S>& ops = backend_for(cache.device()).ops<S>();
   {
     py::gil_scoped_release release;
@@ -199,19 +179,18 @@ py::tuple generate_impl(const NetworkConfig& cfg, const py::list& params, const 
   }
   const index_t G = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
   const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
-  auto h = new_array<S>({G, 1, P});
-  S* hp = h.mutable_data();
-  if (h0) std::memcpy(hp, in_ptr<S>(h0, "h0", {G, 1, P}), sizeof(S) * G * P); else std::memset(hp, 0, sizeof(S) * G * P);
-  py::object c_obj = py::none();
-  S* cp = nullptr;
-  if (has_c) {
-    auto arr = new_array<S>({G, 1, H});
-    cp = arr.mutable_data();
-    if (c0) std::memcpy(cp, in_ptr<S>(c0, "c0", {G, 1, H}), sizeof(S) * G * H); else std::memset(cp, 0, sizeof(S) * G * H);
-    c_obj = arr;
-  }
-  auto tokens = new_array<std::int64_t>({count});
+  // The state, in and out: a copy of h0/c0, or zeros.
   NetworkGenerateArgs<S> args;
+  auto h = new_array<S>({G, 1, P});
+  args.state.h = h.mutable_data();
+  py::object c_obj = new_array_if<S>(has_c, {G, 1, H}, &args.state.c);
+  auto load = [&](const std::optional<py::array>& from, const char* name, index_t width, S* to) {
+    if (from) std::memcpy(to, in_ptr<S>(from, name, {G, 1, width}), sizeof(S) * G * width);
+    else std::memset(to, 0, sizeof(S) * G * width);
+  };
+  load(h0, "h0", P, args.state.h);
+  if (has_c) load(c0, "c0", H, args.state.c);
+  auto tokens = new_array<std::int64_t>({count});
   args.weights = &w;
   args.prefix = pp;
   args.prefix_len = prefix.shape(0);
@@ -219,8 +198,6 @@ py::tuple generate_impl(const NetworkConfig& cfg, const py::list& params, const 
   args.temperature = temperature;
   args.top_k = top_k;
   args.seed = seed;
-  args.h = hp;
-  args.c = cp;
   args.out_tokens = tokens.mutable_data();
   const BackendOps<S>& ops = backend_for(device_of(prefix)).ops<S>();
   {

@@ -18,12 +18,6 @@
 #include "rnnkit_cuda.h"
 #endif
 
-#ifndef RNNKIT_VERSION
-#define RNNKIT_VERSION "0+unknown"
-#endif
-#ifndef RNNKIT_ARCH
-#define RNNKIT_ARCH "none"
-#endif
 
 namespace rnnkit {
 namespace bind {

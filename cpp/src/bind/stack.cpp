@@ -60,30 +60,24 @@ py::tuple forward_impl(const StackConfig& cfg, const py::list& params, const py:
       checked_add(outputs, checked_add(plan->footprint.cache, plan->footprint.forward_scratch, "forward"), "forward");
   backend.check_fits(checked_mul(total, sizeof(S), "forward bytes"), "a forward call");
 
+  StackForwardArgs<S> args;
   auto y = new_array<S>({T, N, cfg.num_directions * P});
   auto h_n = new_array<S>({GD, N, P});
-  py::object c_n_obj = py::none();
-  StackForwardArgs<S> args;
-  if (has_c) {
-    auto c_n = new_array<S>({GD, N, H});
-    args.c_n = c_n.mutable_data();
-    c_n_obj = c_n;
-  }
+  py::object c_n = new_array_if<S>(has_c, {GD, N, H}, &args.state_n.c);
   args.params = &w;
   args.x = xp;
-  args.h0 = h0p;
-  args.c0 = c0p;
+  args.state0 = {h0p, c0p};
   args.lengths = lp;
   args.dropout_seed = dropout_seed;
   args.y = y.mutable_data();
-  args.h_n = h_n.mutable_data();
+  args.state_n.h = h_n.mutable_data();
   std::unique_ptr<StackCache> cache;
   {
     py::gil_scoped_release release;
     cache = ops.stack_forward(*plan, args);
   }
   py::object cache_obj = cache ? py::cast(Cache{std::move(cache)}) : py::object(py::none());
-  return py::make_tuple(y, h_n, c_n_obj, cache_obj);
+  return py::make_tuple(y, h_n, c_n, cache_obj);
 }
 
 template <typename S>
@@ -110,29 +104,18 @@ py::tuple backward_impl(Cache& cache_obj, const std::optional<py::array>& dy, co
                      "a backward call");
 
   StackBackwardArgs<S> args;
-  py::object dx_obj = py::none();
-  if (need_dx) {
-    auto dx = new_array<S>({T, N, cfg.input_size});
-    args.dx = dx.mutable_data();
-    dx_obj = dx;
-  }
+  py::object dx = new_array_if<S>(need_dx, {T, N, cfg.input_size}, &args.dx);
   auto dh0 = new_array<S>({GD, N, P});
-  py::object dc0_obj = py::none();
-  if (has_c) {
-    auto dc0 = new_array<S>({GD, N, H});
-    args.dc0 = dc0.mutable_data();
-    dc0_obj = dc0;
-  }
+  py::object dc0 = new_array_if<S>(has_c, {GD, N, H}, &args.d_state0.c);
   args.grads = &g;
   args.dy = dyp;
-  args.dh_n = dhnp;
-  args.dc_n = dcnp;
-  args.dh0 = dh0.mutable_data();
+  args.d_state_n = {dhnp, dcnp};
+  args.d_state0.h = dh0.mutable_data();
   {
     py::gil_scoped_release release;
     backend.ops<S>().stack_backward(cache, args);
   }
-  return py::make_tuple(dx_obj, dh0, dc0_obj);
+  return py::make_tuple(dx, dh0, dc0);
 }
 
 template <typename S>
@@ -146,31 +129,25 @@ py::tuple step_impl(const StackConfig& cfg, const py::list& params, const py::ar
   const index_t N = x.shape(0), L = cfg.num_layers, P = cfg.state_size(), H = cfg.hidden_size;
   if (N < 1) throw_expected("batch size N", "N >= 1", N);
   const bool has_c = cell_info(cfg.cell).has_cell_state;
-  StackStepArgs<S> args;
-  args.N = N;
+  StackForwardArgs<S> args;
   args.x = in_ptr<S>(x, "x", {N, cfg.input_size});
-  args.h = in_ptr<S>(h, "h", {L, N, P});
+  args.state0.h = in_ptr<S>(h, "h", {L, N, P});
   if (has_c != c.has_value()) throw_expected("c", has_c ? "an array (LSTM cells)" : "None", c ? "an array" : "None");
-  args.c = in_ptr<S>(c, "c", {L, N, H});
+  args.state0.c = in_ptr<S>(c, "c", {L, N, H});
   const std::vector<LayerWeights<S>> w =
       group_views<S, const S*>(cfg, stack_param_specs(cfg), params, "params", false);
   args.params = &w;
   auto y = new_array<S>({N, P});
   auto h_new = new_array<S>({L, N, P});
-  py::object c_obj = py::none();
-  if (has_c) {
-    auto arr = new_array<S>({L, N, H});
-    args.c_new = arr.mutable_data();
-    c_obj = arr;
-  }
+  py::object c_new = new_array_if<S>(has_c, {L, N, H}, &args.state_n.c);
   args.y = y.mutable_data();
-  args.h_new = h_new.mutable_data();
+  args.state_n.h = h_new.mutable_data();
   const BackendOps<S>& ops = backend_for(device_of(x)).ops<S>();
   {
     py::gil_scoped_release release;
-    ops.stack_step(cfg, args);
+    ops.stack_step(cfg, N, args);
   }
-  return py::make_tuple(y, h_new, c_obj);
+  return py::make_tuple(y, h_new, c_new);
 }
 
 }  // namespace

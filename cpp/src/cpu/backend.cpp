@@ -23,6 +23,18 @@ Derived& own(Base& object, const char* what) {
   return *mine;
 }
 
+// A forward: inference runs with no cache; training fills a new one and hands it back.
+template <typename Cache, typename Plan, typename Args>
+std::unique_ptr<Cache> run_forward(const Plan& plan, const Args& args, void (*forward)(const Plan&, const Args&, Cache*)) {
+  if (!plan.training) {
+    forward(plan, args, nullptr);
+    return nullptr;
+  }
+  auto cache = std::make_unique<Cache>();
+  forward(plan, args, cache.get());
+  return cache;
+}
+
 template <typename S>
 class CpuOps final : public BackendOps<S> {
  public:
@@ -30,20 +42,13 @@ class CpuOps final : public BackendOps<S> {
     return std::make_unique<CpuStackPlan>(cpu::plan_stack<S>(cfg, T, N, training, stack_param_specs(cfg)));
   }
   std::unique_ptr<StackCache> stack_forward(const StackPlan& plan, const StackForwardArgs<S>& args) const override {
-    const auto& p = own<const CpuStackPlan>(plan, "plan");
-    if (!p.training) {
-      cpu::stack_forward<S>(p, args, nullptr);
-      return nullptr;
-    }
-    auto cache = std::make_unique<CpuStackCache<S>>();
-    cpu::stack_forward<S>(p, args, cache.get());
-    return cache;
+    return run_forward<CpuStackCache<S>>(own<const CpuStackPlan>(plan, "plan"), args, &cpu::stack_forward<S>);
   }
   void stack_backward(StackCache& cache, const StackBackwardArgs<S>& args) const override {
     cpu::stack_backward<S>(own<CpuStackCache<S>>(cache, "cache"), args);
   }
-  void stack_step(const StackConfig& cfg, const StackStepArgs<S>& args) const override {
-    cpu::stack_step<S>(cfg, args);
+  void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& args) const override {
+    cpu::stack_step<S>(cfg, N, args);
   }
 
   std::unique_ptr<NetworkPlan> plan_network(const NetworkConfig& cfg, index_t T, index_t N,
@@ -51,14 +56,7 @@ class CpuOps final : public BackendOps<S> {
     return std::make_unique<CpuNetworkPlan>(cpu::plan_network<S>(cfg, T, N, training));
   }
   std::unique_ptr<NetworkCache> network_forward(const NetworkPlan& plan, const NetworkForwardArgs<S>& args) const override {
-    const auto& p = own<const CpuNetworkPlan>(plan, "plan");
-    if (!p.training) {
-      cpu::network_forward<S>(p, args, nullptr);
-      return nullptr;
-    }
-    auto cache = std::make_unique<CpuNetworkCache<S>>();
-    cpu::network_forward<S>(p, args, cache.get());
-    return cache;
+    return run_forward<CpuNetworkCache<S>>(own<const CpuNetworkPlan>(plan, "plan"), args, &cpu::network_forward<S>);
   }
   void network_backward(NetworkCache& cache, const NetworkBackwardArgs<S>& args) const override {
     cpu::network_backward<S>(own<CpuNetworkCache<S>>(cache, "cache"), args);

@@ -11,7 +11,7 @@
 
 #include "cpu/packed_gemm.h"
 #include "cpu/team.h"
-#include "rnnkit/layer.h"
+#include "rnnkit/stack.h"
 
 namespace rnnkit {
 namespace cpu {
@@ -63,28 +63,27 @@ S* carve_packed_buffers(const LayerShape& s, bool backward, S* p, PackedWeights<
   return p;
 }
 
-// One layer-direction forward. x [T,N,C] contiguous; h0 [N,P], c0 [N,H] or null for zeros (c0:
-// cells with a cell state); lengths [N] or null (checked by the caller); reverse: t = T-1 ... 0.
-// y: rows y[(t*N + n) * y_ld + j], j < P, must not alias an input. h_n [N,P], c_n [N,H] (or null)
-// the final states.
+// One layer-direction forward. x [T,N,C] contiguous; state0: h0 [N,P], c0 [N,H] or null for
+// zeros (c0: cells with a cell state); lengths [N] or null (checked by the caller); reverse:
+// t = T-1 ... 0. y: rows y[(t*N + n) * y_ld + j], j < P, must not alias an input. state_n: the
+// final h [N,P] and c [N,H] (or null).
 template <typename S>
 struct LayerForwardArgs {
   const S* x = nullptr;
-  const S* h0 = nullptr;
-  const S* c0 = nullptr;
+  StatePair<const S*> state0;
   const index_t* lengths = nullptr;
   bool reverse = false;
   S* y = nullptr;
   index_t y_ld = 0;
-  S* h_n = nullptr;
-  S* c_n = nullptr;
+  StatePair<S*> state_n;
 };
 
 // One layer-direction BPTT through a training forward (x, lengths, reverse: as given to it; the
 // forward's kept buffers: backward overwrites the gates with their gradients, so it runs once per
-// forward). dy rows like y (dy_ld), or null for zeros; dh_n [N,P], dc_n [N,H] or null for zeros;
-// dx [T,N,C]: dgates W_ih is added (dx_accumulate) or written, null to skip; dh0 [N,P], dc0 [N,H]
-// overwritten (dc0 may be null without a cell state). The gradients are ACCUMULATED into.
+// forward). dy rows like y (dy_ld), or null for zeros; d_state_n: dL/dh_n [N,P], dL/dc_n [N,H] or
+// null for zeros; dx [T,N,C]: dgates W_ih is added (dx_accumulate) or written, null to skip;
+// d_state0: dL/dh0 [N,P], dL/dc0 [N,H] overwritten (c may be null without a cell state). The
+// gradients are ACCUMULATED into.
 template <typename S>
 struct LayerBackwardArgs {
   const S* x = nullptr;
@@ -92,12 +91,10 @@ struct LayerBackwardArgs {
   bool reverse = false;
   const S* dy = nullptr;
   index_t dy_ld = 0;
-  const S* dh_n = nullptr;
-  const S* dc_n = nullptr;
+  StatePair<const S*> d_state_n;
   S* dx = nullptr;
   bool dx_accumulate = false;
-  S* dh0 = nullptr;
-  S* dc0 = nullptr;
+  StatePair<S*> d_state0;
 };
 
 template <typename S>

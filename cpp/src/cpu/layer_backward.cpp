@@ -55,9 +55,9 @@ class BackwardLoop {
     const auto [n0, n1] = p_.rows;
     p_.gemms.pack(tc, p_.s);
     if (tc.tid() == 0) {
-      if (a_.dh_n) copy_n(dh_next_, a_.dh_n, N * P); else zero_n(dh_next_, N * P);
+      if (a_.d_state_n.h) copy_n(dh_next_, a_.d_state_n.h, N * P); else zero_n(dh_next_, N * P);
       if constexpr (Plan::kHasC) {
-        if (a_.dc_n) copy_n(b_.dc, a_.dc_n, N * H); else zero_n(b_.dc, N * H);
+        if (a_.d_state_n.c) copy_n(b_.dc, a_.d_state_n.c, N * H); else zero_n(b_.dc, N * H);
       }
     }
     // Cells that accumulate parameter gradients row by row (LayerNorm) do it into partial sums of
@@ -182,9 +182,9 @@ class BackwardLoop {
   // Phase 3.
   void store_initial_state_grads() {
     if (p_.tc.tid() != 0) return;
-    copy_n(a_.dh0, dh_next_, p_.N * p_.P);
+    copy_n(a_.d_state0.h, dh_next_, p_.N * p_.P);
     if constexpr (Plan::kHasC) {
-      if (a_.dc0) copy_n(a_.dc0, b_.dc, p_.N * p_.H);
+      if (a_.d_state0.c) copy_n(a_.d_state0.c, b_.dc, p_.N * p_.H);
     }
   }
 

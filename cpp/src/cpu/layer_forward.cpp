@@ -54,9 +54,9 @@ class ForwardLoop {
         bsum[j] = bih[j] + bhh[j];
       }
       const index_t first = p_.slots.first();
-      if (a_.h0) copy_n(h_slot(first), a_.h0, p_.N * p_.P); else zero_n(h_slot(first), p_.N * p_.P);
+      if (a_.state0.h) copy_n(h_slot(first), a_.state0.h, p_.N * p_.P); else zero_n(h_slot(first), p_.N * p_.P);
       if constexpr (Plan::kHasC) {
-        if (a_.c0) copy_n(c_slot(first), a_.c0, p_.N * p_.H); else zero_n(c_slot(first), p_.N * p_.H);
+        if (a_.state0.c) copy_n(c_slot(first), a_.state0.c, p_.N * p_.H); else zero_n(c_slot(first), p_.N * p_.H);
       }
     }
     tc.barrier();
@@ -148,9 +148,9 @@ class ForwardLoop {
   // Phase 3.
   void store_final_state() {
     if (p_.tc.tid() != 0) return;
-    copy_n(a_.h_n, h_slot(p_.slots.last()), p_.N * p_.P);
+    copy_n(a_.state_n.h, h_slot(p_.slots.last()), p_.N * p_.P);
     if constexpr (Plan::kHasC) {
-      if (a_.c_n) copy_n(a_.c_n, c_slot(p_.slots.last()), p_.N * p_.H);
+      if (a_.state_n.c) copy_n(a_.state_n.c, c_slot(p_.slots.last()), p_.N * p_.H);
     }
   }
 

@@ -207,33 +207,25 @@ void network_forward(const CpuNetworkPlan& plan, const NetworkForwardArgs<S>& ar
   // The sequence head reads the last layer's outputs straight from where the stack writes them.
   Buffer<S> y_scratch(sequence ? 0 : T * N * F, "stack output");
   S* y = sequence ? features : y_scratch.data();
+  StackForwardArgs<S> sf;
+  sf.params = &w.stack;
+  sf.x = x;
+  sf.state0 = args.state0;
+  sf.lengths = in.lengths;
+  sf.dropout_seed = args.dropout_seed;
+  sf.y = y;  // a last head reads the final states: y is then scratch
+  sf.state_n = args.state_n;
   if (plan.streaming) {
     // A streaming step: the allocation-free one-step path (zero states made here when absent).
     const index_t groups = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
     const bool has_c = plan.stack.shape.cell.has_cell_state;
-    Buffer<S> zeros((args.h0 ? 0 : groups * N * P) + (has_c && !args.c0 ? groups * N * H : 0), "zero state");
+    const StatePair<const S*>& s0 = args.state0;
+    Buffer<S> zeros((s0.h ? 0 : groups * N * P) + (has_c && !s0.c ? groups * N * H : 0), "zero state");
     zeros.zero();
-    StackStepArgs<S> step;
-    step.params = &w.stack;
-    step.N = N;
-    step.x = x;
-    step.h = args.h0 ? args.h0 : zeros.data();
-    step.c = has_c ? (args.c0 ? args.c0 : zeros.data() + (args.h0 ? 0 : groups * N * P)) : nullptr;
-    step.y = y;  // a last head reads the final states: y is then scratch
-    step.h_new = args.h_n;
-    step.c_new = args.c_n;
-    stack_step<S>(cfg.stack, step);
+    sf.state0.h = s0.h ? s0.h : zeros.data();
+    sf.state0.c = has_c ? (s0.c ? s0.c : zeros.data() + (s0.h ? 0 : groups * N * P)) : nullptr;
+    stack_step<S>(cfg.stack, N, sf);
   } else {
-    StackForwardArgs<S> sf;
-    sf.params = &w.stack;
-    sf.x = x;
-    sf.h0 = args.h0;
-    sf.c0 = args.c0;
-    sf.lengths = in.lengths;
-    sf.dropout_seed = args.dropout_seed;
-    sf.y = y;
-    sf.h_n = args.h_n;
-    sf.c_n = args.c_n;
     stack_forward<S>(plan.stack, sf, training ? &cache->stack : nullptr);
   }
   // The head, split by rows over the team: outputs = features V^T + c, then the loss.
@@ -255,7 +247,7 @@ void network_forward(const CpuNetworkPlan& plan, const NetworkForwardArgs<S>& ar
   ThreadTeam::instance().run(team, [&](const TeamContext& tc) {
     if (!sequence) {
       const auto [n0, n1] = tc.split(N);
-      gather_last_states(cfg, n0, n1, N, args.h_n, features);
+      gather_last_states(cfg, n0, n1, N, args.state_n.h, features);
       tc.barrier();
     }
     const auto [r0, r1] = tc.split(R);
@@ -299,8 +291,8 @@ void network_backward(CpuNetworkCache<S>& cache, const NetworkBackwardArgs<S>& a
   const bool sequence = cfg.head == HeadKind::kSequence;
   const bool has_c = plan.stack.shape.cell.has_cell_state;
   const S* d_out = args.d_outputs != nullptr ? args.d_outputs : cache.d_out;
-  S* dh0 = args.dh0;
-  S* dc0 = args.dc0;
+  S* dh0 = args.d_state0.h;
+  S* dc0 = args.d_state0.c;
 
   // The embedding's gradient goes through dL/d(embedded input); a dense input's goes to args.dx.
   const index_t demb_n = cfg.vocab_size > 0 ? T * N * E : 0;
@@ -345,10 +337,9 @@ void network_backward(CpuNetworkCache<S>& cache, const NetworkBackwardArgs<S>& a
   StackBackwardArgs<S> sb;
   sb.grads = &grads.stack;
   sb.dy = sequence ? d_features : nullptr;
-  sb.dh_n = dh_n;
+  sb.d_state_n.h = dh_n;
   sb.dx = cfg.vocab_size > 0 ? d_emb : args.dx;
-  sb.dh0 = dh0;
-  sb.dc0 = has_c ? dc0 : nullptr;
+  sb.d_state0 = {dh0, has_c ? dc0 : nullptr};
   stack_backward<S>(cache.stack, sb);
   if (cfg.vocab_size > 0) {
     // Each thread adds the rows of the embedding ids in its range, in row order: no two threads
@@ -388,16 +379,14 @@ void network_generate(const NetworkConfig& cfg, const NetworkGenerateArgs<S>& ar
   fa.in.N = 1;
   fa.in.tokens = args.prefix;
   fa.in.T = args.prefix_len;
-  fa.h0 = args.h;
-  fa.c0 = args.c;
+  fa.state0 = {args.state.h, args.state.c};
   fa.outputs = logits;
-  fa.h_n = h_next;
-  fa.c_n = c_next;
+  fa.state_n = {h_next, c_next};
   const CpuNetworkPlan* plan = &prefix_plan;
   for (index_t i = 0; i <= args.count; ++i) {
     network_forward<S>(*plan, fa, nullptr);
-    copy_n(args.h, h_next, groups * P);
-    if (has_c) copy_n(args.c, c_next, groups * H);
+    copy_n(args.state.h, h_next, groups * P);
+    if (has_c) copy_n(args.state.c, c_next, groups * H);
     if (i == args.count) break;
     const double u = static_cast<double>(splitmix64(args.seed + static_cast<std::uint64_t>(i)) >> 11) * 0x1.0p-53;
     const std::int64_t token = sample_token(logits + (fa.in.T - 1) * K, K, args.temperature, args.top_k, u, order, probs);

@@ -22,18 +22,14 @@ template <typename S>
 CpuNetworkPlan plan_network(const NetworkConfig& cfg, index_t T, index_t N, bool training);
 
 template <typename S>
-class CpuNetworkCache final : public NetworkCache {
+class CpuNetworkCache final : public CpuCache<S, NetworkCache, CpuNetworkPlan> {
  public:
-  Device device() const override { return Device::kCpu; }
-  const NetworkPlan& plan() const override { return plan_; }
   std::size_t nbytes() const override {
     return static_cast<std::size_t>(block.size() + stack.block.size()) * sizeof(S) +
            tokens.size() * sizeof(std::int64_t);
   }
-  int elem_bytes() const override { return static_cast<int>(sizeof(S)); }
   bool has_loss_grad() const override { return has_loss_grad_; }
 
-  CpuNetworkPlan plan_;
   CpuStackCache<S> stack;
   std::vector<std::int64_t> tokens;  // [T,N] (token input)
   Buffer<S> block;

@@ -27,6 +27,12 @@ void apply_dropout(S* v, index_t begin, index_t end, double p, std::uint64_t see
   }
 }
 
+// Group g's part of a stack's state [L*D,N,..] (null stays null).
+template <typename Ptr>
+StatePair<Ptr> group_state(const StatePair<Ptr>& all, index_t g, index_t N, index_t P, index_t H) {
+  return {all.h ? all.h + g * N * P : nullptr, all.c ? all.c + g * N * H : nullptr};
+}
+
 // Copies the parameters into `dst` in spec order and returns views of the copies.
 template <typename S>
 std::vector<LayerWeights<S>> copy_params(const std::vector<ParamSpec>& specs,
@@ -98,10 +104,9 @@ template <typename S>
 void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, CpuStackCache<S>* cache) {
   const StackConfig& cfg = plan.cfg;
   const bool training = plan.training;
-  const index_t T = plan.T, N = plan.N, TN = plan.shape.TN;
+  const index_t N = plan.N, TN = plan.shape.TN;
   const index_t L = cfg.num_layers, D = cfg.num_directions, H = cfg.hidden_size, P = cfg.state_size();
   const index_t between = TN * D * P;
-  const bool has_c = plan.shape.cell.has_cell_state;
   assert(training == (cache != nullptr));
 
   // This call's scratch: the layer buffers every group shares, then the packed weights.
@@ -174,14 +179,12 @@ void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, Cp
         const index_t g = l * D + d;
         LayerForwardArgs<S> la;
         la.x = inputs[l];
-        la.h0 = args.h0 ? args.h0 + g * N * P : nullptr;
-        la.c0 = args.c0 ? args.c0 + g * N * H : nullptr;
+        la.state0 = group_state(args.state0, g, N, P, H);
         la.lengths = args.lengths;
         la.reverse = d == 1;
         la.y = outputs[l] + d * P;
         la.y_ld = D * P;
-        la.h_n = args.h_n + g * N * P;
-        la.c_n = (has_c && args.c_n) ? args.c_n + g * N * H : nullptr;
+        la.state_n = group_state(args.state_n, g, N, P, H);
         layer_forward<S>(tc, cfg.cell, shape, (*weights)[g], buffers[g], packed, la);
         tc.barrier();
       }
@@ -208,7 +211,6 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
   const index_t N = plan.N, TN = plan.shape.TN;
   const index_t L = cfg.num_layers, D = cfg.num_directions, H = cfg.hidden_size, P = cfg.state_size();
   const index_t between = TN * D * P;
-  const bool has_c = plan.shape.cell.has_cell_state;
   const index_t* lengths = cache.lengths.empty() ? nullptr : cache.lengths.data();
 
   // The layer scratch every group shares, the packed weights, then two layer gradients to
@@ -237,12 +239,10 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
         la.reverse = d == 1;
         la.dy = d_out ? d_out + d * P : nullptr;
         la.dy_ld = D * P;
-        la.dh_n = args.dh_n ? args.dh_n + g * N * P : nullptr;
-        la.dc_n = args.dc_n ? args.dc_n + g * N * H : nullptr;
+        la.d_state_n = group_state(args.d_state_n, g, N, P, H);
         la.dx = d_in;
         la.dx_accumulate = d > 0;
-        la.dh0 = args.dh0 + g * N * P;
-        la.dc0 = (has_c && args.dc0) ? args.dc0 + g * N * H : nullptr;
+        la.d_state0 = group_state(args.d_state0, g, N, P, H);
         layer_backward<S>(tc, cfg.cell, shape, cache.weights[g], (*args.grads)[g], buffers[g], packed, la);
         tc.barrier();
       }
@@ -259,11 +259,10 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
 }
 
 template <typename S>
-void stack_step(const StackConfig& cfg, const StackStepArgs<S>& args) {
+void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& args) {
   assert(cfg.num_directions == 1);
-  const index_t L = cfg.num_layers, H = cfg.hidden_size, P = cfg.state_size(), N = args.N;
+  const index_t L = cfg.num_layers, H = cfg.hidden_size, P = cfg.state_size();
   const LayerShape shape0 = layer_shape(cfg.cell, cfg.layer_dims(0, 1, N), false);  // T = 1: nothing packed
-  const bool has_c = shape0.cell.has_cell_state;
   // One buffer per thread, grown when needed and kept: a stream of steps allocates nothing.
   thread_local Buffer<S> scratch;
   const index_t need = checked_add(checked_add(layer_buffer_elems(shape0, kForwardScratch),
@@ -282,12 +281,10 @@ void stack_step(const StackConfig& cfg, const StackStepArgs<S>& args) {
     shape.d.C = cfg.layer_input_size(l);
     LayerForwardArgs<S> la;
     la.x = in;
-    la.h0 = args.h + l * N * P;
-    la.c0 = has_c ? args.c + l * N * H : nullptr;
+    la.state0 = group_state(args.state0, l, N, P, H);
     la.y = l + 1 == L ? args.y : between[l % 2];
     la.y_ld = P;
-    la.h_n = args.h_new + l * N * P;
-    la.c_n = has_c ? args.c_new + l * N * H : nullptr;
+    la.state_n = group_state(args.state_n, l, N, P, H);
     layer_forward<S>(solo, cfg.cell, shape, (*args.params)[l], buffers, unpacked, la);
     in = la.y;
   }
@@ -297,7 +294,7 @@ void stack_step(const StackConfig& cfg, const StackStepArgs<S>& args) {
   template CpuStackPlan plan_stack<S>(const StackConfig&, index_t, index_t, bool, std::vector<ParamSpec>); \
   template void stack_forward<S>(const CpuStackPlan&, const StackForwardArgs<S>&, CpuStackCache<S>*);     \
   template void stack_backward<S>(CpuStackCache<S>&, const StackBackwardArgs<S>&);                        \
-  template void stack_step<S>(const StackConfig&, const StackStepArgs<S>&);
+  template void stack_step<S>(const StackConfig&, index_t, const StackForwardArgs<S>&);
 RNNKIT_INSTANTIATE_STACK(float)
 RNNKIT_INSTANTIATE_STACK(double)
 #undef RNNKIT_INSTANTIATE_STACK

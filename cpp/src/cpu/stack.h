@@ -31,15 +31,23 @@ struct CpuStackPlan : StackPlan {
 template <typename S>
 CpuStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool training, std::vector<ParamSpec> specs);
 
-template <typename S>
-class CpuStackCache final : public StackCache {
+// What every CPU cache answers the same way: a cache of element type S behind the interface
+// Base, made by a call with the CPU plan PlanT.
+template <typename S, typename Base, typename PlanT>
+class CpuCache : public Base {
  public:
   Device device() const override { return Device::kCpu; }
-  const StackPlan& plan() const override { return plan_; }
-  std::size_t nbytes() const override { return static_cast<std::size_t>(block.size()) * sizeof(S); }
+  const PlanT& plan() const override { return plan_; }
   int elem_bytes() const override { return static_cast<int>(sizeof(S)); }
 
-  CpuStackPlan plan_;
+  PlanT plan_;
+};
+
+template <typename S>
+class CpuStackCache final : public CpuCache<S, StackCache, CpuStackPlan> {
+ public:
+  std::size_t nbytes() const override { return static_cast<std::size_t>(block.size()) * sizeof(S); }
+
   std::vector<index_t> lengths;         // empty: all sequences have T steps
   std::uint64_t dropout_seed = 0;
   Buffer<S> block;                      // everything below points into it
@@ -58,10 +66,10 @@ void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, Cp
 template <typename S>
 void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args);
 
-// One streaming step, with nothing packed or allocated per call (a per-thread scratch buffer is
-// kept and grown when needed).
+// One streaming step of N streams (StackForwardArgs says how), with nothing packed or allocated
+// per call (a per-thread scratch buffer is kept and grown when needed).
 template <typename S>
-void stack_step(const StackConfig& cfg, const StackStepArgs<S>& args);
+void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& args);
 
 // How many threads of the team (rnnkit.set_num_threads) a call of this batch uses: 1 when a step's
 // work is too small to split profitably.

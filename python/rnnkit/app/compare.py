@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from .timing import interleaved_medians
+
 SOLVED_MSE = 0.01
 
 # name -> (network cell, extra network options, description)
@@ -45,21 +47,6 @@ def _settings(quick: bool) -> Dict[str, Any]:
 
 
 # ---- (a) layer vs network ------------------------------------------------------------------------
-def interleaved_medians(fns: Dict[str, Any], repeats: int, warmup: int = 1) -> Dict[str, float]:
-    """Median seconds of each function, run round-robin so machine noise hits all alike (after
-    `warmup` untimed rounds). The timing rule of every rnnkit benchmark (bench/ uses it too)."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
-
-
 def layer_vs_network(vocab_sizes: List[int], shape, repeats: int, seed: int) -> List[Dict[str, float]]:
     import rnnkit
 
@@ -136,20 +123,14 @@ def adding_run(cell_key: str, T: int, clip: bool, s: Dict[str, Any], seed: int) 
         if solved_at is not None and trainer.step >= solved_at + 4 * s["eval_every"]:
             break
     elapsed = time.perf_counter() - t0
-    # After training: the gradient of the loss reaching each input step, ||dL/dx_t||.
+    # After training: the gradient of the loss reaching each input step, ||dL/dx_t||, from the
+    # network's own backward (its gradients are not kept: the run is over).
     batch = next(val.batches())
     model.train()
-    model.rnn.dropout_rng = np.random.default_rng(0)
-    x = np.asarray(batch.inputs, model.dtype)
-    y, state = model.rnn(x)
-    h_n = state[0] if isinstance(state, tuple) else state
-    w = model.params["output.weight"]
     with np.errstate(all="ignore"):
-        pred = h_n[-1] @ w.T + model.params["output.bias"]
-        dpred = 2.0 * (pred - batch.targets) / batch.targets.size
-    dh_n = np.zeros_like(h_n)
-    dh_n[-1] = dpred @ w
-    dx, _ = model.rnn.backward(None, (dh_n, None) if isinstance(state, tuple) else dh_n)
+        model.forward_loss(batch.inputs, batch.targets)
+        dx, _ = model.backward(compute_dx=True)
+    model.zero_grad()
     with np.errstate(all="ignore"):  # a diverged run's gradients overflow: reported as inf/nan
         grad_by_step = np.linalg.norm(dx.astype(np.float64).reshape(T, -1), axis=1).tolist()
     final = float("nan") if diverged_at is not None else trainer.evals[-1]["val_loss"]

@@ -105,7 +105,7 @@ def _remove_stale_temporaries(folder: str, name: str) -> None:
 def save_checkpoint(path: str, model: Any, optimizer: Any = None, step: int = 0,
                     meta: Optional[Dict[str, Any]] = None, arrays: Optional[Dict[str, np.ndarray]] = None) -> None:
     """Saves ``model`` (an RNNNetwork), ``optimizer`` and extra JSON ``meta`` / ``arrays``."""
-    from . import __version__
+    from .. import __version__
 
     info: Dict[str, Any] = dict(meta or {})
     info.update({
@@ -171,7 +171,7 @@ def load_checkpoint(path: str) -> Checkpoint:
 
 def model_from_checkpoint(ckpt: Checkpoint):
     """Rebuilds the RNNNetwork a checkpoint holds and loads its parameters and dropout state."""
-    from .network import RNNNetwork
+    from ..network import RNNNetwork
 
     model_info = ckpt.meta.get("model", {})
     if model_info.get("class") != "RNNNetwork" or not isinstance(model_info.get("config"), dict):

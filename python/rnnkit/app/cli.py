@@ -7,7 +7,8 @@
                       long-range dependencies (writes report.md with tables and plots)
     rnnkit info       version, build (BLAS, SIMD, threads, CUDA) and a timed forward/backward demo
 
-``python -m rnnkit`` is the same command; with no subcommand it runs ``info``.
+``python -m rnnkit`` is the same command; with no subcommand it runs ``info``. The console script
+``rnnkit`` is this module's ``main``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import List, Optional
 
 import numpy as np
 
-CELL_CHOICES = ("rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before", "ln_lstm", "ln_gru")
+from .._cells import CELL_NAMES
 
 
 def available_cpus() -> int:
@@ -54,7 +55,7 @@ def _demo(T: int, N: int, C: int, H: int, repeats: int) -> None:
     print(f"demo: Elman tanh layer, T={T} N={N} C={C} H={H}, float32, median of {repeats}")
     print(f"  forward   {fwd * 1e3:8.3f} ms  ({flops / fwd / 1e9:6.2f} GFLOP/s)")
     print(f"  backward  {bwd * 1e3:8.3f} ms  ({2 * flops / bwd / 1e9:6.2f} GFLOP/s)")
-    gnorm = float(np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in layer.grads.values())))
+    gnorm = rnnkit.optim.grad_norm(layer)
     print(f"  |y| = {float(np.linalg.norm(y)):.4f}, |h_n| = {float(np.linalg.norm(h_n)):.4f}, "
           f"|grads| = {gnorm:.4f}")
 
@@ -191,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ---- sample ---------------------------------------------------------------------------------------
 def cmd_sample(args: argparse.Namespace) -> int:
     from rnnkit import data
-    from rnnkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from rnnkit.train.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     if "vocab" not in ckpt.meta:
@@ -213,7 +214,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 # ---- compare ---------------------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
     import rnnkit
-    from rnnkit.compare import run_compare
+    from rnnkit.app.compare import run_compare
 
     rnnkit.set_num_threads(args.threads if args.threads is not None else available_cpus())
     run_compare(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", help="a UTF-8 text file to train a character language model on")
     src.add_argument("--task", choices=("adding", "copy"), help="a long-range-dependency benchmark instead")
     t.add_argument("--task-length", type=int, default=100, help="T of --task (default 100)")
-    t.add_argument("--cell", choices=CELL_CHOICES, default="lstm")
+    t.add_argument("--cell", choices=CELL_NAMES, default="lstm")
     t.add_argument("--hidden", type=int, default=256)
     t.add_argument("--layers", type=int, default=1)
     t.add_argument("--embedding", type=int, default=64, help="embedding size for token inputs")

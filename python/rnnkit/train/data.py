@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from . import _validate as V
+from .. import _validate as V
 
 
 @dataclass

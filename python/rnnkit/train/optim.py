@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
 
-from . import _core
-from . import _validate as V
+from .. import _core
+from .. import _validate as V
 
 
 def _arrays(model: Any) -> Tuple[List[str], Dict[str, np.ndarray], Dict[str, np.ndarray]]:

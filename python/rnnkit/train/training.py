@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from . import _validate as V
+from .. import _validate as V
 from . import optim as _optim
 from .checkpoint import load_checkpoint, save_checkpoint
 

@@ -29,8 +29,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from . import _validate as V
-from .layers import GRU, LSTM, RNN, _RecurrentLayer
+from .. import _validate as V
+from ..layers import GRU, LSTM, RNN, _RecurrentLayer
 
 # Position in rnnkit's order of each gate in the other layout's order.
 _ONNX_ORDER = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "GRU_RESET_BEFORE": [1, 0, 2], "RNN_TANH": [0], "RNN_RELU": [0]}

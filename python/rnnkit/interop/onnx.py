@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-from . import _validate as V
+from .. import _validate as V
 from .convert import to_onnx
-from .layers import GRU, LSTM, RNN, _RecurrentLayer
-from .network import RNNNetwork
+from ..layers import GRU, LSTM, RNN, _RecurrentLayer
+from ..network import RNNNetwork
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only; onnx is optional at run time
     import onnx

@@ -1,0 +1,271 @@
+"""The cells and the layer classes, in one table.
+
+Every place that names a cell or builds a layer class reads it from here: rnnkit's NumPy layers
+(``rnnkit.RNN`` ...), the PyTorch bridge's modules (``rnnkit.torch.RNN`` ...), ``RNNNetwork(cell=...)``
+and ``rnnkit train --cell``. A cell has one name (``"ln_lstm"``); the compiled module's ``mode``
+(PyTorch's spelling, ``"LN_LSTM"``) is that name in upper case, and the class that builds it
+(``LayerNormLSTM``) is in its row.
+
+A layer class is described once (its PyTorch-style positional parameters, its own keyword
+options, its docstring) and each family builds its class from that description
+(``make_layer_class``), so the two families cannot drift apart. ``StackOptions`` validates the
+constructor options every stack shares, for both families.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Tuple
+
+from . import _validate as V
+from .train import init as _init
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One recurrent cell: its name, and the layer class and class options that select it."""
+
+    name: str                                  # the one spelling (RNNNetwork(cell=...), --cell)
+    layer: str                                 # the class that builds it
+    options: Mapping[str, Any] = field(default_factory=dict)  # its class options (nonlinearity, reset_after)
+
+    @property
+    def mode(self) -> str:
+        """PyTorch's ``mode`` spelling of the cell (``"LSTM"``, ``"RNN_TANH"``): the compiled
+        module's StackConfig takes it."""
+        return self.name.upper()
+
+
+CELLS: Dict[str, Cell] = {c.name: c for c in (
+    Cell("rnn_tanh", "RNN", {"nonlinearity": "tanh"}),
+    Cell("rnn_relu", "RNN", {"nonlinearity": "relu"}),
+    Cell("lstm", "LSTM"),
+    Cell("gru", "GRU", {"reset_after": True}),
+    Cell("gru_reset_before", "GRU", {"reset_after": False}),
+    Cell("ln_lstm", "LayerNormLSTM"),
+    Cell("ln_gru", "LayerNormGRU"),
+)}
+CELL_NAMES: Tuple[str, ...] = tuple(CELLS)
+
+# Defaults of every constructor parameter any layer class has (PyTorch's where PyTorch has them).
+DEFAULTS: Dict[str, Any] = {
+    "num_layers": 1, "nonlinearity": "tanh", "bias": True, "batch_first": False, "dropout": 0.0,
+    "bidirectional": False, "proj_size": 0, "reset_after": True, "forget_bias": None,
+    "init": "default", "init_gain": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class LayerClass:
+    """One public layer class, as both families build it.
+
+    ``positional``: the parameters after ``input_size, hidden_size``, in PyTorch's order;
+    ``keyword``: the class's own keyword-only options; ``doc``: the cell math and parameters.
+    """
+
+    name: str
+    positional: Tuple[str, ...]
+    keyword: Tuple[str, ...]
+    doc: str
+
+    @property
+    def cells(self) -> Tuple[Cell, ...]:
+        return tuple(c for c in CELLS.values() if c.layer == self.name)
+
+    @property
+    def has_cell_state(self) -> bool:
+        return self.name in ("LSTM", "LayerNormLSTM")
+
+    def check_options(self, options: Mapping[str, Any]) -> Dict[str, Any]:
+        """The class options that select the cell, validated (choices from the cells' rows)."""
+        checked: Dict[str, Any] = {}
+        for key in self.cells[0].options:
+            choices = tuple(dict.fromkeys(c.options[key] for c in self.cells))
+            value = options[key]
+            if isinstance(choices[0], bool):
+                checked[key] = V.check_bool(key, value)
+            else:
+                checked[key] = V.check_choice(key, value, choices)
+        return checked
+
+    def cell(self, options: Mapping[str, Any]) -> Cell:
+        """The cell these (checked) class options select."""
+        return next(c for c in self.cells if all(options[k] == v for k, v in c.options.items()))
+
+    def signature(self, family: "Family") -> inspect.Signature:
+        P = inspect.Parameter
+        params = [P("self", P.POSITIONAL_OR_KEYWORD)]
+        params += [P(n, P.POSITIONAL_OR_KEYWORD) for n in ("input_size", "hidden_size")]
+        params += [P(n, P.POSITIONAL_OR_KEYWORD, default=DEFAULTS[n]) for n in self.positional]
+        params += [P(n, P.POSITIONAL_OR_KEYWORD, default=d) for n, d in family.positional]
+        keyword = [(n, d) for n, d in family.keyword] + [(n, DEFAULTS[n]) for n in ("init", "init_gain", *self.keyword)]
+        params += [P(n, P.KEYWORD_ONLY, default=d) for n, d in keyword]
+        return inspect.Signature(params)
+
+    def nondefault_options(self, options: Mapping[str, Any]) -> Tuple[str, ...]:
+        """``key=value`` for each cell-selecting option away from its default (for reprs)."""
+        return tuple(f"{k}={options[k]!r}" for k in self.cells[0].options if options[k] != DEFAULTS[k])
+
+
+_LN_DEF = ("``LN(v; ln) = ln_weight * (v - mean(v)) / sqrt(var(v) + 1e-5) + ln_bias`` over the whole "
+           "row (biased variance, as torch.nn.LayerNorm)")
+
+LAYER_CLASSES: Dict[str, LayerClass] = {c.name: c for c in (
+    LayerClass(
+        "RNN", ("num_layers", "nonlinearity", "bias", "batch_first", "dropout", "bidirectional"), (),
+        """Elman RNN: ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``, act = tanh or relu.
+
+        Parameters per layer ``k`` (``_reverse`` for the second direction): ``weight_ih_l{k} [H, C_k]``,
+        ``weight_hh_l{k} [H, H]``, ``bias_ih_l{k} [H]``, ``bias_hh_l{k} [H]``. ``init="identity"``
+        with ``nonlinearity="relu"`` is the IRNN recipe.
+        """),
+    LayerClass(
+        "LSTM", ("num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size"), ("forget_bias",),
+        """Long short-term memory, PyTorch's gate order (i, f, g, o)::
+
+            i, f, o = sigmoid(.), g = tanh(.)  of  x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
+            c_t = f * c_{t-1} + i * g
+            h_t = o * tanh(c_t)            (with proj_size: h_t = (o * tanh(c_t)) W_hr^T)
+
+        Parameters per layer: ``weight_ih_l{k} [4H, C_k]``, ``weight_hh_l{k} [4H, P]``,
+        ``bias_ih_l{k}``, ``bias_hh_l{k} [4H]``, and ``weight_hr_l{k} [P, H]`` with a projection.
+        ``forget_bias`` sets the forget gate's total bias (1.0 is the usual choice). The state is
+        a tuple ``(h, c)``.
+        """),
+    LayerClass(
+        "GRU", ("num_layers", "bias", "batch_first", "dropout", "bidirectional"), ("reset_after",),
+        """Gated recurrent unit, gate order (r, z, n)::
+
+            r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr),  z likewise
+            reset_after=True  (PyTorch, cuDNN; ONNX linear_before_reset=1):
+                n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
+            reset_after=False (the original GRU; ONNX linear_before_reset=0):
+                n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn)
+            h_t = (1 - z) * n + z * h_{t-1}
+
+        Parameters as ``torch.nn.GRU``: ``weight_ih_l{k} [3H, C_k]``, ``weight_hh_l{k} [3H, H]``,
+        ``bias_ih_l{k}``, ``bias_hh_l{k} [3H]``.
+        """),
+    LayerClass(
+        "LayerNormLSTM", ("num_layers", "bias", "batch_first", "dropout", "bidirectional"), ("forget_bias",),
+        f"""LSTM with layer normalisation inside the cell (Ba, Kiros & Hinton 2016)::
+
+            [i, f, g, o] = LN(x_t W_ih^T; ln_ih) + LN(h_{{t-1}} W_hh^T; ln_hh) + b_ih + b_hh
+            c_t = sigmoid(f) * c_{{t-1}} + sigmoid(i) * tanh(g)
+            h_t = sigmoid(o) * tanh(LN(c_t; ln_c))
+
+        where {_LN_DEF}: all 4H gate pre-activations for ln_ih/ln_hh, the H cell values for ln_c.
+        Parameters: those of ``LSTM`` (no projection) plus, per layer, ``ln_ih_weight_l{{k}}``,
+        ``ln_ih_bias_l{{k}}``, ``ln_hh_weight_l{{k}}``, ``ln_hh_bias_l{{k}}`` [4H] and
+        ``ln_c_weight_l{{k}}``, ``ln_c_bias_l{{k}}`` [H] (gains start at 1, biases at 0; rnnkit's names,
+        PyTorch has no such cell).
+        """),
+    LayerClass(
+        "LayerNormGRU", ("num_layers", "bias", "batch_first", "dropout", "bidirectional"), (),
+        f"""GRU (reset_after flavour) with layer normalisation inside the cell::
+
+            ax = LN(x_t W_ih^T; ln_ih) + b_ih,   ah = LN(h_{{t-1}} W_hh^T; ln_hh) + b_hh
+            r = sigmoid(ax_r + ah_r),  z = sigmoid(ax_z + ah_z),  n = tanh(ax_n + r * ah_n)
+            h_t = (1 - z) * n + z * h_{{t-1}}
+
+        where {_LN_DEF}, over all 3H values of a row. Parameters: those of ``GRU`` plus
+        ``ln_ih_weight_l{{k}}``, ``ln_ih_bias_l{{k}}``, ``ln_hh_weight_l{{k}}``, ``ln_hh_bias_l{{k}}`` [3H].
+        """),
+)}
+
+
+@dataclass(frozen=True)
+class Family:
+    """What one family of classes adds to every class: its own positional parameters (after
+    PyTorch's), its keyword-only options, and a paragraph for the docstrings."""
+
+    positional: Tuple[Tuple[str, Any], ...]
+    keyword: Tuple[Tuple[str, Any], ...]
+    doc: str
+
+
+def make_layer_class(spec: LayerClass, base: type, family: Family, module: str) -> type:
+    """The class ``spec.name`` of a family: ``base`` does the work; its ``_init_stack(spec, cell,
+    options)`` receives the bound, defaulted constructor arguments."""
+    sig = spec.signature(family)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{spec.name}(): {exc}") from None
+        bound.apply_defaults()
+        options = dict(bound.arguments)
+        del options["self"]
+        options.update(spec.check_options(options))
+        self._init_stack(spec, spec.cell(options), options)
+
+    __init__.__signature__ = sig  # type: ignore[attr-defined]
+    __init__.__qualname__ = f"{spec.name}.__init__"
+    doc = inspect.cleandoc(spec.doc) + "\n\n" + family.doc
+    return type(spec.name, (base,), {"__init__": __init__, "__doc__": doc, "__module__": module,
+                                     "__qualname__": spec.name, "_layer_class": spec})
+
+
+class StackOptions:
+    """The constructor options every recurrent stack shares -- rnnkit's layers and the PyTorch
+    bridge's modules -- validated in one place, with the sizes derived from them."""
+
+    _has_cell_state = False
+
+    def _set_stack_options(self, spec: LayerClass, cell: Cell, options: Mapping[str, Any]) -> None:
+        self.cell = cell.name
+        self.mode = cell.mode
+        self._has_cell_state = spec.has_cell_state
+        for key in spec.cells[0].options:  # nonlinearity, reset_after: attributes, as in PyTorch
+            setattr(self, key, options[key])
+        self.input_size = V.check_size("input_size", options["input_size"])
+        self.hidden_size = V.check_size("hidden_size", options["hidden_size"])
+        self.num_layers = V.check_size("num_layers", options["num_layers"])
+        self.bias = V.check_bool("bias", options["bias"])
+        self.batch_first = V.check_bool("batch_first", options["batch_first"])
+        self.dropout = V.check_probability("dropout", options["dropout"])
+        self.bidirectional = V.check_bool("bidirectional", options["bidirectional"])
+        self.proj_size = V.check_non_negative("proj_size", options.get("proj_size", 0))
+        if self.proj_size and self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size: expected less than hidden_size ({self.hidden_size}), got {self.proj_size}")
+        self.init = options["init"]
+        self._scheme = _init.parse_scheme(self.init)
+        self.init_gain = V.check_positive_float("init_gain", options["init_gain"])
+        forget_bias = options.get("forget_bias")
+        self.forget_bias = None if forget_bias is None else V.check_float("forget_bias", forget_bias)
+        if self.forget_bias is not None and not self.bias:
+            raise ValueError("forget_bias: expected None when bias=False (there is no bias to set), got "
+                             f"{self.forget_bias}")
+        if self.dropout > 0 and self.num_layers == 1:
+            # PyTorch's warning, word for word; it points at the user's constructor call.
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                f"expects num_layers greater than 1, but got dropout={self.dropout} and num_layers=1",
+                UserWarning, stacklevel=4,
+            )
+
+    def _config_args(self) -> Tuple[Any, ...]:
+        """The compiled module's StackConfig arguments, before dropout."""
+        return (self.mode, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
+                self.proj_size, self.bias)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def state_size(self) -> int:
+        """Width of h: proj_size when projecting, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    @property
+    def _state_size_name(self) -> str:
+        """The option that sets state_size, for messages."""
+        return "proj_size" if self.proj_size else "hidden_size"
+
+    def _class_option_reprs(self) -> Tuple[str, ...]:
+        spec: LayerClass = type(self)._layer_class  # type: ignore[attr-defined]
+        return spec.nondefault_options({k: getattr(self, k) for k in spec.cells[0].options})
