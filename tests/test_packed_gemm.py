@@ -1,4 +1,4 @@
-"""The packed per-step GEMM (cpp/src/packed_gemm.cpp) on its own, against NumPy.
+"""The packed per-step GEMM (cpp/src/cpu/packed_gemm.cpp) on its own, against NumPy.
 
 Every recurrent step multiplies by W_hh through pack_b + packed_gemm when the CPU has the kernels
 (AVX2+FMA or AVX-512F). The layer tests reach it only at their own sizes; here the kernel meets

@@ -1,8 +1,9 @@
 // The recurrent cells: each cell's forward and backward math, written once.
 //
 // A cell is a stateless struct. It knows nothing of GEMMs, loops, batches or memory; the time loop
-// (layer_cpu.cpp, and the CUDA kernels) does the matrix products and hands the cell an *accessor*
-// `a` for one unit of work:
+// (the CPU's in cpu/layer_forward.cpp and cpu/layer_backward.cpp; the CUDA backend's pointwise
+// kernels in cuda/cell_kernel.cu) does the matrix products and hands the cell an *accessor* `a`
+// for one unit of work:
 //
 //   * on the CPU, one batch row: every accessor value is an Eigen map of H contiguous elements,
 //     and a.mean(v) averages a whole row;

@@ -73,7 +73,7 @@ void register_runtime(py::module_& m) {
   m.def("get_deterministic", [] { return ThreadTeam::instance().deterministic(); });
   m.def("blas_num_threads", &cpu::get_blas_threads, "Threads of rnnkit's OpenBLAS (always 1).");
   m.def("empty_cache", &cpu::pool_empty, "Returns the large buffers rnnkit keeps for reuse to the system.");
-  m.def("cached_bytes", &cpu::pool_cached_bytes, "Bytes of large buffers kept for reuse.");
+  m.def("cached_bytes", &cpu::pool_kept_bytes, "Bytes of large buffers kept for reuse.");
   m.def("build_info", &build_info, "Compiler, Eigen, SIMD, BLAS and CUDA build details.");
   m.def("cuda_status", &cuda_status, "(available, reason): whether the CUDA backend can run here, and why not.");
 #ifdef RNNKIT_WITH_CUDA

@@ -18,7 +18,7 @@ constexpr std::size_t kMinPooled = std::size_t(1) << 20;
 struct Pool {
   std::mutex mutex;
   std::multimap<std::size_t, void*> free_blocks;  // capacity -> block
-  std::size_t cached = 0;
+  std::size_t kept = 0;  // bytes held in free_blocks
   std::size_t cap() const {
     // Keep at most a quarter of the machine's memory, and never more than 4 GiB.
     const std::size_t physical = physical_memory_bytes();
@@ -42,7 +42,7 @@ void* pool_allocate(std::size_t bytes, std::size_t* capacity) {
     if (it != p.free_blocks.end() && it->first <= bytes + bytes / 4) {
       void* block = it->second;
       *capacity = it->first;
-      p.cached -= it->first;
+      p.kept -= it->first;
       p.free_blocks.erase(it);
       return block;
     }
@@ -55,19 +55,19 @@ void pool_release(void* block, std::size_t capacity) {
   if (capacity >= kMinPooled) {
     Pool& p = pool();
     std::lock_guard<std::mutex> lock(p.mutex);
-    if (p.cached + capacity <= p.cap()) {
+    if (p.kept + capacity <= p.cap()) {
       p.free_blocks.emplace(capacity, block);
-      p.cached += capacity;
+      p.kept += capacity;
       return;
     }
   }
   std::free(block);
 }
 
-std::size_t pool_cached_bytes() {
+std::size_t pool_kept_bytes() {
   Pool& p = pool();
   std::lock_guard<std::mutex> lock(p.mutex);
-  return p.cached;
+  return p.kept;
 }
 
 void pool_empty() {
@@ -75,7 +75,7 @@ void pool_empty() {
   std::lock_guard<std::mutex> lock(p.mutex);
   for (auto& [capacity, block] : p.free_blocks) std::free(block);
   p.free_blocks.clear();
-  p.cached = 0;
+  p.kept = 0;
 }
 
 }  // namespace cpu

@@ -44,7 +44,7 @@ inline void check_fits_in_memory(index_t bytes, const char* what_for) {
 // Large-block pool (see the file comment). Thread-safe.
 void* pool_allocate(std::size_t bytes, std::size_t* capacity);  // null when the system refuses
 void pool_release(void* p, std::size_t capacity);
-std::size_t pool_cached_bytes();
+std::size_t pool_kept_bytes();
 void pool_empty();
 
 template <typename T>
