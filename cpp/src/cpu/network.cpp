@@ -147,9 +147,11 @@ CpuNetworkPlan plan_network(const NetworkConfig& cfg, index_t T, index_t N, bool
   p.N = N;
   p.training = training;
   p.specs = network_param_specs(cfg);
+  // The stack's own list serves only a training forward (it copies the parameters); an inference
+  // call, a streaming step among them, does without building it.
   std::vector<ParamSpec> stack_specs;
   for (const ParamSpec& s : p.specs) {
-    if (s.in_stack()) stack_specs.push_back(s);
+    if (training && s.in_stack()) stack_specs.push_back(s);
   }
   p.stack = plan_stack<S>(cfg.stack, T, N, training, std::move(stack_specs));
   p.rows = cfg.head_rows(T, N);

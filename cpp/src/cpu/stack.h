@@ -27,7 +27,8 @@ struct CpuStackPlan : StackPlan {
   int team = 1;                // threads the call uses
 };
 
-// specs: the call's parameter list (stack_param_specs, or the network's stack part).
+// specs: the call's parameter list (stack_param_specs, or the network's stack part; a training
+// forward copies the parameters by it).
 template <typename S>
 CpuStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool training, std::vector<ParamSpec> specs);
 
