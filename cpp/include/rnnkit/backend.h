@@ -37,6 +37,14 @@ struct CallPlan {
   index_t T = 0, N = 0;
   bool training = false;
   std::vector<ParamSpec> specs;
+
+  CallPlan() = default;
+  // Declared because the destructor is: without them a plan would be copied, strings and all,
+  // wherever it is moved (a streaming step makes one per call).
+  CallPlan(const CallPlan&) = default;
+  CallPlan(CallPlan&&) noexcept = default;
+  CallPlan& operator=(const CallPlan&) = default;
+  CallPlan& operator=(CallPlan&&) noexcept = default;
   virtual ~CallPlan() = default;
 };
 

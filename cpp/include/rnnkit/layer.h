@@ -138,8 +138,9 @@ void for_each_layer_buffer(const LayerShape& s, LayerBuffers<S>& b, Fn&& fn) {
   fn(kBackwardScratch, checked_mul(d.N, s.partial_width, "gradient partial sums"), b.partials);
 }
 
-// Elements of the buffers of one use (kKept, kForwardScratch or kBackwardScratch).
-inline index_t layer_buffer_elems(const LayerShape& s, BufferUse use) {
+// Elements of the buffers of some uses (kKept, kForwardScratch, kBackwardScratch, or several of
+// them or'ed together: one block for all).
+inline index_t layer_buffer_elems(const LayerShape& s, unsigned use) {
   LayerBuffers<char> unused;
   index_t total = 0;
   for_each_layer_buffer(s, unused, [&](unsigned uses, index_t n, char*&) {
@@ -148,10 +149,10 @@ inline index_t layer_buffer_elems(const LayerShape& s, BufferUse use) {
   return total;
 }
 
-// Points the views of one use at consecutive parts of `p` (null for an empty one) and returns
+// Points the views of those uses at consecutive parts of `p` (null for an empty one) and returns
 // the end; the other views are left alone. `p` holds layer_buffer_elems(s, use) elements.
 template <typename S>
-S* carve_layer_buffers(const LayerShape& s, BufferUse use, S* p, LayerBuffers<S>* b) {
+S* carve_layer_buffers(const LayerShape& s, unsigned use, S* p, LayerBuffers<S>* b) {
   for_each_layer_buffer(s, *b, [&](unsigned uses, index_t n, S*& view) {
     if (!(uses & use)) return;
     view = n > 0 ? p : nullptr;

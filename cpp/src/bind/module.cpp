@@ -51,7 +51,7 @@ PYBIND11_MODULE(_core, m) {
   }
   m.doc() = "rnnkit's compiled core: recurrent layer forward and BPTT on the CPU (and CUDA when built).";
   m.attr("__version__") = RNNKIT_VERSION;
-  py::register_exception<OutOfMemory>(m, "OutOfMemoryError", PyExc_MemoryError);
+  py::register_local_exception<OutOfMemory>(m, "OutOfMemoryError", PyExc_MemoryError);
 
   bind::register_stack(m);
   bind::register_network(m);

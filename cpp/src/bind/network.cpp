@@ -210,7 +210,7 @@ py::tuple generate_impl(const NetworkConfig& cfg, const py::list& params, const 
 }  // namespace
 
 void register_network(py::module_& m) {
-  py::class_<NetworkConfig>(m, "NetworkConfig", "Configuration of a recurrent network (see network.h).")
+  py::class_<NetworkConfig>(m, "NetworkConfig", py::module_local(), "Configuration of a recurrent network (see network.h).")
       .def(py::init([](const StackConfig& stack, index_t vocab_size, index_t output_size,
                        const std::string& head, const std::string& loss, index_t ignore_index) {
              NetworkConfig c;
@@ -232,7 +232,7 @@ void register_network(py::module_& m) {
       .def_property_readonly("feature_size", &NetworkConfig::feature_size)
       .def("param_specs", [](const NetworkConfig& c) { return specs_list(network_param_specs(c)); });
 
-  py::class_<NetCache>(m, "NetworkCache", "What a training forward of a network keeps (opaque).")
+  py::class_<NetCache>(m, "NetworkCache", py::module_local(), "What a training forward of a network keeps (opaque).")
       .def_property_readonly("nbytes", [](const NetCache& c) { return c.data->nbytes(); })
       .def_property_readonly("has_loss_grad", [](const NetCache& c) { return c.data->has_loss_grad(); })
       .def_property_readonly("shape", [](const NetCache& c) { return py::make_tuple(c.data->plan().T, c.data->plan().N); });

@@ -153,7 +153,8 @@ py::tuple step_impl(const StackConfig& cfg, const py::list& params, const py::ar
 }  // namespace
 
 void register_stack(py::module_& m) {
-  py::class_<StackConfig>(m, "StackConfig", "Configuration of a layer stack (see stack.h).")
+  // Module-local: two builds of rnnkit can be loaded side by side (bench/ab_core.py does).
+  py::class_<StackConfig>(m, "StackConfig", py::module_local(), "Configuration of a layer stack (see stack.h).")
       .def(py::init([](const std::string& mode, index_t input_size, index_t hidden_size, index_t num_layers,
                        bool bidirectional, index_t proj_size, bool bias, double dropout) {
              StackConfig c;
@@ -184,7 +185,7 @@ void register_stack(py::module_& m) {
       .def("param_specs", [](const StackConfig& c) { return specs_list(stack_param_specs(c)); },
            "[(name, shape)] of every parameter, in PyTorch's state_dict order.");
 
-  py::class_<Cache>(m, "Cache", "What a training forward keeps for backward (opaque).")
+  py::class_<Cache>(m, "Cache", py::module_local(), "What a training forward keeps for backward (opaque).")
       .def_property_readonly("nbytes", [](const Cache& c) { return c.data->nbytes(); }, "Bytes held by this cache.")
       .def_property_readonly("dtype", [](const Cache& c) { return c.data->elem_bytes() == 4 ? "float32" : "float64"; })
       .def_property_readonly("shape", [](const Cache& c) { return py::make_tuple(c.data->plan().T, c.data->plan().N); },

@@ -263,15 +263,14 @@ void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& ar
   assert(cfg.num_directions == 1);
   const index_t L = cfg.num_layers, H = cfg.hidden_size, P = cfg.state_size();
   const LayerShape shape0 = layer_shape(cfg.cell, cfg.layer_dims(0, 1, N), false);  // T = 1: nothing packed
-  // One buffer per thread, grown when needed and kept: a stream of steps allocates nothing.
+  // One buffer per thread, grown when needed and kept: a stream of steps allocates nothing. The
+  // layer buffers every layer reuses, then two outputs to ping-pong between layers.
+  constexpr unsigned kStepBuffers = kKept | kForwardScratch;
   thread_local Buffer<S> scratch;
-  const index_t need = checked_add(checked_add(layer_buffer_elems(shape0, kForwardScratch),
-                                               layer_buffer_elems(shape0, kKept), "step scratch"),
-                                   L > 1 ? 2 * N * P : 0, "step scratch");
+  const index_t need = checked_add(layer_buffer_elems(shape0, kStepBuffers), L > 1 ? 2 * N * P : 0, "step scratch");
   if (scratch.size() < need) scratch.allocate(need, "step scratch");
   LayerBuffers<S> buffers;
-  S* p = carve_layer_buffers(shape0, kForwardScratch, scratch.data(), &buffers);
-  p = carve_layer_buffers(shape0, kKept, p, &buffers);
+  S* p = carve_layer_buffers(shape0, kStepBuffers, scratch.data(), &buffers);
   S* between[2] = {p, p + N * P};
   const PackedWeights<S> unpacked;
   const TeamContext solo(nullptr, 0, 1);

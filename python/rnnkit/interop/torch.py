@@ -23,15 +23,15 @@ import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 if __name__ == "torch":
-    # This file was found as the top-level ``torch``: python/rnnkit itself is on sys.path (a script
-    # run from inside it), where this module would shadow PyTorch and import itself.
+    # This file was found as the top-level ``torch``: its folder is on sys.path (a script run from
+    # inside python/rnnkit/interop), where this module would shadow PyTorch and import itself.
     raise ImportError(
         f"{__file__} was imported as 'torch' because its directory is on sys.path, where it hides "
-        "PyTorch: run scripts from outside python/rnnkit and import it as rnnkit.torch"
+        "PyTorch: run scripts from outside python/rnnkit/interop and import it as rnnkit.torch"
     )
 
 try:
-    # An absolute import (this file is rnnkit/torch.py): it finds the real PyTorch, not itself.
+    # An absolute import (this file is rnnkit/interop/torch.py): it finds the real PyTorch, not itself.
     import torch
     from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without torch
