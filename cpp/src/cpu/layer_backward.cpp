@@ -53,7 +53,7 @@ class BackwardLoop {
     const TeamContext& tc = p_.tc;
     const index_t N = p_.N, P = p_.P, H = p_.H;
     const auto [n0, n1] = p_.rows;
-    p_.gemms.pack(tc, p_.s);
+    p_.gemms.pack(p_.s);
     if (tc.tid() == 0) {
       if (a_.d_state_n.h) copy_n(dh_next_, a_.d_state_n.h, N * P); else zero_n(dh_next_, N * P);
       if constexpr (Plan::kHasC) {
@@ -109,7 +109,7 @@ class BackwardLoop {
         if (padded(t, n)) zero_n(dproj + n * P, P); else copy_n(dproj + n * P, dh_cur_ + n * P, P);
       }
       tc.barrier();
-      g.proj.multiply(N, g.proj.share(tc), dproj, P, S(0), b_.dh_full, H);
+      g.proj.multiply(N, dproj, P, S(0), b_.dh_full, H);
       tc.barrier();
       dh_cell = b_.dh_full;
     }
@@ -154,7 +154,7 @@ class BackwardLoop {
       }
       tc.barrier();
       // tmp(0) = dL/d(r*h_{t-1}) = dgates(n) W_hn, this thread's columns.
-      g.stage2.multiply(N, g.stage2.share(tc), dgates + p_.G1, GH, S(0), b_.tmp, p_.TW);
+      g.stage2.multiply(N, dgates + p_.G1, GH, S(0), b_.tmp, p_.TW);
       tc.barrier();
       for (index_t n = n0; n < n1; ++n) {
         if (padded(t, n)) continue;
@@ -174,7 +174,7 @@ class BackwardLoop {
     tc.barrier();
     // dL/dh_{t-1} = (direct part written by the cell) + d(recurrent pre-activations) W_hh,
     // this thread's columns.
-    g.rec.multiply(N, g.rec.share(tc), Plan::kSeparateRecurrent ? drec_all_ + t * N * GH : dgates, GH, S(1),
+    g.rec.multiply(N, Plan::kSeparateRecurrent ? drec_all_ + t * N * GH : dgates, GH, S(1),
                    dh_next_, P);
     tc.barrier();
   }

@@ -39,7 +39,7 @@ class ForwardLoop {
   // Phase 1. Biases are added in the pointwise step, not here.
   void prepare() {
     const TeamContext& tc = p_.tc;
-    p_.gemms.pack(tc, p_.s);
+    p_.gemms.pack(p_.s);
     tc.gemm_blocks(p_.s.TN, 1, kDeterministicRows, [&](index_t r0, index_t r1) {
       gemm(Trans::kNo, Trans::kYes, r1 - r0, p_.GH, p_.C, S(1), a_.x + r0 * p_.C, p_.C, w_.w_ih, p_.C, S(0),
            b_.gates + r0 * p_.GH, p_.GH);
@@ -86,9 +86,9 @@ class ForwardLoop {
     // h_{t-1} W_hh^T, this thread's columns: into the gates, or beside them for cells that keep
     // the recurrent part separate.
     if constexpr (Plan::kSeparateRecurrent) {
-      g.rec.multiply(N, g.rec.share(tc), h_prev, P, S(0), b_.hgates, GH);
+      g.rec.multiply(N, h_prev, P, S(0), b_.hgates, GH);
     } else {
-      g.rec.multiply(N, g.rec.share(tc), h_prev, P, S(1), gates, GH);
+      g.rec.multiply(N, h_prev, P, S(1), gates, GH);
     }
     tc.barrier();
 
@@ -119,7 +119,7 @@ class ForwardLoop {
     if constexpr (Plan::kTwoStage) {
       // gates(n) += (r * h_{t-1}) W_hn^T, with r * h_{t-1} in saved slot 0.
       tc.barrier();
-      g.stage2.multiply(N, g.stage2.share(tc), saved, p_.SW, S(1), gates + p_.G1, GH);
+      g.stage2.multiply(N, saved, p_.SW, S(1), gates + p_.G1, GH);
       tc.barrier();
       for (index_t n = n0; n < n1; ++n) {
         if (padded(t, n)) continue;
@@ -129,7 +129,7 @@ class ForwardLoop {
     }
     if (p_.s.project) {
       tc.barrier();
-      g.proj.multiply(N, g.proj.share(tc), h_full, H, S(0), h_cur, P);
+      g.proj.multiply(N, h_full, H, S(0), h_cur, P);
       tc.barrier();
     }
     for (index_t n = n0; n < n1; ++n) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <tuple>
 #include <utility>
 
 #include <Eigen/Core>
@@ -119,6 +120,8 @@ struct StepOperand {
   // whose boundaries do not depend on the team size (see TeamContext::gemm_blocks). The packed
   // kernel computes every element the same way whatever the column range.
   bool fixed_blocks = false;
+  // This thread's columns [c0, c1), from share().
+  index_t c0 = 0, c1 = 0;
 
   static constexpr index_t kBlasColumns = 64;
   index_t align() const {
@@ -126,18 +129,14 @@ struct StepOperand {
     if (packed) return packed_panel_width<S>();
     return fixed_blocks ? kBlasColumns : 16;
   }
-  // This thread's columns [c0, c1).
-  std::pair<index_t, index_t> share(const TeamContext& tc) const { return tc.split(cols, align()); }
+  // Takes this thread's share of the columns (once per call: the step loop reuses it).
+  void share(const TeamContext& tc) { std::tie(c0, c1) = tc.split(cols, align()); }
   // Each thread packs its own panels; the caller barriers before the first multiply.
-  void pack(const TeamContext& tc) const {
-    if (!packed) return;
-    const auto [c0, c1] = share(tc);
-    pack_b<S>(src, ld, transposed, K, cols, c0, c1, packed);
+  void pack() const {
+    if (packed) pack_b<S>(src, ld, transposed, K, cols, c0, c1, packed);
   }
-  // C[:, c0:c1] = beta C[:, c0:c1] + A[M, K] B[:, c0:c1]
-  void multiply(index_t M, std::pair<index_t, index_t> columns, const S* A, index_t lda, S beta, S* C,
-                index_t ldc) const {
-    const auto [c0, c1] = columns;
+  // C[:, c0:c1] = beta C[:, c0:c1] + A[M, K] B[:, c0:c1], this thread's columns.
+  void multiply(index_t M, const S* A, index_t lda, S beta, S* C, index_t ldc) const {
     if (c1 <= c0) return;
     if (packed) {
       packed_gemm<S>(M, K, cols, c0, c1, A, lda, packed, beta, C, ldc);
@@ -159,24 +158,28 @@ template <typename S>
 struct StepGemms {
   StepOperand<S> rec, stage2, proj;
 
-  StepGemms(const LayerShape& s, const LayerWeights<S>& w, const PackedWeights<S>& packed, bool backward,
-            bool deterministic) {
+  StepGemms(const TeamContext& tc, const LayerShape& s, const LayerWeights<S>& w, const PackedWeights<S>& packed,
+            bool backward) {
     const index_t H = s.d.H, P = s.d.P, G1 = s.G1, G2 = s.GH - s.G1;
+    const bool det = tc.deterministic();
     if (!backward) {
-      rec = {w.w_hh, P, true, P, G1, packed.rec, deterministic};
-      stage2 = {w.w_hh + G1 * P, P, true, P, G2, packed.stage2, deterministic};
-      proj = {w.w_hr, H, true, H, P, packed.proj, deterministic};
+      rec = {w.w_hh, P, true, P, G1, packed.rec, det};
+      stage2 = {w.w_hh + G1 * P, P, true, P, G2, packed.stage2, det};
+      proj = {w.w_hr, H, true, H, P, packed.proj, det};
     } else {
-      rec = {w.w_hh, P, false, G1, P, packed.rec, deterministic};
-      stage2 = {w.w_hh + G1 * P, P, false, G2, P, packed.stage2, deterministic};
-      proj = {w.w_hr, H, false, P, H, packed.proj, deterministic};
+      rec = {w.w_hh, P, false, G1, P, packed.rec, det};
+      stage2 = {w.w_hh + G1 * P, P, false, G2, P, packed.stage2, det};
+      proj = {w.w_hr, H, false, P, H, packed.proj, det};
     }
+    rec.share(tc);
+    stage2.share(tc);
+    proj.share(tc);
   }
   // Every thread packs its panels of the operands the call uses; the caller barriers after.
-  void pack(const TeamContext& tc, const LayerShape& s) const {
-    rec.pack(tc);
-    if (s.cell.two_stage) stage2.pack(tc);
-    if (s.project) proj.pack(tc);
+  void pack(const LayerShape& s) const {
+    rec.pack();
+    if (s.cell.two_stage) stage2.pack();
+    if (s.project) proj.pack();
   }
 };
 
@@ -200,7 +203,7 @@ struct LayerPlan {
       : tc(team), s(shape), T(shape.d.T), N(shape.d.N), C(shape.d.C), H(shape.d.H), P(shape.d.P),
         GH(shape.GH), G1(shape.G1), SW(shape.saved_width), TW(shape.tmp_width),
         slots{shape.d.T, reverse, shape.training || backward}, rows(team.split(shape.d.N)),
-        gemms(shape, w, packed, backward, team.deterministic()) {}
+        gemms(team, shape, w, packed, backward) {}
 
   index_t step_time(index_t s_) const { return slots.reverse ? T - 1 - s_ : s_; }
   static bool padded(const index_t* lengths, index_t t, index_t n) { return lengths != nullptr && t >= lengths[n]; }
