@@ -7,7 +7,8 @@ Loads this checkout's installed ``rnnkit._core`` and another build's ``_core`` (
 round (``interleaved_medians``), so that a busy neighbour slows both alike -- which separate runs of
 bench/goals.py cannot promise on a shared machine. Calls: every cell's inference forward and
 training step (forward + BPTT with dx) at the three standard shapes, the streaming step at B=1,
-C=H=256, and a network's training step and one-step inference, all float32, 1 thread. It prints
+C=H=256, and a network's training step and one-step inference, all float32, 1 thread (or
+--threads). It prints
 other/this for each (above 1: this build is faster) and writes JSON with --json.
 
 Both builds must share the compiled module's Python-facing API for these calls (StackConfig,
@@ -115,11 +116,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--other", required=True, help="the other build's _core*.so")
     p.add_argument("--rounds", type=int, default=21)
+    p.add_argument("--threads", type=int, default=1, help="rnnkit threads for both builds")
+    p.add_argument("--shapes", default="small,mid,large", help="which standard shapes")
     p.add_argument("--json", default="")
     args = p.parse_args()
     other = load_other(args.other)
-    this.set_num_threads(1)
-    other.set_num_threads(1)
+    this.set_num_threads(args.threads)
+    other.set_num_threads(args.threads)
     rows = []
 
     def compare(what, make, scale=1.0, unit="ms", rounds=args.rounds):
@@ -134,8 +137,10 @@ def main() -> int:
               f"other/this {ratio:5.3f}", flush=True)
 
     print(f"this: {this.__file__}\nother: {args.other}\n{platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs; {this.build_info()['blas']}; {args.rounds} interleaved rounds, medians")
-    for shape_name, shape in SHAPES.items():
+          f"{os.cpu_count()} CPUs; {this.build_info()['blas']}; {args.threads} thread(s); {args.rounds} interleaved "
+          "rounds, medians")
+    for shape_name in args.shapes.split(","):
+        shape = SHAPES[shape_name]
         rounds = max(5, args.rounds // (3 if shape_name == "large" else 1))
         for cell, mode in MODES.items():
             rng = np.random.default_rng(2)
