@@ -289,19 +289,25 @@ class _RecurrentLayer(StackOptions):
         if state is None:
             h = np.zeros((L, N, P), self.dtype)
             c = np.zeros((L, N, H), self.dtype) if self._has_cell_state else None
+        elif self._has_cell_state:
+            # What the last step returned goes straight through; anything else is checked and named.
+            if not (type(state) is tuple and len(state) == 2 and state[0] is not None and state[1] is not None):
+                state = V.split_state("state", state, True, type(self).__name__, pair=("h", "c"))
+            h, c = self._step_state("state[0]", state[0], (L, N, P)), self._step_state("state[1]", state[1], (L, N, H))
         else:
-            h, c = V.split_state("state", state, self._has_cell_state, type(self).__name__, pair=("h", "c"))
-            h = self._step_state("state[0]" if c is not None else "state", h, (L, N, P), self._state_size_name)
-            c = None if c is None else self._step_state("state[1]", c, (L, N, H), "hidden_size")
+            if type(state) is not np.ndarray:
+                state, _ = V.split_state("state", state, False, type(self).__name__, pair=("h", "c"))
+            h, c = self._step_state("state", state, (L, N, P)), None
         y, h_new, c_new = _core.step(self._config, [self.params[n] for n, _ in self._specs], x, h, c)
         if single:
             y = y[0]
         return y, ((h_new, c_new) if self._has_cell_state else h_new)
 
-    def _step_state(self, name: str, value: Any, shape: Tuple[int, ...], width_name: str) -> np.ndarray:
+    def _step_state(self, name: str, value: Any, shape: Tuple[int, ...]) -> np.ndarray:
         if type(value) is np.ndarray and value.dtype == self.dtype and value.shape == shape and value.flags.c_contiguous:
             return value  # what the last step returned: no conversion (the streaming hot path)
         arr = V.as_float_array(name, value, self.dtype)
+        width_name = "hidden_size" if name == "state[1]" else self._state_size_name
         V.check_shape(name, arr, shape, V.state_meaning(width_name))
         return arr
 
