@@ -78,7 +78,7 @@ def test_cuda_reports_cleanly_when_unavailable():
 
 def test_main_job_runs():
     proc = subprocess.run(
-        [sys.executable, "-m", "rnnkit", "--shape", "5", "2", "3", "4", "--repeats", "2"],
+        [sys.executable, "-m", "rnnkit", "info", "--shape", "5", "2", "3", "4", "--repeats", "2"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr

@@ -165,7 +165,10 @@ def load_checkpoint(path: str) -> Checkpoint:
     # patched-data flag) or RuntimeError (the encryption flag); zlib.error for damaged deflate data.
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, UnicodeDecodeError, NotImplementedError,
             RuntimeError, zlib.error) as exc:
-        raise ValueError(f"checkpoint {path!r}: cannot be loaded: {exc}") from None
+        reason = str(exc)
+        if "allow_pickle" in reason:  # NumPy's wording suggests unsafe loading: say what the file holds instead
+            reason = "not a NumPy .npz archive; NumPy could read it only as a pickle, which is never loaded"
+        raise ValueError(f"checkpoint {path!r}: cannot be loaded: {reason}") from None
     return Checkpoint(meta, groups["params"], groups["optim"], groups["arrays"])
 
 

@@ -9,6 +9,11 @@ metrics and checkpoints.
 Truncated BPTT: a source's batches carry ``reset``; when it is False the model starts from the
 state the previous batch ended in. That state is a plain array (no gradient flows into the
 previous chunk), so chunks of k steps train with k-step BPTT while the state spans the stream.
+
+Stopping and resuming: ``request_stop()`` (safe from a signal handler) ends ``fit`` after the step
+in progress, which then saves its checkpoint and returns with ``interrupted`` set; ``resume``
+restores everything, including the training time so far, and cuts the metrics CSV back to the
+checkpoint's step, so a resumed run's files read as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class Trainer:
         patience: stop after this many evaluations without a better validation loss.
         restore_best: at the end, put back the parameters of the best evaluation.
         progress: show a tqdm progress bar (loss, gradient norm, tokens/s, ETA).
+        print_every: without a progress bar, print a line (loss, validation loss, gradient norm,
+            tokens/s, time) every this many steps (None: never).
         metrics_path: CSV file of the metrics, a row every ``log_every`` steps and at each evaluation.
         checkpoint_path / checkpoint_every: save a checkpoint every so many steps and at the end.
         extra_meta: JSON-serialisable facts stored in every checkpoint (e.g. the vocabulary).
@@ -45,7 +52,7 @@ class Trainer:
     def __init__(self, model: Any, optimizer: Any, *, clip_norm: Optional[float] = None,
                  clip_value: Optional[float] = None, eval_every: Optional[int] = None,
                  patience: Optional[int] = None, restore_best: bool = True, progress: bool = True,
-                 log_every: int = 50, metrics_path: Optional[str] = None,
+                 log_every: int = 50, print_every: Optional[int] = None, metrics_path: Optional[str] = None,
                  checkpoint_path: Optional[str] = None, checkpoint_every: Optional[int] = None,
                  extra_meta: Optional[Dict[str, Any]] = None) -> None:
         self.model = model
@@ -57,6 +64,7 @@ class Trainer:
         self.restore_best = V.check_bool("restore_best", restore_best)
         self.progress = V.check_bool("progress", progress)
         self.log_every = V.check_size("log_every", log_every)
+        self.print_every = None if print_every is None else V.check_size("print_every", print_every)
         self.metrics_path = metrics_path
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = None if checkpoint_every is None else V.check_size("checkpoint_every", checkpoint_every)
@@ -69,8 +77,23 @@ class Trainer:
         self.losses: List[float] = []      # training loss of every step of this process
         self.grad_norms: List[float] = []
         self.evals: List[Dict[str, float]] = []
+        self.elapsed_before = 0.0   # training seconds of earlier runs of this training (resume)
+        self.stopped_early = False
         self._metrics_file = None
         self._metrics_writer = None
+        self._metrics_started = False  # this training has a metrics file: append to it
+        self._fit_start: Optional[float] = None
+        self._stop_requested = False
+
+    def request_stop(self) -> None:
+        """Ends ``fit`` after the step in progress (it saves and returns ``interrupted=True``).
+        Only sets a flag, so a signal handler may call it."""
+        self._stop_requested = True
+
+    def elapsed(self) -> float:
+        """Training seconds so far, earlier runs of a resumed training included."""
+        running = 0.0 if self._fit_start is None else time.perf_counter() - self._fit_start
+        return self.elapsed_before + running
 
     # ---- evaluation ----------------------------------------------------------------------------
     def evaluate(self, source: Any) -> float:
@@ -100,6 +123,7 @@ class Trainer:
         meta["trainer"] = {
             "step": self.step, "best_val": None if math.isinf(self.best_val) else self.best_val,
             "bad_evals": self.bad_evals, "source": None if source is None else source.state_dict(),
+            "elapsed_s": self.elapsed(), "stopped_early": self.stopped_early,
         }
         save_checkpoint(path, self.model, self.optimizer, self.step, meta, arrays)
 
@@ -116,12 +140,32 @@ class Trainer:
         self.step = int(info.get("step", ckpt.step))
         self.best_val = math.inf if info.get("best_val") is None else float(info["best_val"])
         self.bad_evals = int(info.get("bad_evals", 0))
+        self.elapsed_before = float(info.get("elapsed_s", 0.0))
+        self.stopped_early = bool(info.get("stopped_early", False))
         states = [ckpt.arrays[k] for k in sorted(k for k in ckpt.arrays if k.startswith("state/"))]
         self.state = None if not states else (tuple(states) if len(states) == 2 else states[0])
         best = {k[5:]: v for k, v in ckpt.arrays.items() if k.startswith("best/")}
         self.best_params = best or None
         if source is not None and info.get("source") is not None:
             source.load_state_dict(info["source"])
+        if self.metrics_path is not None:
+            self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Keeps the metrics rows up to ``step`` (what a resumed run continues from), atomically."""
+        if not os.path.exists(self.metrics_path):
+            self._metrics_started = False
+            return
+        with open(self.metrics_path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+        tmp = f"{self.metrics_path}.{os.getpid()}.tmp"
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.metrics_path)
+        self._metrics_started = True
 
     # ---- metrics -------------------------------------------------------------------------------
     def _log_row(self, row: Dict[str, Any]) -> None:
@@ -130,8 +174,9 @@ class Trainer:
         if self._metrics_writer is None:
             folder = os.path.dirname(os.path.abspath(self.metrics_path))
             os.makedirs(folder, exist_ok=True)
-            new = not os.path.exists(self.metrics_path) or self.step <= self.log_every
+            new = not self._metrics_started or not os.path.exists(self.metrics_path)
             self._metrics_file = open(self.metrics_path, "w" if new else "a", newline="")
+            self._metrics_started = True
             self._metrics_writer = csv.DictWriter(
                 self._metrics_file,
                 fieldnames=["step", "elapsed_s", "train_loss", "grad_norm", "tokens_per_s", "val_loss"])
@@ -144,15 +189,19 @@ class Trainer:
     def fit(self, train: Any, val: Any = None, *, steps: Optional[int] = None,
             minutes: Optional[float] = None) -> Dict[str, Any]:
         """Trains until ``steps`` (total, counting steps of a resumed run) or ``minutes`` (of this
-        call) run out, or early stopping triggers. Returns a summary dict."""
+        call) run out, early stopping triggers or ``request_stop`` is called. Returns a summary
+        dict: ``steps`` (total), ``steps_this_call``, ``elapsed_s`` (this call), ``total_elapsed_s``
+        (resumed runs included), losses, ``stopped_early`` and ``interrupted``."""
         if steps is None and minutes is None:
             raise ValueError("fit: expected steps, minutes or both, got neither")
         steps = None if steps is None else V.check_size("steps", steps)
         budget_s = None if minutes is None else 60.0 * V.check_positive_float("minutes", minutes)
         model, opt = self.model, self.optimizer
         model.train()
-        start = time.perf_counter()
+        start = self._fit_start = time.perf_counter()
         first_step = self.step
+        interrupted = False
+        printed_loss, printed_norm, printed_tokens, printed_start = [], [], 0, start
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -166,6 +215,9 @@ class Trainer:
                 if steps is not None and self.step >= steps:
                     break
                 if budget_s is not None and time.perf_counter() - start >= budget_s:
+                    break
+                if self._stop_requested:
+                    interrupted, self._stop_requested = True, False
                     break
                 batch = train.next_batch()
                 state = None if batch.reset else self.state
@@ -182,6 +234,9 @@ class Trainer:
                 window_loss.append(loss)
                 window_norm.append(norm)
                 window_tokens += batch.tokens
+                printed_loss.append(loss)
+                printed_norm.append(norm)
+                printed_tokens += batch.tokens
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss} at step {self.step}")
                 if bar is not None:
@@ -189,7 +244,7 @@ class Trainer:
                 if self.step % self.log_every == 0:
                     now = time.perf_counter()
                     tps = window_tokens / max(now - window_start, 1e-9)
-                    row = {"step": self.step, "elapsed_s": round(now - start, 3),
+                    row = {"step": self.step, "elapsed_s": round(self.elapsed_before + now - start, 3),
                            "train_loss": float(np.mean(window_loss)), "grad_norm": float(np.mean(window_norm)),
                            "tokens_per_s": round(tps, 1), "val_loss": ""}
                     self._log_row(row)
@@ -200,17 +255,33 @@ class Trainer:
                             postfix["left"] = f"{max(budget_s - (now - start), 0) / 60:.1f}m"
                         bar.set_postfix(postfix, refresh=False)
                     window_loss, window_norm, window_tokens, window_start = [], [], 0, now
-                if val is not None and self.eval_every and self.step % self.eval_every == 0:
-                    if self._evaluate_and_check(val, start):
-                        stopped_early = True
-                        break
+                evaluated = val is not None and self.eval_every and self.step % self.eval_every == 0
+                if evaluated and self._evaluate_and_check(val, start):
+                    stopped_early = True
+                if bar is None and self.print_every and self.step % self.print_every == 0:
+                    now = time.perf_counter()
+                    line = (f"step {self.step}" + (f"/{steps}" if steps is not None else "")
+                            + f": train loss {np.mean(printed_loss):.4f}"
+                            + (f", validation loss {self.evals[-1]['val_loss']:.4f}" if evaluated else "")
+                            + f", grad norm {np.mean(printed_norm):.3g}, "
+                            f"{printed_tokens / max(now - printed_start, 1e-9):,.0f} tokens/s, "
+                            f"{self.elapsed_before + now - start:.1f} s")
+                    print(line, flush=True)
+                    printed_loss, printed_norm, printed_tokens, printed_start = [], [], 0, now
+                if stopped_early:
+                    break
                 if self.checkpoint_path and self.checkpoint_every and self.step % self.checkpoint_every == 0:
                     self.save(self.checkpoint_path, train)
         finally:
             if bar is not None:
                 bar.close()
+        self.stopped_early = stopped_early
         final_val = None
-        if val is not None:
+        if interrupted:
+            # Stopped mid-run: no final evaluation and the last parameters (not the best) saved,
+            # so that resuming continues exactly where the run was.
+            final_val = self.evals[-1]["val_loss"] if self.evals else None
+        elif val is not None:
             if not self.evals or self.evals[-1]["step"] != self.step:
                 self._evaluate_and_check(val, start)
             final_val = self.evals[-1]["val_loss"]
@@ -222,10 +293,12 @@ class Trainer:
             self._metrics_file.close()
             self._metrics_file = self._metrics_writer = None
         elapsed = time.perf_counter() - start
+        total = self.elapsed()
+        self.elapsed_before, self._fit_start = total, None
         return {"steps": self.step, "steps_this_call": self.step - first_step, "elapsed_s": elapsed,
-                "final_val_loss": final_val,
+                "total_elapsed_s": total, "final_val_loss": final_val,
                 "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
-                "stopped_early": stopped_early,
+                "stopped_early": stopped_early, "interrupted": interrupted,
                 "last_train_loss": self.losses[-1] if self.losses else None}
 
     def _evaluate_and_check(self, val: Any, start: float) -> bool:
@@ -233,7 +306,7 @@ class Trainer:
         val_loss = self.evaluate(val)
         self.model.train()
         self.evals.append({"step": self.step, "val_loss": val_loss})
-        self._log_row({"step": self.step, "elapsed_s": round(time.perf_counter() - start, 3), "train_loss": "",
+        self._log_row({"step": self.step, "elapsed_s": round(self.elapsed_before + time.perf_counter() - start, 3), "train_loss": "",
                        "grad_norm": "", "tokens_per_s": "", "val_loss": val_loss})
         if val_loss < self.best_val:
             self.best_val = val_loss
