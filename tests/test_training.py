@@ -15,6 +15,7 @@ import pytest
 
 import rnnkit
 from rnnkit import data
+from compare_claims import Checker
 from rnnkit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 40 + "def f(x):\n    return x * 2\n" * 30)
@@ -264,6 +265,13 @@ def test_cli_compare_quick(tmp_path):
     assert "Recurrent layer vs recurrent network" in report and "adding problem" in report
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["runs"]) == 12 and len(results["timing"]) == 2
+    assert Checker(str(tmp_path)).check() >= 7  # every sentence of the report, against results.json
+
+
+def test_the_recorded_compare_report_states_only_what_its_results_show():
+    folder = os.path.join(os.path.dirname(__file__), "..", "bench", "compare")
+    checker = Checker(folder)
+    assert checker.check() >= 20 and checker.results["settings"]["lengths"] == [50, 100, 200]
 
 
 def test_plots_are_written_when_matplotlib_is_installed(tmp_path):
