@@ -258,9 +258,17 @@ def test_cli_reports_user_errors_without_a_traceback(tmp_path):
     assert proc.returncode == 2 and "cannot be loaded" in proc.stderr
 
 
-def test_cli_compare_quick(tmp_path):
-    proc = _cli("compare", "--quick", "--out", str(tmp_path), "--no-progress")
+@pytest.fixture(scope="module")
+def quick_compare(tmp_path_factory):
+    """One `rnnkit compare --quick` run for the tests that read its output (it is the suite's longest call)."""
+    out = tmp_path_factory.mktemp("compare")
+    proc = _cli("compare", "--quick", "--out", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_cli_compare_quick(quick_compare):
+    tmp_path = quick_compare
     report = (tmp_path / "report.md").read_text()
     assert "Recurrent layer vs recurrent network" in report and "adding problem" in report
     results = json.loads((tmp_path / "results.json").read_text())
@@ -274,14 +282,12 @@ def test_the_recorded_compare_report_states_only_what_its_results_show():
     assert checker.check() >= 20 and checker.results["settings"]["lengths"] == [50, 100, 200]
 
 
-def test_plots_are_written_when_matplotlib_is_installed(tmp_path):
+def test_plots_are_written_when_matplotlib_is_installed(tmp_path, quick_compare):
     pytest.importorskip("matplotlib", reason="matplotlib is not installed: the PNG plots are skipped")
     proc = _cli("train", "--task", "adding", "--task-length", "10", "--steps", "20", "--hidden", "8",
                 "--batch", "4", "--eval-every", "10", "--log-every", "5", "--out", str(tmp_path / "t"), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "t" / "loss.png").stat().st_size > 1000
-    proc = _cli("compare", "--quick", "--out", str(tmp_path / "c"), "--no-progress")
-    assert proc.returncode == 0, proc.stderr
-    pngs = sorted(p.name for p in (tmp_path / "c").glob("*.png"))
+    pngs = sorted(p.name for p in quick_compare.glob("*.png"))
     assert pngs == ["adding_T50.png", "grad_by_step_T50.png", "grad_norm_T50.png", "layer_vs_network.png"]
-    assert "![layer vs network](layer_vs_network.png)" in (tmp_path / "c" / "report.md").read_text()
+    assert "![layer vs network](layer_vs_network.png)" in (quick_compare / "report.md").read_text()

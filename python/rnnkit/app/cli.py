@@ -189,9 +189,9 @@ def _resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser,
         typed = getattr(args, name)
         if stored is not None and name in RUN_SETTINGS:
             if typed is not None and typed != stored.get(name):
-                raise CommandError(f"{flag[name]}: the run in {out} was started with {flag[name]} "
-                                   f"{stored.get(name)}, got {typed} (a resumed run keeps its settings; "
-                                   f"start a new run with another --out to change it)")
+                was = f"{flag[name]} {stored[name]}" if stored.get(name) is not None else f"no {flag[name]}"
+                raise CommandError(f"{flag[name]}: the run in {out} was started with {was}, got {typed} (a resumed "
+                                   "run keeps its settings; start a new run with another --out to change it)")
             settings[name] = stored.get(name)
         elif typed is not None:
             settings[name] = typed
