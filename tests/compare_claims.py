@@ -9,7 +9,7 @@ import json
 import math
 import os
 import re
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 

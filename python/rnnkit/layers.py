@@ -293,7 +293,8 @@ class _RecurrentLayer(StackOptions):
             # What the last step returned goes straight through; anything else is checked and named.
             if not (type(state) is tuple and len(state) == 2 and state[0] is not None and state[1] is not None):
                 state = V.split_state("state", state, True, type(self).__name__, pair=("h", "c"))
-            h, c = self._step_state("state[0]", state[0], (L, N, P)), self._step_state("state[1]", state[1], (L, N, H))
+            h = self._step_state("state[0]", state[0], (L, N, P))
+            c = self._step_state("state[1]", state[1], (L, N, H), cell_state=True)
         else:
             if type(state) is not np.ndarray:
                 state, _ = V.split_state("state", state, False, type(self).__name__, pair=("h", "c"))
@@ -303,12 +304,11 @@ class _RecurrentLayer(StackOptions):
             y = y[0]
         return y, ((h_new, c_new) if self._has_cell_state else h_new)
 
-    def _step_state(self, name: str, value: Any, shape: Tuple[int, ...]) -> np.ndarray:
+    def _step_state(self, name: str, value: Any, shape: Tuple[int, ...], cell_state: bool = False) -> np.ndarray:
         if type(value) is np.ndarray and value.dtype == self.dtype and value.shape == shape and value.flags.c_contiguous:
             return value  # what the last step returned: no conversion (the streaming hot path)
         arr = V.as_float_array(name, value, self.dtype)
-        width_name = "hidden_size" if name == "state[1]" else self._state_size_name
-        V.check_shape(name, arr, shape, V.state_meaning(width_name))
+        V.check_shape(name, arr, shape, V.state_meaning("hidden_size" if cell_state else self._state_size_name))
         return arr
 
     # ---- state shapes -----------------------------------------------------------------------

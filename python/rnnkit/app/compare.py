@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ..train.data import ADDING_BASELINE_MSE
 from .timing import interleaved_medians
 
 # The thresholds every sentence of the report is measured against (stated in the report).
@@ -30,7 +31,7 @@ SOLVED_MSE = 0.01           # the adding problem counts as solved below this val
 CLIP_NORM = 1.0             # the clipped runs' global gradient-norm limit
 SPIKE_FACTOR = 10.0         # a gradient spike: a step's norm above this many times its run's median
 VANISHED_RATIO = 1e-3       # vanished: the gradient at the first input step below this share of the last's
-ADDING_BASELINE = 1.0 / 6.0  # always answering 1
+ADDING_BASELINE = ADDING_BASELINE_MSE  # always answering 1
 MSE_PLOT_TOP = 2.0          # the adding plots' MSE axis ends here (worse runs are drawn at the edge)
 
 # name -> (network cell, extra network options, description, short label, plot colour, line style,
@@ -159,6 +160,16 @@ def _names(items: List[str]) -> str:
     return ", ".join(items) if items else "none"
 
 
+def _run(runs: List[Dict[str, Any]], T: int, clip: bool, key: str) -> Optional[Dict[str, Any]]:
+    """The run of one cell at one T with or without clipping (None when the grid lacks it)."""
+    return next((r for r in runs if r["T"] == T and r["clip"] == clip and r["cell"] == key), None)
+
+
+def clipped_steps(run: Dict[str, Any]) -> int:
+    """Steps whose gradient norm (before clipping) exceeded CLIP_NORM: where clipping acted."""
+    return sum(g > CLIP_NORM for g in run["grad_norms"])
+
+
 def spike_count(grad_norms: List[float]) -> int:
     """Steps whose gradient norm exceeds SPIKE_FACTOR times the run's median (finite steps only)."""
     finite = [g for g in grad_norms if math.isfinite(g)]
@@ -208,10 +219,10 @@ def findings(timing: List[Dict[str, float]], runs: List[Dict[str, Any]], lengths
                            f"{_names(unsolved)}; diverged by {_names(diverged)}.")
         acted, never = [], []
         for key in CELLS:
-            clipped = next((r for r in runs if r["T"] == T and r["clip"] and r["cell"] == key), None)
+            clipped = _run(runs, T, True, key)
             if clipped is None:
                 continue
-            n = sum(g > CLIP_NORM for g in clipped["grad_norms"])
+            n = clipped_steps(clipped)
             (acted.append(f"{_label(key)} ({n} of {len(clipped['grad_norms'])} steps)") if n else
              never.append(_label(key)))
         clipping.append(f"T={T}: clipping at {CLIP_NORM:g} acted (gradient norm > {CLIP_NORM:g}) on {_names(acted)}"
@@ -241,9 +252,8 @@ def findings(timing: List[Dict[str, float]], runs: List[Dict[str, Any]], lengths
 
 
 # ---- report -------------------------------------------------------------------------------------------
-def _line(ax, key: str, x, y, markers: bool = False, note: str = "", **kw) -> None:
+def _line(ax, key: str, x, y, markers: bool = False, **kw) -> None:
     _, _, _, label, colour, style, marker = CELLS[key]
-    label += note
     if markers:
         # Earlier cells draw wider and hollow: a later curve on top of one leaves it showing.
         order = list(CELLS).index(key)
@@ -292,15 +302,15 @@ def _plots(out: str, timing: List[Dict[str, float]], runs: List[Dict[str, Any]],
         for ax, clip in zip(axes, panels):
             off_scale = []
             for key in CELLS:
-                r = next((r for r in runs if r["T"] == T and r["clip"] == clip and r["cell"] == key), None)
+                r = _run(runs, T, clip, key)
                 if r is not None and r["evals"]:
                     steps, vals = zip(*r["evals"])
                     vals = np.asarray(vals, dtype=np.float64)
-                    # A blown-up run is drawn at the top edge (its value in the legend), so that it does
+                    # A blown-up run is drawn at the top edge (its value in the title), so that it does
                     # not squash the curves that matter into the bottom of a log axis.
                     worst = np.nanmax(np.where(np.isfinite(vals), vals, np.nan)) if np.isfinite(vals).any() else np.inf
                     if worst > MSE_PLOT_TOP:
-                        off_scale.append(f"{CELLS[key][3]} up to {worst:.2g}")
+                        off_scale.append(f"{_label(key)} up to {worst:.2g}")
                     shown = np.clip(np.nan_to_num(vals, nan=MSE_PLOT_TOP, posinf=MSE_PLOT_TOP), 1e-6, MSE_PLOT_TOP)
                     lowest = min(lowest, float(shown.min()))
                     _line(ax, key, steps, shown, markers=True, alpha=0.85)
@@ -323,7 +333,7 @@ def _plots(out: str, timing: List[Dict[str, float]], runs: List[Dict[str, Any]],
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for ax, clip in zip(axes, panels):
         for key in CELLS:
-            r = next((r for r in runs if r["T"] == T and r["clip"] == clip and r["cell"] == key), None)
+            r = _run(runs, T, clip, key)
             if r is not None:
                 _line(ax, key, np.arange(1, len(r["grad_norms"]) + 1), np.maximum(r["grad_norms"], 1e-12),
                       lw=0.8, alpha=0.8)
@@ -344,11 +354,11 @@ def _plots(out: str, timing: List[Dict[str, float]], runs: List[Dict[str, Any]],
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
     floored = []
     for key in CELLS:
-        r = next((r for r in runs if r["T"] == T and r["clip"] and r["cell"] == key), None)
+        r = _run(runs, T, True, key)
         if r is not None:
             g = np.asarray(r["grad_by_step"], dtype=np.float64)
             if (g < 1e-30).any():
-                floored.append(CELLS[key][3])
+                floored.append(_label(key))
             _line(ax, key, np.arange(T), np.maximum(g, 1e-30), markers=True, markevery=max(1, T // 12), alpha=0.85)
     ax.set_yscale("log")
     ax.set_xlabel("input step t (the loss is at t = T-1)")
@@ -413,7 +423,7 @@ def write_report(out: str, s: Dict[str, Any], timing, runs, plots, quick: bool, 
         gmax = max(finite) if finite else float("nan")
         outcome = (r["solved_at"] if r["solved_at"] is not None
                    else f"diverged (step {r['diverged_at']})" if r["diverged_at"] is not None else "not solved")
-        clipped = str(sum(g > CLIP_NORM for g in r["grad_norms"])) if r["clip"] else "—"
+        clipped = str(clipped_steps(r)) if r["clip"] else "—"
         lines.append(f"| {CELLS[r['cell']][2]} | {r['T']} | {format(CLIP_NORM, 'g') if r['clip'] else 'off'} | "
                      f"{_fmt(r['final_mse'], '.4g')} | {outcome} | {r['steps']} | {_fmt(gmax, '.3g')} | {clipped} | "
                      f"{r['seconds']:.1f} |")

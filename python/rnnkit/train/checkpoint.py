@@ -23,7 +23,7 @@ import secrets
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, BinaryIO, Callable, Dict, Optional
 
 import numpy as np
 
@@ -53,8 +53,10 @@ def _json_default(value: Any):
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
-def atomic_write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
-    """Writes an uncompressed .npz atomically (temporary file, fsync, rename, fsync of the folder)."""
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Writes a file atomically: ``write(f)`` fills a temporary file next to it, which is flushed,
+    fsync'ed and renamed over ``path``, then the folder is fsync'ed. An interrupted write leaves the
+    previous file whole (and at worst a temporary that the next write to ``path`` removes)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -64,7 +66,7 @@ def atomic_write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -78,6 +80,11 @@ def atomic_write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
     finally:
         os.close(dir_fd)
     _remove_stale_temporaries(folder, os.path.basename(path))
+
+
+def atomic_write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
+    """Writes an uncompressed .npz atomically (see atomic_write)."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _remove_stale_temporaries(folder: str, name: str) -> None:

@@ -19,16 +19,43 @@ checkpoint's step, so a resumed run's files read as if it had never stopped.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from .. import _validate as V
 from . import optim as _optim
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, atomic_write, load_checkpoint, save_checkpoint
+
+
+class _Window:
+    """Losses, gradient norms and tokens since the last summary (the metrics CSV's rows and the
+    printed log lines each keep one)."""
+
+    def __init__(self) -> None:
+        self._restart(time.perf_counter())
+
+    def _restart(self, now: float) -> None:
+        self.losses: List[float] = []
+        self.norms: List[float] = []
+        self.tokens, self.start = 0, now
+
+    def add(self, loss: float, norm: float, tokens: int) -> None:
+        self.losses.append(loss)
+        self.norms.append(norm)
+        self.tokens += tokens
+
+    def take(self) -> Tuple[float, float, float]:
+        """(mean loss, mean gradient norm, tokens per second) since the last take (at least one
+        step added), and starts the next window."""
+        now = time.perf_counter()
+        summary = (float(np.mean(self.losses)), float(np.mean(self.norms)), self.tokens / max(now - self.start, 1e-9))
+        self._restart(now)
+        return summary
 
 
 class Trainer:
@@ -127,9 +154,10 @@ class Trainer:
         }
         save_checkpoint(path, self.model, self.optimizer, self.step, meta, arrays)
 
-    def resume(self, path: str, source: Any = None) -> None:
-        """Loads a checkpoint written by ``save`` into this trainer's model, optimizer and source."""
-        ckpt = load_checkpoint(path)
+    def resume(self, path: Union[str, Checkpoint], source: Any = None) -> None:
+        """Loads a checkpoint written by ``save`` (a path, or one ``load_checkpoint`` has read) into
+        this trainer's model, optimizer and source."""
+        ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path)
         self.model.load_state_dict(ckpt.params)
         self.model.dropout_rng.bit_generator.state = ckpt.meta["dropout_rng"]
         opt_info = ckpt.meta.get("optimizer")
@@ -159,12 +187,9 @@ class Trainer:
         with open(self.metrics_path, newline="") as f:
             rows = list(csv.reader(f))
         kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
-        tmp = f"{self.metrics_path}.{os.getpid()}.tmp"
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.metrics_path)
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(kept)
+        atomic_write(self.metrics_path, lambda f: f.write(text.getvalue().encode("utf-8")))
         self._metrics_started = True
 
     # ---- metrics -------------------------------------------------------------------------------
@@ -201,13 +226,12 @@ class Trainer:
         start = self._fit_start = time.perf_counter()
         first_step = self.step
         interrupted = False
-        printed_loss, printed_norm, printed_tokens, printed_start = [], [], 0, start
+        logged, printed = _Window(), _Window()  # the CSV rows' and the log lines' summaries
         bar = None
         if self.progress:
             from tqdm import tqdm
 
             bar = tqdm(total=steps, initial=self.step, unit="step", dynamic_ncols=True, mininterval=0.5)
-        window_loss, window_norm, window_tokens, window_start = [], [], 0, time.perf_counter()
         stopped_early = False
         try:
             opt.zero_grad()
@@ -231,43 +255,30 @@ class Trainer:
                 self.step += 1
                 self.losses.append(loss)
                 self.grad_norms.append(norm)
-                window_loss.append(loss)
-                window_norm.append(norm)
-                window_tokens += batch.tokens
-                printed_loss.append(loss)
-                printed_norm.append(norm)
-                printed_tokens += batch.tokens
+                logged.add(loss, norm, batch.tokens)
+                printed.add(loss, norm, batch.tokens)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss} at step {self.step}")
                 if bar is not None:
                     bar.update(1)
                 if self.step % self.log_every == 0:
-                    now = time.perf_counter()
-                    tps = window_tokens / max(now - window_start, 1e-9)
-                    row = {"step": self.step, "elapsed_s": round(self.elapsed_before + now - start, 3),
-                           "train_loss": float(np.mean(window_loss)), "grad_norm": float(np.mean(window_norm)),
-                           "tokens_per_s": round(tps, 1), "val_loss": ""}
-                    self._log_row(row)
+                    mean_loss, mean_norm, tps = logged.take()
+                    self._log_row({"step": self.step, "elapsed_s": round(self.elapsed(), 3), "train_loss": mean_loss,
+                                   "grad_norm": mean_norm, "tokens_per_s": round(tps, 1), "val_loss": ""})
                     if bar is not None:
-                        postfix = {"loss": f"{row['train_loss']:.4f}", "gnorm": f"{row['grad_norm']:.3g}",
-                                   "tok/s": f"{tps:,.0f}"}
+                        postfix = {"loss": f"{mean_loss:.4f}", "gnorm": f"{mean_norm:.3g}", "tok/s": f"{tps:,.0f}"}
                         if budget_s is not None:
-                            postfix["left"] = f"{max(budget_s - (now - start), 0) / 60:.1f}m"
+                            postfix["left"] = f"{max(budget_s - (time.perf_counter() - start), 0) / 60:.1f}m"
                         bar.set_postfix(postfix, refresh=False)
-                    window_loss, window_norm, window_tokens, window_start = [], [], 0, now
                 evaluated = val is not None and self.eval_every and self.step % self.eval_every == 0
-                if evaluated and self._evaluate_and_check(val, start):
+                if evaluated and self._evaluate_and_check(val):
                     stopped_early = True
                 if bar is None and self.print_every and self.step % self.print_every == 0:
-                    now = time.perf_counter()
-                    line = (f"step {self.step}" + (f"/{steps}" if steps is not None else "")
-                            + f": train loss {np.mean(printed_loss):.4f}"
-                            + (f", validation loss {self.evals[-1]['val_loss']:.4f}" if evaluated else "")
-                            + f", grad norm {np.mean(printed_norm):.3g}, "
-                            f"{printed_tokens / max(now - printed_start, 1e-9):,.0f} tokens/s, "
-                            f"{self.elapsed_before + now - start:.1f} s")
-                    print(line, flush=True)
-                    printed_loss, printed_norm, printed_tokens, printed_start = [], [], 0, now
+                    mean_loss, mean_norm, tps = printed.take()
+                    print(f"step {self.step}" + (f"/{steps}" if steps is not None else "")
+                          + f": train loss {mean_loss:.4f}"
+                          + (f", validation loss {self.evals[-1]['val_loss']:.4f}" if evaluated else "")
+                          + f", grad norm {mean_norm:.3g}, {tps:,.0f} tokens/s, {self.elapsed():.1f} s", flush=True)
                 if stopped_early:
                     break
                 if self.checkpoint_path and self.checkpoint_every and self.step % self.checkpoint_every == 0:
@@ -283,7 +294,7 @@ class Trainer:
             final_val = self.evals[-1]["val_loss"] if self.evals else None
         elif val is not None:
             if not self.evals or self.evals[-1]["step"] != self.step:
-                self._evaluate_and_check(val, start)
+                self._evaluate_and_check(val)
             final_val = self.evals[-1]["val_loss"]
             if self.restore_best and self.best_params is not None and self.best_val < final_val:
                 self.model.load_state_dict(self.best_params)
@@ -301,12 +312,12 @@ class Trainer:
                 "stopped_early": stopped_early, "interrupted": interrupted,
                 "last_train_loss": self.losses[-1] if self.losses else None}
 
-    def _evaluate_and_check(self, val: Any, start: float) -> bool:
+    def _evaluate_and_check(self, val: Any) -> bool:
         """Evaluates, records, tracks the best parameters; True when patience has run out."""
         val_loss = self.evaluate(val)
         self.model.train()
         self.evals.append({"step": self.step, "val_loss": val_loss})
-        self._log_row({"step": self.step, "elapsed_s": round(self.elapsed_before + time.perf_counter() - start, 3), "train_loss": "",
+        self._log_row({"step": self.step, "elapsed_s": round(self.elapsed(), 3), "train_loss": "",
                        "grad_norm": "", "tokens_per_s": "", "val_loss": val_loss})
         if val_loss < self.best_val:
             self.best_val = val_loss
