@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['Cache', 'NetworkCache', 'NetworkConfig', 'OutOfMemoryError', 'StackConfig', 'adam_step', 'backward', 'blas_num_threads', 'build_info', 'cached_bytes', 'clamp_arrays', 'cuda_status', 'empty_cache', 'forward', 'get_deterministic', 'get_num_threads', 'network_backward', 'network_forward', 'network_generate', 'rmsprop_step', 'scale_arrays', 'set_deterministic', 'set_num_threads', 'sgd_step', 'step', 'sum_of_squares']
+__all__: list[str] = ['Cache', 'NetworkCache', 'NetworkConfig', 'OutOfMemoryError', 'StackConfig', 'adam_step', 'backward', 'backward_reserve', 'blas_num_threads', 'build_info', 'cached_bytes', 'clamp_arrays', 'cuda_status', 'empty_cache', 'forward', 'get_deterministic', 'get_num_threads', 'network_backward', 'network_forward', 'network_generate', 'reserve_size', 'rmsprop_step', 'scale_arrays', 'set_deterministic', 'set_num_threads', 'sgd_step', 'step', 'sum_of_squares']
 class OutOfMemoryError(MemoryError):
     pass
 class StackConfig:
@@ -67,6 +67,11 @@ class Cache:
         """
         (T, N) of the forward that made it.
         """
+    def reserve(self) -> numpy.ndarray:
+        """
+        The cache as one flat array (reserve_size elements, no copy; keeps the cache alive), for
+        backward_reserve. Zeroed padding only when the forward was asked for zero_cache.
+        """
 class NetworkConfig:
     """
     Configuration of a recurrent network (see network.h).
@@ -121,6 +126,15 @@ def _sgemm_gflops(n: typing.SupportsInt | typing.SupportsIndex, reps: typing.Sup
     ...
 def adam_step(params: list, grads: list, exp_avg: list, exp_avg_sq: list, lr: typing.SupportsFloat | typing.SupportsIndex, beta1: typing.SupportsFloat | typing.SupportsIndex, beta2: typing.SupportsFloat | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, weight_decay: typing.SupportsFloat | typing.SupportsIndex, decoupled: bool, step: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...
+def reserve_size(config: StackConfig, T: typing.SupportsInt, N: typing.SupportsInt, dtype: numpy.dtype) -> int:
+    """
+    Elements of a training forward's cache block (Cache.reserve()) for x [T,N,C] of this dtype.
+    """
+def backward_reserve(config: StackConfig, reserve: numpy.ndarray, T: typing.SupportsInt, N: typing.SupportsInt, lengths: numpy.ndarray | None, dropout_seed: typing.SupportsInt, dy: numpy.ndarray | None, dh_n: numpy.ndarray | None, dc_n: numpy.ndarray | None, grads: list, need_dx: bool) -> tuple:
+    """
+    backward, from a reserve (a copy of Cache.reserve()) instead of the Cache; the same call's
+    config, T, N, lengths and dropout_seed must be given. The reserve is read, not modified.
+    """
 def backward(cache: Cache, dy: numpy.ndarray | None, dh_n: numpy.ndarray | None, dc_n: numpy.ndarray | None, grads: list, need_dx: bool) -> tuple:
     """
     BPTT through the forward that produced `cache`.
@@ -150,7 +164,7 @@ def empty_cache() -> None:
     """
     Returns the large buffers rnnkit keeps for reuse to the system.
     """
-def forward(config: StackConfig, params: list, x: numpy.ndarray, h0: numpy.ndarray | None, c0: numpy.ndarray | None, lengths: numpy.ndarray | None, training: bool, dropout_seed: typing.SupportsInt | typing.SupportsIndex) -> tuple:
+def forward(config: StackConfig, params: list, x: numpy.ndarray, h0: numpy.ndarray | None, c0: numpy.ndarray | None, lengths: numpy.ndarray | None, training: bool, dropout_seed: typing.SupportsInt | typing.SupportsIndex, zero_cache: bool = False) -> tuple:
     """
     A stack of recurrent layers over a time-major sequence.
     

@@ -75,6 +75,13 @@ class _RecurrentLayer(StackOptions):
         self._cache = None
         self._guard.set_pending(False)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        """For pickle and copy.deepcopy: everything but a training forward's cache, so a copy
+        starts with no forward awaiting its backward (and a guard of its own)."""
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
     def zero_grad(self) -> None:
         """Sets every gradient to zero (in place)."""
         V.zero_arrays("grads", self.grads)

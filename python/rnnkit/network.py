@@ -193,6 +193,13 @@ class RNNNetwork:
         specs = dict(self._specs)
         V.copy_into_params(self.params, V.check_state_dict("state_dict", state, specs, self.dtype), specs, self.dtype)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        """For pickle and copy.deepcopy: everything but a training forward's cache, so a copy
+        starts with no forward awaiting its backward (and a guard of its own)."""
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
     def zero_grad(self) -> None:
         V.zero_arrays("grads", self.grads)
 

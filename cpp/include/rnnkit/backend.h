@@ -86,6 +86,14 @@ class BackendOps {
   virtual std::unique_ptr<StackCache> stack_forward(const StackPlan& plan, const StackForwardArgs<S>& args) const = 0;
   virtual void stack_backward(StackCache& cache, const StackBackwardArgs<S>& args) const = 0;
   virtual void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& args) const = 0;
+  // A training cache as one flat block of plan.footprint.cache elements, and back: a caller may keep
+  // the block as an array of its own between forward and backward (a "reserve", as cuDNN calls it;
+  // the PyTorch operators do). `stack_cache_block` views a cache's block; `stack_cache_from_block`
+  // makes a cache from a copy of one and the same call's plan, lengths ([N] or null) and seed.
+  virtual const S* stack_cache_block(const StackCache& cache) const = 0;
+  virtual std::unique_ptr<StackCache> stack_cache_from_block(const StackPlan& plan, const S* block,
+                                                             const index_t* lengths,
+                                                             std::uint64_t dropout_seed) const = 0;
 
   // Network: forward with the fused loss, backward, sampling.
   virtual std::unique_ptr<NetworkPlan> plan_network(const NetworkConfig& cfg, index_t T, index_t N,

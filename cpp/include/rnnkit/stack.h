@@ -134,6 +134,9 @@ struct StackForwardArgs {
   StatePair<const S*> state0;      // h0, c0
   const index_t* lengths = nullptr;
   std::uint64_t dropout_seed = 0;  // training with dropout
+  // Training: zero the cache block before filling it, so that every element of it (padding
+  // included) is a function of the inputs; a cache handed out as an array (a reserve) needs it.
+  bool zero_cache = false;
   S* y = nullptr;
   StatePair<S*> state_n;           // h_n, c_n
 };

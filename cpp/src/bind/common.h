@@ -63,10 +63,18 @@ bool is_aligned(const py::array& a) {
   return reinterpret_cast<std::uintptr_t>(a.data()) % alignof(S) == 0;
 }
 
+// Whether dt is S's dtype: NumPy's equivalence, not identity (an unpickled array carries a dtype
+// object of its own that is not NumPy's float32 singleton, yet is float32).
+template <typename S>
+bool is_dtype(const py::dtype& dt) {
+  return dt.is(py::dtype::of<S>()) ||
+         py::detail::npy_api::get().PyArray_EquivTypes_(dt.ptr(), py::dtype::of<S>().ptr());
+}
+
 template <typename S>
 void check_array(const py::array& a, const std::string& name, const std::vector<index_t>& shape,
                  bool writable) {
-  if (!a.dtype().is(py::dtype::of<S>())) {
+  if (!is_dtype<S>(a.dtype())) {
     throw py::type_error(concat(name, ": expected dtype ", dtype_name(py::dtype::of<S>()),
                                 ", got ", dtype_name(a.dtype())));
   }
@@ -83,7 +91,7 @@ void check_array(const py::array& a, const std::string& name, const std::vector<
 // The checks of check_array without building any message (the common, valid case is hot).
 template <typename S>
 bool array_ok(const py::array& a, const std::vector<index_t>& shape, bool writable) {
-  if (!a.dtype().is(py::dtype::of<S>()) || a.ndim() != static_cast<py::ssize_t>(shape.size())) return false;
+  if (!is_dtype<S>(a.dtype()) || a.ndim() != static_cast<py::ssize_t>(shape.size())) return false;
   for (std::size_t i = 0; i < shape.size(); ++i) {
     if (a.shape(i) != shape[i]) return false;
   }
@@ -202,8 +210,8 @@ inline py::dtype list_dtype(const py::list& arrays, const char* what) {
 // Calls fn(float{}) or fn(double{}) for a float32/float64 dtype; TypeError naming `what` otherwise.
 template <typename Fn>
 decltype(auto) by_dtype(const py::dtype& dt, const char* what, Fn&& fn) {
-  if (dt.is(py::dtype::of<float>())) return fn(float{});
-  if (dt.is(py::dtype::of<double>())) return fn(double{});
+  if (is_dtype<float>(dt)) return fn(float{});
+  if (is_dtype<double>(dt)) return fn(double{});
   throw py::type_error(concat(what, ": expected dtype float32 or float64, got ", dtype_name(dt)));
 }
 

@@ -28,6 +28,30 @@ LossKind parse_loss(const std::string& loss) {
   throw_expected("loss", "'cross_entropy', 'mse' or 'none'", concat("'", loss, "'"));
 }
 
+const char* head_name(HeadKind head) { return head == HeadKind::kSequence ? "sequence" : "last"; }
+
+const char* loss_name(LossKind loss) {
+  switch (loss) {
+    case LossKind::kCrossEntropy: return "cross_entropy";
+    case LossKind::kMSE: return "mse";
+    case LossKind::kNone: return "none";
+  }
+  return "none";
+}
+
+NetworkConfig make_network_config(const StackConfig& stack, index_t vocab_size, index_t output_size,
+                                  const std::string& head, const std::string& loss, index_t ignore_index) {
+  NetworkConfig c;
+  c.stack = stack;
+  c.vocab_size = vocab_size;
+  c.output_size = output_size;
+  c.head = parse_head(head);
+  c.loss = parse_loss(loss);
+  c.ignore_index = ignore_index;
+  check_network_config(c);
+  return c;
+}
+
 // What a training forward keeps for backward, as the Python object _core.NetworkCache.
 struct NetCache {
   std::unique_ptr<NetworkCache> data;
@@ -211,20 +235,20 @@ py::tuple generate_impl(const NetworkConfig& cfg, const py::list& params, const 
 
 void register_network(py::module_& m) {
   py::class_<NetworkConfig>(m, "NetworkConfig", py::module_local(), "Configuration of a recurrent network (see network.h).")
-      .def(py::init([](const StackConfig& stack, index_t vocab_size, index_t output_size,
-                       const std::string& head, const std::string& loss, index_t ignore_index) {
-             NetworkConfig c;
-             c.stack = stack;
-             c.vocab_size = vocab_size;
-             c.output_size = output_size;
-             c.head = parse_head(head);
-             c.loss = parse_loss(loss);
-             c.ignore_index = ignore_index;
-             check_network_config(c);
-             return c;
-           }),
+      .def(py::init(&make_network_config),
            py::arg("stack"), py::arg("vocab_size"), py::arg("output_size"), py::arg("head") = "sequence",
            py::arg("loss") = "cross_entropy", py::arg("ignore_index") = -100)
+      // Pickled as its constructor's arguments (the stack pickles itself), like StackConfig.
+      .def(py::pickle(
+          [](const NetworkConfig& c) {
+            return py::make_tuple(c.stack, c.vocab_size, c.output_size, head_name(c.head), loss_name(c.loss),
+                                  c.ignore_index);
+          },
+          [](const py::tuple& t) {
+            if (py::len(t) != 6) throw_expected("NetworkConfig state", "a tuple of 6", py::len(t));
+            return make_network_config(t[0].cast<StackConfig>(), t[1].cast<index_t>(), t[2].cast<index_t>(),
+                                       t[3].cast<std::string>(), t[4].cast<std::string>(), t[5].cast<index_t>());
+          }))
       .def_readonly("stack", &NetworkConfig::stack)
       .def_readonly("vocab_size", &NetworkConfig::vocab_size)
       .def_readonly("output_size", &NetworkConfig::output_size)

@@ -35,7 +35,8 @@ void refuse_cell_state(const std::optional<py::array>& a, const char* name, cons
 template <typename S>
 py::tuple forward_impl(const StackConfig& cfg, const py::list& params, const py::array& x,
                        const std::optional<py::array>& h0, const std::optional<py::array>& c0,
-                       const std::optional<py::array>& lengths, bool training, std::uint64_t dropout_seed) {
+                       const std::optional<py::array>& lengths, bool training, std::uint64_t dropout_seed,
+                       bool zero_cache) {
   if (x.ndim() != 3) throw_expected("x", "a 3-D array [T, N, C]", concat(x.ndim(), "-D"));
   const index_t T = x.shape(0), N = x.shape(1);
   if (T < 1) throw_expected("sequence length T", "T >= 1", T);
@@ -69,6 +70,7 @@ py::tuple forward_impl(const StackConfig& cfg, const py::list& params, const py:
   args.state0 = {h0p, c0p};
   args.lengths = lp;
   args.dropout_seed = dropout_seed;
+  args.zero_cache = zero_cache;
   args.y = y.mutable_data();
   args.state_n.h = h_n.mutable_data();
   std::unique_ptr<StackCache> cache;
@@ -150,28 +152,76 @@ py::tuple step_impl(const StackConfig& cfg, const py::list& params, const py::ar
   return py::make_tuple(y, h_new, c_new);
 }
 
+StackConfig make_stack_config(const std::string& mode, index_t input_size, index_t hidden_size, index_t num_layers,
+                              bool bidirectional, index_t proj_size, bool bias, double dropout) {
+  StackConfig c;
+  c.cell = parse_mode(mode);
+  c.input_size = input_size;
+  c.hidden_size = hidden_size;
+  c.num_layers = num_layers;
+  c.num_directions = bidirectional ? 2 : 1;
+  c.proj_size = proj_size;
+  c.bias = bias;
+  c.dropout = dropout;
+  check_stack_config(c);
+  return c;
+}
+
+// The cache's block as an array that keeps the cache alive (no copy).
+template <typename S>
+py::array reserve_view(const py::object& self) {
+  const Cache& c = self.cast<const Cache&>();
+  const S* block = backend_for(c.data->device()).ops<S>().stack_cache_block(*c.data);
+  const auto& plan = c.data->plan();
+  return py::array_t<S>({static_cast<py::ssize_t>(plan.footprint.cache)}, {static_cast<py::ssize_t>(sizeof(S))},
+                        block, self);
+}
+
+// Backward from a reserve: a cache rebuilt from a copy of the block (backward overwrites what it
+// reads, and the caller's reserve must stay as it was: a retained graph may backpropagate again).
+template <typename S>
+py::tuple backward_reserve_impl(const StackConfig& cfg, const py::array& reserve, index_t T, index_t N,
+                                const std::optional<py::array>& lengths, std::uint64_t dropout_seed,
+                                const std::optional<py::array>& dy, const std::optional<py::array>& dh_n,
+                                const std::optional<py::array>& dc_n, const py::list& grads, bool need_dx) {
+  if (T < 1) throw_expected("sequence length T", "T >= 1", T);
+  if (N < 1) throw_expected("batch size N", "N >= 1", N);
+  check_stack_dims(cfg, T, N);
+  const index_t* lp = check_lengths(lengths, T, N);
+  const Backend& backend = backend_for(device_of(reserve));
+  const BackendOps<S>& ops = backend.ops<S>();
+  const std::unique_ptr<StackPlan> plan = ops.plan_stack(cfg, T, N, true);
+  const S* block = in_ptr<S>(reserve, "reserve", {plan->footprint.cache});
+  backend.check_fits(checked_mul(plan->footprint.cache, sizeof(S), "reserve bytes"), "a backward call");
+  Cache cache;
+  {
+    py::gil_scoped_release release;
+    cache.data = ops.stack_cache_from_block(*plan, block, lp, dropout_seed);
+  }
+  return backward_impl<S>(cache, dy, dh_n, dc_n, grads, need_dx);
+}
+
 }  // namespace
 
 void register_stack(py::module_& m) {
   // Module-local: two builds of rnnkit can be loaded side by side (bench/ab_core.py does).
   py::class_<StackConfig>(m, "StackConfig", py::module_local(), "Configuration of a layer stack (see stack.h).")
-      .def(py::init([](const std::string& mode, index_t input_size, index_t hidden_size, index_t num_layers,
-                       bool bidirectional, index_t proj_size, bool bias, double dropout) {
-             StackConfig c;
-             c.cell = parse_mode(mode);
-             c.input_size = input_size;
-             c.hidden_size = hidden_size;
-             c.num_layers = num_layers;
-             c.num_directions = bidirectional ? 2 : 1;
-             c.proj_size = proj_size;
-             c.bias = bias;
-             c.dropout = dropout;
-             check_stack_config(c);
-             return c;
-           }),
-           py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers") = 1,
-           py::arg("bidirectional") = false, py::arg("proj_size") = 0, py::arg("bias") = true,
-           py::arg("dropout") = 0.0)
+      .def(py::init(&make_stack_config), py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"),
+           py::arg("num_layers") = 1, py::arg("bidirectional") = false, py::arg("proj_size") = 0,
+           py::arg("bias") = true, py::arg("dropout") = 0.0)
+      // Pickled as its constructor's arguments, so whatever holds one (a layer, a torch module)
+      // pickles and deep-copies.
+      .def(py::pickle(
+          [](const StackConfig& c) {
+            return py::make_tuple(mode_name(c.cell), c.input_size, c.hidden_size, c.num_layers,
+                                  c.num_directions == 2, c.proj_size, c.bias, c.dropout);
+          },
+          [](const py::tuple& t) {
+            if (py::len(t) != 8) throw_expected("StackConfig state", "a tuple of 8", py::len(t));
+            return make_stack_config(t[0].cast<std::string>(), t[1].cast<index_t>(), t[2].cast<index_t>(),
+                                     t[3].cast<index_t>(), t[4].cast<bool>(), t[5].cast<index_t>(), t[6].cast<bool>(),
+                                     t[7].cast<double>());
+          }))
       .def_property_readonly("mode", [](const StackConfig& c) { return mode_name(c.cell); })
       .def_readonly("input_size", &StackConfig::input_size)
       .def_readonly("hidden_size", &StackConfig::hidden_size)
@@ -189,23 +239,59 @@ void register_stack(py::module_& m) {
       .def_property_readonly("nbytes", [](const Cache& c) { return c.data->nbytes(); }, "Bytes held by this cache.")
       .def_property_readonly("dtype", [](const Cache& c) { return c.data->elem_bytes() == 4 ? "float32" : "float64"; })
       .def_property_readonly("shape", [](const Cache& c) { return py::make_tuple(c.data->plan().T, c.data->plan().N); },
-                             "(T, N) of the forward that made it.");
+                             "(T, N) of the forward that made it.")
+      .def("reserve",
+           [](const py::object& self) {
+             return self.cast<const Cache&>().data->elem_bytes() == 4 ? reserve_view<float>(self)
+                                                                      : reserve_view<double>(self);
+           },
+           "The cache as one flat array (reserve_size elements, no copy; keeps the cache alive), for "
+           "backward_reserve. Zeroed padding only when the forward was asked for zero_cache.");
+
+  m.def("reserve_size",
+        [](const StackConfig& cfg, index_t T, index_t N, const py::dtype& dtype) {
+          if (T < 1) throw_expected("sequence length T", "T >= 1", T);
+          if (N < 1) throw_expected("batch size N", "N >= 1", N);
+          check_stack_dims(cfg, T, N);
+          return by_dtype(dtype, "dtype", [&](auto s) {
+            return backend_for(Device::kCpu).ops<decltype(s)>().plan_stack(cfg, T, N, true)->footprint.cache;
+          });
+        },
+        py::arg("config"), py::arg("T"), py::arg("N"), py::arg("dtype"),
+        "Elements of a training forward's cache block (Cache.reserve()) for x [T,N,C] of this dtype.");
+
+  m.def("backward_reserve",
+        [](const StackConfig& cfg, const py::array& reserve, index_t T, index_t N,
+           const std::optional<py::array>& lengths, std::uint64_t dropout_seed, const std::optional<py::array>& dy,
+           const std::optional<py::array>& dh_n, const std::optional<py::array>& dc_n, const py::list& grads,
+           bool need_dx) {
+          return by_dtype(reserve.dtype(), "reserve", [&](auto s) {
+            return backward_reserve_impl<decltype(s)>(cfg, reserve, T, N, lengths, dropout_seed, dy, dh_n, dc_n,
+                                                      grads, need_dx);
+          });
+        },
+        py::arg("config"), py::arg("reserve"), py::arg("T"), py::arg("N"), py::arg("lengths"),
+        py::arg("dropout_seed"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("grads"),
+        py::arg("need_dx"),
+        R"doc(backward, from a reserve (a copy of Cache.reserve()) instead of the Cache: the same call's
+config, T, N, lengths and dropout_seed must be given. The reserve is read, not modified.)doc");
 
   m.def("forward",
         [](const StackConfig& cfg, const py::list& params, const py::array& x, const std::optional<py::array>& h0,
            const std::optional<py::array>& c0, const std::optional<py::array>& lengths, bool training,
-           std::uint64_t dropout_seed) {
+           std::uint64_t dropout_seed, bool zero_cache) {
           return by_dtype(x.dtype(), "x", [&](auto s) {
-            return forward_impl<decltype(s)>(cfg, params, x, h0, c0, lengths, training, dropout_seed);
+            return forward_impl<decltype(s)>(cfg, params, x, h0, c0, lengths, training, dropout_seed, zero_cache);
           });
         },
         py::arg("config"), py::arg("params"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
-        py::arg("training"), py::arg("dropout_seed"),
+        py::arg("training"), py::arg("dropout_seed"), py::arg("zero_cache") = false,
         R"doc(A stack of recurrent layers over a time-major sequence.
 
 params: the arrays of config.param_specs(), in that order. x [T,N,C]; h0 [L*D,N,P] or None;
 c0 [L*D,N,H] or None (LSTM cells); lengths int64 [N] or None. All C-contiguous, x's dtype
-(float32 or float64). Returns (y [T,N,D*P], h_n, c_n or None, cache or None). The GIL is
+(float32 or float64). zero_cache: zero the cache first (for Cache.reserve()). Returns
+(y [T,N,D*P], h_n, c_n or None, cache or None). The GIL is
 released while it runs.)doc");
 
   m.def("step",

@@ -47,7 +47,7 @@ void register_test_hooks(py::module_& m) {
           packed_gemm<S>(M, K, cols, cb, ce, static_cast<const S*>(A.data()), K, packed.data(), S(beta),
                          static_cast<S*>(C.mutable_data()), cols);
         };
-        if (C.dtype().is(py::dtype::of<float>())) run(float{}); else run(double{});
+        if (is_dtype<float>(C.dtype())) run(float{}); else run(double{});
       }, py::arg("A"), py::arg("B"), py::arg("transposed"), py::arg("beta"), py::arg("C"), py::arg("cb"), py::arg("ce"));
 
   m.def("_packed_vs_blas", [](index_t M, index_t K, index_t cols, int reps) {

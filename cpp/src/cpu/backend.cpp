@@ -50,6 +50,13 @@ class CpuOps final : public BackendOps<S> {
   void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& args) const override {
     cpu::stack_step<S>(cfg, N, args);
   }
+  const S* stack_cache_block(const StackCache& cache) const override {
+    return own<const CpuStackCache<S>>(cache, "cache").block.data();
+  }
+  std::unique_ptr<StackCache> stack_cache_from_block(const StackPlan& plan, const S* block, const index_t* lengths,
+                                                     std::uint64_t dropout_seed) const override {
+    return cpu::stack_cache_from_block<S>(own<const CpuStackPlan>(plan, "plan"), block, lengths, dropout_seed);
+  }
 
   std::unique_ptr<NetworkPlan> plan_network(const NetworkConfig& cfg, index_t T, index_t N,
                                             bool training) const override {

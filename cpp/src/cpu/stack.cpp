@@ -33,18 +33,44 @@ StatePair<Ptr> group_state(const StatePair<Ptr>& all, index_t g, index_t N, inde
   return {all.h ? all.h + g * N * P : nullptr, all.c ? all.c + g * N * H : nullptr};
 }
 
-// Copies the parameters into `dst` in spec order and returns views of the copies.
+// Carves a cache block into its named views, the one layout of it: the copy of layer 0's input,
+// the inputs of layers 1.. (the outputs of the layers below), the copies of the parameters (in
+// spec order), then each group's kept layer buffers. Returns the layer inputs, writable.
 template <typename S>
-std::vector<LayerWeights<S>> copy_params(const std::vector<ParamSpec>& specs,
-                                         const std::vector<LayerWeights<S>>& src, S* dst) {
-  std::vector<LayerWeights<S>> out(src.size());
-  for (const ParamSpec& spec : specs) {
-    const index_t n = spec.numel();
-    copy_n(dst, param_field(src[spec.group], spec.role), n);
-    param_field(out[spec.group], spec.role) = dst;
-    dst += n;
+std::vector<S*> carve_cache(const CpuStackPlan& plan, CpuStackCache<S>& cache) {
+  const StackConfig& cfg = plan.cfg;
+  const index_t L = cfg.num_layers, between = plan.shape.TN * cfg.num_directions * cfg.state_size();
+  S* c = cache.block.data();
+  std::vector<S*> inputs(L);
+  inputs[0] = c;
+  c += plan.shape.TN * cfg.input_size;
+  for (index_t l = 1; l < L; ++l) {
+    inputs[l] = c;
+    c += between;
   }
-  return out;
+  cache.weights.assign(cfg.groups(), LayerWeights<S>{});
+  for (const ParamSpec& spec : plan.specs) {
+    param_field(cache.weights[spec.group], spec.role) = c;
+    c += spec.numel();
+  }
+  cache.kept.resize(cfg.groups());
+  for (index_t g = 0; g < cfg.groups(); ++g) {
+    cache.kept[g] = c;
+    c += plan.layer_kept;
+  }
+  assert(c == cache.block.data() + plan.footprint.cache);
+  cache.inputs.assign(inputs.begin(), inputs.end());
+  return inputs;
+}
+
+// Copies the parameters into the cache's copies of them (carved by carve_cache).
+template <typename S>
+void copy_params(const std::vector<ParamSpec>& specs, const std::vector<LayerWeights<S>>& src,
+                 const std::vector<LayerWeights<S>>& dst) {
+  for (const ParamSpec& spec : specs) {
+    copy_n(const_cast<S*>(param_field(dst[spec.group], spec.role)), param_field(src[spec.group], spec.role),
+           spec.numel());
+  }
 }
 
 // Threads pay off only when each step's GEMM is big enough to split: below ~2^19 multiply-adds
@@ -126,23 +152,13 @@ void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, Cp
     cache->lengths.assign(args.lengths ? args.lengths : nullptr, args.lengths ? args.lengths + N : nullptr);
     cache->dropout_seed = args.dropout_seed;
     cache->block.allocate(plan.footprint.cache, "the training cache");
-    S* c = cache->block.data();
-    x_copy = c;  // filled by the team below
-    inputs[0] = x_copy;
-    c += TN * cfg.input_size;
-    for (index_t l = 1; l < L; ++l) {
-      outputs[l - 1] = c;
-      inputs[l] = c;
-      c += between;
-    }
-    cache->weights = copy_params(plan.specs, *args.params, c);
-    c += total_numel(plan.specs);
-    cache->kept.resize(cfg.groups());
-    for (index_t g = 0; g < cfg.groups(); ++g) {
-      cache->kept[g] = c;
-      c = carve_layer_buffers(plan.shape, kKept, c, &buffers[g]);
-    }
-    assert(c == cache->block.data() + plan.footprint.cache);
+    if (args.zero_cache) std::memset(cache->block.data(), 0, static_cast<std::size_t>(plan.footprint.cache) * sizeof(S));
+    const std::vector<S*> layer_inputs = carve_cache(plan, *cache);
+    x_copy = layer_inputs[0];  // filled by the team below
+    for (index_t l = 0; l < L; ++l) inputs[l] = layer_inputs[l];
+    for (index_t l = 1; l < L; ++l) outputs[l - 1] = layer_inputs[l];
+    copy_params(plan.specs, *args.params, cache->weights);
+    for (index_t g = 0; g < cfg.groups(); ++g) carve_layer_buffers(plan.shape, kKept, cache->kept[g], &buffers[g]);
     weights = &cache->weights;
   } else {
     // Inference: every group reuses the same kept-buffer views.
@@ -195,7 +211,20 @@ void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, Cp
       }
     }
   });
-  if (training) cache->inputs = std::move(inputs);
+}
+
+template <typename S>
+std::unique_ptr<CpuStackCache<S>> stack_cache_from_block(const CpuStackPlan& plan, const S* block,
+                                                         const index_t* lengths, std::uint64_t dropout_seed) {
+  assert(plan.training);
+  auto cache = std::make_unique<CpuStackCache<S>>();
+  cache->plan_ = plan;
+  cache->lengths.assign(lengths ? lengths : nullptr, lengths ? lengths + plan.N : nullptr);
+  cache->dropout_seed = dropout_seed;
+  cache->block.allocate(plan.footprint.cache, "the training cache");
+  copy_n(cache->block.data(), block, plan.footprint.cache);
+  carve_cache(plan, *cache);
+  return cache;
 }
 
 template <typename S>
@@ -293,6 +322,8 @@ void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& ar
   template CpuStackPlan plan_stack<S>(const StackConfig&, index_t, index_t, bool, std::vector<ParamSpec>); \
   template void stack_forward<S>(const CpuStackPlan&, const StackForwardArgs<S>&, CpuStackCache<S>*);     \
   template void stack_backward<S>(CpuStackCache<S>&, const StackBackwardArgs<S>&);                        \
+  template std::unique_ptr<CpuStackCache<S>> stack_cache_from_block<S>(const CpuStackPlan&, const S*,      \
+                                                                        const index_t*, std::uint64_t);  \
   template void stack_step<S>(const StackConfig&, index_t, const StackForwardArgs<S>&);
 RNNKIT_INSTANTIATE_STACK(float)
 RNNKIT_INSTANTIATE_STACK(double)

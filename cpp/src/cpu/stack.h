@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "cpu/buffer.h"
@@ -62,6 +63,14 @@ class CpuStackCache final : public CpuCache<S, StackCache, CpuStackPlan> {
 // Inference (cache == null) or training forward (the cache is filled).
 template <typename S>
 void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, CpuStackCache<S>* cache);
+
+// A cache rebuilt from a copy of another's block (`block`: plan.footprint.cache elements, as
+// cache_block views them) and the same call's plan, lengths ([N] or null) and dropout seed. The
+// block's layout is a function of the plan alone, so a caller may keep a cache as an array of its
+// own between forward and backward (a "reserve", as cuDNN calls it).
+template <typename S>
+std::unique_ptr<CpuStackCache<S>> stack_cache_from_block(const CpuStackPlan& plan, const S* block,
+                                                         const index_t* lengths, std::uint64_t dropout_seed);
 
 // Throws std::invalid_argument if the cache was already backpropagated.
 template <typename S>

@@ -5,14 +5,15 @@ replacements for ``torch.nn.RNN`` / ``LSTM`` / ``GRU``: the same constructor arg
 names, shapes and default initialisation (drawn from torch's RNG, so ``torch.manual_seed``
 reproduces a module), the same ``forward(input, hx=None)`` results, including unbatched input,
 ``batch_first`` and ``PackedSequence``; a ``state_dict`` loads into the torch module and back.
-Forward and BPTT run in ``rnnkit._core`` through one ``torch.autograd.Function``; tensors cross as
-zero-copy NumPy views, so autograd, optimizers and ``DistributedDataParallel`` see an ordinary
-module.
+Forward and BPTT are the custom operators ``torch.ops.rnnkit.forward`` / ``backward``
+(``torch_ops``), so autograd, optimizers, ``DistributedDataParallel``, ``torch.compile``
+(``fullgraph=True``), ``torch.export``, ``torch.func`` and ``torch.save`` see an ordinary module;
+tensors cross into C++ as zero-copy NumPy views.
 
 Limits: CPU tensors only (rnnkit's CUDA backend does not run recurrent layers), float32 and
 float64 only. The backward of one forward can run more than once (``retain_graph=True``,
-``torch.autograd.gradcheck``): the first backward uses the forward's cache, a later one re-runs
-the forward to rebuild it. Double backward (``create_graph=True``) is not supported and raises.
+``torch.autograd.gradcheck``): it reads the forward's reserve without modifying it. Double backward
+(a derivative of the gradient) is not supported and raises.
 
 torch is never a dependency of rnnkit: ``import rnnkit`` does not import this module.
 """
@@ -33,7 +34,7 @@ if __name__ == "torch":
 try:
     # An absolute import (this file is rnnkit/interop/torch.py): it finds the real PyTorch, not itself.
     import torch
-    from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+    from torch.nn.utils.rnn import PackedSequence
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without torch
     raise ImportError(
         "rnnkit.torch needs PyTorch, which is not installed (rnnkit itself does not depend on it): "
@@ -42,13 +43,13 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
 
 import numpy as np
 
-from .. import _core
+from . import torch_ops as _ops
 from .. import _validate as V
 from .. import cuda as _cuda
 from .._cells import LAYER_CLASSES, Cell, Family, LayerClass, StackOptions, make_layer_class
 from ..train import init as _init
 
-__all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU"]
+__all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "safe_globals"]
 
 # This family's constructor: PyTorch's own, device and dtype included.
 TORCH_FAMILY = Family(
@@ -116,105 +117,13 @@ def _check_tensor(name: str, value: Any, dtype: torch.dtype) -> Tensor:
     return value
 
 
-def _as_numpy(t: Optional[Tensor]) -> Optional[np.ndarray]:
-    """A NumPy view of a CPU tensor: no copy when it is already contiguous."""
-    if t is None:
-        return None
-    return t.detach().contiguous().numpy()
-
-
-class _Run:
-    """What one forward call passes to the autograd Function besides tensors."""
-
-    __slots__ = ("config", "lengths", "keep_cache", "dropout_seed", "has_cell_state")
-
-    def __init__(self, config: Any, lengths: Optional[np.ndarray], keep_cache: bool, dropout_seed: int,
-                 has_cell_state: bool) -> None:
-        self.config = config
-        self.lengths = lengths
-        self.keep_cache = keep_cache
-        self.dropout_seed = dropout_seed
-        self.has_cell_state = has_cell_state
-
-
-class _StackFunction(torch.autograd.Function):
-    """rnnkit's stack forward and BPTT as one autograd node.
-
-    Inputs: the run, ``x`` [T, N, C] time-major, ``h0``, ``c0`` (or None), then every parameter
-    in ``config.param_specs()`` order. Outputs: ``y``, ``h_n`` and, for LSTM cells, ``c_n``.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, run: _Run, x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor],
-                *weights: Tensor) -> Tuple[Tensor, ...]:
-        y, h_n, c_n, cache = _core.forward(
-            run.config, [_as_numpy(w) for w in weights], _as_numpy(x), _as_numpy(h0), _as_numpy(c0),
-            run.lengths, run.keep_cache, run.dropout_seed,
-        )
-        ctx.run = run
-        ctx.cache = cache
-        ctx.weight_shapes = [tuple(w.shape) for w in weights]
-        # Kept only to rebuild the cache when a retained graph is backpropagated again; the cache
-        # holds its own copies, so these are references, not copies.
-        ctx.save_for_backward(x, h0, c0, *weights)
-        # rnnkit takes None for an output nobody used and skips that work.
-        ctx.set_materialize_grads(False)
-        outputs = [torch.from_numpy(y), torch.from_numpy(h_n)]
-        if run.has_cell_state:
-            outputs.append(torch.from_numpy(c_n))
-        return tuple(outputs)
-
-    @staticmethod
-    def backward(ctx: Any, dy: Optional[Tensor], dh_n: Optional[Tensor],
-                 dc_n: Optional[Tensor] = None) -> Tuple[Optional[Tensor], ...]:
-        if torch.is_grad_enabled():
-            # Autograd enables grad mode in backward only for create_graph=True. rnnkit's BPTT is
-            # not itself differentiable: refusing beats handing back gradients that silently
-            # lack their second-order terms.
-            raise RuntimeError(
-                "rnnkit.torch: double backward (create_graph=True, e.g. a gradient penalty or "
-                "torch.autograd.gradgradcheck) is not supported: rnnkit's BPTT has no derivative "
-                "of its own; use torch.nn's module for second-order gradients"
-            )
-        run: _Run = ctx.run
-        needs = ctx.needs_input_grad
-        if dy is None and dh_n is None and dc_n is None:
-            return (None,) * len(needs)
-        cache, ctx.cache = ctx.cache, None  # a cache is spent by one backward, even a failed one
-        if cache is None:
-            # A second backward through a retained graph: the same forward again (same dropout
-            # seed, hence the same masks) gives a fresh cache. Unpacking the saved tensors makes
-            # torch refuse if one was modified in place since the forward.
-            x, h0, c0, *weights = ctx.saved_tensors
-            *_, cache = _core.forward(
-                run.config, [_as_numpy(w) for w in weights], _as_numpy(x), _as_numpy(h0), _as_numpy(c0),
-                run.lengths, True, run.dropout_seed,
-            )
-        # Freshly zeroed: rnnkit accumulates into them.
-        grads = [np.zeros(shape, dtype=np.dtype(cache.dtype)) for shape in ctx.weight_shapes]
-        dx, dh0, dc0 = _core.backward(cache, _as_numpy(dy), _as_numpy(dh_n), _as_numpy(dc_n), grads,
-                                      bool(needs[1]))
-        d_weights = [torch.from_numpy(g) if needs[4 + i] else None for i, g in enumerate(grads)]
-        return (
-            None,
-            torch.from_numpy(dx) if dx is not None and needs[1] else None,
-            torch.from_numpy(dh0) if needs[2] else None,
-            torch.from_numpy(dc0) if dc0 is not None and needs[3] else None,
-            *d_weights,
-        )
-
-
-def _pack_like(y_tm: Tensor, template: PackedSequence) -> PackedSequence:
-    """Packs a padded time-major output [T, N, F] (original batch order) exactly as ``template``
-    is packed: same batch_sizes, sorted_indices and unsorted_indices."""
-    batch_sizes = template.batch_sizes
-    y_sorted = y_tm if template.sorted_indices is None else y_tm.index_select(1, template.sorted_indices)
-    T, N, F = y_sorted.shape
-    # Packed data is time-major over the sorted batch: at step t, the first batch_sizes[t] rows.
-    valid = torch.arange(N).unsqueeze(0) < batch_sizes.unsqueeze(1)
-    rows = valid.reshape(-1).nonzero().squeeze(1)
-    data = y_sorted.reshape(T * N, F).index_select(0, rows)
-    return PackedSequence(data, batch_sizes, template.sorted_indices, template.unsorted_indices)
+def _run_stack(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor], h0: Optional[Tensor],
+               c0: Optional[Tensor], weights: List[Tensor], seed: Optional[Tensor], config_args: Tuple[Any, ...],
+               training: bool, has_cell_state: bool) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """One call of the operator rnnkit::forward (torch_ops, with its vmap rule): (y, h_n, c_n or None)."""
+    y, h_n, c_n, _reserve = _ops.stack_call(x, batch_sizes, sorted_indices, h0, c0, weights, seed, config_args,
+                                            training)
+    return y, h_n, (c_n if has_cell_state else None)
 
 
 class _RNNBase(torch.nn.Module, StackOptions):
@@ -225,10 +134,9 @@ class _RNNBase(torch.nn.Module, StackOptions):
         self._set_stack_options(spec, cell, options)
         device = _resolve_device(options["device"])
         dtype = _resolve_dtype(options["dtype"])
-        self._config = _core.StackConfig(*self._config_args(), self.dropout)
-        # Eval mode (and dropout=0) runs this one: same parameters, no masks.
-        self._config_no_dropout = _core.StackConfig(*self._config_args(), 0.0)
-        self._specs: List[Tuple[str, Tuple[int, ...]]] = [(n, tuple(s)) for n, s in self._config.param_specs()]
+        # The module keeps no compiled object: it pickles as plain Python, and tracers see constants.
+        config = _ops.stack_config(*self._config_args(), self.dropout)
+        self._specs: List[Tuple[str, Tuple[int, ...]]] = [(n, tuple(s)) for n, s in config.param_specs()]
         for name, shape in self._specs:
             self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, dtype=dtype, device=device)))
         self.reset_parameters()
@@ -270,7 +178,7 @@ class _RNNBase(torch.nn.Module, StackOptions):
                             self._parameters[name][H:2 * H] = 0.0
                 return
             seed = int(torch.randint(0, 2**63 - 1, ()).item())
-            arrays = _init.initialise(self._specs, self.hidden_size, self._config.gates, np.dtype(np.float64),
+            arrays = _init.initialise(self._specs, self.hidden_size, _ops.stack_config(*self._config_args(), self.dropout).gates, np.dtype(np.float64),
                                       np.random.default_rng(seed), self._scheme, self.init_gain, self.forget_bias)
             for name, _ in self._specs:
                 self._parameters[name].copy_(torch.from_numpy(arrays[name]))
@@ -299,15 +207,17 @@ class _RNNBase(torch.nn.Module, StackOptions):
             _check_tensor(name, w, dtype)
 
         packed = isinstance(input, PackedSequence)
-        lengths: Optional[np.ndarray] = None
         unbatched = False
+        batch_sizes: Optional[Tensor] = None
+        sorted_indices: Optional[Tensor] = None
         if packed:
-            _check_tensor("input.data", input.data, dtype)
-            if input.data.dim() != 2:
+            x_in = _check_tensor("input.data", input.data, dtype)
+            if x_in.dim() != 2:
                 raise ValueError(f"input.data: expected a 2-D packed tensor [sum(lengths), input_size], "
-                                 f"got {input.data.dim()}-D with shape {V.shape_str(input.data.shape)}")
-            x_tm, lengths_t = pad_packed_sequence(input)  # original batch order
-            lengths = np.ascontiguousarray(lengths_t.numpy(), dtype=np.int64)
+                                 f"got {x_in.dim()}-D with shape {V.shape_str(x_in.shape)}")
+            C = x_in.shape[1]
+            batch_sizes, sorted_indices = input.batch_sizes, input.sorted_indices
+            empty = x_in.shape[0] == 0
         else:
             x = _check_tensor("input", input, dtype)
             if x.dim() not in (2, 3):
@@ -316,34 +226,41 @@ class _RNNBase(torch.nn.Module, StackOptions):
                                  f"(unbatched), got {x.dim()}-D with shape {V.shape_str(x.shape)}")
             unbatched = x.dim() == 2
             if unbatched:
-                x_tm = x.unsqueeze(1)
+                x_in = x.unsqueeze(1)
             elif self.batch_first:
-                x_tm = x.transpose(0, 1)
+                x_in = x.transpose(0, 1)
             else:
-                x_tm = x
-        T, N, C = x_tm.shape
+                x_in = x
+            C = x_in.shape[2]
+            empty = x_in.shape[0] == 0 or x_in.shape[1] == 0
         if C != self.input_size:
             raise ValueError(f"input: expected input_size {self.input_size} in the last dimension, got {C} "
                              f"(shape {V.shape_str(input.data.shape if packed else input.shape)})")
-        if T == 0 or N == 0:
+        if empty:
             raise ValueError(f"input: expected a sequence length and batch size >= 1, got an empty tensor "
                              f"of shape {V.shape_str(input.data.shape if packed else input.shape)}")
-        x_tm = x_tm.contiguous()
+        x_in = x_in.contiguous()
+        N = None if packed else x_in.shape[1]
+        if packed and sorted_indices is not None:
+            N = sorted_indices.shape[0]
         h0, c0 = self._check_hx(hx, N, unbatched, dtype)
 
         apply_dropout = self.training and self.dropout > 0 and self.num_layers > 1
-        tensors = [x_tm, h0, c0, *weights]
-        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-        dropout_seed = int(torch.randint(0, 2**63 - 1, ()).item()) if apply_dropout else 0
-        run = _Run(self._config if apply_dropout else self._config_no_dropout, lengths,
-                   # rnnkit applies dropout only in its training forward, which also keeps the cache.
-                   needs_grad or apply_dropout, dropout_seed, self._has_cell_state)
-        outputs = _StackFunction.apply(run, x_tm, h0, c0, *weights)
-        y, h_n = outputs[0], outputs[1]
-        c_n = outputs[2] if self._has_cell_state else None
+        tensors = [x_in, h0, c0, *weights]
+        needs_grad = torch.is_grad_enabled() and (
+            any(t is not None and t.requires_grad for t in tensors)
+            # Under torch.func transforms a vmapped tensor does not tell whether an outer grad tracks it.
+            or torch._C._are_functorch_transforms_active())
+        seed = torch.randint(0, 2**62, (), dtype=torch.int64) if apply_dropout else None
+        y, h_n, c_n = _run_stack(
+            x_in, batch_sizes, sorted_indices, h0, c0, weights, seed,
+            (*self._config_args(), self.dropout if apply_dropout else 0.0),
+            # rnnkit applies dropout only in its training forward, which also keeps the reserve.
+            needs_grad or apply_dropout, self._has_cell_state)
 
         if packed:
-            output: Union[Tensor, PackedSequence] = _pack_like(y, input)
+            output: Union[Tensor, PackedSequence] = PackedSequence(y, input.batch_sizes, input.sorted_indices,
+                                                                   input.unsorted_indices)
         elif unbatched:
             output = y.squeeze(1)
         elif self.batch_first:
@@ -357,10 +274,12 @@ class _RNNBase(torch.nn.Module, StackOptions):
             return output, (h_n, c_n)
         return output, h_n
 
-    def _check_hx(self, hx: Any, N: int, unbatched: bool, dtype: torch.dtype) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    def _check_hx(self, hx: Any, N: Optional[int], unbatched: bool, dtype: torch.dtype) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         if hx is None:
             return None, None
         h, c = V.split_state("hx", hx, self._has_cell_state, type(self).__name__, kind=("a tensor", "tensors"))
+        if N is None and isinstance(h, torch.Tensor) and h.dim() == 3:
+            N = h.shape[1]  # a packed batch sorted by the caller: hx says how many sequences
         h = self._check_state("hx[0]" if c is not None else "hx", h, N, self.state_size, self._state_size_name,
                               unbatched, dtype)
         c = None if c is None else self._check_state("hx[1]", c, N, self.hidden_size, "hidden_size", unbatched, dtype)
@@ -401,3 +320,11 @@ LSTM = make_layer_class(LAYER_CLASSES["LSTM"], _RNNBase, TORCH_FAMILY, __name__)
 GRU = make_layer_class(LAYER_CLASSES["GRU"], _RNNBase, TORCH_FAMILY, __name__)
 LayerNormLSTM = make_layer_class(LAYER_CLASSES["LayerNormLSTM"], _RNNBase, TORCH_FAMILY, __name__)
 LayerNormGRU = make_layer_class(LAYER_CLASSES["LayerNormGRU"], _RNNBase, TORCH_FAMILY, __name__)
+
+
+def safe_globals() -> List[type]:
+    """The classes ``torch.load(..., weights_only=True)`` must be allowed to rebuild a pickled
+    rnnkit.torch module (``torch.save(model)``): ``torch.serialization.add_safe_globals(
+    rnnkit.torch.safe_globals())``, or ``with torch.serialization.safe_globals(...)``. A module
+    pickles as plain Python values and tensors: these classes are all it adds."""
+    return [RNN, LSTM, GRU, LayerNormLSTM, LayerNormGRU]
