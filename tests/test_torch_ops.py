@@ -47,17 +47,29 @@ VMAP_ATOL = 1e-6
 # The word_language_model run against torch.nn's, per step (the issue's bound).
 EXAMPLE_LOSS_RTOL = 1e-4
 
-# (class, constructor options, forward kind) — every cell, and among them every option.
-COMPILE_CASES = [
-    (rt.RNN, dict(nonlinearity="tanh"), "plain"),
-    (rt.RNN, dict(nonlinearity="relu", batch_first=True), "batch_first"),
-    (rt.LSTM, dict(num_layers=2, bidirectional=True), "h0"),
-    (rt.LSTM, dict(proj_size=3), "packed"),
-    (rt.GRU, dict(num_layers=2), "packed_sorted_h0"),
-    (rt.GRU, dict(bidirectional=True, batch_first=True), "h0"),
-    (rt.LayerNormLSTM, dict(num_layers=2), "plain"),
-    (rt.LayerNormGRU, dict(bidirectional=True), "packed"),
+# Every cell x every option (one option at a time, plus all of them together): (class,
+# constructor options, forward kind).
+_CELLS = [(rt.RNN, dict(nonlinearity="tanh")), (rt.RNN, dict(nonlinearity="relu")), (rt.LSTM, {}), (rt.GRU, {}),
+          (rt.GRU, dict(reset_after=False)), (rt.LayerNormLSTM, {}), (rt.LayerNormGRU, {})]
+_OPTIONS = [
+    ("plain", {}, "plain"),
+    ("batch_first", dict(batch_first=True), "plain"),
+    ("bidirectional", dict(bidirectional=True), "plain"),
+    ("stacked", dict(num_layers=2), "plain"),
+    ("packed", {}, "packed"),
+    ("packed_sorted", {}, "packed_sorted"),
+    ("h0", {}, "h0"),
+    ("all", dict(num_layers=2, bidirectional=True, batch_first=True), "packed_h0"),
 ]
+COMPILE_CASES = [(cls, {**cell_options, **options}, kind) for cls, cell_options in _CELLS
+                 for _, options, kind in _OPTIONS]
+COMPILE_CASES.append((rt.LSTM, dict(proj_size=3, num_layers=2), "packed_h0"))  # the LSTM-only option
+
+
+def _case_id(case):
+    cls, options, kind = case
+    return "-".join([cls.__name__, *(f"{k}={v}" for k, v in options.items()), kind])
+
 
 T, N, C, H = 6, 3, 4, 5
 
@@ -99,7 +111,7 @@ def _assert_close(a, b, rtol=COMPILED_RTOL, atol=COMPILED_ATOL):
     torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("cls,options,kind", COMPILE_CASES, ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize("cls,options,kind", COMPILE_CASES, ids=[_case_id(c) for c in COMPILE_CASES])
 def test_compile_fullgraph_matches_eager(cls, options, kind):
     torch.manual_seed(0)
     module = cls(C, H, **options)
@@ -213,8 +225,11 @@ def test_compile_dynamic_shapes_matches_eager():
         module.zero_grad()
 
 
-@pytest.mark.parametrize("cls,options,kind", [COMPILE_CASES[2], COMPILE_CASES[3], COMPILE_CASES[7]],
-                         ids=["lstm-bi-h0", "lstm-proj-packed", "lngru-bi-packed"])
+EXPORT_CASES = [(rt.LSTM, dict(num_layers=2, bidirectional=True), "h0"), (rt.LSTM, dict(proj_size=3), "packed"),
+                (rt.LayerNormGRU, dict(bidirectional=True, batch_first=True), "packed_h0")]
+
+
+@pytest.mark.parametrize("cls,options,kind", EXPORT_CASES, ids=[_case_id(c) for c in EXPORT_CASES])
 def test_export_runs_and_matches_eager(cls, options, kind):
     torch.manual_seed(0)
     module = cls(C, H, **options).eval()
@@ -253,8 +268,13 @@ def test_torch_load_weights_only_with_safe_globals():
     buf = io.BytesIO()
     torch.save(module, buf)
     buf.seek(0)
-    with pytest.raises(pickle.UnpicklingError, match="rnnkit"):
-        torch.load(buf, weights_only=True)
+    allowed = torch.serialization.get_safe_globals()  # another test (the README's) may have allowed them
+    torch.serialization.clear_safe_globals()
+    try:
+        with pytest.raises(pickle.UnpicklingError, match="rnnkit"):
+            torch.load(buf, weights_only=True)
+    finally:
+        torch.serialization.add_safe_globals(allowed)
     buf.seek(0)
     with torch.serialization.safe_globals(rt.safe_globals()):
         loaded = torch.load(buf, weights_only=True)
@@ -483,3 +503,67 @@ def test_word_language_model_example_matches_torch(name, tmp_path):
     for step, (a, b) in enumerate(zip(ours, ref)):
         assert abs(a - b) <= EXAMPLE_LOSS_RTOL * abs(b), (step, a, b)
     assert ours[-1] < ours[0]  # it learned something
+
+
+# ---- torch.onnx.export(dynamo=True) -------------------------------------------------------------
+
+ONNX_CASES = [
+    (rt.LSTM, dict(num_layers=2, bidirectional=True)),
+    (rt.GRU, dict(num_layers=2)),
+    (rt.GRU, dict(reset_after=False, bidirectional=True)),
+    (rt.RNN, dict(nonlinearity="relu", bias=False)),
+    (rt.RNN, dict(batch_first=True)),
+]
+# ONNX Runtime's float32 kernels against rnnkit's: the same math, summed in another order.
+ONNX_RUNTIME_ATOL = 1e-5
+
+
+def _exporter_warnings(test):
+    """torch's dynamo ONNX exporter warns about its own deprecated internals while it runs."""
+    for category in ("DeprecationWarning", "FutureWarning", "UserWarning"):
+        test = pytest.mark.filterwarnings(f"ignore::{category}")(test)
+    return test
+
+
+def _dynamo_export(module, args):
+    pytest.importorskip("onnxscript", reason="onnxscript (the dynamo ONNX exporter's dependency) is not installed")
+    return torch.onnx.export(module, args, dynamo=True, verbose=False)
+
+
+@_exporter_warnings
+@pytest.mark.parametrize("cls,options", ONNX_CASES, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_dynamo_onnx_export_writes_standard_nodes_that_onnxruntime_runs(cls, options):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    module = cls(C, H, **options).eval()
+    x = torch.randn(N, T, C) if module.batch_first else torch.randn(T, N, C)
+    L = module.num_layers * (2 if module.bidirectional else 1)
+    h0 = torch.randn(L, N, H)
+    hx = (h0, torch.randn(L, N, H)) if cls is rt.LSTM else h0
+    program = _dynamo_export(module, (x, hx))
+    op_types = [node.op_type for node in program.model_proto.graph.node]
+    assert op_types.count({rt.LSTM: "LSTM", rt.GRU: "GRU", rt.RNN: "RNN"}[cls]) == module.num_layers
+    assert not any("rnnkit" in node.domain for node in program.model_proto.graph.node)
+    session = ort.InferenceSession(program.model_proto.SerializeToString())
+    feeds = [x, *(hx if isinstance(hx, tuple) else (hx,))]
+    got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), feeds)})
+    for a, b in zip(got, _flat(module(x, hx))):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=0, atol=ONNX_RUNTIME_ATOL)
+
+
+@_exporter_warnings
+@pytest.mark.parametrize("make,match", [
+    (lambda: rt.LayerNormLSTM(C, H).eval(), "LayerNorm cells have none"),
+    (lambda: rt.LSTM(C, H, proj_size=2).eval(), "proj_size=0"),
+    (lambda: rt.LSTM(C, H, 2, dropout=0.5).train(), "model.eval"),
+], ids=["layernorm", "proj", "dropout"])
+def test_dynamo_onnx_export_refuses_what_onnx_cannot_express(make, match):
+    module = make()
+    with pytest.raises(Exception, match=match):
+        _dynamo_export(module, (torch.randn(T, N, C),))
+
+
+def test_onnx_translation_table_names_the_operator():
+    from rnnkit.interop import torch_onnx
+
+    assert list(torch_onnx.translation_table()) == [torch.ops.rnnkit.forward.default]

@@ -132,7 +132,7 @@ def reserve_size(config: StackConfig, T: typing.SupportsInt, N: typing.SupportsI
     """
 def backward_reserve(config: StackConfig, reserve: numpy.ndarray, T: typing.SupportsInt, N: typing.SupportsInt, lengths: numpy.ndarray | None, dropout_seed: typing.SupportsInt, dy: numpy.ndarray | None, dh_n: numpy.ndarray | None, dc_n: numpy.ndarray | None, grads: list, need_dx: bool) -> tuple:
     """
-    backward, from a reserve (a copy of Cache.reserve()) instead of the Cache; the same call's
+    backward, from a reserve (Cache.reserve(), or a copy of it) instead of the Cache; the same call's
     config, T, N, lengths and dropout_seed must be given. The reserve is read, not modified.
     """
 def backward(cache: Cache, dy: numpy.ndarray | None, dh_n: numpy.ndarray | None, dc_n: numpy.ndarray | None, grads: list, need_dx: bool) -> tuple:

@@ -177,8 +177,8 @@ py::array reserve_view(const py::object& self) {
                         block, self);
 }
 
-// Backward from a reserve: a cache rebuilt from a copy of the block (backward overwrites what it
-// reads, and the caller's reserve must stay as it was: a retained graph may backpropagate again).
+// Backward from a reserve: a cache over the caller's block, which backward only reads (so a
+// retained graph may backpropagate it again). `reserve` stays referenced by the caller for the call.
 template <typename S>
 py::tuple backward_reserve_impl(const StackConfig& cfg, const py::array& reserve, index_t T, index_t N,
                                 const std::optional<py::array>& lengths, std::uint64_t dropout_seed,
@@ -192,12 +192,8 @@ py::tuple backward_reserve_impl(const StackConfig& cfg, const py::array& reserve
   const BackendOps<S>& ops = backend.ops<S>();
   const std::unique_ptr<StackPlan> plan = ops.plan_stack(cfg, T, N, true);
   const S* block = in_ptr<S>(reserve, "reserve", {plan->footprint.cache});
-  backend.check_fits(checked_mul(plan->footprint.cache, sizeof(S), "reserve bytes"), "a backward call");
   Cache cache;
-  {
-    py::gil_scoped_release release;
-    cache.data = ops.stack_cache_from_block(*plan, block, lp, dropout_seed);
-  }
+  cache.data = ops.stack_cache_from_block(*plan, block, lp, dropout_seed);
   return backward_impl<S>(cache, dy, dh_n, dc_n, grads, need_dx);
 }
 
@@ -273,7 +269,7 @@ void register_stack(py::module_& m) {
         py::arg("config"), py::arg("reserve"), py::arg("T"), py::arg("N"), py::arg("lengths"),
         py::arg("dropout_seed"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("grads"),
         py::arg("need_dx"),
-        R"doc(backward, from a reserve (a copy of Cache.reserve()) instead of the Cache: the same call's
+        R"doc(backward, from a reserve (Cache.reserve(), or a copy of it) instead of the Cache: the same call's
 config, T, N, lengths and dropout_seed must be given. The reserve is read, not modified.)doc");
 
   m.def("forward",

@@ -40,7 +40,7 @@ template <typename S>
 std::vector<S*> carve_cache(const CpuStackPlan& plan, CpuStackCache<S>& cache) {
   const StackConfig& cfg = plan.cfg;
   const index_t L = cfg.num_layers, between = plan.shape.TN * cfg.num_directions * cfg.state_size();
-  S* c = cache.block.data();
+  S* c = cache.data();
   std::vector<S*> inputs(L);
   inputs[0] = c;
   c += plan.shape.TN * cfg.input_size;
@@ -58,7 +58,7 @@ std::vector<S*> carve_cache(const CpuStackPlan& plan, CpuStackCache<S>& cache) {
     cache.kept[g] = c;
     c += plan.layer_kept;
   }
-  assert(c == cache.block.data() + plan.footprint.cache);
+  assert(c == cache.data() + plan.footprint.cache);
   cache.inputs.assign(inputs.begin(), inputs.end());
   return inputs;
 }
@@ -221,8 +221,7 @@ std::unique_ptr<CpuStackCache<S>> stack_cache_from_block(const CpuStackPlan& pla
   cache->plan_ = plan;
   cache->lengths.assign(lengths ? lengths : nullptr, lengths ? lengths + plan.N : nullptr);
   cache->dropout_seed = dropout_seed;
-  cache->block.allocate(plan.footprint.cache, "the training cache");
-  copy_n(cache->block.data(), block, plan.footprint.cache);
+  cache->external = block;
   carve_cache(plan, *cache);
   return cache;
 }

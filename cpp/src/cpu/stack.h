@@ -49,14 +49,18 @@ template <typename S>
 class CpuStackCache final : public CpuCache<S, StackCache, CpuStackPlan> {
  public:
   std::size_t nbytes() const override { return static_cast<std::size_t>(block.size()) * sizeof(S); }
+  // The block's first element: the cache's own, or the caller's (stack_cache_from_block).
+  S* data() { return external != nullptr ? const_cast<S*>(external) : block.data(); }
 
   std::vector<index_t> lengths;         // empty: all sequences have T steps
   std::uint64_t dropout_seed = 0;
-  Buffer<S> block;                      // everything below points into it
+  Buffer<S> block;                      // everything below points into it (or into `external`)
+  const S* external = nullptr;          // a caller's block (only read: backward writes none of it)
   std::vector<const S*> inputs;         // [L]: the input of layer l (a copy of x for l = 0)
   std::vector<LayerWeights<S>> weights; // [L*D]: copies of the parameters
   std::vector<S*> kept;                 // [L*D]: where each group's kept layer buffers start
-  // Backward overwrites the gate buffers with their gradients: a cache is good for one backward.
+  // One backward per Cache object (the layers' contract: a backward takes its forward's cache).
+  // The block itself is only read, so a caller's reserve can be backpropagated any number of times.
   bool consumed = false;
 };
 
@@ -64,10 +68,10 @@ class CpuStackCache final : public CpuCache<S, StackCache, CpuStackPlan> {
 template <typename S>
 void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, CpuStackCache<S>* cache);
 
-// A cache rebuilt from a copy of another's block (`block`: plan.footprint.cache elements, as
-// cache_block views them) and the same call's plan, lengths ([N] or null) and dropout seed. The
-// block's layout is a function of the plan alone, so a caller may keep a cache as an array of its
-// own between forward and backward (a "reserve", as cuDNN calls it).
+// A cache over a caller's block (`block`: plan.footprint.cache elements, as cache_block views them;
+// not copied, not written, and it must outlive the cache) with the same call's plan, lengths ([N]
+// or null) and dropout seed. The block's layout is a function of the plan alone, so a caller may
+// keep a cache as an array of its own between forward and backward (a "reserve", as cuDNN calls it).
 template <typename S>
 std::unique_ptr<CpuStackCache<S>> stack_cache_from_block(const CpuStackPlan& plan, const S* block,
                                                          const index_t* lengths, std::uint64_t dropout_seed);

@@ -43,6 +43,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
 
 import numpy as np
 
+from . import torch_onnx as _torch_onnx
 from . import torch_ops as _ops
 from .. import _validate as V
 from .. import cuda as _cuda
@@ -313,6 +314,9 @@ class _RNNBase(torch.nn.Module, StackOptions):
             parts.append(f"forget_bias={self.forget_bias}")
         return ", ".join(parts)
 
+
+# torch.onnx.export(..., dynamo=True) writes ONNX RNN/LSTM/GRU nodes for rnnkit's operator.
+_torch_onnx.install()
 
 # The public modules, built from the one table (_cells.LAYER_CLASSES), like rnnkit's own layers.
 RNN = make_layer_class(LAYER_CLASSES["RNN"], _RNNBase, TORCH_FAMILY, __name__)

@@ -10,8 +10,8 @@ nothing here is linked into ``rnnkit._core``; the operators call it through NumP
 What the forward keeps for its backward is one flat array, the **reserve** (cuDNN's word for the
 same thing): the C++ training cache's block, handed out without a copy (``_core.Cache.reserve``).
 Its layout is a function of the call's configuration and shape alone, so ``_core.backward_reserve``
-rebuilds the cache from a copy of it. The copy is what makes the operators pure: backward never
-modifies its inputs, and a retained graph can be backpropagated any number of times.
+rebuilds the cache's views over it. Backward only reads it, which is what makes the operators
+pure: a retained graph can be backpropagated any number of times.
 
 The stack's configuration travels as plain arguments (mode, sizes, flags), which tracers treat as
 constants; the dropout seed is a tensor, so a compiled graph draws a new one each call.
@@ -105,8 +105,7 @@ def _batch(batch_sizes: Tensor, sorted_indices: Optional[Tensor], h0: Optional[T
     return None
 
 
-@torch.library.custom_op("rnnkit::forward", mutates_args=(), device_types="cpu")
-def stack_forward(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor], h0: Optional[Tensor],
+def _forward_impl(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor], h0: Optional[Tensor],
                   c0: Optional[Tensor], weights: List[Tensor], seed: Optional[Tensor], mode: str, input_size: int,
                   hidden_size: int, num_layers: int, bidirectional: bool, proj_size: int, bias: bool,
                   dropout: float, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -134,6 +133,9 @@ def stack_forward(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Opti
     c_t = torch.from_numpy(c_n) if c_n is not None else x.new_empty((0,))
     reserve = torch.from_numpy(cache.reserve()) if cache is not None else x.new_empty((0,))
     return y_t, torch.from_numpy(h_n), c_t, reserve
+
+
+stack_forward = torch.library.custom_op("rnnkit::forward", _forward_impl, mutates_args=(), device_types="cpu")
 
 
 @stack_forward.register_fake
@@ -223,8 +225,9 @@ class _StackBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(reserve, batch_sizes, sorted_indices, seed, dy, dh_n, dc_n, T, N, rows, cfg_args, need_dx):
-        dx, dh0, dc0, grads = torch.ops.rnnkit.backward(reserve, batch_sizes, sorted_indices, seed, dy, dh_n, dc_n,
-                                                        T, N, rows, *cfg_args, need_dx)
+        backward = _backward_impl if type(reserve) is torch.Tensor else torch.ops.rnnkit.backward
+        dx, dh0, dc0, grads = backward(reserve, batch_sizes, sorted_indices, seed, dy, dh_n, dc_n, T, N, rows,
+                                       *cfg_args, need_dx)
         return (dx, dh0, dc0, *grads)
 
     @staticmethod
@@ -254,6 +257,12 @@ def _setup_context(ctx: Any, inputs: Sequence[Any], output: Sequence[Tensor]) ->
     ctx.has_c = c_n.dim() == 3
     ctx.n_weights = len(weights)
     ctx.save_for_backward(reserve, batch_sizes, sorted_indices, seed)
+    # No gradient flows into the reserve (or an empty c_n), and rnnkit takes None for an output
+    # nobody used: no zero tensors are made for them (a reserve-sized one each backward, otherwise).
+    ctx.mark_non_differentiable(reserve)
+    if not ctx.has_c:
+        ctx.mark_non_differentiable(c_n)
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx: Any, dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor],
@@ -305,9 +314,10 @@ class _Stack(torch.autograd.Function):
 
     @staticmethod
     def forward(x, batch_sizes, sorted_indices, h0, c0, seed, cfg_args, training, *weights):
-        with torch._C._AutoDispatchBelowAutograd():
-            return torch.ops.rnnkit.forward(x, batch_sizes, sorted_indices, h0, c0, list(weights), seed, *cfg_args,
-                                            training)
+        # Plain tensors: the operator's implementation itself (the dispatcher's round trip would only
+        # add its overhead, ~0.1 ms a call); a tracer's tensors (fake, functional): the operator.
+        forward = _forward_impl if type(x) is torch.Tensor else torch.ops.rnnkit.forward
+        return forward(x, batch_sizes, sorted_indices, h0, c0, list(weights), seed, *cfg_args, training)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
