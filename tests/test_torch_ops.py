@@ -202,6 +202,30 @@ def test_reserve_is_not_modified_by_backward():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU", "GRU_RESET_BEFORE", "LN_LSTM", "LN_GRU"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_reserve_is_a_function_of_the_inputs(mode, packed):
+    """The operator's reserve is an output: no element of it may be left over from earlier memory
+    (the forward writes all of it without lengths, and zeroes it first with them). NaN-filled
+    caches are freed into rnnkit's pool first, so a leftover shows as a NaN."""
+    cfg = (mode, C, H, 2, True, 0, True, 0.0)
+    specs = torch_ops.stack_config(*cfg).param_specs()
+    nan_weights = [torch.full(shape, float("nan")) for _, shape in specs]
+    weights = [torch.randn(shape) for _, shape in specs]
+    x = torch.randn(T, N, C)
+    batch = (None, None)
+    if packed:
+        p = pack_padded_sequence(x, torch.tensor([T, 2, 4]), enforce_sorted=False)
+        x, batch = p.data, (p.batch_sizes, p.sorted_indices)
+    for _ in range(2):
+        _, _, _, spoiled = torch.ops.rnnkit.forward(torch.full_like(x, float("nan")), *batch, None, None,
+                                                    nan_weights, None, *cfg, True)
+        spoiled.fill_(float("nan"))
+        del spoiled
+    reserve = torch.ops.rnnkit.forward(x, *batch, None, None, weights, None, *cfg, True)[3]
+    assert reserve.numel() > 0 and not reserve.isnan().any()
+
+
 def test_reserve_size_formula_matches_the_core_for_symbolic_sizes():
     cfg = ("LSTM", C, H, 2, True, 3, True, 0.0)
     a, b, c, d = torch_ops._reserve_coefficients(cfg, np.dtype(np.float32))

@@ -8,7 +8,7 @@
 //             device's memory (nothing is allocated before that: an impossible size is a
 //             MemoryError, not a killed process);
 //   3. run:   the backend runs the call with the plan; a training forward returns the cache its
-//             backward consumes (a cache object serves one backward; its block is only read).
+//             backward consumes (a cache is good for one backward).
 // Arguments are pointers into the backend's own memory (stack.h, network.h, optim.h say what each
 // one is); the interface throws std::invalid_argument for bad user input it is the first to see and
 // OutOfMemory when an allocation fails.
@@ -89,8 +89,8 @@ class BackendOps {
   // A training cache as one flat block of plan.footprint.cache elements, and back: a caller may keep
   // the block as an array of its own between forward and backward (a "reserve", as cuDNN calls it;
   // the PyTorch operators do). `stack_cache_block` views a cache's block; `stack_cache_from_block`
-  // makes a cache over one (read, not copied; it must outlive the cache) and the same call's plan,
-  // lengths ([N] or null) and seed. Backward never writes a cache's block.
+  // makes a cache over one (read, not copied, never written: backward keeps such a cache; the block
+  // must outlive it) and the same call's plan, lengths ([N] or null) and seed.
   virtual const S* stack_cache_block(const StackCache& cache) const = 0;
   virtual std::unique_ptr<StackCache> stack_cache_from_block(const StackPlan& plan, const S* block,
                                                              const index_t* lengths,

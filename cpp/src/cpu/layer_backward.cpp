@@ -9,9 +9,12 @@
 //   4. the weight gradients, one GEMM each over all T*N rows (dW_ih, dW_hh, dW_hr, dx), the bias
 //      column sums, and the LayerNorm cells' per-row partial sums added up.
 //
-// dL/d(gates) of every step is gathered in a backward scratch buffer for the phase-4 GEMMs; the
-// forward's kept buffers are only read, so what a forward kept can be backpropagated again (a
-// retained graph, a reserve kept by a caller) and need not be copied to stay intact.
+// dL/d(gates) of every step is gathered for the phase-4 GEMMs: a step's pointwise backward writes
+// it to a one-step staging buffer (the cell still reads that step's gates), and it is copied over
+// the step's gates when they are no longer needed, which saves a [T,N,G*H] buffer (the largest of
+// an LSTM's backward) and consumes what the forward kept: one backward per forward. A shape that
+// keeps the cache (LayerShape::keep_cache: a reserve kept by a caller) gathers them in a scratch
+// buffer instead and only reads what the forward kept.
 #include "cpu/layer_loop.h"
 
 namespace rnnkit {
@@ -31,7 +34,8 @@ class BackwardLoop {
   BackwardLoop(const TeamContext& tc, const LayerShape& s, const LayerWeights<S>& w, const LayerGrads<S>& grads,
                const LayerBuffers<S>& b, const PackedWeights<S>& packed, const LayerBackwardArgs<S>& args)
       : p_(tc, s, w, packed, args.reverse, true), w_(w), grads_(grads), b_(b), a_(args),
-        dgates_all_(b.dgates_all), drec_all_(Plan::kSeparateRecurrent ? b.dhgates : b.dgates_all) {}
+        dgates_all_(s.keep_cache ? b.dgates_all : b.gates),
+        drec_all_(Plan::kSeparateRecurrent ? b.dhgates : dgates_all_) {}
 
   void run() {
     prepare();
@@ -117,7 +121,7 @@ class BackwardLoop {
     const S* h_cur = h_slot(p_.slots.cur(t));
     const S* c_prev = Plan::kHasC ? c_slot(p_.slots.prev(t)) : nullptr;
     const S* c_cur = Plan::kHasC ? c_slot(p_.slots.cur(t)) : nullptr;
-    S* gates = b_.gates + t * N * GH;  // read only (the accessor is read-write for the cell's sake)
+    S* gates = b_.gates + t * N * GH;
     S* saved = b_.saved + t * N * p_.SW;
     S* h_full = p_.s.project ? b_.h_full + t * N * H : nullptr;
     S* dgates = b_.dgates;  // staging: this step's dL/d(gates)
@@ -168,7 +172,8 @@ class BackwardLoop {
         Cell::backward(row_);
       }
     }
-    // This thread's rows of the step's gate gradients, kept for the weight gradients.
+    // This thread's rows of the step's gates are done with: their gradients take their place (or,
+    // keeping the cache, go to their own buffer).
     copy_n(dgates_all_ + (t * N + n0) * GH, dgates + n0 * GH, (n1 - n0) * GH);
     tc.barrier();
     // dL/dh_{t-1} = (direct part written by the cell) + d(recurrent pre-activations) W_hh,
@@ -253,7 +258,7 @@ class BackwardLoop {
   const LayerGrads<S>& grads_;
   const LayerBuffers<S>& b_;
   const LayerBackwardArgs<S>& a_;
-  S* const dgates_all_;  // the gates' gradients of every step (backward scratch)
+  S* const dgates_all_;  // the gates' gradients of every step: over the forward's gates, or (keep_cache) scratch
   S* const drec_all_;    // the gradient that goes through W_hh: the recurrent pre-activations' of
                          // separate-recurrent cells, the shared gates' otherwise
   S* dh_next_ = b_.dh_a;  // dL/d(state after the step being processed), from later steps

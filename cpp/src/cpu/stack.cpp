@@ -90,7 +90,8 @@ int stack_team_size(const StackConfig& cfg, index_t N) {
 }
 
 template <typename S>
-CpuStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool training, std::vector<ParamSpec> specs) {
+CpuStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool training, std::vector<ParamSpec> specs,
+                        bool keep_cache) {
   CpuStackPlan p;
   p.cfg = cfg;
   p.T = T;
@@ -98,6 +99,7 @@ CpuStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool train
   p.training = training;
   p.specs = std::move(specs);
   p.shape = layer_shape(cfg.cell, cfg.layer_dims(0, T, N), training);
+  p.shape.keep_cache = keep_cache;
   p.layer_kept = layer_buffer_elems(p.shape, kKept);
   p.layer_forward = layer_buffer_elems(p.shape, kForwardScratch);
   p.layer_backward = layer_buffer_elems(p.shape, kBackwardScratch);
@@ -218,11 +220,11 @@ std::unique_ptr<CpuStackCache<S>> stack_cache_from_block(const CpuStackPlan& pla
                                                          const index_t* lengths, std::uint64_t dropout_seed) {
   assert(plan.training);
   auto cache = std::make_unique<CpuStackCache<S>>();
-  cache->plan_ = plan;
+  cache->plan_ = plan_stack<S>(plan.cfg, plan.T, plan.N, true, plan.specs, /*keep_cache=*/true);
   cache->lengths.assign(lengths ? lengths : nullptr, lengths ? lengths + plan.N : nullptr);
   cache->dropout_seed = dropout_seed;
   cache->external = block;
-  carve_cache(plan, *cache);
+  carve_cache(cache->plan_, *cache);
   return cache;
 }
 
@@ -318,7 +320,7 @@ void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& ar
 }
 
 #define RNNKIT_INSTANTIATE_STACK(S)                                                                        \
-  template CpuStackPlan plan_stack<S>(const StackConfig&, index_t, index_t, bool, std::vector<ParamSpec>); \
+  template CpuStackPlan plan_stack<S>(const StackConfig&, index_t, index_t, bool, std::vector<ParamSpec>, bool); \
   template void stack_forward<S>(const CpuStackPlan&, const StackForwardArgs<S>&, CpuStackCache<S>*);     \
   template void stack_backward<S>(CpuStackCache<S>&, const StackBackwardArgs<S>&);                        \
   template std::unique_ptr<CpuStackCache<S>> stack_cache_from_block<S>(const CpuStackPlan&, const S*,      \

@@ -30,8 +30,10 @@ struct CpuStackPlan : StackPlan {
 
 // specs: the call's parameter list (stack_param_specs, or the network's stack part; a training
 // forward copies the parameters by it).
+// keep_cache: backward leaves the cache's block as it is (LayerShape::keep_cache).
 template <typename S>
-CpuStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool training, std::vector<ParamSpec> specs);
+CpuStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool training, std::vector<ParamSpec> specs,
+                        bool keep_cache = false);
 
 // What every CPU cache answers the same way: a cache of element type S behind the interface
 // Base, made by a call with the CPU plan PlanT.
@@ -55,12 +57,12 @@ class CpuStackCache final : public CpuCache<S, StackCache, CpuStackPlan> {
   std::vector<index_t> lengths;         // empty: all sequences have T steps
   std::uint64_t dropout_seed = 0;
   Buffer<S> block;                      // everything below points into it (or into `external`)
-  const S* external = nullptr;          // a caller's block (only read: backward writes none of it)
+  const S* external = nullptr;          // a caller's block (only read: the plan keeps the cache)
   std::vector<const S*> inputs;         // [L]: the input of layer l (a copy of x for l = 0)
   std::vector<LayerWeights<S>> weights; // [L*D]: copies of the parameters
   std::vector<S*> kept;                 // [L*D]: where each group's kept layer buffers start
-  // One backward per Cache object (the layers' contract: a backward takes its forward's cache).
-  // The block itself is only read, so a caller's reserve can be backpropagated any number of times.
+  // Backward overwrites the gate buffers with their gradients: a cache is good for one backward
+  // (one over a caller's block keeps the cache: its plan says so, and it is made per backward).
   bool consumed = false;
 };
 
@@ -69,8 +71,8 @@ template <typename S>
 void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, CpuStackCache<S>* cache);
 
 // A cache over a caller's block (`block`: plan.footprint.cache elements, as cache_block views them;
-// not copied, not written, and it must outlive the cache) with the same call's plan, lengths ([N]
-// or null) and dropout seed. The block's layout is a function of the plan alone, so a caller may
+// not copied, not written: its plan is `plan` keeping the cache; the block must outlive it) with
+// the same call's plan, lengths ([N] or null) and dropout seed. The block's layout is a function of the plan alone, so a caller may
 // keep a cache as an array of its own between forward and backward (a "reserve", as cuDNN calls it).
 template <typename S>
 std::unique_ptr<CpuStackCache<S>> stack_cache_from_block(const CpuStackPlan& plan, const S* block,

@@ -108,13 +108,16 @@ def _batch(batch_sizes: Tensor, sorted_indices: Optional[Tensor], h0: Optional[T
 def _forward_impl(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor], h0: Optional[Tensor],
                   c0: Optional[Tensor], weights: List[Tensor], seed: Optional[Tensor], mode: str, input_size: int,
                   hidden_size: int, num_layers: int, bidirectional: bool, proj_size: int, bias: bool,
-                  dropout: float, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                  dropout: float, training: bool, zero_reserve: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """A stack forward. x: [T, N, C] time-major, or packed data [sum(lengths), C] with
     batch_sizes [T] (int64, CPU) and sorted_indices [N] or None. h0 [L*D, N, P], c0 [L*D, N, H]
     (LSTM cells) or None; weights in param_specs order; seed: int64 scalar (dropout) or None.
     training: keep the reserve (and apply dropout). Returns (y [T, N, D*P] or packed [sum, D*P],
     h_n [L*D, N, P], c_n [L*D, N, H] (empty [0] without a cell state), reserve [R] (empty [0] in
-    inference))."""
+    inference)). zero_reserve (not part of the operator's schema): zero the reserve first where it
+    has padding (a packed batch's padded steps are not all written), so that every element of it
+    is a function of the inputs, as an operator's outputs must be (opcheck compares them); rnnkit
+    never reads the padding, so the eager path skips it."""
     cfg = stack_config(mode, input_size, hidden_size, num_layers, bidirectional, proj_size, bias, dropout)
     dropout_seed = int(seed.item()) if seed is not None else 0
     template = None
@@ -126,7 +129,8 @@ def _forward_impl(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Opti
         x_tm, lengths_t = pad_packed_sequence(template)  # original batch order
         lengths = np.ascontiguousarray(lengths_t.numpy(), dtype=np.int64)
     y, h_n, c_n, cache = _core.forward(cfg, [_numpy(w) for w in weights], _numpy(x_tm), _numpy(h0), _numpy(c0),
-                                       lengths, training, dropout_seed, zero_cache=training)
+                                       lengths, training, dropout_seed,
+                                       zero_cache=training and zero_reserve and lengths is not None)
     y_t = torch.from_numpy(y)
     if template is not None:
         y_t = _pack_like(y_t, template)
@@ -135,7 +139,16 @@ def _forward_impl(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Opti
     return y_t, torch.from_numpy(h_n), c_t, reserve
 
 
-stack_forward = torch.library.custom_op("rnnkit::forward", _forward_impl, mutates_args=(), device_types="cpu")
+def _forward_op_impl(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor], h0: Optional[Tensor],
+                     c0: Optional[Tensor], weights: List[Tensor], seed: Optional[Tensor], mode: str, input_size: int,
+                     hidden_size: int, num_layers: int, bidirectional: bool, proj_size: int, bias: bool,
+                     dropout: float, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _forward_impl(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode, input_size, hidden_size,
+                         num_layers, bidirectional, proj_size, bias, dropout, training)
+
+
+_forward_op_impl.__doc__ = _forward_impl.__doc__
+stack_forward = torch.library.custom_op("rnnkit::forward", _forward_op_impl, mutates_args=(), device_types="cpu")
 
 
 @stack_forward.register_fake
@@ -316,8 +329,11 @@ class _Stack(torch.autograd.Function):
     def forward(x, batch_sizes, sorted_indices, h0, c0, seed, cfg_args, training, *weights):
         # Plain tensors: the operator's implementation itself (the dispatcher's round trip would only
         # add its overhead, ~0.1 ms a call); a tracer's tensors (fake, functional): the operator.
-        forward = _forward_impl if type(x) is torch.Tensor else torch.ops.rnnkit.forward
-        return forward(x, batch_sizes, sorted_indices, h0, c0, list(weights), seed, *cfg_args, training)
+        if type(x) is torch.Tensor:
+            return _forward_impl(x, batch_sizes, sorted_indices, h0, c0, list(weights), seed, *cfg_args, training,
+                                 zero_reserve=False)
+        return torch.ops.rnnkit.forward(x, batch_sizes, sorted_indices, h0, c0, list(weights), seed, *cfg_args,
+                                        training)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
