@@ -254,9 +254,10 @@ class _StackBackward(torch.autograd.Function):
     @staticmethod
     def vmap(info, in_dims, *args):
         raise NotImplementedError(
-            "rnnkit.torch: vmap over a gradient (torch.func.vmap(torch.func.grad(f))) is not supported; take "
-            "the gradient of the summed per-member loss instead, torch.func.grad(lambda p: vmap(f)(p).sum()), "
-            "which gives every member its own gradient in one rnnkit call")
+            "rnnkit.torch: vmap over a gradient (torch.func.vmap(torch.func.grad(f)), per-sample gradients "
+            "included) is not supported. For an ensemble take the gradient of the summed per-member loss "
+            "instead, torch.func.grad(lambda p: vmap(f)(p).sum()): every member gets its own gradient, in one "
+            "rnnkit call")
 
 
 def _setup_context(ctx: Any, inputs: Sequence[Any], output: Sequence[Tensor]) -> None:
