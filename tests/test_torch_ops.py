@@ -370,6 +370,22 @@ def test_vmap_over_an_ensemble_matches_a_loop(cls, options, shared_input):
     ref = torch.stack([m(member_x(e))[0] for e, m in enumerate(models)])
     _assert_close(y, ref, VMAP_RTOL, VMAP_ATOL)
 
+    # The final states, from initial states of each member's own.
+    L = base.num_layers * (2 if base.bidirectional else 1)
+    h0s = torch.randn(E, L, N, base.proj_size or H)
+    lstm = isinstance(base, (rt.LSTM, rt.LayerNormLSTM))
+    c0s = torch.randn(E, L, N, H)
+
+    def states(p, b, x, h0, c0):
+        out = functional_call(base, (p, b), (x, (h0, c0) if lstm else h0))
+        return _flat(out)
+
+    got = vmap(states, in_dims=(0, 0, in_x, 0, 0))(params, buffers, xs[0] if shared_input else xs, h0s, c0s)
+    for e, m in enumerate(models):
+        want = _flat(m(member_x(e), (h0s[e], c0s[e]) if lstm else h0s[e]))
+        for a, b in zip(got, want):
+            _assert_close(a[e], b, VMAP_RTOL, VMAP_ATOL)
+
     g = grad(loss_of)(params)
     for m in models:
         m.zero_grad()
@@ -591,3 +607,43 @@ def test_onnx_translation_table_names_the_operator():
     from rnnkit.interop import torch_onnx
 
     assert list(torch_onnx.translation_table()) == [torch.ops.rnnkit.forward.default]
+
+
+@pytest.mark.parametrize("loss", ["linear", "nonlinear"])
+def test_double_backward_is_refused_whatever_the_loss(loss):
+    """A gradient taken with create_graph depends on the weights even when the loss is linear in
+    the outputs (dy then has no graph): its derivative must reach the refusal, not come back as the
+    first-order value alone."""
+    module = rt.LSTM(C, H)
+    y, _ = module(torch.randn(T, N, C))
+    first = y.sum() if loss == "linear" else y.sin().sum()
+    grads = torch.autograd.grad(first, list(module.parameters()), create_graph=True)
+    assert all(g.requires_grad for g in grads)
+    with pytest.raises(RuntimeError, match="double backward"):
+        sum((g ** 2).sum() for g in grads).backward()
+
+
+@pytest.mark.parametrize("first", [
+    "torch.onnx._internal.exporter._torchlib._torchlib_registry",
+    "torch.onnx._internal.exporter._torchlib.ops",
+    "torch.onnx._internal.exporter._registration",
+    "torch.onnx._internal.exporter._core",
+])
+def test_onnx_translation_registers_whichever_exporter_module_loads_first(first):
+    pytest.importorskip("onnxscript", reason="onnxscript (the dynamo ONNX exporter's dependency) is not installed")
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "import rnnkit.torch\n"
+        f"importlib.import_module({first!r})\n"
+        "r = sys.modules['torch.onnx._internal.exporter._torchlib._torchlib_registry']\n"
+        "n = sum('rnnkit' in str(m.fx_target) for m in r._registry)\n"
+        "hooks = [f for f in sys.meta_path if type(f).__name__ == '_RegisterAfterImport']\n"
+        "print(n, len(hooks))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["1", "0"]  # registered once, the hook gone

@@ -51,7 +51,7 @@ class CpuOps final : public BackendOps<S> {
     cpu::stack_step<S>(cfg, N, args);
   }
   const S* stack_cache_block(const StackCache& cache) const override {
-    return own<const CpuStackCache<S>>(cache, "cache").block.data();
+    return own<const CpuStackCache<S>>(cache, "cache").data();
   }
   std::unique_ptr<StackCache> stack_cache_from_block(const StackPlan& plan, const S* block, const index_t* lengths,
                                                      std::uint64_t dropout_seed) const override {

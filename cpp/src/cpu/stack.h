@@ -53,6 +53,7 @@ class CpuStackCache final : public CpuCache<S, StackCache, CpuStackPlan> {
   std::size_t nbytes() const override { return static_cast<std::size_t>(block.size()) * sizeof(S); }
   // The block's first element: the cache's own, or the caller's (stack_cache_from_block).
   S* data() { return external != nullptr ? const_cast<S*>(external) : block.data(); }
+  const S* data() const { return external != nullptr ? external : block.data(); }
 
   std::vector<index_t> lengths;         // empty: all sequences have T steps
   std::uint64_t dropout_seed = 0;

@@ -34,8 +34,10 @@ _ONNX_NODE = {
 }
 
 _EXPORTER_REGISTRY = "torch.onnx._internal.exporter._torchlib._torchlib_registry"
-# Imported by the exporter after the registry module, which it needs complete: the hook waits for it.
+# The two modules import each other, so either may be the one imported first; the translation is
+# registered once both are complete.
 _EXPORTER_REGISTRATION = "torch.onnx._internal.exporter._registration"
+_EXPORTER_MODULES = (_EXPORTER_REGISTRY, _EXPORTER_REGISTRATION)
 
 
 def _refuse(what: str) -> None:
@@ -112,32 +114,45 @@ def translation_table() -> Dict[Any, Any]:
     return {torch.ops.rnnkit.forward.default: rnnkit_forward}
 
 
-def _register(registry_module: Any) -> None:
+def _exporter_ready() -> bool:
+    registry = sys.modules.get(_EXPORTER_REGISTRY)
+    registration = sys.modules.get(_EXPORTER_REGISTRATION)
+    return (registry is not None and hasattr(registry, "onnx_impl")
+            and registration is not None and hasattr(registration, "OnnxDecompMeta"))
+
+
+def _register() -> bool:
     """Adds the translation to torch's exporter registry (the list its ONNX registries are built
-    from at each export)."""
-    if getattr(registry_module, "_rnnkit_registered", False):
-        return
-    registry_module.onnx_impl(torch.ops.rnnkit.forward.default, trace_only=True)(rnnkit_forward)
-    registry_module._rnnkit_registered = True
+    from at each export), once both of its modules are complete. True when it is registered."""
+    if not _exporter_ready():
+        return False
+    registry = sys.modules[_EXPORTER_REGISTRY]
+    if not getattr(registry, "_rnnkit_registered", False):
+        registry.onnx_impl(torch.ops.rnnkit.forward.default, trace_only=True)(rnnkit_forward)
+        registry._rnnkit_registered = True
+    return True
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):
-    """Runs _register once torch's exporter has loaded its registry: importing it (and with it
-    onnxscript, ~2 s) at ``import rnnkit.torch`` would slow every user who never exports."""
+    """Registers the translation once torch's exporter has loaded its registry: importing it (and
+    with it onnxscript, ~2 s) at ``import rnnkit.torch`` would slow every user who never exports.
+    It watches both registry modules and tries after each has executed; it leaves sys.meta_path
+    once the translation is registered."""
 
     def find_spec(self, fullname: str, path: Optional[Sequence[str]], target: Any = None):
-        if fullname != _EXPORTER_REGISTRATION:
+        if fullname not in _EXPORTER_MODULES:
             return None
-        sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return spec
         loader = spec.loader
         exec_module = loader.exec_module
+        finder = self
 
         def exec_and_register(module: Any) -> None:
             exec_module(module)
-            _register(sys.modules[_EXPORTER_REGISTRY])
+            if _register() and finder in sys.meta_path:
+                sys.meta_path.remove(finder)
 
         loader.exec_module = exec_and_register  # type: ignore[method-assign]
         return spec
@@ -145,7 +160,7 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
 
 def install() -> None:
     """Registers the translation now if torch's exporter is loaded, else when it loads."""
-    if _EXPORTER_REGISTRATION in sys.modules:
-        _register(sys.modules[_EXPORTER_REGISTRY])
-    elif not any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
+    if _register():
+        return
+    if not any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _RegisterAfterImport())

@@ -234,10 +234,14 @@ _CONFIG_ARGS = 8  # mode .. dropout, in both operators' signatures
 class _StackBackward(torch.autograd.Function):
     """rnnkit::backward as an autograd.Function: its forward runs the operator on plain tensors
     (torch.func.grad hands an autograd.Function's forward unwrapped tensors, where the operator's
-    NumPy views work), its backward refuses a second derivative."""
+    NumPy views work), its backward refuses a second derivative. `anchors` (the forward's x, h0,
+    c0 and weights) are not used: they make the gradients depend on what they are functions of, so
+    that under create_graph they require grad and a second derivative reaches the refusal instead
+    of silently treating them as constants (a loss linear in the outputs gives dy no graph)."""
 
     @staticmethod
-    def forward(reserve, batch_sizes, sorted_indices, seed, dy, dh_n, dc_n, T, N, rows, cfg_args, need_dx):
+    def forward(reserve, batch_sizes, sorted_indices, seed, dy, dh_n, dc_n, T, N, rows, cfg_args, need_dx,
+                *anchors):
         backward = _backward_impl if type(reserve) is torch.Tensor else torch.ops.rnnkit.backward
         dx, dh0, dc0, grads = backward(reserve, batch_sizes, sorted_indices, seed, dy, dh_n, dc_n, T, N, rows,
                                        *cfg_args, need_dx)
@@ -270,7 +274,7 @@ def _setup_context(ctx: Any, inputs: Sequence[Any], output: Sequence[Tensor]) ->
     ctx.rows = x.shape[0]
     ctx.has_c = c_n.dim() == 3
     ctx.n_weights = len(weights)
-    ctx.save_for_backward(reserve, batch_sizes, sorted_indices, seed)
+    ctx.save_for_backward(reserve, batch_sizes, sorted_indices, seed, x, h0, c0, *weights)
     # No gradient flows into the reserve (or an empty c_n), and rnnkit takes None for an output
     # nobody used: no zero tensors are made for them (a reserve-sized one each backward, otherwise).
     ctx.mark_non_differentiable(reserve)
@@ -285,11 +289,11 @@ def _backward(ctx: Any, dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Opti
         raise RuntimeError(
             "rnnkit::forward: backward through a forward run with training=False (it kept no reserve); "
             "the rnnkit.torch modules pass training=True whenever a gradient is wanted")
-    reserve, batch_sizes, sorted_indices, seed = ctx.saved_tensors
+    reserve, batch_sizes, sorted_indices, seed, *anchors = ctx.saved_tensors
     needs = ctx.needs_input_grad
     dx, dh0, dc0, *grads = _StackBackward.apply(
         reserve, batch_sizes, sorted_indices, seed, dy, dh_n, dc_n if ctx.has_c else None, ctx.T, ctx.N,
-        ctx.rows, ctx.config_args, bool(needs[0]))
+        ctx.rows, ctx.config_args, bool(needs[0]), *(a for a in anchors if a is not None))
     return (dx if needs[0] else None, None, None, dh0 if needs[3] else None,
             dc0 if ctx.has_c and needs[4] else None, list(grads), None) + (None,) * (_CONFIG_ARGS + 1)
 
@@ -454,7 +458,8 @@ def _vmap_forward(info, in_dims, x, batch_sizes, sorted_indices, h0, c0, weights
     if x_dim is None:
         x_c = x
     elif packed:
-        x_c = _moved(x, x_dim, E).permute(1, 0, 2).reshape(x.shape[-2], C_c)
+        xs = _moved(x, x_dim, E)  # [E, rows, C]
+        x_c = xs.permute(1, 0, 2).reshape(xs.shape[1], C_c)
     else:
         xs = _moved(x, x_dim, E)
         x_c = xs.permute(1, 2, 0, 3).reshape(xs.shape[1], xs.shape[2], C_c)
