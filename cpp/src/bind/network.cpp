@@ -88,9 +88,7 @@ py::tuple forward_impl(const NetworkConfig& cfg, const py::list& params, const p
   in.T = inputs.shape(0);
   in.N = inputs.shape(1);
   const index_t T = in.T, N = in.N, K = cfg.output_size;
-  if (T < 1) throw_expected("sequence length T", "T >= 1", T);
-  if (N < 1) throw_expected("batch size N", "N >= 1", N);
-  check_stack_dims(cfg.stack, T, N);
+  check_stack_dims(cfg.stack, T, N);  // T, N >= 1 and every GEMM size in range
   const Backend& backend = backend_for(device_of(inputs));
   const BackendOps<S>& ops = backend.ops<S>();
   const std::unique_ptr<NetworkPlan> plan = ops.plan_network(cfg, T, N, training);

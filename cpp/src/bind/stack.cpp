@@ -39,9 +39,7 @@ py::tuple forward_impl(const StackConfig& cfg, const py::list& params, const py:
                        bool zero_cache) {
   if (x.ndim() != 3) throw_expected("x", "a 3-D array [T, N, C]", concat(x.ndim(), "-D"));
   const index_t T = x.shape(0), N = x.shape(1);
-  if (T < 1) throw_expected("sequence length T", "T >= 1", T);
-  if (N < 1) throw_expected("batch size N", "N >= 1", N);
-  check_stack_dims(cfg, T, N);
+  check_stack_dims(cfg, T, N);  // T, N >= 1 and every GEMM size in range
   const bool has_c = cell_info(cfg.cell).has_cell_state;
   const index_t GD = cfg.groups(), H = cfg.hidden_size, P = cfg.state_size();
   const S* xp = in_ptr<S>(x, "x", {T, N, cfg.input_size});
@@ -184,9 +182,7 @@ py::tuple backward_reserve_impl(const StackConfig& cfg, const py::array& reserve
                                 const std::optional<py::array>& lengths, std::uint64_t dropout_seed,
                                 const std::optional<py::array>& dy, const std::optional<py::array>& dh_n,
                                 const std::optional<py::array>& dc_n, const py::list& grads, bool need_dx) {
-  if (T < 1) throw_expected("sequence length T", "T >= 1", T);
-  if (N < 1) throw_expected("batch size N", "N >= 1", N);
-  check_stack_dims(cfg, T, N);
+  check_stack_dims(cfg, T, N);  // T, N >= 1 and every GEMM size in range
   const index_t* lp = check_lengths(lengths, T, N);
   const Backend& backend = backend_for(device_of(reserve));
   const BackendOps<S>& ops = backend.ops<S>();
@@ -246,9 +242,7 @@ void register_stack(py::module_& m) {
 
   m.def("reserve_size",
         [](const StackConfig& cfg, index_t T, index_t N, const py::dtype& dtype) {
-          if (T < 1) throw_expected("sequence length T", "T >= 1", T);
-          if (N < 1) throw_expected("batch size N", "N >= 1", N);
-          check_stack_dims(cfg, T, N);
+          check_stack_dims(cfg, T, N);  // T, N >= 1 and every GEMM size in range
           return by_dtype(dtype, "dtype", [&](auto s) {
             return backend_for(Device::kCpu).ops<decltype(s)>().plan_stack(cfg, T, N, true)->footprint.cache;
           });

@@ -80,8 +80,8 @@ struct LayerForwardArgs {
 
 // One layer-direction BPTT through a training forward (x, lengths, reverse: as given to it; the
 // forward's kept buffers: backward overwrites the gates with their gradients, so they serve one
-// backward, unless the shape keeps the cache). dy rows like y (dy_ld), or null for zeros; d_state_n: dL/dh_n [N,P], dL/dc_n [N,H] or
-// null for zeros; dx [T,N,C]: dgates W_ih is added (dx_accumulate) or written, null to skip;
+// backward, unless the shape keeps the cache). dy rows like y (dy_ld), or null for zeros;
+// d_state_n: dL/dh_n [N,P], dL/dc_n [N,H] or null for zeros; dx [T,N,C]: dgates W_ih is added (dx_accumulate) or written, null to skip;
 // d_state0: dL/dh0 [N,P], dL/dc0 [N,H] overwritten (c may be null without a cell state). The
 // gradients are ACCUMULATED into.
 template <typename S>

@@ -258,7 +258,8 @@ class BackwardLoop {
   const LayerGrads<S>& grads_;
   const LayerBuffers<S>& b_;
   const LayerBackwardArgs<S>& a_;
-  S* const dgates_all_;  // the gates' gradients of every step: over the forward's gates, or (keep_cache) scratch
+  S* const dgates_all_;  // the gates' gradients of every step: over the forward's gates, or in
+                         // scratch when the shape keeps the cache
   S* const drec_all_;    // the gradient that goes through W_hh: the recurrent pre-activations' of
                          // separate-recurrent cells, the shared gates' otherwise
   S* dh_next_ = b_.dh_a;  // dL/d(state after the step being processed), from later steps

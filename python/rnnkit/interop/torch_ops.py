@@ -67,9 +67,14 @@ def _reserve_coefficients(cfg_args: ConfigArgs, dtype: np.dtype) -> Tuple[int, i
     return a, b, c, d
 
 
+def _np_dtype(dtype: torch.dtype) -> np.dtype:
+    """The NumPy dtype of one of rnnkit's torch dtypes (float32, float64)."""
+    return np.dtype(np.float32 if dtype == torch.float32 else np.float64)
+
+
 def reserve_elems(cfg_args: ConfigArgs, T: Any, N: Any, dtype: torch.dtype) -> Any:
     """Elements of the reserve of a training forward of x [T, N, C] (T, N may be symbolic)."""
-    np_dtype = np.dtype(np.float32 if dtype == torch.float32 else np.float64)
+    np_dtype = _np_dtype(dtype)
     if isinstance(T, int) and isinstance(N, int):
         return int(_core.reserve_size(stack_config(*cfg_args), T, N, np_dtype))
     a, b, c, d = _reserve_coefficients(cfg_args, np_dtype)
@@ -97,7 +102,8 @@ def _pack_like(y_tm: Tensor, template: PackedSequence) -> Tensor:
     return y_sorted.reshape(T * N, F).index_select(0, rows)
 
 
-def _batch(batch_sizes: Tensor, sorted_indices: Optional[Tensor], h0: Optional[Tensor]) -> Any:
+def _batch(sorted_indices: Optional[Tensor], h0: Optional[Tensor]) -> Any:
+    """A packed call's batch size where its shapes tell it; None where it is data-dependent."""
     if sorted_indices is not None:
         return sorted_indices.shape[0]
     if h0 is not None:
@@ -163,7 +169,7 @@ def _stack_forward_fake(x, batch_sizes, sorted_indices, h0, c0, weights, seed, m
         y = x.new_empty((T, N, D * P))
     else:
         T = batch_sizes.shape[0]
-        N = _batch(batch_sizes, sorted_indices, h0)
+        N = _batch(sorted_indices, h0)
         if N is None:
             N = torch.library.get_ctx().new_dynamic_size()
         y = x.new_empty((x.shape[0], D * P))
@@ -194,8 +200,7 @@ def _backward_impl(reserve: Tensor, batch_sizes: Optional[Tensor], sorted_indice
         lengths = np.ascontiguousarray(lengths_t.numpy(), dtype=np.int64)
         if dy is not None:
             dy, _ = pad_packed_sequence(_packed(dy, batch_sizes, sorted_indices), total_length=T)
-    np_dtype = np.dtype(np.float32 if reserve.dtype == torch.float32 else np.float64)
-    grads = [np.zeros(shape, dtype=np_dtype) for _, shape in cfg.param_specs()]
+    grads = [np.zeros(shape, dtype=_np_dtype(reserve.dtype)) for _, shape in cfg.param_specs()]
     dx, dh0, dc0 = _core.backward_reserve(cfg, _numpy(reserve), T, N, lengths, dropout_seed, _numpy(dy),
                                           _numpy(dh_n), _numpy(dc_n), grads, need_dx)
     if dx is None:
@@ -273,7 +278,6 @@ def _setup_context(ctx: Any, inputs: Sequence[Any], output: Sequence[Tensor]) ->
     ctx.N = h_n.shape[1]
     ctx.rows = x.shape[0]
     ctx.has_c = c_n.dim() == 3
-    ctx.n_weights = len(weights)
     ctx.save_for_backward(reserve, batch_sizes, sorted_indices, seed, x, h0, c0, *weights)
     # No gradient flows into the reserve (or an empty c_n), and rnnkit takes None for an output
     # nobody used: no zero tensors are made for them (a reserve-sized one each backward, otherwise).
@@ -420,8 +424,8 @@ def _vmap_forward(info, in_dims, x, batch_sizes, sorted_indices, h0, c0, weights
             s = _moved(s, dim, E)  # [E, L*D, N, width] -> [L*D, E*N, width], as x_c
             return s.transpose(0, 1).reshape(s.shape[1], E * N, s.shape[3])
 
-        y, h_n, c_n, reserve = stack_call(x_c, None, None, fold(h0, h0_dim), fold(c0, c0_dim), list(weights), seed,
-                                     cfg_args, training)
+        y, h_n, c_n, reserve = stack_call(x_c, None, None, fold(h0, h0_dim), fold(c0, c0_dim), list(weights),
+                                          seed, cfg_args, training)
         y = y.reshape(T, E, N, D * P).transpose(0, 1)
         h_n = h_n.reshape(L * D, E, N, P).transpose(0, 1)
         if cfg.has_cell_state:
@@ -433,7 +437,7 @@ def _vmap_forward(info, in_dims, x, batch_sizes, sorted_indices, h0, c0, weights
         ws = [_moved(w, d, E) for w, d in zip(weights, w_dims)]
         for e in range(E):
             outs.append(stack_call(xs[e], batch_sizes, sorted_indices, None if h0s is None else h0s[e],
-                              None if c0s is None else c0s[e], [w[e] for w in ws], seed, cfg_args, training))
+                                   None if c0s is None else c0s[e], [w[e] for w in ws], seed, cfg_args, training))
         y, h_n, c_n, _ = (torch.stack(parts) for parts in zip(*outs))
         return (y, h_n, c_n, outs[0][3]), (0, 0, 0, None)
     # An ensemble: one stack of E*H units with block-diagonal weights.
@@ -472,7 +476,7 @@ def _vmap_forward(info, in_dims, x, batch_sizes, sorted_indices, h0, c0, weights
 
     cfg_c = (mode, C_c, E * H, L, bidirectional, E * proj_size if proj_size else 0, bias, dropout)
     y, h_n, c_n, reserve = stack_call(x_c.contiguous(), batch_sizes, sorted_indices, state(h0, h0_dim, P),
-                                 state(c0, c0_dim, H), combined, seed, cfg_c, training)
+                                      state(c0, c0_dim, H), combined, seed, cfg_c, training)
     if packed:
         rows = y.shape[0]
         y = y.reshape(rows, D, E, P).permute(2, 0, 1, 3).reshape(E, rows, D * P)
