@@ -10,7 +10,8 @@ variant is warmed up (compilation included) before timing; the rounds interleave
 the machine's drift falls on all of them alike, and each figure is the median of the rounds. The
 ratios are the result (this machine is shared): compiled rnnkit against eager rnnkit, and against
 compiled torch.nn.LSTM (torch.compile cannot trace torch.nn.LSTM: dynamo gives up on the forward
-that holds it and runs it eagerly, which is what a user of torch.compile gets).
+that holds it and runs it eagerly, which is what a user of torch.compile gets); eager rnnkit
+against eager torch.nn.LSTM for context.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def main() -> int:
     ref_model = TorchModel(torch.nn.LSTM)
     variants = {}
     for name, cls, compiled in [("rnnkit eager", rt.LSTM, None), ("rnnkit compiled", rt.LSTM, "fullgraph"),
-                                ("torch.nn compiled", torch.nn.LSTM, "graph-breaks")]:
+                                ("torch.nn compiled", torch.nn.LSTM, "graph-breaks"),
+                                ("torch.nn eager", torch.nn.LSTM, None)]:
         model = (RnnkitModel if cls is rt.LSTM else TorchModel)(cls)
         model.load_state_dict(ref_model.state_dict())
         variants[name] = trainer(model, compiled)
@@ -127,9 +129,12 @@ def main() -> int:
     r_torch = median["torch.nn compiled"] / median["rnnkit compiled"]
     print(f"rnnkit compiled vs rnnkit eager:      {r_eager:.2f}x  (goal >= 1.0)")
     print(f"rnnkit compiled vs torch.nn compiled: {r_torch:.2f}x  (goal > 1.0)")
+    r_eager_torch = median["torch.nn eager"] / median["rnnkit eager"]
+    print(f"rnnkit eager vs torch.nn eager:       {r_eager_torch:.2f}x  (context: no compiler on either side)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"median_s": median, "ratios": {"vs_eager": r_eager, "vs_torch_compiled": r_torch},
+            json.dump({"median_s": median, "ratios": {"vs_eager": r_eager, "vs_torch_compiled": r_torch,
+                                                      "eager_vs_torch_eager": r_eager_torch},
                        "args": vars(args), "cpu": cpu}, f, indent=2)
     return 0
 

@@ -226,6 +226,103 @@ def test_reserve_is_a_function_of_the_inputs(mode, packed):
     assert reserve.numel() > 0 and not reserve.isnan().any()
 
 
+def _spy_backward_paths(monkeypatch) -> list:
+    """Records which BPTT entry each backward takes: "cache" (_core.backward, using the eager
+    forward's cache up) or "reserve" (_core.backward_reserve, reading the reserve)."""
+    calls = []
+    for name, tag in (("backward", "cache"), ("backward_reserve", "reserve")):
+        def spy(*args, real=getattr(rnnkit._core, name), tag=tag):
+            calls.append(tag)
+            return real(*args)
+
+        monkeypatch.setattr(rnnkit._core, name, spy)
+    return calls
+
+
+_EAGER_CASES = [
+    (rt.LSTM, dict(proj_size=3, bidirectional=True), "plain"),
+    (rt.GRU, dict(reset_after=False, num_layers=2, dropout=0.5), "packed"),  # dropout: same masks again
+    (rt.LayerNormGRU, dict(), "h0"),
+    (rt.RNN, dict(num_layers=2, bidirectional=True), "packed_sorted"),
+]
+
+
+def _module(cls, options):
+    torch.manual_seed(0)
+    return cls(C, H, **options)
+
+
+def _leaves(args, x):
+    hx = args[1]
+    return [x] + ([] if hx is None else list(hx) if isinstance(hx, tuple) else [hx])
+
+
+def _grads(module, kind):
+    """The loss and every gradient (input, initial state, parameters) of one training step."""
+    module.zero_grad()
+    args, x = _inputs(module, kind, True)
+    loss = _loss(module(*args))
+    loss.backward()
+    return [loss.detach()] + [t.grad for t in _leaves(args, x)] + [p.grad.clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("case", _EAGER_CASES, ids=_case_id)
+def test_eager_backward_uses_its_cache_and_matches_the_reserve_path(case, monkeypatch):
+    """An eager module's first backward uses its forward's cache up (rnnkit's own BPTT, without the
+    reserve reader's gate-gradient buffer); without a cache (as in the operator's autograd) it
+    reads the reserve. Both give the same gradients, bit for bit (the same arithmetic)."""
+    cls, options, kind = case
+    module = _module(cls, options)
+    calls = _spy_backward_paths(monkeypatch)
+    torch.manual_seed(3)
+    eager = _grads(module, kind)
+    assert calls == ["cache"]
+    calls.clear()
+    real_run = torch_ops._forward_run
+    monkeypatch.setattr(torch_ops, "_forward_run", lambda *a, **k: (real_run(*a, **k)[0], None))
+    torch.manual_seed(3)
+    via_reserve = _grads(module, kind)
+    assert calls == ["reserve"]
+    for a, b in zip(eager, via_reserve):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("case", _EAGER_CASES, ids=_case_id)
+def test_retained_graph_after_the_cache_is_used_up_runs_the_forward_again(case, monkeypatch):
+    """The eager first backward leaves the reserve holding gate gradients; a second backward
+    through the retained graph recomputes it (same dropout seed) and matches the first exactly,
+    also one taken with create_graph (which reads the reserve)."""
+    cls, options, kind = case
+    module = _module(cls, options)
+    calls = _spy_backward_paths(monkeypatch)
+    args, x = _inputs(module, kind, True)
+    torch.manual_seed(5)
+    loss = _loss(module(*args))
+    leaves = _leaves(args, x) + list(module.parameters())
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    second = torch.autograd.grad(loss, leaves, retain_graph=True)
+    with_graph = torch.autograd.grad(loss, leaves, retain_graph=True, create_graph=True)
+    third = torch.autograd.grad(loss, leaves)
+    assert calls == ["cache", "cache", "reserve", "cache"]
+    for grads in (second, with_graph, third):
+        for a, b in zip(first, grads):
+            assert torch.equal(a, b.detach())
+
+
+def test_inference_records_no_autograd_node(monkeypatch):
+    module = rt.LSTM(C, H)
+    applied = []
+    real_apply = torch_ops._Stack.apply
+    monkeypatch.setattr(torch_ops._Stack, "apply", lambda *a: applied.append(1) or real_apply(*a))
+    x = torch.randn(T, N, C)
+    with torch.no_grad():
+        y, (h_n, c_n) = module(x)
+    assert y.grad_fn is None and h_n.grad_fn is None and not applied
+    y_grad, _ = module(x)  # grad mode, parameters that require grad: recorded
+    assert y_grad.grad_fn is not None and applied == [1]
+    torch.testing.assert_close(y, y_grad.detach(), rtol=0, atol=0)
+
+
 def test_reserve_size_formula_matches_the_core_for_symbolic_sizes():
     cfg = ("LSTM", C, H, 2, True, 3, True, 0.0)
     a, b, c, d = torch_ops._reserve_coefficients(cfg, np.dtype(np.float32))

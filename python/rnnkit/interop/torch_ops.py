@@ -26,11 +26,13 @@ state) it is data-dependent, an unbacked size in a traced graph.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead_wrappers
 from torch.nn.utils.rnn import PackedSequence, invert_permutation, pad_packed_sequence
 
 from .. import _core
@@ -111,10 +113,11 @@ def _batch(sorted_indices: Optional[Tensor], h0: Optional[Tensor]) -> Any:
     return None
 
 
-def _forward_impl(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor], h0: Optional[Tensor],
-                  c0: Optional[Tensor], weights: List[Tensor], seed: Optional[Tensor], mode: str, input_size: int,
-                  hidden_size: int, num_layers: int, bidirectional: bool, proj_size: int, bias: bool,
-                  dropout: float, training: bool, zero_reserve: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _forward_run(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor], h0: Optional[Tensor],
+                 c0: Optional[Tensor], weights: List[Tensor], seed: Optional[Tensor], mode: str, input_size: int,
+                 hidden_size: int, num_layers: int, bidirectional: bool, proj_size: int, bias: bool,
+                 dropout: float, training: bool,
+                 zero_reserve: bool = True) -> Tuple[Tuple[Tensor, Tensor, Tensor, Tensor], Any]:
     """A stack forward. x: [T, N, C] time-major, or packed data [sum(lengths), C] with
     batch_sizes [T] (int64, CPU) and sorted_indices [N] or None. h0 [L*D, N, P], c0 [L*D, N, H]
     (LSTM cells) or None; weights in param_specs order; seed: int64 scalar (dropout) or None.
@@ -123,7 +126,8 @@ def _forward_impl(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Opti
     inference)). zero_reserve (not part of the operator's schema): zero the reserve first where it
     has padding (a packed batch's padded steps are not all written), so that every element of it
     is a function of the inputs, as an operator's outputs must be (opcheck compares them); rnnkit
-    never reads the padding, so the eager path skips it."""
+    never reads the padding, so the eager path skips it. Returned with the outputs: the
+    ``_core.Cache`` whose block the reserve views (None in inference)."""
     cfg = stack_config(mode, input_size, hidden_size, num_layers, bidirectional, proj_size, bias, dropout)
     dropout_seed = int(seed.item()) if seed is not None else 0
     template = None
@@ -142,7 +146,15 @@ def _forward_impl(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Opti
         y_t = _pack_like(y_t, template)
     c_t = torch.from_numpy(c_n) if c_n is not None else x.new_empty((0,))
     reserve = torch.from_numpy(cache.reserve()) if cache is not None else x.new_empty((0,))
-    return y_t, torch.from_numpy(h_n), c_t, reserve
+    return (y_t, torch.from_numpy(h_n), c_t, reserve), cache
+
+
+def _forward_impl(*args: Any, **kwargs: Any) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """_forward_run's outputs alone."""
+    return _forward_run(*args, **kwargs)[0]
+
+
+_forward_impl.__doc__ = _forward_run.__doc__
 
 
 def _forward_op_impl(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor], h0: Optional[Tensor],
@@ -153,7 +165,7 @@ def _forward_op_impl(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: O
                          num_layers, bidirectional, proj_size, bias, dropout, training)
 
 
-_forward_op_impl.__doc__ = _forward_impl.__doc__
+_forward_op_impl.__doc__ = _forward_run.__doc__
 stack_forward = torch.library.custom_op("rnnkit::forward", _forward_op_impl, mutates_args=(), device_types="cpu")
 
 
@@ -179,16 +191,19 @@ def _stack_forward_fake(x, batch_sizes, sorted_indices, h0, c0, weights, seed, m
     return y, h_n, c_n, reserve
 
 
-def _backward_impl(reserve: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor],
+def _backward_run(reserve: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor],
                    seed: Optional[Tensor], dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor],
                    T: int, N: int, rows: int, mode: str, input_size: int, hidden_size: int, num_layers: int,
                    bidirectional: bool, proj_size: int, bias: bool, dropout: float,
-                   need_dx: bool) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
+                   need_dx: bool, cache: Any = None) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
     """BPTT from a training forward's reserve (not modified). T, N: the forward's steps and batch;
     rows: its packed rows (x.shape[0] of a packed call; ignored otherwise). dy: like the forward's y
     (padded or packed), dh_n, dc_n: like h_n, c_n; each may be None (zeros). Returns (dx like x (empty [0]
     unless need_dx), dh0, dc0 (empty [0] without a cell state), the weights' gradients in
-    param_specs order)."""
+    param_specs order). cache (not part of the operator's schema): the forward's ``_core.Cache``,
+    to be used up instead: rnnkit's own backward, which writes the gate gradients over the cached
+    gates (the reserve is left holding them) and saves the [T, N, G*H] buffer the reserve's reader
+    gathers them in (~6% of an LSTM training step); the eager path's first backward."""
     cfg = stack_config(mode, input_size, hidden_size, num_layers, bidirectional, proj_size, bias, dropout)
     dropout_seed = int(seed.item()) if seed is not None else 0
     lengths = None
@@ -201,8 +216,11 @@ def _backward_impl(reserve: Tensor, batch_sizes: Optional[Tensor], sorted_indice
         if dy is not None:
             dy, _ = pad_packed_sequence(_packed(dy, batch_sizes, sorted_indices), total_length=T)
     grads = [np.zeros(shape, dtype=_np_dtype(reserve.dtype)) for _, shape in cfg.param_specs()]
-    dx, dh0, dc0 = _core.backward_reserve(cfg, _numpy(reserve), T, N, lengths, dropout_seed, _numpy(dy),
-                                          _numpy(dh_n), _numpy(dc_n), grads, need_dx)
+    if cache is not None:
+        dx, dh0, dc0 = _core.backward(cache, _numpy(dy), _numpy(dh_n), _numpy(dc_n), grads, need_dx)
+    else:
+        dx, dh0, dc0 = _core.backward_reserve(cfg, _numpy(reserve), T, N, lengths, dropout_seed, _numpy(dy),
+                                              _numpy(dh_n), _numpy(dc_n), grads, need_dx)
     if dx is None:
         dx_t = reserve.new_empty((0,))
     else:
@@ -213,6 +231,16 @@ def _backward_impl(reserve: Tensor, batch_sizes: Optional[Tensor], sorted_indice
     return dx_t, torch.from_numpy(dh0), dc0_t, [torch.from_numpy(g) for g in grads]
 
 
+def _backward_impl(reserve: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor],
+                   seed: Optional[Tensor], dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor],
+                   T: int, N: int, rows: int, mode: str, input_size: int, hidden_size: int, num_layers: int,
+                   bidirectional: bool, proj_size: int, bias: bool, dropout: float,
+                   need_dx: bool) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
+    return _backward_run(reserve, batch_sizes, sorted_indices, seed, dy, dh_n, dc_n, T, N, rows, mode, input_size,
+                         hidden_size, num_layers, bidirectional, proj_size, bias, dropout, need_dx)
+
+
+_backward_impl.__doc__ = _backward_run.__doc__
 stack_backward = torch.library.custom_op("rnnkit::backward", _backward_impl, mutates_args=(), device_types="cpu")
 
 
@@ -295,9 +323,26 @@ def _backward(ctx: Any, dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Opti
             "the rnnkit.torch modules pass training=True whenever a gradient is wanted")
     reserve, batch_sizes, sorted_indices, seed, *anchors = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    dx, dh0, dc0, *grads = _StackBackward.apply(
-        reserve, batch_sizes, sorted_indices, seed, dy, dh_n, dc_n if ctx.has_c else None, ctx.T, ctx.N,
-        ctx.rows, ctx.config_args, bool(needs[0]), *(a for a in anchors if a is not None))
+    # A plain backward: no create_graph (autograd enables grad mode in backward only for that) and
+    # no torch.func transform, so no autograd record of this backward is wanted.
+    plain = not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
+    cache = getattr(ctx, "cache", None)  # eager calls only (_Stack)
+    if getattr(ctx, "reserve_spent", False):
+        # A retained graph backpropagated again after an eager backward used the reserve up: the
+        # same forward again (the same seed, hence the same dropout masks) for a fresh one.
+        x, h0, c0, *weights = anchors
+        (_, _, _, reserve), cache = _forward_run(x, batch_sizes, sorted_indices, h0, c0, weights, seed,
+                                                 *ctx.config_args, True, zero_reserve=False)
+    dc_n = dc_n if ctx.has_c else None
+    if cache is not None and plain:
+        ctx.cache = None
+        ctx.reserve_spent = True  # before the call: even a failed backward may have written over it
+        dx, dh0, dc0, grads = _backward_run(reserve, batch_sizes, sorted_indices, seed, dy, dh_n, dc_n, ctx.T,
+                                            ctx.N, ctx.rows, *ctx.config_args, bool(needs[0]), cache=cache)
+    else:
+        dx, dh0, dc0, *grads = _StackBackward.apply(
+            reserve, batch_sizes, sorted_indices, seed, dy, dh_n, dc_n, ctx.T, ctx.N, ctx.rows, ctx.config_args,
+            bool(needs[0]), *(a for a in anchors if a is not None))
     return (dx if needs[0] else None, None, None, dh0 if needs[3] else None,
             dc0 if ctx.has_c and needs[4] else None, list(grads), None) + (None,) * (_CONFIG_ARGS + 1)
 
@@ -329,23 +374,46 @@ stack_backward.register_autograd(_refuse_double_backward)
 #     hidden vector, which would mix the members: those run member by member.
 # The reserve is the combined call's own, unbatched.
 
+# The eager forward hands its cache to setup_context (which autograd calls right after forward,
+# in the same thread) with the reserve it belongs to; anything else finds no cache for its reserve.
+_handoff = threading.local()
+
+
 class _Stack(torch.autograd.Function):
     """rnnkit::forward with the operators' backward, as an autograd.Function with a vmap rule: the
     form in which functorch (torch.func.vmap, grad over vmap) takes a batching rule that itself
-    records autograd. The modules call this; tracers see the operators inside it."""
+    records autograd. The modules call this; tracers see the operators inside it.
+
+    Eager calls (plain tensors) also keep the forward's ``_core.Cache``, and their first plain
+    backward uses it up (``_backward_run(cache=...)``), which is rnnkit's own BPTT and faster than
+    reading the reserve; that leaves the reserve holding gate gradients, so a second backward
+    through a retained graph runs the forward again for a fresh one (``_backward``)."""
+
+    @classmethod
+    def apply(cls, *args: Any) -> Any:
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(*args)
+        # Function.apply without transforms, less its binding of the arguments to forward's
+        # signature (inspect, ~20 us a call), which only fills in defaults: forward has none and
+        # every caller passes every argument positionally.
+        return super(torch.autograd.Function, cls).apply(*_unwrap_dead_wrappers(args))
 
     @staticmethod
     def forward(x, batch_sizes, sorted_indices, h0, c0, seed, cfg_args, training, *weights):
         # Plain tensors: the operator's implementation itself (the dispatcher's round trip would only
-        # add its overhead, ~0.1 ms a call); a tracer's tensors (fake, functional): the operator.
+        # add its overhead, ~20 us a call); a tracer's tensors (fake, functional): the operator.
         if type(x) is torch.Tensor:
-            return _forward_impl(x, batch_sizes, sorted_indices, h0, c0, list(weights), seed, *cfg_args, training,
-                                 zero_reserve=False)
+            outputs, cache = _forward_run(x, batch_sizes, sorted_indices, h0, c0, list(weights), seed, *cfg_args,
+                                          training, zero_reserve=False)
+            _handoff.pending = (outputs[3], cache)
+            return outputs
         return torch.ops.rnnkit.forward(x, batch_sizes, sorted_indices, h0, c0, list(weights), seed, *cfg_args,
                                         training)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        pending, _handoff.pending = getattr(_handoff, "pending", None), None
+        ctx.cache = pending[1] if pending is not None and pending[0] is output[3] else None
         x, batch_sizes, sorted_indices, h0, c0, seed, cfg_args, training, *weights = inputs
         _setup_context(ctx, (x, batch_sizes, sorted_indices, h0, c0, weights, seed, *cfg_args, training), output)
 
@@ -369,6 +437,12 @@ def stack_call(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optiona
         # Tracers (torch.compile, torch.export) take the operator itself, with its registered autograd.
         return torch.ops.rnnkit.forward(x, batch_sizes, sorted_indices, h0, c0, list(weights), seed, *cfg_args,
                                         training)
+    if (not training and type(x) is torch.Tensor and not torch._C._are_functorch_transforms_active()
+            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                     for t in (x, h0, c0, *weights)))):
+        # Inference that nothing differentiates: no autograd node to record (~0.1 ms a call).
+        return _forward_impl(x, batch_sizes, sorted_indices, h0, c0, list(weights), seed, *cfg_args, training,
+                             zero_reserve=False)
     return _Stack.apply(x, batch_sizes, sorted_indices, h0, c0, seed, tuple(cfg_args), training, *weights)
 
 
