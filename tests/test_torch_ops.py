@@ -309,6 +309,28 @@ def test_retained_graph_after_the_cache_is_used_up_runs_the_forward_again(case, 
             assert torch.equal(a, b.detach())
 
 
+def test_checkpointing_keeps_no_cache_beside_its_hooks(monkeypatch):
+    """Under saved-tensor hooks (torch.utils.checkpoint) the reserve is a saved tensor like any
+    other: no cache is held beside it (that would keep its memory alive), so backward reads the
+    recomputed reserve, and the gradients equal the plain run's."""
+    from torch.utils.checkpoint import checkpoint
+
+    module = _module(rt.GRU, dict(num_layers=2, dropout=0.5))
+    calls = _spy_backward_paths(monkeypatch)
+    x = torch.randn(T, N, C, requires_grad=True)
+    results = []
+    for wrap in (False, True):
+        module.zero_grad()
+        x.grad = None
+        torch.manual_seed(11)  # the dropout seed: the recomputation restores torch's RNG state
+        y, h = checkpoint(module, x, use_reentrant=False) if wrap else module(x)
+        _loss((y, h)).backward()
+        results.append([x.grad.clone()] + [p.grad.clone() for p in module.parameters()])
+    assert calls == ["cache", "reserve"]
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_inference_records_no_autograd_node(monkeypatch):
     module = rt.LSTM(C, H)
     applied = []

@@ -414,6 +414,10 @@ class _Stack(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         pending, _handoff.pending = getattr(_handoff, "pending", None), None
         ctx.cache = pending[1] if pending is not None and pending[0] is output[3] else None
+        if torch._C._autograd._top_saved_tensors_default_hooks(False) is not None:
+            # Saved-tensor hooks (torch.utils.checkpoint, offloading) manage what backward keeps;
+            # a cache held beside them would keep the reserve's memory alive behind their back.
+            ctx.cache = None
         x, batch_sizes, sorted_indices, h0, c0, seed, cfg_args, training, *weights = inputs
         _setup_context(ctx, (x, batch_sizes, sorted_indices, h0, c0, weights, seed, *cfg_args, training), output)
 
