@@ -24,6 +24,25 @@ import statistics
 import time
 
 
+def cpu_fields() -> dict:
+    """model name, cpu family and model of the first CPU in /proc/cpuinfo (empty elsewhere)."""
+    cpu = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "cpu family", "model") and key.strip() not in cpu:
+                    cpu[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return cpu
+
+
+def machine_description(cpu: dict) -> str:
+    return (f"{platform.machine()} {cpu.get('model name', '?')} (cpu family {cpu.get('cpu family', '?')}, "
+            f"model {cpu.get('model', '?')})")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--vocab", type=int, default=64)
@@ -107,17 +126,8 @@ def main() -> int:
             times[name].append((time.perf_counter() - t0) / args.steps)
     median = {name: statistics.median(v) for name, v in times.items()}
 
-    cpu = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "cpu family", "model") and key.strip() not in cpu:
-                    cpu[key.strip()] = value.strip()
-    except OSError:
-        pass
-    print(f"machine: {platform.machine()} {cpu.get('model name', '?')} (cpu family {cpu.get('cpu family', '?')}, "
-          f"model {cpu.get('model', '?')}); torch {torch.__version__}; threads {args.threads}; "
+    cpu = cpu_fields()
+    print(f"machine: {machine_description(cpu)}; torch {torch.__version__}; threads {args.threads}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     print(f"model: Embedding({args.vocab}, {args.embed}) -> LSTM({args.embed}, {args.hidden}, {args.layers}) -> "
           f"Linear({args.hidden}, {args.vocab}); batch T={args.T}, N={args.batch}; SGD; "

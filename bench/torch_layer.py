@@ -20,7 +20,6 @@ engine and gradient accumulation, and fresh outputs where the core rows reuse th
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -113,21 +112,13 @@ def main() -> int:
             times[name].append((time.perf_counter() - t0) / args.reps)
     median = {name: statistics.median(v) for name, v in times.items()}
 
-    cpu = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "cpu family", "model") and key.strip() not in cpu:
-                    cpu[key.strip()] = value.strip()
-    except OSError:
-        pass
-    print(f"machine: {platform.machine()} {cpu.get('model name', '?')} (cpu family {cpu.get('cpu family', '?')}, "
-          f"model {cpu.get('model', '?')}); torch {torch.__version__}; 1 thread")
+    from torch_compile import cpu_fields, machine_description  # bench/ is the script's directory
+
+    print(f"machine: {machine_description(cpu_fields())}; torch {torch.__version__}; 1 thread")
     print(f"{args.cell}({C}, {H}), x [{T}, {N}, {C}], dx {'yes' if args.dx else 'no'}; "
           f"median of {args.rounds} rounds x {args.reps} calls")
     for name, t in median.items():
-        print(f"{name:<24} {t * 1e3:9.3f} ms")
+        print(f"{name:<28} {t * 1e3:9.3f} ms")
     print(f"reserve read / cache used up:       core {median['core, reserve read'] / median['core, cache used up']:.3f}, "
           f"module {median['rnnkit.torch, reserve read'] / median['rnnkit.torch']:.3f}")
     print(f"torch.nn / rnnkit.torch:            {median['torch.nn'] / median['rnnkit.torch']:.3f}")
