@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 
 
 def cpu_fields() -> dict:
@@ -63,6 +61,7 @@ def main() -> int:
     import torch
 
     import rnnkit
+    from rnnkit.app.timing import interleaved_medians
     import rnnkit.torch as rt
 
     torch.set_num_threads(args.threads)
@@ -117,14 +116,14 @@ def main() -> int:
     for step in variants.values():  # warm-up: compilation, allocator, first-call costs
         for _ in range(3):
             step(tokens, targets)
-    times = {name: [] for name in variants}
-    for _ in range(args.rounds):
-        for name, step in variants.items():
-            t0 = time.perf_counter()
+    def steps(step):
+        def run():
             for _ in range(args.steps):
                 step(tokens, targets)
-            times[name].append((time.perf_counter() - t0) / args.steps)
-    median = {name: statistics.median(v) for name, v in times.items()}
+        return run
+
+    rounds = interleaved_medians({name: steps(step) for name, step in variants.items()}, args.rounds, warmup=0)
+    median = {name: t / args.steps for name, t in rounds.items()}
 
     cpu = cpu_fields()
     print(f"machine: {machine_description(cpu)}; torch {torch.__version__}; threads {args.threads}; "

@@ -20,8 +20,6 @@ engine and gradient accumulation, and fresh outputs where the core rows reuse th
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 
 def main() -> int:
@@ -43,6 +41,7 @@ def main() -> int:
     import torch
 
     import rnnkit
+    from rnnkit.app.timing import interleaved_medians
     import rnnkit.torch as rt
     from rnnkit import _core
     from rnnkit.interop import torch_ops
@@ -103,14 +102,14 @@ def main() -> int:
     for f in rows.values():
         for _ in range(3):
             f()
-    times = {name: [] for name in rows}
-    for _ in range(args.rounds):
-        for name, f in rows.items():
-            t0 = time.perf_counter()
+    def repeated(f):
+        def run():
             for _ in range(args.reps):
                 f()
-            times[name].append((time.perf_counter() - t0) / args.reps)
-    median = {name: statistics.median(v) for name, v in times.items()}
+        return run
+
+    rounds = interleaved_medians({name: repeated(f) for name, f in rows.items()}, args.rounds, warmup=0)
+    median = {name: t / args.reps for name, t in rounds.items()}
 
     from torch_compile import cpu_fields, machine_description  # bench/ is the script's directory
 

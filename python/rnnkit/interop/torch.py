@@ -247,11 +247,7 @@ class _RNNBase(torch.nn.Module, StackOptions):
         h0, c0 = self._check_hx(hx, N, unbatched, dtype)
 
         apply_dropout = self.training and self.dropout > 0 and self.num_layers > 1
-        tensors = [x_in, h0, c0, *weights]
-        needs_grad = torch.is_grad_enabled() and (
-            any(t is not None and t.requires_grad for t in tensors)
-            # Under torch.func transforms a vmapped tensor does not tell whether an outer grad tracks it.
-            or torch._C._are_functorch_transforms_active())
+        needs_grad = _ops.needs_grad((x_in, h0, c0, *weights))
         seed = torch.randint(0, 2**62, (), dtype=torch.int64) if apply_dropout else None
         y, h_n, c_n = _run_stack(
             x_in, batch_sizes, sorted_indices, h0, c0, weights, seed,

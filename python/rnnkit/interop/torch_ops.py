@@ -37,7 +37,7 @@ from torch.nn.utils.rnn import PackedSequence, invert_permutation, pad_packed_se
 
 from .. import _core
 
-__all__ = ["stack_forward", "stack_backward", "stack_call", "reserve_elems", "stack_config"]
+__all__ = ["stack_forward", "stack_backward", "stack_call", "needs_grad", "reserve_elems", "stack_config"]
 
 ConfigArgs = Tuple[str, int, int, int, bool, int, bool, float]
 
@@ -149,20 +149,12 @@ def _forward_run(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optio
     return (y_t, torch.from_numpy(h_n), c_t, reserve), cache
 
 
-def _forward_impl(*args: Any, **kwargs: Any) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """_forward_run's outputs alone."""
-    return _forward_run(*args, **kwargs)[0]
-
-
-_forward_impl.__doc__ = _forward_run.__doc__
-
-
 def _forward_op_impl(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor], h0: Optional[Tensor],
                      c0: Optional[Tensor], weights: List[Tensor], seed: Optional[Tensor], mode: str, input_size: int,
                      hidden_size: int, num_layers: int, bidirectional: bool, proj_size: int, bias: bool,
                      dropout: float, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _forward_impl(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode, input_size, hidden_size,
-                         num_layers, bidirectional, proj_size, bias, dropout, training)
+    return _forward_run(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode, input_size, hidden_size,
+                        num_layers, bidirectional, proj_size, bias, dropout, training)[0]
 
 
 _forward_op_impl.__doc__ = _forward_run.__doc__
@@ -433,6 +425,14 @@ class _Stack(torch.autograd.Function):
                              sorted_indices, h0, c0, weights, seed, *cfg_args, training)
 
 
+def needs_grad(tensors: Sequence[Optional[Tensor]]) -> bool:
+    """Whether autograd may want a gradient through a call on these tensors (None allowed)."""
+    return torch.is_grad_enabled() and (
+        any(t is not None and t.requires_grad for t in tensors)
+        # Under torch.func transforms a vmapped tensor does not tell whether an outer grad tracks it.
+        or torch._C._are_functorch_transforms_active())
+
+
 def stack_call(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor], h0: Optional[Tensor],
                c0: Optional[Tensor], weights: Sequence[Tensor], seed: Optional[Tensor], cfg_args: Sequence[Any],
                training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -442,11 +442,10 @@ def stack_call(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optiona
         return torch.ops.rnnkit.forward(x, batch_sizes, sorted_indices, h0, c0, list(weights), seed, *cfg_args,
                                         training)
     if (not training and type(x) is torch.Tensor and not torch._C._are_functorch_transforms_active()
-            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                     for t in (x, h0, c0, *weights)))):
+            and not needs_grad((x, h0, c0, *weights))):
         # Inference that nothing differentiates: no autograd node to record (~0.1 ms a call).
-        return _forward_impl(x, batch_sizes, sorted_indices, h0, c0, list(weights), seed, *cfg_args, training,
-                             zero_reserve=False)
+        return _forward_run(x, batch_sizes, sorted_indices, h0, c0, list(weights), seed, *cfg_args, training,
+                            zero_reserve=False)[0]
     return _Stack.apply(x, batch_sizes, sorted_indices, h0, c0, seed, tuple(cfg_args), training, *weights)
 
 
