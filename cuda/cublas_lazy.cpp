@@ -7,21 +7,15 @@
 #include <cublas_v2.h>
 
 #include <mutex>
+#include <stdexcept>
 #include <string>
 
+#include "cublas_lazy.h"
 #include "rnnkit_cuda.h"
 
 namespace rnnkit {
 namespace cuda {
 namespace {
-
-struct CublasApi {
-  decltype(&cublasCreate_v2) create = nullptr;
-  decltype(&cublasDestroy_v2) destroy = nullptr;
-  decltype(&cublasSgemm_v2) sgemm = nullptr;
-  decltype(&cublasDgemm_v2) dgemm = nullptr;
-  std::string error;
-};
 
 CublasApi& api() {
   static CublasApi instance;
@@ -45,10 +39,18 @@ void load_once() {
     return;
   }
   bind(lib, "cublasCreate_v2", a.create, a.error) && bind(lib, "cublasDestroy_v2", a.destroy, a.error) &&
-      bind(lib, "cublasSgemm_v2", a.sgemm, a.error) && bind(lib, "cublasDgemm_v2", a.dgemm, a.error);
+      bind(lib, "cublasSgemm_v2", a.sgemm, a.error) && bind(lib, "cublasDgemm_v2", a.dgemm, a.error) &&
+      bind(lib, "cublasSetStream_v2", a.set_stream, a.error) &&
+      bind(lib, "cublasGetStatusString", a.status_string, a.error);
 }
 
 }  // namespace
+
+const CublasApi& cublas() {
+  const std::string error = load_cublas();
+  if (!error.empty()) throw std::runtime_error("cuBLAS could not be loaded (pip install 'rnnkit[cuda]'): " + error);
+  return api();
+}
 
 std::string load_cublas() {
   static std::once_flag once;

@@ -1,36 +1,43 @@
-// The device probe and the self-test kernel: enough CUDA to prove that the optional backend
-// compiles, links (static cudart) and launches. See rnnkit_cuda.h.
-#include <cuda_runtime.h>
-
+// The device probe and the self-test kernel (rnnkit_cuda.h): whether the backend can run here, and
+// the smallest kernel that proves a build compiles, links and launches. In the emulation build the
+// probe says so and the kernel runs on the host through the same launch helper.
 #include <memory>
+#include <stdexcept>
 
-#include "check.h"
+#include "device.h"
 #include "rnnkit_cuda.h"
+
+#if defined(__CUDACC__)
+#include "check.h"
+#endif
 
 namespace rnnkit {
 namespace cuda {
 namespace {
 
-__global__ void axpy_kernel(int n, float a, const float* x, float* y) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) y[i] = a * x[i] + y[i];
-}
-
-struct DeviceFree {
-  void operator()(float* p) const { cudaFree(p); }
+struct Axpy {
+  index_t n;
+  float a;
+  const float* x;
+  float* y;
+  RNNKIT_DEVICE void operator()(const Thread& t) const {
+    for (index_t i = t.global(); i < n; i += t.stride()) y[i] = a * x[i] + y[i];
+  }
 };
-using DevicePtr = std::unique_ptr<float, DeviceFree>;
-
-DevicePtr device_alloc(std::size_t n) {
-  float* p = nullptr;
-  RNNKIT_CUDA_CHECK(cudaMalloc(&p, n * sizeof(float)));
-  return DevicePtr(p);
-}
 
 }  // namespace
 
+bool emulated() {
+#if defined(__CUDACC__)
+  return false;
+#else
+  return true;
+#endif
+}
+
 Status status() {
   Status s;
+#if defined(__CUDACC__)
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess) {
@@ -52,23 +59,24 @@ Status status() {
   s.available = true;
   s.reason = std::string(prop.name) + " (compute capability " + std::to_string(prop.major) + "." +
              std::to_string(prop.minor) + ", " + std::to_string(count) + " device(s))";
+#else
+  s.available = true;
+  s.reason = "emulation: the CUDA backend's kernels run on the host CPU (an RNNKIT_CUDA_EMULATE=1 build, "
+             "for testing; no GPU is used)";
+#endif
   return s;
 }
 
 std::vector<float> selftest_axpy(float a, const std::vector<float>& x, const std::vector<float>& y) {
   if (x.size() != y.size()) throw std::invalid_argument("selftest_axpy: x and y differ in length");
-  const std::size_t n = x.size();
+  const index_t n = static_cast<index_t>(x.size());
   std::vector<float> out(y);
   if (n == 0) return out;
-  DevicePtr dx = device_alloc(n);
-  DevicePtr dy = device_alloc(n);
-  RNNKIT_CUDA_CHECK(cudaMemcpy(dx.get(), x.data(), n * sizeof(float), cudaMemcpyHostToDevice));
-  RNNKIT_CUDA_CHECK(cudaMemcpy(dy.get(), y.data(), n * sizeof(float), cudaMemcpyHostToDevice));
-  const int threads = 256;
-  const int blocks = static_cast<int>((n + threads - 1) / threads);
-  axpy_kernel<<<blocks, threads>>>(static_cast<int>(n), a, dx.get(), dy.get());
-  RNNKIT_CUDA_CHECK_LAUNCH();
-  RNNKIT_CUDA_CHECK(cudaMemcpy(out.data(), dy.get(), n * sizeof(float), cudaMemcpyDeviceToHost));
+  DeviceBuffer<float> dx(n, "selftest x"), dy(n, "selftest y");
+  copy_to_device(dx.data(), x.data(), x.size() * sizeof(float), nullptr);
+  copy_to_device(dy.data(), y.data(), y.size() * sizeof(float), nullptr);
+  RNNKIT_LAUNCH(nullptr, n, (Axpy{n, a, dx.data(), dy.data()}));
+  copy_to_host(out.data(), dy.data(), out.size() * sizeof(float), nullptr);
   return out;
 }
 

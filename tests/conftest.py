@@ -64,3 +64,15 @@ def run_concurrently(fns: Sequence[Callable[[], Any]]) -> List[Any]:
     assert not any(t.is_alive() for t in threads), f"a thread was still running after {THREAD_JOIN_TIMEOUT_S} s"
     assert not errors, errors
     return results
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The CUDA backend's comparison against the CPU (test_cuda_backend.py): cases and worst errors."""
+    module = sys.modules.get("test_cuda_backend") or sys.modules.get("tests.test_cuda_backend")
+    if module is None or not module.CASES:
+        return
+    worst = ", ".join(f"{name} {err:.2e}" for name, err in sorted(module.WORST_ERROR.items()))
+    terminalreporter.write_line(
+        f"CUDA backend vs CPU: {len(module.CASES)} cell x option cases (training forward + backward), "
+        f"worst |cuda - cpu| per dtype over every comparison: {worst}"
+    )

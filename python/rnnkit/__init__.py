@@ -34,6 +34,7 @@ import sys as _sys
 
 from . import _core
 from . import cuda
+from ._device import to_numpy
 from ._runtime import build_info, empty_cache, get_deterministic, get_num_threads, set_deterministic, set_num_threads
 from .interop import convert, onnx
 from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
@@ -55,5 +56,5 @@ __version__: str = _core.__version__
 __all__ = [
     "GRU", "LSTM", "LayerNormGRU", "LayerNormLSTM", "RNN", "RNNNetwork", "Trainer",
     "build_info", "convert", "cuda", "data", "empty_cache", "get_deterministic", "get_num_threads", "init",
-    "load_checkpoint", "onnx", "optim", "save_checkpoint", "set_deterministic", "set_num_threads", "__version__",
+    "load_checkpoint", "onnx", "optim", "save_checkpoint", "set_deterministic", "set_num_threads", "to_numpy", "__version__",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['Cache', 'NetworkCache', 'NetworkConfig', 'OutOfMemoryError', 'StackConfig', 'adam_step', 'backward', 'backward_reserve', 'blas_num_threads', 'build_info', 'cached_bytes', 'clamp_arrays', 'cuda_status', 'empty_cache', 'forward', 'get_deterministic', 'get_num_threads', 'network_backward', 'network_forward', 'network_generate', 'reserve_size', 'rmsprop_step', 'scale_arrays', 'set_deterministic', 'set_num_threads', 'sgd_step', 'step', 'sum_of_squares']
+__all__: list[str] = ['Cache', 'DeviceArray', 'NetworkCache', 'NetworkConfig', 'OutOfMemoryError', 'StackConfig', 'adam_step', 'backward', 'backward_reserve', 'blas_num_threads', 'build_info', 'cached_bytes', 'clamp_arrays', 'cuda_selftest_axpy', 'cuda_status', 'empty_cache', 'forward', 'get_deterministic', 'get_num_threads', 'network_backward', 'network_forward', 'network_generate', 'reserve_size', 'rmsprop_step', 'scale_arrays', 'set_deterministic', 'set_num_threads', 'sgd_step', 'step', 'sum_of_squares', 'to_device']
 class OutOfMemoryError(MemoryError):
     pass
 class StackConfig:
@@ -50,6 +50,31 @@ class StackConfig:
     @property
     def proj_size(self) -> int:
         ...
+class DeviceArray:
+    """
+    An array in CUDA device memory (host memory in the emulation build): shape, dtype, numpy() copies it to the host.
+    (CUDA and emulation builds only.)
+    """
+    @property
+    def shape(self) -> tuple: ...
+    @property
+    def dtype(self) -> numpy.dtype: ...
+    @property
+    def ndim(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def device(self) -> str: ...
+    def numpy(self) -> numpy.ndarray:
+        """
+        A host copy (numpy.ndarray).
+        """
+    def copy(self) -> DeviceArray:
+        """
+        A device copy.
+        """
 class Cache:
     """
     What a training forward keeps for backward (opaque).
@@ -67,7 +92,7 @@ class Cache:
         """
         (T, N) of the forward that made it.
         """
-    def reserve(self) -> numpy.ndarray:
+    def reserve(self) -> numpy.ndarray | DeviceArray:
         """
         The cache as one flat array (reserve_size elements, no copy; keeps the cache alive), for
         backward_reserve. Zeroed padding only when the forward was asked for zero_cache.
@@ -130,12 +155,12 @@ def reserve_size(config: StackConfig, T: typing.SupportsInt, N: typing.SupportsI
     """
     Elements of a training forward's cache block (Cache.reserve()) for x [T,N,C] of this dtype.
     """
-def backward_reserve(config: StackConfig, reserve: numpy.ndarray, T: typing.SupportsInt, N: typing.SupportsInt, lengths: numpy.ndarray | None, dropout_seed: typing.SupportsInt, dy: numpy.ndarray | None, dh_n: numpy.ndarray | None, dc_n: numpy.ndarray | None, grads: list, need_dx: bool) -> tuple:
+def backward_reserve(config: StackConfig, reserve: numpy.ndarray | DeviceArray, T: typing.SupportsInt, N: typing.SupportsInt, lengths: numpy.ndarray | None, dropout_seed: typing.SupportsInt, dy: numpy.ndarray | DeviceArray | None, dh_n: numpy.ndarray | DeviceArray | None, dc_n: numpy.ndarray | DeviceArray | None, grads: list, need_dx: bool) -> tuple:
     """
     backward, from a reserve (Cache.reserve(), or a copy of it) instead of the Cache; the same call's
     config, T, N, lengths and dropout_seed must be given. The reserve is read, not modified.
     """
-def backward(cache: Cache, dy: numpy.ndarray | None, dh_n: numpy.ndarray | None, dc_n: numpy.ndarray | None, grads: list, need_dx: bool) -> tuple:
+def backward(cache: Cache, dy: numpy.ndarray | DeviceArray | None, dh_n: numpy.ndarray | DeviceArray | None, dc_n: numpy.ndarray | DeviceArray | None, grads: list, need_dx: bool) -> tuple:
     """
     BPTT through the forward that produced `cache`.
     
@@ -156,6 +181,10 @@ def cached_bytes() -> int:
     """
 def clamp_arrays(arrays: list, limit: typing.SupportsFloat | typing.SupportsIndex) -> None:
     ...
+def cuda_selftest_axpy(a: float, x: list, y: list) -> list:
+    """
+    a*x + y computed by a CUDA kernel (a self-test of the CUDA build; CUDA and emulation builds only).
+    """
 def cuda_status() -> tuple:
     """
     (available, reason): whether the CUDA backend can run here, and why not.
@@ -164,7 +193,7 @@ def empty_cache() -> None:
     """
     Returns the large buffers rnnkit keeps for reuse to the system.
     """
-def forward(config: StackConfig, params: list, x: numpy.ndarray, h0: numpy.ndarray | None, c0: numpy.ndarray | None, lengths: numpy.ndarray | None, training: bool, dropout_seed: typing.SupportsInt | typing.SupportsIndex, zero_cache: bool = False) -> tuple:
+def forward(config: StackConfig, params: list, x: numpy.ndarray | DeviceArray, h0: numpy.ndarray | DeviceArray | None, c0: numpy.ndarray | DeviceArray | None, lengths: numpy.ndarray | None, training: bool, dropout_seed: typing.SupportsInt | typing.SupportsIndex, zero_cache: bool = False) -> tuple:
     """
     A stack of recurrent layers over a time-major sequence.
     
@@ -203,12 +232,16 @@ def set_num_threads(n: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
 def sgd_step(params: list, grads: list, momentum_buffers: typing.Any, lr: typing.SupportsFloat | typing.SupportsIndex, momentum: typing.SupportsFloat | typing.SupportsIndex, dampening: typing.SupportsFloat | typing.SupportsIndex, weight_decay: typing.SupportsFloat | typing.SupportsIndex, nesterov: bool, first_step: bool) -> None:
     ...
-def step(config: StackConfig, params: list, x: numpy.ndarray, h: numpy.ndarray, c: numpy.ndarray | None) -> tuple:
+def step(config: StackConfig, params: list, x: numpy.ndarray | DeviceArray, h: numpy.ndarray | DeviceArray, c: numpy.ndarray | DeviceArray | None) -> tuple:
     """
     One timestep of a unidirectional stack: x [N,C], h [L,N,P], c [L,N,H] or None -> (y [N,P], h, c|None).
     """
 def sum_of_squares(arrays: list) -> float:
     """
     sum of squares of every element of every array (in double).
+    """
+def to_device(array: numpy.ndarray) -> DeviceArray:
+    """
+    A copy of a numpy array (float32, float64 or int64) in CUDA device memory (CUDA and emulation builds only).
     """
 __version__: str = '0.1.0'

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from . import _core
+from . import _device as D
 from . import _validate as V
 from ._cells import LAYER_CLASSES, Cell, Family, LayerClass, StackOptions, make_layer_class
 from ._guard import TrainingGuard
@@ -44,6 +45,8 @@ class _RecurrentLayer(StackOptions):
         self._config = _core.StackConfig(*self._config_args(), self.dropout)
         self._specs: List[Tuple[str, Tuple[int, ...]]] = [(n, tuple(s)) for n, s in self._config.param_specs()]
         self.training = True
+        #: Where the parameters, gradients and computation live: "cpu" or "cuda" (``to()``).
+        self.device = "cpu"
         #: Scan every call's inputs and results for NaN/Inf and stop at the first one (README,
         #: "Input rules"): ValueError for an input, FloatingPointError for a computed value.
         self.check_finite = False
@@ -74,20 +77,71 @@ class _RecurrentLayer(StackOptions):
         self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
         self._cache = None
         self._guard.set_pending(False)
+        if getattr(self, "device", "cpu") != "cpu":
+            self._move_arrays(D.to_device)
+
+    # ---- device -------------------------------------------------------------------------------
+    def to(self, device: Any):
+        """Moves the parameters and gradients to ``device`` ("cpu" or "cuda") and computes there from
+        then on; returns the layer. On "cuda", inputs may be NumPy arrays (copied to the device) or
+        rnnkit device arrays, and outputs are device arrays (``rnnkit.to_numpy`` copies one to the
+        host). A pending training forward is dropped. The LayerNorm cells run on the CPU only."""
+        device = D.check_device("device", device)
+        if device == self.device:
+            return self
+        if device == "cuda" and self._config.mode.startswith("LN_"):
+            raise ValueError(f"device: expected 'cpu' for {type(self).__name__} (the LayerNorm cells run on the "
+                             "CPU only in this version), got 'cuda'")
+        self._move_arrays(D.to_device if device == "cuda" else D.to_numpy)
+        self.device = device
+        return self
+
+    def cuda(self):
+        """``to("cuda")``."""
+        return self.to("cuda")
+
+    def cpu(self):
+        """``to("cpu")``."""
+        return self.to("cpu")
+
+    def _move_arrays(self, move) -> None:
+        self.params = {name: move(p) for name, p in self.params.items()}
+        self.grads = {name: move(g) for name, g in self.grads.items()}
+        self._cache = None
+        self._cache_layout = None
+        self._guard.set_pending(False)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        device = state.get("device", "cpu")
+        self.__dict__.update(state)
+        self.device = "cpu"  # pickled with host copies (__getstate__)
+        if device != "cpu":
+            self.to(device)
 
     def __getstate__(self) -> Dict[str, Any]:
         """For pickle and copy.deepcopy: everything but a training forward's cache, so a copy
         starts with no forward awaiting its backward (and a guard of its own)."""
         state = self.__dict__.copy()
         state["_cache"] = None
+        if self.device != "cpu":  # device memory is saved as host copies and moved back on load
+            state["params"] = {n: D.to_numpy(p) for n, p in self.params.items()}
+            state["grads"] = {n: D.to_numpy(g) for n, g in self.grads.items()}
+            state["_cache_layout"] = None
         return state
 
     def zero_grad(self) -> None:
         """Sets every gradient to zero (in place)."""
+        if self.device != "cpu":
+            for g in self.grads.values():
+                g.zero_()
+            return
         V.zero_arrays("grads", self.grads)
 
     def state_dict(self) -> Dict[str, np.ndarray]:
-        """Copies of the parameters, keyed by PyTorch's names, in PyTorch's order."""
+        """Copies of the parameters, keyed by PyTorch's names, in PyTorch's order (host arrays, also
+        for a layer on the GPU)."""
+        if self.device != "cpu":
+            return {name: D.to_numpy(self.params[name]) for name, _ in self._specs}
         return {name: self.params[name].copy() for name, _ in self._specs}
 
     def load_state_dict(self, state: Any) -> None:
@@ -95,15 +149,34 @@ class _RecurrentLayer(StackOptions):
         ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}``. Floating arrays of any
         precision are converted to the layer's dtype. Nothing changes if any entry is wrong."""
         specs = dict(self._specs)
-        V.copy_into_params(self.params, V.check_state_dict("state_dict", state, specs, self.dtype), specs, self.dtype)
+        checked = V.check_state_dict("state_dict", state, specs, self.dtype)
+        if self.device != "cpu":
+            for name, value in checked.items():
+                self.params[name].copy_from_host(V.c_array(value, self.dtype))
+            return
+        V.copy_into_params(self.params, checked, specs, self.dtype)
 
     def _param_list(self) -> List[np.ndarray]:
+        if self.device != "cpu":
+            return self._device_list("params", self.params)
         return [
             V.check_owned_array(f"params[{name!r}]", self.params.get(name), shape, self.dtype, writable=False)
             for name, shape in self._specs
         ]
 
+    def _device_list(self, label: str, arrays: Dict[str, Any]) -> List[Any]:
+        out = []
+        for name, shape in self._specs:
+            a = arrays.get(name)
+            if not D.is_device_array(a):
+                raise TypeError(f"{label}[{name!r}]: expected a CUDA array (the layer is on 'cuda'), got "
+                                f"{type(a).__name__}")
+            out.append(D.check_device_array(f"{label}[{name!r}]", a, self.dtype, shape))
+        return out
+
     def _grad_list(self) -> List[np.ndarray]:
+        if self.device != "cpu":
+            return self._device_list("grads", self.grads)
         return [
             V.check_owned_array(f"grads[{name!r}]", self.grads.get(name), shape, self.dtype, writable=True)
             for name, shape in self._specs
@@ -140,8 +213,11 @@ class _RecurrentLayer(StackOptions):
         Returns:
             ``(y, h_n)``, for LSTM cells ``(y, (h_n, c_n))``. ``y`` is ``[T, N, D*P]`` (batch_first:
             ``[N, T, D*P]``; unbatched ``[T, D*P]``): the last layer's outputs, the forward
-            direction's first. ``h_n``/``c_n`` are shaped like ``h0``/``c0``.
+            direction's first. ``h_n``/``c_n`` are shaped like ``h0``/``c0``. On a layer moved to
+            "cuda" they are device arrays (see ``to``).
         """
+        if self.device != "cpu":
+            return self._forward_device(x, h0, lengths)
         x = V.as_float_array("x", x, self.dtype)
         layout = "[N, T, input_size]" if self.batch_first else "[T, N, input_size]"
         V.check_rank("x", x, (2, 3), f"{layout} or [T, input_size]")
@@ -211,6 +287,8 @@ class _RecurrentLayer(StackOptions):
                 "that has not been backpropagated yet, got none"
             )
         compute_dx = V.check_bool("compute_dx", compute_dx)
+        if self.device != "cpu":
+            return self._backward_device(dy, dh_n, compute_dx)
         T, N = self._cache.shape
         batch_first, unbatched = self._cache_layout
         width = self.num_directions * self.state_size
@@ -280,6 +358,8 @@ class _RecurrentLayer(StackOptions):
         if self.bidirectional:
             raise ValueError("step: expected a unidirectional layer (the reverse direction needs the "
                              "future), got bidirectional=True")
+        if self.device != "cpu":
+            return self._step_device(x_t, state)
         x = x_t
         if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 2 and x.flags.c_contiguous):
             x = V.as_float_array("x_t", x_t, self.dtype)
@@ -317,6 +397,182 @@ class _RecurrentLayer(StackOptions):
         arr = V.as_float_array(name, value, self.dtype)
         V.check_shape(name, arr, shape, V.state_meaning("hidden_size" if cell_state else self._state_size_name))
         return arr
+
+    # ---- the same calls on the CUDA backend (to("cuda")) -------------------------------------
+    # Host inputs are checked as on the CPU, then copied; device inputs are checked for dtype and
+    # shape here and rearranged on the device (batch_first and unbatched layouts). Outputs stay on
+    # the device. check_finite copies what it scans to the host.
+    def _device_seq_in(self, name: str, value: Any, expected: Optional[Tuple[int, ...]] = None):
+        """(time-major device array, unbatched) for x or dy."""
+        layout = "[N, T, input_size]" if self.batch_first else "[T, N, input_size]"
+        if D.is_device_array(value):
+            D.check_device_array(name, value, self.dtype, ranks=(2, 3), meaning=f"{layout} or [T, input_size]")
+            if expected is not None:
+                D.check_device_array(name, value, self.dtype, shape=expected, meaning="(the shape of y)")
+            unbatched = value.ndim == 2
+            if unbatched:
+                return value.reshape((value.shape[0], 1, value.shape[1])), True
+            return (value.swapaxes01() if self.batch_first else value), False
+        arr = V.as_float_array(name, value, self.dtype)
+        if expected is None:
+            V.check_rank(name, arr, (2, 3), f"{layout} or [T, input_size]")
+        else:
+            V.check_shape(name, arr, expected, "(the shape of y)")
+        unbatched = arr.ndim == 2
+        return D.to_device(self._to_time_major(arr, self.batch_first, unbatched)), unbatched
+
+    def _device_seq_out(self, a_tm, batch_first: bool, unbatched: bool):
+        if unbatched:
+            return a_tm.reshape((a_tm.shape[0], a_tm.shape[2]))
+        return a_tm.swapaxes01() if batch_first else a_tm
+
+    def _device_state_in(self, name: str, value: Any, width: int, width_name: str, N: int, unbatched: bool):
+        groups = self.num_layers * self.num_directions
+        if D.is_device_array(value):
+            D.check_device_array(name, value, self.dtype, self._state_shape(width, N, unbatched),
+                                 meaning=V.state_meaning(width_name, unbatched))
+            return value.reshape((groups, N, width))
+        return D.to_device(self._check_state_array(name, value, width, width_name, N, unbatched))
+
+    def _device_states(self, label: str, pair: Any, N: int, unbatched: bool, grad: bool):
+        if pair is None:
+            return None, None
+        if self._has_cell_state and (isinstance(pair, tuple) or (isinstance(pair, list) and len(pair) == 2)):
+            if len(pair) != 2:
+                raise TypeError(f"{label}: expected a pair (h, c), got a sequence of length {len(pair)}")
+            h, c = pair
+        elif isinstance(pair, tuple):
+            raise TypeError(f"{label}: expected an array for {type(self).__name__}, got a tuple")
+        else:
+            h, c = pair, None
+        hname, cname = ("dh_n", "dc_n") if grad else ("h0", "c0")
+        h = None if h is None else self._device_state_in(hname, h, self.state_size, self._state_size_name, N, unbatched)
+        c = None if c is None else self._device_state_in(cname, c, self.hidden_size, "hidden_size", N, unbatched)
+        return h, c
+
+    def _device_state_out(self, h, unbatched: bool):
+        if h is None or not unbatched:
+            return h
+        return h.reshape((h.shape[0], h.shape[2]))
+
+    def _forward_device(self, x: Any, h0: Any, lengths: Any):
+        x_tm, unbatched = self._device_seq_in("x", x)
+        T, N, C = x_tm.shape
+        if T == 0 or N == 0:
+            raise ValueError(f"x: expected sequence length T >= 1 and batch size N >= 1, got shape {V.shape_str(x.shape)}")
+        if C != self.input_size:
+            raise ValueError(f"x: expected input_size {self.input_size} in the last dimension, got {C} "
+                             f"(shape {V.shape_str(x.shape)})")
+        h0_d, c0_d = self._device_states("h0", h0, N, unbatched, grad=False)
+        lengths_arr = None
+        if lengths is not None:
+            if unbatched:
+                raise ValueError("lengths: expected None for an unbatched [T, C] input, got lengths")
+            lengths_arr = V.check_lengths("lengths", D.to_numpy(lengths) if D.is_device_array(lengths) else lengths, N, T)
+        check = self.check_finite
+        if check:
+            for name, arr in (("x", x_tm), ("h0", h0_d), ("c0", c0_d)):
+                V.check_finite_input(name, None if arr is None else arr.numpy())
+            for name, p in self.params.items():
+                V.check_finite_input(f"params[{name!r}]", p.numpy())
+        dropout_seed = 0
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            dropout_seed = int(self.dropout_rng.integers(0, 2**63))
+        params = self._param_list()
+        if self.training:
+            with self._guard.training_call("forward", forward=True):
+                y, h_n, c_n, cache = _core.forward(self._config, params, x_tm, h0_d, c0_d, lengths_arr, True,
+                                                   dropout_seed)
+                self._cache = cache
+                self._cache_layout = (self.batch_first, unbatched)
+                self._guard.set_pending(True)
+        else:
+            y, h_n, c_n, _ = _core.forward(self._config, params, x_tm, h0_d, c0_d, lengths_arr, False, 0)
+        if check:
+            self._check_finite_result("forward", "the output y", y.numpy(), h_n.numpy(),
+                                      None if c_n is None else c_n.numpy(), last=False)
+        y = self._device_seq_out(y, self.batch_first, unbatched)
+        h_n = self._device_state_out(h_n, unbatched)
+        if self._has_cell_state:
+            return y, (h_n, self._device_state_out(c_n, unbatched))
+        return y, h_n
+
+    def _backward_device(self, dy: Any, dh_n: Any, compute_dx: bool):
+        T, N = self._cache.shape
+        batch_first, unbatched = self._cache_layout
+        width = self.num_directions * self.state_size
+        dy_tm = None
+        if dy is not None:
+            y_shape = (T, width) if unbatched else (N, T, width) if batch_first else (T, N, width)
+            saved, self.batch_first = self.batch_first, batch_first  # the forward's layout
+            try:
+                dy_tm, _ = self._device_seq_in("dy", dy, y_shape)
+            finally:
+                self.batch_first = saved
+        dh_d, dc_d = self._device_states("dh_n", dh_n, N, unbatched, grad=True)
+        if dy_tm is None and dh_d is None and dc_d is None:
+            raise ValueError("backward: expected dy, dh_n or both, got neither")
+        if self.check_finite:
+            for name, arr in (("dy", dy_tm), ("dh_n", dh_d), ("dc_n", dc_d)):
+                V.check_finite_input(name, None if arr is None else arr.numpy())
+        with self._guard.training_call("backward", forward=False):
+            cache = self._cache
+            if cache is None:
+                raise RuntimeError("backward: expected a preceding forward() in training mode that has "
+                                   "not been backpropagated yet, got none")
+            self._cache = None
+            self._cache_layout = None
+            self._guard.set_pending(False)
+            dx, dh0, dc0 = _core.backward(cache, dy_tm, dh_d, dc_d, self._grad_list(), compute_dx)
+        if self.check_finite:
+            self._check_finite_result("backward", "dx", None if dx is None else dx.numpy(), dh0.numpy(),
+                                      None if dc0 is None else dc0.numpy(), last=True)
+            for name, g in self.grads.items():
+                if not np.isfinite(g.numpy()).all():
+                    raise FloatingPointError(f"backward: the gradient grads[{name!r}] became non-finite")
+        if dx is not None:
+            dx = self._device_seq_out(dx, batch_first, unbatched)
+        dh0 = self._device_state_out(dh0, unbatched)
+        if self._has_cell_state:
+            return dx, (dh0, self._device_state_out(dc0, unbatched))
+        return dx, dh0
+
+    def _step_device(self, x_t: Any, state: Any):
+        x = D.device_float_array("x_t", x_t, self.dtype)
+        D.check_device_array("x_t", x, self.dtype, ranks=(1, 2), meaning="[N, input_size] or [input_size]")
+        single = x.ndim == 1
+        if single:
+            x = x.reshape((1, x.shape[0]))
+        N = x.shape[0]
+        if x.shape[1] != self.input_size:
+            raise ValueError(f"x_t: expected input_size {self.input_size} in the last dimension, got {x.shape[1]}")
+        if N == 0:
+            raise ValueError("x_t: expected batch size N >= 1, got an empty batch")
+        L, P, H = self.num_layers, self.state_size, self.hidden_size
+
+        def state_in(name, value, shape, width_name):
+            if D.is_device_array(value):
+                return D.check_device_array(name, value, self.dtype, shape, meaning=V.state_meaning(width_name))
+            arr = V.as_float_array(name, value, self.dtype)
+            V.check_shape(name, arr, shape, V.state_meaning(width_name))
+            return D.to_device(arr)
+
+        if state is None:
+            h = D.to_device(np.zeros((L, N, P), self.dtype))
+            c = D.to_device(np.zeros((L, N, H), self.dtype)) if self._has_cell_state else None
+        elif self._has_cell_state:
+            if not (isinstance(state, tuple) and len(state) == 2 and state[0] is not None and state[1] is not None):
+                raise TypeError(f"state: expected a pair (h, c) for {type(self).__name__}, got {type(state).__name__}")
+            h = state_in("state[0]", state[0], (L, N, P), self._state_size_name)
+            c = state_in("state[1]", state[1], (L, N, H), "hidden_size")
+        else:
+            if isinstance(state, tuple):
+                raise TypeError(f"state: expected an array for {type(self).__name__}, got a tuple")
+            h, c = state_in("state", state, (L, N, P), self._state_size_name), None
+        y, h_new, c_new = _core.step(self._config, self._param_list(), x, h, c)
+        if single:
+            y = y.reshape((P,))
+        return y, ((h_new, c_new) if self._has_cell_state else h_new)
 
     # ---- state shapes -----------------------------------------------------------------------
     def _state_shape(self, width: int, N: int, unbatched: bool) -> Tuple[int, ...]:
@@ -392,7 +648,8 @@ class _RecurrentLayer(StackOptions):
             args.append(f"proj_size={self.proj_size}")
         if self.dtype != np.float32:
             args.append(f"dtype={self.dtype.name!r}")
-        return f"rnnkit.{type(self).__name__}({', '.join(args)})"
+        text = f"rnnkit.{type(self).__name__}({', '.join(args)})"
+        return text if self.device == "cpu" else f"{text}.to({self.device!r})"
 
 
 # The public classes, built from the one table (_cells.LAYER_CLASSES).

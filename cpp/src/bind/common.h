@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <memory>
 #include <cstdint>
 #include <cstdlib>
 #include <new>
@@ -22,6 +23,11 @@ namespace rnnkit {
 namespace bind {
 
 namespace py = pybind11;
+
+// What a training forward keeps for backward, as the Python object _core.Cache (either backend's).
+struct Cache {
+  std::unique_ptr<StackCache> data;
+};
 
 // ---- cell names ---------------------------------------------------------------------------
 // The compiled module takes PyTorch's `mode` spelling of a cell: its name (cells.h) in upper case.
@@ -196,7 +202,7 @@ inline const index_t* check_lengths(const std::optional<py::array>& lengths, ind
 }
 
 // Where an array's data lives, which picks the backend that runs the call. NumPy arrays are host
-// memory; device arrays (DLPack, __cuda_array_interface__) arrive with the CUDA backend.
+// memory; calls on CUDA arrays (_core.DeviceArray) take bind/device.cpp's overloads instead.
 inline Device device_of(const py::array&) { return Device::kCpu; }
 
 // The dtype of a list of arrays (its last entry decides; every entry is checked later).

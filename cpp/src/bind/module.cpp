@@ -58,6 +58,9 @@ PYBIND11_MODULE(_core, m) {
   bind::register_optim(m);
   bind::register_runtime(m);
   bind::register_test_hooks(m);
+#ifdef RNNKIT_WITH_CUDA
+  bind::register_device(m);
+#endif
 
   // BLAS itself always runs single-threaded: rnnkit's own thread team splits the work
   // (cpu/team.h), which scales on the small per-step matrices where BLAS threads do not.

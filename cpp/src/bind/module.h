@@ -21,5 +21,16 @@ void register_optim(pybind11::module_& m);       // bind/optim.cpp: *_step, sum_
 void register_runtime(pybind11::module_& m);     // bind/runtime.cpp: threads, determinism, buffers, build info
 void register_test_hooks(pybind11::module_& m);  // bind/test_hooks.cpp: _-prefixed hooks for tests and benchmarks
 
+#ifdef RNNKIT_WITH_CUDA
+struct Cache;
+// bind/device.cpp: DeviceArray, to_device, and the stack calls on CUDA arrays (registered after the
+// NumPy ones, so that NumPy calls match their overload first).
+void register_device(pybind11::module_& m);
+// backward and Cache.reserve() for a cache the CUDA backend made (bind/stack.cpp routes them here).
+pybind11::tuple device_backward(Cache& cache, const pybind11::object& dy, const pybind11::object& dh_n,
+                                const pybind11::object& dc_n, const pybind11::list& grads, bool need_dx);
+pybind11::object device_reserve_view(const pybind11::object& cache);
+#endif
+
 }  // namespace bind
 }  // namespace rnnkit

@@ -55,8 +55,10 @@ py::dict build_info() {
   info["blas"] = cpu::blas_info();
 #ifdef RNNKIT_WITH_CUDA
   info["cuda_built"] = true;
+  info["cuda_emulated"] = cuda::emulated();
 #else
   info["cuda_built"] = false;
+  info["cuda_emulated"] = false;
 #endif
   return info;
 }

@@ -20,11 +20,6 @@ namespace rnnkit {
 namespace bind {
 namespace {
 
-// What a training forward keeps for backward, as the Python object _core.Cache.
-struct Cache {
-  std::unique_ptr<StackCache> data;
-};
-
 // Refuses a state array for a cell that has none, naming the cell.
 void refuse_cell_state(const std::optional<py::array>& a, const char* name, const StackConfig& cfg) {
   if (a && !cell_info(cfg.cell).has_cell_state) {
@@ -233,7 +228,10 @@ void register_stack(py::module_& m) {
       .def_property_readonly("shape", [](const Cache& c) { return py::make_tuple(c.data->plan().T, c.data->plan().N); },
                              "(T, N) of the forward that made it.")
       .def("reserve",
-           [](const py::object& self) {
+           [](const py::object& self) -> py::object {
+#ifdef RNNKIT_WITH_CUDA
+             if (self.cast<const Cache&>().data->device() != Device::kCpu) return device_reserve_view(self);
+#endif
              return self.cast<const Cache&>().data->elem_bytes() == 4 ? reserve_view<float>(self)
                                                                       : reserve_view<double>(self);
            },
@@ -295,6 +293,12 @@ released while it runs.)doc");
   m.def("backward",
         [](Cache& cache, const std::optional<py::array>& dy, const std::optional<py::array>& dh_n,
            const std::optional<py::array>& dc_n, const py::list& grads, bool need_dx) {
+#ifdef RNNKIT_WITH_CUDA
+          if (cache.data->device() != Device::kCpu) {
+            auto obj = [](const std::optional<py::array>& a) { return a ? py::object(*a) : py::object(py::none()); };
+            return device_backward(cache, obj(dy), obj(dh_n), obj(dc_n), grads, need_dx);
+          }
+#endif
           if (cache.data->elem_bytes() == 4) return backward_impl<float>(cache, dy, dh_n, dc_n, grads, need_dx);
           return backward_impl<double>(cache, dy, dh_n, dc_n, grads, need_dx);
         },

@@ -3,6 +3,11 @@
 
 #include "cpu/backend.h"
 
+#if defined(RNNKIT_WITH_CUDA)
+#include "cuda_backend.h"
+#include "rnnkit_cuda.h"
+#endif
+
 namespace rnnkit {
 
 const char* device_name(Device device) {
@@ -16,8 +21,10 @@ const char* device_name(Device device) {
 const Backend& backend_for(Device device) {
   if (device == Device::kCpu) return cpu::cpu_backend();
 #if defined(RNNKIT_WITH_CUDA)
-  throw std::invalid_argument(
-      "device: expected 'cpu' (rnnkit's CUDA backend is built but does not run recurrent layers yet), got 'cuda'");
+  // Probed once: a process does not gain or lose its GPU.
+  static const cuda::Status status = cuda::status();
+  if (!status.available) throw std::invalid_argument(concat("device: CUDA is unavailable here (", status.reason, ")"));
+  return cuda::cuda_backend();
 #else
   throw std::invalid_argument(
       "device: expected 'cpu' (rnnkit was built without CUDA: reinstall with RNNKIT_CUDA=1), got 'cuda'");

@@ -1,0 +1,448 @@
+// Bindings of the CUDA backend's arrays and stack calls (built with RNNKIT_CUDA or
+// RNNKIT_CUDA_EMULATE): _core.DeviceArray (device memory with a shape and dtype), to_device /
+// DeviceArray.numpy() (copies), and overloads of forward, step and backward_reserve for calls whose
+// arrays are DeviceArrays. A call's arrays must all live on one device; the checks name the argument
+// and the device ("x: expected a CUDA array, got a numpy array"). `lengths` stays a host array (it is
+// checked there, then copied). backward and Cache.reserve() reach here through bind/stack.cpp when
+// the cache is the CUDA backend's.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+
+#include "bind/common.h"
+#include "bind/module.h"
+#include "rnnkit_cuda.h"
+
+namespace rnnkit {
+namespace bind {
+namespace {
+
+enum class Kind { kF32, kF64, kI64 };
+
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::kF32: return "float32";
+    case Kind::kF64: return "float64";
+    case Kind::kI64: return "int64";
+  }
+  return "?";
+}
+
+template <typename S>
+constexpr Kind kind_of() {
+  if constexpr (std::is_same_v<S, float>) return Kind::kF32;
+  if constexpr (std::is_same_v<S, double>) return Kind::kF64;
+  return Kind::kI64;
+}
+
+std::size_t kind_bytes(Kind k) { return k == Kind::kF32 ? 4 : 8; }
+
+// Device memory with a shape and dtype: owned (a shared allocation), or a view that keeps its owner
+// (a Cache's block) alive through `base`.
+struct DeviceArray {
+  std::shared_ptr<void> memory;
+  void* data = nullptr;
+  std::vector<index_t> shape;
+  Kind kind = Kind::kF32;
+  py::object base;
+
+  index_t numel() const {
+    index_t n = 1;
+    for (index_t d : shape) n = checked_mul(n, d, "array size");
+    return n;
+  }
+  std::size_t nbytes() const { return static_cast<std::size_t>(numel()) * kind_bytes(kind); }
+};
+
+DeviceArray new_device_array(const std::vector<index_t>& shape, Kind kind) {
+  DeviceArray a;
+  a.shape = shape;
+  a.kind = kind;
+  const std::size_t bytes = std::max<std::size_t>(a.nbytes(), 1);
+  a.data = cuda::device_alloc(bytes, "a device array");
+  a.memory = std::shared_ptr<void>(a.data, [](void* p) { cuda::device_free(p); });
+  return a;
+}
+
+DeviceArray to_device(const py::array& host) {
+  Kind kind;
+  if (is_dtype<float>(host.dtype())) {
+    kind = Kind::kF32;
+  } else if (is_dtype<double>(host.dtype())) {
+    kind = Kind::kF64;
+  } else if (is_dtype<index_t>(host.dtype())) {
+    kind = Kind::kI64;
+  } else {
+    throw py::type_error(concat("array: expected dtype float32, float64 or int64, got ", dtype_name(host.dtype())));
+  }
+  const py::array c = py::array::ensure(host, py::array::c_style);
+  std::vector<index_t> shape(c.shape(), c.shape() + c.ndim());
+  DeviceArray a = new_device_array(shape, kind);
+  {
+    py::gil_scoped_release release;
+    cuda::copy_to_device(a.data, c.data(), a.nbytes(), nullptr);
+  }
+  return a;
+}
+
+template <typename S>
+py::array to_host_typed(const DeviceArray& a) {
+  auto out = new_array<S>(a.shape);
+  {
+    py::gil_scoped_release release;
+    cuda::copy_to_host(out.mutable_data(), a.data, a.nbytes(), nullptr);
+  }
+  return std::move(out);
+}
+
+py::array to_host(const DeviceArray& a) {
+  switch (a.kind) {
+    case Kind::kF32: return to_host_typed<float>(a);
+    case Kind::kF64: return to_host_typed<double>(a);
+    case Kind::kI64: return to_host_typed<index_t>(a);
+  }
+  throw std::logic_error("unknown kind");
+}
+
+std::string type_name(py::handle obj) {
+  if (py::isinstance<py::array>(obj)) return "a numpy array (host memory)";
+  return concat("an object of type ", py::str(py::type::of(obj)).cast<std::string>());
+}
+
+// The device pointer of `obj` (None: null when `optional`), checked: a DeviceArray of dtype S and
+// `shape`. Everything else is refused naming the argument and where the array lives.
+template <typename S>
+S* device_ptr(py::handle obj, const std::string& name, const std::vector<index_t>& shape, bool optional = true) {
+  if (obj.is_none()) {
+    if (optional) return nullptr;
+    throw_expected(name, "a CUDA array", "None");
+  }
+  if (!py::isinstance<DeviceArray>(obj)) {
+    throw py::type_error(concat(name, ": expected a CUDA array (rnnkit DeviceArray: the call's other arrays are on "
+                                      "the CUDA device), got ", type_name(obj)));
+  }
+  const DeviceArray& a = obj.cast<const DeviceArray&>();
+  if (a.kind != kind_of<S>()) {
+    throw py::type_error(concat(name, ": expected dtype ", kind_name(kind_of<S>()), ", got ", kind_name(a.kind)));
+  }
+  if (a.shape != shape) throw_expected(concat(name, " shape"), shape_string(shape), shape_string(a.shape));
+  return static_cast<S*>(a.data);
+}
+
+template <typename S>
+py::object new_output(const std::vector<index_t>& shape, S** data) {
+  DeviceArray a = new_device_array(shape, kind_of<S>());
+  *data = static_cast<S*>(a.data);
+  return py::cast(std::move(a));
+}
+
+template <typename S, typename Ptr>
+std::vector<LayerParams<Ptr>> device_group_views(const StackConfig& cfg, const std::vector<ParamSpec>& specs,
+                                                 const py::list& arrays, const char* what) {
+  check_list_length(arrays, specs.size(), what);
+  std::vector<LayerParams<Ptr>> views(cfg.groups());
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    param_field(views[specs[i].group], specs[i].role) =
+        device_ptr<S>(arrays[i], concat(what, "[", i, "] (", specs[i].name, ")"), specs[i].shape, false);
+  }
+  return views;
+}
+
+// lengths stays on the host: checked there (check_lengths), copied by the backend.
+const index_t* host_lengths(const py::object& lengths, index_t T, index_t N, std::optional<py::array>* keep) {
+  if (lengths.is_none()) return nullptr;
+  if (py::isinstance<DeviceArray>(lengths)) {
+    throw py::type_error("lengths: expected a host array (numpy int64 [N]: lengths are checked on the host), "
+                         "got a CUDA array");
+  }
+  *keep = lengths.cast<py::array>();
+  return check_lengths(*keep, T, N);
+}
+
+void refuse_cell_state(const py::object& a, const char* name, const StackConfig& cfg) {
+  if (!a.is_none() && !cell_info(cfg.cell).has_cell_state) {
+    throw_expected(name, concat("None (", mode_name(cfg.cell), " has no cell state)"), "an array");
+  }
+}
+
+Kind kind_of_obj(py::handle obj, const char* name) {
+  if (!py::isinstance<DeviceArray>(obj)) {
+    throw py::type_error(concat(name, ": expected a CUDA array (rnnkit DeviceArray), got ", type_name(obj)));
+  }
+  const Kind k = obj.cast<const DeviceArray&>().kind;
+  if (k == Kind::kI64) throw py::type_error(concat(name, ": expected dtype float32 or float64, got int64"));
+  return k;
+}
+
+template <typename Fn>
+decltype(auto) by_kind(Kind k, Fn&& fn) {
+  if (k == Kind::kF32) return fn(float{});
+  return fn(double{});
+}
+
+template <typename S>
+py::tuple forward_impl(const StackConfig& cfg, const py::list& params, const DeviceArray& x, const py::object& x_obj,
+                       const py::object& h0, const py::object& c0, const py::object& lengths, bool training,
+                       std::uint64_t dropout_seed, bool zero_cache) {
+  if (x.shape.size() != 3) throw_expected("x", "a 3-D array [T, N, C]", concat(x.shape.size(), "-D"));
+  const index_t T = x.shape[0], N = x.shape[1];
+  check_stack_dims(cfg, T, N);
+  const bool has_c = cell_info(cfg.cell).has_cell_state;
+  const index_t GD = cfg.groups(), H = cfg.hidden_size, P = cfg.state_size();
+  const S* xp = device_ptr<S>(x_obj, "x", {T, N, cfg.input_size}, false);
+  const S* h0p = device_ptr<S>(h0, "h0", {GD, N, P});
+  refuse_cell_state(c0, "c0", cfg);
+  const S* c0p = device_ptr<S>(c0, "c0", {GD, N, H});
+  std::optional<py::array> lengths_keep;
+  const index_t* lp = host_lengths(lengths, T, N, &lengths_keep);
+
+  const Backend& backend = backend_for(Device::kCuda);
+  const BackendOps<S>& ops = backend.ops<S>();
+  const std::unique_ptr<StackPlan> plan = ops.plan_stack(cfg, T, N, training);
+  const std::vector<LayerWeights<S>> w = device_group_views<S, const S*>(cfg, plan->specs, params, "params");
+  const index_t outputs = checked_add(checked_mul(checked_mul(T, N, "output"), cfg.num_directions * P, "output"),
+                                      checked_mul(GD, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
+                                      "outputs");
+  const index_t total =
+      checked_add(outputs, checked_add(plan->footprint.cache, plan->footprint.forward_scratch, "forward"), "forward");
+  backend.check_fits(checked_mul(total, sizeof(S), "forward bytes"), "a forward call");
+
+  StackForwardArgs<S> args;
+  py::object y = new_output<S>({T, N, cfg.num_directions * P}, &args.y);
+  py::object h_n = new_output<S>({GD, N, P}, &args.state_n.h);
+  py::object c_n = has_c ? new_output<S>({GD, N, H}, &args.state_n.c) : py::object(py::none());
+  args.params = &w;
+  args.x = xp;
+  args.state0 = {h0p, c0p};
+  args.lengths = lp;
+  args.dropout_seed = dropout_seed;
+  args.zero_cache = zero_cache;
+  std::unique_ptr<StackCache> cache;
+  {
+    py::gil_scoped_release release;
+    cache = ops.stack_forward(*plan, args);
+  }
+  py::object cache_obj = cache ? py::cast(Cache{std::move(cache)}) : py::object(py::none());
+  return py::make_tuple(y, h_n, c_n, cache_obj);
+}
+
+template <typename S>
+py::tuple backward_impl(Cache& cache_obj, const py::object& dy, const py::object& dh_n, const py::object& dc_n,
+                        const py::list& grads, bool need_dx) {
+  StackCache& cache = *cache_obj.data;
+  const StackPlan& plan = cache.plan();
+  const StackConfig& cfg = plan.cfg;
+  const index_t T = plan.T, N = plan.N;
+  const index_t GD = cfg.groups(), H = cfg.hidden_size, P = cfg.state_size();
+  const bool has_c = cell_info(cfg.cell).has_cell_state;
+  const S* dyp = device_ptr<S>(dy, "dy", {T, N, cfg.num_directions * P});
+  const S* dhnp = device_ptr<S>(dh_n, "dh_n", {GD, N, P});
+  refuse_cell_state(dc_n, "dc_n", cfg);
+  const S* dcnp = device_ptr<S>(dc_n, "dc_n", {GD, N, H});
+  const std::vector<LayerGrads<S>> g = device_group_views<S, S*>(cfg, plan.specs, grads, "grads");
+
+  const Backend& backend = backend_for(Device::kCuda);
+  const index_t outputs = checked_add(need_dx ? checked_mul(checked_mul(T, N, "dx"), cfg.input_size, "dx") : 0,
+                                      checked_mul(GD, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
+                                      "outputs");
+  backend.check_fits(checked_mul(checked_add(outputs, plan.footprint.backward_scratch, "backward"), sizeof(S),
+                                 "backward bytes"),
+                     "a backward call");
+  StackBackwardArgs<S> args;
+  py::object dx = need_dx ? new_output<S>({T, N, cfg.input_size}, &args.dx) : py::object(py::none());
+  py::object dh0 = new_output<S>({GD, N, P}, &args.d_state0.h);
+  py::object dc0 = has_c ? new_output<S>({GD, N, H}, &args.d_state0.c) : py::object(py::none());
+  args.grads = &g;
+  args.dy = dyp;
+  args.d_state_n = {dhnp, dcnp};
+  {
+    py::gil_scoped_release release;
+    backend.ops<S>().stack_backward(cache, args);
+  }
+  return py::make_tuple(dx, dh0, dc0);
+}
+
+template <typename S>
+py::tuple step_impl(const StackConfig& cfg, const py::list& params, const DeviceArray& x, const py::object& x_obj,
+                    const py::object& h, const py::object& c) {
+  if (cfg.num_directions != 1) {
+    throw_expected("layer", "a unidirectional layer (a step has no future for the reverse direction)",
+                   "a bidirectional one");
+  }
+  if (x.shape.size() != 2) throw_expected("x", "a 2-D array [N, input_size]", concat(x.shape.size(), "-D"));
+  const index_t N = x.shape[0], L = cfg.num_layers, P = cfg.state_size(), H = cfg.hidden_size;
+  check_stack_dims(cfg, 1, N);
+  const bool has_c = cell_info(cfg.cell).has_cell_state;
+  StackForwardArgs<S> args;
+  args.x = device_ptr<S>(x_obj, "x", {N, cfg.input_size}, false);
+  args.state0.h = device_ptr<S>(h, "h", {L, N, P}, false);
+  if (has_c == c.is_none()) throw_expected("c", has_c ? "an array (LSTM cells)" : "None", c.is_none() ? "None" : "an array");
+  args.state0.c = device_ptr<S>(c, "c", {L, N, H});
+  const std::vector<LayerWeights<S>> w = device_group_views<S, const S*>(cfg, stack_param_specs(cfg), params, "params");
+  args.params = &w;
+  py::object y = new_output<S>({N, P}, &args.y);
+  py::object h_new = new_output<S>({L, N, P}, &args.state_n.h);
+  py::object c_new = has_c ? new_output<S>({L, N, H}, &args.state_n.c) : py::object(py::none());
+  const BackendOps<S>& ops = backend_for(Device::kCuda).ops<S>();
+  {
+    py::gil_scoped_release release;
+    ops.stack_step(cfg, N, args);
+  }
+  return py::make_tuple(y, h_new, c_new);
+}
+
+template <typename S>
+py::tuple backward_reserve_impl(const StackConfig& cfg, const py::object& reserve, index_t T, index_t N,
+                                const py::object& lengths, std::uint64_t dropout_seed, const py::object& dy,
+                                const py::object& dh_n, const py::object& dc_n, const py::list& grads, bool need_dx) {
+  check_stack_dims(cfg, T, N);
+  std::optional<py::array> lengths_keep;
+  const index_t* lp = host_lengths(lengths, T, N, &lengths_keep);
+  const BackendOps<S>& ops = backend_for(Device::kCuda).ops<S>();
+  const std::unique_ptr<StackPlan> plan = ops.plan_stack(cfg, T, N, true);
+  const S* block = device_ptr<S>(reserve, "reserve", {plan->footprint.cache}, false);
+  Cache cache;
+  cache.data = ops.stack_cache_from_block(*plan, block, lp, dropout_seed);
+  return backward_impl<S>(cache, dy, dh_n, dc_n, grads, need_dx);
+}
+
+}  // namespace
+
+py::tuple device_backward(Cache& cache, const py::object& dy, const py::object& dh_n, const py::object& dc_n,
+                          const py::list& grads, bool need_dx) {
+  if (cache.data->elem_bytes() == 4) return backward_impl<float>(cache, dy, dh_n, dc_n, grads, need_dx);
+  return backward_impl<double>(cache, dy, dh_n, dc_n, grads, need_dx);
+}
+
+py::object device_reserve_view(const py::object& self) {
+  const Cache& c = self.cast<const Cache&>();
+  DeviceArray a;
+  a.shape = {c.data->plan().footprint.cache};
+  if (c.data->elem_bytes() == 4) {
+    a.kind = Kind::kF32;
+    a.data = const_cast<float*>(backend_for(Device::kCuda).ops<float>().stack_cache_block(*c.data));
+  } else {
+    a.kind = Kind::kF64;
+    a.data = const_cast<double*>(backend_for(Device::kCuda).ops<double>().stack_cache_block(*c.data));
+  }
+  a.base = self;
+  return py::cast(std::move(a));
+}
+
+void register_device(py::module_& m) {
+  py::class_<DeviceArray>(m, "DeviceArray", py::module_local(),
+                          "An array in CUDA device memory (host memory in the emulation build): shape, dtype, "
+                          "numpy() copies it to the host.")
+      .def_property_readonly("shape", [](const DeviceArray& a) {
+        py::tuple t(a.shape.size());
+        for (std::size_t i = 0; i < a.shape.size(); ++i) t[i] = a.shape[i];
+        return t;
+      })
+      .def_property_readonly("dtype", [](const DeviceArray& a) { return py::dtype(kind_name(a.kind)); })
+      .def_property_readonly("ndim", [](const DeviceArray& a) { return a.shape.size(); })
+      .def_property_readonly("size", &DeviceArray::numel)
+      .def_property_readonly("nbytes", &DeviceArray::nbytes)
+      .def_property_readonly("device", [](const DeviceArray&) { return "cuda"; })
+      .def("numpy", &to_host, "A host copy (numpy.ndarray).")
+      .def("copy", [](const DeviceArray& a) {
+        DeviceArray out = new_device_array(a.shape, a.kind);
+        cuda::copy_on_device(out.data, a.data, a.nbytes(), nullptr);
+        return out;
+      }, "A device copy.")
+      .def("copy_from_host", [](DeviceArray& a, const py::array& host) {
+        const DeviceArray src_shape_only = [&] {
+          DeviceArray t;
+          t.shape.assign(host.shape(), host.shape() + host.ndim());
+          return t;
+        }();
+        if (src_shape_only.shape != a.shape) throw_expected("array shape", shape_string(a.shape), shape_string(host));
+        const bool same = (a.kind == Kind::kF32 && is_dtype<float>(host.dtype())) ||
+                          (a.kind == Kind::kF64 && is_dtype<double>(host.dtype())) ||
+                          (a.kind == Kind::kI64 && is_dtype<index_t>(host.dtype()));
+        if (!same) throw py::type_error(concat("array: expected dtype ", kind_name(a.kind), ", got ", dtype_name(host.dtype())));
+        const py::array c = py::array::ensure(host, py::array::c_style);
+        py::gil_scoped_release release;
+        cuda::copy_to_device(a.data, c.data(), a.nbytes(), nullptr);
+      }, py::arg("array"), "Copies a host array of the same shape and dtype into this one, in place.")
+      .def("zero_", [](DeviceArray& a) {
+        py::gil_scoped_release release;
+        cuda::zero_device_bytes(a.data, a.nbytes());
+      }, "Sets every element to zero, in place.")
+      .def("reshape", [](const py::object& self, const std::vector<index_t>& shape) {
+        const DeviceArray& a = self.cast<const DeviceArray&>();
+        DeviceArray view = a;
+        view.shape = shape;
+        if (view.numel() != a.numel()) {
+          throw_expected("reshape", concat(a.numel(), " elements"), concat(shape_string(shape), " (", view.numel(), " elements)"));
+        }
+        view.base = a.base ? a.base : self;
+        return view;
+      }, py::arg("shape"), "A view of the same memory with another shape (same number of elements).")
+      .def("swapaxes01", [](const DeviceArray& a) {
+        if (a.shape.size() < 2) throw_expected("swapaxes01", "an array of 2 or more dimensions", concat(a.shape.size(), "-D"));
+        std::vector<index_t> shape = a.shape;
+        std::swap(shape[0], shape[1]);
+        index_t inner = 1;
+        for (std::size_t i = 2; i < a.shape.size(); ++i) inner *= a.shape[i];
+        DeviceArray out = new_device_array(shape, a.kind);
+        py::gil_scoped_release release;
+        cuda::swap_leading_axes(a.data, out.data, a.shape[0], a.shape[1], inner, static_cast<int>(kind_bytes(a.kind)));
+        return out;
+      }, "A new array with the two leading axes swapped ([A, B, ...] -> [B, A, ...]).")
+      .def("__repr__", [](const DeviceArray& a) {
+        return concat("DeviceArray(shape=", shape_string(a.shape), ", dtype=", kind_name(a.kind), ", device='cuda')");
+      });
+  m.def("to_device", &to_device, py::arg("array"),
+        "A copy of a numpy array (float32, float64 or int64) in CUDA device memory.");
+
+  m.def("forward",
+        [](const StackConfig& cfg, const py::list& params, const DeviceArray& x, const py::object& h0,
+           const py::object& c0, const py::object& lengths, bool training, std::uint64_t dropout_seed,
+           bool zero_cache) {
+          const py::object x_obj = py::cast(x, py::return_value_policy::reference);
+          return by_kind(kind_of_obj(x_obj, "x"), [&](auto s) {
+            return forward_impl<decltype(s)>(cfg, params, x, x_obj, h0, c0, lengths, training, dropout_seed, zero_cache);
+          });
+        },
+        py::arg("config"), py::arg("params"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
+        py::arg("training"), py::arg("dropout_seed"), py::arg("zero_cache") = false,
+        "forward on the CUDA backend: the arrays are DeviceArrays (lengths a host int64 array or None).");
+  m.def("step",
+        [](const StackConfig& cfg, const py::list& params, const DeviceArray& x, const py::object& h,
+           const py::object& c) {
+          const py::object x_obj = py::cast(x, py::return_value_policy::reference);
+          return by_kind(kind_of_obj(x_obj, "x"),
+                         [&](auto s) { return step_impl<decltype(s)>(cfg, params, x, x_obj, h, c); });
+        },
+        py::arg("config"), py::arg("params"), py::arg("x"), py::arg("h"), py::arg("c"),
+        "step on the CUDA backend (DeviceArrays).");
+  m.def("backward",
+        [](Cache& cache, const py::object& dy, const py::object& dh_n, const py::object& dc_n, const py::list& grads,
+           bool need_dx) {
+          if (cache.data->device() != Device::kCuda) {
+            throw std::invalid_argument("dy: expected numpy arrays (the cache is the CPU backend's), got CUDA arrays");
+          }
+          return device_backward(cache, dy, dh_n, dc_n, grads, need_dx);
+        },
+        py::arg("cache"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("grads"), py::arg("need_dx"),
+        "backward on the CUDA backend (DeviceArrays).");
+  m.def("backward_reserve",
+        [](const StackConfig& cfg, const DeviceArray& reserve, index_t T, index_t N, const py::object& lengths,
+           std::uint64_t dropout_seed, const py::object& dy, const py::object& dh_n, const py::object& dc_n,
+           const py::list& grads, bool need_dx) {
+          const py::object r = py::cast(reserve, py::return_value_policy::reference);
+          return by_kind(kind_of_obj(r, "reserve"), [&](auto s) {
+            return backward_reserve_impl<decltype(s)>(cfg, r, T, N, lengths, dropout_seed, dy, dh_n, dc_n, grads,
+                                                      need_dx);
+          });
+        },
+        py::arg("config"), py::arg("reserve"), py::arg("T"), py::arg("N"), py::arg("lengths"),
+        py::arg("dropout_seed"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("grads"),
+        py::arg("need_dx"), "backward_reserve on the CUDA backend (a DeviceArray reserve).");
+}
+
+}  // namespace bind
+}  // namespace rnnkit

@@ -1,0 +1,107 @@
+// The CUDA backend (backend.h's interface) over the stack of stack.cu. The network (embedding,
+// output layer and fused loss) and the optimizers are not on this backend yet: they refuse with a
+// message saying so, and run on the CPU.
+#include "cuda_backend.h"
+
+#include <memory>
+
+#include "stack.h"
+
+namespace rnnkit {
+namespace cuda {
+namespace {
+
+template <typename Derived, typename Base>
+Derived& own(Base& object, const char* what) {
+  auto* mine = dynamic_cast<Derived*>(&object);
+  if (mine == nullptr) {
+    throw std::invalid_argument(concat(what, ": expected one made by the CUDA backend for this dtype, got another"));
+  }
+  return *mine;
+}
+
+[[noreturn]] void not_on_cuda(const char* what) {
+  throw std::invalid_argument(concat("device: expected 'cpu' for ", what,
+                                     " (the CUDA backend runs the recurrent layers only in this version), got 'cuda'"));
+}
+
+template <typename S>
+class CudaOps final : public BackendOps<S> {
+ public:
+  std::unique_ptr<StackPlan> plan_stack(const StackConfig& cfg, index_t T, index_t N, bool training) const override {
+    return std::make_unique<CudaStackPlan>(cuda::plan_stack<S>(cfg, T, N, training, stack_param_specs(cfg)));
+  }
+  std::unique_ptr<StackCache> stack_forward(const StackPlan& plan, const StackForwardArgs<S>& args) const override {
+    const auto& p = own<const CudaStackPlan>(plan, "plan");
+    if (!p.training) {
+      cuda::stack_forward<S>(p, args, nullptr);
+      return nullptr;
+    }
+    auto cache = std::make_unique<CudaStackCache<S>>();
+    cuda::stack_forward<S>(p, args, cache.get());
+    return cache;
+  }
+  void stack_backward(StackCache& cache, const StackBackwardArgs<S>& args) const override {
+    cuda::stack_backward<S>(own<CudaStackCache<S>>(cache, "cache"), args);
+  }
+  void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& args) const override {
+    cuda::stack_step<S>(cfg, N, args);
+  }
+  const S* stack_cache_block(const StackCache& cache) const override {
+    return own<const CudaStackCache<S>>(cache, "cache").data();
+  }
+  std::unique_ptr<StackCache> stack_cache_from_block(const StackPlan& plan, const S* block, const index_t* lengths,
+                                                     std::uint64_t dropout_seed) const override {
+    return cuda::stack_cache_from_block<S>(own<const CudaStackPlan>(plan, "plan"), block, lengths, dropout_seed);
+  }
+
+  std::unique_ptr<NetworkPlan> plan_network(const NetworkConfig&, index_t, index_t, bool) const override {
+    not_on_cuda("RNNNetwork");
+  }
+  std::unique_ptr<NetworkCache> network_forward(const NetworkPlan&, const NetworkForwardArgs<S>&) const override {
+    not_on_cuda("RNNNetwork");
+  }
+  void network_backward(NetworkCache&, const NetworkBackwardArgs<S>&) const override { not_on_cuda("RNNNetwork"); }
+  void network_generate(const NetworkConfig&, const NetworkGenerateArgs<S>&) const override {
+    not_on_cuda("RNNNetwork");
+  }
+  void sgd_update(S*, const S*, S*, index_t, const SgdHyper&, bool) const override { not_on_cuda("optimizers"); }
+  void adam_update(S*, const S*, S*, S*, index_t, const AdamHyper&, index_t) const override {
+    not_on_cuda("optimizers");
+  }
+  void rmsprop_update(S*, const S*, S*, S*, S*, index_t, const RmspropHyper&) const override {
+    not_on_cuda("optimizers");
+  }
+  double sum_of_squares(const S*, index_t) const override { not_on_cuda("gradient clipping"); }
+  void scale(S*, index_t, S) const override { not_on_cuda("gradient clipping"); }
+  void clamp(S*, index_t, S) const override { not_on_cuda("gradient clipping"); }
+};
+
+class CudaBackend final : public Backend {
+ public:
+  Device device() const override { return Device::kCuda; }
+  void check_fits(index_t bytes, const char* what_for) const override {
+    std::size_t free_bytes = 0, total_bytes = 0;
+    memory_info(&free_bytes, &total_bytes);
+    if (total_bytes != 0 && static_cast<std::size_t>(bytes) > total_bytes) {
+      throw OutOfMemory(static_cast<std::size_t>(bytes),
+                        concat(what_for, " (more than the device's ", total_bytes, " bytes of memory)"));
+    }
+  }
+  const BackendOps<float>& f32() const override { return f32_; }
+  const BackendOps<double>& f64() const override { return f64_; }
+
+ private:
+  CudaOps<float> f32_;
+  CudaOps<double> f64_;
+};
+
+}  // namespace
+
+const Backend& cuda_backend() {
+  static const CudaBackend backend;
+  return backend;
+}
+
+}  // namespace cuda
+}  // namespace rnnkit

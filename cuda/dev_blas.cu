@@ -1,0 +1,94 @@
+// dev_blas.h's GEMM: cuBLAS under nvcc, the CPU's CBLAS (column-major, the same arguments) in the
+// emulation build.
+#include "dev_blas.h"
+
+#include <cassert>
+#include <stdexcept>
+#include <string>
+
+#if defined(__CUDACC__)
+#include "cublas_lazy.h"
+#else
+#include <cblas.h>
+#ifdef BLAS_SYMBOL_PREFIX
+#define RNNKIT_BLAS_CAT2(a, b) a##b
+#define RNNKIT_BLAS_CAT(a, b) RNNKIT_BLAS_CAT2(a, b)
+#define RNNKIT_BLAS(name) RNNKIT_BLAS_CAT(BLAS_SYMBOL_PREFIX, name)
+#else
+#define RNNKIT_BLAS(name) name
+#endif
+#endif
+
+namespace rnnkit {
+namespace cuda {
+namespace {
+
+int to_int(index_t v) {
+  assert(v >= 0 && v <= kMaxGemmDim);
+  return static_cast<int>(v);
+}
+
+#if defined(__CUDACC__)
+
+[[noreturn]] void throw_cublas(cublasStatus_t st, const char* what, const char* file, int line) {
+  const char* text = cublas().status_string ? cublas().status_string(st) : "?";
+  throw std::runtime_error(std::string(file) + ":" + std::to_string(line) + ": " + what + " failed: " + text);
+}
+#define RNNKIT_CUBLAS_CHECK(expr)                                                      \
+  do {                                                                                 \
+    const cublasStatus_t rnnkit_st_ = (expr);                                          \
+    if (rnnkit_st_ != CUBLAS_STATUS_SUCCESS) throw_cublas(rnnkit_st_, #expr, __FILE__, __LINE__); \
+  } while (0)
+
+// One handle per host thread (a handle must not be used by two threads at once), made at first use.
+struct Handle {
+  cublasHandle_t h = nullptr;
+  ~Handle() {
+    if (h != nullptr) cublas().destroy(h);
+  }
+};
+
+cublasHandle_t handle_for(Stream stream) {
+  thread_local Handle handle;
+  const CublasApi& api = cublas();
+  if (handle.h == nullptr) RNNKIT_CUBLAS_CHECK(api.create(&handle.h));
+  RNNKIT_CUBLAS_CHECK(api.set_stream(handle.h, static_cast<cudaStream_t>(stream)));
+  return handle.h;
+}
+
+cublasOperation_t to_op(Op o) { return o == Op::kT ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+#else
+
+CBLAS_TRANSPOSE to_op(Op o) { return o == Op::kT ? CblasTrans : CblasNoTrans; }
+
+#endif
+
+}  // namespace
+
+void gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, float alpha, const float* a,
+          index_t lda, const float* b, index_t ldb, float beta, float* c, index_t ldc) {
+#if defined(__CUDACC__)
+  RNNKIT_CUBLAS_CHECK(cublas().sgemm(handle_for(stream), to_op(op_a), to_op(op_b), to_int(m), to_int(n), to_int(k),
+                                     &alpha, a, to_int(lda), b, to_int(ldb), &beta, c, to_int(ldc)));
+#else
+  (void)stream;
+  RNNKIT_BLAS(cblas_sgemm)(CblasColMajor, to_op(op_a), to_op(op_b), to_int(m), to_int(n), to_int(k), alpha, a,
+                           to_int(lda), b, to_int(ldb), beta, c, to_int(ldc));
+#endif
+}
+
+void gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, double alpha, const double* a,
+          index_t lda, const double* b, index_t ldb, double beta, double* c, index_t ldc) {
+#if defined(__CUDACC__)
+  RNNKIT_CUBLAS_CHECK(cublas().dgemm(handle_for(stream), to_op(op_a), to_op(op_b), to_int(m), to_int(n), to_int(k),
+                                     &alpha, a, to_int(lda), b, to_int(ldb), &beta, c, to_int(ldc)));
+#else
+  (void)stream;
+  RNNKIT_BLAS(cblas_dgemm)(CblasColMajor, to_op(op_a), to_op(op_b), to_int(m), to_int(n), to_int(k), alpha, a,
+                           to_int(lda), b, to_int(ldb), beta, c, to_int(ldc));
+#endif
+}
+
+}  // namespace cuda
+}  // namespace rnnkit

@@ -1,0 +1,288 @@
+// The CUDA backend's kernel bodies (device.h says how a body is written and launched): the cells'
+// pointwise math of cells.h through a per-element accessor, and the small elementwise kernels of the
+// layer and stack loops (stack.cu). Each body is a plain struct of pointers and sizes, copied to the
+// device at launch.
+//
+// Layout as on the CPU (layer.h): row n of gates [N,GH], hgates [N,GH], saved [N,saved_width],
+// states [N,P] / [N,H]; bias [3,GH] = b_ih + b_hh, b_ih, b_hh. Race-freedom: in every body a thread
+// writes only elements of its own (n, j) (plus, for j < P, element j of row n of the P-wide
+// buffers), and reads only its own or ones no thread of the launch writes.
+#pragma once
+
+#include "device.h"
+#include "rnnkit/cells.h"
+#include "rnnkit/stack.h"
+
+namespace rnnkit {
+namespace cuda {
+
+// The accessor of cells.h for element j of one batch row: every value is a scalar reference. The
+// cells a per-element accessor cannot serve (the LayerNorm cells: a.mean over the row) are not
+// instantiated with it (run_cell in stack.cu).
+template <typename S>
+struct DeviceElement {
+  using Scalar = S;
+  index_t H, GH, j;
+  S* gates_;
+  S* hgates_;
+  const S* bias_;
+  const S* h_prev_;
+  const S* c_prev_;
+  S* h_;
+  S* c_;
+  S* saved_;
+  S* tmp_;
+  const S* dh_;
+  S* dc_;
+  S* dgates_;
+  S* dhgates_;
+  S* dh_prev_;
+
+  RNNKIT_DEVICE S& gates(int k) const { return gates_[k * H + j]; }
+  RNNKIT_DEVICE S& hgates(int k) const { return hgates_[k * H + j]; }
+  RNNKIT_DEVICE const S& bias(int k) const { return bias_[k * H + j]; }
+  RNNKIT_DEVICE const S& b_ih(int k) const { return bias_[GH + k * H + j]; }
+  RNNKIT_DEVICE const S& b_hh(int k) const { return bias_[2 * GH + k * H + j]; }
+  RNNKIT_DEVICE const S& h_prev() const { return h_prev_[j]; }
+  RNNKIT_DEVICE const S& c_prev() const { return c_prev_[j]; }
+  RNNKIT_DEVICE S& h() const { return h_[j]; }
+  RNNKIT_DEVICE S& c() const { return c_[j]; }
+  RNNKIT_DEVICE S& saved(int s) const { return saved_[s * H + j]; }
+  RNNKIT_DEVICE S& tmp(int s) const { return tmp_[s * H + j]; }
+  RNNKIT_DEVICE const S& dh() const { return dh_[j]; }
+  RNNKIT_DEVICE S& dc() const { return dc_[j]; }
+  RNNKIT_DEVICE S& dc_prev() const { return dc_[j]; }
+  RNNKIT_DEVICE S& dgates(int k) const { return dgates_[k * H + j]; }
+  RNNKIT_DEVICE S& dhgates(int k) const { return dhgates_[k * H + j]; }
+  RNNKIT_DEVICE S& dh_prev() const { return dh_prev_[j]; }
+};
+
+template <typename S>
+RNNKIT_DEVICE const S* row_of(const S* base, index_t n, index_t width) {
+  return base ? base + n * width : nullptr;
+}
+template <typename S>
+RNNKIT_DEVICE S* row_of(S* base, index_t n, index_t width) {
+  return base ? base + n * width : nullptr;
+}
+
+RNNKIT_DEVICE bool is_padded(const index_t* lengths, index_t t, index_t n) {
+  return lengths != nullptr && t >= lengths[n];
+}
+
+// Which part of a cell's pointwise pass a launch runs: the whole pass, or one stage of a
+// two-stage cell (kTwoStage: the candidate gate's GEMM sits between the stages).
+enum class Stage { kWhole, kFirst, kSecond };
+
+// One step's pointwise forward over N*H elements. h_out: the cell's h (h_full [N,H] with a
+// projection, else h_cur [N,P] with P == H).
+template <typename Cell, typename S, Stage kStage>
+struct ForwardPointwise {
+  index_t N, H, P, GH, SW, TW, t;
+  bool project;
+  S* gates;
+  S* hgates;
+  const S* bias;
+  const S* h_prev;
+  const S* c_prev;
+  S* h_out;
+  S* c_cur;
+  S* saved;
+  S* tmp;
+  const index_t* lengths;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    for (index_t i = th.global(); i < N * H; i += th.stride()) {
+      const index_t n = i / H, j = i % H;
+      if (is_padded(lengths, t, n)) {
+        // Rows that the step's later GEMMs read must hold numbers, not leftovers.
+        if (kStage != Stage::kSecond) {
+          if (project) h_out[n * H + j] = S(0);
+          if (Cell::kTwoStage) saved[n * SW + j] = S(0);
+        }
+        continue;
+      }
+      DeviceElement<S> a{H, GH, j, row_of(gates, n, GH), row_of(hgates, n, GH), bias, row_of(h_prev, n, P),
+                         row_of(c_prev, n, H), row_of(h_out, n, H), row_of(c_cur, n, H), row_of(saved, n, SW),
+                         row_of(tmp, n, TW), nullptr, nullptr, nullptr, nullptr, nullptr};
+      if constexpr (Cell::kTwoStage) {
+        if (kStage == Stage::kFirst) Cell::forward_stage1(a);
+        if (kStage == Stage::kSecond) Cell::forward_stage2(a);
+      } else {
+        Cell::forward(a);
+      }
+    }
+  }
+};
+
+// A step's outputs after the cell (and the projection): y = h_t, or at padded steps the state
+// carried (h_cur = h_prev, c_cur = c_prev) and y = 0. Over N*H elements (P <= H).
+template <typename S>
+struct StepOutputs {
+  index_t N, H, P, t, y_ld;
+  const S* h_prev;
+  S* h_cur;
+  const S* c_prev;  // null without a cell state
+  S* c_cur;
+  S* y;
+  const index_t* lengths;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    for (index_t i = th.global(); i < N * H; i += th.stride()) {
+      const index_t n = i / H, j = i % H;
+      S* y_row = y + (t * N + n) * y_ld;
+      if (is_padded(lengths, t, n)) {
+        if (j < P) {
+          h_cur[n * P + j] = h_prev[n * P + j];
+          y_row[j] = S(0);
+        }
+        if (c_cur) c_cur[n * H + j] = c_prev[n * H + j];
+      } else if (j < P) {
+        y_row[j] = h_cur[n * P + j];
+      }
+    }
+  }
+};
+
+// dh_cur = dh_next + dy_t (dy ignored at padded steps), and with a projection the gradient reaching
+// it, kept per step for dW_hr (dproj: 0 at padded steps). Over N*P elements.
+template <typename S>
+struct StepStateGrad {
+  index_t N, P, t, dy_ld;
+  const S* dh_next;
+  const S* dy;  // null: zeros
+  S* dh_cur;
+  S* dproj;  // null without a projection
+  const index_t* lengths;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    for (index_t i = th.global(); i < N * P; i += th.stride()) {
+      const index_t n = i / P, j = i % P;
+      const bool pad = is_padded(lengths, t, n);
+      const S v = dh_next[i] + (dy != nullptr && !pad ? dy[(t * N + n) * dy_ld + j] : S(0));
+      dh_cur[i] = v;
+      if (dproj) dproj[i] = pad ? S(0) : v;
+    }
+  }
+};
+
+// One step's pointwise backward over N*H elements. dh_cell: dL/d(the cell's h) [N,H] (dh_full with
+// a projection, else dh_cur, P == H). dgates: the step's staging [N,GH]; dh_next [N,P]: the direct
+// part of dL/dh_{t-1} (zeroed for cells without one; the recurrent GEMM adds the rest).
+template <typename Cell, typename S, Stage kStage>
+struct BackwardPointwise {
+  index_t N, H, P, GH, SW, TW, t;
+  S* gates;
+  const S* h_prev;
+  const S* c_prev;
+  S* h;  // the cell's h as forward left it (h_full or the state)
+  const S* c_cur;
+  S* saved;
+  S* tmp;
+  const S* dh_cell;
+  const S* dh_cur;
+  S* dc;
+  S* dgates;
+  S* dhgates;
+  S* dh_next;
+  const index_t* lengths;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    for (index_t i = th.global(); i < N * H; i += th.stride()) {
+      const index_t n = i / H, j = i % H;
+      if (is_padded(lengths, t, n)) {
+        if (kStage != Stage::kFirst) {
+          for (int k = 0; k < Cell::kGates; ++k) {
+            dgates[n * GH + k * H + j] = S(0);
+            if (dhgates) dhgates[n * GH + k * H + j] = S(0);
+          }
+          // The state was carried through the padded step: so is its gradient.
+          if (j < P) dh_next[n * P + j] = dh_cur[n * P + j];
+        }
+        continue;
+      }
+      DeviceElement<S> a{H, GH, j, row_of(gates, n, GH), nullptr, nullptr, row_of(h_prev, n, P),
+                         row_of(c_prev, n, H), row_of(h, n, H), const_cast<S*>(row_of(c_cur, n, H)),
+                         row_of(saved, n, SW), row_of(tmp, n, TW), row_of(dh_cell, n, H), row_of(dc, n, H),
+                         row_of(dgates, n, GH), row_of(dhgates, n, GH), row_of(dh_next, n, P)};
+      if constexpr (Cell::kTwoStage) {
+        if (kStage == Stage::kSecond) Cell::backward_stage2(a);
+        if (kStage == Stage::kFirst) Cell::backward_stage1(a);
+      } else {
+        if (!Cell::kDirectStateGrad && j < P) dh_next[n * P + j] = S(0);
+        Cell::backward(a);
+      }
+    }
+  }
+};
+
+// bias [3,GH] = b_ih + b_hh, b_ih, b_hh (zeros for an absent bias).
+template <typename S>
+struct BiasRows {
+  index_t GH;
+  const S* b_ih;
+  const S* b_hh;
+  S* bias;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    for (index_t i = th.global(); i < GH; i += th.stride()) {
+      const S bi = b_ih ? b_ih[i] : S(0), bh = b_hh ? b_hh[i] : S(0);
+      bias[i] = bi + bh;
+      bias[GH + i] = bi;
+      bias[2 * GH + i] = bh;
+    }
+  }
+};
+
+// out[c] += sum_r rows[r * ld + c], r = 0 .. R-1 in order (the CPU's order), one thread per column.
+template <typename S>
+struct AddColumnSums {
+  index_t R, W, ld;
+  const S* rows;
+  S* out;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    for (index_t c = th.global(); c < W; c += th.stride()) {
+      S acc = out[c];
+      for (index_t r = 0; r < R; ++r) acc += rows[r * ld + c];
+      out[c] = acc;
+    }
+  }
+};
+
+// Layer 0's input, copied into the cache with padded steps zeroed (a NaN the caller left there must
+// not reach dW_ih through 0 * NaN). Over TN*C elements.
+template <typename S>
+struct CopyInput {
+  index_t N, C, count;
+  const S* x;
+  S* out;
+  const index_t* lengths;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    for (index_t i = th.global(); i < count; i += th.stride()) {
+      const index_t r = i / C;
+      out[i] = is_padded(lengths, r / N, r % N) ? S(0) : x[i];
+    }
+  }
+};
+
+// Dropout between layers (stack.h): element i of layer `layer`'s output kept with probability 1-p,
+// scaled by 1/(1-p); applied to a gradient, its backward.
+template <typename S>
+struct Dropout {
+  index_t count, layer;
+  double p;
+  std::uint64_t seed;
+  S* v;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    const S scale = p >= 1.0 ? S(0) : S(1.0 / (1.0 - p));
+    for (index_t i = th.global(); i < count; i += th.stride()) {
+      v[i] = (p >= 1.0 || dropout_uniform(seed, layer, i) < p) ? S(0) : v[i] * scale;
+    }
+  }
+};
+
+}  // namespace cuda
+}  // namespace rnnkit

@@ -1,0 +1,447 @@
+// The CUDA backend's layer loops and stack (stack.h): the CPU backend's plan (cpu/layer_forward.cpp,
+// cpu/layer_backward.cpp, cpu/stack.cpp) with cuBLAS GEMMs and the pointwise kernels of kernels.h,
+// all on one stream. The GEMMs are written row-major, as on the CPU, through dev_blas.h's gemm_rm.
+#include "stack.h"
+
+#include <cstring>
+
+#include "dev_blas.h"
+#include "kernels.h"
+
+namespace rnnkit {
+namespace cuda {
+namespace {
+
+constexpr Stream kStream = nullptr;  // the legacy default stream (rnnkit.torch passes its own later)
+
+// The cells the per-element accessor serves; LayerNorm cells are refused by plan_stack.
+template <typename Fn>
+void dispatch_device_cell(CellKind kind, Fn&& fn) {
+  switch (kind) {
+    case CellKind::kRnnTanh: return fn(ElmanTanhCell{});
+    case CellKind::kRnnRelu: return fn(ElmanReluCell{});
+    case CellKind::kLstm: return fn(LSTMCell{});
+    case CellKind::kGru: return fn(GRUCell{});
+    case CellKind::kGruResetBefore: return fn(GRUResetBeforeCell{});
+    case CellKind::kLnLstm:
+    case CellKind::kLnGru:
+      break;
+  }
+  throw std::invalid_argument(concat("mode: expected a cell the CUDA backend runs (RNN_TANH, RNN_RELU, LSTM, GRU, "
+                                     "GRU_RESET_BEFORE), got '", cell_name(kind),
+                                     "' (the LayerNorm cells run on the CPU only in this version)"));
+}
+
+template <typename S>
+void copy_elems(S* dst, const S* src, index_t n) {
+  if (n > 0) copy_on_device(dst, src, static_cast<std::size_t>(n) * sizeof(S), kStream);
+}
+template <typename S>
+void zero_elems(S* dst, index_t n) {
+  if (n > 0) zero_on_device(dst, static_cast<std::size_t>(n) * sizeof(S), kStream);
+}
+
+// Where the states of step t live: the CPU's StateSlots (cpu/layer_loop.h).
+struct Slots {
+  index_t T;
+  bool reverse, training;
+  index_t step(index_t t) const { return reverse ? T - 1 - t : t; }
+  index_t prev(index_t t) const { return training ? (reverse ? t + 1 : t) : step(t) % 2; }
+  index_t cur(index_t t) const { return training ? (reverse ? t : t + 1) : (step(t) + 1) % 2; }
+  index_t first() const { return training ? (reverse ? T : 0) : 0; }
+  index_t last() const { return cur(reverse ? 0 : T - 1); }
+};
+
+template <typename S>
+struct LayerArgs {  // one layer-direction's call (cpu/layer.h's LayerForwardArgs/LayerBackwardArgs)
+  const S* x = nullptr;
+  StatePair<const S*> state0;
+  const index_t* lengths = nullptr;  // device
+  bool reverse = false;
+  S* y = nullptr;
+  index_t y_ld = 0;
+  StatePair<S*> state_n;
+  // backward
+  const S* dy = nullptr;
+  index_t dy_ld = 0;
+  StatePair<const S*> d_state_n;
+  S* dx = nullptr;
+  bool dx_accumulate = false;
+  StatePair<S*> d_state0;
+};
+
+template <typename Cell, typename S>
+void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuffers<S>& b, const LayerArgs<S>& a) {
+  const index_t T = s.d.T, N = s.d.N, C = s.d.C, H = s.d.H, P = s.d.P, GH = s.GH, G1 = s.G1;
+  const index_t SW = s.saved_width, TW = s.tmp_width;
+  const Slots slots{T, a.reverse, s.training};
+  auto h_slot = [&](index_t slot) { return b.h_seq + slot * N * P; };
+  auto c_slot = [&](index_t slot) { return b.c_seq + slot * N * H; };
+
+  // gates = x W_ih^T for every step at once; the biases are added in the pointwise kernel.
+  gemm_rm<S>(kStream, Op::kN, Op::kT, s.TN, GH, C, S(1), a.x, C, w.w_ih, C, S(0), b.gates, GH);
+  RNNKIT_LAUNCH(kStream, GH, (BiasRows<S>{GH, w.b_ih, w.b_hh, b.bias}));
+  if (a.state0.h) copy_elems(h_slot(slots.first()), a.state0.h, N * P); else zero_elems(h_slot(slots.first()), N * P);
+  if constexpr (Cell::kHasCellState) {
+    if (a.state0.c) copy_elems(c_slot(slots.first()), a.state0.c, N * H); else zero_elems(c_slot(slots.first()), N * H);
+  }
+
+  for (index_t i = 0; i < T; ++i) {
+    const index_t t = slots.step(i);
+    S* h_prev = h_slot(slots.prev(t));
+    S* h_cur = h_slot(slots.cur(t));
+    S* c_prev = Cell::kHasCellState ? c_slot(slots.prev(t)) : nullptr;
+    S* c_cur = Cell::kHasCellState ? c_slot(slots.cur(t)) : nullptr;
+    S* gates = b.gates + t * N * GH;
+    S* saved = b.saved + (s.training ? t * N * SW : 0);
+    S* h_full = s.project ? b.h_full + (s.training ? t * N * H : 0) : nullptr;
+    S* h_out = s.project ? h_full : h_cur;
+
+    // h_{t-1} W_hh^T: into the gates, or beside them for cells that keep the recurrent part apart.
+    if constexpr (Cell::kSeparateRecurrent) {
+      gemm_rm<S>(kStream, Op::kN, Op::kT, N, G1, P, S(1), h_prev, P, w.w_hh, P, S(0), b.hgates, GH);
+    } else {
+      gemm_rm<S>(kStream, Op::kN, Op::kT, N, G1, P, S(1), h_prev, P, w.w_hh, P, S(1), gates, GH);
+    }
+    auto point = [&](auto stage) {
+      constexpr Stage kStage = decltype(stage)::value;
+      RNNKIT_LAUNCH(kStream, N * H,
+                    (ForwardPointwise<Cell, S, kStage>{N, H, P, GH, SW, TW, t, s.project, gates, b.hgates, b.bias,
+                                                       h_prev, c_prev, h_out, c_cur, saved, b.tmp, a.lengths}));
+    };
+    if constexpr (Cell::kTwoStage) {
+      point(std::integral_constant<Stage, Stage::kFirst>{});
+      // gates(n) += (r * h_{t-1}) W_hn^T, with r * h_{t-1} in saved slot 0.
+      gemm_rm<S>(kStream, Op::kN, Op::kT, N, GH - G1, P, S(1), saved, SW, w.w_hh + G1 * P, P, S(1), gates + G1, GH);
+      point(std::integral_constant<Stage, Stage::kSecond>{});
+    } else {
+      point(std::integral_constant<Stage, Stage::kWhole>{});
+    }
+    if (s.project) gemm_rm<S>(kStream, Op::kN, Op::kT, N, P, H, S(1), h_full, H, w.w_hr, H, S(0), h_cur, P);
+    RNNKIT_LAUNCH(kStream, N * H, (StepOutputs<S>{N, H, P, t, a.y_ld, h_prev, h_cur, c_prev, c_cur, a.y, a.lengths}));
+  }
+  copy_elems(a.state_n.h, h_slot(slots.last()), N * P);
+  if constexpr (Cell::kHasCellState) {
+    if (a.state_n.c) copy_elems(a.state_n.c, c_slot(slots.last()), N * H);
+  }
+}
+
+template <typename Cell, typename S>
+void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGrads<S>& g, const LayerBuffers<S>& b,
+                    const LayerArgs<S>& a) {
+  const index_t T = s.d.T, N = s.d.N, C = s.d.C, H = s.d.H, P = s.d.P, GH = s.GH, G1 = s.G1, TN = s.TN;
+  const index_t SW = s.saved_width, TW = s.tmp_width;
+  const Slots slots{T, a.reverse, true};
+  auto h_slot = [&](index_t slot) { return b.h_seq + slot * N * P; };
+  auto c_slot = [&](index_t slot) { return b.c_seq + slot * N * H; };
+  // The gates' gradients of every step: over the forward's gates, or in scratch keeping the cache.
+  S* dall = s.keep_cache ? b.dgates_all : b.gates;
+  // The gradient through W_hh: the recurrent pre-activations' of separate-recurrent cells.
+  S* drec_all = Cell::kSeparateRecurrent ? b.dhgates : dall;
+  S* dh_next = b.dh_a;  // dL/d(state after the step being processed), from later steps
+  S* dh_cur = b.dh_b;   // ... plus this step's dy
+
+  if (a.d_state_n.h) copy_elems(dh_next, a.d_state_n.h, N * P); else zero_elems(dh_next, N * P);
+  if constexpr (Cell::kHasCellState) {
+    if (a.d_state_n.c) copy_elems(b.dc, a.d_state_n.c, N * H); else zero_elems(b.dc, N * H);
+  }
+
+  for (index_t i = T - 1; i >= 0; --i) {
+    const index_t t = slots.step(i);
+    S* dproj = s.project ? b.dh_proj + t * N * P : nullptr;
+    RNNKIT_LAUNCH(kStream, N * P, (StepStateGrad<S>{N, P, t, a.dy_ld, dh_next, a.dy, dh_cur, dproj, a.lengths}));
+    const S* dh_cell = dh_cur;
+    if (s.project) {
+      gemm_rm<S>(kStream, Op::kN, Op::kN, N, H, P, S(1), dproj, P, w.w_hr, H, S(0), b.dh_full, H);
+      dh_cell = b.dh_full;
+    }
+    S* gates = b.gates + t * N * GH;
+    S* saved = b.saved + t * N * SW;
+    S* h_cell = s.project ? b.h_full + t * N * H : h_slot(slots.cur(t));
+    S* dhgates = Cell::kSeparateRecurrent ? b.dhgates + t * N * GH : nullptr;
+    auto point = [&](auto stage) {
+      constexpr Stage kStage = decltype(stage)::value;
+      RNNKIT_LAUNCH(kStream, N * H,
+                    (BackwardPointwise<Cell, S, kStage>{
+                        N, H, P, GH, SW, TW, t, gates, h_slot(slots.prev(t)),
+                        Cell::kHasCellState ? c_slot(slots.prev(t)) : nullptr, h_cell,
+                        Cell::kHasCellState ? c_slot(slots.cur(t)) : nullptr, saved, b.tmp, dh_cell, dh_cur, b.dc,
+                        b.dgates, dhgates, dh_next, a.lengths}));
+    };
+    if constexpr (Cell::kTwoStage) {
+      point(std::integral_constant<Stage, Stage::kSecond>{});
+      // tmp(0) = dL/d(r*h_{t-1}) = dgates(n) W_hn.
+      gemm_rm<S>(kStream, Op::kN, Op::kN, N, P, GH - G1, S(1), b.dgates + G1, GH, w.w_hh + G1 * P, P, S(0), b.tmp, TW);
+      point(std::integral_constant<Stage, Stage::kFirst>{});
+    } else {
+      point(std::integral_constant<Stage, Stage::kWhole>{});
+    }
+    // The step's gates are done with: their gradients take their place (or their own buffer).
+    copy_elems(dall + t * N * GH, b.dgates, N * GH);
+    // dL/dh_{t-1} += d(recurrent pre-activations) W_hh.
+    gemm_rm<S>(kStream, Op::kN, Op::kN, N, P, G1, S(1), Cell::kSeparateRecurrent ? drec_all + t * N * GH : b.dgates,
+               GH, w.w_hh, P, S(1), dh_next, P);
+  }
+  copy_elems(a.d_state0.h, dh_next, N * P);
+  if constexpr (Cell::kHasCellState) {
+    if (a.d_state0.c) copy_elems(a.d_state0.c, b.dc, N * H);
+  }
+
+  // The weight gradients, one GEMM each over all T*N rows (ACCUMULATED), the bias column sums, dx.
+  const S* h_prev_all = h_slot(slots.reverse ? 1 : 0);  // h_{t-1} for every t, in time order
+  gemm_rm<S>(kStream, Op::kT, Op::kN, GH, C, TN, S(1), dall, GH, a.x, C, S(1), g.w_ih, C);
+  if constexpr (Cell::kTwoStage) {
+    gemm_rm<S>(kStream, Op::kT, Op::kN, G1, P, TN, S(1), dall, GH, h_prev_all, P, S(1), g.w_hh, P);
+    gemm_rm<S>(kStream, Op::kT, Op::kN, GH - G1, P, TN, S(1), dall + G1, GH, b.saved, SW, S(1), g.w_hh + G1 * P, P);
+  } else {
+    gemm_rm<S>(kStream, Op::kT, Op::kN, GH, P, TN, S(1), drec_all, GH, h_prev_all, P, S(1), g.w_hh, P);
+  }
+  if (g.b_ih) RNNKIT_LAUNCH(kStream, GH, (AddColumnSums<S>{TN, GH, GH, dall, g.b_ih}));
+  if (g.b_hh) RNNKIT_LAUNCH(kStream, GH, (AddColumnSums<S>{TN, GH, GH, drec_all, g.b_hh}));
+  if (s.project) gemm_rm<S>(kStream, Op::kT, Op::kN, P, H, TN, S(1), b.dh_proj, P, b.h_full, H, S(1), g.w_hr, H);
+  if (a.dx) {
+    gemm_rm<S>(kStream, Op::kN, Op::kN, TN, C, GH, S(1), dall, GH, w.w_ih, C, a.dx_accumulate ? S(1) : S(0), a.dx, C);
+  }
+}
+
+template <typename Ptr>
+StatePair<Ptr> group_state(const StatePair<Ptr>& all, index_t g, index_t N, index_t P, index_t H) {
+  return {all.h ? all.h + g * N * P : nullptr, all.c ? all.c + g * N * H : nullptr};
+}
+
+// The cache block's one layout (the CPU's carve_cache): x's copy, the inputs of layers 1.., the
+// parameters' copies in spec order, each group's kept layer buffers.
+template <typename S>
+std::vector<S*> carve_cache(const CudaStackPlan& plan, CudaStackCache<S>& cache) {
+  const StackConfig& cfg = plan.cfg;
+  const index_t L = cfg.num_layers, between = plan.shape.TN * cfg.num_directions * cfg.state_size();
+  S* c = cache.data();
+  std::vector<S*> inputs(L);
+  inputs[0] = c;
+  c += plan.shape.TN * cfg.input_size;
+  for (index_t l = 1; l < L; ++l) {
+    inputs[l] = c;
+    c += between;
+  }
+  cache.weights.assign(cfg.groups(), LayerWeights<S>{});
+  for (const ParamSpec& spec : plan.specs) {
+    param_field(cache.weights[spec.group], spec.role) = c;
+    c += spec.numel();
+  }
+  cache.kept.resize(cfg.groups());
+  for (index_t g = 0; g < cfg.groups(); ++g) {
+    cache.kept[g] = c;
+    c += plan.layer_kept;
+  }
+  assert(c == cache.data() + plan.footprint.cache);
+  cache.inputs.assign(inputs.begin(), inputs.end());
+  return inputs;
+}
+
+void copy_lengths(DeviceBuffer<index_t>& dst, const index_t* lengths, index_t N) {
+  if (lengths == nullptr) return;
+  dst.allocate(N, "sequence lengths");
+  copy_to_device(dst.data(), lengths, static_cast<std::size_t>(N) * sizeof(index_t), kStream);
+}
+
+}  // namespace
+
+template <typename S>
+CudaStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool training, std::vector<ParamSpec> specs,
+                         bool keep_cache) {
+  dispatch_device_cell(cfg.cell, [](auto) {});  // refuses the cells this backend does not run
+  CudaStackPlan p;
+  p.cfg = cfg;
+  p.T = T;
+  p.N = N;
+  p.training = training;
+  p.specs = std::move(specs);
+  p.shape = layer_shape(cfg.cell, cfg.layer_dims(0, T, N), training);
+  p.shape.keep_cache = keep_cache;
+  p.layer_kept = layer_buffer_elems(p.shape, kKept);
+  p.layer_forward = layer_buffer_elems(p.shape, kForwardScratch);
+  p.layer_backward = layer_buffer_elems(p.shape, kBackwardScratch);
+
+  const index_t L = cfg.num_layers;
+  const index_t between = checked_mul(p.shape.TN, cfg.num_directions * cfg.state_size(), "layer output");
+  StackFootprint& f = p.footprint;
+  if (training) {
+    f.cache = checked_add(checked_mul(p.shape.TN, cfg.input_size, "input"),
+                          checked_mul(L - 1, between, "layer inputs"), "cache");
+    f.cache = checked_add(f.cache, total_numel(p.specs), "cache");
+    f.cache = checked_add(f.cache, checked_mul(cfg.groups(), p.layer_kept, "layer states"), "cache");
+    f.forward_scratch = p.layer_forward;
+    f.backward_scratch = checked_add(p.layer_backward, L > 1 ? checked_mul(2, between, "layer gradients") : 0,
+                                     "backward scratch");
+  } else {
+    f.forward_scratch = checked_add(p.layer_forward, p.layer_kept, "forward scratch");
+    if (L > 1) f.forward_scratch = checked_add(f.forward_scratch, checked_mul(2, between, "layer outputs"), "forward scratch");
+  }
+  return p;
+}
+
+template <typename S>
+void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, CudaStackCache<S>* cache) {
+  const StackConfig& cfg = plan.cfg;
+  const bool training = plan.training;
+  const index_t N = plan.N, TN = plan.shape.TN;
+  const index_t L = cfg.num_layers, D = cfg.num_directions, H = cfg.hidden_size, P = cfg.state_size();
+  const index_t between = TN * D * P;
+  assert(training == (cache != nullptr));
+
+  DeviceBuffer<S> scratch(plan.footprint.forward_scratch, "forward scratch");
+  LayerBuffers<S> shared;
+  S* p = carve_layer_buffers(plan.shape, kForwardScratch, scratch.data(), &shared);
+
+  DeviceBuffer<index_t> lengths_local;
+  DeviceBuffer<index_t>& lengths_dev = training ? cache->lengths : lengths_local;
+  copy_lengths(lengths_dev, args.lengths, N);
+  const index_t* lengths = args.lengths ? lengths_dev.data() : nullptr;
+
+  std::vector<const S*> inputs(L);
+  std::vector<S*> outputs(L);
+  std::vector<LayerBuffers<S>> buffers(cfg.groups(), shared);
+  const std::vector<LayerWeights<S>>* weights = args.params;
+  if (training) {
+    cache->plan_ = plan;
+    cache->dropout_seed = args.dropout_seed;
+    cache->block.allocate(plan.footprint.cache, "the training cache");
+    if (args.zero_cache) zero_elems(cache->block.data(), plan.footprint.cache);
+    const std::vector<S*> layer_inputs = carve_cache(plan, *cache);
+    RNNKIT_LAUNCH(kStream, TN * cfg.input_size,
+                  (CopyInput<S>{N, cfg.input_size, TN * cfg.input_size, args.x, layer_inputs[0], lengths}));
+    for (index_t l = 0; l < L; ++l) inputs[l] = layer_inputs[l];
+    for (index_t l = 1; l < L; ++l) outputs[l - 1] = layer_inputs[l];
+    for (const ParamSpec& spec : plan.specs) {
+      copy_elems(const_cast<S*>(param_field(cache->weights[spec.group], spec.role)),
+                 param_field((*args.params)[spec.group], spec.role), spec.numel());
+    }
+    for (index_t g = 0; g < cfg.groups(); ++g) carve_layer_buffers(plan.shape, kKept, cache->kept[g], &buffers[g]);
+    weights = &cache->weights;
+  } else {
+    p = carve_layer_buffers(plan.shape, kKept, p, &shared);
+    for (auto& b : buffers) b = shared;
+    inputs[0] = args.x;
+    for (index_t l = 0; l + 1 < L; ++l) {
+      outputs[l] = p + (l % 2) * between;
+      inputs[l + 1] = outputs[l];
+    }
+  }
+  outputs[L - 1] = args.y;
+
+  dispatch_device_cell(cfg.cell, [&](auto cell) {
+    using Cell = decltype(cell);
+    LayerShape shape = plan.shape;
+    for (index_t l = 0; l < L; ++l) {
+      shape.d.C = cfg.layer_input_size(l);
+      for (index_t d = 0; d < D; ++d) {
+        const index_t g = l * D + d;
+        LayerArgs<S> la;
+        la.x = inputs[l];
+        la.state0 = group_state(args.state0, g, N, P, H);
+        la.lengths = lengths;
+        la.reverse = d == 1;
+        la.y = outputs[l] + d * P;
+        la.y_ld = D * P;
+        la.state_n = group_state(args.state_n, g, N, P, H);
+        layer_forward<Cell, S>(shape, (*weights)[g], buffers[g], la);
+      }
+      if (training && l + 1 < L && cfg.dropout > 0.0) {
+        RNNKIT_LAUNCH(kStream, between, (Dropout<S>{between, l, cfg.dropout, args.dropout_seed, outputs[l]}));
+      }
+    }
+  });
+  synchronize(kStream);  // the scratch is freed on return
+}
+
+template <typename S>
+std::unique_ptr<CudaStackCache<S>> stack_cache_from_block(const CudaStackPlan& plan, const S* block,
+                                                          const index_t* lengths, std::uint64_t dropout_seed) {
+  assert(plan.training);
+  auto cache = std::make_unique<CudaStackCache<S>>();
+  cache->plan_ = plan_stack<S>(plan.cfg, plan.T, plan.N, true, plan.specs, /*keep_cache=*/true);
+  copy_lengths(cache->lengths, lengths, plan.N);
+  cache->dropout_seed = dropout_seed;
+  cache->external = block;
+  carve_cache(cache->plan_, *cache);
+  return cache;
+}
+
+template <typename S>
+void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) {
+  if (cache.consumed) {
+    throw std::invalid_argument(
+        "cache: expected the cache of a forward that has not been backpropagated yet, got one that has "
+        "(backward uses up what forward kept; run forward again)");
+  }
+  cache.consumed = !cache.plan_.shape.keep_cache;
+  const CudaStackPlan& plan = cache.plan_;
+  const StackConfig& cfg = plan.cfg;
+  const index_t N = plan.N, TN = plan.shape.TN;
+  const index_t L = cfg.num_layers, D = cfg.num_directions, H = cfg.hidden_size, P = cfg.state_size();
+  const index_t between = TN * D * P;
+  const index_t* lengths = cache.lengths.size() > 0 ? cache.lengths.data() : nullptr;
+
+  DeviceBuffer<S> scratch(plan.footprint.backward_scratch, "backward scratch");
+  LayerBuffers<S> shared;
+  S* p = carve_layer_buffers(plan.shape, kBackwardScratch, scratch.data(), &shared);
+  S* ping = L > 1 ? p : nullptr;
+  S* pong = L > 1 ? p + between : nullptr;
+  std::vector<LayerBuffers<S>> buffers(cfg.groups(), shared);
+  for (index_t g = 0; g < cfg.groups(); ++g) carve_layer_buffers(plan.shape, kKept, cache.kept[g], &buffers[g]);
+
+  dispatch_device_cell(cfg.cell, [&](auto cell) {
+    using Cell = decltype(cell);
+    const S* d_out = args.dy;
+    LayerShape shape = plan.shape;
+    for (index_t l = L - 1; l >= 0; --l) {
+      shape.d.C = cfg.layer_input_size(l);
+      S* d_in = (l == 0) ? args.dx : ((l % 2 == 0) ? ping : pong);
+      for (index_t d = 0; d < D; ++d) {
+        const index_t g = l * D + d;
+        LayerArgs<S> la;
+        la.x = cache.inputs[l];
+        la.lengths = lengths;
+        la.reverse = d == 1;
+        la.dy = d_out ? d_out + d * P : nullptr;
+        la.dy_ld = D * P;
+        la.d_state_n = group_state(args.d_state_n, g, N, P, H);
+        la.dx = d_in;
+        la.dx_accumulate = d > 0;
+        la.d_state0 = group_state(args.d_state0, g, N, P, H);
+        layer_backward<Cell, S>(shape, cache.weights[g], (*args.grads)[g], buffers[g], la);
+      }
+      if (l > 0) {
+        if (cfg.dropout > 0.0) {
+          RNNKIT_LAUNCH(kStream, between, (Dropout<S>{between, l - 1, cfg.dropout, cache.dropout_seed, d_in}));
+        }
+        d_out = d_in;
+      }
+    }
+  });
+  synchronize(kStream);
+}
+
+template <typename S>
+void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& args) {
+  assert(cfg.num_directions == 1);
+  // One step is an inference forward over T = 1 (no lengths, no dropout).
+  const CudaStackPlan plan = plan_stack<S>(cfg, 1, N, false, stack_param_specs(cfg));
+  StackForwardArgs<S> one = args;
+  one.lengths = nullptr;
+  stack_forward<S>(plan, one, nullptr);
+}
+
+#define RNNKIT_INSTANTIATE_STACK(S)                                                                          \
+  template CudaStackPlan plan_stack<S>(const StackConfig&, index_t, index_t, bool, std::vector<ParamSpec>, bool); \
+  template void stack_forward<S>(const CudaStackPlan&, const StackForwardArgs<S>&, CudaStackCache<S>*);       \
+  template void stack_backward<S>(CudaStackCache<S>&, const StackBackwardArgs<S>&);                          \
+  template std::unique_ptr<CudaStackCache<S>> stack_cache_from_block<S>(const CudaStackPlan&, const S*,       \
+                                                                         const index_t*, std::uint64_t);    \
+  template void stack_step<S>(const StackConfig&, index_t, const StackForwardArgs<S>&);
+RNNKIT_INSTANTIATE_STACK(float)
+RNNKIT_INSTANTIATE_STACK(double)
+#undef RNNKIT_INSTANTIATE_STACK
+
+}  // namespace cuda
+}  // namespace rnnkit
