@@ -1,10 +1,11 @@
-// The CUDA backend (backend.h's interface) over the stack of stack.cu. The network (embedding,
-// output layer and fused loss) and the optimizers are not on this backend yet: they refuse with a
-// message saying so, and run on the CPU.
+// The CUDA backend (backend.h's interface) over the stack of stack.cu and the updates of optim.cu.
+// The network (embedding, output layer and fused loss) is not on this backend yet: it refuses with
+// a message saying so.
 #include "cuda_backend.h"
 
 #include <memory>
 
+#include "cuda_optim.h"
 #include "stack.h"
 
 namespace rnnkit {
@@ -22,7 +23,7 @@ Derived& own(Base& object, const char* what) {
 
 [[noreturn]] void not_on_cuda(const char* what) {
   throw std::invalid_argument(concat("device: expected 'cpu' for ", what,
-                                     " (the CUDA backend runs the recurrent layers only in this version), got 'cuda'"));
+                                     " (the CUDA backend runs the recurrent layers and optimizers only in this version), got 'cuda'"));
 }
 
 template <typename S>
@@ -65,16 +66,21 @@ class CudaOps final : public BackendOps<S> {
   void network_generate(const NetworkConfig&, const NetworkGenerateArgs<S>&) const override {
     not_on_cuda("RNNNetwork");
   }
-  void sgd_update(S*, const S*, S*, index_t, const SgdHyper&, bool) const override { not_on_cuda("optimizers"); }
-  void adam_update(S*, const S*, S*, S*, index_t, const AdamHyper&, index_t) const override {
-    not_on_cuda("optimizers");
+  void sgd_update(S* param, const S* grad, S* momentum_buf, index_t n, const SgdHyper& h,
+                  bool first_step) const override {
+    cuda::sgd_update<S>(param, grad, momentum_buf, n, h, first_step);
   }
-  void rmsprop_update(S*, const S*, S*, S*, S*, index_t, const RmspropHyper&) const override {
-    not_on_cuda("optimizers");
+  void adam_update(S* param, const S* grad, S* exp_avg, S* exp_avg_sq, index_t n, const AdamHyper& h,
+                   index_t step) const override {
+    cuda::adam_update<S>(param, grad, exp_avg, exp_avg_sq, n, h, step);
   }
-  double sum_of_squares(const S*, index_t) const override { not_on_cuda("gradient clipping"); }
-  void scale(S*, index_t, S) const override { not_on_cuda("gradient clipping"); }
-  void clamp(S*, index_t, S) const override { not_on_cuda("gradient clipping"); }
+  void rmsprop_update(S* param, const S* grad, S* square_avg, S* momentum_buf, S* grad_avg, index_t n,
+                      const RmspropHyper& h) const override {
+    cuda::rmsprop_update<S>(param, grad, square_avg, momentum_buf, grad_avg, n, h);
+  }
+  double sum_of_squares(const S* g, index_t n) const override { return cuda::sum_of_squares<S>(g, n); }
+  void scale(S* g, index_t n, S factor) const override { cuda::scale_in_place<S>(g, n, factor); }
+  void clamp(S* g, index_t n, S limit) const override { cuda::clamp_in_place<S>(g, n, limit); }
 };
 
 class CudaBackend final : public Backend {

@@ -415,3 +415,56 @@ def test_bad_device_names_are_refused():
     with pytest.raises(TypeError, match="device: expected 'cpu' or 'cuda', got int 0"):
         rnnkit.RNN(4, 6).to(0)
     assert rnnkit.RNN(4, 6).to("cuda:0").device == "cuda"
+
+
+# ---- optimizers and clipping on the CUDA backend --------------------------------------------
+OPTIMIZERS = [
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("SGD", dict(lr=0.1, momentum=0.5, dampening=0.1)),
+    ("Adam", dict(lr=0.01, weight_decay=0.01)),
+    ("AdamW", dict(lr=0.01, weight_decay=0.1)),
+    ("RMSprop", dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01)),
+    ("RMSprop", dict(lr=0.01)),
+]
+
+
+@pytest.mark.parametrize("name,kw", OPTIMIZERS, ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())))
+@pytest.mark.parametrize("clip", ["norm", "value"])
+def test_training_steps_on_cuda_match_cpu(name, kw, clip):
+    cpu, dev = _layer_pair(rnnkit.LSTM, num_layers=2, bidirectional=True)
+    opt_cpu = getattr(rnnkit.optim, name)(cpu, **kw)
+    opt_dev = getattr(rnnkit.optim, name)(dev, **kw)
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        x = rng.standard_normal((5, 3, 4))
+        dy = rng.standard_normal((5, 3, 12))
+        norms = []
+        for layer, opt in ((cpu, opt_cpu), (dev, opt_dev)):
+            opt.zero_grad()
+            layer(x)
+            layer.backward(dy)
+            if clip == "norm":
+                norms.append(rnnkit.optim.clip_grad_norm(layer, 0.5))  # the norm before clipping
+            else:
+                rnnkit.optim.clip_grad_value(layer, 0.05)
+            opt.step()
+        if clip == "norm":
+            assert norms[1] == pytest.approx(norms[0], rel=1e-12)
+    for n in cpu.params:
+        _close(n, rnnkit.to_numpy(dev.params[n]), cpu.params[n], np.float64)
+    state = opt_dev.state_dict()
+    assert all(isinstance(v, np.ndarray) for v in state["buffers"].values())
+    for key, value in opt_cpu.state_dict()["buffers"].items():
+        _close(key, state["buffers"][key], value, np.float64)
+    fresh = getattr(rnnkit.optim, name)(dev, **kw)
+    fresh.load_state_dict(opt_cpu.state_dict())
+    for key, value in opt_cpu.state_dict()["buffers"].items():
+        np.testing.assert_array_equal(fresh.state_dict()["buffers"][key], value)
+
+
+def test_mixed_device_lists_are_refused():
+    dev = rnnkit.RNN(4, 6).to("cuda")
+    params = list(dev.params.values())
+    host = [rnnkit.to_numpy(g) for g in dev.grads.values()]
+    with pytest.raises(TypeError, match=r"grads\[0\]: expected a CUDA array like the others, got a numpy array"):
+        _core.sgd_step(params, host, None, 0.1, 0.0, 0.0, 0.0, False, True)

@@ -21,6 +21,11 @@ def test_readme_has_python_examples():
 
 @pytest.mark.parametrize("block", _python_blocks(), ids=lambda b: b.strip().splitlines()[0][:40])
 def test_python_example_runs(block, tmp_path, monkeypatch):
+    if '.to("cuda")' in block:
+        import rnnkit
+
+        if not rnnkit.cuda.is_available():
+            pytest.skip(f"the CUDA example needs the CUDA backend: {rnnkit.cuda.status()}")
     if re.search(r"^import (torch|rnnkit\.torch)\b", block, flags=re.M):
         pytest.importorskip("torch", reason="PyTorch is not installed: the rnnkit.torch example is skipped")
     monkeypatch.chdir(tmp_path)

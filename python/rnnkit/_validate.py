@@ -18,6 +18,8 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import _core
+
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -198,7 +200,10 @@ def zero_arrays(label: str, arrays: Mapping[str, np.ndarray]) -> None:
 
 def check_writable(label: str, arrays: Mapping[str, np.ndarray]) -> None:
     """Arrays rnnkit writes into in place (gradients, parameters): refused before any write."""
+    device_array = getattr(_core, "DeviceArray", None)
     for name, a in arrays.items():
+        if device_array is not None and isinstance(a, device_array):
+            continue  # device memory (CUDA builds) is always writable
         if not getattr(getattr(a, "flags", None), "writeable", False):
             raise ValueError(f"{label}[{name!r}]: expected a writable array, got "
                              f"{'a read-only one' if isinstance(a, np.ndarray) else type(a).__name__}")

@@ -19,7 +19,15 @@ from typing import Any, Dict, List, Mapping, Tuple
 import numpy as np
 
 from .. import _core
+from .. import _device as D
 from .. import _validate as V
+
+
+def _zeros_like(a: Any):
+    """A zero buffer where `a` lives (host, or the CUDA backend's memory)."""
+    if D.is_device_array(a):
+        return D.to_device(np.zeros(a.shape, a.dtype))
+    return np.zeros_like(a)
 
 
 def _arrays(model: Any) -> Tuple[List[str], Dict[str, np.ndarray], Dict[str, np.ndarray]]:
@@ -61,7 +69,8 @@ def clip_grad_value(model: Any, clip_value: float) -> None:
 
 class Optimizer:
     """Base class: holds references to the model's parameter and gradient arrays and the
-    per-parameter state buffers; subclasses define the update."""
+    per-parameter state buffers; subclasses define the update. The buffers live where the
+    parameters do: make the optimizer after ``model.to("cuda")`` (as with PyTorch)."""
 
     _BUFFERS: Tuple[str, ...] = ()
 
@@ -71,7 +80,7 @@ class Optimizer:
         self.lr = V.check_positive_float("lr", lr)
         self.step_count = 0
         self.state: Dict[str, Dict[str, np.ndarray]] = {
-            buf: {n: np.zeros_like(self._params[n]) for n in self._names} for buf in self._active_buffers()
+            buf: {n: _zeros_like(self._params[n]) for n in self._names} for buf in self._active_buffers()
         }
 
     def _active_buffers(self) -> Tuple[str, ...]:
@@ -81,6 +90,10 @@ class Optimizer:
         return [[self.state[b][n] for n in self._names] for b in buffers]
 
     def zero_grad(self) -> None:
+        if any(D.is_device_array(self._grads[n]) for n in self._names):
+            for n in self._names:
+                self._grads[n].zero_()
+            return
         V.zero_arrays("grads", {n: self._grads[n] for n in self._names})
 
     def step(self) -> None:
@@ -103,11 +116,12 @@ class Optimizer:
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """``{"step": int, "hyper": {...}, "buffers": {"<buffer>/<param>": array}}`` (copies)."""
+        """``{"step": int, "hyper": {...}, "buffers": {"<buffer>/<param>": array}}`` (host copies,
+        also for a model on the GPU)."""
         return {
             "step": self.step_count,
             "hyper": self.hyperparameters(),
-            "buffers": {f"{b}/{n}": a.copy() for b, arrays in self.state.items() for n, a in arrays.items()},
+            "buffers": {f"{b}/{n}": D.to_numpy(a).copy() for b, arrays in self.state.items() for n, a in arrays.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -122,7 +136,10 @@ class Optimizer:
             raise ValueError(f"state['step']: expected a non-negative integer, got {step!r}")
         for key, value in checked.items():
             b, n = key.split("/", 1)
-            np.copyto(self.state[b][n], value)
+            if D.is_device_array(self.state[b][n]):
+                self.state[b][n].copy_from_host(V.c_array(value, self.state[b][n].dtype))
+            else:
+                np.copyto(self.state[b][n], value)
         self.step_count = int(step)
 
 
