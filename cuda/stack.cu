@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "common/stack_cache.h"
 #include "dev_blas.h"
 #include "kernels.h"
 
@@ -209,34 +210,6 @@ StatePair<Ptr> group_state(const StatePair<Ptr>& all, index_t g, index_t N, inde
   return {all.h ? all.h + g * N * P : nullptr, all.c ? all.c + g * N * H : nullptr};
 }
 
-// The cache block's one layout (the CPU's carve_cache): x's copy, the inputs of layers 1.., the
-// parameters' copies in spec order, each group's kept layer buffers.
-template <typename S>
-std::vector<S*> carve_cache(const CudaStackPlan& plan, CudaStackCache<S>& cache) {
-  const StackConfig& cfg = plan.cfg;
-  const index_t L = cfg.num_layers, between = plan.shape.TN * cfg.num_directions * cfg.state_size();
-  S* c = cache.data();
-  std::vector<S*> inputs(L);
-  inputs[0] = c;
-  c += plan.shape.TN * cfg.input_size;
-  for (index_t l = 1; l < L; ++l) {
-    inputs[l] = c;
-    c += between;
-  }
-  cache.weights.assign(cfg.groups(), LayerWeights<S>{});
-  for (const ParamSpec& spec : plan.specs) {
-    param_field(cache.weights[spec.group], spec.role) = c;
-    c += spec.numel();
-  }
-  cache.kept.resize(cfg.groups());
-  for (index_t g = 0; g < cfg.groups(); ++g) {
-    cache.kept[g] = c;
-    c += plan.layer_kept;
-  }
-  assert(c == cache.data() + plan.footprint.cache);
-  cache.inputs.assign(inputs.begin(), inputs.end());
-  return inputs;
-}
 
 void copy_lengths(DeviceBuffer<index_t>& dst, const index_t* lengths, index_t N) {
   if (lengths == nullptr) return;
@@ -262,21 +235,7 @@ CudaStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool trai
   p.layer_forward = layer_buffer_elems(p.shape, kForwardScratch);
   p.layer_backward = layer_buffer_elems(p.shape, kBackwardScratch);
 
-  const index_t L = cfg.num_layers;
-  const index_t between = checked_mul(p.shape.TN, cfg.num_directions * cfg.state_size(), "layer output");
-  StackFootprint& f = p.footprint;
-  if (training) {
-    f.cache = checked_add(checked_mul(p.shape.TN, cfg.input_size, "input"),
-                          checked_mul(L - 1, between, "layer inputs"), "cache");
-    f.cache = checked_add(f.cache, total_numel(p.specs), "cache");
-    f.cache = checked_add(f.cache, checked_mul(cfg.groups(), p.layer_kept, "layer states"), "cache");
-    f.forward_scratch = p.layer_forward;
-    f.backward_scratch = checked_add(p.layer_backward, L > 1 ? checked_mul(2, between, "layer gradients") : 0,
-                                     "backward scratch");
-  } else {
-    f.forward_scratch = checked_add(p.layer_forward, p.layer_kept, "forward scratch");
-    if (L > 1) f.forward_scratch = checked_add(f.forward_scratch, checked_mul(2, between, "layer outputs"), "forward scratch");
-  }
+  p.footprint = stack_footprint(cfg, p.shape, p.specs, training, p.layer_kept, p.layer_forward, p.layer_backward);
   return p;
 }
 
@@ -307,7 +266,7 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
     cache->dropout_seed = args.dropout_seed;
     cache->block.allocate(plan.footprint.cache, "the training cache");
     if (args.zero_cache) zero_elems(cache->block.data(), plan.footprint.cache);
-    const std::vector<S*> layer_inputs = carve_cache(plan, *cache);
+    const std::vector<S*> layer_inputs = carve_stack_cache(plan, *cache);
     RNNKIT_LAUNCH(kStream, TN * cfg.input_size,
                   (CopyInput<S>{N, cfg.input_size, TN * cfg.input_size, args.x, layer_inputs[0], lengths}));
     for (index_t l = 0; l < L; ++l) inputs[l] = layer_inputs[l];
@@ -363,7 +322,7 @@ std::unique_ptr<CudaStackCache<S>> stack_cache_from_block(const CudaStackPlan& p
   copy_lengths(cache->lengths, lengths, plan.N);
   cache->dropout_seed = dropout_seed;
   cache->external = block;
-  carve_cache(cache->plan_, *cache);
+  carve_stack_cache(cache->plan_, *cache);
   return cache;
 }
 

@@ -2,6 +2,8 @@
 // directions with dropout between layers, and the streaming step.
 #include "cpu/stack.h"
 
+#include "common/stack_cache.h"
+
 #include <atomic>
 #include <cstring>
 
@@ -33,35 +35,6 @@ StatePair<Ptr> group_state(const StatePair<Ptr>& all, index_t g, index_t N, inde
   return {all.h ? all.h + g * N * P : nullptr, all.c ? all.c + g * N * H : nullptr};
 }
 
-// Carves a cache block into its named views, the one layout of it: the copy of layer 0's input,
-// the inputs of layers 1.. (the outputs of the layers below), the copies of the parameters (in
-// spec order), then each group's kept layer buffers. Returns the layer inputs, writable.
-template <typename S>
-std::vector<S*> carve_cache(const CpuStackPlan& plan, CpuStackCache<S>& cache) {
-  const StackConfig& cfg = plan.cfg;
-  const index_t L = cfg.num_layers, between = plan.shape.TN * cfg.num_directions * cfg.state_size();
-  S* c = cache.data();
-  std::vector<S*> inputs(L);
-  inputs[0] = c;
-  c += plan.shape.TN * cfg.input_size;
-  for (index_t l = 1; l < L; ++l) {
-    inputs[l] = c;
-    c += between;
-  }
-  cache.weights.assign(cfg.groups(), LayerWeights<S>{});
-  for (const ParamSpec& spec : plan.specs) {
-    param_field(cache.weights[spec.group], spec.role) = c;
-    c += spec.numel();
-  }
-  cache.kept.resize(cfg.groups());
-  for (index_t g = 0; g < cfg.groups(); ++g) {
-    cache.kept[g] = c;
-    c += plan.layer_kept;
-  }
-  assert(c == cache.data() + plan.footprint.cache);
-  cache.inputs.assign(inputs.begin(), inputs.end());
-  return inputs;
-}
 
 // Copies the parameters into the cache's copies of them (carved by carve_cache).
 template <typename S>
@@ -107,24 +80,9 @@ CpuStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool train
   p.packed_backward = packed_buffer_elems<S>(p.shape, true);
   p.team = stack_team_size(cfg, N);
 
-  const index_t L = cfg.num_layers;
-  // The output of a layer below the top one: the next layer's input, [T,N,D*P].
-  const index_t between = checked_mul(p.shape.TN, cfg.num_directions * cfg.state_size(), "layer output");
-  const index_t forward_scratch = checked_add(p.layer_forward, p.packed_forward, "forward scratch");
-  StackFootprint& f = p.footprint;
-  if (training) {
-    f.cache = checked_add(checked_mul(p.shape.TN, cfg.input_size, "input"),
-                          checked_mul(L - 1, between, "layer inputs"), "cache");
-    f.cache = checked_add(f.cache, total_numel(p.specs), "cache");
-    f.cache = checked_add(f.cache, checked_mul(cfg.groups(), p.layer_kept, "layer states"), "cache");
-    f.forward_scratch = forward_scratch;
-    f.backward_scratch = checked_add(checked_add(p.layer_backward, p.packed_backward, "backward scratch"),
-                                     L > 1 ? checked_mul(2, between, "layer gradients") : 0, "backward scratch");
-  } else {
-    // Every group reuses one set of layer buffers; layers ping-pong between two outputs.
-    f.forward_scratch = checked_add(forward_scratch, p.layer_kept, "forward scratch");
-    if (L > 1) f.forward_scratch = checked_add(f.forward_scratch, checked_mul(2, between, "layer outputs"), "forward scratch");
-  }
+  p.footprint = stack_footprint(cfg, p.shape, p.specs, training, p.layer_kept,
+                                checked_add(p.layer_forward, p.packed_forward, "forward scratch"),
+                                checked_add(p.layer_backward, p.packed_backward, "backward scratch"));
   return p;
 }
 
@@ -155,7 +113,7 @@ void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, Cp
     cache->dropout_seed = args.dropout_seed;
     cache->block.allocate(plan.footprint.cache, "the training cache");
     if (args.zero_cache) std::memset(cache->block.data(), 0, static_cast<std::size_t>(plan.footprint.cache) * sizeof(S));
-    const std::vector<S*> layer_inputs = carve_cache(plan, *cache);
+    const std::vector<S*> layer_inputs = carve_stack_cache(plan, *cache);
     x_copy = layer_inputs[0];  // filled by the team below
     for (index_t l = 0; l < L; ++l) inputs[l] = layer_inputs[l];
     for (index_t l = 1; l < L; ++l) outputs[l - 1] = layer_inputs[l];
@@ -224,7 +182,7 @@ std::unique_ptr<CpuStackCache<S>> stack_cache_from_block(const CpuStackPlan& pla
   cache->lengths.assign(lengths ? lengths : nullptr, lengths ? lengths + plan.N : nullptr);
   cache->dropout_seed = dropout_seed;
   cache->external = block;
-  carve_cache(cache->plan_, *cache);
+  carve_stack_cache(cache->plan_, *cache);
   return cache;
 }
 
