@@ -402,9 +402,9 @@ class _RecurrentLayer(StackOptions):
     # Host inputs are checked as on the CPU, then copied; device inputs are checked for dtype and
     # shape here and rearranged on the device (batch_first and unbatched layouts). Outputs stay on
     # the device. check_finite copies what it scans to the host.
-    def _device_seq_in(self, name: str, value: Any, expected: Optional[Tuple[int, ...]] = None):
-        """(time-major device array, unbatched) for x or dy."""
-        layout = "[N, T, input_size]" if self.batch_first else "[T, N, input_size]"
+    def _device_seq_in(self, name: str, value: Any, batch_first: bool, expected: Optional[Tuple[int, ...]] = None):
+        """(time-major device array, unbatched) for x or dy (dy in its forward's layout)."""
+        layout = "[N, T, input_size]" if batch_first else "[T, N, input_size]"
         if D.is_device_array(value):
             D.check_device_array(name, value, self.dtype, ranks=(2, 3), meaning=f"{layout} or [T, input_size]")
             if expected is not None:
@@ -412,14 +412,14 @@ class _RecurrentLayer(StackOptions):
             unbatched = value.ndim == 2
             if unbatched:
                 return value.reshape((value.shape[0], 1, value.shape[1])), True
-            return (value.swapaxes01() if self.batch_first else value), False
+            return (value.swapaxes01() if batch_first else value), False
         arr = V.as_float_array(name, value, self.dtype)
         if expected is None:
             V.check_rank(name, arr, (2, 3), f"{layout} or [T, input_size]")
         else:
             V.check_shape(name, arr, expected, "(the shape of y)")
         unbatched = arr.ndim == 2
-        return D.to_device(self._to_time_major(arr, self.batch_first, unbatched)), unbatched
+        return D.to_device(self._to_time_major(arr, batch_first, unbatched)), unbatched
 
     def _device_seq_out(self, a_tm, batch_first: bool, unbatched: bool):
         if unbatched:
@@ -456,7 +456,7 @@ class _RecurrentLayer(StackOptions):
         return h.reshape((h.shape[0], h.shape[2]))
 
     def _forward_device(self, x: Any, h0: Any, lengths: Any):
-        x_tm, unbatched = self._device_seq_in("x", x)
+        x_tm, unbatched = self._device_seq_in("x", x, self.batch_first)
         T, N, C = x_tm.shape
         if T == 0 or N == 0:
             raise ValueError(f"x: expected sequence length T >= 1 and batch size N >= 1, got shape {V.shape_str(x.shape)}")
@@ -504,11 +504,7 @@ class _RecurrentLayer(StackOptions):
         dy_tm = None
         if dy is not None:
             y_shape = (T, width) if unbatched else (N, T, width) if batch_first else (T, N, width)
-            saved, self.batch_first = self.batch_first, batch_first  # the forward's layout
-            try:
-                dy_tm, _ = self._device_seq_in("dy", dy, y_shape)
-            finally:
-                self.batch_first = saved
+            dy_tm, _ = self._device_seq_in("dy", dy, batch_first, y_shape)
         dh_d, dc_d = self._device_states("dh_n", dh_n, N, unbatched, grad=True)
         if dy_tm is None and dh_d is None and dc_d is None:
             raise ValueError("backward: expected dy, dh_n or both, got neither")
