@@ -155,6 +155,10 @@ def main(argv=None):
             for B in batches:
                 r_inf, r_train, _ = _rnnkit_calls(mode, T, B, H)
                 row = {"cell": mode, "B": B, "H": H, "max_abs_err_vs_cpu": _check_agreement(mode, 3, B, H, device)}
+                before = rnnkit.cuda.persistent_launches()
+                r_inf()
+                # Which forward the default ("auto") chose for this shape (cuda/persistent.h).
+                row["forward_path"] = "persistent" if rnnkit.cuda.persistent_launches() > before else "standard"
                 row["rnnkit_inference_ms"] = _median(timed, r_inf, warmup, repeats)
                 row["rnnkit_training_ms"] = _median(timed, r_train, warmup, repeats)
                 if torch is not None:
@@ -171,7 +175,7 @@ def main(argv=None):
     lines = [f"# rnnkit CUDA vs torch.nn ({device})", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines += ["", "| cell | B | H | rnnkit inf ms | torch inf ms | ratio | rnnkit train ms | torch train ms | ratio | "
-              "goal | us/step (inf) | err vs CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "goal | us/step (inf) | forward | err vs CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         def f(key):
             return f"{r[key]:.3f}" if key in r else "-"
@@ -179,7 +183,7 @@ def main(argv=None):
         lines.append(f"| {r['cell']} | {r['B']} | {r['H']} | {f('rnnkit_inference_ms')} | {f('torch_inference_ms')} | "
                      f"{f('ratio_inference')} | {f('rnnkit_training_ms')} | {f('torch_training_ms')} | "
                      f"{f('ratio_training')} | {'>= ' + str(goal) if goal else '-'} | "
-                     f"{r['rnnkit_us_per_step_inference']:.2f} | {r['max_abs_err_vs_cpu']:.1e} |")
+                     f"{r['rnnkit_us_per_step_inference']:.2f} | {r['forward_path']} | {r['max_abs_err_vs_cpu']:.1e} |")
     (args.out / "gpu_bench.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     bad = [r for r in rows if not r["max_abs_err_vs_cpu"] < 1e-3]

@@ -58,7 +58,9 @@ stage "cuda tests against the CPU backend"
 grep -Eq "[0-9]+ passed" "$OUT/tests.log" && ! grep -Eq "[0-9]+ (failed|error)" "$OUT/tests.log" || FAILED=1
 
 stage "compute-sanitizer on a subset (memcheck, racecheck)"
-SUBSET=("$ROOT/tests/test_cuda_backend.py" -k "training_forward_and_backward and (plain or everything or projection) and float32")
+# Every cell on both forward paths (the persistent kernel and the LayerNorm row kernels share memory
+# between threads: racecheck's subject), and the persistent kernel over several blocks.
+SUBSET=("$ROOT/tests/test_cuda_backend.py" -k "(training_forward_and_backward and (plain or everything or projection) and float32) or (several_blocks and float32)")
 if command -v compute-sanitizer >/dev/null 2>&1 && [ "$DRY" = 0 ]; then
   for tool in memcheck racecheck; do
     (cd "$OUT" && compute-sanitizer --tool "$tool" --error-exitcode 9 $PY -m pytest "${SUBSET[@]}" -q \

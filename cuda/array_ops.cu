@@ -45,5 +45,11 @@ void zero_device_bytes(void* dst, std::size_t bytes) {
   synchronize(nullptr);
 }
 
+void synchronize_stream(std::uintptr_t stream) {
+  // 1 and 2 (the legacy and per-thread default streams in both protocols) are CUDA's own handles
+  // for them (cudaStreamLegacy, cudaStreamPerThread).
+  synchronize(reinterpret_cast<Stream>(stream));
+}
+
 }  // namespace cuda
 }  // namespace rnnkit

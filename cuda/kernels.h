@@ -17,8 +17,7 @@ namespace rnnkit {
 namespace cuda {
 
 // The accessor of cells.h for element j of one batch row: every value is a scalar reference. The
-// cells a per-element accessor cannot serve (the LayerNorm cells: a.mean over the row) are not
-// instantiated with it (run_cell in stack.cu).
+// LayerNorm cells (a.mean over the row) use row_kernels.h's DeviceRow instead.
 template <typename S>
 struct DeviceElement {
   using Scalar = S;
@@ -92,16 +91,22 @@ struct ForwardPointwise {
   const index_t* lengths;
 
   RNNKIT_DEVICE void operator()(const Thread& th) const {
-    for (index_t i = th.global(); i < N * H; i += th.stride()) {
-      const index_t n = i / H, j = i % H;
-      if (is_padded(lengths, t, n)) {
-        // Rows that the step's later GEMMs read must hold numbers, not leftovers.
-        if (kStage != Stage::kSecond) {
-          if (project) h_out[n * H + j] = S(0);
-          if (Cell::kTwoStage) saved[n * SW + j] = S(0);
-        }
-        continue;
+    for (index_t i = th.global(); i < N * H; i += th.stride()) element(i / H, i % H);
+  }
+
+  // Element j of row n (the persistent kernel calls it too).
+  RNNKIT_DEVICE void element(index_t n, index_t j) const {
+    if (is_padded(lengths, t, n)) {
+      // Rows that the step's later GEMMs read must hold numbers, not leftovers.
+      if (kStage != Stage::kSecond) {
+        if (project) h_out[n * H + j] = S(0);
+        if (Cell::kTwoStage) saved[n * SW + j] = S(0);
       }
+      return;
+    }
+    // The LayerNorm cells run whole rows (row_kernels.h), which take this body for its fields and
+    // its padded-row rule only.
+    if constexpr (Cell::kLnParams == 0) {
       DeviceElement<S> a{H, GH, j, row_of(gates, n, GH), row_of(hgates, n, GH), bias, row_of(h_prev, n, P),
                          row_of(c_prev, n, H), row_of(h_out, n, H), row_of(c_cur, n, H), row_of(saved, n, SW),
                          row_of(tmp, n, TW), nullptr, nullptr, nullptr, nullptr, nullptr};
@@ -128,18 +133,19 @@ struct StepOutputs {
   const index_t* lengths;
 
   RNNKIT_DEVICE void operator()(const Thread& th) const {
-    for (index_t i = th.global(); i < N * H; i += th.stride()) {
-      const index_t n = i / H, j = i % H;
-      S* y_row = y + (t * N + n) * y_ld;
-      if (is_padded(lengths, t, n)) {
-        if (j < P) {
-          h_cur[n * P + j] = h_prev[n * P + j];
-          y_row[j] = S(0);
-        }
-        if (c_cur) c_cur[n * H + j] = c_prev[n * H + j];
-      } else if (j < P) {
-        y_row[j] = h_cur[n * P + j];
+    for (index_t i = th.global(); i < N * H; i += th.stride()) element(i / H, i % H);
+  }
+
+  RNNKIT_DEVICE void element(index_t n, index_t j) const {
+    S* y_row = y + (t * N + n) * y_ld;
+    if (is_padded(lengths, t, n)) {
+      if (j < P) {
+        h_cur[n * P + j] = h_prev[n * P + j];
+        y_row[j] = S(0);
       }
+      if (c_cur) c_cur[n * H + j] = c_prev[n * H + j];
+    } else if (j < P) {
+      y_row[j] = h_cur[n * P + j];
     }
   }
 };
@@ -187,18 +193,25 @@ struct BackwardPointwise {
   S* dh_next;
   const index_t* lengths;
 
+  // Element j of a padded row n: nothing reaches the gates; the state was carried through the
+  // step, so is its gradient.
+  RNNKIT_DEVICE void padded_element(index_t n, index_t j) const {
+    for (int k = 0; k < Cell::kGates; ++k) {
+      dgates[n * GH + k * H + j] = S(0);
+      if (dhgates) dhgates[n * GH + k * H + j] = S(0);
+    }
+    if (j < P) dh_next[n * P + j] = dh_cur[n * P + j];
+  }
+  // Cells without a direct state gradient leave dh_next's element to the recurrent GEMM alone.
+  RNNKIT_DEVICE void clear_state_grad(index_t n, index_t j) const {
+    if (!Cell::kDirectStateGrad && j < P) dh_next[n * P + j] = S(0);
+  }
+
   RNNKIT_DEVICE void operator()(const Thread& th) const {
     for (index_t i = th.global(); i < N * H; i += th.stride()) {
       const index_t n = i / H, j = i % H;
       if (is_padded(lengths, t, n)) {
-        if (kStage != Stage::kFirst) {
-          for (int k = 0; k < Cell::kGates; ++k) {
-            dgates[n * GH + k * H + j] = S(0);
-            if (dhgates) dhgates[n * GH + k * H + j] = S(0);
-          }
-          // The state was carried through the padded step: so is its gradient.
-          if (j < P) dh_next[n * P + j] = dh_cur[n * P + j];
-        }
+        if (kStage != Stage::kFirst) padded_element(n, j);
         continue;
       }
       DeviceElement<S> a{H, GH, j, row_of(gates, n, GH), nullptr, nullptr, row_of(h_prev, n, P),
@@ -209,7 +222,7 @@ struct BackwardPointwise {
         if (kStage == Stage::kSecond) Cell::backward_stage2(a);
         if (kStage == Stage::kFirst) Cell::backward_stage1(a);
       } else {
-        if (!Cell::kDirectStateGrad && j < P) dh_next[n * P + j] = S(0);
+        clear_state_grad(n, j);
         Cell::backward(a);
       }
     }

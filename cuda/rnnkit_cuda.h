@@ -33,6 +33,16 @@ std::vector<float> selftest_axpy(float a, const std::vector<float>& x, const std
 // or std::runtime_error with file:line.
 void* device_alloc(std::size_t bytes, const char* what_for);
 void device_free(void* p) noexcept;
+// The caching pool under device_alloc (memory_pool.cu): bytes held for reuse, device allocations
+// made so far, and releasing what it holds (a failed allocation releases it and retries first).
+struct PoolStats {
+  std::size_t cached_bytes = 0;     // freed blocks kept for reuse
+  std::size_t in_use_bytes = 0;     // blocks handed out and not freed
+  std::uint64_t device_allocations = 0;  // cudaMalloc calls (the emulation: host allocations)
+  std::uint64_t reuses = 0;              // requests served from the pool
+};
+PoolStats pool_stats();
+void empty_cache();
 void copy_to_device(void* dst, const void* src, std::size_t bytes, void* stream);
 void copy_to_host(void* dst, const void* src, std::size_t bytes, void* stream);  // synchronises
 void copy_on_device(void* dst, const void* src, std::size_t bytes, void* stream);
@@ -40,6 +50,20 @@ void copy_on_device(void* dst, const void* src, std::size_t bytes, void* stream)
 // Both synchronise.
 void swap_leading_axes(const void* in, void* out, std::int64_t A, std::int64_t B, std::int64_t C, int elem_bytes);
 void zero_device_bytes(void* dst, std::size_t bytes);
+// Waits for a stream a producer names (__cuda_array_interface__'s "stream": a cudaStream_t, 1 or 2
+// for the legacy and per-thread default streams). A no-op in the emulation.
+void synchronize_stream(std::uintptr_t stream);
+
+// The persistent small-batch forward (persistent.h): mode 0 "auto" (batches up to 16, where it
+// fits), 1 "always" (wherever it can run), 2 "never"; process-wide. persistent_launches counts the
+// launches that took it, so a caller can tell which path ran.
+void set_persistent_mode(int mode);
+int get_persistent_mode();
+std::uint64_t persistent_launches();
+
+// Tests only: the most threads a LayerNorm row kernel's block may have (a power of two, 32 ...
+// 1024; default 1024), so small rows exercise several lanes per thread.
+void set_row_thread_cap(int threads);
 
 // Loads cuBLAS on first use (dlopen, honouring the module's RUNPATH). Returns "" on success, else
 // the loader's error text. Thread-safe.

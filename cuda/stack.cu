@@ -3,11 +3,14 @@
 // all on one stream. The GEMMs are written row-major, as on the CPU, through dev_blas.h's gemm_rm.
 #include "stack.h"
 
+#include <atomic>
 #include <cstring>
 
 #include "common/stack_cache.h"
 #include "dev_blas.h"
 #include "kernels.h"
+#include "persistent.h"
+#include "row_kernels.h"
 
 namespace rnnkit {
 namespace cuda {
@@ -15,22 +18,27 @@ namespace {
 
 constexpr Stream kStream = nullptr;  // the legacy default stream (rnnkit.torch passes its own later)
 
-// The cells the per-element accessor serves; LayerNorm cells are refused by plan_stack.
-template <typename Fn>
-void dispatch_device_cell(CellKind kind, Fn&& fn) {
-  switch (kind) {
-    case CellKind::kRnnTanh: return fn(ElmanTanhCell{});
-    case CellKind::kRnnRelu: return fn(ElmanReluCell{});
-    case CellKind::kLstm: return fn(LSTMCell{});
-    case CellKind::kGru: return fn(GRUCell{});
-    case CellKind::kGruResetBefore: return fn(GRUResetBeforeCell{});
-    case CellKind::kLnLstm:
-    case CellKind::kLnGru:
-      break;
+std::atomic<int> g_persistent_mode{static_cast<int>(PersistentMode::kAuto)};
+std::atomic<std::uint64_t> g_persistent_launches{0};
+std::atomic<int> g_row_thread_cap{kMaxBlockThreads};
+
+// Launches a LayerNorm cell's row kernel (row_kernels.h) with the lanes per thread H needs;
+// fill(body) sets the body's fields.
+template <template <typename, typename, int> class Body, typename Cell, typename S, typename Fill>
+void launch_rows(index_t N, index_t H, Fill&& fill) {
+  const RowLaunch r = row_launch(H, g_row_thread_cap.load(std::memory_order_relaxed));
+  auto go = [&](auto lanes) {
+    Body<Cell, S, decltype(lanes)::value> body{};
+    fill(body);
+    RNNKIT_LAUNCH_BLOCKS(kStream, N < kMaxBlocks ? N : kMaxBlocks, r.threads,
+                         static_cast<std::size_t>(r.threads) * sizeof(S), body);
+  };
+  switch (r.lanes) {
+    case 1: return go(std::integral_constant<int, 1>{});
+    case 2: return go(std::integral_constant<int, 2>{});
+    case 4: return go(std::integral_constant<int, 4>{});
+    default: return go(std::integral_constant<int, 8>{});
   }
-  throw std::invalid_argument(concat("mode: expected a cell the CUDA backend runs (RNN_TANH, RNN_RELU, LSTM, GRU, "
-                                     "GRU_RESET_BEFORE), got '", cell_name(kind),
-                                     "' (the LayerNorm cells run on the CPU only in this version)"));
 }
 
 template <typename S>
@@ -41,17 +49,6 @@ template <typename S>
 void zero_elems(S* dst, index_t n) {
   if (n > 0) zero_on_device(dst, static_cast<std::size_t>(n) * sizeof(S), kStream);
 }
-
-// Where the states of step t live: the CPU's StateSlots (cpu/layer_loop.h).
-struct Slots {
-  index_t T;
-  bool reverse, training;
-  index_t step(index_t t) const { return reverse ? T - 1 - t : t; }
-  index_t prev(index_t t) const { return training ? (reverse ? t + 1 : t) : step(t) % 2; }
-  index_t cur(index_t t) const { return training ? (reverse ? t : t + 1) : (step(t) + 1) % 2; }
-  index_t first() const { return training ? (reverse ? T : 0) : 0; }
-  index_t last() const { return cur(reverse ? 0 : T - 1); }
-};
 
 template <typename S>
 struct LayerArgs {  // one layer-direction's call (cpu/layer.h's LayerForwardArgs/LayerBackwardArgs)
@@ -87,7 +84,22 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
     if (a.state0.c) copy_elems(c_slot(slots.first()), a.state0.c, N * H); else zero_elems(c_slot(slots.first()), N * H);
   }
 
-  for (index_t i = 0; i < T; ++i) {
+  // Small batches: every step in one persistent launch, where the shape and the device allow.
+  bool stepped = false;
+  if constexpr (persistent_cell<Cell>()) {
+    const PersistentPlan pp = persistent_plan<Cell>(s, sizeof(S), device_limits());
+    if (pp.use) {
+      PersistentForward<Cell, S> body{T, N, H, GH, SW, pp.units, pp.split, slots, w.w_hh, b.h_seq, b.c_seq,
+                                      b.gates, b.hgates, b.saved, {}, {}};
+      body.point = {N, H, P, GH, SW, TW, 0, false, nullptr, b.hgates, b.bias, nullptr, nullptr, nullptr, nullptr,
+                    nullptr, b.tmp, a.lengths};
+      body.out = {N, H, P, 0, a.y_ld, nullptr, nullptr, nullptr, nullptr, a.y, a.lengths};
+      stepped = RNNKIT_LAUNCH_PERSISTENT(kStream, pp.blocks, pp.threads, pp.shared_bytes, body);
+      if (stepped) count_persistent_launch();
+    }
+  }
+
+  for (index_t i = 0; i < T && !stepped; ++i) {
     const index_t t = slots.step(i);
     S* h_prev = h_slot(slots.prev(t));
     S* h_cur = h_slot(slots.cur(t));
@@ -104,13 +116,18 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
     } else {
       gemm_rm<S>(kStream, Op::kN, Op::kT, N, G1, P, S(1), h_prev, P, w.w_hh, P, S(1), gates, GH);
     }
-    auto point = [&](auto stage) {
-      constexpr Stage kStage = decltype(stage)::value;
-      RNNKIT_LAUNCH(kStream, N * H,
-                    (ForwardPointwise<Cell, S, kStage>{N, H, P, GH, SW, TW, t, s.project, gates, b.hgates, b.bias,
-                                                       h_prev, c_prev, h_out, c_cur, saved, b.tmp, a.lengths}));
+    auto pointwise = [&](auto stage) {
+      return ForwardPointwise<Cell, S, decltype(stage)::value>{N, H, P, GH, SW, TW, t, s.project, gates, b.hgates,
+                                                              b.bias, h_prev, c_prev, h_out, c_cur, saved, b.tmp,
+                                                              a.lengths};
     };
-    if constexpr (Cell::kTwoStage) {
+    auto point = [&](auto stage) { RNNKIT_LAUNCH(kStream, N * H, pointwise(stage)); };
+    if constexpr (Cell::kLnParams > 0) {
+      launch_rows<ForwardRows, Cell, S>(N, H, [&](auto& k) {
+        k.f = pointwise(std::integral_constant<Stage, Stage::kWhole>{});
+        for (int p = 0; p < kMaxLnParams; ++p) k.ln[p] = w.ln[p];
+      });
+    } else if constexpr (Cell::kTwoStage) {
       point(std::integral_constant<Stage, Stage::kFirst>{});
       // gates(n) += (r * h_{t-1}) W_hn^T, with r * h_{t-1} in saved slot 0.
       gemm_rm<S>(kStream, Op::kN, Op::kT, N, GH - G1, P, S(1), saved, SW, w.w_hh + G1 * P, P, S(1), gates + G1, GH);
@@ -146,6 +163,8 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
   if constexpr (Cell::kHasCellState) {
     if (a.d_state_n.c) copy_elems(b.dc, a.d_state_n.c, N * H); else zero_elems(b.dc, N * H);
   }
+  // LayerNorm cells sum their parameter and bias gradients per batch row (row_kernels.h).
+  if constexpr (Cell::kLnParams > 0) zero_elems(b.partials, N * s.partial_width);
 
   for (index_t i = T - 1; i >= 0; --i) {
     const index_t t = slots.step(i);
@@ -160,16 +179,21 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
     S* saved = b.saved + t * N * SW;
     S* h_cell = s.project ? b.h_full + t * N * H : h_slot(slots.cur(t));
     S* dhgates = Cell::kSeparateRecurrent ? b.dhgates + t * N * GH : nullptr;
-    auto point = [&](auto stage) {
-      constexpr Stage kStage = decltype(stage)::value;
-      RNNKIT_LAUNCH(kStream, N * H,
-                    (BackwardPointwise<Cell, S, kStage>{
-                        N, H, P, GH, SW, TW, t, gates, h_slot(slots.prev(t)),
-                        Cell::kHasCellState ? c_slot(slots.prev(t)) : nullptr, h_cell,
-                        Cell::kHasCellState ? c_slot(slots.cur(t)) : nullptr, saved, b.tmp, dh_cell, dh_cur, b.dc,
-                        b.dgates, dhgates, dh_next, a.lengths}));
+    auto pointwise = [&](auto stage) {
+      return BackwardPointwise<Cell, S, decltype(stage)::value>{
+          N, H, P, GH, SW, TW, t, gates, h_slot(slots.prev(t)), Cell::kHasCellState ? c_slot(slots.prev(t)) : nullptr,
+          h_cell, Cell::kHasCellState ? c_slot(slots.cur(t)) : nullptr, saved, b.tmp, dh_cell, dh_cur, b.dc,
+          b.dgates, dhgates, dh_next, a.lengths};
     };
-    if constexpr (Cell::kTwoStage) {
+    auto point = [&](auto stage) { RNNKIT_LAUNCH(kStream, N * H, pointwise(stage)); };
+    if constexpr (Cell::kLnParams > 0) {
+      launch_rows<BackwardRows, Cell, S>(N, H, [&](auto& k) {
+        k.b = pointwise(std::integral_constant<Stage, Stage::kWhole>{});
+        k.PW = s.partial_width;
+        k.partials = b.partials;
+        for (int p = 0; p < kMaxLnParams; ++p) k.ln[p] = w.ln[p];
+      });
+    } else if constexpr (Cell::kTwoStage) {
       point(std::integral_constant<Stage, Stage::kSecond>{});
       // tmp(0) = dL/d(r*h_{t-1}) = dgates(n) W_hn.
       gemm_rm<S>(kStream, Op::kN, Op::kN, N, P, GH - G1, S(1), b.dgates + G1, GH, w.w_hh + G1 * P, P, S(0), b.tmp, TW);
@@ -197,8 +221,21 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
   } else {
     gemm_rm<S>(kStream, Op::kT, Op::kN, GH, P, TN, S(1), drec_all, GH, h_prev_all, P, S(1), g.w_hh, P);
   }
-  if (g.b_ih) RNNKIT_LAUNCH(kStream, GH, (AddColumnSums<S>{TN, GH, GH, dall, g.b_ih}));
-  if (g.b_hh) RNNKIT_LAUNCH(kStream, GH, (AddColumnSums<S>{TN, GH, GH, drec_all, g.b_hh}));
+  if constexpr (Cell::kCellBiasGrads) {
+    // Every row's partial sums into the gradients, in row order (the CPU's order).
+    const index_t PW = s.partial_width;
+    const S* part = b.partials;
+    for (int p = 0; p < Cell::kLnParams; ++p) {
+      const index_t width = ln_param_width(p, GH, H);
+      RNNKIT_LAUNCH(kStream, width, (AddColumnSums<S>{N, width, PW, part, g.ln[p]}));
+      part += width;
+    }
+    if (g.b_ih) RNNKIT_LAUNCH(kStream, GH, (AddColumnSums<S>{N, GH, PW, part, g.b_ih}));
+    if (g.b_hh) RNNKIT_LAUNCH(kStream, GH, (AddColumnSums<S>{N, GH, PW, part + GH, g.b_hh}));
+  } else {
+    if (g.b_ih) RNNKIT_LAUNCH(kStream, GH, (AddColumnSums<S>{TN, GH, GH, dall, g.b_ih}));
+    if (g.b_hh) RNNKIT_LAUNCH(kStream, GH, (AddColumnSums<S>{TN, GH, GH, drec_all, g.b_hh}));
+  }
   if (s.project) gemm_rm<S>(kStream, Op::kT, Op::kN, P, H, TN, S(1), b.dh_proj, P, b.h_full, H, S(1), g.w_hr, H);
   if (a.dx) {
     gemm_rm<S>(kStream, Op::kN, Op::kN, TN, C, GH, S(1), dall, GH, w.w_ih, C, a.dx_accumulate ? S(1) : S(0), a.dx, C);
@@ -219,10 +256,30 @@ void copy_lengths(DeviceBuffer<index_t>& dst, const index_t* lengths, index_t N)
 
 }  // namespace
 
+void count_persistent_launch() { g_persistent_launches.fetch_add(1, std::memory_order_relaxed); }
+
+void set_persistent_mode(int mode) {
+  if (mode < 0 || mode > 2) throw std::invalid_argument(concat("mode: expected 0, 1 or 2, got ", mode));
+  g_persistent_mode.store(mode, std::memory_order_relaxed);
+}
+int get_persistent_mode() { return g_persistent_mode.load(std::memory_order_relaxed); }
+std::uint64_t persistent_launches() { return g_persistent_launches.load(std::memory_order_relaxed); }
+
+void set_row_thread_cap(int threads) {
+  if (threads < 32 || threads > kMaxBlockThreads || (threads & (threads - 1)) != 0) {
+    throw std::invalid_argument(concat("threads: expected a power of two in [32, ", kMaxBlockThreads, "], got ", threads));
+  }
+  g_row_thread_cap.store(threads, std::memory_order_relaxed);
+}
+
 template <typename S>
 CudaStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool training, std::vector<ParamSpec> specs,
                          bool keep_cache) {
-  dispatch_device_cell(cfg.cell, [](auto) {});  // refuses the cells this backend does not run
+  if (cell_info(cfg.cell).ln_params > 0 && cfg.hidden_size > kMaxRowLanes * g_row_thread_cap.load()) {
+    throw std::invalid_argument(concat("hidden_size: expected at most ", kMaxRowLanes * g_row_thread_cap.load(),
+                                       " for a LayerNorm cell on the "
+                                       "CUDA backend (a row is one block of threads), got ", cfg.hidden_size));
+  }
   CudaStackPlan p;
   p.cfg = cfg;
   p.T = T;
@@ -288,7 +345,7 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
   }
   outputs[L - 1] = args.y;
 
-  dispatch_device_cell(cfg.cell, [&](auto cell) {
+  dispatch_cell(cfg.cell, [&](auto cell) {
     using Cell = decltype(cell);
     LayerShape shape = plan.shape;
     for (index_t l = 0; l < L; ++l) {
@@ -349,7 +406,7 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
   std::vector<LayerBuffers<S>> buffers(cfg.groups(), shared);
   for (index_t g = 0; g < cfg.groups(); ++g) carve_layer_buffers(plan.shape, kKept, cache.kept[g], &buffers[g]);
 
-  dispatch_device_cell(cfg.cell, [&](auto cell) {
+  dispatch_cell(cfg.cell, [&](auto cell) {
     using Cell = decltype(cell);
     const S* d_out = args.dy;
     LayerShape shape = plan.shape;

@@ -9,8 +9,8 @@
 // with padded steps zeroed, every layer's input, a copy of the parameters, each group's kept layer
 // buffers), so the same offsets describe a reserve on either backend.
 //
-// The LayerNorm cells average over a whole row inside the cell and need a block-wide reduction; the
-// CUDA backend refuses them for now (plan_stack throws, naming the cell).
+// The LayerNorm cells average over a whole row inside the cell: they run one block per batch row
+// (row_kernels.h), for hidden sizes up to kMaxRowHidden (plan_stack refuses larger ones).
 #pragma once
 
 #include <memory>
@@ -50,7 +50,7 @@ class CudaStackCache final : public StackCache {
   bool consumed = false;                // backward writes over the gates: one backward per cache
 };
 
-// Throws std::invalid_argument for a cell this backend does not run.
+// Throws std::invalid_argument for a shape this backend does not run.
 template <typename S>
 CudaStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool training, std::vector<ParamSpec> specs,
                          bool keep_cache = false);

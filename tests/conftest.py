@@ -73,6 +73,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     worst = ", ".join(f"{name} {err:.2e}" for name, err in sorted(module.WORST_ERROR.items()))
     terminalreporter.write_line(
-        f"CUDA backend vs CPU: {len(module.CASES)} cell x option cases (training forward + backward), "
+        f"CUDA backend vs CPU: {len(module.CASES)} cell x option x forward-path cases (training forward + backward), "
         f"worst |cuda - cpu| per dtype over every comparison: {worst}"
     )

@@ -30,7 +30,7 @@ CUDA_VS_CPU_TOL = {np.float64: dict(rtol=1e-11, atol=1e-11), np.float32: dict(rt
 WORST_ERROR: dict[str, float] = {}
 CASES: set[tuple] = set()
 
-DEVICE_CELLS = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU", "GRU_RESET_BEFORE"]
+DEVICE_CELLS = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU", "GRU_RESET_BEFORE", "LN_LSTM", "LN_GRU"]
 
 
 def _dev(a):
@@ -82,16 +82,51 @@ def _case(mode, option, dtype, T=5, N=3, C=4, H=6, seed=0):
     return cfg, params, x, h0, c0, lengths
 
 
+# The cells and options the persistent small-batch forward runs (cuda/persistent.h); the others
+# keep the standard path whatever the mode.
+PERSISTENT_CELLS = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
+
+
+def _persistent_runs(mode, option):
+    return mode in PERSISTENT_CELLS and OPTIONS[option][2] == 0
+
+
 def _cases():
+    """Every cell x option x dtype on the standard path, and again on the persistent forward where
+    that runs (each path forced with rnnkit.cuda.set_persistent)."""
     for mode, option, dtype in itertools.product(DEVICE_CELLS, OPTIONS, [np.float64, np.float32]):
         if option == "projection" and mode != "LSTM":
             continue
-        yield pytest.param(mode, option, dtype, id=f"{mode}-{option}-{np.dtype(dtype).name}")
+        for path in ("standard", "persistent"):
+            if path == "persistent" and not _persistent_runs(mode, option):
+                continue
+            yield pytest.param(mode, option, dtype, path, id=f"{mode}-{option}-{np.dtype(dtype).name}-{path}")
 
 
-@pytest.mark.parametrize("mode,option,dtype", list(_cases()))
-def test_training_forward_and_backward_match_cpu(mode, option, dtype):
+@pytest.fixture
+def forward_path(request):
+    """Sets the CUDA forward path for one test ("standard": never persistent; "persistent":
+    always where it runs) and checks afterwards that the persistent kernel ran exactly when asked:
+    once per layer-direction forward."""
+    calls = {"expected": 0}
+
+    def use(path, expected_launches=0):
+        rnnkit.cuda.set_persistent("always" if path == "persistent" else "never")
+        calls["expected"] = expected_launches if path == "persistent" else 0
+        calls["start"] = rnnkit.cuda.persistent_launches()
+
+    yield use
+    try:
+        if "start" in calls:
+            assert rnnkit.cuda.persistent_launches() - calls["start"] == calls["expected"]
+    finally:
+        rnnkit.cuda.set_persistent("auto")
+
+
+@pytest.mark.parametrize("mode,option,dtype,path", list(_cases()))
+def test_training_forward_and_backward_match_cpu(mode, option, dtype, path, forward_path):
     cfg, params, x, h0, c0, lengths = _case(mode, option, dtype)
+    forward_path(path, cfg.num_layers * cfg.num_directions)
     seed = 11
     y, h_n, c_n, cache = _core.forward(cfg, params, x, h0, c0, lengths, True, seed)
     dparams = [_dev(p) for p in params]
@@ -116,12 +151,13 @@ def test_training_forward_and_backward_match_cpu(mode, option, dtype):
     _close("dc0", _host(dc0d), dc0, dtype)
     for (name, _), g, gd in zip(cfg.param_specs(), grads, dgrads):
         _close(name, gd.numpy(), g, dtype)
-    CASES.add((mode, option))
+    CASES.add((mode, option, path))
 
 
-@pytest.mark.parametrize("mode,option,dtype", list(_cases()))
-def test_inference_forward_matches_cpu(mode, option, dtype):
+@pytest.mark.parametrize("mode,option,dtype,path", list(_cases()))
+def test_inference_forward_matches_cpu(mode, option, dtype, path, forward_path):
     cfg, params, x, h0, c0, lengths = _case(mode, option, dtype, seed=1)
+    forward_path(path, cfg.num_layers * cfg.num_directions)
     y, h_n, c_n, cache = _core.forward(cfg, params, x, h0, c0, lengths, False, 0)
     yd, h_nd, c_nd, cached = _core.forward(cfg, [_dev(p) for p in params], _dev(x), _dev(h0), _dev(c0), lengths,
                                            False, 0)
@@ -211,6 +247,70 @@ def test_larger_shape_matches_cpu():
         _close(name, gd.numpy(), g, np.float32)
 
 
+@pytest.mark.parametrize("mode", PERSISTENT_CELLS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_persistent_forward_over_several_blocks_and_split_dot_products_matches_cpu(mode, dtype, forward_path):
+    """H = 42 on the emulation's 4 multiprocessors: 11 units per block, the last block 9 (2 idle
+    threads), each dot product split over 4 threads; training forward, then the standard backward
+    from the cache the persistent forward left."""
+    cfg = _core.StackConfig(mode, 5, 42, 2, True, 0, True, 0.0)
+    forward_path("persistent", 4)
+    rng = np.random.default_rng(9)
+    # PyTorch's init scale (1/sqrt(H)): a contracting recurrence, so float32's rounding (summed in
+    # another order than the CPU's) is not amplified into the gradients' last digits.
+    params = [(rng.uniform(-1, 1, s) / np.sqrt(42)).astype(dtype) for _, s in cfg.param_specs()]
+    x = rng.standard_normal((7, 5, 5)).astype(dtype)
+    lengths = np.array([7, 3, 1, 7, 5], np.int64)
+    y, h_n, c_n, cache = _core.forward(cfg, params, x, None, None, lengths, True, 0)
+    yd, h_nd, c_nd, cached = _core.forward(cfg, [_dev(p) for p in params], _dev(x), None, None, lengths, True, 0)
+    _close("y", yd.numpy(), y, dtype)
+    _close("h_n", h_nd.numpy(), h_n, dtype)
+    _close("c_n", _host(c_nd), c_n, dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    grads = [np.zeros_like(p) for p in params]
+    dgrads = [_dev(g) for g in grads]
+    dx, dh0, _ = _core.backward(cache, dy, None, None, grads, True)
+    dxd, dh0d, _ = _core.backward(cached, _dev(dy), None, None, dgrads, True)
+    _close("dx", dxd.numpy(), dx, dtype)
+    _close("dh0", dh0d.numpy(), dh0, dtype)
+    for (name, _), g, gd in zip(cfg.param_specs(), grads, dgrads):
+        _close(name, gd.numpy(), g, dtype)
+
+
+def test_persistent_mode_auto_takes_small_batches_only():
+    cfg, params, x, h0, c0, lengths = _case("LSTM", "plain", np.float32)
+    dparams = [_dev(p) for p in params]
+    assert rnnkit.cuda.get_persistent() == "auto"
+    start = rnnkit.cuda.persistent_launches()
+    _core.forward(cfg, dparams, _dev(x), None, None, None, False, 0)  # N = 3
+    assert rnnkit.cuda.persistent_launches() == start + 1
+    big = np.zeros((2, 17, x.shape[2]), np.float32)  # N = 17 > 16: the standard path
+    _core.forward(cfg, dparams, _dev(big), None, None, None, False, 0)
+    assert rnnkit.cuda.persistent_launches() == start + 1
+    gru_before = _core.StackConfig("GRU_RESET_BEFORE", 4, 6, 1, False, 0, True, 0.0)
+    _core.forward(gru_before, [_dev(np.zeros(s, np.float32)) for _, s in gru_before.param_specs()], _dev(x),
+                  None, None, None, False, 0)
+    assert rnnkit.cuda.persistent_launches() == start + 1
+
+
+def test_layernorm_rows_wider_than_a_block_can_take_are_refused(row_thread_cap):
+    row_thread_cap(32)  # at most 8 lanes x 32 threads = 256 units
+    cfg = _core.StackConfig("LN_GRU", 3, 257, 1, False, 0, True, 0.0)
+    params = [_dev(np.zeros(s, np.float32)) for _, s in cfg.param_specs()]
+    with pytest.raises(ValueError, match="hidden_size: expected at most 256 for a LayerNorm cell on the CUDA backend"):
+        _core.forward(cfg, params, _dev(np.zeros((2, 1, 3), np.float32)), None, None, None, False, 0)
+    with pytest.raises(ValueError, match=r"threads: expected a power of two in \[32, 1024\], got 48"):
+        row_thread_cap(48)
+
+
+def test_persistent_mode_is_checked():
+    with pytest.raises(ValueError, match=r"mode: expected one of \('auto', 'always', 'never'\), got 'fast'"):
+        rnnkit.cuda.set_persistent("fast")
+    with pytest.raises(TypeError, match="mode: expected one of .* got int"):
+        rnnkit.cuda.set_persistent(1)
+    assert rnnkit.cuda.get_persistent() == "auto"
+
+
 # ---- device arrays and bad input ---------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 def test_device_array_round_trip(dtype):
@@ -289,12 +389,37 @@ def test_host_gradients_for_a_device_cache_are_refused():
         _core.backward(cache, y.numpy(), None, None, [_dev(np.zeros(p.shape, np.float32)) for p in params], False)
 
 
+@pytest.fixture
+def row_thread_cap():
+    """Caps the LayerNorm row kernels' block size for one test (restored to 1024 after)."""
+    yield _core._cuda_set_row_thread_cap
+    _core._cuda_set_row_thread_cap(1024)
+
+
 @pytest.mark.parametrize("mode", ["LN_LSTM", "LN_GRU"])
-def test_layernorm_cells_are_refused_by_name(mode):
-    cfg = _core.StackConfig(mode, 4, 6, 1, False, 0, True, 0.0)
-    params = [_dev(np.zeros(s, np.float32)) for _, s in cfg.param_specs()]
-    with pytest.raises(ValueError, match=f"got '{mode.lower()}' \\(the LayerNorm cells run on the CPU only"):
-        _core.forward(cfg, params, _dev(np.zeros((2, 1, 4), np.float32)), None, None, None, False, 0)
+@pytest.mark.parametrize("cap,H,lanes", [(1024, 200, 1), (128, 200, 2), (64, 200, 4), (32, 200, 8), (1024, 1100, 2)])
+def test_layernorm_rows_with_several_lanes_per_thread_match_cpu(mode, cap, H, lanes, row_thread_cap):
+    """A row of H over at most `cap` threads gives each thread `lanes` elements of every gate slice,
+    the last ones partly past H (row_kernels.h's row_launch): every lane and every mean is still
+    the CPU's. H = 1100 is the real case (1024 threads of 2 lanes)."""
+    assert lanes == min(k for k in (1, 2, 4, 8) if -(-H // k) <= cap)
+    row_thread_cap(cap)
+    cfg, params, x, h0, c0, lengths = _case(mode, "lengths", np.float64, T=3, N=2, C=3, H=H, seed=7)
+    y, h_n, c_n, cache = _core.forward(cfg, params, x, h0, c0, lengths, True, 0)
+    yd, h_nd, c_nd, cached = _core.forward(cfg, [_dev(p) for p in params], _dev(x), _dev(h0), _dev(c0), lengths,
+                                           True, 0)
+    _close("y", _host(yd), y, np.float64)
+    _close("h_n", _host(h_nd), h_n, np.float64)
+    rng = np.random.default_rng(8)
+    dy = rng.standard_normal(y.shape)
+    grads = [np.zeros_like(p) for p in params]
+    dgrads = [_dev(g) for g in grads]
+    dx, dh0, _ = _core.backward(cache, dy, None, None, grads, True)
+    dxd, dh0d, _ = _core.backward(cached, _dev(dy), None, None, dgrads, True)
+    _close("dx", _host(dxd), dx, np.float64)
+    _close("dh0", _host(dh0d), dh0, np.float64)
+    for (name, _), g, gd in zip(cfg.param_specs(), grads, dgrads):
+        _close(name, gd.numpy(), g, np.float64)
 
 
 def test_status_names_an_emulation_build():
@@ -319,6 +444,8 @@ LAYER_CASES = [
     (rnnkit.LSTM, dict(proj_size=3)),
     (rnnkit.GRU, dict(num_layers=2, bidirectional=True, dropout=0.3)),
     (rnnkit.GRU, dict(batch_first=True, reset_after=False)),
+    (rnnkit.LayerNormLSTM, dict(num_layers=2, bidirectional=True)),
+    (rnnkit.LayerNormGRU, dict(batch_first=True)),
 ]
 
 
@@ -397,11 +524,6 @@ def test_cuda_layer_state_dict_pickle_and_back_to_cpu():
     np.testing.assert_array_equal(back(x)[0], want)
 
 
-def test_layernorm_layers_refuse_cuda():
-    with pytest.raises(ValueError, match="LayerNormLSTM .*run on the CPU only"):
-        rnnkit.LayerNormLSTM(4, 6).to("cuda")
-
-
 def test_cuda_layer_names_host_parameters_replaced_by_the_user():
     dev = rnnkit.RNN(4, 6).to("cuda")
     dev.params["weight_hh_l0"] = np.zeros((6, 6), np.float32)
@@ -468,3 +590,124 @@ def test_mixed_device_lists_are_refused():
     host = [rnnkit.to_numpy(g) for g in dev.grads.values()]
     with pytest.raises(TypeError, match=r"grads\[0\]: expected a CUDA array like the others, got a numpy array"):
         _core.sgd_step(params, host, None, 0.1, 0.0, 0.0, 0.0, False, True)
+
+
+# ---- interop: __cuda_array_interface__ and DLPack, both ways ------------------------------------
+class _ForeignCudaArray:
+    """Another library's CUDA array as rnnkit sees it: only __cuda_array_interface__ (v3). Over a
+    host buffer, which is device memory in the emulation; on a GPU the tests below use torch."""
+
+    def __init__(self, host, strides=None, typestr=None):
+        self.host = host
+        self.__cuda_array_interface__ = {
+            "shape": host.shape, "typestr": typestr or host.dtype.str, "data": (host.ctypes.data, False),
+            "strides": strides, "version": 3, "stream": None,
+        }
+
+
+class _ForeignDLPack:
+    """An array exposing only DLPack (here NumPy's, on the host: the emulation's device memory)."""
+
+    def __init__(self, host):
+        self.host = host
+
+    def __dlpack__(self, **kw):
+        return self.host.__dlpack__(**kw)
+
+    def __dlpack_device__(self):
+        return self.host.__dlpack_device__()
+
+
+needs_emulation = pytest.mark.skipif(not rnnkit.cuda.is_emulated(),
+                                     reason="host buffers stand in for device memory only in the emulation build")
+
+
+def test_device_arrays_export_the_cuda_array_interface():
+    a = _dev(np.arange(6, dtype=np.float32).reshape(2, 3))
+    cai = a.__cuda_array_interface__
+    assert cai["shape"] == (2, 3) and cai["typestr"] == "<f4" and cai["version"] == 3
+    assert cai["strides"] is None and cai["data"][1] is False and cai["data"][0] != 0
+    assert a.__cuda_array_interface__["data"] == cai["data"]  # the same memory every time
+    assert a.__dlpack_device__() == ((1, 0) if rnnkit.cuda.is_emulated() else (2, 0))
+
+
+@needs_emulation
+def test_dlpack_export_shares_memory():
+    a = _dev(np.arange(6, dtype=np.float64).reshape(2, 3))
+    view = np.from_dlpack(a)
+    np.testing.assert_array_equal(view, np.arange(6).reshape(2, 3))
+    a.zero_()
+    assert not view.any()  # no copy was made
+    del a
+    assert view.sum() == 0  # the capsule keeps the memory alive
+
+
+@needs_emulation
+@pytest.mark.parametrize("wrap", [_ForeignCudaArray, _ForeignDLPack], ids=["cuda_array_interface", "dlpack"])
+def test_foreign_arrays_are_read_in_place(wrap):
+    host = np.arange(12, dtype=np.float32).reshape(3, 4)
+    foreign = wrap(host)
+    view = rnnkit.cuda.as_device_array(foreign)
+    assert isinstance(view, _core.DeviceArray) and view.shape == (3, 4) and view.dtype == np.float32
+    host[0, 0] = 42.0
+    assert view.numpy()[0, 0] == 42.0  # the same memory
+    del foreign, host
+    import gc
+
+    gc.collect()
+    assert view.numpy()[2, 3] == 11.0  # the view keeps its owner alive
+
+
+@needs_emulation
+def test_a_layer_on_cuda_takes_a_foreign_array_without_a_copy():
+    cpu, dev = _layer_pair(rnnkit.GRU, num_layers=2)
+    x = np.random.default_rng(4).standard_normal((5, 2, 4))
+    h0 = np.random.default_rng(5).standard_normal((2, 2, 6))
+    y, h = cpu(x, h0)
+    yd, hd = dev(_ForeignCudaArray(x), _ForeignCudaArray(h0))
+    _close("y", yd.numpy(), y, np.float64)
+    _close("h_n", hd.numpy(), h, np.float64)
+    with pytest.raises(TypeError, match=r"x: expected dtype float64, got float32 \(a CUDA array is read without a "
+                                        r"copy: convert it to float64 first\)"):
+        dev(_ForeignCudaArray(x.astype(np.float32)))
+
+
+@needs_emulation
+def test_bad_foreign_arrays_are_refused():
+    host = np.zeros((3, 4), np.float32)
+    with pytest.raises(TypeError, match="typestr '<f4', '<f8' or '<i8' .* got '<f2'"):
+        rnnkit.cuda.as_device_array(_ForeignCudaArray(host.astype(np.float16)))
+    with pytest.raises(ValueError, match=r"expected a C-contiguous array, got strides \(1, 3\)"):
+        rnnkit.cuda.as_device_array(_ForeignCudaArray(np.zeros((3, 4), np.float32), strides=(4, 12)))
+    with pytest.raises(TypeError, match="got a numpy array \\(host memory: rnnkit.to_device copies one"):
+        rnnkit.cuda.as_device_array(host)
+    with pytest.raises(TypeError, match="expected a CUDA array .* got int"):
+        rnnkit.cuda.as_device_array(3)
+    with pytest.raises(TypeError, match="expected dtype float32, float64 or int64, got DLPack type code 2 with 16"):
+        rnnkit.cuda.as_device_array(_ForeignDLPack(host.astype(np.float16)))
+
+
+# ---- the caching allocator ---------------------------------------------------------------------
+def test_a_training_loop_allocates_from_the_device_in_its_first_pass_only():
+    cfg, params, x, h0, c0, lengths = _case("LSTM", "everything", np.float32)
+    dparams = [_dev(p) for p in params]
+    dgrads = [_dev(np.zeros_like(p)) for p in params]
+    xd = _dev(x)
+
+    def one_pass():
+        y, h_n, c_n, cache = _core.forward(cfg, dparams, xd, None, None, lengths, True, 0)
+        _core.backward(cache, y, None, None, dgrads, True)
+
+    one_pass()
+    before = rnnkit.cuda.memory_stats()
+    for _ in range(3):
+        one_pass()
+    after = rnnkit.cuda.memory_stats()
+    assert after["device_allocations"] == before["device_allocations"]
+    assert after["reuses"] > before["reuses"]
+    assert after["cached_bytes"] > 0
+    rnnkit.cuda.empty_cache()
+    emptied = rnnkit.cuda.memory_stats()
+    assert emptied["cached_bytes"] == 0 and emptied["in_use_bytes"] == after["in_use_bytes"]
+    one_pass()  # still works, allocating afresh
+    assert rnnkit.cuda.memory_stats()["device_allocations"] > after["device_allocations"]

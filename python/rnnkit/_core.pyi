@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['Cache', 'DeviceArray', 'NetworkCache', 'NetworkConfig', 'OutOfMemoryError', 'StackConfig', 'adam_step', 'backward', 'backward_reserve', 'blas_num_threads', 'build_info', 'cached_bytes', 'clamp_arrays', 'cuda_selftest_axpy', 'cuda_status', 'empty_cache', 'forward', 'get_deterministic', 'get_num_threads', 'network_backward', 'network_forward', 'network_generate', 'reserve_size', 'rmsprop_step', 'scale_arrays', 'set_deterministic', 'set_num_threads', 'sgd_step', 'step', 'sum_of_squares', 'to_device']
+__all__: list[str] = ['Cache', 'DeviceArray', 'NetworkCache', 'NetworkConfig', 'OutOfMemoryError', 'StackConfig', 'adam_step', 'backward', 'backward_reserve', 'blas_num_threads', 'build_info', 'cached_bytes', 'clamp_arrays', 'cuda_empty_cache', 'cuda_get_persistent', 'cuda_memory_stats', 'cuda_persistent_launches', 'cuda_selftest_axpy', 'cuda_set_persistent', 'cuda_status', 'empty_cache', 'forward', 'from_cuda_array_interface', 'from_dlpack', 'get_deterministic', 'get_num_threads', 'network_backward', 'network_forward', 'network_generate', 'reserve_size', 'rmsprop_step', 'scale_arrays', 'set_deterministic', 'set_num_threads', 'sgd_step', 'step', 'sum_of_squares', 'to_device']
 class OutOfMemoryError(MemoryError):
     pass
 class StackConfig:
@@ -70,6 +70,20 @@ class DeviceArray:
     def numpy(self) -> numpy.ndarray:
         """
         A host copy (numpy.ndarray).
+        """
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        """
+        The CUDA array interface (v3): CuPy, Numba and PyTorch read the array without a copy.
+        """
+    def __dlpack__(self, *, stream: typing.Any = None, max_version: typing.Any = None, dl_device: typing.Any = None,
+                   copy: typing.Any = None) -> typing.Any:
+        """
+        A DLPack capsule over this array's memory (no copy); the array stays alive while the consumer holds it.
+        """
+    def __dlpack_device__(self) -> tuple:
+        """
+        (device type, id) in DLPack's terms: (2, 0), CUDA device 0 (the emulation: (1, 0), the host).
         """
     def copy(self) -> DeviceArray:
         """
@@ -181,6 +195,22 @@ def cached_bytes() -> int:
     """
 def clamp_arrays(arrays: list, limit: typing.SupportsFloat | typing.SupportsIndex) -> None:
     ...
+def cuda_empty_cache() -> None:
+    """
+    Returns the CUDA backend's cached device memory to the device.
+    """
+def cuda_get_persistent() -> int:
+    """
+    The persistent forward's mode (0 auto, 1 always, 2 never).
+    """
+def cuda_memory_stats() -> dict:
+    """
+    The CUDA backend's caching allocator: cached_bytes, in_use_bytes, device_allocations, reuses.
+    """
+def cuda_persistent_launches() -> int:
+    """
+    How many layer-direction forwards took the persistent kernel so far in this process.
+    """
 def cuda_selftest_axpy(a: float, x: list, y: list) -> list:
     """
     a*x + y computed by a CUDA kernel (a self-test of the CUDA build; CUDA and emulation builds only).
@@ -201,6 +231,14 @@ def forward(config: StackConfig, params: list, x: numpy.ndarray | DeviceArray, h
     c0 [L*D,N,H] or None (LSTM cells); lengths int64 [N] or None. All C-contiguous, x's dtype
     (float32 or float64). Returns (y [T,N,D*P], h_n, c_n or None, cache or None). The GIL is
     released while it runs.
+    """
+def from_cuda_array_interface(obj: typing.Any) -> DeviceArray:
+    """
+    A DeviceArray over obj's device memory (its __cuda_array_interface__), no copy; keeps obj alive.
+    """
+def from_dlpack(obj: typing.Any) -> DeviceArray:
+    """
+    A DeviceArray over obj's device memory (its __dlpack__), no copy; keeps the memory alive.
     """
 def get_deterministic() -> bool:
     ...
@@ -239,6 +277,10 @@ def step(config: StackConfig, params: list, x: numpy.ndarray | DeviceArray, h: n
 def sum_of_squares(arrays: list) -> float:
     """
     sum of squares of every element of every array (in double).
+    """
+def cuda_set_persistent(mode: int) -> None:
+    """
+    The persistent small-batch forward: 0 auto, 1 always (wherever it can run), 2 never.
     """
 def to_device(array: numpy.ndarray) -> DeviceArray:
     """

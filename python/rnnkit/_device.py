@@ -22,6 +22,45 @@ def is_device_array(value: Any) -> bool:
     return DeviceArray is not None and isinstance(value, DeviceArray)
 
 
+def _cuda_array_interface(value: Any):
+    try:  # a torch CPU tensor raises here rather than lacking the attribute
+        return getattr(value, "__cuda_array_interface__", None)
+    except Exception:
+        return None
+
+
+def is_foreign_device_array(value: Any) -> bool:
+    """Another library's array in CUDA memory (CuPy, a PyTorch CUDA tensor, Numba): one exposing
+    ``__cuda_array_interface__``, or DLPack on a CUDA device (device type 2)."""
+    if DeviceArray is None or isinstance(value, (np.ndarray, DeviceArray)):
+        return False
+    if _cuda_array_interface(value) is not None:
+        return True
+    try:
+        return hasattr(value, "__dlpack__") and int(value.__dlpack_device__()[0]) == 2
+    except Exception:
+        return False
+
+
+def as_device_array(value: Any):
+    """``value`` as a DeviceArray without a copy: a DeviceArray as it is; an array exposing
+    ``__cuda_array_interface__`` or ``__dlpack__`` as a view of its memory (kept alive by the view).
+    NumPy arrays are host memory: ``rnnkit.to_device`` copies one."""
+    if DeviceArray is None:
+        raise RuntimeError("as_device_array: this rnnkit was built without the CUDA backend")
+    if isinstance(value, DeviceArray):
+        return value
+    if isinstance(value, np.ndarray):
+        raise TypeError("array: expected a CUDA array, got a numpy array (host memory: rnnkit.to_device copies "
+                        "one to the device)")
+    if _cuda_array_interface(value) is not None:
+        return _core.from_cuda_array_interface(value)
+    if hasattr(value, "__dlpack__") and hasattr(value, "__dlpack_device__"):
+        return _core.from_dlpack(value)
+    raise TypeError(f"array: expected a CUDA array (an rnnkit DeviceArray, or one exposing __cuda_array_interface__ "
+                    f"or __dlpack__), got {type(value).__name__}")
+
+
 def check_device(name: str, device: Any) -> str:
     """'cpu' or 'cuda' ('cuda:0' is 'cuda': one device); 'cuda' only where the backend can run."""
     text = getattr(device, "type", device)  # a torch.device
@@ -65,9 +104,23 @@ def check_device_array(name: str, value: Any, dtype: np.dtype, shape: Optional[T
     return value
 
 
+def read_in_place(name: str, value: Any, dtype: np.dtype):
+    """Another library's CUDA array as a DeviceArray view (its dtype must be the layer's: a view is
+    not converted); anything else as it is."""
+    if not is_foreign_device_array(value):
+        return value
+    view = as_device_array(value)
+    if view.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype.name}, got {view.dtype.name} (a CUDA array is read "
+                        f"without a copy: convert it to {dtype.name} first)")
+    return view
+
+
 def device_float_array(name: str, value: Any, dtype: np.dtype):
-    """An input of a CUDA layer: a DeviceArray of the layer's dtype as it is, or anything array-like
-    converted on the host (as a CPU layer would) and copied to the device."""
+    """An input of a CUDA layer: a DeviceArray of the layer's dtype as it is, another library's CUDA
+    array (CuPy, PyTorch) read in place, or anything array-like converted on the host (as a CPU
+    layer would) and copied to the device."""
+    value = read_in_place(name, value, dtype)
     if is_device_array(value):
         return check_device_array(name, value, dtype)
     return to_device(V.as_float_array(name, value, dtype))

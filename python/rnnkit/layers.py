@@ -85,13 +85,10 @@ class _RecurrentLayer(StackOptions):
         """Moves the parameters and gradients to ``device`` ("cpu" or "cuda") and computes there from
         then on; returns the layer. On "cuda", inputs may be NumPy arrays (copied to the device) or
         rnnkit device arrays, and outputs are device arrays (``rnnkit.to_numpy`` copies one to the
-        host). A pending training forward is dropped. The LayerNorm cells run on the CPU only."""
+        host). A pending training forward is dropped."""
         device = D.check_device("device", device)
         if device == self.device:
             return self
-        if device == "cuda" and self._config.mode.startswith("LN_"):
-            raise ValueError(f"device: expected 'cpu' for {type(self).__name__} (the LayerNorm cells run on the "
-                             "CPU only in this version), got 'cuda'")
         self._move_arrays(D.to_device if device == "cuda" else D.to_numpy)
         self.device = device
         return self
@@ -405,6 +402,7 @@ class _RecurrentLayer(StackOptions):
     def _device_seq_in(self, name: str, value: Any, batch_first: bool, expected: Optional[Tuple[int, ...]] = None):
         """(time-major device array, unbatched) for x or dy (dy in its forward's layout)."""
         layout = "[N, T, input_size]" if batch_first else "[T, N, input_size]"
+        value = D.read_in_place(name, value, self.dtype)
         if D.is_device_array(value):
             D.check_device_array(name, value, self.dtype, ranks=(2, 3), meaning=f"{layout} or [T, input_size]")
             if expected is not None:
@@ -428,6 +426,7 @@ class _RecurrentLayer(StackOptions):
 
     def _device_state_in(self, name: str, value: Any, width: int, width_name: str, N: int, unbatched: bool):
         groups = self.num_layers * self.num_directions
+        value = D.read_in_place(name, value, self.dtype)
         if D.is_device_array(value):
             D.check_device_array(name, value, self.dtype, self._state_shape(width, N, unbatched),
                                  meaning=V.state_meaning(width_name, unbatched))
@@ -547,6 +546,7 @@ class _RecurrentLayer(StackOptions):
         L, P, H = self.num_layers, self.state_size, self.hidden_size
 
         def state_in(name, value, shape, width_name):
+            value = D.read_in_place(name, value, self.dtype)
             if D.is_device_array(value):
                 return D.check_device_array(name, value, self.dtype, shape, meaning=V.state_meaning(width_name))
             arr = V.as_float_array(name, value, self.dtype)

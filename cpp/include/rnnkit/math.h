@@ -46,6 +46,29 @@ RNNKIT_HOSTDEVICE double sigmoid_grad_from_output(double y) { return y * (1.0 - 
 RNNKIT_HOSTDEVICE float sqrt(float x) { return ::sqrtf(x); }
 RNNKIT_HOSTDEVICE double sqrt(double x) { return ::sqrt(x); }
 
+// ---- lane values (the CUDA backend's LayerNorm kernels, cuda/row_kernels.h) -------------------
+// A thread there holds several elements of a row; a value type that says so (`using IsLanes = void`)
+// and applies a function object to each element (`map(f)`) gets every primitive element by element.
+#define RNNKIT_EW_LANES(name)                                                          \
+  struct name##_fn {                                                                   \
+    template <typename T>                                                              \
+    RNNKIT_HOSTDEVICE T operator()(T x) const {                                        \
+      return name(x);                                                                  \
+    }                                                                                  \
+  };                                                                                   \
+  template <typename V, typename = typename V::IsLanes>                                \
+  RNNKIT_HOSTDEVICE auto name(const V& x) {                                            \
+    return x.map(name##_fn{});                                                         \
+  }
+RNNKIT_EW_LANES(tanh)
+RNNKIT_EW_LANES(sigmoid)
+RNNKIT_EW_LANES(relu)
+RNNKIT_EW_LANES(relu_grad_from_output)
+RNNKIT_EW_LANES(tanh_grad_from_output)
+RNNKIT_EW_LANES(sigmoid_grad_from_output)
+RNNKIT_EW_LANES(sqrt)
+#undef RNNKIT_EW_LANES
+
 // ---- Eigen arrays (CPU) ---------------------------------------------------------------------
 #if !defined(__CUDACC__)
 template <typename D>

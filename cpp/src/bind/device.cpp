@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 
@@ -296,6 +297,197 @@ py::object device_reserve_view(const py::object& self) {
   return py::cast(std::move(a));
 }
 
+// ---- interop: __cuda_array_interface__ (v3) and DLPack ---------------------------------------
+// DLPack's C ABI (dlpack.h, the unversioned DLManagedTensor every consumer accepts), declared here
+// rather than vendored: these few structs are the whole of what rnnkit uses.
+struct DLDevice {
+  std::int32_t device_type;
+  std::int32_t device_id;
+};
+struct DLDataType {
+  std::uint8_t code;
+  std::uint8_t bits;
+  std::uint16_t lanes;
+};
+struct DLTensor {
+  void* data;
+  DLDevice device;
+  std::int32_t ndim;
+  DLDataType dtype;
+  std::int64_t* shape;
+  std::int64_t* strides;
+  std::uint64_t byte_offset;
+};
+struct DLManagedTensor {
+  DLTensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensor*);
+};
+constexpr std::int32_t kDLCPU = 1, kDLCUDA = 2;
+constexpr std::uint8_t kDLInt = 0, kDLFloat = 2;
+
+// Where rnnkit's device memory is, in DLPack's words: the GPU, or the host in the emulation (whose
+// "device" memory is host memory, so that NumPy can take it without a copy there).
+std::int32_t dl_device_type() { return cuda::emulated() ? kDLCPU : kDLCUDA; }
+
+const char* typestr_of(Kind k) {
+  switch (k) {
+    case Kind::kF32: return "<f4";
+    case Kind::kF64: return "<f8";
+    case Kind::kI64: return "<i8";
+  }
+  return "?";
+}
+
+py::dict cuda_array_interface(const DeviceArray& a) {
+  py::dict d;
+  py::tuple shape(a.shape.size());
+  for (std::size_t i = 0; i < a.shape.size(); ++i) shape[i] = a.shape[i];
+  d["shape"] = shape;
+  d["typestr"] = typestr_of(a.kind);
+  d["data"] = py::make_tuple(reinterpret_cast<std::uintptr_t>(a.data), false);
+  d["strides"] = py::none();
+  d["version"] = 3;
+  // rnnkit's calls have finished their work when they return: there is nothing to wait for.
+  d["stream"] = py::none();
+  return d;
+}
+
+struct DLPackContext {
+  DeviceArray array;  // keeps the memory (and a view's owner) alive
+  std::vector<std::int64_t> shape;
+};
+
+void dlpack_deleter(DLManagedTensor* t) {
+  auto* ctx = static_cast<DLPackContext*>(t->manager_ctx);
+  if (ctx->array.base) {
+    py::gil_scoped_acquire gil;  // a consumer may free it from any thread
+    delete ctx;
+  } else {
+    delete ctx;
+  }
+  delete t;
+}
+
+py::capsule to_dlpack(const DeviceArray& a, const py::object& stream) {
+  (void)stream;  // rnnkit's work on the array is complete before any call of rnnkit returns
+  auto* ctx = new DLPackContext{a, std::vector<std::int64_t>(a.shape.begin(), a.shape.end())};
+  auto* t = new DLManagedTensor{};
+  t->dl_tensor.data = a.data;
+  t->dl_tensor.device = {dl_device_type(), 0};
+  t->dl_tensor.ndim = static_cast<std::int32_t>(a.shape.size());
+  t->dl_tensor.dtype = {a.kind == Kind::kI64 ? kDLInt : kDLFloat, static_cast<std::uint8_t>(kind_bytes(a.kind) * 8), 1};
+  t->dl_tensor.shape = ctx->shape.data();
+  t->dl_tensor.strides = nullptr;  // C-contiguous
+  t->dl_tensor.byte_offset = 0;
+  t->manager_ctx = ctx;
+  t->deleter = dlpack_deleter;
+  // An unconsumed capsule (still named "dltensor") frees the tensor itself.
+  return py::capsule(t, "dltensor", [](PyObject* cap) {
+    if (PyCapsule_IsValid(cap, "dltensor")) {
+      auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
+      if (m && m->deleter) m->deleter(m);
+    }
+  });
+}
+
+Kind kind_from(std::uint8_t code, std::uint8_t bits, const char* what) {
+  if (code == kDLFloat && bits == 32) return Kind::kF32;
+  if (code == kDLFloat && bits == 64) return Kind::kF64;
+  if (code == kDLInt && bits == 64) return Kind::kI64;
+  throw py::type_error(concat(what, ": expected dtype float32, float64 or int64, got DLPack type code ",
+                              static_cast<int>(code), " with ", static_cast<int>(bits), " bits"));
+}
+
+// Strides in elements (null: C-contiguous) must be C-contiguous; dimensions of size 1 may have any.
+void check_c_contiguous(const std::vector<index_t>& shape, const std::vector<index_t>* strides, const char* what) {
+  if (strides == nullptr) return;
+  index_t expected = 1;
+  for (std::size_t i = shape.size(); i-- > 0;) {
+    if (shape[i] != 1 && (*strides)[i] != expected) {
+      throw py::value_error(concat(what, ": expected a C-contiguous array, got strides ", shape_string(*strides),
+                                   " (in elements) for shape ", shape_string(shape), " (copy it to a contiguous "
+                                   "array first)"));
+    }
+    expected *= shape[i];
+  }
+}
+
+// A DeviceArray over another library's device memory, without a copy (`owner` keeps it alive).
+DeviceArray from_cuda_array_interface(const py::object& obj) {
+  const py::dict d = obj.attr("__cuda_array_interface__");
+  const char* what = "__cuda_array_interface__";
+  const std::string typestr = d["typestr"].cast<std::string>();
+  DeviceArray a;
+  if (typestr == "<f4") {
+    a.kind = Kind::kF32;
+  } else if (typestr == "<f8") {
+    a.kind = Kind::kF64;
+  } else if (typestr == "<i8") {
+    a.kind = Kind::kI64;
+  } else {
+    throw py::type_error(concat(what, ": expected typestr '<f4', '<f8' or '<i8' (float32, float64, int64), got '",
+                                typestr, "'"));
+  }
+  for (py::handle n : d["shape"].cast<py::tuple>()) a.shape.push_back(n.cast<index_t>());
+  if (d.contains("strides") && !d["strides"].is_none()) {
+    std::vector<index_t> strides;
+    for (py::handle s : d["strides"].cast<py::tuple>()) {
+      const index_t bytes = s.cast<index_t>();
+      if (bytes % static_cast<index_t>(kind_bytes(a.kind)) != 0) {
+        throw py::value_error(concat(what, ": expected strides in whole elements, got ", bytes, " bytes"));
+      }
+      strides.push_back(bytes / static_cast<index_t>(kind_bytes(a.kind)));
+    }
+    check_c_contiguous(a.shape, &strides, what);
+  }
+  const py::tuple data = d["data"].cast<py::tuple>();
+  a.data = reinterpret_cast<void*>(data[0].cast<std::uintptr_t>());
+  if (a.data == nullptr && a.numel() > 0) throw py::value_error(concat(what, ": expected a data pointer, got 0"));
+  if (d.contains("stream") && !d["stream"].is_none()) {
+    const std::uintptr_t stream = d["stream"].cast<std::uintptr_t>();
+    py::gil_scoped_release release;
+    cuda::synchronize_stream(stream);  // the producer's work on it is done before rnnkit reads it
+  }
+  a.base = obj;
+  return a;
+}
+
+DeviceArray from_dlpack(const py::object& obj) {
+  const char* what = "__dlpack__";
+  const py::tuple where = obj.attr("__dlpack_device__")();
+  const int device_type = where[0].cast<int>();
+  if (device_type != dl_device_type()) {
+    throw py::type_error(concat("array: expected a CUDA array (DLPack device type ", dl_device_type(),
+                                "), got DLPack device type ", device_type,
+                                device_type == kDLCPU ? " (host memory: copy it with rnnkit.to_device)" : ""));
+  }
+  // The legacy default stream: rnnkit's kernels run there (a CPU producer takes no stream).
+  py::object capsule = device_type == kDLCUDA ? obj.attr("__dlpack__")(py::arg("stream") = 1) : obj.attr("__dlpack__")();
+  PyObject* cap = capsule.ptr();
+  if (!PyCapsule_IsValid(cap, "dltensor")) {
+    throw py::type_error(concat(what, ": expected an unconsumed 'dltensor' capsule"));
+  }
+  auto* t = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
+  std::shared_ptr<DLManagedTensor> owner(t, [](DLManagedTensor* m) {
+    py::gil_scoped_acquire gil;  // the producer's deleter may touch Python objects
+    if (m->deleter) m->deleter(m);
+  });
+  PyCapsule_SetName(cap, "used_dltensor");  // ownership is rnnkit's now (DLPack's protocol)
+  const DLTensor& dl = t->dl_tensor;
+  if (dl.dtype.lanes != 1) throw py::type_error(concat(what, ": expected one lane per element, got ", dl.dtype.lanes));
+  DeviceArray a;
+  a.kind = kind_from(dl.dtype.code, dl.dtype.bits, what);
+  a.shape.assign(dl.shape, dl.shape + dl.ndim);
+  if (dl.strides != nullptr) {
+    const std::vector<index_t> strides(dl.strides, dl.strides + dl.ndim);
+    check_c_contiguous(a.shape, &strides, what);
+  }
+  a.data = static_cast<char*>(dl.data) + dl.byte_offset;
+  a.memory = std::shared_ptr<void>(owner, a.data);
+  return a;
+}
+
 void register_device(py::module_& m) {
   py::class_<DeviceArray>(m, "DeviceArray", py::module_local(),
                           "An array in CUDA device memory (host memory in the emulation build): shape, dtype, "
@@ -311,6 +503,16 @@ void register_device(py::module_& m) {
       .def_property_readonly("nbytes", &DeviceArray::nbytes)
       .def_property_readonly("device", [](const DeviceArray&) { return "cuda"; })
       .def("numpy", &to_host, "A host copy (numpy.ndarray).")
+      .def_property_readonly("__cuda_array_interface__", &cuda_array_interface,
+                             "The CUDA array interface (v3): CuPy, Numba and PyTorch read the array without a copy.")
+      .def("__dlpack__",
+           [](const DeviceArray& a, const py::object& stream, const py::object&, const py::object&,
+              const py::object&) { return to_dlpack(a, stream); },
+           py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
+           py::arg("dl_device") = py::none(), py::arg("copy") = py::none(),
+           "A DLPack capsule over this array's memory (no copy); the array stays alive while the consumer holds it.")
+      .def("__dlpack_device__", [](const DeviceArray&) { return py::make_tuple(dl_device_type(), 0); },
+           "(device type, id) in DLPack's terms: (2, 0), CUDA device 0 (the emulation: (1, 0), the host).")
       .def("copy", [](const DeviceArray& a) {
         DeviceArray out = new_device_array(a.shape, a.kind);
         cuda::copy_on_device(out.data, a.data, a.nbytes(), nullptr);
@@ -361,6 +563,30 @@ void register_device(py::module_& m) {
       });
   m.def("to_device", &to_device, py::arg("array"),
         "A copy of a numpy array (float32, float64 or int64) in CUDA device memory.");
+  m.def("from_cuda_array_interface", &from_cuda_array_interface, py::arg("obj"),
+        "A DeviceArray over obj's device memory (its __cuda_array_interface__), no copy; keeps obj alive.");
+  m.def("from_dlpack", &from_dlpack, py::arg("obj"),
+        "A DeviceArray over obj's device memory (its __dlpack__), no copy; keeps the memory alive.");
+  m.def("cuda_set_persistent", &cuda::set_persistent_mode, py::arg("mode"),
+        "The persistent small-batch forward: 0 auto, 1 always (wherever it can run), 2 never.");
+  m.def("cuda_get_persistent", &cuda::get_persistent_mode, "The persistent forward's mode (0 auto, 1 always, 2 never).");
+  m.def("_cuda_set_row_thread_cap", &cuda::set_row_thread_cap, py::arg("threads"),
+        "Tests only: caps the threads of a LayerNorm row kernel's block (a power of two, 32 ... 1024).");
+  m.def("cuda_memory_stats", [] {
+    const cuda::PoolStats st = cuda::pool_stats();
+    py::dict d;
+    d["cached_bytes"] = st.cached_bytes;
+    d["in_use_bytes"] = st.in_use_bytes;
+    d["device_allocations"] = st.device_allocations;
+    d["reuses"] = st.reuses;
+    return d;
+  }, "The CUDA backend's caching allocator: cached_bytes, in_use_bytes, device_allocations, reuses.");
+  m.def("cuda_empty_cache", [] {
+    py::gil_scoped_release release;
+    cuda::empty_cache();
+  }, "Returns the CUDA backend's cached device memory to the device.");
+  m.def("cuda_persistent_launches", &cuda::persistent_launches,
+        "How many layer-direction forwards took the persistent kernel so far in this process.");
 
   m.def("forward",
         [](const StackConfig& cfg, const py::list& params, const DeviceArray& x, const py::object& h0,
