@@ -161,6 +161,14 @@ def main(argv=None):
                 row["forward_path"] = "persistent" if rnnkit.cuda.persistent_launches() > before else "standard"
                 row["rnnkit_inference_ms"] = _median(timed, r_inf, warmup, repeats)
                 row["rnnkit_training_ms"] = _median(timed, r_train, warmup, repeats)
+                # The standard path's per-step launches one by one instead of as CUDA graphs
+                # (cuda/graph.h): whether graphs pay off at this shape.
+                rnnkit.cuda.set_graphs(False)
+                try:
+                    row["rnnkit_training_no_graphs_ms"] = _median(timed, r_train, warmup, repeats)
+                finally:
+                    rnnkit.cuda.set_graphs(True)
+                row["graph_speedup_training"] = row["rnnkit_training_no_graphs_ms"] / row["rnnkit_training_ms"]
                 if torch is not None:
                     t_inf, t_train = _torch_calls(mode, T, B, H, device)
                     row["torch_inference_ms"] = _median(timed, t_inf, warmup, repeats)
@@ -175,7 +183,8 @@ def main(argv=None):
     lines = [f"# rnnkit CUDA vs torch.nn ({device})", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines += ["", "| cell | B | H | rnnkit inf ms | torch inf ms | ratio | rnnkit train ms | torch train ms | ratio | "
-              "goal | us/step (inf) | forward | err vs CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "goal | us/step (inf) | forward | graphs x (train) | err vs CPU |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         def f(key):
             return f"{r[key]:.3f}" if key in r else "-"
@@ -183,7 +192,8 @@ def main(argv=None):
         lines.append(f"| {r['cell']} | {r['B']} | {r['H']} | {f('rnnkit_inference_ms')} | {f('torch_inference_ms')} | "
                      f"{f('ratio_inference')} | {f('rnnkit_training_ms')} | {f('torch_training_ms')} | "
                      f"{f('ratio_training')} | {'>= ' + str(goal) if goal else '-'} | "
-                     f"{r['rnnkit_us_per_step_inference']:.2f} | {r['forward_path']} | {r['max_abs_err_vs_cpu']:.1e} |")
+                     f"{r['rnnkit_us_per_step_inference']:.2f} | {r['forward_path']} | {r['graph_speedup_training']:.2f} | "
+                     f"{r['max_abs_err_vs_cpu']:.1e} |")
     (args.out / "gpu_bench.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     bad = [r for r in rows if not r["max_abs_err_vs_cpu"] < 1e-3]

@@ -29,20 +29,20 @@ struct SwapLeadingAxes {
 
 void swap_leading_axes(const void* in, void* out, std::int64_t A, std::int64_t B, std::int64_t C, int elem_bytes) {
   if (elem_bytes == 4) {
-    RNNKIT_LAUNCH(nullptr, A * B * C,
+    RNNKIT_LAUNCH(current_stream(), A * B * C,
                   (SwapLeadingAxes<std::uint32_t>{A, B, C, static_cast<const std::uint32_t*>(in),
                                                   static_cast<std::uint32_t*>(out)}));
   } else {
-    RNNKIT_LAUNCH(nullptr, A * B * C,
+    RNNKIT_LAUNCH(current_stream(), A * B * C,
                   (SwapLeadingAxes<std::uint64_t>{A, B, C, static_cast<const std::uint64_t*>(in),
                                                   static_cast<std::uint64_t*>(out)}));
   }
-  synchronize(nullptr);
+  synchronize(current_stream());
 }
 
 void zero_device_bytes(void* dst, std::size_t bytes) {
-  zero_on_device(dst, bytes, nullptr);
-  synchronize(nullptr);
+  zero_on_device(dst, bytes, current_stream());
+  synchronize(current_stream());
 }
 
 void synchronize_stream(std::uintptr_t stream) {

@@ -40,19 +40,30 @@ int to_int(index_t v) {
     if (rnnkit_st_ != CUBLAS_STATUS_SUCCESS) throw_cublas(rnnkit_st_, #expr, __FILE__, __LINE__); \
   } while (0)
 
-// One handle per host thread (a handle must not be used by two threads at once), made at first use.
+// One handle per host thread (a handle must not be used by two threads at once), made at first use,
+// with a workspace of its own: cuBLAS must not allocate one while a loop is captured into a CUDA
+// graph (graph.h). 32 MiB is what cuBLAS asks for on Hopper (its documentation of the workspace).
+constexpr std::size_t kCublasWorkspaceBytes = std::size_t(32) << 20;
+
 struct Handle {
   cublasHandle_t h = nullptr;
+  void* workspace = nullptr;
   ~Handle() {
     if (h != nullptr) cublas().destroy(h);
+    raw_device_free(workspace);
   }
 };
 
 cublasHandle_t handle_for(Stream stream) {
   thread_local Handle handle;
   const CublasApi& api = cublas();
-  if (handle.h == nullptr) RNNKIT_CUBLAS_CHECK(api.create(&handle.h));
+  if (handle.h == nullptr) {
+    RNNKIT_CUBLAS_CHECK(api.create(&handle.h));
+    handle.workspace = raw_device_alloc(kCublasWorkspaceBytes, "the cuBLAS workspace");
+  }
+  // cublasSetStream resets the workspace to cuBLAS' own: set ours after it, every time.
   RNNKIT_CUBLAS_CHECK(api.set_stream(handle.h, static_cast<cudaStream_t>(stream)));
+  RNNKIT_CUBLAS_CHECK(api.set_workspace(handle.h, handle.workspace, kCublasWorkspaceBytes));
   return handle.h;
 }
 
@@ -64,10 +75,33 @@ CBLAS_TRANSPOSE to_op(Op o) { return o == Op::kT ? CblasTrans : CblasNoTrans; }
 
 #endif
 
+// A GEMM inside a graphed loop (graph.h): its sizes are the topology, its scalars and pointers the
+// parameters (both structs without padding, as their bytes are compared).
+struct GemmShape {
+  int op_a, op_b;
+  index_t m, n, k, lda, ldb, ldc;
+};
+template <typename S>
+struct GemmOperands {
+  S alpha, beta;
+  const S* a;
+  const S* b;
+  S* c;
+};
+template <typename S>
+bool intercept_gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, S alpha, const S* a,
+                    index_t lda, const S* b, index_t ldb, S beta, S* c, index_t ldc) {
+  return intercept_call(sizeof(S) == 4 ? NodeKind::kGemm32 : NodeKind::kGemm64,
+                        GemmShape{static_cast<int>(op_a), static_cast<int>(op_b), m, n, k, lda, ldb, ldc},
+                        GemmOperands<S>{alpha, beta, a, b, c},
+                        [=] { gemm(stream, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc); });
+}
+
 }  // namespace
 
 void gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, float alpha, const float* a,
           index_t lda, const float* b, index_t ldb, float beta, float* c, index_t ldc) {
+  if (intercept_gemm(stream, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
 #if defined(__CUDACC__)
   RNNKIT_CUBLAS_CHECK(cublas().sgemm(handle_for(stream), to_op(op_a), to_op(op_b), to_int(m), to_int(n), to_int(k),
                                      &alpha, a, to_int(lda), b, to_int(ldb), &beta, c, to_int(ldc)));
@@ -80,6 +114,7 @@ void gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, floa
 
 void gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, double alpha, const double* a,
           index_t lda, const double* b, index_t ldb, double beta, double* c, index_t ldc) {
+  if (intercept_gemm(stream, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
 #if defined(__CUDACC__)
   RNNKIT_CUBLAS_CHECK(cublas().dgemm(handle_for(stream), to_op(op_a), to_op(op_b), to_int(m), to_int(n), to_int(k),
                                      &alpha, a, to_int(lda), b, to_int(ldb), &beta, c, to_int(ldc)));

@@ -42,6 +42,19 @@ namespace cuda {
 // A stream: cudaStream_t under nvcc (0 = the legacy default stream), unused in the emulation.
 using Stream = void*;
 
+// The stream this host thread's rnnkit work goes on (runtime.cu): the legacy default stream unless
+// set (rnnkit.cuda.set_stream / rnnkit.cuda.stream; rnnkit.torch sets PyTorch's current stream
+// around its calls). Read once at the start of each backend call.
+Stream current_stream();
+void set_current_stream(Stream stream);
+
+// graph.h: a loop being recorded or captured as a CUDA graph intercepts the launches below and
+// the GEMMs and device copies; a node's kind is part of the record.
+enum class NodeKind : unsigned char { kKernel = 1, kBlockKernel, kGemm32, kGemm64, kCopy, kZero };
+template <typename Body, typename Node>
+bool intercept_launch(NodeKind kind, index_t blocks, int threads, std::size_t shared_bytes, const Body& body,
+                      const char* file, int line, Node&& node);
+
 // One thread's identity, in one dimension (every kernel of the backend is one-dimensional).
 namespace emulate {
 // The emulation's barrier (block_launch runs a block's threads as fibers; runtime.cu).
@@ -89,6 +102,10 @@ template <typename Body>
 void launch(Stream stream, index_t work, const Body& body, const char* file, int line) {
   if (work <= 0) return;
   const index_t blocks = blocks_for(work);
+  if (intercept_launch(NodeKind::kKernel, blocks, kBlockThreads, 0, body, file, line,
+                       [stream, work, body, file, line] { launch(stream, work, body, file, line); })) {
+    return;
+  }
 #if defined(__CUDACC__)
   run_body<Body><<<static_cast<unsigned>(blocks), kBlockThreads, 0, static_cast<cudaStream_t>(stream)>>>(body);
   check_launch(file, line);
@@ -133,6 +150,12 @@ void launch_blocks(Stream stream, index_t blocks, int threads, std::size_t share
                    const char* file, int line) {
   if (blocks <= 0) return;
   assert(threads >= 32 && threads <= kMaxBlockThreads && (threads & (threads - 1)) == 0);
+  if (intercept_launch(NodeKind::kBlockKernel, blocks, threads, shared_bytes, body, file, line,
+                       [stream, blocks, threads, shared_bytes, body, file, line] {
+                         launch_blocks(stream, blocks, threads, shared_bytes, body, file, line);
+                       })) {
+    return;
+  }
 #if defined(__CUDACC__)
   run_block_body<Body><<<static_cast<unsigned>(blocks), static_cast<unsigned>(threads), shared_bytes,
                          static_cast<cudaStream_t>(stream)>>>(body);
@@ -261,8 +284,8 @@ RNNKIT_DEVICE S load_coherent(const S* p) {
 // std::runtime_error with file:line and CUDA's error text.
 // device_alloc/device_free go through the caching pool (memory_pool.cu): a freed block is kept for
 // the next request of its size class, so a training loop allocates from the device once. Safe
-// because every kernel of the backend runs on one stream, in order (a block handed out again is
-// only touched by work queued after the work that used it before).
+// across streams because every backend call synchronises its stream before it returns (and so
+// before its scratch is freed): a block handed out again has no work pending on it.
 void* device_alloc(std::size_t bytes, const char* what_for);
 void device_free(void* p) noexcept;
 // The allocator under the pool (runtime.cu): cudaMalloc/cudaFree, or aligned host memory.
@@ -307,3 +330,5 @@ class DeviceBuffer {
 
 }  // namespace cuda
 }  // namespace rnnkit
+
+#include "graph.h"  // the interception launch() and launch_blocks() call

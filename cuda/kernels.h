@@ -78,7 +78,7 @@ enum class Stage { kWhole, kFirst, kSecond };
 template <typename Cell, typename S, Stage kStage>
 struct ForwardPointwise {
   index_t N, H, P, GH, SW, TW, t;
-  bool project;
+  index_t project;  // 0 or 1: an index_t, as a body launched in a graphed loop has no padding (graph.h)
   S* gates;
   S* hgates;
   const S* bias;

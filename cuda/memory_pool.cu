@@ -6,13 +6,14 @@
 // then whole 2 MiB units, so a loop over the same shapes finds its blocks again and the waste is
 // bounded (at most 2x below 1 MiB, under 2 MiB above).
 //
-// Ordering: every kernel of the backend runs on one stream, so work queued on a block handed out
-// again runs after the work that used it before. A failed device allocation releases every cached
+// Ordering: every backend call synchronises its stream before it returns, so a block freed after
+// it has no work pending, whichever stream the next user queues on. A failed device allocation releases every cached
 // block and tries once more before reporting out-of-memory. In the emulation build under
 // AddressSanitizer a cached block is poisoned, so a use after free is still reported.
 #include <cstdint>
-#include <map>
+#include <functional>
 #include <mutex>
+#include <set>
 #include <unordered_map>
 
 #include "device.h"
@@ -43,7 +44,12 @@ std::size_t size_class(std::size_t bytes) {
 
 struct Pool {
   std::mutex mu;
-  std::multimap<std::size_t, void*> free_blocks;    // class -> cached block
+  // class -> its cached blocks, lowest address first, the one handed out. So which block a request
+  // gets depends only on which blocks are free, not on the order they were freed in: a loop that
+  // frees what it allocated gets the same blocks in every pass, and its CUDA graphs are relaunched
+  // rather than updated (graph.h). (Most-recently-freed-first cycles through the blocks of a class
+  // over several passes when a pass frees them in another order than it took them.)
+  std::unordered_map<std::size_t, std::set<void*, std::less<void*>>> free_blocks;
   std::unordered_map<void*, std::size_t> in_use;    // handed-out block -> its class
   PoolStats stats;
 };
@@ -55,9 +61,11 @@ Pool& pool() {
 }
 
 void release_cached(Pool& p) {  // with p.mu held
-  for (auto& [bytes, block] : p.free_blocks) {
-    RNNKIT_POOL_UNPOISON(block, bytes);
-    raw_device_free(block);
+  for (auto& [bytes, blocks] : p.free_blocks) {
+    for (void* block : blocks) {
+      RNNKIT_POOL_UNPOISON(block, bytes);
+      raw_device_free(block);
+    }
   }
   p.free_blocks.clear();
   p.stats.cached_bytes = 0;
@@ -66,14 +74,15 @@ void release_cached(Pool& p) {  // with p.mu held
 }  // namespace
 
 void* device_alloc(std::size_t bytes, const char* what_for) {
+  refuse_in_graph("allocating device memory");
   Pool& p = pool();
   const std::size_t cls = size_class(bytes);
   std::lock_guard<std::mutex> lock(p.mu);
   auto it = p.free_blocks.find(cls);
   void* block = nullptr;
-  if (it != p.free_blocks.end()) {
-    block = it->second;
-    p.free_blocks.erase(it);
+  if (it != p.free_blocks.end() && !it->second.empty()) {
+    block = *it->second.begin();
+    it->second.erase(it->second.begin());
     p.stats.cached_bytes -= cls;
     ++p.stats.reuses;
     RNNKIT_POOL_UNPOISON(block, cls);
@@ -102,7 +111,7 @@ void device_free(void* block) noexcept {
   p.in_use.erase(it);
   p.stats.in_use_bytes -= cls;
   RNNKIT_POOL_POISON(block, cls);
-  p.free_blocks.emplace(cls, block);
+  p.free_blocks[cls].insert(block);
   p.stats.cached_bytes += cls;
 }
 

@@ -140,42 +140,42 @@ struct ClampBody {
 
 template <typename S>
 void sgd_update(S* param, const S* grad, S* momentum_buf, index_t n, const SgdHyper& h, bool first_step) {
-  RNNKIT_LAUNCH(nullptr, n, (SgdBody<S>{n, param, grad, momentum_buf, S(h.weight_decay), S(h.momentum),
+  RNNKIT_LAUNCH(current_stream(), n, (SgdBody<S>{n, param, grad, momentum_buf, S(h.weight_decay), S(h.momentum),
                                         S(1.0 - h.dampening), S(-h.lr), h.weight_decay != 0.0, h.momentum != 0.0,
                                         h.nesterov, first_step}));
-  synchronize(nullptr);
+  synchronize(current_stream());
 }
 
 template <typename S>
 void adam_update(S* param, const S* grad, S* exp_avg, S* exp_avg_sq, index_t n, const AdamHyper& h, index_t step) {
   const double bias_correction1 = 1.0 - std::pow(h.beta1, static_cast<double>(step));
   const double bias_correction2 = 1.0 - std::pow(h.beta2, static_cast<double>(step));
-  RNNKIT_LAUNCH(nullptr, n,
+  RNNKIT_LAUNCH(current_stream(), n,
                 (AdamBody<S>{n, param, grad, exp_avg, exp_avg_sq, S(-(h.lr / bias_correction1)),
                              S(std::sqrt(bias_correction2)), S(1.0 - h.beta1), S(h.beta2), S(1.0 - h.beta2), S(h.eps),
                              S(h.weight_decay), S(1.0 - h.lr * h.weight_decay),
                              h.weight_decay != 0.0 && !h.decoupled_weight_decay,
                              h.weight_decay != 0.0 && h.decoupled_weight_decay}));
-  synchronize(nullptr);
+  synchronize(current_stream());
 }
 
 template <typename S>
 void rmsprop_update(S* param, const S* grad, S* square_avg, S* momentum_buf, S* grad_avg, index_t n,
                     const RmspropHyper& h) {
-  RNNKIT_LAUNCH(nullptr, n,
+  RNNKIT_LAUNCH(current_stream(), n,
                 (RmspropBody<S>{n, param, grad, square_avg, momentum_buf, grad_avg, S(h.weight_decay), S(h.alpha),
                                 S(1.0 - h.alpha), S(h.eps), S(h.momentum), S(-h.lr), h.weight_decay != 0.0,
                                 h.centered, h.momentum > 0.0}));
-  synchronize(nullptr);
+  synchronize(current_stream());
 }
 
 template <typename S>
 double sum_of_squares(const S* g, index_t n) {
   DeviceBuffer<double> partial(kPartials, "gradient norm partial sums");
-  zero_on_device(partial.data(), kPartials * sizeof(double), nullptr);
-  RNNKIT_LAUNCH(nullptr, kPartials, (SquaresBody<S>{n, g, partial.data()}));
+  zero_on_device(partial.data(), kPartials * sizeof(double), current_stream());
+  RNNKIT_LAUNCH(current_stream(), kPartials, (SquaresBody<S>{n, g, partial.data()}));
   std::vector<double> host(kPartials);
-  copy_to_host(host.data(), partial.data(), kPartials * sizeof(double), nullptr);
+  copy_to_host(host.data(), partial.data(), kPartials * sizeof(double), current_stream());
   double total = 0.0;
   for (double v : host) total += v;
   return total;
@@ -183,14 +183,14 @@ double sum_of_squares(const S* g, index_t n) {
 
 template <typename S>
 void scale_in_place(S* g, index_t n, S factor) {
-  RNNKIT_LAUNCH(nullptr, n, (ScaleBody<S>{n, g, factor}));
-  synchronize(nullptr);
+  RNNKIT_LAUNCH(current_stream(), n, (ScaleBody<S>{n, g, factor}));
+  synchronize(current_stream());
 }
 
 template <typename S>
 void clamp_in_place(S* g, index_t n, S limit) {
-  RNNKIT_LAUNCH(nullptr, n, (ClampBody<S>{n, g, limit}));
-  synchronize(nullptr);
+  RNNKIT_LAUNCH(current_stream(), n, (ClampBody<S>{n, g, limit}));
+  synchronize(current_stream());
 }
 
 #define RNNKIT_INSTANTIATE_OPTIM(S)                                                              \

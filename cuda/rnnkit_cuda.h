@@ -61,6 +61,24 @@ void set_persistent_mode(int mode);
 int get_persistent_mode();
 std::uint64_t persistent_launches();
 
+// The stream this host thread's backend calls run on (a cudaStream_t; 0, the legacy default
+// stream, unless set). Every call synchronises it before returning.
+void* current_stream();
+void set_current_stream(void* stream);
+// CUDA graphs for the standard path's per-step launches (graph.h): on by default, process-wide;
+// the counters are process-wide, `cached` is the calling thread's cache.
+struct GraphStats {
+  std::uint64_t launches = 0;        // graphs launched (cache hits, updates and new ones)
+  std::uint64_t captures = 0;        // loops captured (cache misses)
+  std::uint64_t updates = 0;         // captures that updated a cached graph of the same topology
+  std::uint64_t instantiations = 0;  // captures instantiated as a new graph
+  std::size_t cached = 0;
+  std::size_t per_topology = 0;      // graphs of one topology kept before updates replace them
+};
+void set_graphs_enabled(bool on);
+bool graphs_enabled();
+GraphStats graph_stats();
+void clear_graph_cache();  // the calling thread's
 // Tests only: the most threads a LayerNorm row kernel's block may have (a power of two, 32 ...
 // 1024; default 1024), so small rows exercise several lanes per thread.
 void set_row_thread_cap(int threads);

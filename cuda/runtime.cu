@@ -29,6 +29,31 @@
 namespace rnnkit {
 namespace cuda {
 
+namespace {
+thread_local Stream t_current_stream = nullptr;
+
+// A device-to-device copy or a zeroing inside a graphed loop (graph.h): recorded, or kept as a node.
+struct CopyArgs {
+  void* dst;
+  const void* src;
+  std::size_t bytes;
+};
+bool intercept_copy(void* dst, const void* src, std::size_t bytes, Stream stream) {
+  return intercept_call(NodeKind::kCopy, bytes, CopyArgs{dst, src, bytes},
+                        [=] { copy_on_device(dst, src, bytes, stream); });
+}
+struct ZeroArgs {
+  void* dst;
+  std::size_t bytes;
+};
+bool intercept_zero(void* dst, std::size_t bytes, Stream stream) {
+  return intercept_call(NodeKind::kZero, bytes, ZeroArgs{dst, bytes}, [=] { zero_on_device(dst, bytes, stream); });
+}
+}  // namespace
+
+Stream current_stream() { return t_current_stream; }
+void set_current_stream(Stream stream) { t_current_stream = stream; }
+
 #if defined(__CUDACC__)
 
 void check_launch(const char* file, int line) {
@@ -53,26 +78,31 @@ void raw_device_free(void* p) noexcept {
 
 void copy_to_device(void* dst, const void* src, std::size_t bytes, Stream stream) {
   if (bytes == 0) return;
+  refuse_in_graph("a host-to-device copy");
   RNNKIT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)));
 }
 
 void copy_to_host(void* dst, const void* src, std::size_t bytes, Stream stream) {
   if (bytes == 0) return;
+  refuse_in_graph("a device-to-host copy");
   RNNKIT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream)));
   RNNKIT_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
 }
 
 void copy_on_device(void* dst, const void* src, std::size_t bytes, Stream stream) {
-  if (bytes == 0) return;
+  if (bytes == 0 || intercept_copy(dst, src, bytes, stream)) return;
   RNNKIT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, static_cast<cudaStream_t>(stream)));
 }
 
 void zero_on_device(void* dst, std::size_t bytes, Stream stream) {
-  if (bytes == 0) return;
+  if (bytes == 0 || intercept_zero(dst, bytes, stream)) return;
   RNNKIT_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, static_cast<cudaStream_t>(stream)));
 }
 
-void synchronize(Stream stream) { RNNKIT_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream))); }
+void synchronize(Stream stream) {
+  refuse_in_graph("synchronising a stream");
+  RNNKIT_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+}
 
 void memory_info(std::size_t* free_bytes, std::size_t* total_bytes) {
   RNNKIT_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
@@ -125,18 +155,24 @@ void* raw_device_alloc(std::size_t bytes, const char* what_for) {
 void raw_device_free(void* p) noexcept { std::free(p); }
 
 void copy_to_device(void* dst, const void* src, std::size_t bytes, Stream) {
-  if (bytes != 0) std::memcpy(dst, src, bytes);
+  if (bytes == 0) return;
+  refuse_in_graph("a host-to-device copy");
+  std::memcpy(dst, src, bytes);
 }
 void copy_to_host(void* dst, const void* src, std::size_t bytes, Stream) {
-  if (bytes != 0) std::memcpy(dst, src, bytes);
+  if (bytes == 0) return;
+  refuse_in_graph("a device-to-host copy");
+  std::memcpy(dst, src, bytes);
 }
-void copy_on_device(void* dst, const void* src, std::size_t bytes, Stream) {
-  if (bytes != 0) std::memmove(dst, src, bytes);
+void copy_on_device(void* dst, const void* src, std::size_t bytes, Stream stream) {
+  if (bytes == 0 || intercept_copy(dst, src, bytes, stream)) return;
+  std::memmove(dst, src, bytes);
 }
-void zero_on_device(void* dst, std::size_t bytes, Stream) {
-  if (bytes != 0) std::memset(dst, 0, bytes);
+void zero_on_device(void* dst, std::size_t bytes, Stream stream) {
+  if (bytes == 0 || intercept_zero(dst, bytes, stream)) return;
+  std::memset(dst, 0, bytes);
 }
-void synchronize(Stream) {}
+void synchronize(Stream) { refuse_in_graph("synchronising a stream"); }
 
 const DeviceLimits& device_limits() {
   // A small pretend GPU, so that test shapes spread over several blocks.

@@ -16,8 +16,6 @@ namespace rnnkit {
 namespace cuda {
 namespace {
 
-constexpr Stream kStream = nullptr;  // the legacy default stream (rnnkit.torch passes its own later)
-
 std::atomic<int> g_persistent_mode{static_cast<int>(PersistentMode::kAuto)};
 std::atomic<std::uint64_t> g_persistent_launches{0};
 std::atomic<int> g_row_thread_cap{kMaxBlockThreads};
@@ -25,12 +23,12 @@ std::atomic<int> g_row_thread_cap{kMaxBlockThreads};
 // Launches a LayerNorm cell's row kernel (row_kernels.h) with the lanes per thread H needs;
 // fill(body) sets the body's fields.
 template <template <typename, typename, int> class Body, typename Cell, typename S, typename Fill>
-void launch_rows(index_t N, index_t H, Fill&& fill) {
+void launch_rows(Stream stream, index_t N, index_t H, Fill&& fill) {
   const RowLaunch r = row_launch(H, g_row_thread_cap.load(std::memory_order_relaxed));
   auto go = [&](auto lanes) {
     Body<Cell, S, decltype(lanes)::value> body{};
     fill(body);
-    RNNKIT_LAUNCH_BLOCKS(kStream, N < kMaxBlocks ? N : kMaxBlocks, r.threads,
+    RNNKIT_LAUNCH_BLOCKS(stream, N < kMaxBlocks ? N : kMaxBlocks, r.threads,
                          static_cast<std::size_t>(r.threads) * sizeof(S), body);
   };
   switch (r.lanes) {
@@ -42,16 +40,17 @@ void launch_rows(index_t N, index_t H, Fill&& fill) {
 }
 
 template <typename S>
-void copy_elems(S* dst, const S* src, index_t n) {
-  if (n > 0) copy_on_device(dst, src, static_cast<std::size_t>(n) * sizeof(S), kStream);
+void copy_elems(Stream stream, S* dst, const S* src, index_t n) {
+  if (n > 0) copy_on_device(dst, src, static_cast<std::size_t>(n) * sizeof(S), stream);
 }
 template <typename S>
-void zero_elems(S* dst, index_t n) {
-  if (n > 0) zero_on_device(dst, static_cast<std::size_t>(n) * sizeof(S), kStream);
+void zero_elems(Stream stream, S* dst, index_t n) {
+  if (n > 0) zero_on_device(dst, static_cast<std::size_t>(n) * sizeof(S), stream);
 }
 
 template <typename S>
 struct LayerArgs {  // one layer-direction's call (cpu/layer.h's LayerForwardArgs/LayerBackwardArgs)
+  Stream stream = nullptr;
   const S* x = nullptr;
   StatePair<const S*> state0;
   const index_t* lengths = nullptr;  // device
@@ -73,15 +72,16 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
   const index_t T = s.d.T, N = s.d.N, C = s.d.C, H = s.d.H, P = s.d.P, GH = s.GH, G1 = s.G1;
   const index_t SW = s.saved_width, TW = s.tmp_width;
   const Slots slots{T, a.reverse, s.training};
+  const Stream st = a.stream;
   auto h_slot = [&](index_t slot) { return b.h_seq + slot * N * P; };
   auto c_slot = [&](index_t slot) { return b.c_seq + slot * N * H; };
 
   // gates = x W_ih^T for every step at once; the biases are added in the pointwise kernel.
-  gemm_rm<S>(kStream, Op::kN, Op::kT, s.TN, GH, C, S(1), a.x, C, w.w_ih, C, S(0), b.gates, GH);
-  RNNKIT_LAUNCH(kStream, GH, (BiasRows<S>{GH, w.b_ih, w.b_hh, b.bias}));
-  if (a.state0.h) copy_elems(h_slot(slots.first()), a.state0.h, N * P); else zero_elems(h_slot(slots.first()), N * P);
+  gemm_rm<S>(st, Op::kN, Op::kT, s.TN, GH, C, S(1), a.x, C, w.w_ih, C, S(0), b.gates, GH);
+  RNNKIT_LAUNCH(st, GH, (BiasRows<S>{GH, w.b_ih, w.b_hh, b.bias}));
+  if (a.state0.h) copy_elems(st, h_slot(slots.first()), a.state0.h, N * P); else zero_elems(st, h_slot(slots.first()), N * P);
   if constexpr (Cell::kHasCellState) {
-    if (a.state0.c) copy_elems(c_slot(slots.first()), a.state0.c, N * H); else zero_elems(c_slot(slots.first()), N * H);
+    if (a.state0.c) copy_elems(st, c_slot(slots.first()), a.state0.c, N * H); else zero_elems(st, c_slot(slots.first()), N * H);
   }
 
   // Small batches: every step in one persistent launch, where the shape and the device allow.
@@ -94,53 +94,57 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
       body.point = {N, H, P, GH, SW, TW, 0, false, nullptr, b.hgates, b.bias, nullptr, nullptr, nullptr, nullptr,
                     nullptr, b.tmp, a.lengths};
       body.out = {N, H, P, 0, a.y_ld, nullptr, nullptr, nullptr, nullptr, a.y, a.lengths};
-      stepped = RNNKIT_LAUNCH_PERSISTENT(kStream, pp.blocks, pp.threads, pp.shared_bytes, body);
+      stepped = RNNKIT_LAUNCH_PERSISTENT(st, pp.blocks, pp.threads, pp.shared_bytes, body);
       if (stepped) count_persistent_launch();
     }
   }
 
-  for (index_t i = 0; i < T && !stepped; ++i) {
-    const index_t t = slots.step(i);
-    S* h_prev = h_slot(slots.prev(t));
-    S* h_cur = h_slot(slots.cur(t));
-    S* c_prev = Cell::kHasCellState ? c_slot(slots.prev(t)) : nullptr;
-    S* c_cur = Cell::kHasCellState ? c_slot(slots.cur(t)) : nullptr;
-    S* gates = b.gates + t * N * GH;
-    S* saved = b.saved + (s.training ? t * N * SW : 0);
-    S* h_full = s.project ? b.h_full + (s.training ? t * N * H : 0) : nullptr;
-    S* h_out = s.project ? h_full : h_cur;
+  // The per-step launches, run as one CUDA graph (graph.h): nothing but launches in here.
+  auto steps = [&](Stream ls) {
+    for (index_t i = 0; i < T; ++i) {
+      const index_t t = slots.step(i);
+      S* h_prev = h_slot(slots.prev(t));
+      S* h_cur = h_slot(slots.cur(t));
+      S* c_prev = Cell::kHasCellState ? c_slot(slots.prev(t)) : nullptr;
+      S* c_cur = Cell::kHasCellState ? c_slot(slots.cur(t)) : nullptr;
+      S* gates = b.gates + t * N * GH;
+      S* saved = b.saved + (s.training ? t * N * SW : 0);
+      S* h_full = s.project ? b.h_full + (s.training ? t * N * H : 0) : nullptr;
+      S* h_out = s.project ? h_full : h_cur;
 
-    // h_{t-1} W_hh^T: into the gates, or beside them for cells that keep the recurrent part apart.
-    if constexpr (Cell::kSeparateRecurrent) {
-      gemm_rm<S>(kStream, Op::kN, Op::kT, N, G1, P, S(1), h_prev, P, w.w_hh, P, S(0), b.hgates, GH);
-    } else {
-      gemm_rm<S>(kStream, Op::kN, Op::kT, N, G1, P, S(1), h_prev, P, w.w_hh, P, S(1), gates, GH);
+      // h_{t-1} W_hh^T: into the gates, or beside them for cells that keep the recurrent part apart.
+      if constexpr (Cell::kSeparateRecurrent) {
+        gemm_rm<S>(ls, Op::kN, Op::kT, N, G1, P, S(1), h_prev, P, w.w_hh, P, S(0), b.hgates, GH);
+      } else {
+        gemm_rm<S>(ls, Op::kN, Op::kT, N, G1, P, S(1), h_prev, P, w.w_hh, P, S(1), gates, GH);
+      }
+      auto pointwise = [&](auto stage) {
+        return ForwardPointwise<Cell, S, decltype(stage)::value>{N, H, P, GH, SW, TW, t, s.project, gates, b.hgates,
+                                                                b.bias, h_prev, c_prev, h_out, c_cur, saved, b.tmp,
+                                                                a.lengths};
+      };
+      auto point = [&](auto stage) { RNNKIT_LAUNCH(ls, N * H, pointwise(stage)); };
+      if constexpr (Cell::kLnParams > 0) {
+        launch_rows<ForwardRows, Cell, S>(ls, N, H, [&](auto& k) {
+          k.f = pointwise(std::integral_constant<Stage, Stage::kWhole>{});
+          for (int p = 0; p < kMaxLnParams; ++p) k.ln[p] = w.ln[p];
+        });
+      } else if constexpr (Cell::kTwoStage) {
+        point(std::integral_constant<Stage, Stage::kFirst>{});
+        // gates(n) += (r * h_{t-1}) W_hn^T, with r * h_{t-1} in saved slot 0.
+        gemm_rm<S>(ls, Op::kN, Op::kT, N, GH - G1, P, S(1), saved, SW, w.w_hh + G1 * P, P, S(1), gates + G1, GH);
+        point(std::integral_constant<Stage, Stage::kSecond>{});
+      } else {
+        point(std::integral_constant<Stage, Stage::kWhole>{});
+      }
+      if (s.project) gemm_rm<S>(ls, Op::kN, Op::kT, N, P, H, S(1), h_full, H, w.w_hr, H, S(0), h_cur, P);
+      RNNKIT_LAUNCH(ls, N * H, (StepOutputs<S>{N, H, P, t, a.y_ld, h_prev, h_cur, c_prev, c_cur, a.y, a.lengths}));
     }
-    auto pointwise = [&](auto stage) {
-      return ForwardPointwise<Cell, S, decltype(stage)::value>{N, H, P, GH, SW, TW, t, s.project, gates, b.hgates,
-                                                              b.bias, h_prev, c_prev, h_out, c_cur, saved, b.tmp,
-                                                              a.lengths};
-    };
-    auto point = [&](auto stage) { RNNKIT_LAUNCH(kStream, N * H, pointwise(stage)); };
-    if constexpr (Cell::kLnParams > 0) {
-      launch_rows<ForwardRows, Cell, S>(N, H, [&](auto& k) {
-        k.f = pointwise(std::integral_constant<Stage, Stage::kWhole>{});
-        for (int p = 0; p < kMaxLnParams; ++p) k.ln[p] = w.ln[p];
-      });
-    } else if constexpr (Cell::kTwoStage) {
-      point(std::integral_constant<Stage, Stage::kFirst>{});
-      // gates(n) += (r * h_{t-1}) W_hn^T, with r * h_{t-1} in saved slot 0.
-      gemm_rm<S>(kStream, Op::kN, Op::kT, N, GH - G1, P, S(1), saved, SW, w.w_hh + G1 * P, P, S(1), gates + G1, GH);
-      point(std::integral_constant<Stage, Stage::kSecond>{});
-    } else {
-      point(std::integral_constant<Stage, Stage::kWhole>{});
-    }
-    if (s.project) gemm_rm<S>(kStream, Op::kN, Op::kT, N, P, H, S(1), h_full, H, w.w_hr, H, S(0), h_cur, P);
-    RNNKIT_LAUNCH(kStream, N * H, (StepOutputs<S>{N, H, P, t, a.y_ld, h_prev, h_cur, c_prev, c_cur, a.y, a.lengths}));
-  }
-  copy_elems(a.state_n.h, h_slot(slots.last()), N * P);
+  };
+  if (!stepped) run_graphed(st, steps);
+  copy_elems(st, a.state_n.h, h_slot(slots.last()), N * P);
   if constexpr (Cell::kHasCellState) {
-    if (a.state_n.c) copy_elems(a.state_n.c, c_slot(slots.last()), N * H);
+    if (a.state_n.c) copy_elems(st, a.state_n.c, c_slot(slots.last()), N * H);
   }
 }
 
@@ -150,6 +154,7 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
   const index_t T = s.d.T, N = s.d.N, C = s.d.C, H = s.d.H, P = s.d.P, GH = s.GH, G1 = s.G1, TN = s.TN;
   const index_t SW = s.saved_width, TW = s.tmp_width;
   const Slots slots{T, a.reverse, true};
+  const Stream st = a.stream;
   auto h_slot = [&](index_t slot) { return b.h_seq + slot * N * P; };
   auto c_slot = [&](index_t slot) { return b.c_seq + slot * N * H; };
   // The gates' gradients of every step: over the forward's gates, or in scratch keeping the cache.
@@ -159,67 +164,71 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
   S* dh_next = b.dh_a;  // dL/d(state after the step being processed), from later steps
   S* dh_cur = b.dh_b;   // ... plus this step's dy
 
-  if (a.d_state_n.h) copy_elems(dh_next, a.d_state_n.h, N * P); else zero_elems(dh_next, N * P);
+  if (a.d_state_n.h) copy_elems(st, dh_next, a.d_state_n.h, N * P); else zero_elems(st, dh_next, N * P);
   if constexpr (Cell::kHasCellState) {
-    if (a.d_state_n.c) copy_elems(b.dc, a.d_state_n.c, N * H); else zero_elems(b.dc, N * H);
+    if (a.d_state_n.c) copy_elems(st, b.dc, a.d_state_n.c, N * H); else zero_elems(st, b.dc, N * H);
   }
   // LayerNorm cells sum their parameter and bias gradients per batch row (row_kernels.h).
-  if constexpr (Cell::kLnParams > 0) zero_elems(b.partials, N * s.partial_width);
+  if constexpr (Cell::kLnParams > 0) zero_elems(st, b.partials, N * s.partial_width);
 
-  for (index_t i = T - 1; i >= 0; --i) {
-    const index_t t = slots.step(i);
-    S* dproj = s.project ? b.dh_proj + t * N * P : nullptr;
-    RNNKIT_LAUNCH(kStream, N * P, (StepStateGrad<S>{N, P, t, a.dy_ld, dh_next, a.dy, dh_cur, dproj, a.lengths}));
-    const S* dh_cell = dh_cur;
-    if (s.project) {
-      gemm_rm<S>(kStream, Op::kN, Op::kN, N, H, P, S(1), dproj, P, w.w_hr, H, S(0), b.dh_full, H);
-      dh_cell = b.dh_full;
+  // The per-step launches, run as one CUDA graph (graph.h): nothing but launches in here.
+  auto steps = [&](Stream ls) {
+    for (index_t i = T - 1; i >= 0; --i) {
+      const index_t t = slots.step(i);
+      S* dproj = s.project ? b.dh_proj + t * N * P : nullptr;
+      RNNKIT_LAUNCH(ls, N * P, (StepStateGrad<S>{N, P, t, a.dy_ld, dh_next, a.dy, dh_cur, dproj, a.lengths}));
+      const S* dh_cell = dh_cur;
+      if (s.project) {
+        gemm_rm<S>(ls, Op::kN, Op::kN, N, H, P, S(1), dproj, P, w.w_hr, H, S(0), b.dh_full, H);
+        dh_cell = b.dh_full;
+      }
+      S* gates = b.gates + t * N * GH;
+      S* saved = b.saved + t * N * SW;
+      S* h_cell = s.project ? b.h_full + t * N * H : h_slot(slots.cur(t));
+      S* dhgates = Cell::kSeparateRecurrent ? b.dhgates + t * N * GH : nullptr;
+      auto pointwise = [&](auto stage) {
+        return BackwardPointwise<Cell, S, decltype(stage)::value>{
+            N, H, P, GH, SW, TW, t, gates, h_slot(slots.prev(t)), Cell::kHasCellState ? c_slot(slots.prev(t)) : nullptr,
+            h_cell, Cell::kHasCellState ? c_slot(slots.cur(t)) : nullptr, saved, b.tmp, dh_cell, dh_cur, b.dc,
+            b.dgates, dhgates, dh_next, a.lengths};
+      };
+      auto point = [&](auto stage) { RNNKIT_LAUNCH(ls, N * H, pointwise(stage)); };
+      if constexpr (Cell::kLnParams > 0) {
+        launch_rows<BackwardRows, Cell, S>(ls, N, H, [&](auto& k) {
+          k.b = pointwise(std::integral_constant<Stage, Stage::kWhole>{});
+          k.PW = s.partial_width;
+          k.partials = b.partials;
+          for (int p = 0; p < kMaxLnParams; ++p) k.ln[p] = w.ln[p];
+        });
+      } else if constexpr (Cell::kTwoStage) {
+        point(std::integral_constant<Stage, Stage::kSecond>{});
+        // tmp(0) = dL/d(r*h_{t-1}) = dgates(n) W_hn.
+        gemm_rm<S>(ls, Op::kN, Op::kN, N, P, GH - G1, S(1), b.dgates + G1, GH, w.w_hh + G1 * P, P, S(0), b.tmp, TW);
+        point(std::integral_constant<Stage, Stage::kFirst>{});
+      } else {
+        point(std::integral_constant<Stage, Stage::kWhole>{});
+      }
+      // The step's gates are done with: their gradients take their place (or their own buffer).
+      copy_elems(ls, dall + t * N * GH, b.dgates, N * GH);
+      // dL/dh_{t-1} += d(recurrent pre-activations) W_hh.
+      gemm_rm<S>(ls, Op::kN, Op::kN, N, P, G1, S(1), Cell::kSeparateRecurrent ? drec_all + t * N * GH : b.dgates,
+                 GH, w.w_hh, P, S(1), dh_next, P);
     }
-    S* gates = b.gates + t * N * GH;
-    S* saved = b.saved + t * N * SW;
-    S* h_cell = s.project ? b.h_full + t * N * H : h_slot(slots.cur(t));
-    S* dhgates = Cell::kSeparateRecurrent ? b.dhgates + t * N * GH : nullptr;
-    auto pointwise = [&](auto stage) {
-      return BackwardPointwise<Cell, S, decltype(stage)::value>{
-          N, H, P, GH, SW, TW, t, gates, h_slot(slots.prev(t)), Cell::kHasCellState ? c_slot(slots.prev(t)) : nullptr,
-          h_cell, Cell::kHasCellState ? c_slot(slots.cur(t)) : nullptr, saved, b.tmp, dh_cell, dh_cur, b.dc,
-          b.dgates, dhgates, dh_next, a.lengths};
-    };
-    auto point = [&](auto stage) { RNNKIT_LAUNCH(kStream, N * H, pointwise(stage)); };
-    if constexpr (Cell::kLnParams > 0) {
-      launch_rows<BackwardRows, Cell, S>(N, H, [&](auto& k) {
-        k.b = pointwise(std::integral_constant<Stage, Stage::kWhole>{});
-        k.PW = s.partial_width;
-        k.partials = b.partials;
-        for (int p = 0; p < kMaxLnParams; ++p) k.ln[p] = w.ln[p];
-      });
-    } else if constexpr (Cell::kTwoStage) {
-      point(std::integral_constant<Stage, Stage::kSecond>{});
-      // tmp(0) = dL/d(r*h_{t-1}) = dgates(n) W_hn.
-      gemm_rm<S>(kStream, Op::kN, Op::kN, N, P, GH - G1, S(1), b.dgates + G1, GH, w.w_hh + G1 * P, P, S(0), b.tmp, TW);
-      point(std::integral_constant<Stage, Stage::kFirst>{});
-    } else {
-      point(std::integral_constant<Stage, Stage::kWhole>{});
-    }
-    // The step's gates are done with: their gradients take their place (or their own buffer).
-    copy_elems(dall + t * N * GH, b.dgates, N * GH);
-    // dL/dh_{t-1} += d(recurrent pre-activations) W_hh.
-    gemm_rm<S>(kStream, Op::kN, Op::kN, N, P, G1, S(1), Cell::kSeparateRecurrent ? drec_all + t * N * GH : b.dgates,
-               GH, w.w_hh, P, S(1), dh_next, P);
-  }
-  copy_elems(a.d_state0.h, dh_next, N * P);
+  };
+  run_graphed(st, steps);
+  copy_elems(st, a.d_state0.h, dh_next, N * P);
   if constexpr (Cell::kHasCellState) {
-    if (a.d_state0.c) copy_elems(a.d_state0.c, b.dc, N * H);
+    if (a.d_state0.c) copy_elems(st, a.d_state0.c, b.dc, N * H);
   }
 
   // The weight gradients, one GEMM each over all T*N rows (ACCUMULATED), the bias column sums, dx.
   const S* h_prev_all = h_slot(slots.reverse ? 1 : 0);  // h_{t-1} for every t, in time order
-  gemm_rm<S>(kStream, Op::kT, Op::kN, GH, C, TN, S(1), dall, GH, a.x, C, S(1), g.w_ih, C);
+  gemm_rm<S>(st, Op::kT, Op::kN, GH, C, TN, S(1), dall, GH, a.x, C, S(1), g.w_ih, C);
   if constexpr (Cell::kTwoStage) {
-    gemm_rm<S>(kStream, Op::kT, Op::kN, G1, P, TN, S(1), dall, GH, h_prev_all, P, S(1), g.w_hh, P);
-    gemm_rm<S>(kStream, Op::kT, Op::kN, GH - G1, P, TN, S(1), dall + G1, GH, b.saved, SW, S(1), g.w_hh + G1 * P, P);
+    gemm_rm<S>(st, Op::kT, Op::kN, G1, P, TN, S(1), dall, GH, h_prev_all, P, S(1), g.w_hh, P);
+    gemm_rm<S>(st, Op::kT, Op::kN, GH - G1, P, TN, S(1), dall + G1, GH, b.saved, SW, S(1), g.w_hh + G1 * P, P);
   } else {
-    gemm_rm<S>(kStream, Op::kT, Op::kN, GH, P, TN, S(1), drec_all, GH, h_prev_all, P, S(1), g.w_hh, P);
+    gemm_rm<S>(st, Op::kT, Op::kN, GH, P, TN, S(1), drec_all, GH, h_prev_all, P, S(1), g.w_hh, P);
   }
   if constexpr (Cell::kCellBiasGrads) {
     // Every row's partial sums into the gradients, in row order (the CPU's order).
@@ -227,18 +236,18 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
     const S* part = b.partials;
     for (int p = 0; p < Cell::kLnParams; ++p) {
       const index_t width = ln_param_width(p, GH, H);
-      RNNKIT_LAUNCH(kStream, width, (AddColumnSums<S>{N, width, PW, part, g.ln[p]}));
+      RNNKIT_LAUNCH(st, width, (AddColumnSums<S>{N, width, PW, part, g.ln[p]}));
       part += width;
     }
-    if (g.b_ih) RNNKIT_LAUNCH(kStream, GH, (AddColumnSums<S>{N, GH, PW, part, g.b_ih}));
-    if (g.b_hh) RNNKIT_LAUNCH(kStream, GH, (AddColumnSums<S>{N, GH, PW, part + GH, g.b_hh}));
+    if (g.b_ih) RNNKIT_LAUNCH(st, GH, (AddColumnSums<S>{N, GH, PW, part, g.b_ih}));
+    if (g.b_hh) RNNKIT_LAUNCH(st, GH, (AddColumnSums<S>{N, GH, PW, part + GH, g.b_hh}));
   } else {
-    if (g.b_ih) RNNKIT_LAUNCH(kStream, GH, (AddColumnSums<S>{TN, GH, GH, dall, g.b_ih}));
-    if (g.b_hh) RNNKIT_LAUNCH(kStream, GH, (AddColumnSums<S>{TN, GH, GH, drec_all, g.b_hh}));
+    if (g.b_ih) RNNKIT_LAUNCH(st, GH, (AddColumnSums<S>{TN, GH, GH, dall, g.b_ih}));
+    if (g.b_hh) RNNKIT_LAUNCH(st, GH, (AddColumnSums<S>{TN, GH, GH, drec_all, g.b_hh}));
   }
-  if (s.project) gemm_rm<S>(kStream, Op::kT, Op::kN, P, H, TN, S(1), b.dh_proj, P, b.h_full, H, S(1), g.w_hr, H);
+  if (s.project) gemm_rm<S>(st, Op::kT, Op::kN, P, H, TN, S(1), b.dh_proj, P, b.h_full, H, S(1), g.w_hr, H);
   if (a.dx) {
-    gemm_rm<S>(kStream, Op::kN, Op::kN, TN, C, GH, S(1), dall, GH, w.w_ih, C, a.dx_accumulate ? S(1) : S(0), a.dx, C);
+    gemm_rm<S>(st, Op::kN, Op::kN, TN, C, GH, S(1), dall, GH, w.w_ih, C, a.dx_accumulate ? S(1) : S(0), a.dx, C);
   }
 }
 
@@ -248,10 +257,10 @@ StatePair<Ptr> group_state(const StatePair<Ptr>& all, index_t g, index_t N, inde
 }
 
 
-void copy_lengths(DeviceBuffer<index_t>& dst, const index_t* lengths, index_t N) {
+void copy_lengths(Stream stream, DeviceBuffer<index_t>& dst, const index_t* lengths, index_t N) {
   if (lengths == nullptr) return;
   dst.allocate(N, "sequence lengths");
-  copy_to_device(dst.data(), lengths, static_cast<std::size_t>(N) * sizeof(index_t), kStream);
+  copy_to_device(dst.data(), lengths, static_cast<std::size_t>(N) * sizeof(index_t), stream);
 }
 
 }  // namespace
@@ -304,6 +313,7 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
   const index_t L = cfg.num_layers, D = cfg.num_directions, H = cfg.hidden_size, P = cfg.state_size();
   const index_t between = TN * D * P;
   assert(training == (cache != nullptr));
+  const Stream stream = current_stream();
 
   DeviceBuffer<S> scratch(plan.footprint.forward_scratch, "forward scratch");
   LayerBuffers<S> shared;
@@ -311,7 +321,7 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
 
   DeviceBuffer<index_t> lengths_local;
   DeviceBuffer<index_t>& lengths_dev = training ? cache->lengths : lengths_local;
-  copy_lengths(lengths_dev, args.lengths, N);
+  copy_lengths(stream, lengths_dev, args.lengths, N);
   const index_t* lengths = args.lengths ? lengths_dev.data() : nullptr;
 
   std::vector<const S*> inputs(L);
@@ -322,14 +332,14 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
     cache->plan_ = plan;
     cache->dropout_seed = args.dropout_seed;
     cache->block.allocate(plan.footprint.cache, "the training cache");
-    if (args.zero_cache) zero_elems(cache->block.data(), plan.footprint.cache);
+    if (args.zero_cache) zero_elems(stream, cache->block.data(), plan.footprint.cache);
     const std::vector<S*> layer_inputs = carve_stack_cache(plan, *cache);
-    RNNKIT_LAUNCH(kStream, TN * cfg.input_size,
+    RNNKIT_LAUNCH(stream, TN * cfg.input_size,
                   (CopyInput<S>{N, cfg.input_size, TN * cfg.input_size, args.x, layer_inputs[0], lengths}));
     for (index_t l = 0; l < L; ++l) inputs[l] = layer_inputs[l];
     for (index_t l = 1; l < L; ++l) outputs[l - 1] = layer_inputs[l];
     for (const ParamSpec& spec : plan.specs) {
-      copy_elems(const_cast<S*>(param_field(cache->weights[spec.group], spec.role)),
+      copy_elems(stream, const_cast<S*>(param_field(cache->weights[spec.group], spec.role)),
                  param_field((*args.params)[spec.group], spec.role), spec.numel());
     }
     for (index_t g = 0; g < cfg.groups(); ++g) carve_layer_buffers(plan.shape, kKept, cache->kept[g], &buffers[g]);
@@ -353,6 +363,7 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
       for (index_t d = 0; d < D; ++d) {
         const index_t g = l * D + d;
         LayerArgs<S> la;
+        la.stream = stream;
         la.x = inputs[l];
         la.state0 = group_state(args.state0, g, N, P, H);
         la.lengths = lengths;
@@ -363,11 +374,11 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
         layer_forward<Cell, S>(shape, (*weights)[g], buffers[g], la);
       }
       if (training && l + 1 < L && cfg.dropout > 0.0) {
-        RNNKIT_LAUNCH(kStream, between, (Dropout<S>{between, l, cfg.dropout, args.dropout_seed, outputs[l]}));
+        RNNKIT_LAUNCH(stream, between, (Dropout<S>{between, l, cfg.dropout, args.dropout_seed, outputs[l]}));
       }
     }
   });
-  synchronize(kStream);  // the scratch is freed on return
+  synchronize(stream);  // the scratch is freed on return
 }
 
 template <typename S>
@@ -376,7 +387,7 @@ std::unique_ptr<CudaStackCache<S>> stack_cache_from_block(const CudaStackPlan& p
   assert(plan.training);
   auto cache = std::make_unique<CudaStackCache<S>>();
   cache->plan_ = plan_stack<S>(plan.cfg, plan.T, plan.N, true, plan.specs, /*keep_cache=*/true);
-  copy_lengths(cache->lengths, lengths, plan.N);
+  copy_lengths(current_stream(), cache->lengths, lengths, plan.N);
   cache->dropout_seed = dropout_seed;
   cache->external = block;
   carve_stack_cache(cache->plan_, *cache);
@@ -397,6 +408,7 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
   const index_t L = cfg.num_layers, D = cfg.num_directions, H = cfg.hidden_size, P = cfg.state_size();
   const index_t between = TN * D * P;
   const index_t* lengths = cache.lengths.size() > 0 ? cache.lengths.data() : nullptr;
+  const Stream stream = current_stream();
 
   DeviceBuffer<S> scratch(plan.footprint.backward_scratch, "backward scratch");
   LayerBuffers<S> shared;
@@ -416,6 +428,7 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
       for (index_t d = 0; d < D; ++d) {
         const index_t g = l * D + d;
         LayerArgs<S> la;
+        la.stream = stream;
         la.x = cache.inputs[l];
         la.lengths = lengths;
         la.reverse = d == 1;
@@ -429,13 +442,13 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
       }
       if (l > 0) {
         if (cfg.dropout > 0.0) {
-          RNNKIT_LAUNCH(kStream, between, (Dropout<S>{between, l - 1, cfg.dropout, cache.dropout_seed, d_in}));
+          RNNKIT_LAUNCH(stream, between, (Dropout<S>{between, l - 1, cfg.dropout, cache.dropout_seed, d_in}));
         }
         d_out = d_in;
       }
     }
   });
-  synchronize(kStream);
+  synchronize(stream);
 }
 
 template <typename S>

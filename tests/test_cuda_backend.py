@@ -311,6 +311,178 @@ def test_persistent_mode_is_checked():
     assert rnnkit.cuda.get_persistent() == "auto"
 
 
+# ---- CUDA graphs and streams -------------------------------------------------------------------
+# One case per kind of loop body: plain and two-stage pointwise, the projection's extra GEMM, the
+# LayerNorm row kernels, lengths, stacks and both directions.
+GRAPH_CASES = [("RNN_TANH", "everything"), ("LSTM", "projection"), ("GRU", "lengths"),
+               ("GRU_RESET_BEFORE", "bidirectional"), ("LN_LSTM", "stack2"), ("LN_GRU", "everything")]
+
+
+@pytest.fixture
+def standard_path():
+    """The standard path (the one graphs are for) with graphs on, restored afterwards."""
+    rnnkit.cuda.set_persistent("never")
+    rnnkit.cuda.set_graphs(True)
+    yield
+    rnnkit.cuda.set_persistent("auto")
+    rnnkit.cuda.set_graphs(True)
+
+
+def _device_training_step(cfg, dparams, x, h0, c0, lengths, dy, dh_n, dc_n):
+    """One forward and backward on the device, every result brought to the host."""
+    yd, h_nd, c_nd, cached = _core.forward(cfg, dparams, x, h0, c0, lengths, True, 7)
+    dgrads = [_dev(np.zeros(p.shape, np.dtype(p.dtype))) for p in dparams]
+    dxd, dh0d, dc0d = _core.backward(cached, dy, dh_n, dc_n, dgrads, True)
+    return [_host(a) for a in (yd, h_nd, c_nd, dxd, dh0d, dc0d)] + [g.numpy() for g in dgrads]
+
+
+def _device_case(mode, option, dtype, seed=0):
+    cfg, params, x, h0, c0, lengths = _case(mode, option, dtype, seed=seed)
+    y, h_n, c_n, _ = _core.forward(cfg, params, x, h0, c0, lengths, True, 7)
+    rng = np.random.default_rng(seed + 1)
+    dy, dh_n = rng.standard_normal(y.shape).astype(dtype), rng.standard_normal(h_n.shape).astype(dtype)
+    dc_n = rng.standard_normal(c_n.shape).astype(dtype) if c_n is not None else None
+    args = (cfg, [_dev(p) for p in params], _dev(x), _dev(h0), _dev(c0), lengths, _dev(dy), _dev(dh_n), _dev(dc_n))
+    return cfg, params, args
+
+
+@pytest.mark.parametrize("mode,option", GRAPH_CASES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_graphed_loops_give_the_ungraphed_results_bitwise(mode, option, dtype, standard_path):
+    """The same launches in the same order, as graphs or one by one: the same bits. And the graph
+    path did run: each layer-direction's forward and backward loop is one graph launch."""
+    cfg, _, args = _device_case(mode, option, dtype)
+    loops = 2 * cfg.num_layers * cfg.num_directions
+    rnnkit.cuda.set_graphs(False)
+    start = rnnkit.cuda.graph_stats()
+    plain = _device_training_step(*args)
+    assert rnnkit.cuda.graph_stats()["launches"] == start["launches"]
+    rnnkit.cuda.set_graphs(True)
+    for _ in range(3):
+        start = rnnkit.cuda.graph_stats()
+        graphed = _device_training_step(*args)
+        assert rnnkit.cuda.graph_stats()["launches"] - start["launches"] == loops
+        for a, b in zip(plain, graphed):
+            assert (a is None) == (b is None)
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode,option", GRAPH_CASES)
+def test_a_steady_training_loop_relaunches_its_graphs_without_capturing(mode, option, standard_path):
+    """Same shapes every iteration: from the second on (the first allocates from the device), the
+    caching allocator hands out the same blocks -- the lowest-addressed free one of each size, not
+    the most recently freed -- so every loop is a cached graph's relaunch."""
+    cfg, params, args = _device_case(mode, option, np.float32)
+    rnnkit.cuda.clear_graph_cache()
+    first = _device_training_step(*args)
+    _device_training_step(*args)
+    start = rnnkit.cuda.graph_stats()
+    for _ in range(4):
+        again = _device_training_step(*args)
+    stats = rnnkit.cuda.graph_stats()
+    assert stats["captures"] == start["captures"], stats
+    assert stats["launches"] - start["launches"] == 4 * 2 * cfg.num_layers * cfg.num_directions
+    for a, b in zip(first, again):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_relaunched_graph_reads_the_new_values_in_its_buffers(standard_path):
+    """A cached graph is relaunched for new inputs written into the same device array: it must read
+    them (the per-step gates are recomputed into the same scratch before each launch)."""
+    cfg, params, x, h0, c0, lengths = _case("LSTM", "bidirectional_lengths", np.float64)
+    dparams, xd, h0d = [_dev(p) for p in params], _dev(x), _dev(h0)
+    rng = np.random.default_rng(3)
+    rnnkit.cuda.clear_graph_cache()
+    for i in range(4):
+        x_i = rng.standard_normal(x.shape)
+        xd.copy_from_host(x_i)
+        start = rnnkit.cuda.graph_stats()
+        yd, h_nd, c_nd, _ = _core.forward(cfg, dparams, xd, h0d, None, lengths, False, 0)
+        y, h_n, c_n, _ = _core.forward(cfg, params, x_i, h0, None, lengths, False, 0)
+        if i >= 2:  # warmed up: no capture, the graphs read the new gates
+            assert rnnkit.cuda.graph_stats()["captures"] == start["captures"]
+        _close("y", yd.numpy(), y, np.float64)
+        _close("h_n", h_nd.numpy(), h_n, np.float64)
+        del yd, h_nd, c_nd
+
+
+def test_graphs_of_one_shape_with_new_buffers_are_updated_in_place(standard_path):
+    """Outputs kept alive put every call's y somewhere new: the loops' records differ only in
+    pointers, so past a few graphs side by side the cached ones are updated instead."""
+    cfg, params, x, h0, c0, lengths = _case("GRU", "plain", np.float32)
+    dparams, xd = [_dev(p) for p in params], _dev(x)
+    y, _, _, _ = _core.forward(cfg, params, x, None, None, None, False, 0)
+    rnnkit.cuda.clear_graph_cache()
+    start = rnnkit.cuda.graph_stats()
+    side_by_side = start["per_topology"]
+    kept = [_core.forward(cfg, dparams, xd, None, None, None, False, 0) for _ in range(side_by_side + 3)]
+    stats = rnnkit.cuda.graph_stats()
+    assert stats["captures"] - start["captures"] == side_by_side + 3
+    assert stats["instantiations"] - start["instantiations"] == side_by_side
+    assert stats["updates"] - start["updates"] == 3
+    assert stats["cached"] == side_by_side
+    for out in kept:
+        _close("y", out[0].numpy(), y, np.float32)
+
+
+def test_graph_and_stream_settings_are_checked():
+    with pytest.raises(TypeError, match="enabled: expected a bool, got int"):
+        rnnkit.cuda.set_graphs(1)
+    assert rnnkit.cuda.get_graphs() is True
+    with pytest.raises(TypeError, match=r"stream: expected a cudaStream_t as an int, None, or a stream object .* got str"):
+        rnnkit.cuda.set_stream("default")
+    with pytest.raises(ValueError, match="stream: expected a cudaStream_t handle .* got -1"):
+        rnnkit.cuda.stream(-1)
+    assert rnnkit.cuda.current_stream() == 0
+
+
+def test_the_current_stream_is_per_thread_and_restored():
+    import threading
+
+    class FakeTorchStream:
+        cuda_stream = 0x5000
+
+    seen = {}
+    with rnnkit.cuda.stream(FakeTorchStream()):
+        assert rnnkit.cuda.current_stream() == 0x5000
+        worker = threading.Thread(target=lambda: seen.setdefault("other", rnnkit.cuda.current_stream()))
+        worker.start()
+        worker.join()
+        with pytest.raises(KeyError):
+            with rnnkit.cuda.stream(0x6000):
+                assert rnnkit.cuda.current_stream() == 0x6000
+                raise KeyError("inside")
+        assert rnnkit.cuda.current_stream() == 0x5000
+    assert seen["other"] == 0 and rnnkit.cuda.current_stream() == 0
+    rnnkit.cuda.set_stream(None)
+    assert rnnkit.cuda.current_stream() == 0
+
+
+def _a_real_side_stream():
+    """A stream handle work can run on: any in the emulation (streams run at once), a PyTorch CUDA
+    stream on a GPU; None when neither is there."""
+    if rnnkit.cuda.is_emulated():
+        return 0x7000
+    torch = pytest.importorskip("torch")
+    return torch.cuda.Stream() if torch.cuda.is_available() else None
+
+
+@pytest.mark.parametrize("mode,option", GRAPH_CASES[:3])
+def test_work_on_a_side_stream_matches_the_default_stream(mode, option, standard_path):
+    side = _a_real_side_stream()
+    if side is None:
+        pytest.skip("no CUDA stream to run on: torch.cuda is unavailable")
+    _, _, args = _device_case(mode, option, np.float32)
+    on_default = _device_training_step(*args)
+    with rnnkit.cuda.stream(side):
+        on_side = _device_training_step(*args)
+    for a, b in zip(on_default, on_side):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+
+
 # ---- device arrays and bad input ---------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 def test_device_array_round_trip(dtype):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['Cache', 'DeviceArray', 'NetworkCache', 'NetworkConfig', 'OutOfMemoryError', 'StackConfig', 'adam_step', 'backward', 'backward_reserve', 'blas_num_threads', 'build_info', 'cached_bytes', 'clamp_arrays', 'cuda_empty_cache', 'cuda_get_persistent', 'cuda_memory_stats', 'cuda_persistent_launches', 'cuda_selftest_axpy', 'cuda_set_persistent', 'cuda_status', 'empty_cache', 'forward', 'from_cuda_array_interface', 'from_dlpack', 'get_deterministic', 'get_num_threads', 'network_backward', 'network_forward', 'network_generate', 'reserve_size', 'rmsprop_step', 'scale_arrays', 'set_deterministic', 'set_num_threads', 'sgd_step', 'step', 'sum_of_squares', 'to_device']
+__all__: list[str] = ['Cache', 'DeviceArray', 'NetworkCache', 'NetworkConfig', 'OutOfMemoryError', 'StackConfig', 'adam_step', 'backward', 'backward_reserve', 'blas_num_threads', 'build_info', 'cached_bytes', 'clamp_arrays', 'cuda_clear_graph_cache', 'cuda_current_stream', 'cuda_empty_cache', 'cuda_get_graphs', 'cuda_get_persistent', 'cuda_graph_stats', 'cuda_memory_stats', 'cuda_persistent_launches', 'cuda_selftest_axpy', 'cuda_set_graphs', 'cuda_set_persistent', 'cuda_set_stream', 'cuda_status', 'empty_cache', 'forward', 'from_cuda_array_interface', 'from_dlpack', 'get_deterministic', 'get_num_threads', 'network_backward', 'network_forward', 'network_generate', 'reserve_size', 'rmsprop_step', 'scale_arrays', 'set_deterministic', 'set_num_threads', 'sgd_step', 'step', 'sum_of_squares', 'to_device']
 class OutOfMemoryError(MemoryError):
     pass
 class StackConfig:
@@ -195,6 +195,14 @@ def cached_bytes() -> int:
     """
 def clamp_arrays(arrays: list, limit: typing.SupportsFloat | typing.SupportsIndex) -> None:
     ...
+def cuda_clear_graph_cache() -> None:
+    """
+    Drops this thread's cached CUDA graphs.
+    """
+def cuda_current_stream() -> int:
+    """
+    The cudaStream_t this thread's CUDA backend calls run on.
+    """
 def cuda_empty_cache() -> None:
     """
     Returns the CUDA backend's cached device memory to the device.
@@ -202,6 +210,14 @@ def cuda_empty_cache() -> None:
 def cuda_get_persistent() -> int:
     """
     The persistent forward's mode (0 auto, 1 always, 2 never).
+    """
+def cuda_get_graphs() -> bool:
+    """
+    Whether CUDA graphs are on.
+    """
+def cuda_graph_stats() -> dict:
+    """
+    CUDA graph counters: launches, captures, updates, instantiations (process-wide); cached (this thread's); per_topology (graphs of one shape kept before updates replace them).
     """
 def cuda_memory_stats() -> dict:
     """
@@ -214,6 +230,10 @@ def cuda_persistent_launches() -> int:
 def cuda_selftest_axpy(a: float, x: list, y: list) -> list:
     """
     a*x + y computed by a CUDA kernel (a self-test of the CUDA build; CUDA and emulation builds only).
+    """
+def cuda_set_stream(stream: typing.SupportsInt | typing.SupportsIndex) -> None:
+    """
+    The cudaStream_t this thread's CUDA backend calls run on (0: the legacy default stream).
     """
 def cuda_status() -> tuple:
     """
@@ -277,6 +297,10 @@ def step(config: StackConfig, params: list, x: numpy.ndarray | DeviceArray, h: n
 def sum_of_squares(arrays: list) -> float:
     """
     sum of squares of every element of every array (in double).
+    """
+def cuda_set_graphs(enabled: bool) -> None:
+    """
+    CUDA graphs for the standard path's per-step launches, process-wide.
     """
 def cuda_set_persistent(mode: int) -> None:
     """

@@ -80,3 +80,85 @@ def empty_cache() -> None:
     """Returns the cached device memory to the device (as ``torch.cuda.empty_cache``); blocks in use
     stay. A failed device allocation does this by itself and retries before raising."""
     _core_with_cuda("empty_cache").cuda_empty_cache()
+
+
+def set_graphs(enabled: bool) -> None:
+    """Turns CUDA graphs for the standard path on (the default) or off, process-wide. With them on,
+    each layer-direction's loop of per-step launches (a recurrent GEMM and one or two pointwise
+    kernels per step) is captured once as a CUDA graph and relaunched as one unit while its shapes
+    and buffers stay the same (the caching allocator hands the same blocks out again in a training
+    or inference loop); a changed buffer updates the graph in place. Results are bitwise the same
+    either way. The persistent small-batch forward is one launch already and takes no graph."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+    _core_with_cuda("set_graphs").cuda_set_graphs(enabled)
+
+
+def get_graphs() -> bool:
+    """Whether CUDA graphs are on (``set_graphs``)."""
+    return bool(_core_with_cuda("get_graphs").cuda_get_graphs())
+
+
+def graph_stats() -> dict:
+    """CUDA graph counters: ``launches`` (graphs launched), ``captures`` (loops captured because no
+    cached graph matched), ``updates`` (captures that updated a cached graph of the same shapes),
+    ``instantiations`` (captures made into a new graph), all process-wide; ``cached`` (graphs this
+    thread holds) and ``per_topology`` (graphs of one shape kept side by side before updates
+    replace the least recently used). In a steady loop ``launches`` grows and ``captures`` does
+    not."""
+    return dict(_core_with_cuda("graph_stats").cuda_graph_stats())
+
+
+def clear_graph_cache() -> None:
+    """Drops the calling thread's cached CUDA graphs (they are rebuilt on demand)."""
+    _core_with_cuda("clear_graph_cache").cuda_clear_graph_cache()
+
+
+def _stream_handle(stream) -> int:
+    """A cudaStream_t as an int, from an int, None (the legacy default stream), or an object that
+    carries one: ``torch.cuda.Stream`` (``.cuda_stream``), CuPy's ``Stream`` (``.ptr``)."""
+    if stream is None:
+        return 0
+    for attribute in ("cuda_stream", "ptr"):
+        if not isinstance(stream, (int, bool)) and hasattr(stream, attribute):
+            stream = getattr(stream, attribute)
+            break
+    if isinstance(stream, bool) or not isinstance(stream, int):
+        raise TypeError(
+            "stream: expected a cudaStream_t as an int, None, or a stream object with .cuda_stream "
+            f"(torch.cuda.Stream) or .ptr (cupy.cuda.Stream), got {type(stream).__name__}"
+        )
+    if stream < 0 or stream >= 1 << 64:
+        raise ValueError(f"stream: expected a cudaStream_t handle (an address, 0 for the default stream), got {stream}")
+    return stream
+
+
+def set_stream(stream) -> None:
+    """Makes ``stream`` the CUDA stream this thread's rnnkit calls run on: an int handle (a
+    ``cudaStream_t``; 0 is the legacy default stream, the initial one), None for the default, or a
+    ``torch.cuda.Stream`` / ``cupy.cuda.Stream``. The stream must stay alive while it is current.
+    Every rnnkit call queues its work on it and waits for it before returning, so arrays returned
+    are ready on any stream. Per host thread, like PyTorch's current stream."""
+    _core_with_cuda("set_stream").cuda_set_stream(_stream_handle(stream))
+
+
+def current_stream() -> int:
+    """The handle of the stream this thread's rnnkit calls run on (0: the legacy default stream)."""
+    return int(_core_with_cuda("current_stream").cuda_current_stream())
+
+
+class stream:  # noqa: N801  (a context manager named like torch.cuda.stream)
+    """``with rnnkit.cuda.stream(s): ...`` runs the block's rnnkit calls on ``s`` (as
+    ``set_stream``) and restores the previous stream after it, also when the block raises."""
+
+    def __init__(self, stream) -> None:
+        self._handle = _stream_handle(stream)
+        self._saved: list[int] = []
+
+    def __enter__(self) -> "stream":
+        self._saved.append(current_stream())
+        _core_with_cuda("stream").cuda_set_stream(self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _core.cuda_set_stream(self._saved.pop())

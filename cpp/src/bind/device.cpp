@@ -48,7 +48,7 @@ DeviceArray to_device(const py::array& host) {
   DeviceArray a = new_device_array(shape, kind);
   {
     py::gil_scoped_release release;
-    cuda::copy_to_device(a.data, c.data(), a.nbytes(), nullptr);
+    cuda::copy_to_device(a.data, c.data(), a.nbytes(), cuda::current_stream());
   }
   return a;
 }
@@ -58,7 +58,7 @@ py::array to_host_typed(const DeviceArray& a) {
   auto out = new_array<S>(a.shape);
   {
     py::gil_scoped_release release;
-    cuda::copy_to_host(out.mutable_data(), a.data, a.nbytes(), nullptr);
+    cuda::copy_to_host(out.mutable_data(), a.data, a.nbytes(), cuda::current_stream());
   }
   return std::move(out);
 }
@@ -515,7 +515,9 @@ void register_device(py::module_& m) {
            "(device type, id) in DLPack's terms: (2, 0), CUDA device 0 (the emulation: (1, 0), the host).")
       .def("copy", [](const DeviceArray& a) {
         DeviceArray out = new_device_array(a.shape, a.kind);
-        cuda::copy_on_device(out.data, a.data, a.nbytes(), nullptr);
+        py::gil_scoped_release release;
+        cuda::copy_on_device(out.data, a.data, a.nbytes(), cuda::current_stream());
+        cuda::synchronize_stream(reinterpret_cast<std::uintptr_t>(cuda::current_stream()));
         return out;
       }, "A device copy.")
       .def("copy_from_host", [](DeviceArray& a, const py::array& host) {
@@ -531,7 +533,7 @@ void register_device(py::module_& m) {
         if (!same) throw py::type_error(concat("array: expected dtype ", kind_name(a.kind), ", got ", dtype_name(host.dtype())));
         const py::array c = py::array::ensure(host, py::array::c_style);
         py::gil_scoped_release release;
-        cuda::copy_to_device(a.data, c.data(), a.nbytes(), nullptr);
+        cuda::copy_to_device(a.data, c.data(), a.nbytes(), cuda::current_stream());
       }, py::arg("array"), "Copies a host array of the same shape and dtype into this one, in place.")
       .def("zero_", [](DeviceArray& a) {
         py::gil_scoped_release release;
@@ -585,6 +587,29 @@ void register_device(py::module_& m) {
     py::gil_scoped_release release;
     cuda::empty_cache();
   }, "Returns the CUDA backend's cached device memory to the device.");
+  m.def("cuda_set_stream", [](std::uintptr_t stream) { cuda::set_current_stream(reinterpret_cast<void*>(stream)); },
+        py::arg("stream"), "The cudaStream_t this thread's CUDA backend calls run on (0: the legacy default stream).");
+  m.def("cuda_current_stream", [] { return reinterpret_cast<std::uintptr_t>(cuda::current_stream()); },
+        "The cudaStream_t this thread's CUDA backend calls run on.");
+  m.def("cuda_set_graphs", &cuda::set_graphs_enabled, py::arg("enabled"),
+        "CUDA graphs for the standard path's per-step launches, process-wide.");
+  m.def("cuda_get_graphs", &cuda::graphs_enabled, "Whether CUDA graphs are on.");
+  m.def("cuda_graph_stats", [] {
+    const cuda::GraphStats st = cuda::graph_stats();
+    py::dict d;
+    d["launches"] = st.launches;
+    d["captures"] = st.captures;
+    d["updates"] = st.updates;
+    d["instantiations"] = st.instantiations;
+    d["cached"] = st.cached;
+    d["per_topology"] = st.per_topology;
+    return d;
+  }, "CUDA graph counters: launches, captures, updates, instantiations (process-wide); cached (this thread's); "
+     "per_topology (graphs of one shape kept before updates replace them).");
+  m.def("cuda_clear_graph_cache", [] {
+    py::gil_scoped_release release;
+    cuda::clear_graph_cache();
+  }, "Drops this thread's cached CUDA graphs.");
   m.def("cuda_persistent_launches", &cuda::persistent_launches,
         "How many layer-direction forwards took the persistent kernel so far in this process.");
 
