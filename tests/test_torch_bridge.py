@@ -635,19 +635,30 @@ def test_dropout_with_one_layer_warns_as_torch_does():
         rt.GRU(3, 4, dropout=0.2)
 
 
-def test_cuda_device_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"device: expected a CPU tensor or device \(rnnkit's CUDA backend") as info:
+@pytest.mark.skipif(rnnkit.cuda.is_available() and not rnnkit.cuda.is_emulated(),
+                    reason="rnnkit's CUDA backend runs here: CUDA devices are accepted (tests/test_torch_cuda.py)")
+def test_cuda_device_is_a_clear_error_without_a_usable_cuda_backend():
+    why = r"(rnnkit's CUDA backend is not available|this rnnkit's CUDA backend is the host emulation)"
+    with pytest.raises(ValueError, match=r"device: expected a CPU tensor or device \(" + why) as info:
         rt.LSTM(3, 4, device="cuda")
     if not rnnkit.cuda.is_available():
         assert rnnkit.cuda.status() in str(info.value)
-    with pytest.raises(ValueError, match=r"device: expected a CPU tensor or device.*got device 'meta'"):
+    with pytest.raises(ValueError, match=r"device: expected a CPU or CUDA tensor or device.*got device 'meta'"):
         rt.GRU(3, 4, device="meta")
-    # Tensors elsewhere than the CPU (CUDA ones on a GPU machine; 'meta' here) are refused too.
-    with pytest.raises(ValueError, match=r"input: expected a CPU tensor or device"):
+    # Tensors on other devices ('meta' here) are refused too.
+    with pytest.raises(ValueError, match=r"input: expected a CPU or CUDA tensor or device"):
         rt.GRU(3, 4)(torch.empty(5, 2, 3, device="meta"))
 
 
-def test_cuda_error_when_the_backend_is_built(monkeypatch):
-    monkeypatch.setattr(rnnkit.cuda, "is_available", lambda: True)
-    with pytest.raises(ValueError, match=r"CUDA backend is built but does not run recurrent layers yet"):
-        rt.RNN(3, 4, device="cuda:0")
+def test_tensors_on_another_device_than_the_module_are_a_clear_error(monkeypatch):
+    from rnnkit.interop import torch as bridge
+
+    monkeypatch.setattr(bridge, "_cuda_usable", lambda: True)
+    bridge._check_device("device", torch.device("cuda:0"))  # accepted where the backend runs
+    monkeypatch.setattr(bridge, "_check_device", lambda name, device: None)  # 'meta' stands in for a GPU
+    with pytest.raises(ValueError, match=r"input: expected a tensor on 'cpu' \(the device of the module's parameters; "
+                                         r"move it with .to\('cpu'\) or the module with .to\('meta'\)\), got device 'meta'"):
+        rt.GRU(3, 4)(torch.empty(5, 2, 3, device="meta"))
+    h0 = torch.empty(1, 2, 4, device="meta")
+    with pytest.raises(ValueError, match=r"hx: expected a tensor on 'cpu'"):
+        rt.GRU(3, 4)(torch.zeros(5, 2, 3), h0)

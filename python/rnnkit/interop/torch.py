@@ -67,18 +67,29 @@ HiddenState = Union[Tensor, Tuple[Tensor, Tensor]]
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
+def _cuda_usable() -> bool:
+    """Whether rnnkit's CUDA backend can run on PyTorch's CUDA tensors here (a CUDA build on a GPU;
+    the host emulation has no CUDA tensors to run on)."""
+    return _cuda.is_available() and not _cuda.is_emulated()
+
+
 def _not_cpu_error(name: str, device: torch.device) -> ValueError:
     """The error for a tensor or device rnnkit cannot compute on, saying why."""
     if device.type == "cuda":
-        if _cuda.is_available():
-            why = ("rnnkit's CUDA backend is built but does not run recurrent layers yet "
-                   "(it has the device probe and a self-test kernel only)")
+        if _cuda.is_emulated():
+            why = "this rnnkit's CUDA backend is the host emulation (RNNKIT_CUDA_EMULATE), which runs on the CPU"
         else:
             why = f"rnnkit's CUDA backend is not available: {_cuda.status()}"
         return ValueError(f"{name}: expected a CPU tensor or device ({why}; move the module and "
                           f"its inputs to the CPU), got device {str(device)!r}")
-    return ValueError(f"{name}: expected a CPU tensor or device (rnnkit computes on the CPU), "
+    return ValueError(f"{name}: expected a CPU or CUDA tensor or device (rnnkit's backends), "
                       f"got device {str(device)!r}")
+
+
+def _check_device(name: str, device: torch.device) -> None:
+    if device.type == "cpu" or (device.type == "cuda" and _cuda_usable()):
+        return
+    raise _not_cpu_error(name, device)
 
 
 def _resolve_device(device: Any) -> torch.device:
@@ -91,8 +102,7 @@ def _resolve_device(device: Any) -> torch.device:
         except (TypeError, RuntimeError) as exc:
             raise TypeError(f"device: expected None, a torch.device or a device string, got "
                             f"{type(device).__name__} {device!r} ({exc})") from None
-    if resolved.type != "cpu":
-        raise _not_cpu_error("device", resolved)
+    _check_device("device", resolved)
     return resolved
 
 
@@ -104,12 +114,16 @@ def _resolve_dtype(dtype: Any) -> torch.dtype:
     return dtype
 
 
-def _check_tensor(name: str, value: Any, dtype: torch.dtype) -> Tensor:
-    """A CPU tensor of the module's dtype (rnnkit does not convert: torch.nn.RNN does not either)."""
+def _check_tensor(name: str, value: Any, dtype: torch.dtype, device: Optional[torch.device] = None) -> Tensor:
+    """A tensor of the module's dtype on the module's device (rnnkit does not convert or move:
+    torch.nn.RNN does not either). device: the parameters' device (None: checking a parameter)."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
-    if value.device.type != "cpu":
-        raise _not_cpu_error(name, value.device)
+    _check_device(name, value.device)
+    if device is not None and value.device != device:
+        raise ValueError(f"{name}: expected a tensor on {str(device)!r} (the device of the module's parameters; "
+                         f"move it with .to({str(device)!r}) or the module with .to({str(value.device)!r})), "
+                         f"got device {str(value.device)!r}")
     if value.dtype not in _SUPPORTED_DTYPES:
         raise TypeError(f"{name}: expected a float32 or float64 tensor (rnnkit's dtypes), got {value.dtype}")
     if value.dtype != dtype:
@@ -203,16 +217,16 @@ class _RNNBase(torch.nn.Module, StackOptions):
             layout (a PackedSequence for a PackedSequence) and the final states shaped like hx.
         """
         weights = [self._parameters[name] for name, _ in self._specs]
-        dtype = weights[0].dtype
+        dtype, device = weights[0].dtype, weights[0].device
         for (name, _), w in zip(self._specs, weights):
-            _check_tensor(name, w, dtype)
+            _check_tensor(name, w, dtype, device)
 
         packed = isinstance(input, PackedSequence)
         unbatched = False
         batch_sizes: Optional[Tensor] = None
         sorted_indices: Optional[Tensor] = None
         if packed:
-            x_in = _check_tensor("input.data", input.data, dtype)
+            x_in = _check_tensor("input.data", input.data, dtype, device)
             if x_in.dim() != 2:
                 raise ValueError(f"input.data: expected a 2-D packed tensor [sum(lengths), input_size], "
                                  f"got {x_in.dim()}-D with shape {V.shape_str(x_in.shape)}")
@@ -220,7 +234,7 @@ class _RNNBase(torch.nn.Module, StackOptions):
             batch_sizes, sorted_indices = input.batch_sizes, input.sorted_indices
             empty = x_in.shape[0] == 0
         else:
-            x = _check_tensor("input", input, dtype)
+            x = _check_tensor("input", input, dtype, device)
             if x.dim() not in (2, 3):
                 layout = "[N, T, input_size]" if self.batch_first else "[T, N, input_size]"
                 raise ValueError(f"input: expected a 3-D tensor {layout} or a 2-D [T, input_size] "
@@ -244,7 +258,7 @@ class _RNNBase(torch.nn.Module, StackOptions):
         N = None if packed else x_in.shape[1]
         if packed and sorted_indices is not None:
             N = sorted_indices.shape[0]
-        h0, c0 = self._check_hx(hx, N, unbatched, dtype)
+        h0, c0 = self._check_hx(hx, N, unbatched, dtype, device)
 
         apply_dropout = self.training and self.dropout > 0 and self.num_layers > 1
         needs_grad = _ops.needs_grad((x_in, h0, c0, *weights))
@@ -271,20 +285,22 @@ class _RNNBase(torch.nn.Module, StackOptions):
             return output, (h_n, c_n)
         return output, h_n
 
-    def _check_hx(self, hx: Any, N: Optional[int], unbatched: bool, dtype: torch.dtype) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    def _check_hx(self, hx: Any, N: Optional[int], unbatched: bool, dtype: torch.dtype,
+                  device: torch.device) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         if hx is None:
             return None, None
         h, c = V.split_state("hx", hx, self._has_cell_state, type(self).__name__, kind=("a tensor", "tensors"))
         if N is None and isinstance(h, torch.Tensor) and h.dim() == 3:
             N = h.shape[1]  # a packed batch sorted by the caller: hx says how many sequences
         h = self._check_state("hx[0]" if c is not None else "hx", h, N, self.state_size, self._state_size_name,
-                              unbatched, dtype)
-        c = None if c is None else self._check_state("hx[1]", c, N, self.hidden_size, "hidden_size", unbatched, dtype)
+                              unbatched, dtype, device)
+        c = None if c is None else self._check_state("hx[1]", c, N, self.hidden_size, "hidden_size", unbatched,
+                                                     dtype, device)
         return h, c
 
     def _check_state(self, name: str, value: Any, N: int, width: int, width_name: str, unbatched: bool,
-                     dtype: torch.dtype) -> Tensor:
-        t = _check_tensor(name, value, dtype)
+                     dtype: torch.dtype, device: torch.device) -> Tensor:
+        t = _check_tensor(name, value, dtype, device)
         L = self.num_layers * self.num_directions
         V.check_shape(name, t, (L, width) if unbatched else (L, N, width), V.state_meaning(width_name, unbatched))
         return (t.unsqueeze(1) if unbatched else t).contiguous()

@@ -25,6 +25,7 @@ state) it is data-dependent, an unbacked size in a traced graph.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from typing import Any, List, Optional, Sequence, Tuple
@@ -83,8 +84,52 @@ def reserve_elems(cfg_args: ConfigArgs, T: Any, N: Any, dtype: torch.dtype) -> A
     return a + b * T + c * N + d * T * N
 
 
+# ---- where a call computes: the CPU backend on CPU tensors, the CUDA backend on CUDA tensors ----
+# A CUDA tensor crosses to rnnkit as a DeviceArray over its own memory (DLPack /
+# __cuda_array_interface__, no copy), and rnnkit's device outputs come back through DLPack, also
+# without a copy. The call runs on PyTorch's current stream of the tensor's device, and rnnkit
+# waits for it before returning.
+#
+# Tests only: in rnnkit's host-emulation build (RNNKIT_CUDA_EMULATE) "device" memory is host
+# memory, so CPU tensors can take the device path there; set by tests/test_torch_cuda.py to run all
+# of this code on the CPU.
+_EMULATED_DEVICE_FOR_CPU_TENSORS = False
+
+
+def _on_device(t: Tensor) -> bool:
+    """Whether a call with this input runs on rnnkit's CUDA backend."""
+    return t.device.type == "cuda" or _EMULATED_DEVICE_FOR_CPU_TENSORS
+
+
 def _numpy(t: Optional[Tensor]) -> Optional[np.ndarray]:
     return None if t is None else t.detach().contiguous().numpy()
+
+
+def _core_array(t: Optional[Tensor], device: bool) -> Any:
+    """t as the array rnnkit reads: a NumPy view (CPU backend) or a DeviceArray view (CUDA backend)."""
+    if t is None:
+        return None
+    if not device:
+        return _numpy(t)
+    from .._device import as_device_array
+
+    return as_device_array(t.detach().contiguous())
+
+
+def _tensor(a: Any) -> Tensor:
+    """A torch tensor over one of rnnkit's outputs, without a copy."""
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(a)
+    return torch.from_dlpack(a)
+
+
+def _stream(x: Tensor) -> Any:
+    """The context a call on x runs in: PyTorch's current stream of x's device, for rnnkit too."""
+    if x.device.type != "cuda":
+        return contextlib.nullcontext()
+    from .. import cuda as _cuda
+
+    return _cuda.stream(torch.cuda.current_stream(x.device).cuda_stream)
 
 
 def _packed(data: Tensor, batch_sizes: Tensor, sorted_indices: Optional[Tensor]) -> PackedSequence:
@@ -99,8 +144,8 @@ def _pack_like(y_tm: Tensor, template: PackedSequence) -> Tensor:
     y_sorted = y_tm if template.sorted_indices is None else y_tm.index_select(1, template.sorted_indices)
     T, N, F = y_sorted.shape
     # Packed data is time-major over the sorted batch: at step t, the first batch_sizes[t] rows.
-    valid = torch.arange(N).unsqueeze(0) < batch_sizes.unsqueeze(1)
-    rows = valid.reshape(-1).nonzero().squeeze(1)
+    valid = torch.arange(N).unsqueeze(0) < batch_sizes.unsqueeze(1)  # batch_sizes stays on the CPU
+    rows = valid.reshape(-1).nonzero().squeeze(1).to(y_sorted.device)
     return y_sorted.reshape(T * N, F).index_select(0, rows)
 
 
@@ -137,16 +182,18 @@ def _forward_run(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optio
     else:
         template = _packed(x, batch_sizes, sorted_indices)
         x_tm, lengths_t = pad_packed_sequence(template)  # original batch order
-        lengths = np.ascontiguousarray(lengths_t.numpy(), dtype=np.int64)
-    y, h_n, c_n, cache = _core.forward(cfg, [_numpy(w) for w in weights], _numpy(x_tm), _numpy(h0), _numpy(c0),
-                                       lengths, training, dropout_seed,
-                                       zero_cache=training and zero_reserve and lengths is not None)
-    y_t = torch.from_numpy(y)
+        lengths = np.ascontiguousarray(lengths_t.cpu().numpy(), dtype=np.int64)
+    dev = _on_device(x)
+    with _stream(x):
+        y, h_n, c_n, cache = _core.forward(cfg, [_core_array(w, dev) for w in weights], _core_array(x_tm, dev),
+                                           _core_array(h0, dev), _core_array(c0, dev), lengths, training,
+                                           dropout_seed, zero_cache=training and zero_reserve and lengths is not None)
+    y_t = _tensor(y)
     if template is not None:
         y_t = _pack_like(y_t, template)
-    c_t = torch.from_numpy(c_n) if c_n is not None else x.new_empty((0,))
-    reserve = torch.from_numpy(cache.reserve()) if cache is not None else x.new_empty((0,))
-    return (y_t, torch.from_numpy(h_n), c_t, reserve), cache
+    c_t = _tensor(c_n) if c_n is not None else x.new_empty((0,))
+    reserve = _tensor(cache.reserve()) if cache is not None else x.new_empty((0,))
+    return (y_t, _tensor(h_n), c_t, reserve), cache
 
 
 def _forward_op_impl(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor], h0: Optional[Tensor],
@@ -158,7 +205,8 @@ def _forward_op_impl(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: O
 
 
 _forward_op_impl.__doc__ = _forward_run.__doc__
-stack_forward = torch.library.custom_op("rnnkit::forward", _forward_op_impl, mutates_args=(), device_types="cpu")
+stack_forward = torch.library.custom_op("rnnkit::forward", _forward_op_impl, mutates_args=(),
+                                        device_types=("cpu", "cuda"))
 
 
 @stack_forward.register_fake
@@ -203,24 +251,31 @@ def _backward_run(reserve: Tensor, batch_sizes: Optional[Tensor], sorted_indices
     if batch_sizes is not None:
         template = _packed(reserve.new_empty((0, input_size)), batch_sizes, sorted_indices)
         lengths_sorted = (torch.arange(N).unsqueeze(1) < batch_sizes.unsqueeze(0)).sum(1)
-        lengths_t = lengths_sorted if sorted_indices is None else lengths_sorted[invert_permutation(sorted_indices)]
+        lengths_t = (lengths_sorted if sorted_indices is None
+                     else lengths_sorted[invert_permutation(sorted_indices.cpu())])
         lengths = np.ascontiguousarray(lengths_t.numpy(), dtype=np.int64)
         if dy is not None:
             dy, _ = pad_packed_sequence(_packed(dy, batch_sizes, sorted_indices), total_length=T)
-    grads = [np.zeros(shape, dtype=_np_dtype(reserve.dtype)) for _, shape in cfg.param_specs()]
-    if cache is not None:
-        dx, dh0, dc0 = _core.backward(cache, _numpy(dy), _numpy(dh_n), _numpy(dc_n), grads, need_dx)
-    else:
-        dx, dh0, dc0 = _core.backward_reserve(cfg, _numpy(reserve), T, N, lengths, dropout_seed, _numpy(dy),
-                                              _numpy(dh_n), _numpy(dc_n), grads, need_dx)
+    dev = _on_device(reserve)
+    # rnnkit adds into the gradients: zeros, as tensors rnnkit writes in place (NumPy or device views).
+    grads_t = [reserve.new_zeros(tuple(shape)) for _, shape in cfg.param_specs()]
+    grads = [_core_array(g, dev) for g in grads_t]
+    with _stream(reserve):
+        if cache is not None:
+            dx, dh0, dc0 = _core.backward(cache, _core_array(dy, dev), _core_array(dh_n, dev),
+                                          _core_array(dc_n, dev), grads, need_dx)
+        else:
+            dx, dh0, dc0 = _core.backward_reserve(cfg, _core_array(reserve, dev), T, N, lengths, dropout_seed,
+                                                  _core_array(dy, dev), _core_array(dh_n, dev),
+                                                  _core_array(dc_n, dev), grads, need_dx)
     if dx is None:
         dx_t = reserve.new_empty((0,))
     else:
-        dx_t = torch.from_numpy(dx)
+        dx_t = _tensor(dx)
         if template is not None:
             dx_t = _pack_like(dx_t, template)
-    dc0_t = torch.from_numpy(dc0) if dc0 is not None else reserve.new_empty((0,))
-    return dx_t, torch.from_numpy(dh0), dc0_t, [torch.from_numpy(g) for g in grads]
+    dc0_t = _tensor(dc0) if dc0 is not None else reserve.new_empty((0,))
+    return dx_t, _tensor(dh0), dc0_t, grads_t
 
 
 def _backward_impl(reserve: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor],
@@ -233,7 +288,8 @@ def _backward_impl(reserve: Tensor, batch_sizes: Optional[Tensor], sorted_indice
 
 
 _backward_impl.__doc__ = _backward_run.__doc__
-stack_backward = torch.library.custom_op("rnnkit::backward", _backward_impl, mutates_args=(), device_types="cpu")
+stack_backward = torch.library.custom_op("rnnkit::backward", _backward_impl, mutates_args=(),
+                                         device_types=("cpu", "cuda"))
 
 
 @stack_backward.register_fake
