@@ -1,11 +1,11 @@
-// The CUDA backend (backend.h's interface) over the stack of stack.cu and the updates of optim.cu.
-// The network (embedding, output layer and fused loss) is not on this backend yet: it refuses with
-// a message saying so.
+// The CUDA backend (backend.h's interface) over the stack of stack.cu, the network of network.cu and
+// the updates of optim.cu.
 #include "cuda_backend.h"
 
 #include <memory>
 
 #include "cuda_optim.h"
+#include "network.h"
 #include "stack.h"
 
 namespace rnnkit {
@@ -19,11 +19,6 @@ Derived& own(Base& object, const char* what) {
     throw std::invalid_argument(concat(what, ": expected one made by the CUDA backend for this dtype, got another"));
   }
   return *mine;
-}
-
-[[noreturn]] void not_on_cuda(const char* what) {
-  throw std::invalid_argument(concat("device: expected 'cpu' for ", what,
-                                     " (the CUDA backend runs the recurrent layers and optimizers only in this version), got 'cuda'"));
 }
 
 template <typename S>
@@ -56,15 +51,25 @@ class CudaOps final : public BackendOps<S> {
     return cuda::stack_cache_from_block<S>(own<const CudaStackPlan>(plan, "plan"), block, lengths, dropout_seed);
   }
 
-  std::unique_ptr<NetworkPlan> plan_network(const NetworkConfig&, index_t, index_t, bool) const override {
-    not_on_cuda("RNNNetwork");
+  std::unique_ptr<NetworkPlan> plan_network(const NetworkConfig& cfg, index_t T, index_t N,
+                                            bool training) const override {
+    return std::make_unique<CudaNetworkPlan>(cuda::plan_network<S>(cfg, T, N, training));
   }
-  std::unique_ptr<NetworkCache> network_forward(const NetworkPlan&, const NetworkForwardArgs<S>&) const override {
-    not_on_cuda("RNNNetwork");
+  std::unique_ptr<NetworkCache> network_forward(const NetworkPlan& plan, const NetworkForwardArgs<S>& args) const override {
+    const auto& p = own<const CudaNetworkPlan>(plan, "plan");
+    if (!p.training) {
+      cuda::network_forward<S>(p, args, nullptr);
+      return nullptr;
+    }
+    auto cache = std::make_unique<CudaNetworkCache<S>>();
+    cuda::network_forward<S>(p, args, cache.get());
+    return cache;
   }
-  void network_backward(NetworkCache&, const NetworkBackwardArgs<S>&) const override { not_on_cuda("RNNNetwork"); }
-  void network_generate(const NetworkConfig&, const NetworkGenerateArgs<S>&) const override {
-    not_on_cuda("RNNNetwork");
+  void network_backward(NetworkCache& cache, const NetworkBackwardArgs<S>& args) const override {
+    cuda::network_backward<S>(own<CudaNetworkCache<S>>(cache, "cache"), args);
+  }
+  void network_generate(const NetworkConfig& cfg, const NetworkGenerateArgs<S>& args) const override {
+    cuda::network_generate<S>(cfg, args);
   }
   void sgd_update(S* param, const S* grad, S* momentum_buf, index_t n, const SgdHyper& h,
                   bool first_step) const override {

@@ -104,7 +104,8 @@ def test_type_stubs_match_the_compiled_module():
     cuda_only = {"DeviceArray", "to_device", "cuda_selftest_axpy", "cuda_set_persistent", "cuda_get_persistent",
                  "cuda_persistent_launches", "from_cuda_array_interface", "from_dlpack",
                  "cuda_memory_stats", "cuda_empty_cache", "cuda_set_stream", "cuda_current_stream",
-                 "cuda_set_graphs", "cuda_get_graphs", "cuda_graph_stats", "cuda_clear_graph_cache"}
+                 "cuda_set_graphs", "cuda_get_graphs", "cuda_graph_stats", "cuda_clear_graph_cache",
+                 "cuda_network_forward", "cuda_network_backward", "cuda_network_generate"}
     expected = {n for n in declared if not n.startswith("_")}
     if not rnnkit.cuda.is_built():
         expected -= cuda_only

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['Cache', 'DeviceArray', 'NetworkCache', 'NetworkConfig', 'OutOfMemoryError', 'StackConfig', 'adam_step', 'backward', 'backward_reserve', 'blas_num_threads', 'build_info', 'cached_bytes', 'clamp_arrays', 'cuda_clear_graph_cache', 'cuda_current_stream', 'cuda_empty_cache', 'cuda_get_graphs', 'cuda_get_persistent', 'cuda_graph_stats', 'cuda_memory_stats', 'cuda_persistent_launches', 'cuda_selftest_axpy', 'cuda_set_graphs', 'cuda_set_persistent', 'cuda_set_stream', 'cuda_status', 'empty_cache', 'forward', 'from_cuda_array_interface', 'from_dlpack', 'get_deterministic', 'get_num_threads', 'network_backward', 'network_forward', 'network_generate', 'reserve_size', 'rmsprop_step', 'scale_arrays', 'set_deterministic', 'set_num_threads', 'sgd_step', 'step', 'sum_of_squares', 'to_device']
+__all__: list[str] = ['Cache', 'DeviceArray', 'NetworkCache', 'NetworkConfig', 'OutOfMemoryError', 'StackConfig', 'adam_step', 'backward', 'backward_reserve', 'blas_num_threads', 'build_info', 'cached_bytes', 'clamp_arrays', 'cuda_clear_graph_cache', 'cuda_current_stream', 'cuda_empty_cache', 'cuda_get_graphs', 'cuda_get_persistent', 'cuda_graph_stats', 'cuda_memory_stats', 'cuda_network_backward', 'cuda_network_forward', 'cuda_network_generate', 'cuda_persistent_launches', 'cuda_selftest_axpy', 'cuda_set_graphs', 'cuda_set_persistent', 'cuda_set_stream', 'cuda_status', 'empty_cache', 'forward', 'from_cuda_array_interface', 'from_dlpack', 'get_deterministic', 'get_num_threads', 'network_backward', 'network_forward', 'network_generate', 'reserve_size', 'rmsprop_step', 'scale_arrays', 'set_deterministic', 'set_num_threads', 'sgd_step', 'step', 'sum_of_squares', 'to_device']
 class OutOfMemoryError(MemoryError):
     pass
 class StackConfig:
@@ -222,6 +222,18 @@ def cuda_graph_stats() -> dict:
 def cuda_memory_stats() -> dict:
     """
     The CUDA backend's caching allocator: cached_bytes, in_use_bytes, device_allocations, reuses.
+    """
+def cuda_network_backward(cache: NetworkCache, grads: list, d_outputs: typing.Any, need_dx: bool = False) -> tuple:
+    """
+    network_backward on the CUDA backend; gradients (CUDA arrays) ACCUMULATED. (dx|None, dh0, dc0|None).
+    """
+def cuda_network_forward(config: NetworkConfig, params: list, inputs: typing.Any, h0: typing.Any, c0: typing.Any, lengths: typing.Any, targets: typing.Any, training: bool, dropout_seed: typing.SupportsInt | typing.SupportsIndex, want_outputs: bool, softmax_outputs: bool) -> tuple:
+    """
+    network_forward on the CUDA backend: parameters, dense inputs, states and MSE targets are CUDA arrays; token ids, class-id targets and lengths host arrays. (outputs|None, h_n, c_n|None, loss|None, cache|None).
+    """
+def cuda_network_generate(config: NetworkConfig, params: list, prefix: typing.Any, count: typing.SupportsInt | typing.SupportsIndex, temperature: typing.SupportsFloat | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, h0: typing.Any, c0: typing.Any) -> tuple:
+    """
+    network_generate on the CUDA backend (parameters and states CUDA arrays; prefix and the tokens host arrays): (tokens, h, c|None).
     """
 def cuda_persistent_launches() -> int:
     """

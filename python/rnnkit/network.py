@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import _core
+from . import _device as D
 from . import _validate as V
 from . import layers
 from ._cells import CELL_NAMES, CELLS
@@ -119,6 +120,8 @@ class RNNNetwork:
         self._cache = None
         self._cache_batch_first = False
         self.training = True
+        #: Where the parameters, gradients and computation live: "cpu" or "cuda" (``to()``).
+        self.device = "cpu"
         #: Scan every call's inputs and results for NaN/Inf (README, "Input rules"): ValueError for
         #: an input, FloatingPointError for a computed value.
         self.check_finite = False
@@ -152,12 +155,55 @@ class RNNNetwork:
         self.params: Dict[str, np.ndarray] = {}
         self.grads: Dict[str, np.ndarray] = {}
         for name, _ in self._specs:
+            if not name.startswith("rnn."):
+                self.params[name] = own[name]
+                self.grads[name] = np.zeros_like(own[name])
+        if getattr(self, "device", "cpu") != "cpu":
+            self._move_head(D.to_device)
+        self._link_rnn()
+
+    def _link_rnn(self) -> None:
+        """Points the ``rnn.*`` entries of params and grads at the stack's own arrays (which its
+        ``to()`` and ``reset_parameters`` replace)."""
+        for name, _ in self._specs:
             if name.startswith("rnn."):
                 self.params[name] = self.rnn.params[name[4:]]
                 self.grads[name] = self.rnn.grads[name[4:]]
-            else:
-                self.params[name] = own[name]
-                self.grads[name] = np.zeros_like(own[name])
+
+    def _move_head(self, move) -> None:
+        for name, _ in self._specs:
+            if not name.startswith("rnn."):
+                self.params[name] = move(self.params[name])
+                self.grads[name] = move(self.grads[name])
+
+    # ---- device -------------------------------------------------------------------------------
+    def to(self, device: Any) -> "RNNNetwork":
+        """Moves every parameter and gradient to ``device`` ("cpu" or "cuda") and computes there
+        from then on (the embedding, the stack, the output layer and the loss); returns the network.
+        On "cuda", dense inputs, states and float targets may be NumPy arrays (copied to the device)
+        or device arrays; token ids, class-id targets and lengths are read on the host (device
+        arrays of them are copied back). Outputs and states come back as device arrays
+        (``rnnkit.to_numpy`` copies one to the host). A pending training forward is dropped; an
+        optimizer made before the move must be made again (its state lives where the parameters
+        were)."""
+        device = D.check_device("device", device)
+        if device == self.device:
+            return self
+        self.rnn.to(device)
+        self._move_head(D.to_device if device == "cuda" else D.to_numpy)
+        self._link_rnn()
+        self.device = device
+        self._cache = None
+        self._guard.set_pending(False)
+        return self
+
+    def cuda(self) -> "RNNNetwork":
+        """``to("cuda")``."""
+        return self.to("cuda")
+
+    def cpu(self) -> "RNNNetwork":
+        """``to("cpu")``."""
+        return self.to("cpu")
 
     def reset_parameters(self, seed: Optional[int] = None) -> None:
         """Fresh parameters (and zero gradients), from `seed` if given."""
@@ -182,25 +228,48 @@ class RNNNetwork:
 
     @property
     def num_parameters(self) -> int:
-        return int(sum(p.size for p in self.params.values()))
+        return int(sum(int(p.size) for p in self.params.values()))
 
     def state_dict(self) -> Dict[str, np.ndarray]:
-        """Copies of every parameter, PyTorch-style names (embedding.*, rnn.*, output.*)."""
+        """Copies of every parameter, PyTorch-style names (embedding.*, rnn.*, output.*); host
+        arrays, also for a network on the GPU."""
+        if self.device != "cpu":
+            return {name: D.to_numpy(self.params[name]) for name, _ in self._specs}
         return {name: self.params[name].copy() for name, _ in self._specs}
 
     def load_state_dict(self, state: Any) -> None:
         """Copies parameters in (exact keys and shapes; nothing changes if any entry is wrong)."""
         specs = dict(self._specs)
-        V.copy_into_params(self.params, V.check_state_dict("state_dict", state, specs, self.dtype), specs, self.dtype)
+        checked = V.check_state_dict("state_dict", state, specs, self.dtype)
+        if self.device != "cpu":
+            for name, value in checked.items():
+                self.params[name].copy_from_host(V.c_array(value, self.dtype))
+            return
+        V.copy_into_params(self.params, checked, specs, self.dtype)
 
     def __getstate__(self) -> Dict[str, Any]:
         """For pickle and copy.deepcopy: everything but a training forward's cache, so a copy
-        starts with no forward awaiting its backward (and a guard of its own)."""
+        starts with no forward awaiting its backward (and a guard of its own). Device arrays are
+        saved as host copies and moved back on load (the stack pickles its own)."""
         state = self.__dict__.copy()
         state["_cache"] = None
+        if self.device != "cpu":
+            state["params"] = {n: D.to_numpy(a) for n, a in self.params.items() if not n.startswith("rnn.")}
+            state["grads"] = {n: D.to_numpy(a) for n, a in self.grads.items() if not n.startswith("rnn.")}
         return state
 
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("device", "cpu")  # pickled before networks had a device
+        if self.device != "cpu":
+            self._move_head(D.to_device)
+        self._link_rnn()
+
     def zero_grad(self) -> None:
+        if self.device != "cpu":
+            for g in self.grads.values():
+                g.zero_()
+            return
         V.zero_arrays("grads", self.grads)
 
     def train(self, mode: bool = True) -> "RNNNetwork":
@@ -290,6 +359,8 @@ class RNNNetwork:
 
     def _run(self, inputs, state, lengths, targets, training, want_outputs, softmax, batch_first=None):
         batch_first = self.batch_first if batch_first is None else batch_first
+        if self.device != "cpu":
+            return self._run_device(inputs, state, lengths, targets, training, want_outputs, softmax, batch_first)
         x = self._inputs(inputs, batch_first)
         T, N = x.shape[0], x.shape[1]
         h0, c0 = self._state_in(state, N)
@@ -378,6 +449,8 @@ class RNNNetwork:
         if self._cache is None:
             raise RuntimeError("backward: expected a preceding training forward that has not been "
                                "backpropagated yet, got none")
+        if self.device != "cpu":
+            return self._backward_device(d_outputs, compute_dx)
         d = None
         if d_outputs is not None:
             d = V.as_float_array("d_outputs", d_outputs, self.dtype)
@@ -420,6 +493,8 @@ class RNNNetwork:
         dropout. The state is plain arrays: copy it to branch."""
         if self.head != "sequence":
             raise ValueError("step: expected a network with head='sequence', got head='last'")
+        if self.device != "cpu":
+            return self._step_device(x_t, state)
         x = x_t if type(x_t) is np.ndarray else np.asarray(x_t)
         per_step_rank = 0 if self.vocab_size else 1  # one stream: a token id, or a feature vector
         if x.ndim == per_step_rank:
@@ -460,6 +535,12 @@ class RNNNetwork:
         seed = V.check_seed("seed", seed)
         if seed is None:
             seed = int(np.random.default_rng().integers(0, 2**63))
+        if self.device != "cpu":
+            h0, c0 = self._device_state_in(state, 1)
+            tokens, _, _ = _core.cuda_network_generate(self._config, self._device_list("params", self.params),
+                                                       V.c_array(prefix_arr, np.int64), n, temperature, top_k, seed,
+                                                       h0, c0)
+            return tokens
         h0, c0 = self._state_in(state, 1)
         params = [V.check_owned_array(f"params[{k!r}]", self.params.get(k), s, self.dtype, writable=False)
                   for k, s in self._specs]
@@ -467,8 +548,167 @@ class RNNNetwork:
                                               n, temperature, top_k, seed, h0, c0)
         return tokens
 
+    # ---- the same calls on the CUDA backend (to("cuda")) -------------------------------------
+    # Host inputs are checked as on the CPU, then copied; device inputs are checked for dtype and
+    # shape here and rearranged on the device (batch_first). Ids (tokens, class-id targets,
+    # lengths) are checked on the host. check_finite copies what it scans to the host.
+    def _device_list(self, label: str, arrays: Dict[str, Any]) -> list:
+        out = []
+        for name, shape in self._specs:
+            a = arrays.get(name)
+            if not D.is_device_array(a):
+                raise TypeError(f"{label}[{name!r}]: expected a CUDA array (the network is on 'cuda'), got "
+                                f"{type(a).__name__}")
+            out.append(D.check_device_array(f"{label}[{name!r}]", a, self.dtype, shape))
+        return out
+
+    def _device_float(self, name: str, value: Any, shape: Tuple[int, ...], batch_first: bool, meaning: str):
+        """A float array of `shape` (time-major) on the device: a device array checked (and its two
+        leading axes swapped when batch_first), or anything else checked on the host and copied."""
+        value = D.read_in_place(name, value, self.dtype)
+        if D.is_device_array(value):
+            given = (shape[1], shape[0]) + tuple(shape[2:]) if batch_first else shape
+            D.check_device_array(name, value, self.dtype, given, meaning=meaning)
+            return value.swapaxes01() if batch_first else value
+        arr = V.as_float_array(name, value, self.dtype)
+        given = (shape[1], shape[0]) + tuple(shape[2:]) if batch_first else shape
+        V.check_shape(name, arr, given, meaning)
+        return D.to_device(arr.transpose(1, 0, *range(2, arr.ndim)) if batch_first else arr)
+
+    def _device_state_in(self, state: Any, N: int):
+        if state is None:
+            return None, None
+        groups = self.rnn.num_layers * self.rnn.num_directions
+        h, c = V.split_state("state", state, self.has_cell_state, f"cell {self.cell!r}", pair=("h", "c"))
+        h_name = "state[0]" if c is not None else "state"
+        h = self._device_float(h_name, h, (groups, N, self.rnn.state_size), False,
+                               V.state_meaning(self.rnn._state_size_name))
+        if c is not None:
+            c = self._device_float("state[1]", c, (groups, N, self.hidden_size), False, V.state_meaning("hidden_size"))
+        return h, c
+
+    def _run_device(self, inputs, state, lengths, targets, training, want_outputs, softmax, batch_first):
+        if self.vocab_size:
+            x = self._inputs(D.to_numpy(inputs) if D.is_device_array(inputs) else inputs, batch_first)
+            T, N = x.shape
+        else:
+            value = D.read_in_place("inputs", inputs, self.dtype)
+            if D.is_device_array(value):
+                layout = "[N, T, input_size]" if batch_first else "[T, N, input_size]"
+                D.check_device_array("inputs", value, self.dtype, ranks=(3,), meaning=layout)
+                if value.shape[2] != self.input_size:
+                    raise ValueError(f"inputs: expected input_size {self.input_size} in the last dimension, "
+                                     f"got {value.shape[2]}")
+                x = value.swapaxes01() if batch_first else value
+                if x.shape[0] == 0 or x.shape[1] == 0:
+                    raise ValueError(f"inputs: expected sequence length T >= 1 and batch size N >= 1, got shape "
+                                     f"{V.shape_str(value.shape)}")
+            else:
+                x = D.to_device(self._inputs(inputs, batch_first))
+            T, N = x.shape[0], x.shape[1]
+        h0, c0 = self._device_state_in(state, N)
+        lengths_arr = None
+        if lengths is not None:
+            lengths_arr = V.check_lengths("lengths", D.to_numpy(lengths) if D.is_device_array(lengths) else lengths,
+                                          N, T)
+        t = None
+        if targets is not None:
+            if self.loss_kind == "cross_entropy":
+                t = self._targets(D.to_numpy(targets) if D.is_device_array(targets) else targets, T, N)
+            else:
+                seq = self.head == "sequence"
+                shape = (T, N, self.output_size) if seq else (N, self.output_size)
+                t = self._device_float("targets", targets, shape, seq and batch_first, "(the shape of the outputs)")
+        seed = 0
+        if training and self.rnn.dropout > 0 and self.rnn.num_layers > 1:
+            seed = int(self.rnn.dropout_rng.integers(0, 2**63))
+        params = self._device_list("params", self.params)
+        check = self.check_finite
+        if check:
+            if not self.vocab_size:
+                V.check_finite_input("inputs", x.numpy())
+            for name, arr in (("state", h0), ("state[1]", c0)):
+                V.check_finite_input(name, None if arr is None else arr.numpy())
+            if t is not None and D.is_device_array(t):
+                V.check_finite_input("targets", t.numpy())
+            for (name, _), p in zip(self._specs, params):
+                V.check_finite_input(f"params[{name!r}]", p.numpy())
+        if training:
+            with self._guard.training_call("forward", forward=True):
+                out, h_n, c_n, loss, cache = _core.cuda_network_forward(
+                    self._config, params, x, h0, c0, lengths_arr, t, True, seed, want_outputs, softmax)
+                self._cache = cache
+                self._cache_batch_first = batch_first
+                self._guard.set_pending(True)
+        else:
+            out, h_n, c_n, loss, _ = _core.cuda_network_forward(
+                self._config, params, x, h0, c0, lengths_arr, t, False, seed, want_outputs, softmax)
+        if check:
+            if out is not None and not np.isfinite(out.numpy()).all():
+                raise FloatingPointError("forward: the outputs became non-finite from finite inputs and parameters")
+            if loss is not None and not np.isfinite(loss):
+                raise FloatingPointError(f"forward: the loss became {loss} from finite inputs, targets and parameters")
+        if out is not None and self.head == "sequence" and batch_first:
+            out = out.swapaxes01()
+        return out, self._state_out(h_n, c_n), loss
+
+    def _backward_device(self, d_outputs: Any, compute_dx: bool):
+        T, N = self._cache.shape
+        d = None
+        if d_outputs is not None:
+            seq = self.head == "sequence"
+            shape = (T, N, self.output_size) if seq else (N, self.output_size)
+            d = self._device_float("d_outputs", d_outputs, shape, seq and self._cache_batch_first,
+                                   "(the shape of the outputs)")
+        grads = self._device_list("grads", self.grads)
+        if self.check_finite:
+            V.check_finite_input("d_outputs", None if d is None else d.numpy())
+        with self._guard.training_call("backward", forward=False):
+            cache, self._cache = self._cache, None
+            if cache is None:  # another thread's backward took it while this one validated
+                raise RuntimeError("backward: expected a preceding training forward that has not been "
+                                   "backpropagated yet, got none")
+            self._guard.set_pending(False)
+            dx, dh0, dc0 = _core.cuda_network_backward(cache, grads, d, compute_dx)
+        if self.check_finite:
+            for (name, _), g in zip(self._specs, grads):
+                if not np.isfinite(g.numpy()).all():
+                    raise FloatingPointError(f"backward: the gradient grads[{name!r}] became non-finite")
+        if not compute_dx:
+            return self._state_out(dh0, dc0)
+        if self._cache_batch_first:
+            dx = dx.swapaxes01()
+        return dx, self._state_out(dh0, dc0)
+
+    def _step_device(self, x_t: Any, state: Any):
+        if self.vocab_size:
+            x = np.asarray(D.to_numpy(x_t) if D.is_device_array(x_t) else x_t)
+            if x.ndim == 0:
+                x = x[None]
+            x = V.as_token_array("x_t", x)
+            V.check_rank("x_t", x, (1,), "[N] of token ids")
+            x = V.c_array(x[None])
+            N = x.shape[1]
+        else:
+            xd = D.device_float_array("x_t", x_t, self.dtype)
+            D.check_device_array("x_t", xd, self.dtype, ranks=(1, 2), meaning="[N, input_size] or [input_size]")
+            if xd.ndim == 1:
+                xd = xd.reshape((1, xd.shape[0]))
+            if xd.shape[1] != self.input_size:
+                raise ValueError(f"x_t: expected input_size {self.input_size} in the last dimension, got {xd.shape[1]}")
+            N = xd.shape[0]
+            x = xd.reshape((1, N, self.input_size))
+        if N == 0:
+            raise ValueError("x_t: expected batch size N >= 1, got an empty batch")
+        h0, c0 = self._device_state_in(state, N)
+        out, h_n, c_n, _, _ = _core.cuda_network_forward(
+            self._config, self._device_list("params", self.params), x, h0, c0, None, None, False, 0, True,
+            self.loss_kind == "cross_entropy")
+        return out.reshape((N, self.output_size)), self._state_out(h_n, c_n)
+
     def __repr__(self) -> str:
         src = f"vocab_size={self.vocab_size}" if self.vocab_size else f"input_size={self.input_size}"
-        return (f"rnnkit.RNNNetwork({src}, cell={self.cell!r}, hidden_size={self.hidden_size}, "
+        text = (f"rnnkit.RNNNetwork({src}, cell={self.cell!r}, hidden_size={self.hidden_size}, "
                 f"num_layers={self.rnn.num_layers}, output_size={self.output_size}, head={self.head!r}, "
                 f"loss={self.loss_kind!r})")
+        return text if self.device == "cpu" else f"{text}.to({self.device!r})"

@@ -29,6 +29,11 @@ struct Cache {
   std::unique_ptr<StackCache> data;
 };
 
+// The same for a network, as _core.NetworkCache (either backend's).
+struct NetCache {
+  std::unique_ptr<NetworkCache> data;
+};
+
 // ---- cell names ---------------------------------------------------------------------------
 // The compiled module takes PyTorch's `mode` spelling of a cell: its name (cells.h) in upper case.
 inline std::string mode_name(CellKind cell) {
@@ -199,6 +204,41 @@ inline const index_t* check_lengths(const std::optional<py::array>& lengths, ind
     if (lp[n] < 1 || lp[n] > T) throw_expected(concat("lengths[", n, "]"), concat("a length in [1, ", T, "]"), lp[n]);
   }
   return lp;
+}
+
+// Checks tokens [T,N] int64 in [0, vocab) (a host array, on either backend).
+inline const std::int64_t* check_tokens(const py::array& tokens, index_t vocab) {
+  if (tokens.ndim() != 2) throw_expected("tokens", "a 2-D array [T, N]", concat(tokens.ndim(), "-D"));
+  check_array<std::int64_t>(tokens, "tokens", {tokens.shape(0), tokens.shape(1)}, false);
+  const auto* t = static_cast<const std::int64_t*>(tokens.data());
+  for (index_t i = 0; i < tokens.shape(0) * tokens.shape(1); ++i) {
+    if (t[i] < 0 || t[i] >= vocab) {
+      throw_expected(concat("tokens[", i / tokens.shape(1), ", ", i % tokens.shape(1), "]"),
+                     concat("a token id in [0, ", vocab, ")"), t[i]);
+    }
+  }
+  return t;
+}
+
+// Checks a cross-entropy network's targets: int64 class ids shaped like its outputs less the last
+// axis, each in [0, K) or ignore_index (padded steps are not read). A host array on either backend.
+inline const std::int64_t* check_class_targets(const NetworkConfig& cfg, const py::array& targets,
+                                               const std::vector<index_t>& out_shape, index_t T, index_t N,
+                                               const index_t* lengths) {
+  const bool sequence = cfg.head == HeadKind::kSequence;
+  const index_t K = cfg.output_size;
+  std::vector<index_t> shape(out_shape.begin(), out_shape.end() - 1);
+  check_array<std::int64_t>(targets, "targets", shape, false);
+  const auto* t = static_cast<const std::int64_t*>(targets.data());
+  const index_t R = cfg.head_rows(T, N);
+  for (index_t r = 0; r < R; ++r) {
+    const bool padding = sequence && lengths && r / N >= lengths[r % N];
+    if (!padding && t[r] != cfg.ignore_index && (t[r] < 0 || t[r] >= K)) {
+      throw_expected(sequence ? concat("targets[", r / N, ", ", r % N, "]") : concat("targets[", r, "]"),
+                     concat("a class id in [0, ", K, ") or ignore_index ", cfg.ignore_index), t[r]);
+    }
+  }
+  return t;
 }
 
 // Where an array's data lives, which picks the backend that runs the call. NumPy arrays are host

@@ -276,6 +276,197 @@ py::tuple backward_reserve_impl(const StackConfig& cfg, const py::object& reserv
 
 }  // namespace
 
+// ---- the network on CUDA arrays -----------------------------------------------------------------
+// Parameters, dense inputs, states, MSE targets and d_outputs are DeviceArrays; token ids, class-id
+// targets and lengths stay host arrays (checked there; the backend copies them).
+template <typename S, typename Ptr>
+NetworkParams<Ptr> device_network_views(const NetworkConfig& cfg, const std::vector<ParamSpec>& specs,
+                                        const py::list& arrays, const char* what) {
+  check_list_length(arrays, specs.size(), what);
+  NetworkParams<Ptr> net;
+  net.stack.resize(static_cast<std::size_t>(cfg.stack.groups()));
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    param_field(net, specs[i]) = device_ptr<S>(arrays[i], concat(what, "[", i, "] (", specs[i].name, ")"),
+                                               specs[i].shape, false);
+  }
+  return net;
+}
+
+Kind kind_of_list(const py::list& arrays, const char* what) {
+  if (py::len(arrays) == 0) throw_expected(what, "a non-empty list of CUDA arrays", "an empty list");
+  return kind_of_obj(arrays[py::len(arrays) - 1], what);
+}
+
+py::array host_ids(const py::object& obj, const char* name, const char* shape) {
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(concat(name, ": expected a host int64 array ", shape, " (ids are checked on the host and "
+                                "copied by the call), got ", py::isinstance<DeviceArray>(obj) ? "a CUDA array"
+                                                                                              : type_name(obj)));
+  }
+  return obj.cast<py::array>();
+}
+
+template <typename S>
+py::tuple network_forward_impl(const NetworkConfig& cfg, const py::list& params, const py::object& inputs,
+                               const py::object& h0, const py::object& c0, const py::object& lengths,
+                               const py::object& targets, bool training, std::uint64_t dropout_seed,
+                               bool want_outputs, bool softmax_outputs) {
+  NetworkForwardArgs<S> args;
+  NetworkInputs& in = args.in;
+  std::optional<py::array> tokens_keep, lengths_keep, targets_keep;
+  if (cfg.vocab_size > 0) {
+    tokens_keep = host_ids(inputs, "inputs", "[T, N] of token ids");
+    in.tokens = check_tokens(*tokens_keep, cfg.vocab_size);
+    in.T = tokens_keep->shape(0);
+    in.N = tokens_keep->shape(1);
+  } else {
+    if (!py::isinstance<DeviceArray>(inputs)) {
+      throw py::type_error(concat("inputs: expected a CUDA array [T, N, C] (the parameters are on the CUDA device), "
+                                  "got ", type_name(inputs)));
+    }
+    const DeviceArray& x = inputs.cast<const DeviceArray&>();
+    if (x.shape.size() != 3) throw_expected("inputs", "a 3-D array [T, N, C]", concat(x.shape.size(), "-D"));
+    in.T = x.shape[0];
+    in.N = x.shape[1];
+    in.x = device_ptr<S>(inputs, "inputs", {in.T, in.N, cfg.stack.input_size}, false);
+  }
+  const index_t T = in.T, N = in.N, K = cfg.output_size;
+  check_stack_dims(cfg.stack, T, N);
+  const Backend& backend = backend_for(Device::kCuda);
+  const BackendOps<S>& ops = backend.ops<S>();
+  const std::unique_ptr<NetworkPlan> plan = ops.plan_network(cfg, T, N, training);
+  const NetworkWeights<S> w = device_network_views<S, const S*>(cfg, plan->specs, params, "params");
+  in.lengths = host_lengths(lengths, T, N, &lengths_keep);
+  const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
+  const index_t G = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
+  args.state0.h = device_ptr<S>(h0, "h0", {G, N, P});
+  refuse_cell_state(c0, "c0", cfg.stack);
+  args.state0.c = device_ptr<S>(c0, "c0", {G, N, H});
+  const bool sequence = cfg.head == HeadKind::kSequence;
+  const std::vector<index_t> out_shape = sequence ? std::vector<index_t>{T, N, K} : std::vector<index_t>{N, K};
+  if (!targets.is_none()) {
+    if (cfg.loss == LossKind::kNone) throw_expected("targets", "None (the network has no loss)", "an array");
+    if (cfg.loss == LossKind::kCrossEntropy) {
+      targets_keep = host_ids(targets, "targets", "of class ids");
+      args.targets = check_class_targets(cfg, *targets_keep, out_shape, T, N, in.lengths);
+    } else {
+      args.targets = device_ptr<S>(targets, "targets", out_shape, false);
+    }
+  }
+  const index_t outputs = checked_add(want_outputs ? checked_mul(cfg.head_rows(T, N), K, "outputs") : 0,
+                                      checked_mul(G, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
+                                      "outputs");
+  backend.check_fits(checked_mul(checked_add(plan->elems, outputs, "forward"), sizeof(S), "forward bytes"),
+                     "a network forward call");
+  py::object outputs_obj = want_outputs ? new_output<S>(out_shape, &args.outputs) : py::object(py::none());
+  py::object h_n = new_output<S>({G, N, P}, &args.state_n.h);
+  py::object c_n = has_c ? new_output<S>({G, N, H}, &args.state_n.c) : py::object(py::none());
+  double loss = 0.0;
+  args.weights = &w;
+  args.dropout_seed = dropout_seed;
+  args.softmax_outputs = softmax_outputs;
+  args.loss = &loss;
+  std::unique_ptr<NetworkCache> cache;
+  {
+    py::gil_scoped_release release;
+    cache = ops.network_forward(*plan, args);
+  }
+  py::object loss_obj = targets.is_none() ? py::object(py::none()) : py::object(py::float_(loss));
+  py::object cache_obj = cache ? py::cast(NetCache{std::move(cache)}) : py::object(py::none());
+  return py::make_tuple(outputs_obj, h_n, c_n, loss_obj, cache_obj);
+}
+
+template <typename S>
+py::tuple network_backward_impl(NetCache& cache_obj, const py::list& grads, const py::object& d_outputs,
+                                bool need_dx) {
+  NetworkCache& cache = *cache_obj.data;
+  const NetworkPlan& plan = cache.plan();
+  const NetworkConfig& cfg = plan.cfg;
+  const NetworkGrads<S> g = device_network_views<S, S*>(cfg, plan.specs, grads, "grads");
+  const index_t T = plan.T, N = plan.N;
+  const bool sequence = cfg.head == HeadKind::kSequence;
+  const std::vector<index_t> out_shape = sequence ? std::vector<index_t>{T, N, cfg.output_size}
+                                                  : std::vector<index_t>{N, cfg.output_size};
+  NetworkBackwardArgs<S> args;
+  args.grads = &g;
+  args.d_outputs = device_ptr<S>(d_outputs, "d_outputs", out_shape);
+  if (args.d_outputs == nullptr && !cache.has_loss_grad()) {
+    throw_expected("d_outputs", "an array (the forward was given no targets, so there is no loss to differentiate)", "None");
+  }
+  if (need_dx && cfg.vocab_size > 0) {
+    throw_expected("need_dx", "False for a token network (its input gradient goes to the embedding)", "True");
+  }
+  const index_t G = cfg.stack.groups();
+  const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
+  py::object dx = need_dx ? new_output<S>({T, N, cfg.stack.input_size}, &args.dx) : py::object(py::none());
+  py::object dh0 = new_output<S>({G, N, cfg.stack.state_size()}, &args.d_state0.h);
+  py::object dc0 = has_c ? new_output<S>({G, N, cfg.stack.hidden_size}, &args.d_state0.c) : py::object(py::none());
+  const BackendOps<S>& ops = backend_for(Device::kCuda).ops<S>();
+  {
+    py::gil_scoped_release release;
+    ops.network_backward(cache, args);
+  }
+  return py::make_tuple(dx, dh0, dc0);
+}
+
+template <typename S>
+py::tuple network_generate_impl(const NetworkConfig& cfg, const py::list& params, const py::object& prefix_obj,
+                                index_t count, double temperature, index_t top_k, std::uint64_t seed,
+                                const py::object& h0, const py::object& c0) {
+  if (cfg.vocab_size == 0 || cfg.loss != LossKind::kCrossEntropy || cfg.output_size != cfg.vocab_size) {
+    throw_expected("network", "a token network with a cross-entropy output over its vocabulary", "another kind");
+  }
+  if (count < 0) throw_expected("count", "an integer >= 0", count);
+  if (!(temperature >= 0.0)) throw_expected("temperature", "a number >= 0", temperature);
+  const py::array prefix = host_ids(prefix_obj, "prefix", "[n] of token ids");
+  if (prefix.ndim() != 1 || prefix.shape(0) < 1) {
+    throw_expected("prefix", "a 1-D array of at least one token id", shape_string(prefix));
+  }
+  const NetworkWeights<S> w = device_network_views<S, const S*>(cfg, network_param_specs(cfg), params, "params");
+  check_array<std::int64_t>(prefix, "prefix", {prefix.shape(0)}, false);
+  const auto* pp = static_cast<const std::int64_t*>(prefix.data());
+  for (index_t i = 0; i < prefix.shape(0); ++i) {
+    if (pp[i] < 0 || pp[i] >= cfg.vocab_size) {
+      throw_expected(concat("prefix[", i, "]"), concat("a token id in [0, ", cfg.vocab_size, ")"), pp[i]);
+    }
+  }
+  const index_t G = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
+  const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
+  NetworkGenerateArgs<S> args;
+  py::object h = new_output<S>({G, 1, P}, &args.state.h);
+  py::object c = has_c ? new_output<S>({G, 1, H}, &args.state.c) : py::object(py::none());
+  const S* h0p = device_ptr<S>(h0, "h0", {G, 1, P});
+  refuse_cell_state(c0, "c0", cfg.stack);
+  const S* c0p = device_ptr<S>(c0, "c0", {G, 1, H});
+  auto tokens = new_array<std::int64_t>({count});
+  args.weights = &w;
+  args.prefix = pp;
+  args.prefix_len = prefix.shape(0);
+  args.count = count;
+  args.temperature = temperature;
+  args.top_k = top_k;
+  args.seed = seed;
+  args.out_tokens = tokens.mutable_data();
+  const BackendOps<S>& ops = backend_for(Device::kCuda).ops<S>();
+  {
+    py::gil_scoped_release release;
+    // The state, in and out: a copy of h0/c0, or zeros.
+    void* const stream = cuda::current_stream();
+    const auto load = [&](const S* from, S* to, index_t width) {
+      const std::size_t bytes = static_cast<std::size_t>(G * width) * sizeof(S);
+      if (from != nullptr) {
+        cuda::copy_on_device(to, from, bytes, stream);
+      } else {
+        cuda::zero_device_bytes(to, bytes);
+      }
+    };
+    load(h0p, args.state.h, P);
+    if (has_c) load(c0p, args.state.c, H);
+    ops.network_generate(cfg, args);
+  }
+  return py::make_tuple(tokens, h, c);
+}
+
 py::tuple device_backward(Cache& cache, const py::object& dy, const py::object& dh_n, const py::object& dc_n,
                           const py::list& grads, bool need_dx) {
   if (cache.data->elem_bytes() == 4) return backward_impl<float>(cache, dy, dh_n, dc_n, grads, need_dx);
@@ -587,6 +778,42 @@ void register_device(py::module_& m) {
     py::gil_scoped_release release;
     cuda::empty_cache();
   }, "Returns the CUDA backend's cached device memory to the device.");
+  m.def("cuda_network_forward",
+        [](const NetworkConfig& cfg, const py::list& params, const py::object& inputs, const py::object& h0,
+           const py::object& c0, const py::object& lengths, const py::object& targets, bool training,
+           std::uint64_t dropout_seed, bool want_outputs, bool softmax_outputs) {
+          return by_kind(kind_of_list(params, "params"), [&](auto s) {
+            return network_forward_impl<decltype(s)>(cfg, params, inputs, h0, c0, lengths, targets, training,
+                                                     dropout_seed, want_outputs, softmax_outputs);
+          });
+        },
+        py::arg("config"), py::arg("params"), py::arg("inputs"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
+        py::arg("targets"), py::arg("training"), py::arg("dropout_seed"), py::arg("want_outputs"),
+        py::arg("softmax_outputs"),
+        "network_forward on the CUDA backend: parameters, dense inputs, states and MSE targets are CUDA arrays; "
+        "token ids, class-id targets and lengths host arrays. (outputs|None, h_n, c_n|None, loss|None, cache|None).");
+  m.def("cuda_network_backward",
+        [](NetCache& cache, const py::list& grads, const py::object& d_outputs, bool need_dx) {
+          if (cache.data->device() != Device::kCuda) {
+            throw_expected("cache", "a cache of a forward on CUDA arrays (cuda_network_forward)",
+                           "the CPU backend's (network_backward takes it)");
+          }
+          if (cache.data->elem_bytes() == 4) return network_backward_impl<float>(cache, grads, d_outputs, need_dx);
+          return network_backward_impl<double>(cache, grads, d_outputs, need_dx);
+        },
+        py::arg("cache"), py::arg("grads"), py::arg("d_outputs"), py::arg("need_dx") = false,
+        "network_backward on the CUDA backend; gradients (CUDA arrays) ACCUMULATED. (dx|None, dh0, dc0|None).");
+  m.def("cuda_network_generate",
+        [](const NetworkConfig& cfg, const py::list& params, const py::object& prefix, index_t count,
+           double temperature, index_t top_k, std::uint64_t seed, const py::object& h0, const py::object& c0) {
+          return by_kind(kind_of_list(params, "params"), [&](auto s) {
+            return network_generate_impl<decltype(s)>(cfg, params, prefix, count, temperature, top_k, seed, h0, c0);
+          });
+        },
+        py::arg("config"), py::arg("params"), py::arg("prefix"), py::arg("count"), py::arg("temperature"),
+        py::arg("top_k"), py::arg("seed"), py::arg("h0"), py::arg("c0"),
+        "network_generate on the CUDA backend (parameters and states CUDA arrays; prefix and the tokens host "
+        "arrays): (tokens, h, c|None).");
   m.def("cuda_set_stream", [](std::uintptr_t stream) { cuda::set_current_stream(reinterpret_cast<void*>(stream)); },
         py::arg("stream"), "The cudaStream_t this thread's CUDA backend calls run on (0: the legacy default stream).");
   m.def("cuda_current_stream", [] { return reinterpret_cast<std::uintptr_t>(cuda::current_stream()); },

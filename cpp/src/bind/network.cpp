@@ -52,24 +52,6 @@ NetworkConfig make_network_config(const StackConfig& stack, index_t vocab_size, 
   return c;
 }
 
-// What a training forward keeps for backward, as the Python object _core.NetworkCache.
-struct NetCache {
-  std::unique_ptr<NetworkCache> data;
-};
-
-// Checks tokens [T,N] int64 in [0, vocab).
-const std::int64_t* check_tokens(const py::array& tokens, index_t vocab) {
-  if (tokens.ndim() != 2) throw_expected("tokens", "a 2-D array [T, N]", concat(tokens.ndim(), "-D"));
-  check_array<std::int64_t>(tokens, "tokens", {tokens.shape(0), tokens.shape(1)}, false);
-  const auto* t = static_cast<const std::int64_t*>(tokens.data());
-  for (index_t i = 0; i < tokens.shape(0) * tokens.shape(1); ++i) {
-    if (t[i] < 0 || t[i] >= vocab) {
-      throw_expected(concat("tokens[", i / tokens.shape(1), ", ", i % tokens.shape(1), "]"),
-                     concat("a token id in [0, ", vocab, ")"), t[i]);
-    }
-  }
-  return t;
-}
 
 template <typename S>
 py::tuple forward_impl(const NetworkConfig& cfg, const py::list& params, const py::array& inputs,
@@ -104,18 +86,7 @@ py::tuple forward_impl(const NetworkConfig& cfg, const py::list& params, const p
   if (targets) {
     if (cfg.loss == LossKind::kNone) throw_expected("targets", "None (the network has no loss)", "an array");
     if (cfg.loss == LossKind::kCrossEntropy) {
-      std::vector<index_t> shape(out_shape.begin(), out_shape.end() - 1);
-      check_array<std::int64_t>(*targets, "targets", shape, false);
-      const auto* t = static_cast<const std::int64_t*>(targets->data());
-      const index_t R = cfg.head_rows(T, N);
-      for (index_t r = 0; r < R; ++r) {
-        const bool padding = sequence && in.lengths && r / N >= in.lengths[r % N];
-        if (!padding && t[r] != cfg.ignore_index && (t[r] < 0 || t[r] >= K)) {
-          throw_expected(sequence ? concat("targets[", r / N, ", ", r % N, "]") : concat("targets[", r, "]"),
-                         concat("a class id in [0, ", K, ") or ignore_index ", cfg.ignore_index), t[r]);
-        }
-      }
-      args.targets = t;
+      args.targets = check_class_targets(cfg, *targets, out_shape, T, N, in.lengths);
     } else {
       args.targets = in_ptr<S>(*targets, "targets", out_shape);
     }
@@ -149,6 +120,10 @@ template <typename S>
 py::tuple backward_impl(NetCache& cache_obj, const py::list& grads, const std::optional<py::array>& d_outputs,
                         bool need_dx) {
   NetworkCache& cache = *cache_obj.data;
+  if (cache.device() != Device::kCpu) {
+    throw_expected("cache", "a cache of a forward on host arrays (this one's forward ran on CUDA arrays: pass CUDA "
+                   "arrays to backward too)", "a CUDA backend's cache");
+  }
   const NetworkPlan& plan = cache.plan();
   const NetworkConfig& cfg = plan.cfg;
   const NetworkGrads<S> g = network_views<S, S*>(cfg, plan.specs, grads, "grads", true);

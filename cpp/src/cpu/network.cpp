@@ -5,24 +5,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
-#include <numeric>
 
 #include <Eigen/Core>
 
 #include "cpu/blas.h"
 #include "cpu/team.h"
 #include "cpu/util.h"
+#include "common/network_rows.h"
 
 namespace rnnkit {
 namespace cpu {
 namespace {
-
-// Row r of the head is valid (counts in the loss) unless it is a padded step.
-bool row_is_padding(const NetworkConfig& cfg, const index_t* lengths, index_t N, index_t r) {
-  if (cfg.head != HeadKind::kSequence || lengths == nullptr) return false;
-  return r / N >= lengths[r % N];
-}
 
 // The final states of the last layer, both directions side by side: rows [n0, n1) of [N, D*P].
 template <typename S>
@@ -43,18 +36,6 @@ void softmax_in_place(S* row, index_t K) {
   const S mx = v.maxCoeff();
   v = (v - mx).exp();
   v /= ordered_sum(v);
-}
-
-// Valid rows of the head: not padding and (cross-entropy) not ignore_index.
-index_t count_valid_rows(const NetworkConfig& cfg, const std::int64_t* targets, index_t R, index_t N,
-                         const index_t* lengths) {
-  index_t count = 0;
-  for (index_t r = 0; r < R; ++r) {
-    if (row_is_padding(cfg, lengths, N, r)) continue;
-    if (cfg.loss == LossKind::kCrossEntropy && targets[r] == cfg.ignore_index) continue;
-    ++count;
-  }
-  return count;
 }
 
 // Cross-entropy of rows [r0, r1), summed; with `grad` (may alias `logits`) also dL/dlogits, where
@@ -103,38 +84,6 @@ void squared_error_rows(const NetworkConfig& cfg, const S* pred, const S* target
     }
     row_loss[r] = total;
   }
-}
-
-// Draws a token from the logits row; see network_generate.
-template <typename S>
-std::int64_t sample_token(const S* logits, index_t K, double temperature, index_t top_k, double u,
-                          std::vector<index_t>& order, std::vector<double>& probs) {
-  order.resize(K);
-  std::iota(order.begin(), order.end(), index_t(0));
-  if (temperature <= 0.0) {
-    return *std::max_element(order.begin(), order.end(),
-                             [&](index_t a, index_t b) { return logits[a] < logits[b]; });
-  }
-  index_t keep = (top_k > 0 && top_k < K) ? top_k : K;
-  if (keep < K) {
-    std::nth_element(order.begin(), order.begin() + (keep - 1), order.end(),
-                     [&](index_t a, index_t b) { return logits[a] > logits[b]; });
-  }
-  double mx = -std::numeric_limits<double>::infinity();
-  for (index_t i = 0; i < keep; ++i) mx = std::max(mx, static_cast<double>(logits[order[i]]));
-  probs.resize(keep);
-  double sum = 0.0;
-  for (index_t i = 0; i < keep; ++i) {
-    probs[i] = std::exp((static_cast<double>(logits[order[i]]) - mx) / temperature);
-    sum += probs[i];
-  }
-  double acc = 0.0;
-  const double target = u * sum;
-  for (index_t i = 0; i < keep; ++i) {
-    acc += probs[i];
-    if (target < acc) return order[i];
-  }
-  return order[keep - 1];
 }
 
 }  // namespace
@@ -390,7 +339,7 @@ void network_generate(const NetworkConfig& cfg, const NetworkGenerateArgs<S>& ar
     copy_n(args.state.h, h_next, groups * P);
     if (has_c) copy_n(args.state.c, c_next, groups * H);
     if (i == args.count) break;
-    const double u = static_cast<double>(splitmix64(args.seed + static_cast<std::uint64_t>(i)) >> 11) * 0x1.0p-53;
+    const double u = generation_uniform(args.seed, i);
     const std::int64_t token = sample_token(logits + (fa.in.T - 1) * K, K, args.temperature, args.top_k, u, order, probs);
     args.out_tokens[i] = token;
     fa.in.tokens = &args.out_tokens[i];
