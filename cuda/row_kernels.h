@@ -148,7 +148,7 @@ struct StatRef {
 };
 
 // The accessor of cells.h for one thread's lanes of batch row n (the CPU's CpuRow, lane by lane).
-template <typename S, int G, int K>
+template <typename S, int G, int K, int kSavedSlots, int kLnParams>
 struct DeviceRow {
   using Scalar = S;
   template <int W>
@@ -159,8 +159,8 @@ struct DeviceRow {
   const Thread* th;
   LaneMap<K> m;
   index_t GH;
-  int saved_slots;
-  int ln_params;  // the cell's LayerNorm parameters: db_ih's partial sums follow theirs
+  // kSavedSlots: the cell's saved per-unit values before its statistics; kLnParams: its LayerNorm
+  // parameters (db_ih's partial sums follow theirs). Template constants: no registers for them.
   S* reduce;  // the block's shared memory: th->block_dim scalars
   S* gates_ = nullptr;
   S* hgates_ = nullptr;
@@ -202,7 +202,7 @@ struct DeviceRow {
     (void)count;
     return row(saved_ + s * m.H);
   }
-  RNNKIT_DEVICE StatRef<S> stat(int s) const { return {saved_ + saved_slots * m.H + s, th->thread == 0}; }
+  RNNKIT_DEVICE StatRef<S> stat(int s) const { return {saved_ + kSavedSlots * m.H + s, th->thread == 0}; }
   RNNKIT_DEVICE Ref<K> tmp(int s) const { return slice(tmp_ + s * m.H); }
   RNNKIT_DEVICE CRef<K> ln(int p, int k) const { return slice(ln_[p] + k * m.H); }
   RNNKIT_DEVICE CRef<G * K> ln_row(int p) const { return row(ln_[p]); }
@@ -221,8 +221,8 @@ struct DeviceRow {
   }
   RNNKIT_DEVICE Ref<K> dln(int p, int k) const { return slice(partial(p) + k * m.H); }
   RNNKIT_DEVICE Ref<G * K> dln_row(int p) const { return row(partial(p)); }
-  RNNKIT_DEVICE Ref<G * K> db_ih_row() const { return row(partial(ln_params)); }
-  RNNKIT_DEVICE Ref<G * K> db_hh_row() const { return row(partial(ln_params) + GH); }
+  RNNKIT_DEVICE Ref<G * K> db_ih_row() const { return row(partial(kLnParams)); }
+  RNNKIT_DEVICE Ref<G * K> db_hh_row() const { return row(partial(kLnParams) + GH); }
 
   // The mean over the whole row (or slice) x: the valid lanes' sum, then the block's sum of those
   // in a fixed tree order (so a result does not depend on timing), divided by the row's width.
@@ -251,7 +251,6 @@ struct DeviceRow {
 // rows up to 1024 wide take one lane per thread, the case whose registers ptxas keeps without
 // spilling (CI checks it); H beyond kMaxRowLanes * kMaxBlockThreads is refused by plan_stack.
 constexpr index_t kMaxRowLanes = 8;
-constexpr index_t kMaxRowHidden = kMaxRowLanes * kMaxBlockThreads;
 struct RowLaunch {
   int lanes = 1;
   int threads = 32;
@@ -281,7 +280,7 @@ struct ForwardRows {
         }
         continue;
       }
-      DeviceRow<S, Cell::kGates, K> a{&th, m, f.GH, Cell::kSavedSlots, Cell::kLnParams, static_cast<S*>(th.shared)};
+      DeviceRow<S, Cell::kGates, K, Cell::kSavedSlots, Cell::kLnParams> a{&th, m, f.GH, static_cast<S*>(th.shared)};
       a.gates_ = row_of(f.gates, n, f.GH);
       a.hgates_ = row_of(f.hgates, n, f.GH);
       a.bias_ = f.bias;
@@ -319,7 +318,7 @@ struct BackwardRows {
         }
       }
       if (pad) continue;  // block-uniform
-      DeviceRow<S, Cell::kGates, K> a{&th, m, b.GH, Cell::kSavedSlots, Cell::kLnParams, static_cast<S*>(th.shared)};
+      DeviceRow<S, Cell::kGates, K, Cell::kSavedSlots, Cell::kLnParams> a{&th, m, b.GH, static_cast<S*>(th.shared)};
       a.gates_ = row_of(b.gates, n, b.GH);
       a.h_prev_ = row_of(b.h_prev, n, b.P);
       a.c_prev_ = row_of(b.c_prev, n, b.H);

@@ -10,7 +10,8 @@
 // buffers), so the same offsets describe a reserve on either backend.
 //
 // The LayerNorm cells average over a whole row inside the cell: they run one block per batch row
-// (row_kernels.h), for hidden sizes up to kMaxRowHidden (plan_stack refuses larger ones).
+// (row_kernels.h), for hidden sizes up to kMaxRowLanes * kMaxBlockThreads = 8192 (plan_stack
+// refuses larger ones).
 #pragma once
 
 #include <memory>
