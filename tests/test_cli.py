@@ -300,3 +300,15 @@ def test_the_adding_task_with_its_defaults_gets_below_a_tenth_of_the_baseline(tm
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["steps"] == 2000
     assert summary["final_val_loss"] < ADDING_BASELINE_MSE / 10, summary
+
+
+def test_train_on_cuda_without_the_backend_is_a_one_line_error(tmp_path):
+    import rnnkit
+
+    if rnnkit.cuda.is_available():
+        pytest.skip(f"rnnkit's CUDA backend runs here ({rnnkit.cuda.status()}): tests/test_cuda_network.py trains on it")
+    proc = _cli("train", *TINY, "--steps", "2", "--device", "cuda", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    line = _one_error_line(proc, "train")
+    assert line == f"rnnkit train: error: --device: CUDA is unavailable here: {rnnkit.cuda.status()}", line
+    assert not (tmp_path / "run").exists()

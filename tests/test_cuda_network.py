@@ -307,3 +307,30 @@ def test_rnn_network_on_cuda_streams_generates_and_pickles():
     with pytest.raises(TypeError, match=r"inputs: expected dtype float64, got float32"):
         rnnkit.RNNNetwork(input_size=3, hidden_size=4, output_size=2, dtype="float64").to("cuda").forward(
             _core.to_device(np.zeros((2, 1, 3), np.float32)))
+
+
+def test_rnnkit_train_on_cuda_matches_the_cpu_and_a_run_resumes_on_either_device(tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    def train(*args):
+        proc = subprocess.run([sys.executable, "-m", "rnnkit", "train", "--task", "adding", "--task-length", "20",
+                               "--hidden", "8", "--batch", "4", "--eval-every", "3", "--no-progress", "--threads", "1",
+                               *args], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def val_losses(folder):
+        with open(folder / "metrics.csv", newline="") as f:
+            return [float(r["val_loss"]) for r in csv.DictReader(f) if r["val_loss"]]
+
+    train("--steps", "6", "--out", str(tmp_path / "cpu"))
+    out = train("--steps", "6", "--out", str(tmp_path / "cuda"), "--device", "cuda")
+    assert "; device cuda (" in out
+    train("--steps", "3", "--out", str(tmp_path / "moved"), "--device", "cuda")
+    train("--resume", "--steps", "6", "--out", str(tmp_path / "moved"))  # the rest on the CPU
+    want = val_losses(tmp_path / "cpu")
+    assert len(want) == 2
+    np.testing.assert_allclose(val_losses(tmp_path / "cuda"), want, rtol=1e-5)
+    np.testing.assert_allclose(val_losses(tmp_path / "moved"), want, rtol=1e-5)

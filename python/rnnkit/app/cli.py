@@ -186,7 +186,9 @@ def _resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser,
     defaults = {a.dest: a.real_default for a in parser._actions if hasattr(a, "real_default")}
     flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
     settings: Dict[str, Any] = {}
-    for name in RUN_SETTINGS + ("steps", "minutes", "patience", "threads", "log_every"):
+    # Where to train is not a setting of the run: a checkpoint holds host arrays, so a run started
+    # on one device resumes on either.
+    for name in RUN_SETTINGS + ("steps", "minutes", "patience", "threads", "log_every", "device"):
         typed = getattr(args, name)
         if stored is not None and name in RUN_SETTINGS:
             if typed is not None and typed != stored.get(name):
@@ -411,12 +413,16 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         why = _finished_reason(ckpt, settings, patience_typed=args.patience is not None)
         if why:
             raise CommandError(f"--resume: the run in {out} is finished: {why}")
+    if settings["device"] == "cuda" and not rnnkit.cuda.is_available():
+        raise CommandError(f"--device: CUDA is unavailable here: {rnnkit.cuda.status()}")
     rnnkit.set_num_threads(settings["threads"] or available_cpus())
     train_src, val_src, model, meta, described, baseline = _build_run(settings)
+    model.to(settings["device"])
     meta["settings"] = settings
     meta["command"] = " ".join(["rnnkit"] + sys.argv[1:])
     print(described)
-    print(f"model: {model!r}, {model.num_parameters:,} parameters; threads {rnnkit.get_num_threads()}")
+    print(f"model: {model!r}, {model.num_parameters:,} parameters; threads {rnnkit.get_num_threads()}"
+          + ("" if settings["device"] == "cpu" else f"; device {settings['device']} ({rnnkit.cuda.status()})"))
     optimizer = rnnkit.optim.OPTIMIZERS[settings["optimizer"]](model, lr=settings["lr"])
     os.makedirs(out, exist_ok=True)  # only now: a command that fails its checks leaves nothing behind
     metrics = os.path.join(out, "metrics.csv")
@@ -567,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(t, "--log-every", type=_int_at_least(1), metavar="STEPS", shown="--eval-every (250)",
          help="steps between printed log lines when there is no progress bar")
     _add(t, "--threads", type=_int_at_least(1), metavar="N", shown="the CPUs available to this process", help="compute threads")
+    _add(t, "--device", choices=("cpu", "cuda"), default="cpu",
+         help="where the model trains: the CPU, or the GPU through rnnkit's CUDA backend (a RNNKIT_CUDA=1 build); "
+              "a run resumes on either")
     t.add_argument("--out", default="rnnkit-run", metavar="DIR", help="output folder")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with the settings it was started with")

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from .. import _device as D
 from .. import _validate as V
 from . import optim as _optim
 from .checkpoint import Checkpoint, atomic_write, load_checkpoint, save_checkpoint
@@ -143,7 +144,7 @@ class Trainer:
         arrays: Dict[str, np.ndarray] = {}
         if self.state is not None:
             for i, a in enumerate(self.state if isinstance(self.state, tuple) else (self.state,)):
-                arrays[f"state/{i}"] = a
+                arrays[f"state/{i}"] = D.to_numpy(a)  # a network on the GPU carries device arrays
         if self.best_params is not None:
             arrays.update({f"best/{k}": v for k, v in self.best_params.items()})
         meta = dict(self.extra_meta)
