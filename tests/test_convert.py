@@ -182,3 +182,82 @@ def test_wrong_shapes_are_refused():
     keras = convert.to_keras(layer)
     with pytest.raises(ValueError, match=r"groups: expected 1"):
         convert.from_keras(layer, keras * 2)
+
+
+# ---- from_onnx: ONNX's defaults applied, and every mismatch refused with what to change ---------
+def test_from_onnx_refuses_a_reverse_node_and_another_direction():
+    layer = rnnkit.LSTM(2, 3)
+    nodes = convert.to_onnx(layer)
+    assert nodes[0]["direction"] == "forward" and nodes[0]["hidden_size"] == 3
+    reverse = dict(nodes[0], direction="reverse")
+    before = layer.state_dict()
+    with pytest.raises(ValueError, match=r"nodes\[0\]\['direction'\]: expected 'forward' or 'bidirectional' "
+                                         r"\(rnnkit has no reverse-only layer yet"):
+        convert.from_onnx(layer, [reverse])
+    with pytest.raises(ValueError, match=r"nodes\[0\]\['direction'\]: expected 'forward' for this layer "
+                                         r"\(bidirectional=False\), got 'bidirectional': make the layer with "
+                                         r"bidirectional=True"):
+        convert.from_onnx(layer, [dict(nodes[0], direction=b"bidirectional")])
+    with pytest.raises(ValueError, match=r"nodes\[0\]\['hidden_size'\]: expected 3 \(the layer's hidden_size\), got 4"):
+        convert.from_onnx(layer, [dict(nodes[0], hidden_size=4)])
+    for name, value in before.items():  # nothing was loaded
+        np.testing.assert_array_equal(layer.params[name], value)
+
+
+def test_from_onnx_applies_onnxs_gru_default_linear_before_reset_0():
+    source = rnnkit.GRU(2, 3, reset_after=False, seed=1)
+    node = convert.to_onnx(source)[0]
+    del node["linear_before_reset"]  # as an ONNX node that leaves the attribute at its default
+    target = rnnkit.GRU(2, 3, reset_after=False, seed=2)
+    convert.from_onnx(target, [node])
+    for name, value in source.state_dict().items():
+        np.testing.assert_array_equal(target.params[name], value)
+    with pytest.raises(ValueError, match=r"nodes\[0\]\['linear_before_reset'\]: expected 1 for "
+                                         r"GRU\(reset_after=True\), got 0 \(absent: ONNX's default 0\): make the "
+                                         r"layer with reset_after=False"):
+        convert.from_onnx(rnnkit.GRU(2, 3), [node])
+
+
+def test_from_onnx_biases_missing_are_zeros_and_nonzero_ones_need_a_biased_layer():
+    source = rnnkit.RNN(2, 3, seed=1)
+    node = convert.to_onnx(source)[0]
+    target = rnnkit.RNN(2, 3, seed=2)
+    convert.from_onnx(target, [dict(node, B=None)])  # ONNX: B absent means zero biases
+    assert not target.params["bias_ih_l0"].any() and not target.params["bias_hh_l0"].any()
+    np.testing.assert_array_equal(target.params["weight_hh_l0"], source.params["weight_hh_l0"])
+    unbiased = rnnkit.RNN(2, 3, bias=False)
+    with pytest.raises(ValueError, match=r"nodes\[0\]\['B'\]: expected none or zeros for a layer with bias=False "
+                                         r"\(it has no biases to load them into: make the layer with bias=True\)"):
+        convert.from_onnx(unbiased, [node])
+    convert.from_onnx(unbiased, [dict(node, B=np.zeros_like(node["B"]))])  # zeros lose nothing
+
+
+@pytest.mark.parametrize("key, value, pattern", [
+    ("clip", 3.0, r"\['clip'\]: expected none \(rnnkit's layers have no cell clip yet\), got 3.0"),
+    ("input_forget", 1, r"\['input_forget'\]: expected 0 \(rnnkit's LSTM has no coupled input-forget gate yet\)"),
+    ("P", np.ones((1, 9)), r"\['P'\]: expected none or zeros \(rnnkit's LSTM has no peepholes yet\)"),
+    ("activations", ["HardSigmoid", "Tanh", "Tanh"],
+     r"\['activations'\]: expected \['Sigmoid', 'Tanh', 'Tanh'\] \(this LSTM's own; rnnkit has no other "
+     r"activations yet\), got \['HardSigmoid', 'Tanh', 'Tanh'\]"),
+    ("activation_alpha", [0.2], r"\['activation_alpha'\]: expected none"),
+    ("direction", "sideways", r"\['direction'\]: expected 'forward', 'reverse' or 'bidirectional', got 'sideways'"),
+])
+def test_from_onnx_refuses_attributes_rnnkit_cannot_represent_yet(key, value, pattern):
+    layer = rnnkit.LSTM(2, 3)
+    node = convert.to_onnx(layer)[0]
+    with pytest.raises(ValueError, match=r"nodes\[0\]" + pattern):
+        convert.from_onnx(layer, [dict(node, **{key: value})])
+
+
+def test_from_onnx_accepts_the_default_attributes_spelled_out():
+    source = rnnkit.LSTM(2, 3, bidirectional=True, seed=4)
+    node = dict(convert.to_onnx(source)[0], activations=["sigmoid", "tanh", "tanh"] * 2, input_forget=0,
+                P=np.zeros((2, 9)), clip=None)
+    target = rnnkit.LSTM(2, 3, bidirectional=True, seed=5)
+    convert.from_onnx(target, [node])
+    for name, value in source.state_dict().items():
+        np.testing.assert_array_equal(target.params[name], value)
+    relu = rnnkit.RNN(2, 3, nonlinearity="relu")
+    convert.from_onnx(relu, [dict(convert.to_onnx(relu)[0], activations=["Relu"])])
+    with pytest.raises(ValueError, match=r"expected \['Relu'\]"):
+        convert.from_onnx(relu, [dict(convert.to_onnx(relu)[0], activations=["Tanh"])])

@@ -69,8 +69,9 @@ def _bias_pair(layer: _RecurrentLayer, sfx: str):
 
 # ---- ONNX ---------------------------------------------------------------------------------------
 def to_onnx(layer: _RecurrentLayer) -> List[Dict[str, np.ndarray]]:
-    """Per layer, the inputs of one ONNX RNN/LSTM/GRU node: ``{"W", "R", "B"}`` (B is None for
-    bias=False) and, for GRU, ``{"linear_before_reset": 0 or 1}``."""
+    """Per layer, the inputs and attributes of one ONNX RNN/LSTM/GRU node: ``{"W", "R", "B"}`` (B is
+    None for bias=False), ``"direction"``, ``"hidden_size"`` and, for GRU, ``"linear_before_reset"``
+    (0 or 1)."""
     _check_convertible(layer, "ONNX")
     order, H = _ONNX_ORDER[layer.mode], layer.hidden_size
     out = []
@@ -82,39 +83,112 @@ def to_onnx(layer: _RecurrentLayer) -> List[Dict[str, np.ndarray]]:
             W.append(_reorder(layer.params["weight_ih" + sfx], order, H))
             R.append(_reorder(layer.params["weight_hh" + sfx], order, H))
             B.append(np.concatenate([_reorder(b_ih, order, H), _reorder(b_hh, order, H)]))
-        node = {"W": np.stack(W), "R": np.stack(R), "B": np.stack(B) if layer.bias else None}
+        node = {"W": np.stack(W), "R": np.stack(R), "B": np.stack(B) if layer.bias else None,
+                "direction": "bidirectional" if layer.num_directions == 2 else "forward",
+                "hidden_size": H}
         if isinstance(layer, GRU):
             node["linear_before_reset"] = 1 if layer.reset_after else 0
         out.append(node)
     return out
 
 
+# The activations an ONNX node may name that are rnnkit's own cells' (ONNX's defaults): per
+# direction, f (and g, h) in ONNX's order.
+_ONNX_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"],
+                     "GRU_RESET_BEFORE": ["Sigmoid", "Tanh"], "RNN_TANH": ["Tanh"], "RNN_RELU": ["Relu"]}
+
+
+def _onnx_text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return _onnx_text(value.item())
+    return str(value)
+
+
+def _check_onnx_attributes(layer: _RecurrentLayer, k: int, node: Dict[str, np.ndarray]) -> None:
+    """Refuses what an rnnkit layer cannot represent, saying what to change: ONNX's defaults apply
+    where a key is absent (direction "forward", linear_before_reset 0, no clip, the default
+    activations, input_forget 0, no peepholes)."""
+    name = f"nodes[{k}]"
+    direction = _onnx_text(node.get("direction", "forward"))
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise ValueError(f"{name}['direction']: expected 'forward', 'reverse' or 'bidirectional', got {direction!r}")
+    if direction == "reverse":
+        raise ValueError(f"{name}['direction']: expected 'forward' or 'bidirectional' (rnnkit has no reverse-only "
+                         "layer yet: a bidirectional layer's reverse half, or reversing the input, computes it), "
+                         "got 'reverse'")
+    wanted = "bidirectional" if layer.num_directions == 2 else "forward"
+    if direction != wanted:
+        fix = "bidirectional=True" if direction == "bidirectional" else "bidirectional=False"
+        raise ValueError(f"{name}['direction']: expected {wanted!r} for this layer (bidirectional={layer.bidirectional}), "
+                         f"got {direction!r}: make the layer with {fix}")
+    if "hidden_size" in node and int(node["hidden_size"]) != layer.hidden_size:
+        raise ValueError(f"{name}['hidden_size']: expected {layer.hidden_size} (the layer's hidden_size), "
+                         f"got {int(node['hidden_size'])}")
+    if isinstance(layer, GRU):
+        # ONNX's default is 0 (reset before the recurrent product): rnnkit's reset_after=False.
+        lbr = int(node.get("linear_before_reset", 0))
+        if lbr != int(layer.reset_after):
+            absent = " (absent: ONNX's default 0)" if "linear_before_reset" not in node else ""
+            raise ValueError(f"{name}['linear_before_reset']: expected {int(layer.reset_after)} for "
+                             f"GRU(reset_after={layer.reset_after}), got {lbr}{absent}: make the layer with "
+                             f"reset_after={bool(lbr)}")
+    if node.get("clip") is not None:
+        raise ValueError(f"{name}['clip']: expected none (rnnkit's layers have no cell clip yet), got {node['clip']}")
+    if int(node.get("input_forget", 0)) != 0:
+        raise ValueError(f"{name}['input_forget']: expected 0 (rnnkit's LSTM has no coupled input-forget gate yet), "
+                         f"got {int(node['input_forget'])}")
+    if node.get("P") is not None and np.any(np.asarray(node["P"]) != 0):
+        raise ValueError(f"{name}['P']: expected none or zeros (rnnkit's LSTM has no peepholes yet), got nonzero "
+                         "peephole weights")
+    if node.get("activations") is not None:
+        got = [_onnx_text(a) for a in np.asarray(node["activations"], dtype=object).reshape(-1)]
+        default = _ONNX_ACTIVATIONS[layer.mode] * layer.num_directions
+        if [a.lower() for a in got] != [a.lower() for a in default]:
+            raise ValueError(f"{name}['activations']: expected {default} (this {type(layer).__name__}'s own; rnnkit "
+                             f"has no other activations yet), got {got}")
+    for key in ("activation_alpha", "activation_beta"):
+        if node.get(key) is not None:
+            raise ValueError(f"{name}[{key!r}]: expected none (the default activations take no parameters), "
+                             f"got {node[key]}")
+
+
 def from_onnx(layer: _RecurrentLayer, nodes: Sequence[Dict[str, np.ndarray]]) -> None:
-    """Loads per-layer ONNX ``{"W", "R", "B"}`` (as made by ``to_onnx``) into ``layer``."""
+    """Loads per-layer ONNX nodes ``{"W", "R", "B"}`` plus any of their attributes (as made by
+    ``to_onnx``, or read off an ONNX model) into ``layer``. ONNX's defaults apply to what a node
+    leaves out: an absent ``B`` is zero biases, an absent ``linear_before_reset`` is 0, an absent
+    ``direction`` "forward". What the layer cannot represent (a reverse-only node, another
+    direction or hidden size, nonzero biases for a ``bias=False`` layer, clip, peepholes, coupled
+    gates, other activations) is refused with a message saying what to change; nothing is loaded
+    then."""
     _check_convertible(layer, "ONNX")
     if len(nodes) != layer.num_layers:
         raise ValueError(f"nodes: expected {layer.num_layers} (one per layer), got {len(nodes)}")
     inv, H = _inverse(_ONNX_ORDER[layer.mode]), layer.hidden_size
     state = {}
     for k, node in enumerate(nodes):
-        if isinstance(layer, GRU) and "linear_before_reset" in node and int(node["linear_before_reset"]) != int(layer.reset_after):
-            raise ValueError(f"nodes[{k}]['linear_before_reset']: expected {int(layer.reset_after)} for "
-                             f"GRU(reset_after={layer.reset_after}), got {node['linear_before_reset']}")
+        _check_onnx_attributes(layer, k, node)
+        W = V.as_float_array(f"nodes[{k}]['W']", node["W"], layer.dtype)
+        R = V.as_float_array(f"nodes[{k}]['R']", node["R"], layer.dtype)
+        B = None if node.get("B") is None else V.as_float_array(f"nodes[{k}]['B']", node["B"], layer.dtype)
         for d in range(layer.num_directions):
             sfx = _suffix(k, d)
             shape_ih = layer.params["weight_ih" + sfx].shape
             shape_hh = layer.params["weight_hh" + sfx].shape
-            W = V.as_float_array(f"nodes[{k}]['W']", node["W"], layer.dtype)
-            R = V.as_float_array(f"nodes[{k}]['R']", node["R"], layer.dtype)
             V.check_shape(f"nodes[{k}]['W']", W, (layer.num_directions,) + shape_ih)
             V.check_shape(f"nodes[{k}]['R']", R, (layer.num_directions,) + shape_hh)
             state["weight_ih" + sfx] = _reorder(W[d], inv, H)
             state["weight_hh" + sfx] = _reorder(R[d], inv, H)
-            if layer.bias:
-                B = V.as_float_array(f"nodes[{k}]['B']", node.get("B"), layer.dtype)
+            if B is not None:
                 V.check_shape(f"nodes[{k}]['B']", B, (layer.num_directions, 2 * shape_hh[0]))
-                state["bias_ih" + sfx] = _reorder(B[d, :shape_hh[0]], inv, H)
-                state["bias_hh" + sfx] = _reorder(B[d, shape_hh[0]:], inv, H)
+            if layer.bias:
+                b = np.zeros(2 * shape_hh[0], layer.dtype) if B is None else B[d]
+                state["bias_ih" + sfx] = _reorder(b[:shape_hh[0]], inv, H)
+                state["bias_hh" + sfx] = _reorder(b[shape_hh[0]:], inv, H)
+        if not layer.bias and B is not None and np.any(B != 0):
+            raise ValueError(f"nodes[{k}]['B']: expected none or zeros for a layer with bias=False (it has no biases "
+                             "to load them into: make the layer with bias=True), got nonzero biases")
     layer.load_state_dict(state)
 
 
