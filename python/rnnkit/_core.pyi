@@ -161,6 +161,14 @@ def _set_min_parallel_step_work(work: typing.SupportsInt | typing.SupportsIndex)
     """
     From how much per-step work (multiply-adds) a call uses the thread team (tests lower it).
     """
+def _bf16_dot_peak_gflops(seconds: typing.SupportsFloat | typing.SupportsIndex) -> tuple:
+    """
+    The core's AVX512_BF16 dot-product peak: (GFLOP/s, ISA), (0.0, '') without it (bench/goals.py).
+    """
+def _fma_peak_gflops(seconds: typing.SupportsFloat | typing.SupportsIndex) -> tuple:
+    """
+    The core's fp32 FMA peak: (GFLOP/s, ISA probed), (0.0, '') without AVX2/AVX-512 (bench/goals.py).
+    """
 def _sgemm_gflops(n: typing.SupportsInt | typing.SupportsIndex, reps: typing.SupportsInt | typing.SupportsIndex) -> float:
     ...
 def adam_step(params: list, grads: list, exp_avg: list, exp_avg_sq: list, lr: typing.SupportsFloat | typing.SupportsIndex, beta1: typing.SupportsFloat | typing.SupportsIndex, beta2: typing.SupportsFloat | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, weight_decay: typing.SupportsFloat | typing.SupportsIndex, decoupled: bool, step: typing.SupportsInt | typing.SupportsIndex) -> None:

@@ -11,6 +11,7 @@
 #include "cpu/blas.h"
 #include "cpu/buffer.h"
 #include "cpu/build_info.h"
+#include "cpu/peak_probe.h"
 #include "cpu/team.h"
 #include "rnnkit_cpu_features.h"
 
@@ -53,6 +54,8 @@ py::dict build_info() {
   info["arch"] = RNNKIT_ARCH;
   info["cpu_features"] = RNNKIT_CPU_FEATURES;
   info["blas"] = cpu::blas_info();
+  info["blas_kernel"] = cpu::blas_kernel();
+  info["cpu_vector_isa"] = cpu::cpu_vector_isa();
 #ifdef RNNKIT_WITH_CUDA
   info["cuda_built"] = true;
   info["cuda_emulated"] = cuda::emulated();

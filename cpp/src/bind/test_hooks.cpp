@@ -13,6 +13,7 @@
 #include "cpu/blas.h"
 #include "cpu/buffer.h"
 #include "cpu/packed_gemm.h"
+#include "cpu/peak_probe.h"
 #include "cpu/stack.h"
 
 namespace rnnkit {
@@ -91,6 +92,24 @@ void register_test_hooks(py::module_& m) {
         return 2.0 * double(n) * double(n) * double(n) / best / 1e9;
       }, py::arg("n"), py::arg("reps"));
 
+  m.def("_fma_peak_gflops", [](double seconds) {
+        cpu::PeakProbe p;
+        {
+          py::gil_scoped_release release;
+          p = cpu::fp32_fma_peak(seconds);
+        }
+        return py::make_tuple(p.gflops, p.isa);
+      }, py::arg("seconds"),
+      "The core's fp32 FMA peak: (GFLOP/s, ISA probed), (0.0, '') without AVX2/AVX-512 (bench/goals.py).");
+  m.def("_bf16_dot_peak_gflops", [](double seconds) {
+        cpu::PeakProbe p;
+        {
+          py::gil_scoped_release release;
+          p = cpu::bf16_dot_peak(seconds);
+        }
+        return py::make_tuple(p.gflops, p.isa);
+      }, py::arg("seconds"),
+      "The core's AVX512_BF16 dot-product peak: (GFLOP/s, ISA), (0.0, '') without it (bench/goals.py).");
   m.def("_packed_panel_width", [](const std::string& dtype) -> index_t {
         return dtype == "float64" ? packed_panel_width<double>() : packed_panel_width<float>();
       });

@@ -71,6 +71,8 @@ void set_blas_threads(int n) {
 
 int get_blas_threads() { return RNNKIT_BLAS(openblas_get_num_threads)(); }
 
+std::string blas_kernel() { return RNNKIT_BLAS(openblas_get_corename)(); }
+
 std::string blas_info() {
   std::string info = RNNKIT_BLAS(openblas_get_config)();
   info += " (kernel: ";

@@ -33,6 +33,8 @@ void set_blas_threads(int n);
 int get_blas_threads();
 // OpenBLAS' own description: version, build options and the kernel picked for this CPU.
 std::string blas_info();
+// The kernel OpenBLAS chose (openblas_get_corename: "Haswell", "SkylakeX", "Cooperlake", ...).
+std::string blas_kernel();
 
 }  // namespace cpu
 }  // namespace rnnkit

@@ -155,6 +155,11 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"  python     {sys.version.split()[0]}, numpy {np.__version__}")
     print(f"  compiler   {info['compiler']}  (Eigen {info['eigen']}, SIMD: {info['simd']})")
     print(f"  BLAS       {info['blas']}")
+    print(f"  CPU ISA    {info['cpu_vector_isa']} (the widest vector instructions this CPU has; OPENBLAS_CORETYPE="
+          f"{os.environ.get('OPENBLAS_CORETYPE', 'unset')})")
+    kernel_note = rnnkit._runtime.blas_kernel_warning()
+    if kernel_note:
+        print(f"  warning: {kernel_note}")
     print(f"  threads    {info['num_threads']} (set with RNNKIT_NUM_THREADS or rnnkit.set_num_threads)")
     built = "built" if info["cuda_built"] else "not built"
     usable = "available" if info["cuda_available"] else "not available"
