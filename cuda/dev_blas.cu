@@ -58,8 +58,16 @@ cublasHandle_t handle_for(Stream stream) {
   thread_local Handle handle;
   const CublasApi& api = cublas();
   if (handle.h == nullptr) {
-    RNNKIT_CUBLAS_CHECK(api.create(&handle.h));
-    handle.workspace = raw_device_alloc(kCublasWorkspaceBytes, "the cuBLAS workspace");
+    // Both or neither: a handle without its workspace would be handed to cublasSetWorkspace below.
+    cublasHandle_t h = nullptr;
+    RNNKIT_CUBLAS_CHECK(api.create(&h));
+    try {
+      handle.workspace = raw_device_alloc(kCublasWorkspaceBytes, "the cuBLAS workspace");
+    } catch (...) {
+      api.destroy(h);
+      throw;
+    }
+    handle.h = h;
   }
   // cublasSetStream resets the workspace to cuBLAS' own: set ours after it, every time.
   RNNKIT_CUBLAS_CHECK(api.set_stream(handle.h, static_cast<cudaStream_t>(stream)));
@@ -98,6 +106,14 @@ bool intercept_gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index
 }
 
 }  // namespace
+
+void prepare_blas(Stream stream) {
+#if defined(__CUDACC__)
+  handle_for(stream);
+#else
+  (void)stream;
+#endif
+}
 
 void gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, float alpha, const float* a,
           index_t lda, const float* b, index_t ldb, float beta, float* c, index_t ldc) {

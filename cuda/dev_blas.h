@@ -14,6 +14,10 @@ namespace cuda {
 
 enum class Op { kN, kT };
 
+// Makes this thread's cuBLAS handle and workspace now (cublasCreate and cudaMalloc are refused
+// during stream capture, so graph.cu calls it before capturing). A no-op in the emulation.
+void prepare_blas(Stream stream);
+
 // C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, column-major (cublas<t>gemm).
 void gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, float alpha, const float* a,
           index_t lda, const float* b, index_t ldb, float beta, float* c, index_t ldc);

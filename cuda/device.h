@@ -47,6 +47,9 @@ using Stream = void*;
 // around its calls). Read once at the start of each backend call.
 Stream current_stream();
 void set_current_stream(Stream stream);
+// Throws std::runtime_error naming `what` when `stream` is being captured into a CUDA graph by the
+// caller (torch.cuda.graph, say): rnnkit's calls allocate and synchronise, which capture forbids.
+void refuse_external_capture(Stream stream, const char* what);
 
 // graph.h: a loop being recorded or captured as a CUDA graph intercepts the launches below and
 // the GEMMs and device copies; a node's kind is part of the record.

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "dev_blas.h"
 #include "device.h"
 #include "rnnkit_cuda.h"
 
@@ -136,6 +137,12 @@ Stream begin_graph_capture(Recorder& capture) {
   if (c.capture_stream == nullptr) {
     RNNKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&c.capture_stream, cudaStreamNonBlocking));
   }
+  try {
+    prepare_blas(c.capture_stream);  // the handle's creation and workspace cannot happen under capture
+  } catch (...) {
+    c.capturing = false;
+    throw;
+  }
   const cudaError_t err = cudaStreamBeginCapture(c.capture_stream, cudaStreamCaptureModeThreadLocal);
   if (err != cudaSuccess) {
     c.capturing = false;
@@ -153,8 +160,11 @@ void abort_graph_capture(Recorder& capture) noexcept {
   capture.nodes.clear();
 #if defined(__CUDACC__)
   cudaGraph_t graph = nullptr;
-  if (cudaStreamEndCapture(c.capture_stream, &graph) == cudaSuccess && graph != nullptr) cudaGraphDestroy(graph);
-  cudaGetLastError();  // an invalidated capture's error is not the caller's
+  if (cudaStreamEndCapture(c.capture_stream, &graph) == cudaSuccess) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+  } else {
+    cudaGetLastError();  // the invalidated capture's error: the caller's exception says what failed
+  }
 #endif
 }
 

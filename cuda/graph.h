@@ -76,9 +76,11 @@ Recorder*& active_recorder();
 // be part of a graph (synchronisation, host copies, allocation).
 void refuse_in_graph(const char* what);
 
-// A distinct address per kernel body type: the kernel's identity in a record, in both builds.
+// A distinct address per kernel body type: the kernel's identity in a record, in both builds. A
+// mutable variable, not an empty function: a linker folding identical code (--icf) could give two
+// empty functions one address, never two writable objects.
 template <typename Body>
-void kernel_tag() {}
+inline char kernel_tag = 0;
 
 // Records a kernel launch (record mode). Returns true when the caller must not launch: always in
 // record mode, and in the emulation's capture mode after keeping `node` as the graph's next node.

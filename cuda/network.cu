@@ -261,6 +261,7 @@ void network_forward(const CudaNetworkPlan& plan, const NetworkForwardArgs<S>& a
   const bool ce = cfg.loss == LossKind::kCrossEntropy;
   const bool with_loss = args.targets != nullptr && args.loss != nullptr;
   const Stream stream = current_stream();
+  refuse_external_capture(stream, "a network call");
   assert(training == (cache != nullptr));
 
   // What the loss averages over, counted on the host where the ids are (as the CPU does).
@@ -367,6 +368,7 @@ void network_backward(CudaNetworkCache<S>& cache, const NetworkBackwardArgs<S>& 
   const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
   const S* d_out = args.d_outputs != nullptr ? args.d_outputs : cache.d_out;
   const Stream stream = current_stream();
+  refuse_external_capture(stream, "a network call");
 
   const index_t demb_n = cfg.vocab_size > 0 ? TN * E : 0;
   const index_t dhn_n = sequence ? 0 : groups * N * P;
@@ -416,6 +418,7 @@ void network_generate(const NetworkConfig& cfg, const NetworkGenerateArgs<S>& ar
   const index_t P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
   const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
   const Stream stream = current_stream();
+  refuse_external_capture(stream, "a network call");
   NetworkConfig step_cfg = cfg;
   step_cfg.head = HeadKind::kSequence;
   // Two shapes of call: the prefix, then one token at a time.

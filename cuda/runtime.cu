@@ -54,6 +54,22 @@ bool intercept_zero(void* dst, std::size_t bytes, Stream stream) {
 Stream current_stream() { return t_current_stream; }
 void set_current_stream(Stream stream) { t_current_stream = stream; }
 
+void refuse_external_capture(Stream stream, const char* what) {
+#if defined(__CUDACC__)
+  if (active_recorder() != nullptr) return;  // rnnkit's own capture (graph.h) runs on its stream
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  RNNKIT_CUDA_CHECK(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &status));
+  if (status != cudaStreamCaptureStatusNone) {
+    throw std::runtime_error(concat(what, ": expected a stream that is not being captured into a CUDA graph, got one "
+                                    "that is (rnnkit's calls allocate and synchronise, which capture forbids; they "
+                                    "graph their own per-step launches: rnnkit.cuda.set_graphs)"));
+  }
+#else
+  (void)stream;
+  (void)what;
+#endif
+}
+
 #if defined(__CUDACC__)
 
 void check_launch(const char* file, int line) {

@@ -23,8 +23,8 @@ std::atomic<int> g_row_thread_cap{kMaxBlockThreads};
 // Launches a LayerNorm cell's row kernel (row_kernels.h) with the lanes per thread H needs;
 // fill(body) sets the body's fields.
 template <template <typename, typename, int> class Body, typename Cell, typename S, typename Fill>
-void launch_rows(Stream stream, index_t N, index_t H, Fill&& fill) {
-  const RowLaunch r = row_launch(H, g_row_thread_cap.load(std::memory_order_relaxed));
+void launch_rows(Stream stream, int thread_cap, index_t N, index_t H, Fill&& fill) {
+  const RowLaunch r = row_launch(H, thread_cap);
   auto go = [&](auto lanes) {
     Body<Cell, S, decltype(lanes)::value> body{};
     fill(body);
@@ -73,6 +73,8 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
   const index_t SW = s.saved_width, TW = s.tmp_width;
   const Slots slots{T, a.reverse, s.training};
   const Stream st = a.stream;
+  // Read once: the graphed loop's record and capture passes must launch the same rows.
+  const int row_cap = g_row_thread_cap.load(std::memory_order_relaxed);
   auto h_slot = [&](index_t slot) { return b.h_seq + slot * N * P; };
   auto c_slot = [&](index_t slot) { return b.c_seq + slot * N * H; };
 
@@ -125,7 +127,7 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
       };
       auto point = [&](auto stage) { RNNKIT_LAUNCH(ls, N * H, pointwise(stage)); };
       if constexpr (Cell::kLnParams > 0) {
-        launch_rows<ForwardRows, Cell, S>(ls, N, H, [&](auto& k) {
+        launch_rows<ForwardRows, Cell, S>(ls, row_cap, N, H, [&](auto& k) {
           k.f = pointwise(std::integral_constant<Stage, Stage::kWhole>{});
           for (int p = 0; p < kMaxLnParams; ++p) k.ln[p] = w.ln[p];
         });
@@ -155,6 +157,8 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
   const index_t SW = s.saved_width, TW = s.tmp_width;
   const Slots slots{T, a.reverse, true};
   const Stream st = a.stream;
+  // Read once: the graphed loop's record and capture passes must launch the same rows.
+  const int row_cap = g_row_thread_cap.load(std::memory_order_relaxed);
   auto h_slot = [&](index_t slot) { return b.h_seq + slot * N * P; };
   auto c_slot = [&](index_t slot) { return b.c_seq + slot * N * H; };
   // The gates' gradients of every step: over the forward's gates, or in scratch keeping the cache.
@@ -194,7 +198,7 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
       };
       auto point = [&](auto stage) { RNNKIT_LAUNCH(ls, N * H, pointwise(stage)); };
       if constexpr (Cell::kLnParams > 0) {
-        launch_rows<BackwardRows, Cell, S>(ls, N, H, [&](auto& k) {
+        launch_rows<BackwardRows, Cell, S>(ls, row_cap, N, H, [&](auto& k) {
           k.b = pointwise(std::integral_constant<Stage, Stage::kWhole>{});
           k.PW = s.partial_width;
           k.partials = b.partials;
@@ -314,6 +318,7 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
   const index_t between = TN * D * P;
   assert(training == (cache != nullptr));
   const Stream stream = current_stream();
+  refuse_external_capture(stream, "a layer forward");
 
   DeviceBuffer<S> scratch(plan.footprint.forward_scratch, "forward scratch");
   LayerBuffers<S> shared;
@@ -409,6 +414,7 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
   const index_t between = TN * D * P;
   const index_t* lengths = cache.lengths.size() > 0 ? cache.lengths.data() : nullptr;
   const Stream stream = current_stream();
+  refuse_external_capture(stream, "a layer backward");
 
   DeviceBuffer<S> scratch(plan.footprint.backward_scratch, "backward scratch");
   LayerBuffers<S> shared;

@@ -655,6 +655,9 @@ def test_tensors_on_another_device_than_the_module_are_a_clear_error(monkeypatch
 
     monkeypatch.setattr(bridge, "_cuda_usable", lambda: True)
     bridge._check_device("device", torch.device("cuda:0"))  # accepted where the backend runs
+    with pytest.raises(ValueError, match=r"device: expected a tensor or device on 'cuda:0' \(rnnkit's CUDA backend "
+                                         r"runs on the first GPU only.*got device 'cuda:1'"):
+        bridge._check_device("device", torch.device("cuda:1"))
     monkeypatch.setattr(bridge, "_check_device", lambda name, device: None)  # 'meta' stands in for a GPU
     with pytest.raises(ValueError, match=r"input: expected a tensor on 'cpu' \(the device of the module's parameters; "
                                          r"move it with .to\('cpu'\) or the module with .to\('meta'\)\), got device 'meta'"):

@@ -653,8 +653,12 @@ DeviceArray from_dlpack(const py::object& obj) {
                                 "), got DLPack device type ", device_type,
                                 device_type == kDLCPU ? " (host memory: copy it with rnnkit.to_device)" : ""));
   }
-  // The legacy default stream: rnnkit's kernels run there (a CPU producer takes no stream).
-  py::object capsule = device_type == kDLCUDA ? obj.attr("__dlpack__")(py::arg("stream") = 1) : obj.attr("__dlpack__")();
+  // The stream rnnkit's next work goes on (DLPack spells the legacy default stream 1): the producer
+  // orders its pending work before it (a CPU producer takes no stream).
+  const auto current = reinterpret_cast<std::uintptr_t>(cuda::current_stream());
+  py::object capsule = device_type == kDLCUDA
+                           ? obj.attr("__dlpack__")(py::arg("stream") = py::int_(current == 0 ? 1 : current))
+                           : obj.attr("__dlpack__")();
   PyObject* cap = capsule.ptr();
   if (!PyCapsule_IsValid(cap, "dltensor")) {
     throw py::type_error(concat(what, ": expected an unconsumed 'dltensor' capsule"));

@@ -87,7 +87,13 @@ def _not_cpu_error(name: str, device: torch.device) -> ValueError:
 
 
 def _check_device(name: str, device: torch.device) -> None:
-    if device.type == "cpu" or (device.type == "cuda" and _cuda_usable()):
+    if device.type == "cpu":
+        return
+    if device.type == "cuda" and _cuda_usable():
+        if device.index not in (None, 0):
+            # The backend's memory pool, cuBLAS handles and graphs are device 0's.
+            raise ValueError(f"{name}: expected a tensor or device on 'cuda:0' (rnnkit's CUDA backend runs on the "
+                             f"first GPU only; select one with CUDA_VISIBLE_DEVICES), got device {str(device)!r}")
         return
     raise _not_cpu_error(name, device)
 
