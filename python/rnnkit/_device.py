@@ -7,7 +7,7 @@ device, and check device arrays' dtype and shape with the same wording as ``_val
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -124,3 +124,17 @@ def device_float_array(name: str, value: Any, dtype: np.dtype):
     if is_device_array(value):
         return check_device_array(name, value, dtype)
     return to_device(V.as_float_array(name, value, dtype))
+
+
+def device_list(label: str, arrays: Dict[str, Any], specs: Sequence[Tuple[str, Tuple[int, ...]]], dtype: np.dtype,
+                owner: str) -> list:
+    """A model's parameter or gradient arrays in spec order, each checked to be a DeviceArray of
+    the model's dtype and its shape (owner: "layer" or "network", for the message)."""
+    out = []
+    for name, shape in specs:
+        a = arrays.get(name)
+        if not is_device_array(a):
+            raise TypeError(f"{label}[{name!r}]: expected a CUDA array (the {owner} is on 'cuda'), got "
+                            f"{type(a).__name__}")
+        out.append(check_device_array(f"{label}[{name!r}]", a, dtype, shape))
+    return out

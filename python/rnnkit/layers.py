@@ -162,14 +162,7 @@ class _RecurrentLayer(StackOptions):
         ]
 
     def _device_list(self, label: str, arrays: Dict[str, Any]) -> List[Any]:
-        out = []
-        for name, shape in self._specs:
-            a = arrays.get(name)
-            if not D.is_device_array(a):
-                raise TypeError(f"{label}[{name!r}]: expected a CUDA array (the layer is on 'cuda'), got "
-                                f"{type(a).__name__}")
-            out.append(D.check_device_array(f"{label}[{name!r}]", a, self.dtype, shape))
-        return out
+        return D.device_list(label, arrays, self._specs, self.dtype, "layer")
 
     def _grad_list(self) -> List[np.ndarray]:
         if self.device != "cpu":

@@ -553,14 +553,7 @@ class RNNNetwork:
     # shape here and rearranged on the device (batch_first). Ids (tokens, class-id targets,
     # lengths) are checked on the host. check_finite copies what it scans to the host.
     def _device_list(self, label: str, arrays: Dict[str, Any]) -> list:
-        out = []
-        for name, shape in self._specs:
-            a = arrays.get(name)
-            if not D.is_device_array(a):
-                raise TypeError(f"{label}[{name!r}]: expected a CUDA array (the network is on 'cuda'), got "
-                                f"{type(a).__name__}")
-            out.append(D.check_device_array(f"{label}[{name!r}]", a, self.dtype, shape))
-        return out
+        return D.device_list(label, arrays, self._specs, self.dtype, "network")
 
     def _device_float(self, name: str, value: Any, shape: Tuple[int, ...], batch_first: bool, meaning: str):
         """A float array of `shape` (time-major) on the device: a device array checked (and its two

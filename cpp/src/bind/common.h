@@ -241,6 +241,29 @@ inline const std::int64_t* check_class_targets(const NetworkConfig& cfg, const p
   return t;
 }
 
+// Checks a generation call (either backend): a token network with a cross-entropy output over its
+// vocabulary, count >= 0, temperature >= 0, prefix a 1-D host int64 array of token ids. Returns
+// the prefix's ids.
+inline const std::int64_t* check_generate_args(const NetworkConfig& cfg, const py::array& prefix, index_t count,
+                                               double temperature) {
+  if (cfg.vocab_size == 0 || cfg.loss != LossKind::kCrossEntropy || cfg.output_size != cfg.vocab_size) {
+    throw_expected("network", "a token network with a cross-entropy output over its vocabulary", "another kind");
+  }
+  if (count < 0) throw_expected("count", "an integer >= 0", count);
+  if (!(temperature >= 0.0)) throw_expected("temperature", "a number >= 0", temperature);
+  if (prefix.ndim() != 1 || prefix.shape(0) < 1) {
+    throw_expected("prefix", "a 1-D array of at least one token id", shape_string(prefix));
+  }
+  check_array<std::int64_t>(prefix, "prefix", {prefix.shape(0)}, false);
+  const auto* pp = static_cast<const std::int64_t*>(prefix.data());
+  for (index_t i = 0; i < prefix.shape(0); ++i) {
+    if (pp[i] < 0 || pp[i] >= cfg.vocab_size) {
+      throw_expected(concat("prefix[", i, "]"), concat("a token id in [0, ", cfg.vocab_size, ")"), pp[i]);
+    }
+  }
+  return pp;
+}
+
 // Where an array's data lives, which picks the backend that runs the call. NumPy arrays are host
 // memory; calls on CUDA arrays (_core.DeviceArray) take bind/device.cpp's overloads instead.
 inline Device device_of(const py::array&) { return Device::kCpu; }

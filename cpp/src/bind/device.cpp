@@ -413,23 +413,9 @@ template <typename S>
 py::tuple network_generate_impl(const NetworkConfig& cfg, const py::list& params, const py::object& prefix_obj,
                                 index_t count, double temperature, index_t top_k, std::uint64_t seed,
                                 const py::object& h0, const py::object& c0) {
-  if (cfg.vocab_size == 0 || cfg.loss != LossKind::kCrossEntropy || cfg.output_size != cfg.vocab_size) {
-    throw_expected("network", "a token network with a cross-entropy output over its vocabulary", "another kind");
-  }
-  if (count < 0) throw_expected("count", "an integer >= 0", count);
-  if (!(temperature >= 0.0)) throw_expected("temperature", "a number >= 0", temperature);
   const py::array prefix = host_ids(prefix_obj, "prefix", "[n] of token ids");
-  if (prefix.ndim() != 1 || prefix.shape(0) < 1) {
-    throw_expected("prefix", "a 1-D array of at least one token id", shape_string(prefix));
-  }
+  const std::int64_t* pp = check_generate_args(cfg, prefix, count, temperature);
   const NetworkWeights<S> w = device_network_views<S, const S*>(cfg, network_param_specs(cfg), params, "params");
-  check_array<std::int64_t>(prefix, "prefix", {prefix.shape(0)}, false);
-  const auto* pp = static_cast<const std::int64_t*>(prefix.data());
-  for (index_t i = 0; i < prefix.shape(0); ++i) {
-    if (pp[i] < 0 || pp[i] >= cfg.vocab_size) {
-      throw_expected(concat("prefix[", i, "]"), concat("a token id in [0, ", cfg.vocab_size, ")"), pp[i]);
-    }
-  }
   const index_t G = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
   const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
   NetworkGenerateArgs<S> args;

@@ -72,4 +72,24 @@ std::int64_t sample_token(const S* logits, index_t K, double temperature, index_
   return order[keep - 1];
 }
 
+// network_generate's loop, for either backend: `step(tokens, T, first)` runs the network over T
+// tokens (host ids) from args.state, leaving the new state there (the prefix's plan when first,
+// then the one-token plan); `last_logits(T)` returns the last step's logits as a host row [K].
+// Each token is drawn with sample_token from the seed's i-th uniform.
+template <typename S, typename Step, typename LastLogits>
+void run_generation(const NetworkGenerateArgs<S>& args, index_t K, Step&& step, LastLogits&& last_logits) {
+  std::vector<index_t> order;
+  std::vector<double> probs;
+  const std::int64_t* tokens = args.prefix;
+  index_t T = args.prefix_len;
+  for (index_t i = 0;; ++i) {
+    step(tokens, T, i == 0);
+    if (i == args.count) return;
+    args.out_tokens[i] = sample_token(last_logits(T), K, args.temperature, args.top_k,
+                                      generation_uniform(args.seed, i), order, probs);
+    tokens = &args.out_tokens[i];
+    T = 1;
+  }
+}
+
 }  // namespace rnnkit

@@ -322,30 +322,22 @@ void network_generate(const NetworkConfig& cfg, const NetworkGenerateArgs<S>& ar
   S* logits = buf.data();
   S* h_next = logits + args.prefix_len * K;
   S* c_next = has_c ? h_next + groups * P : nullptr;
-  std::vector<index_t> order;
-  std::vector<double> probs;
-
   NetworkForwardArgs<S> fa;
   fa.weights = args.weights;
   fa.in.N = 1;
-  fa.in.tokens = args.prefix;
-  fa.in.T = args.prefix_len;
   fa.state0 = {args.state.h, args.state.c};
   fa.outputs = logits;
   fa.state_n = {h_next, c_next};
-  const CpuNetworkPlan* plan = &prefix_plan;
-  for (index_t i = 0; i <= args.count; ++i) {
-    network_forward<S>(*plan, fa, nullptr);
-    copy_n(args.state.h, h_next, groups * P);
-    if (has_c) copy_n(args.state.c, c_next, groups * H);
-    if (i == args.count) break;
-    const double u = generation_uniform(args.seed, i);
-    const std::int64_t token = sample_token(logits + (fa.in.T - 1) * K, K, args.temperature, args.top_k, u, order, probs);
-    args.out_tokens[i] = token;
-    fa.in.tokens = &args.out_tokens[i];
-    fa.in.T = 1;
-    plan = &token_plan;
-  }
+  run_generation(
+      args, K,
+      [&](const std::int64_t* tokens, index_t T, bool first) {
+        fa.in.tokens = tokens;
+        fa.in.T = T;
+        network_forward<S>(first ? prefix_plan : token_plan, fa, nullptr);
+        copy_n(args.state.h, h_next, groups * P);
+        if (has_c) copy_n(args.state.c, c_next, groups * H);
+      },
+      [&](index_t T) -> const S* { return logits + (T - 1) * K; });
 }
 
 #define RNNKIT_INSTANTIATE_NETWORK(S)                                                                  \
