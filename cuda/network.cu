@@ -88,6 +88,19 @@ struct SumOp {
   RNNKIT_DEVICE double operator()(double a, double b) const { return a + b; }
 };
 
+// A row's max and the sum of exp(x - max) over it [K], each a fixed-order block reduction (every
+// thread gets both): what softmax and the cross-entropy need.
+template <typename S>
+RNNKIT_DEVICE void max_and_exp_sum(const Thread& th, double* red, const S* row, index_t K, double* mx, double* sum) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (index_t k = th.thread; k < K; k += th.block_dim) m = MaxOp{}(m, static_cast<double>(row[k]));
+  m = block_reduce(th, red, m, MaxOp{});
+  double s = 0.0;
+  for (index_t k = th.thread; k < K; k += th.block_dim) s += std::exp(static_cast<double>(row[k]) - m);
+  *sum = block_reduce(th, red, s, SumOp{});
+  *mx = m;
+}
+
 // Cross-entropy, one block per row of logits [R, K]: row_loss[r] = logsumexp(row) - row[target]
 // (0 for a padded or ignore_index row), and with `grad` (may alias logits) dL/dlogits for the mean
 // over the valid rows (inv = 1 / their count): softmax(row) * inv, minus inv at the target.
@@ -117,12 +130,8 @@ struct CrossEntropyRows {
       }
       // Read before any thread writes the gradient over it (the reductions' barriers come first).
       const double target_logit = static_cast<double>(row[target]);
-      double mx = -std::numeric_limits<double>::infinity();
-      for (index_t k = th.thread; k < K; k += th.block_dim) mx = MaxOp{}(mx, static_cast<double>(row[k]));
-      mx = block_reduce(th, red, mx, MaxOp{});
-      double sum = 0.0;
-      for (index_t k = th.thread; k < K; k += th.block_dim) sum += std::exp(static_cast<double>(row[k]) - mx);
-      sum = block_reduce(th, red, sum, SumOp{});
+      double mx = 0.0, sum = 0.0;
+      max_and_exp_sum(th, red, row, K, &mx, &sum);
       if (th.thread == 0) row_loss[r] = mx + std::log(sum) - target_logit;
       if (grad != nullptr) {
         for (index_t k = th.thread; k < K; k += th.block_dim) {
@@ -145,12 +154,8 @@ struct SoftmaxRows {
     double* red = static_cast<double*>(th.shared);
     for (index_t r = th.block; r < R; r += th.grid_dim) {
       S* row = out + r * K;
-      double mx = -std::numeric_limits<double>::infinity();
-      for (index_t k = th.thread; k < K; k += th.block_dim) mx = MaxOp{}(mx, static_cast<double>(row[k]));
-      mx = block_reduce(th, red, mx, MaxOp{});
-      double sum = 0.0;
-      for (index_t k = th.thread; k < K; k += th.block_dim) sum += std::exp(static_cast<double>(row[k]) - mx);
-      sum = block_reduce(th, red, sum, SumOp{});
+      double mx = 0.0, sum = 0.0;
+      max_and_exp_sum(th, red, row, K, &mx, &sum);
       for (index_t k = th.thread; k < K; k += th.block_dim) {
         row[k] = static_cast<S>(std::exp(static_cast<double>(row[k]) - mx) / sum);
       }
@@ -239,13 +244,8 @@ CudaNetworkPlan plan_network(const NetworkConfig& cfg, index_t T, index_t N, boo
   }
   p.stack = cuda::plan_stack<S>(cfg.stack, T, N, training, std::move(stack_specs));
   p.rows = cfg.head_rows(T, N);
-  const index_t TN = p.stack.shape.TN, R = p.rows, F = cfg.feature_size(), K = cfg.output_size;
-  index_t elems = checked_add(p.stack.footprint.cache, p.stack.footprint.forward_scratch, "network");
-  if (cfg.vocab_size > 0) elems = checked_add(elems, checked_mul(TN, cfg.stack.input_size, "embedded input"), "network");
-  elems = checked_add(elems, checked_mul(R, checked_add(F, K, "head"), "head"), "network");
-  if (training) elems = checked_add(elems, checked_mul(K, F, "output weight"), "network");
-  if (cfg.head != HeadKind::kSequence) elems = checked_add(elems, checked_mul(TN, F, "stack output"), "network");
-  p.elems = elems;
+  p.elems = network_call_elems(cfg, p.stack.footprint.cache, p.stack.footprint.forward_scratch, p.stack.shape.TN,
+                               p.rows, training);
   return p;
 }
 

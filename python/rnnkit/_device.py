@@ -138,3 +138,19 @@ def device_list(label: str, arrays: Dict[str, Any], specs: Sequence[Tuple[str, T
                             f"{type(a).__name__}")
         out.append(check_device_array(f"{label}[{name!r}]", a, dtype, shape))
     return out
+
+
+def host_state_dict(params: Dict[str, Any], specs: Sequence[Tuple[str, Tuple[int, ...]]]) -> Dict[str, np.ndarray]:
+    """Host copies of a model's parameters in spec order (device arrays copied to the host)."""
+    return {name: params[name].numpy() if is_device_array(params[name]) else params[name].copy() for name, _ in specs}
+
+
+def load_checked_params(params: Dict[str, Any], checked: Dict[str, np.ndarray],
+                        specs: Sequence[Tuple[str, Tuple[int, ...]]], dtype: np.dtype) -> None:
+    """Copies checked host arrays (V.check_state_dict) into a model's parameters, in place, where
+    they live: into device arrays through the host, else as V.copy_into_params does."""
+    if any(is_device_array(params[name]) for name in checked):
+        for name, value in checked.items():
+            params[name].copy_from_host(V.c_array(value, dtype))
+        return
+    V.copy_into_params(params, checked, dict(specs), dtype)

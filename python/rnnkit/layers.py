@@ -137,21 +137,14 @@ class _RecurrentLayer(StackOptions):
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Copies of the parameters, keyed by PyTorch's names, in PyTorch's order (host arrays, also
         for a layer on the GPU)."""
-        if self.device != "cpu":
-            return {name: D.to_numpy(self.params[name]) for name, _ in self._specs}
-        return {name: self.params[name].copy() for name, _ in self._specs}
+        return D.host_state_dict(self.params, self._specs)
 
     def load_state_dict(self, state: Any) -> None:
         """Copies parameters in from a mapping with exactly this layer's keys and shapes, e.g.
         ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}``. Floating arrays of any
         precision are converted to the layer's dtype. Nothing changes if any entry is wrong."""
-        specs = dict(self._specs)
-        checked = V.check_state_dict("state_dict", state, specs, self.dtype)
-        if self.device != "cpu":
-            for name, value in checked.items():
-                self.params[name].copy_from_host(V.c_array(value, self.dtype))
-            return
-        V.copy_into_params(self.params, checked, specs, self.dtype)
+        checked = V.check_state_dict("state_dict", state, dict(self._specs), self.dtype)
+        D.load_checked_params(self.params, checked, self._specs, self.dtype)
 
     def _param_list(self) -> List[np.ndarray]:
         if self.device != "cpu":

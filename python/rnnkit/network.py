@@ -30,6 +30,16 @@ LOSSES = ("cross_entropy", "mse")
 State = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
 
 
+def _host(a: Any) -> Any:
+    """A host view of an array for a check: NumPy arrays as they are, device arrays copied."""
+    return None if a is None else D.to_numpy(a)
+
+
+def _swap_leading(a: Any) -> Any:
+    """[A, B, ...] -> [B, A, ...]: a device array on the device, a NumPy array as a C-ordered copy."""
+    return a.swapaxes01() if D.is_device_array(a) else V.c_array(a.swapaxes(0, 1))
+
+
 class RNNNetwork:
     """A recurrent network with an output layer and a loss.
 
@@ -233,19 +243,12 @@ class RNNNetwork:
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Copies of every parameter, PyTorch-style names (embedding.*, rnn.*, output.*); host
         arrays, also for a network on the GPU."""
-        if self.device != "cpu":
-            return {name: D.to_numpy(self.params[name]) for name, _ in self._specs}
-        return {name: self.params[name].copy() for name, _ in self._specs}
+        return D.host_state_dict(self.params, self._specs)
 
     def load_state_dict(self, state: Any) -> None:
         """Copies parameters in (exact keys and shapes; nothing changes if any entry is wrong)."""
-        specs = dict(self._specs)
-        checked = V.check_state_dict("state_dict", state, specs, self.dtype)
-        if self.device != "cpu":
-            for name, value in checked.items():
-                self.params[name].copy_from_host(V.c_array(value, self.dtype))
-            return
-        V.copy_into_params(self.params, checked, specs, self.dtype)
+        checked = V.check_state_dict("state_dict", state, dict(self._specs), self.dtype)
+        D.load_checked_params(self.params, checked, self._specs, self.dtype)
 
     def __getstate__(self) -> Dict[str, Any]:
         """For pickle and copy.deepcopy: everything but a training forward's cache, so a copy
@@ -359,53 +362,58 @@ class RNNNetwork:
 
     def _run(self, inputs, state, lengths, targets, training, want_outputs, softmax, batch_first=None):
         batch_first = self.batch_first if batch_first is None else batch_first
-        if self.device != "cpu":
-            return self._run_device(inputs, state, lengths, targets, training, want_outputs, softmax, batch_first)
+        on_device = self.device != "cpu"
+        prepare = self._device_forward_args if on_device else self._host_forward_args
+        x, h0, c0, lengths_arr, t, params = prepare(inputs, state, lengths, targets, batch_first)
+        call = _core.cuda_network_forward if on_device else _core.network_forward
+        seed = 0
+        if training and self.rnn.dropout > 0 and self.rnn.num_layers > 1:
+            seed = int(self.rnn.dropout_rng.integers(0, 2**63))
+        check = self.check_finite
+        if check:  # on host copies of device arrays
+            if not self.vocab_size:
+                V.check_finite_input("inputs", _host(x))
+            for name, arr in (("state", h0), ("state[1]", c0)):
+                V.check_finite_input(name, _host(arr))
+            if t is not None and t.dtype.kind == "f":
+                V.check_finite_input("targets", _host(t))
+            for (name, _), p in zip(self._specs, params):
+                V.check_finite_input(f"params[{name!r}]", _host(p))
+        if training:
+            with self._guard.training_call("forward", forward=True):
+                out, h_n, c_n, loss, cache = call(self._config, params, x, h0, c0, lengths_arr, t, True, seed,
+                                                  want_outputs, softmax)
+                self._cache = cache
+                self._cache_batch_first = batch_first
+                self._guard.set_pending(True)
+        else:
+            out, h_n, c_n, loss, _ = call(self._config, params, x, h0, c0, lengths_arr, t, False, seed, want_outputs,
+                                          softmax)
+        if check:
+            host_out = _host(out)
+            if host_out is not None and self.head == "sequence":
+                found = V.first_nonfinite_step(host_out)
+                if found is not None:
+                    raise FloatingPointError(f"forward: the outputs became non-finite at step t={found[0]} "
+                                             f"(batch element {found[1]}) from finite inputs and parameters")
+            elif host_out is not None and not np.isfinite(host_out).all():
+                raise FloatingPointError("forward: the outputs became non-finite from finite inputs and parameters")
+            if loss is not None and not np.isfinite(loss):
+                raise FloatingPointError(f"forward: the loss became {loss} from finite inputs, targets and parameters")
+        if out is not None and self.head == "sequence" and batch_first:
+            out = _swap_leading(out)
+        return out, self._state_out(h_n, c_n), loss
+
+    def _host_forward_args(self, inputs, state, lengths, targets, batch_first):
+        """(x, h0, c0, lengths, targets, params) for _core.network_forward, checked on the host."""
         x = self._inputs(inputs, batch_first)
         T, N = x.shape[0], x.shape[1]
         h0, c0 = self._state_in(state, N)
         lengths_arr = None if lengths is None else V.check_lengths("lengths", lengths, N, T)
         t = None if targets is None else self._targets(targets, T, N)
-        seed = 0
-        if training and self.rnn.dropout > 0 and self.rnn.num_layers > 1:
-            seed = int(self.rnn.dropout_rng.integers(0, 2**63))
         params = [V.check_owned_array(f"params[{n!r}]", self.params.get(n), s, self.dtype, writable=False)
                   for n, s in self._specs]
-        check = self.check_finite
-        if check:
-            if not self.vocab_size:
-                V.check_finite_input("inputs", x)
-            for name, arr in (("state", h0), ("state[1]", c0)):
-                V.check_finite_input(name, arr)
-            if t is not None and t.dtype.kind == "f":
-                V.check_finite_input("targets", t)
-            for (name, _), p in zip(self._specs, params):
-                V.check_finite_input(f"params[{name!r}]", p)
-        if training:
-            with self._guard.training_call("forward", forward=True):
-                out, h_n, c_n, loss, cache = _core.network_forward(
-                    self._config, params, x, h0, c0, lengths_arr, t, True, seed, want_outputs, softmax
-                )
-                self._cache = cache
-                self._cache_batch_first = batch_first
-                self._guard.set_pending(True)
-        else:
-            out, h_n, c_n, loss, _ = _core.network_forward(
-                self._config, params, x, h0, c0, lengths_arr, t, False, seed, want_outputs, softmax
-            )
-        if check:
-            if out is not None and self.head == "sequence":
-                found = V.first_nonfinite_step(out)
-                if found is not None:
-                    raise FloatingPointError(f"forward: the outputs became non-finite at step t={found[0]} "
-                                             f"(batch element {found[1]}) from finite inputs and parameters")
-            elif out is not None and not np.isfinite(out).all():
-                raise FloatingPointError("forward: the outputs became non-finite from finite inputs and parameters")
-            if loss is not None and not np.isfinite(loss):
-                raise FloatingPointError(f"forward: the loss became {loss} from finite inputs, targets and parameters")
-        if out is not None and self.head == "sequence" and batch_first:
-            out = V.c_array(out.transpose(1, 0, 2))
-        return out, self._state_out(h_n, c_n), loss
+        return x, h0, c0, lengths_arr, t, params
 
     # ---- forward / loss / backward ---------------------------------------------------------
     def __call__(self, inputs: Any, state: Any = None, lengths: Any = None):
@@ -449,32 +457,42 @@ class RNNNetwork:
         if self._cache is None:
             raise RuntimeError("backward: expected a preceding training forward that has not been "
                                "backpropagated yet, got none")
-        if self.device != "cpu":
-            return self._backward_device(d_outputs, compute_dx)
+        on_device = self.device != "cpu"
         d = None
         if d_outputs is not None:
-            d = V.as_float_array("d_outputs", d_outputs, self.dtype)
-            if self.head == "sequence" and self._cache_batch_first and d.ndim == 3:
-                d = V.c_array(d.transpose(1, 0, 2))
-        grads = [V.check_owned_array(f"grads[{n!r}]", self.grads.get(n), s, self.dtype, writable=True)
-                 for n, s in self._specs]
+            if on_device:
+                T, N = self._cache.shape
+                seq = self.head == "sequence"
+                shape = (T, N, self.output_size) if seq else (N, self.output_size)
+                d = self._device_float("d_outputs", d_outputs, shape, seq and self._cache_batch_first,
+                                       "(the shape of the outputs)")
+            else:
+                d = V.as_float_array("d_outputs", d_outputs, self.dtype)
+                if self.head == "sequence" and self._cache_batch_first and d.ndim == 3:
+                    d = V.c_array(d.transpose(1, 0, 2))
+        if on_device:
+            grads = self._device_list("grads", self.grads)
+        else:
+            grads = [V.check_owned_array(f"grads[{n!r}]", self.grads.get(n), s, self.dtype, writable=True)
+                     for n, s in self._specs]
         if self.check_finite:
-            V.check_finite_input("d_outputs", d)
+            V.check_finite_input("d_outputs", _host(d))
         with self._guard.training_call("backward", forward=False):
             cache, self._cache = self._cache, None
             if cache is None:  # another thread's backward took it while this one validated
                 raise RuntimeError("backward: expected a preceding training forward that has not been "
                                    "backpropagated yet, got none")
             self._guard.set_pending(False)
-            dx, dh0, dc0 = _core.network_backward(cache, grads, d, compute_dx)
+            call = _core.cuda_network_backward if on_device else _core.network_backward
+            dx, dh0, dc0 = call(cache, grads, d, compute_dx)
         if self.check_finite:
             for (name, _), g in zip(self._specs, grads):
-                if not np.isfinite(g).all():
+                if not np.isfinite(_host(g)).all():
                     raise FloatingPointError(f"backward: the gradient grads[{name!r}] became non-finite")
         if not compute_dx:
             return self._state_out(dh0, dc0)
         if self._cache_batch_first:
-            dx = V.c_array(dx.transpose(1, 0, 2))
+            dx = _swap_leading(dx)
         return dx, self._state_out(dh0, dc0)
 
     def train_step(self, inputs: Any, targets: Any, state: Any = None, lengths: Any = None) -> Tuple[float, State]:
@@ -580,7 +598,9 @@ class RNNNetwork:
             c = self._device_float("state[1]", c, (groups, N, self.hidden_size), False, V.state_meaning("hidden_size"))
         return h, c
 
-    def _run_device(self, inputs, state, lengths, targets, training, want_outputs, softmax, batch_first):
+    def _device_forward_args(self, inputs, state, lengths, targets, batch_first):
+        """(x, h0, c0, lengths, targets, params) for _core.cuda_network_forward: device arrays
+        checked here, host ones checked as on the CPU and copied; ids stay on the host."""
         if self.vocab_size:
             x = self._inputs(D.to_numpy(inputs) if D.is_device_array(inputs) else inputs, batch_first)
             T, N = x.shape
@@ -612,66 +632,7 @@ class RNNNetwork:
                 seq = self.head == "sequence"
                 shape = (T, N, self.output_size) if seq else (N, self.output_size)
                 t = self._device_float("targets", targets, shape, seq and batch_first, "(the shape of the outputs)")
-        seed = 0
-        if training and self.rnn.dropout > 0 and self.rnn.num_layers > 1:
-            seed = int(self.rnn.dropout_rng.integers(0, 2**63))
-        params = self._device_list("params", self.params)
-        check = self.check_finite
-        if check:
-            if not self.vocab_size:
-                V.check_finite_input("inputs", x.numpy())
-            for name, arr in (("state", h0), ("state[1]", c0)):
-                V.check_finite_input(name, None if arr is None else arr.numpy())
-            if t is not None and D.is_device_array(t):
-                V.check_finite_input("targets", t.numpy())
-            for (name, _), p in zip(self._specs, params):
-                V.check_finite_input(f"params[{name!r}]", p.numpy())
-        if training:
-            with self._guard.training_call("forward", forward=True):
-                out, h_n, c_n, loss, cache = _core.cuda_network_forward(
-                    self._config, params, x, h0, c0, lengths_arr, t, True, seed, want_outputs, softmax)
-                self._cache = cache
-                self._cache_batch_first = batch_first
-                self._guard.set_pending(True)
-        else:
-            out, h_n, c_n, loss, _ = _core.cuda_network_forward(
-                self._config, params, x, h0, c0, lengths_arr, t, False, seed, want_outputs, softmax)
-        if check:
-            if out is not None and not np.isfinite(out.numpy()).all():
-                raise FloatingPointError("forward: the outputs became non-finite from finite inputs and parameters")
-            if loss is not None and not np.isfinite(loss):
-                raise FloatingPointError(f"forward: the loss became {loss} from finite inputs, targets and parameters")
-        if out is not None and self.head == "sequence" and batch_first:
-            out = out.swapaxes01()
-        return out, self._state_out(h_n, c_n), loss
-
-    def _backward_device(self, d_outputs: Any, compute_dx: bool):
-        T, N = self._cache.shape
-        d = None
-        if d_outputs is not None:
-            seq = self.head == "sequence"
-            shape = (T, N, self.output_size) if seq else (N, self.output_size)
-            d = self._device_float("d_outputs", d_outputs, shape, seq and self._cache_batch_first,
-                                   "(the shape of the outputs)")
-        grads = self._device_list("grads", self.grads)
-        if self.check_finite:
-            V.check_finite_input("d_outputs", None if d is None else d.numpy())
-        with self._guard.training_call("backward", forward=False):
-            cache, self._cache = self._cache, None
-            if cache is None:  # another thread's backward took it while this one validated
-                raise RuntimeError("backward: expected a preceding training forward that has not been "
-                                   "backpropagated yet, got none")
-            self._guard.set_pending(False)
-            dx, dh0, dc0 = _core.cuda_network_backward(cache, grads, d, compute_dx)
-        if self.check_finite:
-            for (name, _), g in zip(self._specs, grads):
-                if not np.isfinite(g.numpy()).all():
-                    raise FloatingPointError(f"backward: the gradient grads[{name!r}] became non-finite")
-        if not compute_dx:
-            return self._state_out(dh0, dc0)
-        if self._cache_batch_first:
-            dx = dx.swapaxes01()
-        return dx, self._state_out(dh0, dc0)
+        return x, h0, c0, lengths_arr, t, self._device_list("params", self.params)
 
     def _step_device(self, x_t: Any, state: Any):
         if self.vocab_size:

@@ -206,6 +206,31 @@ inline const index_t* check_lengths(const std::optional<py::array>& lengths, ind
   return lp;
 }
 
+// A network's outputs: [T, N, K] (sequence head) or [N, K] (last head).
+inline std::vector<index_t> network_out_shape(const NetworkConfig& cfg, index_t T, index_t N) {
+  if (cfg.head == HeadKind::kSequence) return {T, N, cfg.output_size};
+  return {N, cfg.output_size};
+}
+
+// Elements a network forward returns (outputs when wanted, the final states), for check_fits.
+inline index_t network_output_elems(const NetworkConfig& cfg, index_t T, index_t N, bool want_outputs) {
+  const index_t G = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
+  const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
+  return checked_add(want_outputs ? checked_mul(cfg.head_rows(T, N), cfg.output_size, "outputs") : 0,
+                     checked_mul(G, checked_mul(N, P + (has_c ? H : 0), "states"), "states"), "outputs");
+}
+
+// A network backward's request (either backend): d_outputs unless the forward fused the loss, and
+// no dx for a token network.
+inline void check_network_backward(const NetworkConfig& cfg, bool has_d_outputs, bool has_loss_grad, bool need_dx) {
+  if (!has_d_outputs && !has_loss_grad) {
+    throw_expected("d_outputs", "an array (the forward was given no targets, so there is no loss to differentiate)", "None");
+  }
+  if (need_dx && cfg.vocab_size > 0) {
+    throw_expected("need_dx", "False for a token network (its input gradient goes to the embedding)", "True");
+  }
+}
+
 // Checks tokens [T,N] int64 in [0, vocab) (a host array, on either backend).
 inline const std::int64_t* check_tokens(const py::array& tokens, index_t vocab) {
   if (tokens.ndim() != 2) throw_expected("tokens", "a 2-D array [T, N]", concat(tokens.ndim(), "-D"));

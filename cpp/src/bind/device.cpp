@@ -330,7 +330,7 @@ py::tuple network_forward_impl(const NetworkConfig& cfg, const py::list& params,
     in.N = x.shape[1];
     in.x = device_ptr<S>(inputs, "inputs", {in.T, in.N, cfg.stack.input_size}, false);
   }
-  const index_t T = in.T, N = in.N, K = cfg.output_size;
+  const index_t T = in.T, N = in.N;
   check_stack_dims(cfg.stack, T, N);
   const Backend& backend = backend_for(Device::kCuda);
   const BackendOps<S>& ops = backend.ops<S>();
@@ -342,8 +342,7 @@ py::tuple network_forward_impl(const NetworkConfig& cfg, const py::list& params,
   args.state0.h = device_ptr<S>(h0, "h0", {G, N, P});
   refuse_cell_state(c0, "c0", cfg.stack);
   args.state0.c = device_ptr<S>(c0, "c0", {G, N, H});
-  const bool sequence = cfg.head == HeadKind::kSequence;
-  const std::vector<index_t> out_shape = sequence ? std::vector<index_t>{T, N, K} : std::vector<index_t>{N, K};
+  const std::vector<index_t> out_shape = network_out_shape(cfg, T, N);
   if (!targets.is_none()) {
     if (cfg.loss == LossKind::kNone) throw_expected("targets", "None (the network has no loss)", "an array");
     if (cfg.loss == LossKind::kCrossEntropy) {
@@ -353,9 +352,7 @@ py::tuple network_forward_impl(const NetworkConfig& cfg, const py::list& params,
       args.targets = device_ptr<S>(targets, "targets", out_shape, false);
     }
   }
-  const index_t outputs = checked_add(want_outputs ? checked_mul(cfg.head_rows(T, N), K, "outputs") : 0,
-                                      checked_mul(G, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
-                                      "outputs");
+  const index_t outputs = network_output_elems(cfg, T, N, want_outputs);
   backend.check_fits(checked_mul(checked_add(plan->elems, outputs, "forward"), sizeof(S), "forward bytes"),
                      "a network forward call");
   py::object outputs_obj = want_outputs ? new_output<S>(out_shape, &args.outputs) : py::object(py::none());
@@ -384,18 +381,11 @@ py::tuple network_backward_impl(NetCache& cache_obj, const py::list& grads, cons
   const NetworkConfig& cfg = plan.cfg;
   const NetworkGrads<S> g = device_network_views<S, S*>(cfg, plan.specs, grads, "grads");
   const index_t T = plan.T, N = plan.N;
-  const bool sequence = cfg.head == HeadKind::kSequence;
-  const std::vector<index_t> out_shape = sequence ? std::vector<index_t>{T, N, cfg.output_size}
-                                                  : std::vector<index_t>{N, cfg.output_size};
+  const std::vector<index_t> out_shape = network_out_shape(cfg, T, N);
   NetworkBackwardArgs<S> args;
   args.grads = &g;
   args.d_outputs = device_ptr<S>(d_outputs, "d_outputs", out_shape);
-  if (args.d_outputs == nullptr && !cache.has_loss_grad()) {
-    throw_expected("d_outputs", "an array (the forward was given no targets, so there is no loss to differentiate)", "None");
-  }
-  if (need_dx && cfg.vocab_size > 0) {
-    throw_expected("need_dx", "False for a token network (its input gradient goes to the embedding)", "True");
-  }
+  check_network_backward(cfg, args.d_outputs != nullptr, cache.has_loss_grad(), need_dx);
   const index_t G = cfg.stack.groups();
   const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
   py::object dx = need_dx ? new_output<S>({T, N, cfg.stack.input_size}, &args.dx) : py::object(py::none());

@@ -69,7 +69,7 @@ py::tuple forward_impl(const NetworkConfig& cfg, const py::list& params, const p
   }
   in.T = inputs.shape(0);
   in.N = inputs.shape(1);
-  const index_t T = in.T, N = in.N, K = cfg.output_size;
+  const index_t T = in.T, N = in.N;
   check_stack_dims(cfg.stack, T, N);  // T, N >= 1 and every GEMM size in range
   const Backend& backend = backend_for(device_of(inputs));
   const BackendOps<S>& ops = backend.ops<S>();
@@ -81,8 +81,7 @@ py::tuple forward_impl(const NetworkConfig& cfg, const py::list& params, const p
   args.state0.h = in_ptr<S>(h0, "h0", {G, N, P});
   if (c0 && !has_c) throw_expected("c0", "None (this cell has no cell state)", "an array");
   args.state0.c = in_ptr<S>(c0, "c0", {G, N, H});
-  const bool sequence = cfg.head == HeadKind::kSequence;
-  const std::vector<index_t> out_shape = sequence ? std::vector<index_t>{T, N, K} : std::vector<index_t>{N, K};
+  const std::vector<index_t> out_shape = network_out_shape(cfg, T, N);
   if (targets) {
     if (cfg.loss == LossKind::kNone) throw_expected("targets", "None (the network has no loss)", "an array");
     if (cfg.loss == LossKind::kCrossEntropy) {
@@ -91,9 +90,7 @@ py::tuple forward_impl(const NetworkConfig& cfg, const py::list& params, const p
       args.targets = in_ptr<S>(*targets, "targets", out_shape);
     }
   }
-  const index_t outputs = checked_add(want_outputs ? checked_mul(cfg.head_rows(T, N), K, "outputs") : 0,
-                                      checked_mul(G, checked_mul(N, P + (has_c ? H : 0), "states"), "states"),
-                                      "outputs");
+  const index_t outputs = network_output_elems(cfg, T, N, want_outputs);
   backend.check_fits(checked_mul(checked_add(plan->elems, outputs, "forward"), sizeof(S), "forward bytes"),
                      "a network forward call");
 
@@ -128,18 +125,11 @@ py::tuple backward_impl(NetCache& cache_obj, const py::list& grads, const std::o
   const NetworkConfig& cfg = plan.cfg;
   const NetworkGrads<S> g = network_views<S, S*>(cfg, plan.specs, grads, "grads", true);
   const index_t T = plan.T, N = plan.N;
-  const bool sequence = cfg.head == HeadKind::kSequence;
-  const std::vector<index_t> out_shape = sequence ? std::vector<index_t>{T, N, cfg.output_size}
-                                                  : std::vector<index_t>{N, cfg.output_size};
+  const std::vector<index_t> out_shape = network_out_shape(cfg, T, N);
   NetworkBackwardArgs<S> args;
   args.grads = &g;
   args.d_outputs = in_ptr<S>(d_outputs, "d_outputs", out_shape);
-  if (args.d_outputs == nullptr && !cache.has_loss_grad()) {
-    throw_expected("d_outputs", "an array (the forward was given no targets, so there is no loss to differentiate)", "None");
-  }
-  if (need_dx && cfg.vocab_size > 0) {
-    throw_expected("need_dx", "False for a token network (its input gradient goes to the embedding)", "True");
-  }
+  check_network_backward(cfg, args.d_outputs != nullptr, cache.has_loss_grad(), need_dx);
   const index_t G = cfg.stack.groups();
   const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
   py::object dx_obj = new_array_if<S>(need_dx, {T, N, cfg.stack.input_size}, &args.dx);

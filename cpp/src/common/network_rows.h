@@ -33,6 +33,20 @@ inline index_t count_valid_rows(const NetworkConfig& cfg, const std::int64_t* ta
   return count;
 }
 
+// Elements a network call allocates (for the backend's check_fits), either backend: the stack's
+// cache and forward scratch, the embedded input, the head's features and logits, the training
+// copy of the output weight, and a last head's stack output. TN = T*N, R = the head's rows.
+inline index_t network_call_elems(const NetworkConfig& cfg, index_t stack_cache, index_t stack_scratch, index_t TN,
+                                  index_t R, bool training) {
+  const index_t F = cfg.feature_size(), K = cfg.output_size;
+  index_t elems = checked_add(stack_cache, stack_scratch, "network");
+  if (cfg.vocab_size > 0) elems = checked_add(elems, checked_mul(TN, cfg.stack.input_size, "embedded input"), "network");
+  elems = checked_add(elems, checked_mul(R, checked_add(F, K, "head"), "head"), "network");  // features, logits
+  if (training) elems = checked_add(elems, checked_mul(K, F, "output weight"), "network");
+  if (cfg.head != HeadKind::kSequence) elems = checked_add(elems, checked_mul(TN, F, "stack output"), "network");
+  return elems;
+}
+
 // Generation's i-th uniform draw in [0, 1) from `seed` (counter-based: no state to carry).
 inline double generation_uniform(std::uint64_t seed, index_t i) {
   return static_cast<double>(splitmix64(seed + static_cast<std::uint64_t>(i)) >> 11) * 0x1.0p-53;

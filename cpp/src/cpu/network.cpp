@@ -105,13 +105,8 @@ CpuNetworkPlan plan_network(const NetworkConfig& cfg, index_t T, index_t N, bool
   p.stack = plan_stack<S>(cfg.stack, T, N, training, std::move(stack_specs));
   p.rows = cfg.head_rows(T, N);
   p.streaming = !training && T == 1 && cfg.stack.num_directions == 1;
-  const index_t TN = p.stack.shape.TN, R = p.rows, F = cfg.feature_size(), K = cfg.output_size;
-  index_t elems = checked_add(p.stack.footprint.cache, p.stack.footprint.forward_scratch, "network");
-  if (cfg.vocab_size > 0) elems = checked_add(elems, checked_mul(TN, cfg.stack.input_size, "embedded input"), "network");
-  elems = checked_add(elems, checked_mul(R, checked_add(F, K, "head"), "head"), "network");  // features, logits
-  if (training) elems = checked_add(elems, checked_mul(K, F, "output weight"), "network");
-  if (cfg.head != HeadKind::kSequence) elems = checked_add(elems, checked_mul(TN, F, "stack output"), "network");
-  p.elems = elems;
+  p.elems = network_call_elems(cfg, p.stack.footprint.cache, p.stack.footprint.forward_scratch, p.stack.shape.TN,
+                               p.rows, training);
   return p;
 }
 
