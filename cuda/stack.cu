@@ -299,6 +299,10 @@ CudaStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool trai
   p.N = N;
   p.training = training;
   p.specs = std::move(specs);
+  if (cfg.precision != Precision::kFloat32) {
+    throw_expected("precision", "'float32' on device cuda (precision='bfloat16' runs on the CPU only so far)",
+                   "'bfloat16'");
+  }
   p.shape = layer_shape(cfg.cell, cfg.layer_dims(0, T, N), training);
   p.shape.keep_cache = keep_cache;
   p.layer_kept = layer_buffer_elems(p.shape, kKept);

@@ -94,44 +94,63 @@ def _gru_reset_after(gx, gh, h):
     return (1 - z) * n + z * h
 
 
-def cell_step(mode, x, h, c, p):
+def matmul(a, w):
+    """a @ w.T: every product of a cell step (cell_step's mm)."""
+    return a @ w.T
+
+
+def round_bf16(a):
+    """a rounded to the nearest bfloat16 (ties to even), as float64: the top 16 bits of float32."""
+    u = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return u.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def bf16_matmul(a, w):
+    """a @ w.T as precision="bfloat16" computes it: both operands rounded to bfloat16, exact sums."""
+    return round_bf16(a) @ round_bf16(w).T
+
+
+def cell_step(mode, x, h, c, p, mm=None):
     """One step of one cell. x [.., C], h [.., P], c [.., H] (LSTM cells) -> (h_new, c_new).
 
     p holds w_ih, w_hh, b_ih, b_hh (zeros without bias), optionally w_hr, and the LayerNorm
-    parameters ln_ih_weight ... ln_c_bias of the LayerNorm cells.
+    parameters ln_ih_weight ... ln_c_bias of the LayerNorm cells. mm(a, w) is every product
+    a @ w.T of the step (default: exactly that; bf16_matmul for precision="bfloat16").
     """
+    mm = matmul if mm is None else mm
     if mode in ("RNN_TANH", "RNN_RELU"):
-        pre = x @ p["w_ih"].T + p["b_ih"] + h @ p["w_hh"].T + p["b_hh"]
+        pre = mm(x, p["w_ih"]) + p["b_ih"] + mm(h, p["w_hh"]) + p["b_hh"]
         return (np.tanh(pre) if mode == "RNN_TANH" else np.maximum(pre, 0.0)), None
     if mode == "LSTM":
-        gates = x @ p["w_ih"].T + p["b_ih"] + h @ p["w_hh"].T + p["b_hh"]
+        gates = mm(x, p["w_ih"]) + p["b_ih"] + mm(h, p["w_hh"]) + p["b_hh"]
         i, f, g, o = np.split(gates, 4, axis=-1)
         c_new = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
         h_new = sigmoid(o) * np.tanh(c_new)
         if p.get("w_hr") is not None:
-            h_new = h_new @ p["w_hr"].T
+            h_new = mm(h_new, p["w_hr"])
         return h_new, c_new
     if mode == "GRU":  # reset_after=True
-        return _gru_reset_after(x @ p["w_ih"].T + p["b_ih"], h @ p["w_hh"].T + p["b_hh"], h), None
+        return _gru_reset_after(mm(x, p["w_ih"]) + p["b_ih"], mm(h, p["w_hh"]) + p["b_hh"], h), None
     if mode == "GRU_RESET_BEFORE":  # the original GRU (Cho et al. 2014), every matrix by name
         W_ir, W_iz, W_in = np.split(p["w_ih"], 3)
         W_hr, W_hz, W_hn = np.split(p["w_hh"], 3)
         b_ir, b_iz, b_in = np.split(p["b_ih"], 3)
         b_hr, b_hz, b_hn = np.split(p["b_hh"], 3)
-        r = sigmoid(x @ W_ir.T + b_ir + h @ W_hr.T + b_hr)
-        z = sigmoid(x @ W_iz.T + b_iz + h @ W_hz.T + b_hz)
-        n = np.tanh(x @ W_in.T + b_in + (r * h) @ W_hn.T + b_hn)
+        r = sigmoid(mm(x, W_ir) + b_ir + mm(h, W_hr) + b_hr)
+        z = sigmoid(mm(x, W_iz) + b_iz + mm(h, W_hz) + b_hz)
+        n = np.tanh(mm(x, W_in) + b_in + mm(r * h, W_hn) + b_hn)
         return (1 - z) * n + z * h, None
     if mode == "LN_LSTM":
-        pre = (layer_norm(x @ p["w_ih"].T, p["ln_ih_weight"], p["ln_ih_bias"])
-               + layer_norm(h @ p["w_hh"].T, p["ln_hh_weight"], p["ln_hh_bias"]) + p["b_ih"] + p["b_hh"])
+        pre = (layer_norm(mm(x, p["w_ih"]), p["ln_ih_weight"], p["ln_ih_bias"])
+               + layer_norm(mm(h, p["w_hh"]), p["ln_hh_weight"], p["ln_hh_bias"]) + p["b_ih"] + p["b_hh"])
         i, f, g, o = np.split(pre, 4, axis=-1)
         c_new = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
         h_new = sigmoid(o) * np.tanh(layer_norm(c_new, p["ln_c_weight"], p["ln_c_bias"]))
         return h_new, c_new
     if mode == "LN_GRU":
-        ax = layer_norm(x @ p["w_ih"].T, p["ln_ih_weight"], p["ln_ih_bias"]) + p["b_ih"]
-        ah = layer_norm(h @ p["w_hh"].T, p["ln_hh_weight"], p["ln_hh_bias"]) + p["b_hh"]
+        ax = layer_norm(mm(x, p["w_ih"]), p["ln_ih_weight"], p["ln_ih_bias"]) + p["b_ih"]
+        ah = layer_norm(mm(h, p["w_hh"]), p["ln_hh_weight"], p["ln_hh_bias"]) + p["b_hh"]
         return _gru_reset_after(ax, ah, h), None
     raise ValueError(mode)
 
@@ -153,12 +172,12 @@ def group_params(state, layer, reverse, gate_width):
 
 
 def stack_forward(mode, state, x, num_layers=1, bidirectional=False, h0=None, c0=None, lengths=None,
-                  dropout_masks=None):
+                  dropout_masks=None, mm=None):
     """torch.nn.RNN/LSTM/GRU semantics on a time-major batch, one sequence at a time.
 
     state: the layer's state dict; x [T, N, C]; h0 [L*D, N, P], c0 [L*D, N, H] or None;
     lengths [N] or None; dropout_masks: per layer l < L-1, a [T, N, D*P] array multiplying that
-    layer's output (None: no dropout). Returns (y [T, N, D*P], h_n [L*D, N, P], c_n or None).
+    layer's output (None: no dropout); mm: cell_step's. Returns (y [T, N, D*P], h_n [L*D, N, P], c_n or None).
     """
     x = np.asarray(x, np.float64)
     T, N, _ = x.shape
@@ -180,7 +199,7 @@ def stack_forward(mode, state, x, num_layers=1, bidirectional=False, h0=None, c0
                 c = (np.zeros(H) if c0 is None else np.asarray(c0[g, n], np.float64)) if has_c else None
                 steps = range(lengths[n]) if d == 0 else reversed(range(lengths[n]))
                 for t in steps:
-                    h, c = cell_step(mode, inp[t, n], h, c, p)
+                    h, c = cell_step(mode, inp[t, n], h, c, p, mm)
                     out[t, n, d * P:(d + 1) * P] = h
                 h_n[g, n] = h
                 if has_c:

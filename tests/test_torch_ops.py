@@ -156,7 +156,7 @@ def _op_args(mode: str, options: dict, packed: bool, training: bool):
     module = {"RNN_TANH": rt.RNN, "LSTM": rt.LSTM, "GRU": rt.GRU, "LN_LSTM": rt.LayerNormLSTM}[mode](C, H, **options)
     weights = [p.detach().clone().requires_grad_(training) for p in module.parameters()]
     x = torch.randn(T, N, C, requires_grad=training)
-    cfg = (*module._config_args(), 0.0)
+    cfg = module._config_args(0.0)
     if packed:
         p = pack_padded_sequence(x.detach(), torch.tensor([4, T, 2]), enforce_sorted=False)
         return (p.data.requires_grad_(training), p.batch_sizes, p.sorted_indices, None, None, weights, None,
@@ -181,7 +181,7 @@ def test_opcheck_backward(packed):
     with torch.no_grad():
         y, h_n, c_n, reserve = torch.ops.rnnkit.forward(*args)
     steps = T
-    cfg = args[7:15]
+    cfg = args[7:7 + torch_ops._CONFIG_ARGS]
     bwd = (reserve, args[1], args[2], None, torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n),
            steps, N, args[0].shape[0], *cfg, True)
     torch.library.opcheck(torch.ops.rnnkit.backward.default, bwd)
@@ -192,7 +192,7 @@ def test_reserve_is_not_modified_by_backward():
     with torch.no_grad():
         y, h_n, _, reserve = torch.ops.rnnkit.forward(*args)
     before = reserve.clone()
-    cfg = args[7:15]
+    cfg = args[7:7 + torch_ops._CONFIG_ARGS]
     out1 = torch.ops.rnnkit.backward(reserve, None, None, None, torch.ones_like(y), None, None, T, N, T * N,
                                      *cfg, True)
     assert torch.equal(reserve, before)
@@ -208,7 +208,7 @@ def test_reserve_is_a_function_of_the_inputs(mode, packed):
     """The operator's reserve is an output: no element of it may be left over from earlier memory
     (the forward writes all of it without lengths, and zeroes it first with them). NaN-filled
     caches are freed into rnnkit's pool first, so a leftover shows as a NaN."""
-    cfg = (mode, C, H, 2, True, 0, True, 0.0)
+    cfg = (mode, C, H, 2, True, 0, True, 0.0, "float32")
     specs = torch_ops.stack_config(*cfg).param_specs()
     nan_weights = [torch.full(shape, float("nan")) for _, shape in specs]
     weights = [torch.randn(shape) for _, shape in specs]
@@ -346,7 +346,7 @@ def test_inference_records_no_autograd_node(monkeypatch):
 
 
 def test_reserve_size_formula_matches_the_core_for_symbolic_sizes():
-    cfg = ("LSTM", C, H, 2, True, 3, True, 0.0)
+    cfg = ("LSTM", C, H, 2, True, 3, True, 0.0, "float32")
     a, b, c, d = torch_ops._reserve_coefficients(cfg, np.dtype(np.float32))
     for steps, batch in [(1, 1), (9, 4), (33, 17)]:
         core = int(rnnkit._core.reserve_size(torch_ops.stack_config(*cfg), steps, batch, np.dtype(np.float32)))

@@ -53,8 +53,11 @@ CELL_NAMES: Tuple[str, ...] = tuple(CELLS)
 DEFAULTS: Dict[str, Any] = {
     "num_layers": 1, "nonlinearity": "tanh", "bias": True, "batch_first": False, "dropout": 0.0,
     "bidirectional": False, "proj_size": 0, "reset_after": True, "forget_bias": None,
-    "init": "default", "init_gain": 1.0,
+    "init": "default", "init_gain": 1.0, "precision": "float32",
 }
+
+#: The GEMM precisions (``precision=``): float32, or bfloat16 operands with float32 sums.
+PRECISIONS: Tuple[str, ...] = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ class LayerClass:
         params += [P(n, P.POSITIONAL_OR_KEYWORD) for n in ("input_size", "hidden_size")]
         params += [P(n, P.POSITIONAL_OR_KEYWORD, default=DEFAULTS[n]) for n in self.positional]
         params += [P(n, P.POSITIONAL_OR_KEYWORD, default=d) for n, d in family.positional]
-        keyword = [(n, d) for n, d in family.keyword] + [(n, DEFAULTS[n]) for n in ("init", "init_gain", *self.keyword)]
+        keyword = [(n, d) for n, d in family.keyword] + [(n, DEFAULTS[n]) for n in ("init", "init_gain", "precision", *self.keyword)]
         params += [P(n, P.KEYWORD_ONLY, default=d) for n, d in keyword]
         return inspect.Signature(params)
 
@@ -234,6 +237,9 @@ class StackOptions:
         self.init = options["init"]
         self._scheme = _init.parse_scheme(self.init)
         self.init_gain = V.check_positive_float("init_gain", options["init_gain"])
+        #: "float32", or "bfloat16": every GEMM rounds its operands to bfloat16 and sums in float32;
+        #: parameters, gradients, states and the cell math stay float32.
+        self.precision = V.check_choice("precision", options["precision"], PRECISIONS)
         forget_bias = options.get("forget_bias")
         self.forget_bias = None if forget_bias is None else V.check_float("forget_bias", forget_bias)
         if self.forget_bias is not None and not self.bias:
@@ -247,10 +253,11 @@ class StackOptions:
                 UserWarning, stacklevel=4,
             )
 
-    def _config_args(self) -> Tuple[Any, ...]:
-        """The compiled module's StackConfig arguments, before dropout."""
+    def _config_args(self, dropout: float) -> Tuple[Any, ...]:
+        """The compiled module's StackConfig arguments, in order, with this dropout (a call may
+        run without its layer's)."""
         return (self.mode, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
-                self.proj_size, self.bias)
+                self.proj_size, self.bias, dropout, self.precision)
 
     @property
     def num_directions(self) -> int:

@@ -14,7 +14,7 @@ class StackConfig:
     """
     Configuration of a layer stack (see stack.h).
     """
-    def __init__(self, mode: str, input_size: typing.SupportsInt | typing.SupportsIndex, hidden_size: typing.SupportsInt | typing.SupportsIndex, num_layers: typing.SupportsInt | typing.SupportsIndex = 1, bidirectional: bool = False, proj_size: typing.SupportsInt | typing.SupportsIndex = 0, bias: bool = True, dropout: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> None:
+    def __init__(self, mode: str, input_size: typing.SupportsInt | typing.SupportsIndex, hidden_size: typing.SupportsInt | typing.SupportsIndex, num_layers: typing.SupportsInt | typing.SupportsIndex = 1, bidirectional: bool = False, proj_size: typing.SupportsInt | typing.SupportsIndex = 0, bias: bool = True, dropout: typing.SupportsFloat | typing.SupportsIndex = 0.0, precision: str = 'float32') -> None:
         ...
     def param_specs(self) -> list:
         """
@@ -25,6 +25,9 @@ class StackConfig:
         ...
     @property
     def dropout(self) -> float:
+        ...
+    @property
+    def precision(self) -> str:
         ...
     @property
     def gates(self) -> int:
@@ -160,6 +163,18 @@ def _packed_vs_blas(arg0: typing.SupportsInt | typing.SupportsIndex, arg1: typin
 def _set_min_parallel_step_work(work: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
     From how much per-step work (multiply-adds) a call uses the thread team (tests lower it).
+    """
+def _gemm_bf16(A: numpy.typing.ArrayLike, trans_a: bool, B: numpy.typing.ArrayLike, trans_b: bool, beta: typing.SupportsFloat | typing.SupportsIndex, C: numpy.typing.NDArray[numpy.float32]) -> None:
+    """
+    C = op(A) op(B) + beta C through precision='bfloat16''s GEMM (for tests).
+    """
+def _set_bf16_kernel(name: str) -> None:
+    """
+    Selects the bfloat16 GEMM kernel: 'auto' or one of _bf16_kernels() (tests, benchmarks).
+    """
+def _bf16_kernels() -> list[str]:
+    """
+    The bfloat16 GEMM kernels this CPU runs, best (the default) first.
     """
 def _bf16_dot_peak_gflops(seconds: typing.SupportsFloat | typing.SupportsIndex) -> tuple:
     """

@@ -42,7 +42,10 @@ class _RecurrentLayer(StackOptions):
     def _init_stack(self, spec: LayerClass, cell: Cell, options: Mapping[str, Any]) -> None:
         self._set_stack_options(spec, cell, options)
         self.dtype = V.resolve_dtype(options["dtype"])
-        self._config = _core.StackConfig(*self._config_args(), self.dropout)
+        if self.precision == "bfloat16" and self.dtype != np.float32:
+            raise ValueError(f"precision: expected 'float32' with dtype={self.dtype.name} (bfloat16 GEMMs read "
+                             "float32 parameters), got 'bfloat16'")
+        self._config = _core.StackConfig(*self._config_args(self.dropout))
         self._specs: List[Tuple[str, Tuple[int, ...]]] = [(n, tuple(s)) for n, s in self._config.param_specs()]
         self.training = True
         #: Where the parameters, gradients and computation live: "cpu" or "cuda" (``to()``).
@@ -630,6 +633,8 @@ class _RecurrentLayer(StackOptions):
             args.append(f"proj_size={self.proj_size}")
         if self.dtype != np.float32:
             args.append(f"dtype={self.dtype.name!r}")
+        if self.precision != "float32":
+            args.append(f"precision={self.precision!r}")
         text = f"rnnkit.{type(self).__name__}({', '.join(args)})"
         return text if self.device == "cpu" else f"{text}.to({self.device!r})"
 

@@ -58,6 +58,9 @@ class RNNNetwork:
             targets are skipped) or ``"mse"`` (linear outputs; float targets).
         batch_first: inputs ``[N, T, ...]``, targets and outputs likewise.
         dtype, seed, init, init_gain, forget_bias: as for the layers.
+        precision: ``"float32"`` or ``"bfloat16"`` (the stack's and the output layer's GEMMs round
+            their operands to bfloat16 and sum in float32; parameters, gradients and optimizer
+            state stay float32).
 
     Losses are means over valid targets (padded steps and ``ignore_index`` do not count).
     """
@@ -84,6 +87,7 @@ class RNNNetwork:
         init: str = "default",
         init_gain: float = 1.0,
         forget_bias: Optional[float] = None,
+        precision: str = "float32",
     ) -> None:
         if (vocab_size is None) == (input_size is None):
             raise ValueError("vocab_size, input_size: expected exactly one of them (token or dense input), "
@@ -117,7 +121,7 @@ class RNNNetwork:
         layer_cls = getattr(layers, CELLS[self.cell].layer)
         kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, dropout=dropout, dtype=self.dtype,
                       seed=int(rnn_seq.generate_state(1, np.uint64)[0] >> np.uint64(1)), init=init,
-                      init_gain=init_gain, **CELLS[self.cell].options)
+                      init_gain=init_gain, precision=precision, **CELLS[self.cell].options)
         if proj_size:
             kwargs["proj_size"] = proj_size
         if forget_bias is not None:
@@ -150,6 +154,7 @@ class RNNNetwork:
             "head": self.head, "loss": self.loss_kind, "ignore_index": self.ignore_index,
             "batch_first": self.batch_first, "dtype": self.dtype.name, "seed": self.seed,
             "init": r.init, "init_gain": r.init_gain, "forget_bias": r.forget_bias,
+            "precision": r.precision,
         }
 
     def _init_head(self) -> None:
@@ -664,5 +669,6 @@ class RNNNetwork:
         src = f"vocab_size={self.vocab_size}" if self.vocab_size else f"input_size={self.input_size}"
         text = (f"rnnkit.RNNNetwork({src}, cell={self.cell!r}, hidden_size={self.hidden_size}, "
                 f"num_layers={self.rnn.num_layers}, output_size={self.output_size}, head={self.head!r}, "
-                f"loss={self.loss_kind!r})")
+                f"loss={self.loss_kind!r}"
+                + ("" if self.rnn.precision == "float32" else f", precision={self.rnn.precision!r}") + ")")
         return text if self.device == "cpu" else f"{text}.to({self.device!r})"

@@ -57,6 +57,8 @@ struct LayerShape {
   // times). Otherwise it writes them over the gates, which are warm in cache when it does (~3%
   // faster at the mid shape than a separate buffer), and the kept buffers serve one backward.
   bool keep_cache = false;
+  // precision="bfloat16": every GEMM of the loops rounds its operands to bfloat16 (float stacks).
+  bool bf16 = false;
   // LayerNorm cells accumulate their parameter (and bias) gradients per batch row, in this
   // layout: the LN parameters in LnParam order (ln_param_width each), then db_ih, db_hh.
   index_t partial_width = 0;

@@ -26,6 +26,11 @@
 
 namespace rnnkit {
 
+// The precision of a stack's GEMMs. kBfloat16 rounds both operands of every GEMM to bfloat16 and
+// sums in float32; parameters, gradients, states and the cell math stay float32 (float32 stacks
+// only).
+enum class Precision : int { kFloat32 = 0, kBfloat16 = 1 };
+
 struct StackConfig {
   CellKind cell = CellKind::kRnnTanh;
   index_t num_layers = 1;
@@ -35,6 +40,7 @@ struct StackConfig {
   index_t proj_size = 0;  // 0: no projection
   bool bias = true;
   double dropout = 0.0;  // probability of zeroing a layer output (not the last layer's), training only
+  Precision precision = Precision::kFloat32;
 
   index_t state_size() const { return proj_size > 0 ? proj_size : hidden_size; }
   index_t layer_input_size(index_t layer) const {
@@ -48,6 +54,8 @@ struct StackConfig {
 
 // Rejects impossible configurations with std::invalid_argument naming the option.
 void check_stack_config(const StackConfig& cfg);
+// Rejects precision="bfloat16" for a stack whose arrays are not float32 (`float32`: they are).
+void check_precision(const StackConfig& cfg, bool float32);
 // Rejects a call's T and N (every layer's dims, check_layer_dims) likewise.
 void check_stack_dims(const StackConfig& cfg, index_t T, index_t N);
 

@@ -51,6 +51,14 @@ inline CellKind parse_mode(const std::string& mode) {
   throw_expected("mode", concat("one of ", names), concat("'", mode, "'"));
 }
 
+inline const char* precision_name(Precision p) { return p == Precision::kBfloat16 ? "bfloat16" : "float32"; }
+
+inline Precision parse_precision(const std::string& name) {
+  if (name == "float32") return Precision::kFloat32;
+  if (name == "bfloat16") return Precision::kBfloat16;
+  throw_expected("precision", "'float32' or 'bfloat16'", concat("'", name, "'"));
+}
+
 // ---- array checks ---------------------------------------------------------------------------
 inline std::string shape_string(const py::array& a) {
   std::vector<index_t> shape(a.shape(), a.shape() + a.ndim());

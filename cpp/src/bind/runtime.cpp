@@ -8,6 +8,7 @@
 
 #include "bind/common.h"
 #include "bind/module.h"
+#include "cpu/bf16_gemm.h"
 #include "cpu/blas.h"
 #include "cpu/buffer.h"
 #include "cpu/build_info.h"
@@ -56,6 +57,7 @@ py::dict build_info() {
   info["blas"] = cpu::blas_info();
   info["blas_kernel"] = cpu::blas_kernel();
   info["cpu_vector_isa"] = cpu::cpu_vector_isa();
+  info["bf16_kernel"] = cpu::bf16_kernel_name();  // precision="bfloat16"'s GEMM kernel
 #ifdef RNNKIT_WITH_CUDA
   info["cuda_built"] = true;
   info["cuda_emulated"] = cuda::emulated();

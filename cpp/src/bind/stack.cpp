@@ -146,7 +146,8 @@ py::tuple step_impl(const StackConfig& cfg, const py::list& params, const py::ar
 }
 
 StackConfig make_stack_config(const std::string& mode, index_t input_size, index_t hidden_size, index_t num_layers,
-                              bool bidirectional, index_t proj_size, bool bias, double dropout) {
+                              bool bidirectional, index_t proj_size, bool bias, double dropout,
+                              const std::string& precision) {
   StackConfig c;
   c.cell = parse_mode(mode);
   c.input_size = input_size;
@@ -156,6 +157,7 @@ StackConfig make_stack_config(const std::string& mode, index_t input_size, index
   c.proj_size = proj_size;
   c.bias = bias;
   c.dropout = dropout;
+  c.precision = parse_precision(precision);
   check_stack_config(c);
   return c;
 }
@@ -195,19 +197,20 @@ void register_stack(py::module_& m) {
   py::class_<StackConfig>(m, "StackConfig", py::module_local(), "Configuration of a layer stack (see stack.h).")
       .def(py::init(&make_stack_config), py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"),
            py::arg("num_layers") = 1, py::arg("bidirectional") = false, py::arg("proj_size") = 0,
-           py::arg("bias") = true, py::arg("dropout") = 0.0)
+           py::arg("bias") = true, py::arg("dropout") = 0.0, py::arg("precision") = "float32")
       // Pickled as its constructor's arguments, so whatever holds one (a layer, a torch module)
       // pickles and deep-copies.
       .def(py::pickle(
           [](const StackConfig& c) {
             return py::make_tuple(mode_name(c.cell), c.input_size, c.hidden_size, c.num_layers,
-                                  c.num_directions == 2, c.proj_size, c.bias, c.dropout);
+                                  c.num_directions == 2, c.proj_size, c.bias, c.dropout, precision_name(c.precision));
           },
           [](const py::tuple& t) {
-            if (py::len(t) != 8) throw_expected("StackConfig state", "a tuple of 8", py::len(t));
+            // 8 fields: pickled before precision existed (float32).
+            if (py::len(t) != 8 && py::len(t) != 9) throw_expected("StackConfig state", "a tuple of 8 or 9", py::len(t));
             return make_stack_config(t[0].cast<std::string>(), t[1].cast<index_t>(), t[2].cast<index_t>(),
                                      t[3].cast<index_t>(), t[4].cast<bool>(), t[5].cast<index_t>(), t[6].cast<bool>(),
-                                     t[7].cast<double>());
+                                     t[7].cast<double>(), py::len(t) == 9 ? t[8].cast<std::string>() : "float32");
           }))
       .def_property_readonly("mode", [](const StackConfig& c) { return mode_name(c.cell); })
       .def_readonly("input_size", &StackConfig::input_size)
@@ -217,6 +220,7 @@ void register_stack(py::module_& m) {
       .def_readonly("proj_size", &StackConfig::proj_size)
       .def_readonly("bias", &StackConfig::bias)
       .def_readonly("dropout", &StackConfig::dropout)
+      .def_property_readonly("precision", [](const StackConfig& c) { return precision_name(c.precision); })
       .def_property_readonly("has_cell_state", [](const StackConfig& c) { return cell_info(c.cell).has_cell_state; })
       .def_property_readonly("gates", [](const StackConfig& c) { return cell_info(c.cell).gates; })
       .def("param_specs", [](const StackConfig& c) { return specs_list(stack_param_specs(c)); },

@@ -3,6 +3,7 @@
 // a call uses the thread team. Their names start with an underscore.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <chrono>
@@ -10,6 +11,7 @@
 
 #include "bind/common.h"
 #include "bind/module.h"
+#include "cpu/bf16_gemm.h"
 #include "cpu/blas.h"
 #include "cpu/buffer.h"
 #include "cpu/packed_gemm.h"
@@ -110,6 +112,23 @@ void register_test_hooks(py::module_& m) {
         return py::make_tuple(p.gflops, p.isa);
       }, py::arg("seconds"),
       "The core's AVX512_BF16 dot-product peak: (GFLOP/s, ISA), (0.0, '') without it (bench/goals.py).");
+  m.def("_gemm_bf16", [](py::array_t<float, py::array::c_style | py::array::forcecast> A, bool trans_a,
+                        py::array_t<float, py::array::c_style | py::array::forcecast> B, bool trans_b, double beta,
+                        py::array_t<float> C) {
+        // C = op(A) op(B) + beta C at bf16 input precision (C float32 [m, n], C-contiguous, written in place).
+        if (A.ndim() != 2 || B.ndim() != 2 || C.ndim() != 2) throw_expected("A, B, C", "2-d arrays", "other ranks");
+        if (!(C.flags() & py::array::c_style) || !C.writeable()) throw_expected("C", "a writable C-contiguous float32 array", "another");
+        const index_t m = trans_a ? A.shape(1) : A.shape(0), k = trans_a ? A.shape(0) : A.shape(1);
+        const index_t n = trans_b ? B.shape(0) : B.shape(1), kb = trans_b ? B.shape(1) : B.shape(0);
+        if (kb != k) throw_expected("B", concat(k, " rows of op(B)"), kb);
+        if (C.shape(0) != m || C.shape(1) != n) throw_expected("C", concat("[", m, ", ", n, "]"), concat("[", C.shape(0), ", ", C.shape(1), "]"));
+        gemm_bf16(trans_a ? Trans::kYes : Trans::kNo, trans_b ? Trans::kYes : Trans::kNo, m, n, k, A.data(), A.shape(1),
+                  B.data(), B.shape(1), static_cast<float>(beta), C.mutable_data(), n);
+      }, py::arg("A"), py::arg("trans_a"), py::arg("B"), py::arg("trans_b"), py::arg("beta"), py::arg("C"),
+      "C = op(A) op(B) + beta C through precision='bfloat16''s GEMM (for tests).");
+  m.def("_set_bf16_kernel", &set_bf16_kernel, py::arg("name"),
+        "Selects the bfloat16 GEMM kernel: 'auto' or one of _bf16_kernels() (tests, benchmarks).");
+  m.def("_bf16_kernels", &bf16_kernel_names, "The bfloat16 GEMM kernels this CPU runs, best (the default) first.");
   m.def("_packed_panel_width", [](const std::string& dtype) -> index_t {
         return dtype == "float64" ? packed_panel_width<double>() : packed_panel_width<float>();
       });

@@ -20,6 +20,13 @@ void check_stack_config(const StackConfig& cfg) {
   if (!(cfg.dropout >= 0.0 && cfg.dropout <= 1.0)) throw_expected("dropout", "a probability in [0, 1]", cfg.dropout);
 }
 
+void check_precision(const StackConfig& cfg, bool float32) {
+  if (cfg.precision == Precision::kBfloat16 && !float32) {
+    throw_expected("precision", "'float32' for float64 arrays (bfloat16 GEMMs read float32 parameters)",
+                   "'bfloat16'");
+  }
+}
+
 void check_stack_dims(const StackConfig& cfg, index_t T, index_t N) {
   const index_t gates = cell_info(cfg.cell).gates;
   for (index_t l = 0; l < cfg.num_layers; ++l) check_layer_dims(cfg.layer_dims(l, T, N), gates);

@@ -9,6 +9,7 @@
 // carves every buffer (layer.h's table, and for_each_packed_buffer below).
 #pragma once
 
+#include "cpu/bf16_gemm.h"
 #include "cpu/packed_gemm.h"
 #include "cpu/team.h"
 #include "rnnkit/stack.h"
@@ -34,12 +35,15 @@ constexpr index_t kMinStepsToPack = 8;
 // CPU has no packed kernel for S or the call is too short to pay for packing.
 template <typename S, typename Fn>
 void for_each_packed_buffer(const LayerShape& s, bool backward, PackedWeights<S>& w, Fn&& fn) {
-  const bool pack = s.d.T >= kMinStepsToPack && packed_gemm_available<S>();
+  // bf16 always packs (its kernel reads only packed bf16 pairs), into the same S memory.
+  const bool pack = s.bf16 || (s.d.T >= kMinStepsToPack && packed_gemm_available<S>());
   // The right-hand matrix [K, cols] of a step GEMM whose weight is [out, in]: forward multiplies
   // by W^T ([in, out]), backward by W ([out, in]).
   auto size = [&](index_t out, index_t in) -> index_t {
     if (!pack) return 0;
-    return backward ? packed_size<S>(out, in) : packed_size<S>(in, out);
+    const index_t K = backward ? out : in, cols = backward ? in : out;
+    if (s.bf16) return (bf16_packed_size(K, cols) * index_t(sizeof(bf16_t)) + index_t(sizeof(S)) - 1) / index_t(sizeof(S));
+    return packed_size<S>(K, cols);
   };
   fn(size(s.G1, s.d.P), w.rec);
   fn(s.cell.two_stage ? size(s.GH - s.G1, s.d.P) : 0, w.stage2);

@@ -202,20 +202,20 @@ class BackwardLoop {
     // h_{t-1} for every t, in time order: slots 0..T-1 (forward) or 1..T (reverse).
     const S* h_prev_all = h_slot(p_.slots.reverse ? 1 : 0);
     tc.gemm_blocks(GH, 16, kDeterministicRows, [&](index_t w0, index_t w1) {
-      gemm(Trans::kYes, Trans::kNo, w1 - w0, C, TN, S(1), dall + w0, GH, a_.x, C, S(1), grads_.w_ih + w0 * C, C);
+      layer_gemm(p_.s, Trans::kYes, Trans::kNo, w1 - w0, C, TN, dall + w0, GH, a_.x, C, S(1), grads_.w_ih + w0 * C, C);
       if constexpr (Plan::kTwoStage) {
         // Rows of W_hh below G1 multiply h_{t-1}; the candidate gate's rows multiply r * h_{t-1}.
         const index_t a1 = std::min(w1, G1), b0 = std::max(w0, G1);
         if (a1 > w0) {
-          gemm(Trans::kYes, Trans::kNo, a1 - w0, P, TN, S(1), dall + w0, GH, h_prev_all, P, S(1),
+          layer_gemm(p_.s, Trans::kYes, Trans::kNo, a1 - w0, P, TN, dall + w0, GH, h_prev_all, P, S(1),
                grads_.w_hh + w0 * P, P);
         }
         if (w1 > b0) {
-          gemm(Trans::kYes, Trans::kNo, w1 - b0, P, TN, S(1), dall + b0, GH, b_.saved, p_.SW, S(1),
+          layer_gemm(p_.s, Trans::kYes, Trans::kNo, w1 - b0, P, TN, dall + b0, GH, b_.saved, p_.SW, S(1),
                grads_.w_hh + b0 * P, P);
         }
       } else {
-        gemm(Trans::kYes, Trans::kNo, w1 - w0, P, TN, S(1), drec + w0, GH, h_prev_all, P, S(1),
+        layer_gemm(p_.s, Trans::kYes, Trans::kNo, w1 - w0, P, TN, drec + w0, GH, h_prev_all, P, S(1),
              grads_.w_hh + w0 * P, P);
       }
       if constexpr (!Cell::kCellBiasGrads) {
@@ -225,13 +225,13 @@ class BackwardLoop {
     });
     if (p_.s.project) {
       tc.gemm_blocks(P, 16, kDeterministicRows, [&](index_t a0, index_t a1) {
-        gemm(Trans::kYes, Trans::kNo, a1 - a0, H, TN, S(1), b_.dh_proj + a0, P, b_.h_full, H, S(1),
+        layer_gemm(p_.s, Trans::kYes, Trans::kNo, a1 - a0, H, TN, b_.dh_proj + a0, P, b_.h_full, H, S(1),
              grads_.w_hr + a0 * H, H);
       });
     }
     if (a_.dx) {
       tc.gemm_blocks(TN, 1, kDeterministicRows, [&](index_t r0, index_t r1) {
-        gemm(Trans::kNo, Trans::kNo, r1 - r0, C, GH, S(1), dall + r0 * GH, GH, w_.w_ih, C,
+        layer_gemm(p_.s, Trans::kNo, Trans::kNo, r1 - r0, C, GH, dall + r0 * GH, GH, w_.w_ih, C,
              a_.dx_accumulate ? S(1) : S(0), a_.dx + r0 * C, C);
       });
     }

@@ -41,7 +41,7 @@ class ForwardLoop {
     const TeamContext& tc = p_.tc;
     p_.gemms.pack(p_.s);
     tc.gemm_blocks(p_.s.TN, 1, kDeterministicRows, [&](index_t r0, index_t r1) {
-      gemm(Trans::kNo, Trans::kYes, r1 - r0, p_.GH, p_.C, S(1), a_.x + r0 * p_.C, p_.C, w_.w_ih, p_.C, S(0),
+      layer_gemm(p_.s, Trans::kNo, Trans::kYes, r1 - r0, p_.GH, p_.C, a_.x + r0 * p_.C, p_.C, w_.w_ih, p_.C, S(0),
            b_.gates + r0 * p_.GH, p_.GH);
     });
     if (tc.tid() == 0) {

@@ -9,6 +9,7 @@
 
 #include <Eigen/Core>
 
+#include "cpu/bf16_gemm.h"
 #include "cpu/blas.h"
 #include "cpu/layer.h"
 #include "cpu/packed_gemm.h"
@@ -106,9 +107,18 @@ struct StateSlots {
   index_t step(index_t t) const { return reverse ? T - 1 - t : t; }
 };
 
+// A hoisted GEMM of the loops (gemm() of blas.h with alpha = 1), at the shape's precision.
+template <typename S>
+void layer_gemm(const LayerShape& s, Trans ta, Trans tb, index_t m, index_t n, index_t k, const S* a, index_t lda,
+                const S* b, index_t ldb, S beta, S* c, index_t ldc) {
+  gemm_at_precision<S>(s.bf16, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
+}
+
 // The right-hand matrix B [K, cols] of a per-step GEMM C = A B: packed once per call for
 // packed_gemm when this CPU has the kernels (`packed` non-null), else multiplied by BLAS from
 // its source. Column ranges given to multiply() start at multiples of align().
+// At bf16 precision (`bf16`) B is packed as bf16 pairs in `packed`'s memory (bf16_gemm.h; a
+// streaming step packs nothing and goes through gemm_bf16), and A is converted per multiply into this thread's workspace (sized in pack()).
 template <typename S>
 struct StepOperand {
   const S* src = nullptr;  // B, or B^T if transposed, row-major with leading dimension ld
@@ -120,24 +130,51 @@ struct StepOperand {
   // whose boundaries do not depend on the team size (see TeamContext::gemm_blocks). The packed
   // kernel computes every element the same way whatever the column range.
   bool fixed_blocks = false;
+  bool bf16 = false;
   // This thread's columns [c0, c1), from share().
   index_t c0 = 0, c1 = 0;
 
   static constexpr index_t kBlasColumns = 64;
   index_t align() const {
     // Multiples of 16 floats keep the BLAS kernels on full vectors.
+    if (bf16) return bf16_panel_width();
     if (packed) return packed_panel_width<S>();
     return fixed_blocks ? kBlasColumns : 16;
   }
   // Takes this thread's share of the columns (once per call: the step loop reuses it).
   void share(const TeamContext& tc) { std::tie(c0, c1) = tc.split(cols, align()); }
   // Each thread packs its own panels; the caller barriers before the first multiply.
-  void pack() const {
+  // M: the rows of A the multiplies will take (bf16: this thread's workspace for them).
+  void pack(index_t M) const {
+    if constexpr (std::is_same_v<S, float>) {
+      if (bf16) {
+        if (packed) pack_b_bf16(src, ld, transposed, K, cols, c0, c1, reinterpret_cast<bf16_t*>(packed));
+        bf16_a_workspace(checked_mul(bf16_padded_rows(M), bf16_row_length(K), "bf16 step rows"));
+        return;
+      }
+    }
+    (void)M;
     if (packed) pack_b<S>(src, ld, transposed, K, cols, c0, c1, packed);
   }
   // C[:, c0:c1] = beta C[:, c0:c1] + A[M, K] B[:, c0:c1], this thread's columns.
   void multiply(index_t M, const S* A, index_t lda, S beta, S* C, index_t ldc) const {
     if (c1 <= c0) return;
+    if constexpr (std::is_same_v<S, float>) {
+      if (bf16 && !packed) {  // a streaming step (stack_step) packs nothing
+        gemm_bf16(Trans::kNo, transposed ? Trans::kYes : Trans::kNo, M, c1 - c0, K, A, lda,
+                  transposed ? src + c0 * ld : src + c0, ld, beta, C + c0, ldc);
+        return;
+      }
+      if (bf16) {
+        // Every thread converts all of A for its own columns: M*K conversions per step against
+        // M*K*(c1-c0) multiply-adds, and no barrier.
+        const index_t row = bf16_row_length(K);
+        bf16_t* a16 = bf16_a_workspace(checked_mul(bf16_padded_rows(M), row, "bf16 step rows"));
+        convert_a_bf16(A, lda, false, M, K, a16);
+        packed_gemm_bf16(M, K, cols, c0, c1, a16, row, reinterpret_cast<const bf16_t*>(packed), beta, C, ldc);
+        return;
+      }
+    }
     if (packed) {
       packed_gemm<S>(M, K, cols, c0, c1, A, lda, packed, beta, C, ldc);
     } else {
@@ -161,15 +198,15 @@ struct StepGemms {
   StepGemms(const TeamContext& tc, const LayerShape& s, const LayerWeights<S>& w, const PackedWeights<S>& packed,
             bool backward) {
     const index_t H = s.d.H, P = s.d.P, G1 = s.G1, G2 = s.GH - s.G1;
-    const bool det = tc.deterministic();
+    const bool det = tc.deterministic(), b16 = s.bf16;
     if (!backward) {
-      rec = {w.w_hh, P, true, P, G1, packed.rec, det};
-      stage2 = {w.w_hh + G1 * P, P, true, P, G2, packed.stage2, det};
-      proj = {w.w_hr, H, true, H, P, packed.proj, det};
+      rec = {w.w_hh, P, true, P, G1, packed.rec, det, b16};
+      stage2 = {w.w_hh + G1 * P, P, true, P, G2, packed.stage2, det, b16};
+      proj = {w.w_hr, H, true, H, P, packed.proj, det, b16};
     } else {
-      rec = {w.w_hh, P, false, G1, P, packed.rec, det};
-      stage2 = {w.w_hh + G1 * P, P, false, G2, P, packed.stage2, det};
-      proj = {w.w_hr, H, false, P, H, packed.proj, det};
+      rec = {w.w_hh, P, false, G1, P, packed.rec, det, b16};
+      stage2 = {w.w_hh + G1 * P, P, false, G2, P, packed.stage2, det, b16};
+      proj = {w.w_hr, H, false, P, H, packed.proj, det, b16};
     }
     rec.share(tc);
     stage2.share(tc);
@@ -177,9 +214,9 @@ struct StepGemms {
   }
   // Every thread packs its panels of the operands the call uses; the caller barriers after.
   void pack(const LayerShape& s) const {
-    rec.pack();
-    if (s.cell.two_stage) stage2.pack();
-    if (s.project) proj.pack();
+    rec.pack(s.d.N);
+    if (s.cell.two_stage) stage2.pack(s.d.N);
+    if (s.project) proj.pack(s.d.N);
   }
 };
 

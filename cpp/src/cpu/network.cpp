@@ -8,6 +8,7 @@
 
 #include <Eigen/Core>
 
+#include "cpu/bf16_gemm.h"
 #include "cpu/blas.h"
 #include "cpu/team.h"
 #include "cpu/util.h"
@@ -113,6 +114,7 @@ CpuNetworkPlan plan_network(const NetworkConfig& cfg, index_t T, index_t N, bool
 template <typename S>
 void network_forward(const CpuNetworkPlan& plan, const NetworkForwardArgs<S>& args, CpuNetworkCache<S>* cache) {
   const NetworkConfig& cfg = plan.cfg;
+  const bool bf16 = cfg.stack.precision == Precision::kBfloat16;  // the output layer's GEMMs too
   const NetworkWeights<S>& w = *args.weights;
   const NetworkInputs& in = args.in;
   const bool training = plan.training;
@@ -200,7 +202,7 @@ void network_forward(const CpuNetworkPlan& plan, const NetworkForwardArgs<S>& ar
     for (index_t r = r0; r < r1; ++r) copy_n(logits + r * K, w.out_b, K);
     tc.barrier();
     tc.gemm_blocks(R, 1, kDeterministicRows, [&](index_t b0, index_t b1) {
-      gemm(Trans::kNo, Trans::kYes, b1 - b0, K, F, S(1), features + b0 * F, F, w.out_w, F, S(1),
+      gemm_at_precision<S>(bf16, Trans::kNo, Trans::kYes, b1 - b0, K, F, features + b0 * F, F, w.out_w, F, S(1),
            logits + b0 * K, K);
     });
     tc.barrier();
@@ -230,6 +232,7 @@ template <typename S>
 void network_backward(CpuNetworkCache<S>& cache, const NetworkBackwardArgs<S>& args) {
   const CpuNetworkPlan& plan = cache.plan_;
   const NetworkConfig& cfg = plan.cfg;
+  const bool bf16 = cfg.stack.precision == Precision::kBfloat16;  // the output layer's GEMMs too
   const NetworkGrads<S>& grads = *args.grads;
   const index_t T = plan.T, N = plan.N, R = plan.rows;
   const index_t E = cfg.stack.input_size, F = cfg.feature_size(), K = cfg.output_size;
@@ -258,13 +261,13 @@ void network_backward(CpuNetworkCache<S>& cache, const NetworkBackwardArgs<S>& a
   const index_t D = cfg.stack.num_directions, first = (cfg.stack.num_layers - 1) * D;
   ThreadTeam::instance().run(team, [&](const TeamContext& tc) {
     tc.gemm_blocks(K, 16, kDeterministicRows, [&](index_t k0, index_t k1) {
-      gemm(Trans::kYes, Trans::kNo, k1 - k0, F, R, S(1), d_out + k0, K, cache.features, F, S(1),
+      gemm_at_precision<S>(bf16, Trans::kYes, Trans::kNo, k1 - k0, F, R, d_out + k0, K, cache.features, F, S(1),
            grads.out_w + k0 * F, F);
       Vec<S> db(grads.out_b + k0, k1 - k0);
       for (index_t r = 0; r < R; ++r) db += ConstVec<S>(d_out + r * K + k0, k1 - k0);
     });
     tc.gemm_blocks(R, 1, kDeterministicRows, [&](index_t r0, index_t r1) {
-      gemm(Trans::kNo, Trans::kNo, r1 - r0, F, K, S(1), d_out + r0 * K, K, cache.out_w, F, S(0),
+      gemm_at_precision<S>(bf16, Trans::kNo, Trans::kNo, r1 - r0, F, K, d_out + r0 * K, K, cache.out_w, F, S(0),
            d_features + r0 * F, F);
     });
     if (!sequence) {

@@ -71,8 +71,10 @@ CpuStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool train
   p.N = N;
   p.training = training;
   p.specs = std::move(specs);
+  check_precision(cfg, std::is_same_v<S, float>);
   p.shape = layer_shape(cfg.cell, cfg.layer_dims(0, T, N), training);
   p.shape.keep_cache = keep_cache;
+  p.shape.bf16 = cfg.precision == Precision::kBfloat16;
   p.layer_kept = layer_buffer_elems(p.shape, kKept);
   p.layer_forward = layer_buffer_elems(p.shape, kForwardScratch);
   p.layer_backward = layer_buffer_elems(p.shape, kBackwardScratch);
@@ -250,7 +252,9 @@ template <typename S>
 void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& args) {
   assert(cfg.num_directions == 1);
   const index_t L = cfg.num_layers, H = cfg.hidden_size, P = cfg.state_size();
-  const LayerShape shape0 = layer_shape(cfg.cell, cfg.layer_dims(0, 1, N), false);  // T = 1: nothing packed
+  check_precision(cfg, std::is_same_v<S, float>);
+  LayerShape shape0 = layer_shape(cfg.cell, cfg.layer_dims(0, 1, N), false);  // T = 1: nothing packed
+  shape0.bf16 = cfg.precision == Precision::kBfloat16;
   // One buffer per thread, grown when needed and kept: a stream of steps allocates nothing. The
   // layer buffers every layer reuses, then two outputs to ping-pong between layers.
   constexpr unsigned kStepBuffers = kKept | kForwardScratch;

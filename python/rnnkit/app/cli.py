@@ -191,9 +191,9 @@ def _resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser,
     defaults = {a.dest: a.real_default for a in parser._actions if hasattr(a, "real_default")}
     flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
     settings: Dict[str, Any] = {}
-    # Where to train is not a setting of the run: a checkpoint holds host arrays, so a run started
-    # on one device resumes on either.
-    for name in RUN_SETTINGS + ("steps", "minutes", "patience", "threads", "log_every", "device"):
+    # Where and at which GEMM precision to train are not settings of the run: a checkpoint holds
+    # float32 host arrays, so a run started on one device or precision resumes on either.
+    for name in RUN_SETTINGS + ("steps", "minutes", "patience", "threads", "log_every", "device", "precision"):
         typed = getattr(args, name)
         if stored is not None and name in RUN_SETTINGS:
             if typed is not None and typed != stored.get(name):
@@ -302,7 +302,7 @@ def _build_run(settings: Dict[str, Any]):
     task = _task_of(settings)
     B, S = settings["batch"], settings["seq_len"]
     model_kw = dict(hidden_size=settings["hidden"], cell=settings["cell"], num_layers=settings["layers"],
-                    dropout=settings["dropout"], seed=settings["seed"])
+                    dropout=settings["dropout"], seed=settings["seed"], precision=settings["precision"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if task == "charlm":
@@ -420,6 +420,9 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise CommandError(f"--resume: the run in {out} is finished: {why}")
     if settings["device"] == "cuda" and not rnnkit.cuda.is_available():
         raise CommandError(f"--device: CUDA is unavailable here: {rnnkit.cuda.status()}")
+    if settings["device"] == "cuda" and settings["precision"] != "float32":
+        raise CommandError("--precision: expected float32 with --device cuda (bfloat16 runs on the CPU only so far), "
+                           f"got {settings['precision']}")
     rnnkit.set_num_threads(settings["threads"] or available_cpus())
     train_src, val_src, model, meta, described, baseline = _build_run(settings)
     model.to(settings["device"])
@@ -581,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(t, "--device", choices=("cpu", "cuda"), default="cpu",
          help="where the model trains: the CPU, or the GPU through rnnkit's CUDA backend (a RNNKIT_CUDA=1 build); "
               "a run resumes on either")
+    _add(t, "--precision", choices=("float32", "bfloat16"), default="float32",
+         help="the GEMMs' precision: float32, or bfloat16 operands with float32 sums (parameters, gradients "
+              "and optimizer state stay float32; CPU only so far); a run resumes at either")
     t.add_argument("--out", default="rnnkit-run", metavar="DIR", help="output folder")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with the settings it was started with")

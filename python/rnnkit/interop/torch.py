@@ -156,7 +156,7 @@ class _RNNBase(torch.nn.Module, StackOptions):
         device = _resolve_device(options["device"])
         dtype = _resolve_dtype(options["dtype"])
         # The module keeps no compiled object: it pickles as plain Python, and tracers see constants.
-        config = _ops.stack_config(*self._config_args(), self.dropout)
+        config = _ops.stack_config(*self._config_args(self.dropout))
         self._specs: List[Tuple[str, Tuple[int, ...]]] = [(n, tuple(s)) for n, s in config.param_specs()]
         for name, shape in self._specs:
             self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, dtype=dtype, device=device)))
@@ -199,7 +199,7 @@ class _RNNBase(torch.nn.Module, StackOptions):
                             self._parameters[name][H:2 * H] = 0.0
                 return
             seed = int(torch.randint(0, 2**63 - 1, ()).item())
-            arrays = _init.initialise(self._specs, self.hidden_size, _ops.stack_config(*self._config_args(), self.dropout).gates, np.dtype(np.float64),
+            arrays = _init.initialise(self._specs, self.hidden_size, _ops.stack_config(*self._config_args(self.dropout)).gates, np.dtype(np.float64),
                                       np.random.default_rng(seed), self._scheme, self.init_gain, self.forget_bias)
             for name, _ in self._specs:
                 self._parameters[name].copy_(torch.from_numpy(arrays[name]))
@@ -271,7 +271,7 @@ class _RNNBase(torch.nn.Module, StackOptions):
         seed = torch.randint(0, 2**62, (), dtype=torch.int64) if apply_dropout else None
         y, h_n, c_n = _run_stack(
             x_in, batch_sizes, sorted_indices, h0, c0, weights, seed,
-            (*self._config_args(), self.dropout if apply_dropout else 0.0),
+            self._config_args(self.dropout if apply_dropout else 0.0),
             # rnnkit applies dropout only in its training forward, which also keeps the reserve.
             needs_grad or apply_dropout, self._has_cell_state)
 
@@ -330,6 +330,8 @@ class _RNNBase(torch.nn.Module, StackOptions):
             parts.append(f"init={self.init!r}, init_gain={self.init_gain}")
         if self.forget_bias is not None:
             parts.append(f"forget_bias={self.forget_bias}")
+        if self.precision != "float32":
+            parts.append(f"precision={self.precision!r}")
         return ", ".join(parts)
 
 

@@ -46,8 +46,9 @@ def _refuse(what: str) -> None:
 
 def rnnkit_forward(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode: str, input_size: int,
                    hidden_size: int, num_layers: int, bidirectional: bool, proj_size: int, bias: bool,
-                   dropout: float, training: bool):
-    """The ONNX graph of one ``rnnkit::forward`` call (traced by onnxscript)."""
+                   dropout: float, precision: str, training: bool):
+    """The ONNX graph of one ``rnnkit::forward`` call (traced by onnxscript). A bfloat16
+    ``precision`` is how rnnkit computes the layer; the float32 ONNX node computes the same function."""
     from onnxscript import ir
     from onnxscript.onnx_opset import opset18 as op
 

@@ -1,0 +1,393 @@
+// bfloat16 GEMM kernels (bf16_gemm.h): AVX512_BF16 where the CPU has it, a widening float32
+// fallback elsewhere. As in packed_gemm.cpp, the ISA-specific code carries its own target
+// attribute so the rest of rnnkit stays baseline x86-64.
+#include "cpu/bf16_gemm.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define RNNKIT_X86_KERNELS 1
+#include <cpuid.h>
+#include <immintrin.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#endif
+
+namespace rnnkit {
+namespace cpu {
+namespace {
+
+constexpr index_t kNR = 32;       // columns per panel: two vectors of 16 float accumulators
+constexpr index_t kKPairs = 64;   // k pairs per pass: 64 x 32 x 2 bf16 = 8 KiB of a panel stays in L1
+constexpr int kMR = 8;            // rows of A per micro-kernel call
+constexpr index_t kRowBlock = 256;  // rows of A converted at a time by gemm_bf16 (a multiple of 32)
+
+using MicroFn = void (*)(int rows, index_t kc2, const bf16_t* A, index_t lda, const bf16_t* B, float* C,
+                         index_t ldc, int ncols, float beta, bool first);
+// A whole packed GEMM (packed_gemm_bf16's arguments, K2 = k pairs): the AMX kernel keeps its
+// accumulators in tiles over all of K, so it takes the call rather than chunks of it.
+using WholeFn = void (*)(index_t M, index_t K2, index_t cb, index_t ce, const bf16_t* A, index_t lda,
+                         const bf16_t* packed, float beta, float* C, index_t ldc);
+
+// The fallback: rows x one chunk of a panel, each product widened to float32 and added in the
+// same k order as the bf16 kernel's pairs (k even, then k odd, into the same sum).
+void micro_widening(int rows, index_t kc2, const bf16_t* A, index_t lda, const bf16_t* B, float* C, index_t ldc,
+                    int ncols, float beta, bool first) {
+  for (int i = 0; i < rows; ++i) {
+    float acc[kNR] = {};
+    const bf16_t* a = A + i * lda;
+    for (index_t kk = 0; kk < kc2; ++kk) {
+      const float a0 = from_bf16(a[2 * kk]), a1 = from_bf16(a[2 * kk + 1]);
+      const bf16_t* b = B + kk * 2 * kNR;
+      for (index_t j = 0; j < kNR; ++j) acc[j] += a0 * from_bf16(b[2 * j]) + a1 * from_bf16(b[2 * j + 1]);
+    }
+    float* c = C + i * ldc;
+    for (int j = 0; j < ncols; ++j) {
+      if (!first) c[j] += acc[j];
+      else c[j] = beta == 0.0f ? acc[j] : beta * c[j] + acc[j];
+    }
+  }
+}
+
+#if defined(RNNKIT_X86_KERNELS)
+#define RNNKIT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+template <int MR>
+RNNKIT_BF16_TARGET void micro_dpbf16(index_t kc2, const bf16_t* A, index_t lda, const bf16_t* B, float* C,
+                                     index_t ldc, int ncols, float beta, bool first) {
+  __m512 acc0[MR], acc1[MR];
+  for (int i = 0; i < MR; ++i) {
+    acc0[i] = _mm512_setzero_ps();
+    acc1[i] = _mm512_setzero_ps();
+  }
+  for (index_t kk = 0; kk < kc2; ++kk) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(B + kk * 2 * kNR);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(B + kk * 2 * kNR + kNR);
+    for (int i = 0; i < MR; ++i) {
+      std::int32_t pair;
+      std::memcpy(&pair, A + i * lda + 2 * kk, sizeof pair);
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+      acc0[i] = _mm512_dpbf16_ps(acc0[i], a, b0);
+      acc1[i] = _mm512_dpbf16_ps(acc1[i], a, b1);
+    }
+  }
+  const int n0 = std::min(ncols, 16), n1 = std::max(0, std::min(ncols - 16, 16));
+  const __mmask16 m0 = static_cast<__mmask16>((1u << n0) - 1u), m1 = static_cast<__mmask16>((1u << n1) - 1u);
+  const bool keep = !first || beta != 0.0f;
+  const __m512 vb = _mm512_set1_ps(first ? beta : 1.0f);
+  for (int i = 0; i < MR; ++i) {
+    float* c = C + i * ldc;
+    __m512 c0 = acc0[i], c1 = acc1[i];
+    if (keep) {
+      c0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m0, c), vb, c0);
+      if (n1 > 0) c1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m1, c + 16), vb, c1);
+    }
+    _mm512_mask_storeu_ps(c, m0, c0);
+    if (n1 > 0) _mm512_mask_storeu_ps(c + 16, m1, c1);
+  }
+}
+
+RNNKIT_BF16_TARGET void micro_avx512bf16(int rows, index_t kc2, const bf16_t* A, index_t lda, const bf16_t* B,
+                                         float* C, index_t ldc, int ncols, float beta, bool first) {
+  switch (rows) {
+    case 8: micro_dpbf16<8>(kc2, A, lda, B, C, ldc, ncols, beta, first); break;
+    case 7: micro_dpbf16<7>(kc2, A, lda, B, C, ldc, ncols, beta, first); break;
+    case 6: micro_dpbf16<6>(kc2, A, lda, B, C, ldc, ncols, beta, first); break;
+    case 5: micro_dpbf16<5>(kc2, A, lda, B, C, ldc, ncols, beta, first); break;
+    case 4: micro_dpbf16<4>(kc2, A, lda, B, C, ldc, ncols, beta, first); break;
+    case 3: micro_dpbf16<3>(kc2, A, lda, B, C, ldc, ncols, beta, first); break;
+    case 2: micro_dpbf16<2>(kc2, A, lda, B, C, ldc, ncols, beta, first); break;
+    case 1: micro_dpbf16<1>(kc2, A, lda, B, C, ldc, ncols, beta, first); break;
+    default: break;
+  }
+}
+
+// AMX: tiles of 16 rows x 64 bytes. C is 32 rows x one 32-column panel in four fp32 tiles
+// (tmm0-3: rows 0-15 and 16-31, columns 0-15 and 16-31), A two tiles of 16 rows x 16 k pairs
+// (tmm4-5), B the panel's two 16-column halves over the same 16 k pairs (tmm6-7): a panel row of
+// 32 columns' pairs is 128 bytes, so each half is a tile load at a 128-byte stride. A's rows are
+// padded to 32 and K to 32 (bf16_padded_rows, bf16_row_length), all zeros, so every load is whole.
+struct alignas(64) TileConfig {
+  std::uint8_t palette_id = 1;
+  std::uint8_t start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+#define RNNKIT_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw")))
+
+// One 16 x 16 fp32 tile's valid part into C: rows x cols of it, with beta.
+RNNKIT_AMX_TARGET void store_tile(const float* tile, int rows, int cols, float beta, float* C, index_t ldc) {
+  const __mmask16 m = static_cast<__mmask16>((1u << cols) - 1u);
+  for (int r = 0; r < rows; ++r) {
+    __m512 v = _mm512_load_ps(tile + 16 * r);
+    if (beta != 0.0f) v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, C + r * ldc), _mm512_set1_ps(beta), v);
+    _mm512_mask_storeu_ps(C + r * ldc, m, v);
+  }
+}
+
+RNNKIT_AMX_TARGET void gemm_amx(index_t M, index_t K2, index_t cb, index_t ce, const bf16_t* A, index_t lda,
+                                const bf16_t* packed, float beta, float* C, index_t ldc) {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  alignas(64) float out[4][16 * 16];
+  const index_t a_stride = lda * index_t(sizeof(bf16_t)), b_stride = 2 * kNR * index_t(sizeof(bf16_t));
+  for (index_t p = cb / kNR; p * kNR < ce; ++p) {
+    const bf16_t* Bp = packed + p * K2 * 2 * kNR;
+    const int ncols = static_cast<int>(std::min(kNR, ce - p * kNR));
+    const int c0 = std::min(ncols, 16), c1 = std::max(0, ncols - 16);
+    for (index_t i = 0; i < M; i += 32) {
+      const int r0 = static_cast<int>(std::min<index_t>(16, M - i)), r1 = static_cast<int>(std::max<index_t>(0, std::min<index_t>(16, M - i - 16)));
+      const bf16_t* Ai = A + i * lda;
+      _tile_zero(0);
+      _tile_zero(1);
+      if (r1 > 0) {
+        _tile_zero(2);
+        _tile_zero(3);
+        for (index_t kk = 0; kk < K2; kk += 16) {
+          _tile_loadd(4, Ai + 2 * kk, a_stride);
+          _tile_loadd(5, Ai + 16 * lda + 2 * kk, a_stride);
+          _tile_loadd(6, Bp + kk * 2 * kNR, b_stride);
+          _tile_loadd(7, Bp + kk * 2 * kNR + kNR, b_stride);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+      } else {  // 16 rows or fewer: one A tile (a step GEMM of a small batch)
+        for (index_t kk = 0; kk < K2; kk += 16) {
+          _tile_loadd(4, Ai + 2 * kk, a_stride);
+          _tile_loadd(6, Bp + kk * 2 * kNR, b_stride);
+          _tile_loadd(7, Bp + kk * 2 * kNR + kNR, b_stride);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+        }
+      }
+      float* Ci = C + i * ldc + p * kNR;
+      _tile_stored(0, out[0], 64);
+      store_tile(out[0], r0, c0, beta, Ci, ldc);
+      if (c1 > 0) {
+        _tile_stored(1, out[1], 64);
+        store_tile(out[1], r0, c1, beta, Ci + 16, ldc);
+      }
+      if (r1 > 0) {
+        _tile_stored(2, out[2], 64);
+        store_tile(out[2], r1, c0, beta, Ci + 16 * ldc, ldc);
+        if (c1 > 0) {
+          _tile_stored(3, out[3], 64);
+          store_tile(out[3], r1, c1, beta, Ci + 16 * ldc + 16, ldc);
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+// Whether the CPU has AMX-BF16 and Linux lets this process use its tile state (the kernel asks
+// each process to request it, arch_prctl ARCH_REQ_XCOMP_PERM; Linux 5.16 and later).
+bool amx_usable() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool tile = (d >> 24) & 1u, bf16 = (d >> 22) & 1u;
+  if (!tile || !bf16) return false;
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+// float -> bf16 (round to nearest even) 16 at a time.
+RNNKIT_BF16_TARGET void convert_row_avx512bf16(const float* src, index_t n, bf16_t* dst) {
+  index_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + j));
+    std::memcpy(dst + j, &v, sizeof v);
+  }
+  for (; j < n; ++j) dst[j] = to_bf16(src[j]);
+}
+#endif  // RNNKIT_X86_KERNELS
+
+void convert_row_scalar(const float* src, index_t n, bf16_t* dst) {
+  for (index_t j = 0; j < n; ++j) dst[j] = to_bf16(src[j]);
+}
+
+struct Kernel {
+  MicroFn micro = &micro_widening;
+  WholeFn whole = nullptr;  // set: it runs instead of the micro-kernel loop
+  void (*convert_row)(const float*, index_t, bf16_t*) = &convert_row_scalar;
+  const char* name = "fp32_fma";
+};
+
+// The kernels this CPU can run, best first: AMX, AVX512_BF16, the widening fallback.
+std::vector<Kernel> available_kernels() {
+  std::vector<Kernel> ks;
+#if defined(RNNKIT_X86_KERNELS)
+  __builtin_cpu_init();
+  const bool avx512bf16 = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
+  if (avx512bf16) {
+    static const bool amx = amx_usable();  // asked once per process
+    if (amx) ks.push_back({&micro_avx512bf16, &gemm_amx, &convert_row_avx512bf16, "amx_bf16"});
+    ks.push_back({&micro_avx512bf16, nullptr, &convert_row_avx512bf16, "avx512_bf16"});
+  }
+#endif
+  ks.push_back(Kernel{});
+  return ks;
+}
+
+Kernel select_kernel() { return available_kernels().front(); }
+
+Kernel& kernel() {
+  static Kernel k = select_kernel();
+  return k;
+}
+
+// One thread's grow-only workspace.
+struct Workspace {
+  std::vector<bf16_t> a, b;
+};
+Workspace& workspace() {
+  thread_local Workspace w;
+  return w;
+}
+bf16_t* grow(std::vector<bf16_t>& v, index_t n) {
+  if (static_cast<index_t>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
+  return v.data();
+}
+
+}  // namespace
+
+const char* bf16_kernel_name() { return kernel().name; }
+
+void set_bf16_kernel(const std::string& name) {
+  const std::vector<Kernel> ks = available_kernels();
+  if (name == "auto") {
+    kernel() = ks.front();
+    return;
+  }
+  std::string names = "'auto'";
+  for (const Kernel& k : ks) {
+    if (name == k.name) {
+      kernel() = k;
+      return;
+    }
+    names += concat(", '", k.name, "'");
+  }
+  throw_expected("bf16 kernel", concat("one this CPU runs (", names, ")"), concat("'", name, "'"));
+}
+
+std::vector<std::string> bf16_kernel_names() {
+  std::vector<std::string> out;
+  for (const Kernel& k : available_kernels()) out.push_back(k.name);
+  return out;
+}
+
+index_t bf16_panel_width() { return kNR; }
+
+index_t bf16_packed_size(index_t K, index_t cols) {
+  const index_t panels = (cols + kNR - 1) / kNR;
+  return checked_mul(checked_mul(panels, bf16_row_length(K), "packed bf16 panels"), kNR, "packed bf16 panels");
+}
+
+void pack_b_bf16(const float* src, index_t ld, bool transposed, index_t K, index_t cols, index_t c0, index_t c1,
+                 bf16_t* out) {
+  if (c1 <= c0) return;  // an empty share may start off a panel boundary (see pack_b)
+  assert(c0 % kNR == 0);
+  const index_t K2 = bf16_row_length(K) / 2;
+  for (index_t p = c0 / kNR; p * kNR < c1; ++p) {
+    bf16_t* panel = out + p * K2 * 2 * kNR;
+    const index_t width = std::min(kNR, cols - p * kNR);
+    // Zero first: padding columns, and the odd k's partner past K.
+    std::memset(panel, 0, static_cast<std::size_t>(K2 * 2 * kNR) * sizeof(bf16_t));
+    // Read the source along its rows either way (a column walk over a large X costs a cache
+    // line per element); the panel of one p is small enough to take scattered writes.
+    if (transposed) {
+      for (index_t j = 0; j < width; ++j) {
+        const float* row = src + (p * kNR + j) * ld;
+        for (index_t k = 0; k < K; ++k) panel[(k / 2) * 2 * kNR + 2 * j + (k & 1)] = to_bf16(row[k]);
+      }
+    } else {
+      for (index_t k = 0; k < K; ++k) {
+        const float* row = src + k * ld + p * kNR;
+        bf16_t* o = panel + (k / 2) * 2 * kNR + (k & 1);
+        for (index_t j = 0; j < width; ++j) o[2 * j] = to_bf16(row[j]);
+      }
+    }
+  }
+}
+
+void convert_a_bf16(const float* src, index_t ld, bool transposed, index_t M, index_t K, bf16_t* out) {
+  const index_t row = bf16_row_length(K);
+  if (!transposed) {
+    for (index_t m = 0; m < M; ++m) kernel().convert_row(src + m * ld, K, out + m * row);
+  } else {
+    // Along the source's rows (contiguous m), writing M output rows at a stride.
+    for (index_t k = 0; k < K; ++k) {
+      const float* s = src + k * ld;
+      for (index_t m = 0; m < M; ++m) out[m * row + k] = to_bf16(s[m]);
+    }
+  }
+  for (index_t m = 0; m < M && row > K; ++m) std::memset(out + m * row + K, 0, static_cast<std::size_t>(row - K) * sizeof(bf16_t));
+  // Zero rows up to bf16_padded_rows(M): the AMX kernel loads A 32 rows at a time.
+  std::memset(out + M * row, 0, static_cast<std::size_t>((bf16_padded_rows(M) - M) * row) * sizeof(bf16_t));
+}
+
+void packed_gemm_bf16(index_t M, index_t K, index_t cols, index_t cb, index_t ce, const bf16_t* A, index_t lda,
+                      const bf16_t* packed, float beta, float* C, index_t ldc) {
+  (void)cols;
+  if (M <= 0 || ce <= cb) return;
+  if (K == 0) {
+    for (index_t i = 0; i < M; ++i) {
+      for (index_t c = cb; c < ce; ++c) C[i * ldc + c] = beta == 0.0f ? 0.0f : beta * C[i * ldc + c];
+    }
+    return;
+  }
+  assert(cb % kNR == 0 && lda % 2 == 0);
+  const index_t K2 = bf16_row_length(K) / 2;
+  if (kernel().whole != nullptr) return kernel().whole(M, K2, cb, ce, A, lda, packed, beta, C, ldc);
+  const MicroFn micro = kernel().micro;
+  for (index_t k0 = 0; k0 < K2; k0 += kKPairs) {
+    const index_t kc2 = std::min(kKPairs, K2 - k0);
+    const bool first = k0 == 0;
+    for (index_t p = cb / kNR; p * kNR < ce; ++p) {
+      const bf16_t* Bp = packed + (p * K2 + k0) * 2 * kNR;
+      const int ncols = static_cast<int>(std::min(kNR, ce - p * kNR));
+      float* Cp = C + p * kNR;
+      for (index_t i = 0; i < M; i += kMR) {
+        const int rows = static_cast<int>(std::min<index_t>(kMR, M - i));
+        micro(rows, kc2, A + i * lda + 2 * k0, lda, Bp, Cp + i * ldc, ldc, ncols, beta, first);
+      }
+    }
+  }
+}
+
+bf16_t* bf16_a_workspace(index_t elems) { return grow(workspace().a, elems); }
+
+void gemm_bf16(Trans trans_a, Trans trans_b, index_t m, index_t n, index_t k, const float* a, index_t lda,
+               const float* b, index_t ldb, float beta, float* c, index_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  Workspace& ws = workspace();
+  bf16_t* packed = grow(ws.b, bf16_packed_size(k, n));
+  pack_b_bf16(b, ldb, trans_b == Trans::kYes, k, n, 0, n, packed);
+  const index_t row = bf16_row_length(k);
+  bf16_t* a16 = grow(ws.a, checked_mul(bf16_padded_rows(std::min(m, kRowBlock)), row, "bf16 rows"));
+  for (index_t r0 = 0; r0 < m; r0 += kRowBlock) {
+    const index_t rows = std::min(kRowBlock, m - r0);
+    const bool ta = trans_a == Trans::kYes;
+    convert_a_bf16(ta ? a + r0 : a + r0 * lda, lda, ta, rows, k, a16);
+    packed_gemm_bf16(rows, k, n, 0, n, a16, row, packed, beta, c + r0 * ldc, ldc);
+  }
+}
+
+}  // namespace cpu
+}  // namespace rnnkit
