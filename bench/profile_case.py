@@ -1,8 +1,9 @@
 """A single benchmark case in a loop, for `perf record` (bench/NOTES.md and RESULTS.md quote its
-profiles): python bench/profile_case.py CELL SHAPE TASK [SECONDS]
+profiles): python bench/profile_case.py CELL SHAPE TASK [SECONDS [PRECISION]]
 
 CELL: rnn | lstm | gru; SHAPE: small | mid | large | stream (B=1, C=H=256, one step);
-TASK: forward | train (with dx) | train_nodx. One thread, float32.
+TASK: forward | train (with dx) | train_nodx; PRECISION: float32 (default) | bfloat16. One thread,
+float32 parameters.
 """
 import os
 import sys
@@ -21,9 +22,10 @@ CELLS = {"rnn": rnnkit.RNN, "lstm": rnnkit.LSTM, "gru": rnnkit.GRU}
 def main() -> None:
     cell, shape, task = sys.argv[1:4]
     seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 10.0
+    precision = sys.argv[5] if len(sys.argv) > 5 else "float32"
     T, N, C, H = SHAPES[shape]
     rnnkit.set_num_threads(1)
-    layer = CELLS[cell](C, H, seed=0)
+    layer = CELLS[cell](C, H, seed=0, precision=precision)
     rng = np.random.default_rng(0)
     if shape == "stream":
         layer.eval()

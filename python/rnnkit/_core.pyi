@@ -172,6 +172,10 @@ def _set_bf16_kernel(name: str) -> None:
     """
     Selects the bfloat16 GEMM kernel: 'auto' or one of _bf16_kernels() (tests, benchmarks).
     """
+def _bf16_gemm_seconds(m: typing.SupportsInt | typing.SupportsIndex, n: typing.SupportsInt | typing.SupportsIndex, k: typing.SupportsInt | typing.SupportsIndex, reps: typing.SupportsInt | typing.SupportsIndex) -> tuple[float, float, float]:
+    """
+    (convert A, pack B, kernel) seconds per call of a bf16 GEMM [m,k] x [k,n] (benchmarks).
+    """
 def _bf16_kernels() -> list[str]:
     """
     The bfloat16 GEMM kernels this CPU runs, best (the default) first.

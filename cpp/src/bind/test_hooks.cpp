@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <chrono>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "bind/common.h"
 #include "bind/module.h"
@@ -128,6 +130,31 @@ void register_test_hooks(py::module_& m) {
       "C = op(A) op(B) + beta C through precision='bfloat16''s GEMM (for tests).");
   m.def("_set_bf16_kernel", &set_bf16_kernel, py::arg("name"),
         "Selects the bfloat16 GEMM kernel: 'auto' or one of _bf16_kernels() (tests, benchmarks).");
+  m.def("_bf16_gemm_seconds", [](index_t m, index_t n, index_t k, int reps) {
+        // Seconds per call of each part of a bf16 GEMM C[m,n] = A[m,k] B^T (B stored [n,k]) on
+        // random data: (convert A, pack B, the packed kernel), for tuning the kernels.
+        if (m < 1 || n < 1 || k < 1 || reps < 1) throw_expected("m, n, k, reps", ">= 1", "less");
+        std::vector<float> a(static_cast<std::size_t>(m * k)), b(static_cast<std::size_t>(n * k)), c(static_cast<std::size_t>(m * n));
+        for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
+        for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>((i * 40503u) % 1000) * 1e-3f - 0.5f;
+        std::vector<bf16_t> a16(static_cast<std::size_t>(bf16_padded_rows(m) * bf16_row_length(k)));
+        std::vector<bf16_t> b16(static_cast<std::size_t>(bf16_packed_size(k, n)));
+        using clock = std::chrono::steady_clock;
+        auto time = [&](auto&& fn) {
+          fn();
+          const auto t0 = clock::now();
+          for (int r = 0; r < reps; ++r) fn();
+          return std::chrono::duration<double>(clock::now() - t0).count() / reps;
+        };
+        py::gil_scoped_release release;
+        const double ta = time([&] { convert_a_bf16(a.data(), k, false, m, k, a16.data()); });
+        const double tb = time([&] { pack_b_bf16(b.data(), k, true, k, n, 0, n, b16.data()); });
+        const double tk = time([&] {
+          packed_gemm_bf16(m, k, n, 0, n, a16.data(), bf16_row_length(k), b16.data(), 0.0f, c.data(), n);
+        });
+        return std::make_tuple(ta, tb, tk);
+      }, py::arg("m"), py::arg("n"), py::arg("k"), py::arg("reps"),
+      "(convert A, pack B, kernel) seconds per call of a bf16 GEMM [m,k] x [k,n] (benchmarks).");
   m.def("_bf16_kernels", &bf16_kernel_names, "The bfloat16 GEMM kernels this CPU runs, best (the default) first.");
   m.def("_packed_panel_width", [](const std::string& dtype) -> index_t {
         return dtype == "float64" ? packed_panel_width<double>() : packed_panel_width<float>();

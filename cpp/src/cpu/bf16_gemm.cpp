@@ -139,28 +139,57 @@ RNNKIT_AMX_TARGET void gemm_amx(index_t M, index_t K2, index_t cb, index_t ce, c
     cfg.colsb[t] = 64;
   }
   _tile_loadconfig(&cfg);
-  alignas(64) float out[4][16 * 16];
+  alignas(64) float out[16 * 16];
   const index_t a_stride = lda * index_t(sizeof(bf16_t)), b_stride = 2 * kNR * index_t(sizeof(bf16_t));
-  for (index_t p = cb / kNR; p * kNR < ce; ++p) {
-    const bf16_t* Bp = packed + p * K2 * 2 * kNR;
-    const int ncols = static_cast<int>(std::min(kNR, ce - p * kNR));
-    const int c0 = std::min(ncols, 16), c1 = std::max(0, ncols - 16);
-    for (index_t i = 0; i < M; i += 32) {
-      const int r0 = static_cast<int>(std::min<index_t>(16, M - i)), r1 = static_cast<int>(std::max<index_t>(0, std::min<index_t>(16, M - i - 16)));
-      const bf16_t* Ai = A + i * lda;
-      _tile_zero(0);
-      _tile_zero(1);
+  const index_t c_stride = ldc * index_t(sizeof(float));
+  // beta 0 or 1 and a whole 16 x 16 block: the accumulator tile starts from C (or zero) and is
+  // stored straight back; other blocks go through `out`.
+  const bool direct_beta = beta == 0.0f || beta == 1.0f;
+#define RNNKIT_AMX_START(t, rows, cols, c)                                       \
+  do {                                                                           \
+    if (direct_beta && beta == 1.0f && (rows) == 16 && (cols) == 16) {           \
+      _tile_loadd(t, c, c_stride);                                               \
+    } else {                                                                     \
+      _tile_zero(t);                                                             \
+    }                                                                            \
+  } while (0)
+#define RNNKIT_AMX_FINISH(t, rows, cols, c)                                      \
+  do {                                                                           \
+    if ((rows) > 0 && (cols) > 0) {                                              \
+      if (direct_beta && (rows) == 16 && (cols) == 16) {                         \
+        _tile_stored(t, c, c_stride);                                            \
+      } else {                                                                   \
+        _tile_stored(t, out, 64);                                                \
+        store_tile(out, rows, cols, beta, c, ldc);                               \
+      }                                                                          \
+    }                                                                            \
+  } while (0)
+  // Row blocks outer: a 32-row block of A (32 x K bf16, 16 KiB at K = 256) stays in L1 while the
+  // panels of B stream past it.
+  // (Measured at 1600 x 1024 x 256: blocking the columns too, 4-8 panels per block, was slower.)
+  const index_t pb = cb / kNR, pe = (ce + kNR - 1) / kNR;
+  for (index_t i = 0; i < M; i += 32) {
+    const int r0 = static_cast<int>(std::min<index_t>(16, M - i));
+    const int r1 = static_cast<int>(std::max<index_t>(0, std::min<index_t>(16, M - i - 16)));
+    const bf16_t* Ai = A + i * lda;
+    for (index_t p = pb; p < pe; ++p) {
+      const bf16_t* Bp = packed + p * K2 * 2 * kNR;
+      const int ncols = static_cast<int>(std::min(kNR, ce - p * kNR));
+      const int c0 = std::min(ncols, 16), c1 = std::max(0, ncols - 16);
+      float* Ci = C + i * ldc + p * kNR;
+      RNNKIT_AMX_START(0, r0, c0, Ci);
+      RNNKIT_AMX_START(1, r0, c1, Ci + 16);
       if (r1 > 0) {
-        _tile_zero(2);
-        _tile_zero(3);
+        RNNKIT_AMX_START(2, r1, c0, Ci + 16 * ldc);
+        RNNKIT_AMX_START(3, r1, c1, Ci + 16 * ldc + 16);
         for (index_t kk = 0; kk < K2; kk += 16) {
           _tile_loadd(4, Ai + 2 * kk, a_stride);
-          _tile_loadd(5, Ai + 16 * lda + 2 * kk, a_stride);
           _tile_loadd(6, Bp + kk * 2 * kNR, b_stride);
+          _tile_loadd(5, Ai + 16 * lda + 2 * kk, a_stride);
           _tile_loadd(7, Bp + kk * 2 * kNR + kNR, b_stride);
           _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
           _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(1, 4, 7);
           _tile_dpbf16ps(3, 5, 7);
         }
       } else {  // 16 rows or fewer: one A tile (a step GEMM of a small batch)
@@ -172,23 +201,14 @@ RNNKIT_AMX_TARGET void gemm_amx(index_t M, index_t K2, index_t cb, index_t ce, c
           _tile_dpbf16ps(1, 4, 7);
         }
       }
-      float* Ci = C + i * ldc + p * kNR;
-      _tile_stored(0, out[0], 64);
-      store_tile(out[0], r0, c0, beta, Ci, ldc);
-      if (c1 > 0) {
-        _tile_stored(1, out[1], 64);
-        store_tile(out[1], r0, c1, beta, Ci + 16, ldc);
-      }
-      if (r1 > 0) {
-        _tile_stored(2, out[2], 64);
-        store_tile(out[2], r1, c0, beta, Ci + 16 * ldc, ldc);
-        if (c1 > 0) {
-          _tile_stored(3, out[3], 64);
-          store_tile(out[3], r1, c1, beta, Ci + 16 * ldc + 16, ldc);
-        }
-      }
+      RNNKIT_AMX_FINISH(0, r0, c0, Ci);
+      RNNKIT_AMX_FINISH(1, r0, c1, Ci + 16);
+      RNNKIT_AMX_FINISH(2, r1, c0, Ci + 16 * ldc);
+      RNNKIT_AMX_FINISH(3, r1, c1, Ci + 16 * ldc + 16);
     }
   }
+#undef RNNKIT_AMX_START
+#undef RNNKIT_AMX_FINISH
   _tile_release();
 }
 
@@ -216,16 +236,149 @@ RNNKIT_BF16_TARGET void convert_row_avx512bf16(const float* src, index_t n, bf16
   }
   for (; j < n; ++j) dst[j] = to_bf16(src[j]);
 }
+
+// The packing and transposing conversions, 32 k (16 pairs) x 16 rows or columns at a time: each
+// source row's values become 32-bit bf16 pairs, and a 16 x 16 transpose of those pairs turns
+// them around. Loads past the valid rows, columns or K are masked to zero, which is also the
+// padding the layouts need.
+RNNKIT_BF16_TARGET inline __mmask16 lanes(index_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xffffu) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// 16 floats of `lo` and of `hi` (lanes i) -> 16 pairs (lo[i], hi[i]), lo in the low half.
+RNNKIT_BF16_TARGET inline __m512i interleave_pairs(__m512 lo, __m512 hi) {
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                       23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
+
+// 32 consecutive floats (n valid) -> 32 bf16 in order, i.e. 16 pairs (k, k+1).
+RNNKIT_BF16_TARGET inline __m512i row_pairs(const float* p, index_t n) {
+  const __m512 lo = _mm512_maskz_loadu_ps(lanes(n), p), hi = _mm512_maskz_loadu_ps(lanes(n - 16), p + 16);
+  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+RNNKIT_BF16_TARGET void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+RNNKIT_BF16_TARGET void pack_panels_avx512bf16(const float* src, index_t ld, bool transposed, index_t K, index_t cols,
+                                               index_t p0, index_t p1, bf16_t* out) {
+  const index_t K2 = bf16_row_length(K) / 2;
+  for (index_t p = p0; p < p1; ++p) {
+    bf16_t* panel = out + p * K2 * 2 * kNR;
+    for (index_t half = 0; half < 2; ++half) {
+      const index_t c0 = p * kNR + 16 * half, width = cols - c0;  // columns of this half (may be <= 0)
+      if (!transposed) {
+        // B [K, cols]: rows 2kk and 2kk+1, 16 columns, interleaved into pairs.
+        for (index_t kk = 0; kk < K2; ++kk) {
+          const index_t k = 2 * kk;
+          const __m512 lo = k < K && width > 0 ? _mm512_maskz_loadu_ps(lanes(width), src + k * ld + c0) : _mm512_setzero_ps();
+          const __m512 hi = k + 1 < K && width > 0 ? _mm512_maskz_loadu_ps(lanes(width), src + (k + 1) * ld + c0)
+                                                   : _mm512_setzero_ps();
+          _mm512_storeu_si512(panel + kk * 2 * kNR + 32 * half, interleave_pairs(lo, hi));
+        }
+      } else {
+        // B^T [cols, K]: column c is a source row; 16 of them, 16 pairs each, transposed.
+        for (index_t kk0 = 0; kk0 < K2; kk0 += 16) {
+          __m512i r[16];
+          for (index_t i = 0; i < 16; ++i) {
+            r[i] = i < width ? row_pairs(src + (c0 + i) * ld + 2 * kk0, K - 2 * kk0) : _mm512_setzero_si512();
+          }
+          transpose16(r);
+          for (index_t i = 0; i < 16; ++i) _mm512_storeu_si512(panel + (kk0 + i) * 2 * kNR + 32 * half, r[i]);
+        }
+      }
+    }
+  }
+}
+
+RNNKIT_BF16_TARGET void convert_transposed_avx512bf16(const float* src, index_t ld, index_t M, index_t K, bf16_t* out,
+                                                      index_t row) {
+  // 16 rows m of the output x 32 k: pairs (k, k+1) of 16 m from two source rows, transposed.
+  for (index_t m0 = 0; m0 < M; m0 += 16) {
+    const __mmask16 mm = lanes(M - m0);
+    for (index_t k0 = 0; k0 < row; k0 += 32) {
+      __m512i r[16];
+      for (index_t i = 0; i < 16; ++i) {
+        const index_t k = k0 + 2 * i;
+        const __m512 lo = k < K ? _mm512_maskz_loadu_ps(mm, src + k * ld + m0) : _mm512_setzero_ps();
+        const __m512 hi = k + 1 < K ? _mm512_maskz_loadu_ps(mm, src + (k + 1) * ld + m0) : _mm512_setzero_ps();
+        r[i] = interleave_pairs(lo, hi);
+      }
+      transpose16(r);
+      for (index_t i = 0; i < 16 && m0 + i < M; ++i) _mm512_storeu_si512(out + (m0 + i) * row + k0, r[i]);
+    }
+  }
+}
 #endif  // RNNKIT_X86_KERNELS
 
 void convert_row_scalar(const float* src, index_t n, bf16_t* dst) {
   for (index_t j = 0; j < n; ++j) dst[j] = to_bf16(src[j]);
 }
 
+void pack_panels_scalar(const float* src, index_t ld, bool transposed, index_t K, index_t cols, index_t p0,
+                        index_t p1, bf16_t* out) {
+  const index_t K2 = bf16_row_length(K) / 2;
+  for (index_t p = p0; p < p1; ++p) {
+    bf16_t* panel = out + p * K2 * 2 * kNR;
+    const index_t width = std::min(kNR, cols - p * kNR);
+    // Zero first: padding columns, and the odd k's partner past K.
+    std::memset(panel, 0, static_cast<std::size_t>(K2 * 2 * kNR) * sizeof(bf16_t));
+    // Read the source along its rows either way (a column walk over a large X costs a cache
+    // line per element); the panel of one p is small enough to take scattered writes.
+    if (transposed) {
+      for (index_t j = 0; j < width; ++j) {
+        const float* row = src + (p * kNR + j) * ld;
+        for (index_t k = 0; k < K; ++k) panel[(k / 2) * 2 * kNR + 2 * j + (k & 1)] = to_bf16(row[k]);
+      }
+    } else {
+      for (index_t k = 0; k < K; ++k) {
+        const float* row = src + k * ld + p * kNR;
+        bf16_t* o = panel + (k / 2) * 2 * kNR + (k & 1);
+        for (index_t j = 0; j < width; ++j) o[2 * j] = to_bf16(row[j]);
+      }
+    }
+  }
+}
+
+// op(A)[m, k] = src[k * ld + m] into out rows of `row`: along the source's rows (contiguous m),
+// writing M output rows at a stride.
+void convert_transposed_scalar(const float* src, index_t ld, index_t M, index_t K, bf16_t* out, index_t row) {
+  for (index_t k = 0; k < K; ++k) {
+    const float* s = src + k * ld;
+    for (index_t m = 0; m < M; ++m) out[m * row + k] = to_bf16(s[m]);
+  }
+}
+
+
 struct Kernel {
   MicroFn micro = &micro_widening;
   WholeFn whole = nullptr;  // set: it runs instead of the micro-kernel loop
   void (*convert_row)(const float*, index_t, bf16_t*) = &convert_row_scalar;
+  // Panels [p0, p1) of pack_b_bf16, and convert_a_bf16's transposed case.
+  void (*pack)(const float*, index_t, bool, index_t, index_t, index_t, index_t, bf16_t*) = &pack_panels_scalar;
+  void (*convert_transposed)(const float*, index_t, index_t, index_t, bf16_t*, index_t) = &convert_transposed_scalar;
   const char* name = "fp32_fma";
 };
 
@@ -237,8 +390,12 @@ std::vector<Kernel> available_kernels() {
   const bool avx512bf16 = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
   if (avx512bf16) {
     static const bool amx = amx_usable();  // asked once per process
-    if (amx) ks.push_back({&micro_avx512bf16, &gemm_amx, &convert_row_avx512bf16, "amx_bf16"});
-    ks.push_back({&micro_avx512bf16, nullptr, &convert_row_avx512bf16, "avx512_bf16"});
+    if (amx) {
+      ks.push_back({&micro_avx512bf16, &gemm_amx, &convert_row_avx512bf16, &pack_panels_avx512bf16,
+                    &convert_transposed_avx512bf16, "amx_bf16"});
+    }
+    ks.push_back({&micro_avx512bf16, nullptr, &convert_row_avx512bf16, &pack_panels_avx512bf16,
+                  &convert_transposed_avx512bf16, "avx512_bf16"});
   }
 #endif
   ks.push_back(Kernel{});
@@ -303,27 +460,7 @@ void pack_b_bf16(const float* src, index_t ld, bool transposed, index_t K, index
                  bf16_t* out) {
   if (c1 <= c0) return;  // an empty share may start off a panel boundary (see pack_b)
   assert(c0 % kNR == 0);
-  const index_t K2 = bf16_row_length(K) / 2;
-  for (index_t p = c0 / kNR; p * kNR < c1; ++p) {
-    bf16_t* panel = out + p * K2 * 2 * kNR;
-    const index_t width = std::min(kNR, cols - p * kNR);
-    // Zero first: padding columns, and the odd k's partner past K.
-    std::memset(panel, 0, static_cast<std::size_t>(K2 * 2 * kNR) * sizeof(bf16_t));
-    // Read the source along its rows either way (a column walk over a large X costs a cache
-    // line per element); the panel of one p is small enough to take scattered writes.
-    if (transposed) {
-      for (index_t j = 0; j < width; ++j) {
-        const float* row = src + (p * kNR + j) * ld;
-        for (index_t k = 0; k < K; ++k) panel[(k / 2) * 2 * kNR + 2 * j + (k & 1)] = to_bf16(row[k]);
-      }
-    } else {
-      for (index_t k = 0; k < K; ++k) {
-        const float* row = src + k * ld + p * kNR;
-        bf16_t* o = panel + (k / 2) * 2 * kNR + (k & 1);
-        for (index_t j = 0; j < width; ++j) o[2 * j] = to_bf16(row[j]);
-      }
-    }
-  }
+  kernel().pack(src, ld, transposed, K, cols, c0 / kNR, (c1 + kNR - 1) / kNR, out);
 }
 
 void convert_a_bf16(const float* src, index_t ld, bool transposed, index_t M, index_t K, bf16_t* out) {
@@ -331,11 +468,7 @@ void convert_a_bf16(const float* src, index_t ld, bool transposed, index_t M, in
   if (!transposed) {
     for (index_t m = 0; m < M; ++m) kernel().convert_row(src + m * ld, K, out + m * row);
   } else {
-    // Along the source's rows (contiguous m), writing M output rows at a stride.
-    for (index_t k = 0; k < K; ++k) {
-      const float* s = src + k * ld;
-      for (index_t m = 0; m < M; ++m) out[m * row + k] = to_bf16(s[m]);
-    }
+    kernel().convert_transposed(src, ld, M, K, out, row);
   }
   for (index_t m = 0; m < M && row > K; ++m) std::memset(out + m * row + K, 0, static_cast<std::size_t>(row - K) * sizeof(bf16_t));
   // Zero rows up to bf16_padded_rows(M): the AMX kernel loads A 32 rows at a time.
