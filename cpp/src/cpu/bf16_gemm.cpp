@@ -144,7 +144,6 @@ RNNKIT_AMX_TARGET void gemm_amx(index_t M, index_t K2, index_t cb, index_t ce, c
   const index_t c_stride = ldc * index_t(sizeof(float));
   // beta 0 or 1 and a whole 16 x 16 block: the accumulator tile starts from C (or zero) and is
   // stored straight back; other blocks go through `out`.
-  const bool direct_beta = beta == 0.0f || beta == 1.0f;
 #define RNNKIT_AMX_START(t, rows, cols, c)                                       \
   do {                                                                           \
     if (direct_beta && beta == 1.0f && (rows) == 16 && (cols) == 16) {           \
@@ -164,10 +163,14 @@ RNNKIT_AMX_TARGET void gemm_amx(index_t M, index_t K2, index_t cb, index_t ce, c
       }                                                                          \
     }                                                                            \
   } while (0)
-  // Row blocks outer: a 32-row block of A (32 x K bf16, 16 KiB at K = 256) stays in L1 while the
-  // panels of B stream past it.
-  // (Measured at 1600 x 1024 x 256: blocking the columns too, 4-8 panels per block, was slower.)
+  // Row blocks outer, panels inner, all of K per block: a 32-row block of A stays in L1 while
+  // the panels of B stream past it. Measured against blocking B GotoBLAS-style (512 k x 1024
+  // columns per block, C accumulating between k chunks), interleaved in one process on a
+  // Sapphire-Rapids-class core: blocking was 0.71-1.01x as fast at the layers' shapes (1.21x
+  // only at 64 x 2048 x 512), so there is none; software prefetch of the next A and B tiles
+  // made no difference beyond the machine's noise either.
   const index_t pb = cb / kNR, pe = (ce + kNR - 1) / kNR;
+  const bool direct_beta = beta == 0.0f || beta == 1.0f;
   for (index_t i = 0; i < M; i += 32) {
     const int r0 = static_cast<int>(std::min<index_t>(16, M - i));
     const int r1 = static_cast<int>(std::max<index_t>(0, std::min<index_t>(16, M - i - 16)));
@@ -285,20 +288,29 @@ RNNKIT_BF16_TARGET void transpose16(__m512i r[16]) {
 RNNKIT_BF16_TARGET void pack_panels_avx512bf16(const float* src, index_t ld, bool transposed, index_t K, index_t cols,
                                                index_t p0, index_t p1, bf16_t* out) {
   const index_t K2 = bf16_row_length(K) / 2;
+  if (!transposed) {
+    // B [K, cols]: rows 2kk and 2kk+1 interleaved into pairs, 16 columns at a time. Row pairs
+    // outer, so the source is read along its rows: a large X walked panel by panel (down 16
+    // columns of every row) cost a page walk per load, 11% of a large LSTM training step.
+    for (index_t kk = 0; kk < K2; ++kk) {
+      const index_t k = 2 * kk;
+      const float* r0 = src + k * ld;
+      const float* r1 = r0 + ld;
+      for (index_t c0 = p0 * kNR; c0 < p1 * kNR; c0 += 16) {
+        const index_t width = cols - c0;  // may be <= 0: the padding of the last panel
+        const __m512 lo = k < K && width > 0 ? _mm512_maskz_loadu_ps(lanes(width), r0 + c0) : _mm512_setzero_ps();
+        const __m512 hi = k + 1 < K && width > 0 ? _mm512_maskz_loadu_ps(lanes(width), r1 + c0) : _mm512_setzero_ps();
+        const index_t p = c0 / kNR, half = (c0 / 16) % 2;
+        _mm512_storeu_si512(out + (p * K2 + kk) * 2 * kNR + 32 * half, interleave_pairs(lo, hi));
+      }
+    }
+    return;
+  }
   for (index_t p = p0; p < p1; ++p) {
     bf16_t* panel = out + p * K2 * 2 * kNR;
     for (index_t half = 0; half < 2; ++half) {
       const index_t c0 = p * kNR + 16 * half, width = cols - c0;  // columns of this half (may be <= 0)
-      if (!transposed) {
-        // B [K, cols]: rows 2kk and 2kk+1, 16 columns, interleaved into pairs.
-        for (index_t kk = 0; kk < K2; ++kk) {
-          const index_t k = 2 * kk;
-          const __m512 lo = k < K && width > 0 ? _mm512_maskz_loadu_ps(lanes(width), src + k * ld + c0) : _mm512_setzero_ps();
-          const __m512 hi = k + 1 < K && width > 0 ? _mm512_maskz_loadu_ps(lanes(width), src + (k + 1) * ld + c0)
-                                                   : _mm512_setzero_ps();
-          _mm512_storeu_si512(panel + kk * 2 * kNR + 32 * half, interleave_pairs(lo, hi));
-        }
-      } else {
+      {
         // B^T [cols, K]: column c is a source row; 16 of them, 16 pairs each, transposed.
         for (index_t kk0 = 0; kk0 < K2; kk0 += 16) {
           __m512i r[16];
@@ -316,9 +328,15 @@ RNNKIT_BF16_TARGET void pack_panels_avx512bf16(const float* src, index_t ld, boo
 RNNKIT_BF16_TARGET void convert_transposed_avx512bf16(const float* src, index_t ld, index_t M, index_t K, bf16_t* out,
                                                       index_t row) {
   // 16 rows m of the output x 32 k: pairs (k, k+1) of 16 m from two source rows, transposed.
-  for (index_t m0 = 0; m0 < M; m0 += 16) {
+  // In blocks of 256 m, k inside: the source is read 1 KiB of a row at a time and 256 output
+  // rows are written along; m blocks of 16 outside k (each pass down all T*N source rows for
+  // 64 bytes of each) made this 11% of a large LSTM training step (perf).
+  constexpr index_t kMBlock = 256;
+  for (index_t mb = 0; mb < M; mb += kMBlock)
+  for (index_t k0 = 0; k0 < row; k0 += 32)
+  for (index_t m0 = mb; m0 < std::min(M, mb + kMBlock); m0 += 16) {
     const __mmask16 mm = lanes(M - m0);
-    for (index_t k0 = 0; k0 < row; k0 += 32) {
+    {
       __m512i r[16];
       for (index_t i = 0; i < 16; ++i) {
         const index_t k = k0 + 2 * i;
