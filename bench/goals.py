@@ -17,6 +17,9 @@ round by round (a noisy neighbour slows both alike), medians over the rounds, fl
   3x forward, forward = 2*T*N*G*H*(C+H)); the notes of the smaller shapes use the rates measured
   at the start. The header names the OpenBLAS kernel, the CPU's vector ISA, the bf16 dot-product
   peak (AVX512_BF16) and, in one line, an environment variable forcing a weaker kernel;
+- bfloat16: rnnkit's precision="bfloat16" forward and training step (with dx) vs PyTorch's bf16
+  autocast on the CPU (torch.autocast("cpu", torch.bfloat16), fp32 weights: oneDNN), each with its
+  max |error| against its own float32 result in the note (goal: >= 1.3x, error no larger);
 - streaming: one step at B=1, C=H=256 through layer.step() and RNNNetwork.step() vs the PyTorch
   Cell and ONNX Runtime with T=1; the bare pybind11 call overhead is reported separately;
 - memory: the extra peak resident memory of one LSTM training step at the large shape, rnnkit and
@@ -47,7 +50,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--csv", default="", help="write every measurement to this CSV")
     p.add_argument("--json", default="", help="write the results as JSON")
     p.add_argument("--update-results", action="store_true", help="rewrite the goals section of bench/RESULTS.md")
-    p.add_argument("--only", choices=("full", "streaming", "memory", "threads"), default="",
+    p.add_argument("--only", choices=("full", "bf16", "streaming", "memory", "threads"), default="",
                    help="one section only (to re-measure it; not with --update-results)")
     args = p.parse_args()
     if args.only and args.update_results:
@@ -84,6 +87,7 @@ SGEMM_SHARE_GOAL = 0.90
 # Large-shape training with dx against the FMA peak measured in the same rounds (issue 13).
 FMA_SHARE_GOAL = 0.85
 FMA_PROBE_S = 0.05  # one FMA-peak sample (the probe's register-only loop needs no warm-up)
+BF16_GOAL = 1.3
 STREAM_GOAL = 3.0
 MEMORY_GOAL = 0.6
 TWO_THREAD_GOAL = 1.6
@@ -223,6 +227,60 @@ def full_sequence(shape_names: List[str], rounds: Dict[str, int], sgemm: float, 
                    extra=f"{flops_fwd / m['rk_fwd'] / 1e9:.1f} GFLOP/s")
             if "ort_fwd" in m:
                 record(f"forward-{shape_name}", f"{cell} inference forward", m["rk_fwd"], "ORT", m["ort_fwd"], 1.0)
+
+
+def bfloat16(shape_names: List[str], rounds: Dict[str, int]) -> None:
+    """precision="bfloat16" against PyTorch's bf16 autocast, forward and training with dx."""
+    if torch is None:
+        print("bfloat16: torch is not installed, nothing to compare with")
+        return
+    for shape_name in shape_names:
+        T, N, C, H = SHAPES[shape_name]
+        for cell, (tname, cls, G) in CELLS.items():
+            rng = np.random.default_rng(0)
+            layer = cls(C, H, seed=0, precision="bfloat16")
+            exact = cls(C, H, seed=0)
+            x = rng.standard_normal((T, N, C)).astype(np.float32)
+            dy = rng.standard_normal((T, N, H)).astype(np.float32)
+            ref = getattr(torch.nn, tname)(C, H)
+            ref.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
+            xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+            print(f"{cell} {shape_name} {SHAPES[shape_name]}, bfloat16:")
+
+            def rk_train():
+                layer.training = True
+                layer(x)
+                layer.backward(dy, compute_dx=True)
+
+            def rk_forward():
+                layer.training = False
+                layer(x)
+
+            def t_train():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    y, _ = ref(xt.detach().requires_grad_(True))
+                y.float().backward(dyt)
+
+            def t_forward():
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                    ref(xt)
+
+            m = interleaved_medians({"rk_dx": rk_train, "rk_fwd": rk_forward, "t_dx": t_train, "t_fwd": t_forward},
+                                    rounds[shape_name], warmup=2)
+            # Errors against each side's own float32 forward, as the issue measured autocast's.
+            layer.training = exact.training = False
+            ours = float(np.max(np.abs(layer(x)[0] - exact(x)[0])))
+            with torch.no_grad():
+                y32 = ref(xt)[0]
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    y16 = ref(xt)[0]
+            theirs = float((y16.float() - y32).abs().max())
+            err = f"max|err| vs own fp32: rnnkit {ours:.1e}, autocast {theirs:.1e}"
+            flops = 2.0 * T * N * G * H * (C + H)
+            record(f"bf16-{shape_name}", f"{cell} bf16 train (with dx)", m["rk_dx"], "autocast", m["t_dx"], BF16_GOAL,
+                   extra=f"{3 * flops / m['rk_dx'] / 1e9:.0f} GFLOP/s")
+            record(f"bf16-{shape_name}", f"{cell} bf16 inference forward", m["rk_fwd"], "autocast", m["t_fwd"], BF16_GOAL,
+                   extra=f"{flops / m['rk_fwd'] / 1e9:.0f} GFLOP/s; {err}" + ("" if ours <= theirs else " (error above autocast's)"))
 
 
 def streaming(rounds: int) -> None:
@@ -442,7 +500,8 @@ def main() -> int:
               f"vector ISA: {info['cpu_vector_isa']}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}). "
               f"Single-thread ceilings measured here: sgemm (rnnkit's OpenBLAS, 1024³) {sgemm:.1f} GFLOP/s; "
               f"fp32 FMA peak ({fma_isa or 'no AVX2/AVX-512'}) {fma:.1f} GFLOP/s; bf16 dot-product peak "
-              + (f"({bf16_isa}) {bf16:.1f} GFLOP/s." if bf16 else "n/a (no AVX512_BF16)."))
+              + (f"({bf16_isa}) {bf16:.1f} GFLOP/s" if bf16 else "n/a (no AVX512_BF16)")
+              + f"; precision='bfloat16' GEMM kernel: {info['bf16_kernel']}.")
     if kernel_note:
         header += f" Warning: {kernel_note}"
     print(header)
@@ -452,6 +511,7 @@ def main() -> int:
         print("onnx/onnxruntime are not installed: the ONNX Runtime comparisons are skipped")
     if ARGS.quick:
         full_sequence(["small"], {"small": 3}, sgemm, fma)
+        bfloat16(["small"], {"small": 3})
         streaming(3)
         availability = None
     else:
@@ -459,6 +519,8 @@ def main() -> int:
         availability = None
         if ARGS.only in ("", "full"):
             full_sequence(["small", "mid", "large"], rounds, sgemm, fma)
+        if ARGS.only in ("", "bf16"):
+            bfloat16(["small", "mid", "large"], rounds)
         if ARGS.only in ("", "streaming"):
             streaming(15)
         if ARGS.only in ("", "memory"):

@@ -252,6 +252,52 @@ def test_no_worse_than_pytorch_autocast(cls, options, rng):
         assert a <= AUTOCAST_ERROR_MARGIN * b, (i, err_ours, err_peer)
 
 
+def test_torch_autocast_runs_the_bf16_path(rng):
+    """Under torch.autocast("cpu", bfloat16) a float32 bridge module computes as precision="bfloat16"
+    (the same numbers, bit for bit), takes the bfloat16 activations autocast hands it, and trains."""
+    torch = require_torch()
+    import rnnkit.torch as rt
+
+    torch.manual_seed(0)
+    plain = rt.LSTM(8, 16, num_layers=2)
+    b16 = rt.LSTM(8, 16, num_layers=2, precision="bfloat16")
+    b16.load_state_dict(plain.state_dict())
+    proj = torch.nn.Linear(5, 8)
+    x = torch.from_numpy(rng.standard_normal((7, 3, 5)).astype(np.float32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = proj(x)
+        assert feats.dtype == torch.bfloat16
+        y, (h, c) = plain(feats)
+    want, _ = b16(feats.float())
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    y.sum().backward()
+    assert all(p.grad is not None for p in plain.parameters())
+    assert proj.weight.grad is not None
+    # Outside autocast the module is float32 again.
+    y32, _ = plain(feats.float())
+    assert not torch.equal(y32, want)
+
+
+def test_a_streaming_step_computes_in_float32(rng):
+    """step() reads each weight once, so it stays float32 (documented): equal to the float32 layer."""
+    b16 = make_layer("lstm", 12, 20, "bfloat16", num_layers=2)
+    f32 = make_layer("lstm", 12, 20, "float32", num_layers=2)
+    b16.eval()
+    f32.eval()
+    x = rng.standard_normal((3, 12)).astype(np.float32)
+    y_b, _ = b16.step(x)
+    y_f, _ = f32.step(x)
+    np.testing.assert_array_equal(y_b, y_f)
+
+
+@pytest.mark.skipif(not rnnkit.cuda.is_available(), reason="no CUDA backend here (a GPU or the emulation build)")
+def test_the_cuda_backend_refuses_bfloat16(rng):
+    layer = rnnkit.GRU(4, 8, precision="bfloat16").to("cuda")
+    with pytest.raises(ValueError, match="precision: expected 'float32' on device cuda"):
+        layer(rng.standard_normal((3, 2, 4)).astype(np.float32))
+
+
 def test_bad_precision_is_refused():
     with pytest.raises(ValueError, match="precision: expected one of"):
         rnnkit.GRU(4, 8, precision="bf16")

@@ -340,6 +340,8 @@ class _RecurrentLayer(StackOptions):
         Returns:
             ``(y_t, state)``: the top layer's output ``[N, P]`` (``[P]`` for a 1-D ``x_t``) and the
             new state (fresh arrays: keep the old one to branch). Unidirectional layers only.
+            A step computes in float32 whatever ``precision`` is: it reads each weight once, and a
+            bfloat16 copy of the weights per step would cost more than the step saves.
         """
         if self.bidirectional:
             raise ValueError("step: expected a unidirectional layer (the reverse direction needs the "

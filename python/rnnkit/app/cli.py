@@ -160,6 +160,7 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     kernel_note = rnnkit._runtime.blas_kernel_warning()
     if kernel_note:
         print(f"  warning: {kernel_note}")
+    print(f"  bfloat16   precision='bfloat16' GEMMs run on {info['bf16_kernel']}")
     print(f"  threads    {info['num_threads']} (set with RNNKIT_NUM_THREADS or rnnkit.set_num_threads)")
     built = "built" if info["cuda_built"] else "not built"
     usable = "available" if info["cuda_available"] else "not available"

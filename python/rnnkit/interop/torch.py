@@ -147,6 +147,20 @@ def _run_stack(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optiona
     return y, h_n, (c_n if has_cell_state else None)
 
 
+def _as_float32(value: Any) -> Any:
+    """A bfloat16 tensor (or PackedSequence, or tuple of them) as float32, anything else as it is:
+    what an autocast region hands a float32 module."""
+    if isinstance(value, PackedSequence):
+        if value.data.dtype != torch.bfloat16:
+            return value
+        return PackedSequence(value.data.float(), value.batch_sizes, value.sorted_indices, value.unsorted_indices)
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype == torch.bfloat16 else value
+    if isinstance(value, tuple):
+        return tuple(_as_float32(v) for v in value)
+    return value
+
+
 class _RNNBase(torch.nn.Module, StackOptions):
     """Shared implementation of the bridge modules (see the classes below for each cell)."""
 
@@ -221,9 +235,16 @@ class _RNNBase(torch.nn.Module, StackOptions):
         Returns:
             ``(output, h_n)``, for LSTM cells ``(output, (h_n, c_n))``: the output in the input's
             layout (a PackedSequence for a PackedSequence) and the final states shaped like hx.
+
+        Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 module runs rnnkit's
+        ``precision="bfloat16"`` path (bfloat16 inputs are taken as float32); outputs stay float32.
         """
         weights = [self._parameters[name] for name, _ in self._specs]
         dtype, device = weights[0].dtype, weights[0].device
+        autocast_bf16 = (device.type == "cpu" and dtype == torch.float32 and torch.is_autocast_enabled("cpu")
+                         and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        if autocast_bf16:
+            input, hx = _as_float32(input), _as_float32(hx)
         for (name, _), w in zip(self._specs, weights):
             _check_tensor(name, w, dtype, device)
 
@@ -269,9 +290,11 @@ class _RNNBase(torch.nn.Module, StackOptions):
         apply_dropout = self.training and self.dropout > 0 and self.num_layers > 1
         needs_grad = _ops.needs_grad((x_in, h0, c0, *weights))
         seed = torch.randint(0, 2**62, (), dtype=torch.int64) if apply_dropout else None
+        cfg = self._config_args(self.dropout if apply_dropout else 0.0)
+        if autocast_bf16:
+            cfg = cfg[:-1] + ("bfloat16",)
         y, h_n, c_n = _run_stack(
-            x_in, batch_sizes, sorted_indices, h0, c0, weights, seed,
-            self._config_args(self.dropout if apply_dropout else 0.0),
+            x_in, batch_sizes, sorted_indices, h0, c0, weights, seed, cfg,
             # rnnkit applies dropout only in its training forward, which also keeps the reserve.
             needs_grad or apply_dropout, self._has_cell_state)
 
