@@ -398,7 +398,11 @@ def memory() -> None:
 def probe() -> float:
     """How much of a second core is free: 2-thread / 1-thread speed of a 1024^3 sgemm (NumPy's
     BLAS), the best of three tries."""
-    import threadpoolctl
+    try:
+        import threadpoolctl
+    except ImportError:
+        raise SystemExit("bench/goals.py: the 2-thread section's core probe needs threadpoolctl "
+                         "(pip install threadpoolctl), or run with --only full/bf16/streaming/memory") from None
 
     a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
     ratios = []
