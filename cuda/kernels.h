@@ -120,6 +120,21 @@ struct ForwardPointwise {
   }
 };
 
+// The rows n of a state [N, width] whose sequence has length 0, set to 0: such a sequence ends in
+// zeros (layer.h), and backward drops the gradient arriving at its final state.
+template <typename S>
+struct ZeroEmptyRows {
+  index_t N, width;
+  const index_t* lengths;
+  S* state;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    for (index_t i = th.global(); i < N * width; i += th.stride()) {
+      if (lengths[i / width] == 0) state[i] = S(0);
+    }
+  }
+};
+
 // A step's outputs after the cell (and the projection): y = h_t, or at padded steps the state
 // carried (h_cur = h_prev, c_cur = c_prev) and y = 0. Over N*H elements (P <= H).
 template <typename S>

@@ -148,6 +148,10 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
   if constexpr (Cell::kHasCellState) {
     if (a.state_n.c) copy_elems(st, a.state_n.c, c_slot(slots.last()), N * H);
   }
+  if (a.lengths) {  // sequences of length 0 end in zeros (layer.h)
+    RNNKIT_LAUNCH(st, N * P, (ZeroEmptyRows<S>{N, P, a.lengths, a.state_n.h}));
+    if (Cell::kHasCellState && a.state_n.c) RNNKIT_LAUNCH(st, N * H, (ZeroEmptyRows<S>{N, H, a.lengths, a.state_n.c}));
+  }
 }
 
 template <typename Cell, typename S>
@@ -171,6 +175,10 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
   if (a.d_state_n.h) copy_elems(st, dh_next, a.d_state_n.h, N * P); else zero_elems(st, dh_next, N * P);
   if constexpr (Cell::kHasCellState) {
     if (a.d_state_n.c) copy_elems(st, b.dc, a.d_state_n.c, N * H); else zero_elems(st, b.dc, N * H);
+  }
+  if (a.lengths) {  // a sequence of length 0 ends in zeros whatever h0 was: its d_state_n goes nowhere
+    RNNKIT_LAUNCH(st, N * P, (ZeroEmptyRows<S>{N, P, a.lengths, dh_next}));
+    if constexpr (Cell::kHasCellState) RNNKIT_LAUNCH(st, N * H, (ZeroEmptyRows<S>{N, H, a.lengths, b.dc}));
   }
   // LayerNorm cells sum their parameter and bias gradients per batch row (row_kernels.h).
   if constexpr (Cell::kLnParams > 0) zero_elems(st, b.partials, N * s.partial_width);

@@ -176,7 +176,7 @@ def stack_forward(mode, state, x, num_layers=1, bidirectional=False, h0=None, c0
     """torch.nn.RNN/LSTM/GRU semantics on a time-major batch, one sequence at a time.
 
     state: the layer's state dict; x [T, N, C]; h0 [L*D, N, P], c0 [L*D, N, H] or None;
-    lengths [N] or None; dropout_masks: per layer l < L-1, a [T, N, D*P] array multiplying that
+    lengths [N] (0 allowed: such a sequence outputs zeros and ends with h_n = c_n = 0) or None; dropout_masks: per layer l < L-1, a [T, N, D*P] array multiplying that
     layer's output (None: no dropout); mm: cell_step's. Returns (y [T, N, D*P], h_n [L*D, N, P], c_n or None).
     """
     x = np.asarray(x, np.float64)
@@ -201,6 +201,9 @@ def stack_forward(mode, state, x, num_layers=1, bidirectional=False, h0=None, c0
                 for t in steps:
                     h, c = cell_step(mode, inp[t, n], h, c, p, mm)
                     out[t, n, d * P:(d + 1) * P] = h
+                if lengths[n] == 0:  # nothing computed: ONNX Runtime's zeros, not h0
+                    h = np.zeros(P)
+                    c = np.zeros(H) if has_c else None
                 h_n[g, n] = h
                 if has_c:
                     c_n[g, n] = c

@@ -541,8 +541,10 @@ def test_device_lengths_are_refused():
 
 def test_bad_lengths_are_refused_before_the_device_runs():
     cfg, params, x, h0, c0 = _device_lstm()
-    with pytest.raises(ValueError, match=r"lengths\[1\]: expected a length in \[1, 5\], got 0"):
-        _core.forward(cfg, params, x, None, None, np.array([5, 0, 2], np.int64), True, 0)
+    with pytest.raises(ValueError, match=r"lengths\[1\]: expected a length in \[0, 5\], got -1"):
+        _core.forward(cfg, params, x, None, None, np.array([5, -1, 2], np.int64), True, 0)
+    with pytest.raises(ValueError, match=r"lengths\[2\]: expected a length in \[0, 5\], got 6"):
+        _core.forward(cfg, params, x, None, None, np.array([5, 0, 6], np.int64), True, 0)
 
 
 def test_cache_is_good_for_one_backward():

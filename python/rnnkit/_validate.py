@@ -81,8 +81,10 @@ def check_probability(name: str, value: Any) -> float:
     return v
 
 
-def check_lengths(name: str, value: Any, batch: int, steps: int) -> np.ndarray:
-    """One integer length per batch element, each in [1, steps]; returned as contiguous int64."""
+def check_lengths(name: str, value: Any, batch: int, steps: int, minimum: int = 1) -> np.ndarray:
+    """One integer length per batch element, each in [minimum, steps] (0 for the layers: a
+    sequence of length 0 ends in zeros; 1 for a network, which scores every sequence); returned as
+    contiguous int64."""
     try:
         arr = np.asarray(value)
     except Exception as exc:
@@ -91,10 +93,10 @@ def check_lengths(name: str, value: Any, batch: int, steps: int) -> np.ndarray:
         raise TypeError(f"{name}: expected integers, got dtype {arr.dtype.name}")
     if arr.shape != (batch,):
         raise ValueError(f"{name}: expected shape ({batch},) (one length per batch element), got {shape_str(arr.shape)}")
-    bad = np.flatnonzero((arr < 1) | (arr > steps))
+    bad = np.flatnonzero((arr < minimum) | (arr > steps))
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"{name}[{i}]: expected a length in [1, {steps}], got {int(arr[i])}")
+        raise ValueError(f"{name}[{i}]: expected a length in [{minimum}, {steps}], got {int(arr[i])}")
     return c_array(arr, np.int64)
 
 

@@ -190,11 +190,12 @@ class _RecurrentLayer(StackOptions):
             h0: initial state ``[L*D, N, P]`` (``[L*D, P]`` unbatched) or None for zeros; for LSTM
                 cells a tuple ``(h0, c0)`` with ``c0`` ``[L*D, N, H]``. L = num_layers, D = 2 if
                 bidirectional else 1, P = proj_size or hidden_size.
-            lengths: optional, one integer per batch element (any order), 1 <= length <= T:
+            lengths: optional, one integer per batch element (any order), 0 <= length <= T:
                 steps at and after a sequence's length are padding. Their outputs are 0, ``h_n`` is
                 each sequence's state after its own last valid step, the reverse direction starts
-                at each sequence's last valid step, and backward ignores them. The lengths are
-                remembered for ``backward``.
+                at each sequence's last valid step, and backward ignores them. A sequence of length
+                0 has ``h_n`` (and ``c_n``) 0, as in ONNX Runtime, and no gradient reaches its
+                ``h0``. The lengths are remembered for ``backward``.
 
         Returns:
             ``(y, h_n)``, for LSTM cells ``(y, (h_n, c_n))``. ``y`` is ``[T, N, D*P]`` (batch_first:
@@ -220,7 +221,7 @@ class _RecurrentLayer(StackOptions):
         if lengths is not None:
             if unbatched:
                 raise ValueError("lengths: expected None for an unbatched [T, C] input, got lengths")
-            lengths_arr = V.check_lengths("lengths", lengths, N, T)
+            lengths_arr = V.check_lengths("lengths", lengths, N, T, minimum=0)
 
         check = self.check_finite
         if check:
@@ -458,7 +459,8 @@ class _RecurrentLayer(StackOptions):
         if lengths is not None:
             if unbatched:
                 raise ValueError("lengths: expected None for an unbatched [T, C] input, got lengths")
-            lengths_arr = V.check_lengths("lengths", D.to_numpy(lengths) if D.is_device_array(lengths) else lengths, N, T)
+            lengths_arr = V.check_lengths("lengths", D.to_numpy(lengths) if D.is_device_array(lengths) else lengths, N, T,
+                                          minimum=0)
         check = self.check_finite
         if check:
             for name, arr in (("x", x_tm), ("h0", h0_d), ("c0", c0_d)):

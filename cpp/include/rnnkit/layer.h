@@ -16,10 +16,11 @@
 // with a leading-dimension argument (y, dy) may be a column slice of a wider one (a bidirectional
 // layer writes its half of [T,N,2P]).
 //
-// Variable lengths: with lengths[n] = L_n (1 <= L_n <= T), steps t >= L_n of sequence n are
+// Variable lengths: with lengths[n] = L_n (0 <= L_n <= T), steps t >= L_n of sequence n are
 // padding. The state is carried unchanged through them, their output is 0 and their gradient
 // ignored. A reverse layer processes t = T-1 ... 0, so each sequence starts from h0 at its own
-// last valid step.
+// last valid step. A sequence of length 0 ends with h_n = c_n = 0, as ONNX Runtime has it (not
+// h0: nothing was computed), so its d_state_n is dropped and its dh0, dc0 are 0.
 #pragma once
 
 #include "rnnkit/cells.h"

@@ -11,7 +11,8 @@
 // The backends run the calls (backend.h); the argument structs below are their contract:
 //   x        [T,N,C]       input, time-major, contiguous
 //   h0, c0   [L*D,N,P], [L*D,N,H] or null for zeros (c0: cells with a cell state only)
-//   lengths  [N] or null   valid steps per sequence, 1 <= lengths[n] <= T (checked by the caller)
+//   lengths  [N] or null   valid steps per sequence, 0 <= lengths[n] <= T (checked by the caller;
+//                          a length of 0: layer.h)
 //   y        [T,N,D*P]     output of the last layer (0 at padded steps)
 //   h_n, c_n [L*D,N,P], [L*D,N,H]
 //   params   per group, into caller memory (stack_param_specs gives the order)

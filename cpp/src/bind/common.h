@@ -204,12 +204,17 @@ NetworkParams<Ptr> network_views(const NetworkConfig& cfg, const std::vector<Par
 }
 
 // lengths: int64 [N], each in [1, T]; null when absent.
-inline const index_t* check_lengths(const std::optional<py::array>& lengths, index_t T, index_t N) {
+// min_length: 0 for a layer stack (a sequence of length 0 ends in zeros, layer.h), 1 for a
+// network (every sequence has outputs to score).
+inline const index_t* check_lengths(const std::optional<py::array>& lengths, index_t T, index_t N,
+                                    index_t min_length) {
   if (!lengths) return nullptr;
   check_array<index_t>(*lengths, "lengths", {N}, false);
   const auto* lp = static_cast<const index_t*>(lengths->data());
   for (index_t n = 0; n < N; ++n) {
-    if (lp[n] < 1 || lp[n] > T) throw_expected(concat("lengths[", n, "]"), concat("a length in [1, ", T, "]"), lp[n]);
+    if (lp[n] < min_length || lp[n] > T) {
+      throw_expected(concat("lengths[", n, "]"), concat("a length in [", min_length, ", ", T, "]"), lp[n]);
+    }
   }
   return lp;
 }

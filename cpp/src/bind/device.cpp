@@ -117,14 +117,15 @@ std::vector<LayerParams<Ptr>> device_group_views(const StackConfig& cfg, const s
 }
 
 // lengths stays on the host: checked there (check_lengths), copied by the backend.
-const index_t* host_lengths(const py::object& lengths, index_t T, index_t N, std::optional<py::array>* keep) {
+const index_t* host_lengths(const py::object& lengths, index_t T, index_t N, index_t min_length,
+                            std::optional<py::array>* keep) {
   if (lengths.is_none()) return nullptr;
   if (py::isinstance<DeviceArray>(lengths)) {
     throw py::type_error("lengths: expected a host array (numpy int64 [N]: lengths are checked on the host), "
                          "got a CUDA array");
   }
   *keep = lengths.cast<py::array>();
-  return check_lengths(*keep, T, N);
+  return check_lengths(*keep, T, N, min_length);
 }
 
 void refuse_cell_state(const py::object& a, const char* name, const StackConfig& cfg) {
@@ -162,7 +163,7 @@ py::tuple forward_impl(const StackConfig& cfg, const py::list& params, const Dev
   refuse_cell_state(c0, "c0", cfg);
   const S* c0p = device_ptr<S>(c0, "c0", {GD, N, H});
   std::optional<py::array> lengths_keep;
-  const index_t* lp = host_lengths(lengths, T, N, &lengths_keep);
+  const index_t* lp = host_lengths(lengths, T, N, 0, &lengths_keep);
 
   const Backend& backend = backend_for(Device::kCuda);
   const BackendOps<S>& ops = backend.ops<S>();
@@ -265,7 +266,7 @@ py::tuple backward_reserve_impl(const StackConfig& cfg, const py::object& reserv
                                 const py::object& dh_n, const py::object& dc_n, const py::list& grads, bool need_dx) {
   check_stack_dims(cfg, T, N);
   std::optional<py::array> lengths_keep;
-  const index_t* lp = host_lengths(lengths, T, N, &lengths_keep);
+  const index_t* lp = host_lengths(lengths, T, N, 0, &lengths_keep);
   const BackendOps<S>& ops = backend_for(Device::kCuda).ops<S>();
   const std::unique_ptr<StackPlan> plan = ops.plan_stack(cfg, T, N, true);
   const S* block = device_ptr<S>(reserve, "reserve", {plan->footprint.cache}, false);
@@ -336,7 +337,7 @@ py::tuple network_forward_impl(const NetworkConfig& cfg, const py::list& params,
   const BackendOps<S>& ops = backend.ops<S>();
   const std::unique_ptr<NetworkPlan> plan = ops.plan_network(cfg, T, N, training);
   const NetworkWeights<S> w = device_network_views<S, const S*>(cfg, plan->specs, params, "params");
-  in.lengths = host_lengths(lengths, T, N, &lengths_keep);
+  in.lengths = host_lengths(lengths, T, N, 1, &lengths_keep);
   const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
   const index_t G = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
   args.state0.h = device_ptr<S>(h0, "h0", {G, N, P});

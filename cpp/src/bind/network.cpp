@@ -75,7 +75,7 @@ py::tuple forward_impl(const NetworkConfig& cfg, const py::list& params, const p
   const BackendOps<S>& ops = backend.ops<S>();
   const std::unique_ptr<NetworkPlan> plan = ops.plan_network(cfg, T, N, training);
   const NetworkWeights<S> w = network_views<S, const S*>(cfg, plan->specs, params, "params", false);
-  in.lengths = check_lengths(lengths, T, N);
+  in.lengths = check_lengths(lengths, T, N, 1);
   const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
   const index_t G = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
   args.state0.h = in_ptr<S>(h0, "h0", {G, N, P});

@@ -41,7 +41,7 @@ py::tuple forward_impl(const StackConfig& cfg, const py::list& params, const py:
   const S* h0p = in_ptr<S>(h0, "h0", {GD, N, P});
   refuse_cell_state(c0, "c0", cfg);
   const S* c0p = in_ptr<S>(c0, "c0", {GD, N, H});
-  const index_t* lp = check_lengths(lengths, T, N);
+  const index_t* lp = check_lengths(lengths, T, N, 0);
 
   const Backend& backend = backend_for(device_of(x));
   const BackendOps<S>& ops = backend.ops<S>();
@@ -180,7 +180,7 @@ py::tuple backward_reserve_impl(const StackConfig& cfg, const py::array& reserve
                                 const std::optional<py::array>& dy, const std::optional<py::array>& dh_n,
                                 const std::optional<py::array>& dc_n, const py::list& grads, bool need_dx) {
   check_stack_dims(cfg, T, N);  // T, N >= 1 and every GEMM size in range
-  const index_t* lp = check_lengths(lengths, T, N);
+  const index_t* lp = check_lengths(lengths, T, N, 0);
   const Backend& backend = backend_for(device_of(reserve));
   const BackendOps<S>& ops = backend.ops<S>();
   const std::unique_ptr<StackPlan> plan = ops.plan_stack(cfg, T, N, true);

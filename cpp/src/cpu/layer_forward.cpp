@@ -145,12 +145,17 @@ class ForwardLoop {
     tc.barrier();
   }
 
-  // Phase 3.
+  // Phase 3. A sequence of length 0 ends in zeros (layer.h).
   void store_final_state() {
     if (p_.tc.tid() != 0) return;
     copy_n(a_.state_n.h, h_slot(p_.slots.last()), p_.N * p_.P);
     if constexpr (Plan::kHasC) {
       if (a_.state_n.c) copy_n(a_.state_n.c, c_slot(p_.slots.last()), p_.N * p_.H);
+    }
+    for (index_t n = 0; a_.lengths && n < p_.N; ++n) {
+      if (a_.lengths[n] != 0) continue;
+      zero_n(a_.state_n.h + n * p_.P, p_.P);
+      if (Plan::kHasC && a_.state_n.c) zero_n(a_.state_n.c + n * p_.H, p_.H);
     }
   }
 
