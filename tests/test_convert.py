@@ -185,18 +185,17 @@ def test_wrong_shapes_are_refused():
 
 
 # ---- from_onnx: ONNX's defaults applied, and every mismatch refused with what to change ---------
-def test_from_onnx_refuses_a_reverse_node_and_another_direction():
+def test_from_onnx_refuses_another_direction():
     layer = rnnkit.LSTM(2, 3)
     nodes = convert.to_onnx(layer)
     assert nodes[0]["direction"] == "forward" and nodes[0]["hidden_size"] == 3
     reverse = dict(nodes[0], direction="reverse")
     before = layer.state_dict()
-    with pytest.raises(ValueError, match=r"nodes\[0\]\['direction'\]: expected 'forward' or 'bidirectional' "
-                                         r"\(rnnkit has no reverse-only layer yet"):
+    with pytest.raises(ValueError, match=r"nodes\[0\]\['direction'\]: expected 'forward' for this layer, got "
+                                         r"'reverse': make the layer with direction='reverse'"):
         convert.from_onnx(layer, [reverse])
-    with pytest.raises(ValueError, match=r"nodes\[0\]\['direction'\]: expected 'forward' for this layer "
-                                         r"\(bidirectional=False\), got 'bidirectional': make the layer with "
-                                         r"bidirectional=True"):
+    with pytest.raises(ValueError, match=r"nodes\[0\]\['direction'\]: expected 'forward' for this layer, got "
+                                         r"'bidirectional': make the layer with direction='bidirectional'"):
         convert.from_onnx(layer, [dict(nodes[0], direction=b"bidirectional")])
     with pytest.raises(ValueError, match=r"nodes\[0\]\['hidden_size'\]: expected 3 \(the layer's hidden_size\), got 4"):
         convert.from_onnx(layer, [dict(nodes[0], hidden_size=4)])

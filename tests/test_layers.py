@@ -209,7 +209,7 @@ def test_step_one_stream_and_zero_state(rng):
 @pytest.mark.parametrize(
     "call, exc, pattern",
     [
-        (lambda: rnnkit.LSTM(3, 4, bidirectional=True).step(np.zeros(3)), ValueError, "step: expected a unidirectional layer"),
+        (lambda: rnnkit.LSTM(3, 4, bidirectional=True).step(np.zeros(3)), ValueError, "step: expected a unidirectional forward layer"),
         (lambda: rnnkit.LSTM(3, 4).step(np.zeros(5)), ValueError, "x_t: expected input_size 3"),
         (lambda: rnnkit.LSTM(3, 4).step(np.zeros((2, 3)), np.zeros((1, 2, 4))), TypeError, r"state: expected a tuple \(h, c\)"),
         (lambda: rnnkit.GRU(3, 4).step(np.zeros((2, 3)), np.zeros((1, 3, 4))), ValueError, r"state: expected shape \(1, 2, 4\)"),

@@ -120,6 +120,7 @@ STACKS = {
     "2-bi-lengths-state": (dict(num_layers=2, bidirectional=True), True, True),
     "3-bi-batch-first-lengths": (dict(num_layers=3, bidirectional=True, batch_first=True), True, False),
     "batch-first-state": (dict(batch_first=True), False, True),
+    "2-reverse-lengths-state": (dict(num_layers=2, direction="reverse"), True, True),
 }
 
 
@@ -205,6 +206,8 @@ NETWORKS = {
     "tokens-lstm-last-bi": dict(vocab_size=VOCAB, cell="lstm", head="last", output_size=CLASSES,
                                 bidirectional=True),
     "dense-rnn-relu-2-layers": dict(input_size=INPUT_SIZE, cell="rnn_relu", num_layers=2, output_size=CLASSES),
+    "tokens-gru-last-reverse": dict(vocab_size=VOCAB, cell="gru", head="last", output_size=CLASSES,
+                                    direction="reverse"),
     "dense-gru-reset-before-last-bi-batch-first": dict(input_size=INPUT_SIZE, cell="gru_reset_before",
                                                        head="last", bidirectional=True, batch_first=True,
                                                        output_size=CLASSES),

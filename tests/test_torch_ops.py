@@ -208,7 +208,7 @@ def test_reserve_is_a_function_of_the_inputs(mode, packed):
     """The operator's reserve is an output: no element of it may be left over from earlier memory
     (the forward writes all of it without lengths, and zeroes it first with them). NaN-filled
     caches are freed into rnnkit's pool first, so a leftover shows as a NaN."""
-    cfg = (mode, C, H, 2, True, 0, True, 0.0, "float32")
+    cfg = (mode, C, H, 2, True, 0, True, 0.0, "float32", False)
     specs = torch_ops.stack_config(*cfg).param_specs()
     nan_weights = [torch.full(shape, float("nan")) for _, shape in specs]
     weights = [torch.randn(shape) for _, shape in specs]
@@ -346,7 +346,7 @@ def test_inference_records_no_autograd_node(monkeypatch):
 
 
 def test_reserve_size_formula_matches_the_core_for_symbolic_sizes():
-    cfg = ("LSTM", C, H, 2, True, 3, True, 0.0, "float32")
+    cfg = ("LSTM", C, H, 2, True, 3, True, 0.0, "float32", False)
     a, b, c, d = torch_ops._reserve_coefficients(cfg, np.dtype(np.float32))
     for steps, batch in [(1, 1), (9, 4), (33, 17)]:
         core = int(rnnkit._core.reserve_size(torch_ops.stack_config(*cfg), steps, batch, np.dtype(np.float32)))
@@ -672,6 +672,7 @@ ONNX_CASES = [
     (rt.GRU, dict(reset_after=False, bidirectional=True)),
     (rt.RNN, dict(nonlinearity="relu", bias=False)),
     (rt.RNN, dict(batch_first=True)),
+    (rt.LSTM, dict(num_layers=2, direction="reverse")),
 ]
 # ONNX Runtime's float32 kernels against rnnkit's: the same math, summed in another order.
 ONNX_RUNTIME_ATOL = 1e-5

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from . import _validate as V
 from .train import init as _init
@@ -53,8 +53,11 @@ CELL_NAMES: Tuple[str, ...] = tuple(CELLS)
 DEFAULTS: Dict[str, Any] = {
     "num_layers": 1, "nonlinearity": "tanh", "bias": True, "batch_first": False, "dropout": 0.0,
     "bidirectional": False, "proj_size": 0, "reset_after": True, "forget_bias": None,
-    "init": "default", "init_gain": 1.0, "precision": "float32",
+    "init": "default", "init_gain": 1.0, "precision": "float32", "direction": None,
 }
+
+#: The directions (``direction=``), ONNX's names: ``bidirectional=True`` is a synonym of the last.
+DIRECTIONS: Tuple[str, ...] = ("forward", "reverse", "bidirectional")
 
 #: The GEMM precisions (``precision=``): float32, or bfloat16 operands with float32 sums.
 PRECISIONS: Tuple[str, ...] = ("float32", "bfloat16")
@@ -103,7 +106,7 @@ class LayerClass:
         params += [P(n, P.POSITIONAL_OR_KEYWORD) for n in ("input_size", "hidden_size")]
         params += [P(n, P.POSITIONAL_OR_KEYWORD, default=DEFAULTS[n]) for n in self.positional]
         params += [P(n, P.POSITIONAL_OR_KEYWORD, default=d) for n, d in family.positional]
-        keyword = [(n, d) for n, d in family.keyword] + [(n, DEFAULTS[n]) for n in ("init", "init_gain", "precision", *self.keyword)]
+        keyword = [(n, d) for n, d in family.keyword] + [(n, DEFAULTS[n]) for n in ("init", "init_gain", "precision", "direction", *self.keyword)]
         params += [P(n, P.KEYWORD_ONLY, default=d) for n, d in keyword]
         return inspect.Signature(params)
 
@@ -230,7 +233,16 @@ class StackOptions:
         self.bias = V.check_bool("bias", options["bias"])
         self.batch_first = V.check_bool("batch_first", options["batch_first"])
         self.dropout = V.check_probability("dropout", options["dropout"])
-        self.bidirectional = V.check_bool("bidirectional", options["bidirectional"])
+        bidirectional = V.check_bool("bidirectional", options["bidirectional"])
+        direction = options.get("direction")
+        if direction is None:
+            direction = "bidirectional" if bidirectional else "forward"
+        direction = V.check_choice("direction", direction, DIRECTIONS)
+        if bidirectional and direction != "bidirectional":
+            raise ValueError(f"direction: expected 'bidirectional' (or None) with bidirectional=True, got {direction!r}")
+        #: "forward", "reverse" (one direction, t = T-1 ... 0) or "bidirectional".
+        self.direction = direction
+        self.bidirectional = direction == "bidirectional"
         self.proj_size = V.check_non_negative("proj_size", options.get("proj_size", 0))
         if self.proj_size and self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size: expected less than hidden_size ({self.hidden_size}), got {self.proj_size}")
@@ -253,11 +265,11 @@ class StackOptions:
                 UserWarning, stacklevel=4,
             )
 
-    def _config_args(self, dropout: float) -> Tuple[Any, ...]:
+    def _config_args(self, dropout: float, precision: Optional[str] = None) -> Tuple[Any, ...]:
         """The compiled module's StackConfig arguments, in order, with this dropout (a call may
-        run without its layer's)."""
+        run without its layer's) and precision (None: the layer's; autocast may ask another)."""
         return (self.mode, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
-                self.proj_size, self.bias, dropout, self.precision)
+                self.proj_size, self.bias, dropout, precision or self.precision, self.direction == "reverse")
 
     @property
     def num_directions(self) -> int:

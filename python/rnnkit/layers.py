@@ -344,9 +344,9 @@ class _RecurrentLayer(StackOptions):
             A step computes in float32 whatever ``precision`` is: it reads each weight once, and a
             bfloat16 copy of the weights per step would cost more than the step saves.
         """
-        if self.bidirectional:
-            raise ValueError("step: expected a unidirectional layer (the reverse direction needs the "
-                             "future), got bidirectional=True")
+        if self.direction != "forward":
+            raise ValueError("step: expected a unidirectional forward layer (the reverse direction needs the "
+                             f"future), got direction={self.direction!r}")
         if self.device != "cpu":
             return self._step_device(x_t, state)
         x = x_t
@@ -629,6 +629,8 @@ class _RecurrentLayer(StackOptions):
         for flag in ("batch_first", "bidirectional"):
             if getattr(self, flag):
                 args.append(f"{flag}=True")
+        if self.direction == "reverse":
+            args.append("direction='reverse'")
         if not self.bias:
             args.append("bias=False")
         if self.dropout:

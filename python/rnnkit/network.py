@@ -47,7 +47,8 @@ class RNNNetwork:
         vocab_size: token input through an embedding of ``embedding_dim`` (default hidden_size);
             inputs are integer ids ``[T, N]``. Give this or ``input_size``.
         input_size: dense input features ``[T, N, input_size]``.
-        hidden_size, num_layers, bidirectional, dropout, proj_size: the recurrent stack's options.
+        hidden_size, num_layers, bidirectional, dropout, proj_size, direction: the recurrent stack's
+            options (``direction="reverse"`` or ``"bidirectional"``, as for the layers).
         cell: ``"rnn_tanh"``, ``"rnn_relu"``, ``"lstm"``, ``"gru"``, ``"gru_reset_before"``,
             ``"ln_lstm"`` or ``"ln_gru"`` (the rows of rnnkit._cells.CELLS).
         output_size: K, classes or regression targets (default: vocab_size).
@@ -88,6 +89,7 @@ class RNNNetwork:
         init_gain: float = 1.0,
         forget_bias: Optional[float] = None,
         precision: str = "float32",
+        direction: Optional[str] = None,
     ) -> None:
         if (vocab_size is None) == (input_size is None):
             raise ValueError("vocab_size, input_size: expected exactly one of them (token or dense input), "
@@ -121,7 +123,7 @@ class RNNNetwork:
         layer_cls = getattr(layers, CELLS[self.cell].layer)
         kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, dropout=dropout, dtype=self.dtype,
                       seed=int(rnn_seq.generate_state(1, np.uint64)[0] >> np.uint64(1)), init=init,
-                      init_gain=init_gain, precision=precision, **CELLS[self.cell].options)
+                      init_gain=init_gain, precision=precision, direction=direction, **CELLS[self.cell].options)
         if proj_size:
             kwargs["proj_size"] = proj_size
         if forget_bias is not None:
@@ -154,7 +156,7 @@ class RNNNetwork:
             "head": self.head, "loss": self.loss_kind, "ignore_index": self.ignore_index,
             "batch_first": self.batch_first, "dtype": self.dtype.name, "seed": self.seed,
             "init": r.init, "init_gain": r.init_gain, "forget_bias": r.forget_bias,
-            "precision": r.precision,
+            "precision": r.precision, "direction": r.direction,
         }
 
     def _init_head(self) -> None:
@@ -516,6 +518,9 @@ class RNNNetwork:
         dropout. The state is plain arrays: copy it to branch."""
         if self.head != "sequence":
             raise ValueError("step: expected a network with head='sequence', got head='last'")
+        if self.rnn.direction != "forward":
+            raise ValueError("step: expected a forward network (a reverse direction needs the future), got "
+                             f"direction={self.rnn.direction!r}")
         if self.device != "cpu":
             return self._step_device(x_t, state)
         x = x_t if type(x_t) is np.ndarray else np.asarray(x_t)

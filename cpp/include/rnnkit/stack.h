@@ -36,6 +36,9 @@ struct StackConfig {
   CellKind cell = CellKind::kRnnTanh;
   index_t num_layers = 1;
   index_t num_directions = 1;
+  // direction="reverse": one direction that runs t = T-1 ... 0 (as a bidirectional stack's second
+  // direction does; num_directions stays 1). Its parameters carry no _reverse suffix.
+  bool reverse = false;
   index_t input_size = 0;
   index_t hidden_size = 0;
   index_t proj_size = 0;  // 0: no projection

@@ -282,8 +282,17 @@ inline const std::int64_t* check_class_targets(const NetworkConfig& cfg, const p
 // Checks a generation call (either backend): a token network with a cross-entropy output over its
 // vocabulary, count >= 0, temperature >= 0, prefix a 1-D host int64 array of token ids. Returns
 // the prefix's ids.
+// A streaming step (and generation, a chain of them) runs forward in time only.
+inline void check_steppable(const StackConfig& cfg, const char* what = "layer") {
+  if (cfg.num_directions != 1 || cfg.reverse) {
+    throw_expected(what, concat("a forward ", what, " (a step has no future for a reverse direction)"),
+                   cfg.reverse ? "a reverse one" : "a bidirectional one");
+  }
+}
+
 inline const std::int64_t* check_generate_args(const NetworkConfig& cfg, const py::array& prefix, index_t count,
                                                double temperature) {
+  check_steppable(cfg.stack, "network");
   if (cfg.vocab_size == 0 || cfg.loss != LossKind::kCrossEntropy || cfg.output_size != cfg.vocab_size) {
     throw_expected("network", "a token network with a cross-entropy output over its vocabulary", "another kind");
   }

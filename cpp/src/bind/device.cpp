@@ -234,10 +234,7 @@ py::tuple backward_impl(Cache& cache_obj, const py::object& dy, const py::object
 template <typename S>
 py::tuple step_impl(const StackConfig& cfg, const py::list& params, const DeviceArray& x, const py::object& x_obj,
                     const py::object& h, const py::object& c) {
-  if (cfg.num_directions != 1) {
-    throw_expected("layer", "a unidirectional layer (a step has no future for the reverse direction)",
-                   "a bidirectional one");
-  }
+  check_steppable(cfg);
   if (x.shape.size() != 2) throw_expected("x", "a 2-D array [N, input_size]", concat(x.shape.size(), "-D"));
   const index_t N = x.shape[0], L = cfg.num_layers, P = cfg.state_size(), H = cfg.hidden_size;
   check_stack_dims(cfg, 1, N);

@@ -116,10 +116,7 @@ py::tuple backward_impl(Cache& cache_obj, const std::optional<py::array>& dy, co
 template <typename S>
 py::tuple step_impl(const StackConfig& cfg, const py::list& params, const py::array& x, const py::array& h,
                     const std::optional<py::array>& c) {
-  if (cfg.num_directions != 1) {
-    throw_expected("layer", "a unidirectional layer (a step has no future for the reverse direction)",
-                   "a bidirectional one");
-  }
+  check_steppable(cfg);
   if (x.ndim() != 2) throw_expected("x", "a 2-D array [N, input_size]", concat(x.ndim(), "-D"));
   const index_t N = x.shape(0), L = cfg.num_layers, P = cfg.state_size(), H = cfg.hidden_size;
   if (N < 1) throw_expected("batch size N", "N >= 1", N);
@@ -147,7 +144,7 @@ py::tuple step_impl(const StackConfig& cfg, const py::list& params, const py::ar
 
 StackConfig make_stack_config(const std::string& mode, index_t input_size, index_t hidden_size, index_t num_layers,
                               bool bidirectional, index_t proj_size, bool bias, double dropout,
-                              const std::string& precision) {
+                              const std::string& precision, bool reverse) {
   StackConfig c;
   c.cell = parse_mode(mode);
   c.input_size = input_size;
@@ -158,6 +155,7 @@ StackConfig make_stack_config(const std::string& mode, index_t input_size, index
   c.bias = bias;
   c.dropout = dropout;
   c.precision = parse_precision(precision);
+  c.reverse = reverse;
   check_stack_config(c);
   return c;
 }
@@ -197,20 +195,24 @@ void register_stack(py::module_& m) {
   py::class_<StackConfig>(m, "StackConfig", py::module_local(), "Configuration of a layer stack (see stack.h).")
       .def(py::init(&make_stack_config), py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"),
            py::arg("num_layers") = 1, py::arg("bidirectional") = false, py::arg("proj_size") = 0,
-           py::arg("bias") = true, py::arg("dropout") = 0.0, py::arg("precision") = "float32")
+           py::arg("bias") = true, py::arg("dropout") = 0.0, py::arg("precision") = "float32",
+           py::arg("reverse") = false)
       // Pickled as its constructor's arguments, so whatever holds one (a layer, a torch module)
       // pickles and deep-copies.
       .def(py::pickle(
           [](const StackConfig& c) {
             return py::make_tuple(mode_name(c.cell), c.input_size, c.hidden_size, c.num_layers,
-                                  c.num_directions == 2, c.proj_size, c.bias, c.dropout, precision_name(c.precision));
+                                  c.num_directions == 2, c.proj_size, c.bias, c.dropout, precision_name(c.precision),
+                                  c.reverse);
           },
           [](const py::tuple& t) {
-            // 8 fields: pickled before precision existed (float32).
-            if (py::len(t) != 8 && py::len(t) != 9) throw_expected("StackConfig state", "a tuple of 8 or 9", py::len(t));
+            // Fewer fields: pickled before precision (float32) or reverse (false) existed.
+            const auto n = py::len(t);
+            if (n < 8 || n > 10) throw_expected("StackConfig state", "a tuple of 8 to 10", n);
             return make_stack_config(t[0].cast<std::string>(), t[1].cast<index_t>(), t[2].cast<index_t>(),
                                      t[3].cast<index_t>(), t[4].cast<bool>(), t[5].cast<index_t>(), t[6].cast<bool>(),
-                                     t[7].cast<double>(), py::len(t) == 9 ? t[8].cast<std::string>() : "float32");
+                                     t[7].cast<double>(), n >= 9 ? t[8].cast<std::string>() : "float32",
+                                     n >= 10 && t[9].cast<bool>());
           }))
       .def_property_readonly("mode", [](const StackConfig& c) { return mode_name(c.cell); })
       .def_readonly("input_size", &StackConfig::input_size)
@@ -221,6 +223,7 @@ void register_stack(py::module_& m) {
       .def_readonly("bias", &StackConfig::bias)
       .def_readonly("dropout", &StackConfig::dropout)
       .def_property_readonly("precision", [](const StackConfig& c) { return precision_name(c.precision); })
+      .def_readonly("reverse", &StackConfig::reverse)
       .def_property_readonly("has_cell_state", [](const StackConfig& c) { return cell_info(c.cell).has_cell_state; })
       .def_property_readonly("gates", [](const StackConfig& c) { return cell_info(c.cell).gates; })
       .def("param_specs", [](const StackConfig& c) { return specs_list(stack_param_specs(c)); },

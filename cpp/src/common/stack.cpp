@@ -8,6 +8,9 @@ void check_stack_config(const StackConfig& cfg) {
   if (cfg.num_directions != 1 && cfg.num_directions != 2) {
     throw_expected("num_directions", "1 or 2", cfg.num_directions);
   }
+  if (cfg.reverse && cfg.num_directions != 1) {
+    throw_expected("direction", "'reverse' with one direction, or 'bidirectional'", "both");
+  }
   if (cfg.input_size < 1) throw_expected("input_size", "an integer >= 1", cfg.input_size);
   if (cfg.hidden_size < 1) throw_expected("hidden_size", "an integer >= 1", cfg.hidden_size);
   if (cfg.proj_size < 0) throw_expected("proj_size", "an integer >= 0", cfg.proj_size);

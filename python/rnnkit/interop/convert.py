@@ -84,7 +84,7 @@ def to_onnx(layer: _RecurrentLayer) -> List[Dict[str, np.ndarray]]:
             R.append(_reorder(layer.params["weight_hh" + sfx], order, H))
             B.append(np.concatenate([_reorder(b_ih, order, H), _reorder(b_hh, order, H)]))
         node = {"W": np.stack(W), "R": np.stack(R), "B": np.stack(B) if layer.bias else None,
-                "direction": "bidirectional" if layer.num_directions == 2 else "forward",
+                "direction": layer.direction,
                 "hidden_size": H}
         if isinstance(layer, GRU):
             node["linear_before_reset"] = 1 if layer.reset_after else 0
@@ -114,15 +114,9 @@ def _check_onnx_attributes(layer: _RecurrentLayer, k: int, node: Dict[str, np.nd
     direction = _onnx_text(node.get("direction", "forward"))
     if direction not in ("forward", "reverse", "bidirectional"):
         raise ValueError(f"{name}['direction']: expected 'forward', 'reverse' or 'bidirectional', got {direction!r}")
-    if direction == "reverse":
-        raise ValueError(f"{name}['direction']: expected 'forward' or 'bidirectional' (rnnkit has no reverse-only "
-                         "layer yet: a bidirectional layer's reverse half, or reversing the input, computes it), "
-                         "got 'reverse'")
-    wanted = "bidirectional" if layer.num_directions == 2 else "forward"
-    if direction != wanted:
-        fix = "bidirectional=True" if direction == "bidirectional" else "bidirectional=False"
-        raise ValueError(f"{name}['direction']: expected {wanted!r} for this layer (bidirectional={layer.bidirectional}), "
-                         f"got {direction!r}: make the layer with {fix}")
+    if direction != layer.direction:
+        raise ValueError(f"{name}['direction']: expected {layer.direction!r} for this layer, got {direction!r}: make "
+                         f"the layer with direction={direction!r}")
     if "hidden_size" in node and int(node["hidden_size"]) != layer.hidden_size:
         raise ValueError(f"{name}['hidden_size']: expected {layer.hidden_size} (the layer's hidden_size), "
                          f"got {int(node['hidden_size'])}")

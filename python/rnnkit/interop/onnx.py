@@ -221,7 +221,7 @@ def _build_stack(g: _GraphBuilder, layer: _RecurrentLayer, x_time_major: str, wi
     h0, c0 = _state_inputs(g, layer, with_initial_state)
     op_type, D, L = _OP_TYPE[layer.mode], layer.num_directions, layer.num_layers
     attrs: Dict[str, Any] = {"hidden_size": layer.hidden_size,
-                             "direction": "bidirectional" if layer.bidirectional else "forward"}
+                             "direction": layer.direction}
     if layer.mode in _ACTIVATION:
         attrs["activations"] = [_ACTIVATION[layer.mode]] * D
     has_c = isinstance(layer, LSTM)

@@ -290,9 +290,7 @@ class _RNNBase(torch.nn.Module, StackOptions):
         apply_dropout = self.training and self.dropout > 0 and self.num_layers > 1
         needs_grad = _ops.needs_grad((x_in, h0, c0, *weights))
         seed = torch.randint(0, 2**62, (), dtype=torch.int64) if apply_dropout else None
-        cfg = self._config_args(self.dropout if apply_dropout else 0.0)
-        if autocast_bf16:
-            cfg = cfg[:-1] + ("bfloat16",)
+        cfg = self._config_args(self.dropout if apply_dropout else 0.0, "bfloat16" if autocast_bf16 else None)
         y, h_n, c_n = _run_stack(
             x_in, batch_sizes, sorted_indices, h0, c0, weights, seed, cfg,
             # rnnkit applies dropout only in its training forward, which also keeps the reserve.
@@ -349,6 +347,8 @@ class _RNNBase(torch.nn.Module, StackOptions):
             parts.append(f"dropout={self.dropout}")
         if self.bidirectional:
             parts.append("bidirectional=True")
+        if self.direction == "reverse":
+            parts.append("direction='reverse'")
         if self.init != "default":
             parts.append(f"init={self.init!r}, init_gain={self.init_gain}")
         if self.forget_bias is not None:

@@ -46,7 +46,7 @@ def _refuse(what: str) -> None:
 
 def rnnkit_forward(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode: str, input_size: int,
                    hidden_size: int, num_layers: int, bidirectional: bool, proj_size: int, bias: bool,
-                   dropout: float, precision: str, training: bool):
+                   dropout: float, precision: str, reverse: bool, training: bool):
     """The ONNX graph of one ``rnnkit::forward`` call (traced by onnxscript). A bfloat16
     ``precision`` is how rnnkit computes the layer; the float32 ONNX node computes the same function."""
     from onnxscript import ir
@@ -66,7 +66,7 @@ def rnnkit_forward(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode: 
     kind, order, attrs = _ONNX_NODE[mode]
     D, H, G = (2 if bidirectional else 1), hidden_size, len(order)
     per_group = 4 if bias else 2
-    direction = "bidirectional" if D == 2 else "forward"
+    direction = "bidirectional" if D == 2 else ("reverse" if reverse else "forward")
     if "activations" in attrs:
         attrs = {"activations": attrs["activations"] * D}
 
