@@ -275,7 +275,7 @@ def bfloat16(shape_names: List[str], rounds: Dict[str, int]) -> None:
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     y16 = ref(xt)[0]
             theirs = float((y16.float() - y32).abs().max())
-            err = f"max|err| vs own fp32: rnnkit {ours:.1e}, autocast {theirs:.1e}"
+            err = f"max abs error vs own fp32: rnnkit {ours:.1e}, autocast {theirs:.1e}"
             flops = 2.0 * T * N * G * H * (C + H)
             record(f"bf16-{shape_name}", f"{cell} bf16 train (with dx)", m["rk_dx"], "autocast", m["t_dx"], BF16_GOAL,
                    extra=f"{3 * flops / m['rk_dx'] / 1e9:.0f} GFLOP/s")
