@@ -1,4 +1,5 @@
-"""Export of rnnkit models to ONNX: ``rnnkit.onnx.export(model, path)``.
+"""Export of rnnkit models to ONNX, ``rnnkit.onnx.export(model, path)``, and import of recurrent
+stacks from it, ``rnnkit.onnx.load(path)`` (at the end of this file).
 
 A recurrent layer (``rnnkit.RNN``, ``LSTM``, ``GRU``) becomes one standard ONNX ``RNN``/``LSTM``/
 ``GRU`` node per layer, with the glue (Transpose, Reshape, Squeeze, Slice, Concat) that gives the
@@ -318,3 +319,155 @@ def _build_network(g: _GraphBuilder, net: RNNNetwork, with_lengths: bool, with_i
         g.op("Identity", [logits], ["predictions"])
         g.graph_output("predictions", f32, out_shape)
     _finish_states(g, layer, stack)
+
+
+# ---- import -----------------------------------------------------------------------------------------
+# The ops a recurrent stack's graph may hold besides its RNN/LSTM/GRU nodes: the layout glue that
+# export and torch.onnx.export write between the layers and at the outputs, and constants.
+_GLUE_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Slice", "Identity", "Constant",
+                       "Shape", "Cast"})
+_RNN_OPS = ("RNN", "LSTM", "GRU")
+# ONNX's inputs of the recurrent operators, by position.
+_RNN_INPUTS = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P")
+
+
+def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *, dtype: Any = "float32") -> _RecurrentLayer:
+    """The rnnkit layer an ONNX model computes: ``rnnkit.onnx.load(path)``.
+
+    The graph must be a stack of ``RNN``/``LSTM``/``GRU`` nodes of one kind, each reading the one
+    before it (through the Transpose/Reshape/Squeeze/Concat layout glue that ``rnnkit.onnx.export``
+    and ``torch.onnx.export`` of a ``torch.nn.RNN``/``LSTM``/``GRU`` write), with the weights as
+    initializers or constants and the initial state a graph input, absent, or zeros. Returns an
+    ``rnnkit.RNN``, ``LSTM`` or ``GRU`` with every layer's weights (``dtype``: the layer's), its
+    direction, cell flavour (GRU ``linear_before_reset``, the RNN's ``Tanh``/``Relu``) and
+    ``batch_first`` (``layout=1``). Anything else is refused with a message naming the first node
+    it cannot map (networks around the stack, ``Gather``/``MatMul``/``Softmax``, are not read yet);
+    what a node asks that rnnkit's layers cannot do (clip, peepholes, coupled gates, other
+    activations) is refused by ``rnnkit.convert.from_onnx`` with what to change.
+    """
+    onnx = _import_onnx()
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        proto = onnx.load(_check_path(model))
+    graph = proto.graph
+    values: Dict[str, np.ndarray] = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    produced_by: Dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        for out in node.output:
+            produced_by[out] = i
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    values[node.output[0]] = onnx.numpy_helper.to_array(a.t)
+
+    def describe(i: int) -> str:
+        node = graph.node[i]
+        return f"node {i} ({node.op_type}{' ' + repr(node.name) if node.name else ''})"
+
+    rnn = [i for i, node in enumerate(graph.node) if node.op_type in _RNN_OPS]
+    for i, node in enumerate(graph.node):
+        if node.op_type not in _RNN_OPS and node.op_type not in _GLUE_OPS:
+            raise ValueError(f"model: {describe(i)} cannot be mapped: rnnkit.onnx.load reads a stack of RNN/LSTM/GRU "
+                             "nodes and their layout glue (Transpose, Reshape, Squeeze, Unsqueeze, Concat, Slice); "
+                             "networks around a stack are not read yet")
+    if not rnn:
+        raise ValueError("model: expected at least one RNN, LSTM or GRU node, got none")
+    kinds = {graph.node[i].op_type for i in rnn}
+    if len(kinds) > 1:
+        raise ValueError(f"model: {describe(rnn[1])} cannot be mapped: expected one kind of recurrent node for the "
+                         f"whole stack, got {sorted(kinds)}")
+
+    def source_rnn(name: str) -> Optional[int]:
+        """The RNN node whose output `name` derives from through glue only (None: a graph input)."""
+        while name in produced_by:
+            i = produced_by[name]
+            node = graph.node[i]
+            if node.op_type in _RNN_OPS:
+                return i
+            data = [x for x in node.input if x and x not in values]
+            if len(data) != 1:
+                return i if node.op_type != "Constant" else None
+            name = data[0]
+        return None
+
+    def transposed_input(name: str) -> bool:
+        """Whether the glue from a graph input to `name` swaps its first two axes: a batch-first
+        model written with layout=0 nodes (both exporters do so)."""
+        swaps = 0
+        while name in produced_by:
+            node = graph.node[produced_by[name]]
+            if node.op_type == "Transpose":
+                perm = next((list(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), [])
+                swaps += perm[:2] == [1, 0]
+            data = [x for x in node.input if x and x not in values]
+            if len(data) != 1:
+                break
+            name = data[0]
+        return swaps % 2 == 1
+
+    nodes: List[Dict[str, Any]] = []
+    layout = 0
+    for k, i in enumerate(rnn):
+        node = graph.node[i]
+        inputs = dict(zip(_RNN_INPUTS, list(node.input) + [""] * (len(_RNN_INPUTS) - len(node.input))))
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if k == 0:
+            layout = int(attrs.get("layout", 0))
+        elif int(attrs.get("layout", 0)) != layout:
+            raise ValueError(f"model: {describe(i)} cannot be mapped: expected every node's layout to be {layout}")
+        feeds = source_rnn(inputs["X"])
+        expected = None if k == 0 else rnn[k - 1]
+        if feeds != expected:
+            got = "a graph input" if feeds is None else describe(feeds)
+            want = "a graph input" if expected is None else f"the output of {describe(expected)}"
+            raise ValueError(f"model: {describe(i)} cannot be mapped: its X should come from {want}, got {got}")
+        entry: Dict[str, Any] = {}
+        for key in ("W", "R", "B", "P"):
+            name = inputs[key]
+            if not name:
+                continue
+            if name not in values:
+                raise ValueError(f"model: {describe(i)} cannot be mapped: its {key} input {name!r} is not a constant "
+                                 "(rnnkit's layers hold their weights)")
+            entry[key] = values[name]
+        for key in ("initial_h", "initial_c"):
+            name = inputs[key]
+            if name and name in values and np.any(values[name]):
+                raise ValueError(f"model: {describe(i)} cannot be mapped: its {key} is a nonzero constant (a layer's "
+                                 "initial state is an argument of each call: make it a graph input)")
+        for key, value in attrs.items():
+            if key == "activations":
+                entry[key] = [v.decode() if isinstance(v, bytes) else v for v in value]
+            elif key != "layout":
+                entry[key] = value.decode() if isinstance(value, bytes) else value
+        nodes.append(entry)
+
+    first, kind = nodes[0], kinds.pop()
+    if "W" not in first or "R" not in first:
+        raise ValueError(f"model: {describe(rnn[0])} cannot be mapped: expected W and R inputs")
+    D, GH, C = first["W"].shape
+    gates = {"RNN": 1, "LSTM": 4, "GRU": 3}[kind]
+    H = GH // gates
+    direction = _onnx_text_value(first.get("direction", "forward"))
+    batch_first = layout == 1 or transposed_input(dict(zip(_RNN_INPUTS, graph.node[rnn[0]].input))["X"])
+    options: Dict[str, Any] = dict(num_layers=len(nodes), bias="B" in first, batch_first=batch_first, dtype=dtype)
+    if direction in ("reverse", "bidirectional"):
+        options["direction"] = direction
+    if kind == "RNN":
+        acts = first.get("activations", ["Tanh"] * D)
+        options["nonlinearity"] = "relu" if acts and str(acts[0]).lower() == "relu" else "tanh"
+        cls: type = RNN
+    elif kind == "GRU":
+        options["reset_after"] = bool(int(first.get("linear_before_reset", 0)))
+        cls = GRU
+    else:
+        cls = LSTM
+    layer = cls(int(C), int(H), **options)
+    from .convert import from_onnx
+    from_onnx(layer, nodes)
+    return layer
+
+
+def _onnx_text_value(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
