@@ -1,6 +1,6 @@
-"""rnnkit.onnx.load (issue 14): the layer an ONNX model of RNN/LSTM/GRU nodes computes, from
-rnnkit's own export and from torch.onnx.export of torch.nn.LSTM/GRU, and the first node it cannot
-map named when it cannot.
+"""rnnkit.onnx.load (issue 14): the layer (or RNNNetwork) an ONNX model of RNN/LSTM/GRU nodes
+computes, from rnnkit's own export and from torch.onnx.export of torch.nn.LSTM/GRU, and the first
+node it cannot map named when it cannot.
 """
 
 from __future__ import annotations
@@ -75,19 +75,39 @@ def test_rnnkits_own_export_round_trips(make, with_lengths, tmp_path, rng):
         np.testing.assert_array_equal(back.params[k], v, err_msg=k)
 
 
+@pytest.mark.parametrize("options", [
+    dict(vocab_size=7, hidden_size=4, cell="gru"),
+    dict(input_size=3, hidden_size=4, cell="lstm", head="last", output_size=2, loss="mse", bidirectional=True,
+         batch_first=True),
+    dict(vocab_size=7, hidden_size=5, cell="rnn_relu", head="last", output_size=3, direction="reverse", num_layers=2),
+    dict(vocab_size=9, embedding_dim=3, hidden_size=4, cell="gru_reset_before", num_layers=2, batch_first=True),
+], ids=["tokens-gru", "dense-lstm-last-bi-mse", "tokens-relu-last-reverse", "tokens-gru-before-2-bf"])
+def test_a_network_export_loads_as_the_network(options, tmp_path, rng):
+    net = rnnkit.RNNNetwork(seed=0, **options)
+    path = tmp_path / "net.onnx"
+    rnnkit_onnx.export(net, path)
+    back = rnnkit_onnx.load(path)
+    assert isinstance(back, rnnkit.RNNNetwork)
+    assert back.config() == dict(net.config(), seed=None)
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[k], v, err_msg=k)
+
+
 def test_what_cannot_be_mapped_is_named(tmp_path):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     # torch.onnx.export unrolls torch.nn.RNN into per-step MatMul/Add/Tanh: no RNN node to read.
     proto = _torch_export(torch.nn.RNN(4, 5).eval(), torch.zeros(3, 2, 4))
-    with pytest.raises(ValueError, match=r"model: node 0 \(MatMul '.*'\) cannot be mapped: rnnkit.onnx.load reads a "
-                                         r"stack of RNN/LSTM/GRU nodes"):
+    with pytest.raises(ValueError, match=r"model: node 0 \(MatMul '.*'\) cannot be mapped: the graph has no RNN, "
+                                         r"LSTM or GRU node"):
         rnnkit_onnx.load(proto)
+    path = tmp_path / "m.onnx"
     net = rnnkit.RNNNetwork(vocab_size=6, hidden_size=4)
-    path = tmp_path / "net.onnx"
     rnnkit_onnx.export(net, path)
-    with pytest.raises(ValueError, match=r"node \d+ \(Gather.*cannot be mapped.*networks around a stack are not read "
-                                         r"yet"):
-        rnnkit_onnx.load(path)
+    model = onnx.load(path)
+    relu = onnx.helper.make_node("Relu", ["probs"], ["relu_out"], name="extra")
+    model.graph.node.append(relu)
+    with pytest.raises(ValueError, match=r"node \d+ \(Relu 'extra'\) cannot be mapped"):
+        rnnkit_onnx.load(model)
     # An attribute rnnkit's layers cannot honour: refused by from_onnx, saying what.
     layer = rnnkit.LSTM(3, 4)
     rnnkit_onnx.export(layer, path)

@@ -327,12 +327,15 @@ def _build_network(g: _GraphBuilder, net: RNNNetwork, with_lengths: bool, with_i
 _GLUE_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Slice", "Identity", "Constant",
                        "Shape", "Cast"})
 _RNN_OPS = ("RNN", "LSTM", "GRU")
+# The ops of the embedding and output layer export writes around an RNNNetwork's stack.
+_NETWORK_OPS = frozenset({"Gather", "MatMul", "Add", "Softmax"})
 # ONNX's inputs of the recurrent operators, by position.
 _RNN_INPUTS = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P")
 
 
-def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *, dtype: Any = "float32") -> _RecurrentLayer:
-    """The rnnkit layer an ONNX model computes: ``rnnkit.onnx.load(path)``.
+def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *,
+         dtype: Any = "float32") -> Union[_RecurrentLayer, RNNNetwork]:
+    """The rnnkit layer (or network) an ONNX model computes: ``rnnkit.onnx.load(path)``.
 
     The graph must be a stack of ``RNN``/``LSTM``/``GRU`` nodes of one kind, each reading the one
     before it (through the Transpose/Reshape/Squeeze/Concat layout glue that ``rnnkit.onnx.export``
@@ -344,6 +347,12 @@ def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *, dtype: Any
     it cannot map (networks around the stack, ``Gather``/``MatMul``/``Softmax``, are not read yet);
     what a node asks that rnnkit's layers cannot do (clip, peepholes, coupled gates, other
     activations) is refused by ``rnnkit.convert.from_onnx`` with what to change.
+
+    Around the stack, the graph ``export`` writes for an ``RNNNetwork`` is read back as one: a
+    ``Gather`` from a constant table before the first node (the embedding: token input), and after
+    the last a ``MatMul`` by a constant ``[F, K]`` plus an ``Add`` of a constant ``[K]`` (the output
+    layer), reading the last node's ``Y`` (head "sequence") or ``Y_h`` (head "last"), with a
+    ``Softmax`` (loss "cross_entropy") or without (loss "mse").
     """
     onnx = _import_onnx()
     if isinstance(model, onnx.ModelProto):
@@ -366,30 +375,35 @@ def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *, dtype: Any
         return f"node {i} ({node.op_type}{' ' + repr(node.name) if node.name else ''})"
 
     rnn = [i for i, node in enumerate(graph.node) if node.op_type in _RNN_OPS]
-    for i, node in enumerate(graph.node):
-        if node.op_type not in _RNN_OPS and node.op_type not in _GLUE_OPS:
-            raise ValueError(f"model: {describe(i)} cannot be mapped: rnnkit.onnx.load reads a stack of RNN/LSTM/GRU "
-                             "nodes and their layout glue (Transpose, Reshape, Squeeze, Unsqueeze, Concat, Slice); "
-                             "networks around a stack are not read yet")
     if not rnn:
-        raise ValueError("model: expected at least one RNN, LSTM or GRU node, got none")
+        first = next((i for i, node in enumerate(graph.node) if node.op_type not in _GLUE_OPS), None)
+        at = describe(first) if first is not None else "the graph"
+        raise ValueError(f"model: {at} cannot be mapped: the graph has no RNN, LSTM or GRU node (torch.onnx.export "
+                         "writes torch.nn.RNN unrolled, one MatMul/Add/Tanh per step, which has none)")
+    for i, node in enumerate(graph.node):
+        if node.op_type not in _RNN_OPS and node.op_type not in _GLUE_OPS and node.op_type not in _NETWORK_OPS:
+            raise ValueError(f"model: {describe(i)} cannot be mapped: rnnkit.onnx.load reads a stack of RNN/LSTM/GRU "
+                             "nodes, their layout glue (Transpose, Reshape, Squeeze, Unsqueeze, Concat, Slice) and "
+                             "the embedding and output layer export writes around them (Gather, MatMul, Add, Softmax)")
     kinds = {graph.node[i].op_type for i in rnn}
     if len(kinds) > 1:
         raise ValueError(f"model: {describe(rnn[1])} cannot be mapped: expected one kind of recurrent node for the "
                          f"whole stack, got {sorted(kinds)}")
 
-    def source_rnn(name: str) -> Optional[int]:
-        """The RNN node whose output `name` derives from through glue only (None: a graph input)."""
+    def source(name: str) -> Tuple[Optional[int], str]:
+        """(the first node that is not glue that `name` derives from through glue only, the name of
+        its output on the way; None: a graph input)."""
         while name in produced_by:
             i = produced_by[name]
             node = graph.node[i]
-            if node.op_type in _RNN_OPS:
-                return i
             data = [x for x in node.input if x and x not in values]
-            if len(data) != 1:
-                return i if node.op_type != "Constant" else None
+            if node.op_type not in _GLUE_OPS or len(data) != 1:
+                return (i if node.op_type != "Constant" else None), name
             name = data[0]
-        return None
+        return None, name
+
+    def source_rnn(name: str) -> Optional[int]:
+        return source(name)[0]
 
     def transposed_input(name: str) -> bool:
         """Whether the glue from a graph input to `name` swaps its first two axes: a batch-first
@@ -418,6 +432,8 @@ def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *, dtype: Any
             raise ValueError(f"model: {describe(i)} cannot be mapped: expected every node's layout to be {layout}")
         feeds = source_rnn(inputs["X"])
         expected = None if k == 0 else rnn[k - 1]
+        if k == 0 and feeds is not None and graph.node[feeds].op_type == "Gather":
+            expected = feeds  # the embedding of a token network (read below)
         if feeds != expected:
             got = "a graph input" if feeds is None else describe(feeds)
             want = "a graph input" if expected is None else f"the output of {describe(expected)}"
@@ -466,7 +482,76 @@ def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *, dtype: Any
     layer = cls(int(C), int(H), **options)
     from .convert import from_onnx
     from_onnx(layer, nodes)
-    return layer
+    around = [i for i, node in enumerate(graph.node) if node.op_type in _NETWORK_OPS]
+    if not around:
+        return layer
+    return _network_around(graph, values, source, describe, layer, rnn, around, dtype)
+
+
+def _network_around(graph: Any, values: Dict[str, np.ndarray], source: Any, describe: Any, layer: _RecurrentLayer,
+                    rnn: List[int], around: List[int], dtype: Any) -> RNNNetwork:
+    """The RNNNetwork whose embedding and output layer are the Gather/MatMul/Add/Softmax nodes
+    `around` the stack `layer` read from the RNN nodes `rnn` (the layout export writes)."""
+    def only(op: str, required: bool) -> Optional[int]:
+        found = [i for i in around if graph.node[i].op_type == op]
+        if len(found) > 1 or (required and not found):
+            at = describe(found[1]) if len(found) > 1 else f"the graph ({op} missing)"
+            raise ValueError(f"model: {at} cannot be mapped: a network has one {op} ({'required' if required else 'or none'})")
+        return found[0] if found else None
+
+    def constant(i: int, pos: int, ndim: int) -> np.ndarray:
+        name = graph.node[i].input[pos] if pos < len(graph.node[i].input) else ""
+        if name not in values or values[name].ndim != ndim:
+            raise ValueError(f"model: {describe(i)} cannot be mapped: expected its input {pos} to be a {ndim}-D constant")
+        return values[name]
+
+    gather, matmul, add, softmax = only("Gather", False), only("MatMul", True), only("Add", True), only("Softmax", False)
+    last, D, H = rnn[-1], layer.num_directions, layer.hidden_size
+    table = None
+    if gather is not None:
+        table = constant(gather, 0, 2)
+        if source(graph.node[rnn[0]].input[0])[0] != gather:
+            raise ValueError(f"model: {describe(gather)} cannot be mapped: expected it to feed the first recurrent node")
+    feeds, via = source(graph.node[matmul].input[0])
+    if feeds != last or via not in graph.node[last].output[:2] or not via:
+        raise ValueError(f"model: {describe(matmul)} cannot be mapped: expected it to read the last recurrent node's "
+                         "Y (head 'sequence') or Y_h (head 'last')")
+    head = "sequence" if via == graph.node[last].output[0] else "last"
+    weight_t = constant(matmul, 1, 2)
+    if weight_t.shape[0] != D * H:
+        raise ValueError(f"model: {describe(matmul)} cannot be mapped: expected {D * H} input features (the stack's "
+                         f"D*H), got {weight_t.shape[0]}")
+    mm_out = graph.node[matmul].output[0]
+    add_node = graph.node[add]
+    if mm_out not in add_node.input:
+        raise ValueError(f"model: {describe(add)} cannot be mapped: expected it to add the output layer's bias to the "
+                         f"MatMul's output")
+    bias_name = next(x for x in add_node.input if x != mm_out)
+    bias = values.get(bias_name)
+    if bias is None or bias.shape != (weight_t.shape[1],):
+        raise ValueError(f"model: {describe(add)} cannot be mapped: expected a constant bias [{weight_t.shape[1]}]")
+    if softmax is not None and source(graph.node[softmax].input[0])[0] != add:
+        raise ValueError(f"model: {describe(softmax)} cannot be mapped: expected it to read the output layer")
+    if not layer.bias:
+        raise ValueError("model: an RNNNetwork's recurrent layers have biases: the graph's nodes have no B")
+    cell = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru",
+            "GRU_RESET_BEFORE": "gru_reset_before"}[layer.mode]
+    kwargs: Dict[str, Any] = dict(hidden_size=H, output_size=int(weight_t.shape[1]), cell=cell,
+                                  num_layers=layer.num_layers, direction=layer.direction, head=head,
+                                  loss="cross_entropy" if softmax is not None else "mse",
+                                  batch_first=layer.batch_first, dtype=dtype)
+    if table is not None:
+        kwargs.update(vocab_size=int(table.shape[0]), embedding_dim=int(table.shape[1]))
+    else:
+        kwargs.update(input_size=layer.input_size)
+    net = RNNNetwork(**kwargs)
+    state = {f"rnn.{k}": v for k, v in layer.state_dict().items()}
+    state["output.weight"] = np.ascontiguousarray(weight_t.T)
+    state["output.bias"] = bias
+    if table is not None:
+        state["embedding.weight"] = table
+    net.load_state_dict(state)
+    return net
 
 
 def _onnx_text_value(value: Any) -> str:
