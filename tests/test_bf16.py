@@ -279,6 +279,25 @@ def test_torch_autocast_runs_the_bf16_path(rng):
     assert not torch.equal(y32, want)
 
 
+# torch.compile's inductor calls deprecated torch APIs of its own (as in test_torch_ops.py).
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch")
+def test_torch_compile_under_autocast_matches_eager(rng):
+    """The autocast switch is visible to torch.compile: fullgraph, the same numbers as eager."""
+    torch = require_torch()
+    import rnnkit.torch as rt
+
+    torch.manual_seed(0)
+    module = rt.GRU(6, 12, num_layers=2)
+    x = torch.from_numpy(rng.standard_normal((5, 3, 6)).astype(np.float32)).requires_grad_(True)
+    compiled = torch.compile(module, fullgraph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = compiled(x)
+        want, _ = module(x)
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    y32, _ = compiled(x)
+    assert not torch.equal(y32, want)
+
+
 def test_a_streaming_step_computes_in_float32(rng):
     """step() reads each weight once, so it stays float32 (documented): equal to the float32 layer."""
     b16 = make_layer("lstm", 12, 20, "bfloat16", num_layers=2)
