@@ -55,7 +55,7 @@ def main() -> int:
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(T, N, C, requires_grad=args.dx)
     dy = torch.randn(T, N, H)
-    cfg = torch_ops.stack_config(*ours._config_args(), 0.0)
+    cfg = torch_ops.stack_config(*ours._config_args(0.0))
     weights = [p.detach().numpy() for p in ours.parameters()]
     x_np, dy_np = x.detach().numpy(), dy.numpy()
     grads = [np.zeros(shape, np.float32) for _, shape in cfg.param_specs()]

@@ -1,6 +1,7 @@
 // C++ microbenchmarks of the CPU core (Google Benchmark): every cell's inference forward and
-// training step (forward + BPTT) at the three standard shapes, a streaming step at B=1, and an
-// sgemm in the same binary, each reporting GFLOP/s and the share of that sgemm rate.
+// training step (forward + BPTT) at the three standard shapes, in float32 and at
+// precision="bfloat16", a streaming step at B=1, the bf16 GEMM kernel alone at the layers' GEMM
+// shapes, and an sgemm in the same binary, each reporting GFLOP/s and the share of that sgemm rate.
 //
 //   cmake -S . -B build/bench -G Ninja -DRNNKIT_BUILD_BENCH=ON && cmake --build build/bench --target rnnkit_micro
 //   build/bench/rnnkit_micro --benchmark_filter=lstm            # or --benchmark_min_time=0.05 for a short run
@@ -14,6 +15,7 @@
 #include <random>
 #include <vector>
 
+#include "cpu/bf16_gemm.h"
 #include "cpu/blas.h"
 #include "rnnkit/backend.h"
 
@@ -42,8 +44,9 @@ struct Problem {
   std::vector<rnnkit::LayerGrads<float>> grads;
   std::vector<float> x, y, h_n, c_n, dy, dx, dh0, dc0;
 
-  Problem(rnnkit::CellKind cell, index_t T_, index_t N_, index_t C, index_t H) : T(T_), N(N_) {
+  Problem(rnnkit::CellKind cell, index_t T_, index_t N_, index_t C, index_t H, bool bf16 = false) : T(T_), N(N_) {
     cfg.cell = cell;
+    cfg.precision = bf16 ? rnnkit::Precision::kBfloat16 : rnnkit::Precision::kFloat32;
     cfg.input_size = C;
     cfg.hidden_size = H;
     has_c = rnnkit::cell_info(cell).has_cell_state;
@@ -108,10 +111,31 @@ void BM_sgemm(benchmark::State& state) {
   set_counters(state, 2.0 * n * n * n);
 }
 
-template <rnnkit::CellKind Cell>
+// The bf16 kernel (bf16_kernel_name(): AMX, AVX512_BF16 or the fallback) on converted and packed
+// operands, C[m,n] = A[m,k] B[k,n]: the layers' input projection, step, weight-gradient shapes.
+constexpr index_t kBf16Gemms[][3] = {{1600, 1024, 256}, {16, 1024, 256}, {6400, 2048, 512}, {64, 2048, 512},
+                                     {1024, 256, 1600}};
+
+void BM_bf16_gemm(benchmark::State& state) {
+  namespace cpu = rnnkit::cpu;
+  const index_t m = kBf16Gemms[state.range(0)][0], n = kBf16Gemms[state.range(0)][1], k = kBf16Gemms[state.range(0)][2];
+  std::vector<float> a(m * k, 0.25f), b(n * k, 0.5f), c(m * n);
+  std::vector<cpu::bf16_t> a16(cpu::bf16_padded_rows(m) * cpu::bf16_row_length(k)), b16(cpu::bf16_packed_size(k, n));
+  cpu::convert_a_bf16(a.data(), k, false, m, k, a16.data());
+  cpu::pack_b_bf16(b.data(), k, true, k, n, 0, n, b16.data());
+  for (auto _ : state) {
+    cpu::packed_gemm_bf16(m, k, n, 0, n, a16.data(), cpu::bf16_row_length(k), b16.data(), 0.0f, c.data(), n);
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.SetLabel(std::string(cpu::bf16_kernel_name()) + " " + std::to_string(m) + "x" + std::to_string(n) + "x" +
+                 std::to_string(k));
+  set_counters(state, 2.0 * m * n * k);
+}
+
+template <rnnkit::CellKind Cell, bool Bf16 = false>
 void BM_forward(benchmark::State& state) {
   const Shape& s = kShapes[state.range(0)];
-  Problem p(Cell, s.T, s.N, s.C, s.H);
+  Problem p(Cell, s.T, s.N, s.C, s.H, Bf16);
   const auto args = p.forward_args();
   for (auto _ : state) {
     const auto plan = cpu_ops().plan_stack(p.cfg, p.T, p.N, false);
@@ -122,10 +146,10 @@ void BM_forward(benchmark::State& state) {
   set_counters(state, p.forward_flops());
 }
 
-template <rnnkit::CellKind Cell>
+template <rnnkit::CellKind Cell, bool Bf16 = false>
 void BM_train(benchmark::State& state) {
   const Shape& s = kShapes[state.range(0)];
-  Problem p(Cell, s.T, s.N, s.C, s.H);
+  Problem p(Cell, s.T, s.N, s.C, s.H, Bf16);
   const auto args = p.forward_args();
   rnnkit::StackBackwardArgs<float> back;
   back.grads = &p.grads;
@@ -161,10 +185,13 @@ void BM_step(benchmark::State& state) {
 
 using rnnkit::CellKind;
 BENCHMARK(BM_sgemm)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_bf16_gemm)->DenseRange(0, 4)->Unit(benchmark::kMicrosecond)->UseRealTime();
 #define RNNKIT_CELL_BENCHMARKS(KIND, NAME)                                                               \
   BENCHMARK(BM_forward<KIND>)->Name(NAME "/forward")->DenseRange(0, 2)->Unit(benchmark::kMillisecond)->UseRealTime(); \
   BENCHMARK(BM_train<KIND>)->Name(NAME "/train")->DenseRange(0, 2)->Unit(benchmark::kMillisecond)->UseRealTime();     \
-  BENCHMARK(BM_step<KIND>)->Name(NAME "/step")->Unit(benchmark::kMicrosecond)->UseRealTime();
+  BENCHMARK(BM_step<KIND>)->Name(NAME "/step")->Unit(benchmark::kMicrosecond)->UseRealTime();             \
+  BENCHMARK((BM_forward<KIND, true>))->Name(NAME "/bf16_forward")->DenseRange(0, 2)->Unit(benchmark::kMillisecond)->UseRealTime(); \
+  BENCHMARK((BM_train<KIND, true>))->Name(NAME "/bf16_train")->DenseRange(0, 2)->Unit(benchmark::kMillisecond)->UseRealTime();
 RNNKIT_CELL_BENCHMARKS(CellKind::kRnnTanh, "rnn_tanh")
 RNNKIT_CELL_BENCHMARKS(CellKind::kLstm, "lstm")
 RNNKIT_CELL_BENCHMARKS(CellKind::kGru, "gru")
