@@ -1,6 +1,7 @@
-// bfloat16 GEMM kernels (bf16_gemm.h): AVX512_BF16 where the CPU has it, a widening float32
-// fallback elsewhere. As in packed_gemm.cpp, the ISA-specific code carries its own target
-// attribute so the rest of rnnkit stays baseline x86-64.
+// bfloat16 GEMM kernels (bf16_gemm.h): AMX tiles where the CPU has them and Linux grants the
+// tile state, AVX512_BF16 where it has that, a widening float32 fallback elsewhere, and the
+// packing and conversions they share. As in packed_gemm.cpp, the ISA-specific code carries its
+// own target attribute so the rest of rnnkit stays baseline x86-64.
 #include "cpu/bf16_gemm.h"
 
 #include <algorithm>
