@@ -117,8 +117,9 @@ void layer_gemm(const LayerShape& s, Trans ta, Trans tb, index_t m, index_t n, i
 // The right-hand matrix B [K, cols] of a per-step GEMM C = A B: packed once per call for
 // packed_gemm when this CPU has the kernels (`packed` non-null), else multiplied by BLAS from
 // its source. Column ranges given to multiply() start at multiples of align().
-// At bf16 precision (`bf16`) B is packed as bf16 pairs in `packed`'s memory (bf16_gemm.h; a
-// streaming step packs nothing and goes through gemm_bf16), and A is converted per multiply into this thread's workspace (sized in pack()).
+// At bf16 precision (`bf16`) B is always packed, as bf16 pairs in `packed`'s memory (bf16_gemm.h),
+// and A is converted per multiply into this thread's workspace (sized in pack()). A streaming
+// step (stack_step) computes in float32 and never gets here at bf16.
 template <typename S>
 struct StepOperand {
   const S* src = nullptr;  // B, or B^T if transposed, row-major with leading dimension ld
@@ -148,7 +149,8 @@ struct StepOperand {
   void pack(index_t M) const {
     if constexpr (std::is_same_v<S, float>) {
       if (bf16) {
-        if (packed) pack_b_bf16(src, ld, transposed, K, cols, c0, c1, reinterpret_cast<bf16_t*>(packed));
+        assert(packed != nullptr);
+        pack_b_bf16(src, ld, transposed, K, cols, c0, c1, reinterpret_cast<bf16_t*>(packed));
         bf16_a_workspace(checked_mul(bf16_padded_rows(M), bf16_row_length(K), "bf16 step rows"));
         return;
       }
@@ -160,11 +162,6 @@ struct StepOperand {
   void multiply(index_t M, const S* A, index_t lda, S beta, S* C, index_t ldc) const {
     if (c1 <= c0) return;
     if constexpr (std::is_same_v<S, float>) {
-      if (bf16 && !packed) {  // a streaming step (stack_step) packs nothing
-        gemm_bf16(Trans::kNo, transposed ? Trans::kYes : Trans::kNo, M, c1 - c0, K, A, lda,
-                  transposed ? src + c0 * ld : src + c0, ld, beta, C + c0, ldc);
-        return;
-      }
       if (bf16) {
         // Every thread converts all of A for its own columns: M*K conversions per step against
         // M*K*(c1-c0) multiply-adds, and no barrier.
