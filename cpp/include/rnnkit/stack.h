@@ -51,6 +51,8 @@ struct StackConfig {
     return layer == 0 ? input_size : num_directions * state_size();
   }
   index_t groups() const { return num_layers * num_directions; }
+  // Whether direction d of a layer (1: a bidirectional stack's second) runs t = T-1 ... 0.
+  bool runs_reverse(index_t d) const { return d == 1 || reverse; }
   LayerDims layer_dims(index_t layer, index_t T, index_t N) const {
     return LayerDims{T, N, layer_input_size(layer), hidden_size, state_size()};
   }

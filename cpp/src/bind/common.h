@@ -203,7 +203,7 @@ NetworkParams<Ptr> network_views(const NetworkConfig& cfg, const std::vector<Par
   return net;
 }
 
-// lengths: int64 [N], each in [1, T]; null when absent.
+// lengths: int64 [N], each in [min_length, T]; null when absent.
 // min_length: 0 for a layer stack (a sequence of length 0 ends in zeros, layer.h), 1 for a
 // network (every sequence has outputs to score).
 inline const index_t* check_lengths(const std::optional<py::array>& lengths, index_t T, index_t N,
@@ -279,9 +279,6 @@ inline const std::int64_t* check_class_targets(const NetworkConfig& cfg, const p
   return t;
 }
 
-// Checks a generation call (either backend): a token network with a cross-entropy output over its
-// vocabulary, count >= 0, temperature >= 0, prefix a 1-D host int64 array of token ids. Returns
-// the prefix's ids.
 // A streaming step (and generation, a chain of them) runs forward in time only.
 inline void check_steppable(const StackConfig& cfg, const char* what = "layer") {
   if (cfg.num_directions != 1 || cfg.reverse) {
@@ -290,6 +287,9 @@ inline void check_steppable(const StackConfig& cfg, const char* what = "layer") 
   }
 }
 
+// Checks a generation call (either backend): a forward token network with a cross-entropy output
+// over its vocabulary, count >= 0, temperature >= 0, prefix a 1-D host int64 array of token ids.
+// Returns the prefix's ids.
 inline const std::int64_t* check_generate_args(const NetworkConfig& cfg, const py::array& prefix, index_t count,
                                                double temperature) {
   check_steppable(cfg.stack, "network");

@@ -50,8 +50,6 @@ inline float from_bf16(bf16_t b) {
   __builtin_memcpy(&f, &u, sizeof f);
   return f;
 }
-// f rounded to the nearest bf16, as a float (what the GEMMs multiply f as).
-inline float round_bf16(float f) { return from_bf16(to_bf16(f)); }
 
 // Which kernel runs: "amx_bf16" (AMX tiles, Sapphire Rapids and later, where Linux grants the
 // process the tile state), "avx512_bf16" or "fp32_fma" (the widening fallback).

@@ -63,11 +63,8 @@ class BackwardLoop {
         if (a_.d_state_n.c) copy_n(b_.dc, a_.d_state_n.c, N * H); else zero_n(b_.dc, N * H);
       }
       // A sequence of length 0 has h_n = c_n = 0 whatever h0 was (layer.h): its d_state_n goes nowhere.
-      for (index_t n = 0; a_.lengths && n < N; ++n) {
-        if (a_.lengths[n] != 0) continue;
-        zero_n(dh_next_ + n * P, P);
-        if constexpr (Plan::kHasC) zero_n(b_.dc + n * H, H);
-      }
+      zero_empty_rows(a_.lengths, N, P, dh_next_);
+      if constexpr (Plan::kHasC) zero_empty_rows(a_.lengths, N, H, b_.dc);
     }
     // Cells that accumulate parameter gradients row by row (LayerNorm) do it into partial sums of
     // their own, one set per batch row (not per thread), which thread 0 adds up in row order after

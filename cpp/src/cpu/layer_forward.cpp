@@ -152,11 +152,8 @@ class ForwardLoop {
     if constexpr (Plan::kHasC) {
       if (a_.state_n.c) copy_n(a_.state_n.c, c_slot(p_.slots.last()), p_.N * p_.H);
     }
-    for (index_t n = 0; a_.lengths && n < p_.N; ++n) {
-      if (a_.lengths[n] != 0) continue;
-      zero_n(a_.state_n.h + n * p_.P, p_.P);
-      if (Plan::kHasC && a_.state_n.c) zero_n(a_.state_n.c + n * p_.H, p_.H);
-    }
+    zero_empty_rows(a_.lengths, p_.N, p_.P, a_.state_n.h);
+    if (Plan::kHasC && a_.state_n.c) zero_empty_rows(a_.lengths, p_.N, p_.H, a_.state_n.c);
   }
 
   const Plan p_;

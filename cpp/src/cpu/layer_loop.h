@@ -87,6 +87,15 @@ struct CpuRow {
   }
 };
 
+// Rows n of a state [N, width] whose sequence has length 0 (lengths may be null: none), set to
+// 0: such a sequence ends in zeros (layer.h), and backward drops the gradient reaching its end.
+template <typename S>
+void zero_empty_rows(const index_t* lengths, index_t N, index_t width, S* state) {
+  for (index_t n = 0; lengths && n < N; ++n) {
+    if (lengths[n] == 0) zero_n(state + n * width, width);
+  }
+}
+
 // Where the states of step t live. Training keeps all: slot t+1 holds the state after time t for
 // a forward layer, slot t the state after time t for a reverse one (so the state *before* t is
 // always the other neighbour). Inference alternates two slots by processing step.

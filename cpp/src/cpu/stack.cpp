@@ -159,7 +159,7 @@ void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, Cp
         la.x = inputs[l];
         la.state0 = group_state(args.state0, g, N, P, H);
         la.lengths = args.lengths;
-        la.reverse = d == 1 || cfg.reverse;
+        la.reverse = cfg.runs_reverse(d);
         la.y = outputs[l] + d * P;
         la.y_ld = D * P;
         la.state_n = group_state(args.state_n, g, N, P, H);
@@ -226,7 +226,7 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
         LayerBackwardArgs<S> la;
         la.x = cache.inputs[l];
         la.lengths = lengths;
-        la.reverse = d == 1 || cfg.reverse;
+        la.reverse = cfg.runs_reverse(d);
         la.dy = d_out ? d_out + d * P : nullptr;
         la.dy_ld = D * P;
         la.d_state_n = group_state(args.d_state_n, g, N, P, H);

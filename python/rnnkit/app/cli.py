@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from .._cells import CELL_NAMES
+from .._cells import CELL_NAMES, PRECISIONS
 
 OPTIMIZER_NAMES = ("adam", "adamw", "sgd", "rmsprop")
 
@@ -585,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(t, "--device", choices=("cpu", "cuda"), default="cpu",
          help="where the model trains: the CPU, or the GPU through rnnkit's CUDA backend (a RNNKIT_CUDA=1 build); "
               "a run resumes on either")
-    _add(t, "--precision", choices=("float32", "bfloat16"), default="float32",
+    _add(t, "--precision", choices=PRECISIONS, default="float32",
          help="the GEMMs' precision: float32, or bfloat16 operands with float32 sums (parameters, gradients "
               "and optimizer state stay float32; CPU only so far); a run resumes at either")
     t.add_argument("--out", default="rnnkit-run", metavar="DIR", help="output folder")

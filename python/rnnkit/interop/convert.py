@@ -30,6 +30,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from .. import _validate as V
+from .._cells import DIRECTIONS
 from ..layers import GRU, LSTM, RNN, _RecurrentLayer
 
 # Position in rnnkit's order of each gate in the other layout's order.
@@ -112,7 +113,7 @@ def _check_onnx_attributes(layer: _RecurrentLayer, k: int, node: Dict[str, np.nd
     activations, input_forget 0, no peepholes)."""
     name = f"nodes[{k}]"
     direction = _onnx_text(node.get("direction", "forward"))
-    if direction not in ("forward", "reverse", "bidirectional"):
+    if direction not in DIRECTIONS:
         raise ValueError(f"{name}['direction']: expected 'forward', 'reverse' or 'bidirectional', got {direction!r}")
     if direction != layer.direction:
         raise ValueError(f"{name}['direction']: expected {layer.direction!r} for this layer, got {direction!r}: make "

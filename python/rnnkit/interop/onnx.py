@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 import numpy as np
 
 from .. import _validate as V
-from .convert import to_onnx
+from .convert import _onnx_text, from_onnx, to_onnx
 from ..layers import GRU, LSTM, RNN, _RecurrentLayer
 from ..network import RNNNetwork
 
@@ -333,20 +333,77 @@ _NETWORK_OPS = frozenset({"Gather", "MatMul", "Add", "Softmax"})
 _RNN_INPUTS = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P")
 
 
+class _GraphReader:
+    """One ONNX graph, indexed for load: its constants (initializers and Constant nodes), which
+    node makes each value, and walks back through layout glue."""
+
+    def __init__(self, onnx: Any, graph: Any) -> None:
+        self.onnx, self.graph = onnx, graph
+        self.values: Dict[str, np.ndarray] = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+        self.produced_by: Dict[str, int] = {}
+        for i, node in enumerate(graph.node):
+            for out in node.output:
+                self.produced_by[out] = i
+            if node.op_type == "Constant":
+                for a in node.attribute:
+                    if a.name == "value":
+                        self.values[node.output[0]] = onnx.numpy_helper.to_array(a.t)
+
+    def describe(self, i: int) -> str:
+        node = self.graph.node[i]
+        return f"node {i} ({node.op_type}{' ' + repr(node.name) if node.name else ''})"
+
+    def walk(self, name: str) -> Tuple[List[int], Optional[int], str]:
+        """Back from value `name` through glue only: (the glue nodes passed, the first node that is
+        not glue (None: a graph input), the name of its output the walk reached)."""
+        passed: List[int] = []
+        while name in self.produced_by:
+            i = self.produced_by[name]
+            node = self.graph.node[i]
+            data = [x for x in node.input if x and x not in self.values]
+            if node.op_type not in _GLUE_OPS or len(data) != 1:
+                return passed, (i if node.op_type != "Constant" else None), name
+            passed.append(i)
+            name = data[0]
+        return passed, None, name
+
+    def source(self, name: str) -> Tuple[Optional[int], str]:
+        """(the first node that is not glue that `name` derives from, the name of its output)."""
+        _, i, reached = self.walk(name)
+        return i, reached
+
+    def swaps_first_axes(self, name: str) -> bool:
+        """Whether the glue from a graph input to `name` (through an embedding's Gather too)
+        swaps the first two axes an odd number of times: a batch-first model written with layout=0
+        nodes (both exporters do so)."""
+        swaps = 0
+        while True:
+            passed, i, _ = self.walk(name)
+            for j in passed:
+                node = self.graph.node[j]
+                if node.op_type == "Transpose":
+                    perm = next((list(self.onnx.helper.get_attribute_value(a)) for a in node.attribute
+                                 if a.name == "perm"), [])
+                    swaps += perm[:2] == [1, 0]
+            if i is None or self.graph.node[i].op_type != "Gather":
+                return swaps % 2 == 1
+            name = self.graph.node[i].input[1]  # the ids the embedding gathers
+
+
 def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *,
          dtype: Any = "float32") -> Union[_RecurrentLayer, RNNNetwork]:
     """The rnnkit layer (or network) an ONNX model computes: ``rnnkit.onnx.load(path)``.
 
     The graph must be a stack of ``RNN``/``LSTM``/``GRU`` nodes of one kind, each reading the one
     before it (through the Transpose/Reshape/Squeeze/Concat layout glue that ``rnnkit.onnx.export``
-    and ``torch.onnx.export`` of a ``torch.nn.RNN``/``LSTM``/``GRU`` write), with the weights as
+    and ``torch.onnx.export`` of a ``torch.nn.LSTM``/``GRU`` write), with the weights as
     initializers or constants and the initial state a graph input, absent, or zeros. Returns an
     ``rnnkit.RNN``, ``LSTM`` or ``GRU`` with every layer's weights (``dtype``: the layer's), its
     direction, cell flavour (GRU ``linear_before_reset``, the RNN's ``Tanh``/``Relu``) and
-    ``batch_first`` (``layout=1``). Anything else is refused with a message naming the first node
-    it cannot map (networks around the stack, ``Gather``/``MatMul``/``Softmax``, are not read yet);
-    what a node asks that rnnkit's layers cannot do (clip, peepholes, coupled gates, other
-    activations) is refused by ``rnnkit.convert.from_onnx`` with what to change.
+    ``batch_first`` (``layout=1``, or a transpose of the first two axes before the first node).
+    Anything else is refused with a message naming the first node it cannot map; what a node asks
+    that rnnkit's layers cannot do (clip, peepholes, coupled gates, other activations) is refused
+    by ``rnnkit.convert.from_onnx`` with what to change.
 
     Around the stack, the graph ``export`` writes for an ``RNNNetwork`` is read back as one: a
     ``Gather`` from a constant table before the first node (the embedding: token input), and after
@@ -359,20 +416,8 @@ def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *,
         proto = model
     else:
         proto = onnx.load(_check_path(model))
-    graph = proto.graph
-    values: Dict[str, np.ndarray] = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
-    produced_by: Dict[str, int] = {}
-    for i, node in enumerate(graph.node):
-        for out in node.output:
-            produced_by[out] = i
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    values[node.output[0]] = onnx.numpy_helper.to_array(a.t)
-
-    def describe(i: int) -> str:
-        node = graph.node[i]
-        return f"node {i} ({node.op_type}{' ' + repr(node.name) if node.name else ''})"
+    g = _GraphReader(onnx, proto.graph)
+    graph, values, describe = g.graph, g.values, g.describe
 
     rnn = [i for i, node in enumerate(graph.node) if node.op_type in _RNN_OPS]
     if not rnn:
@@ -390,36 +435,6 @@ def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *,
         raise ValueError(f"model: {describe(rnn[1])} cannot be mapped: expected one kind of recurrent node for the "
                          f"whole stack, got {sorted(kinds)}")
 
-    def source(name: str) -> Tuple[Optional[int], str]:
-        """(the first node that is not glue that `name` derives from through glue only, the name of
-        its output on the way; None: a graph input)."""
-        while name in produced_by:
-            i = produced_by[name]
-            node = graph.node[i]
-            data = [x for x in node.input if x and x not in values]
-            if node.op_type not in _GLUE_OPS or len(data) != 1:
-                return (i if node.op_type != "Constant" else None), name
-            name = data[0]
-        return None, name
-
-    def source_rnn(name: str) -> Optional[int]:
-        return source(name)[0]
-
-    def transposed_input(name: str) -> bool:
-        """Whether the glue from a graph input to `name` swaps its first two axes: a batch-first
-        model written with layout=0 nodes (both exporters do so)."""
-        swaps = 0
-        while name in produced_by:
-            node = graph.node[produced_by[name]]
-            if node.op_type == "Transpose":
-                perm = next((list(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), [])
-                swaps += perm[:2] == [1, 0]
-            data = [x for x in node.input if x and x not in values]
-            if len(data) != 1:
-                break
-            name = data[0]
-        return swaps % 2 == 1
-
     nodes: List[Dict[str, Any]] = []
     layout = 0
     for k, i in enumerate(rnn):
@@ -430,10 +445,10 @@ def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *,
             layout = int(attrs.get("layout", 0))
         elif int(attrs.get("layout", 0)) != layout:
             raise ValueError(f"model: {describe(i)} cannot be mapped: expected every node's layout to be {layout}")
-        feeds = source_rnn(inputs["X"])
+        feeds = g.source(inputs["X"])[0]
         expected = None if k == 0 else rnn[k - 1]
         if k == 0 and feeds is not None and graph.node[feeds].op_type == "Gather":
-            expected = feeds  # the embedding of a token network (read below)
+            expected = feeds  # the embedding of a token network (read by _network_around)
         if feeds != expected:
             got = "a graph input" if feeds is None else describe(feeds)
             want = "a graph input" if expected is None else f"the output of {describe(expected)}"
@@ -454,7 +469,7 @@ def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *,
                                  "initial state is an argument of each call: make it a graph input)")
         for key, value in attrs.items():
             if key == "activations":
-                entry[key] = [v.decode() if isinstance(v, bytes) else v for v in value]
+                entry[key] = [_onnx_text(v) for v in value]
             elif key != "layout":
                 entry[key] = value.decode() if isinstance(value, bytes) else value
         nodes.append(entry)
@@ -462,17 +477,15 @@ def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *,
     first, kind = nodes[0], kinds.pop()
     if "W" not in first or "R" not in first:
         raise ValueError(f"model: {describe(rnn[0])} cannot be mapped: expected W and R inputs")
-    D, GH, C = first["W"].shape
-    gates = {"RNN": 1, "LSTM": 4, "GRU": 3}[kind]
-    H = GH // gates
-    direction = _onnx_text_value(first.get("direction", "forward"))
-    batch_first = layout == 1 or transposed_input(dict(zip(_RNN_INPUTS, graph.node[rnn[0]].input))["X"])
+    C, H = first["W"].shape[2], first["R"].shape[2]  # W [D, G*H, C], R [D, G*H, H]
+    batch_first = layout == 1 or g.swaps_first_axes(dict(zip(_RNN_INPUTS, graph.node[rnn[0]].input))["X"])
     options: Dict[str, Any] = dict(num_layers=len(nodes), bias="B" in first, batch_first=batch_first, dtype=dtype)
-    if direction in ("reverse", "bidirectional"):
+    direction = _onnx_text(first.get("direction", "forward"))
+    if direction in ("reverse", "bidirectional"):  # anything else: a forward layer, whose from_onnx says what
         options["direction"] = direction
     if kind == "RNN":
-        acts = first.get("activations", ["Tanh"] * D)
-        options["nonlinearity"] = "relu" if acts and str(acts[0]).lower() == "relu" else "tanh"
+        acts = first.get("activations", ["Tanh"])
+        options["nonlinearity"] = "relu" if acts and acts[0].lower() == "relu" else "tanh"
         cls: type = RNN
     elif kind == "GRU":
         options["reset_after"] = bool(int(first.get("linear_before_reset", 0)))
@@ -480,18 +493,19 @@ def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *,
     else:
         cls = LSTM
     layer = cls(int(C), int(H), **options)
-    from .convert import from_onnx
     from_onnx(layer, nodes)
     around = [i for i, node in enumerate(graph.node) if node.op_type in _NETWORK_OPS]
     if not around:
         return layer
-    return _network_around(graph, values, source, describe, layer, rnn, around, dtype)
+    return _network_around(g, layer, rnn, around, dtype)
 
 
-def _network_around(graph: Any, values: Dict[str, np.ndarray], source: Any, describe: Any, layer: _RecurrentLayer,
-                    rnn: List[int], around: List[int], dtype: Any) -> RNNNetwork:
+def _network_around(g: _GraphReader, layer: _RecurrentLayer, rnn: List[int], around: List[int],
+                    dtype: Any) -> RNNNetwork:
     """The RNNNetwork whose embedding and output layer are the Gather/MatMul/Add/Softmax nodes
     `around` the stack `layer` read from the RNN nodes `rnn` (the layout export writes)."""
+    graph, values, describe, source = g.graph, g.values, g.describe, g.source
+
     def only(op: str, required: bool) -> Optional[int]:
         found = [i for i in around if graph.node[i].op_type == op]
         if len(found) > 1 or (required and not found):
@@ -534,9 +548,7 @@ def _network_around(graph: Any, values: Dict[str, np.ndarray], source: Any, desc
         raise ValueError(f"model: {describe(softmax)} cannot be mapped: expected it to read the output layer")
     if not layer.bias:
         raise ValueError("model: an RNNNetwork's recurrent layers have biases: the graph's nodes have no B")
-    cell = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru",
-            "GRU_RESET_BEFORE": "gru_reset_before"}[layer.mode]
-    kwargs: Dict[str, Any] = dict(hidden_size=H, output_size=int(weight_t.shape[1]), cell=cell,
+    kwargs: Dict[str, Any] = dict(hidden_size=H, output_size=int(weight_t.shape[1]), cell=layer.cell,
                                   num_layers=layer.num_layers, direction=layer.direction, head=head,
                                   loss="cross_entropy" if softmax is not None else "mse",
                                   batch_first=layer.batch_first, dtype=dtype)
@@ -552,7 +564,3 @@ def _network_around(graph: Any, values: Dict[str, np.ndarray], source: Any, desc
         state["embedding.weight"] = table
     net.load_state_dict(state)
     return net
-
-
-def _onnx_text_value(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
