@@ -232,16 +232,17 @@ def test_from_onnx_biases_missing_are_zeros_and_nonzero_ones_need_a_biased_layer
 
 
 @pytest.mark.parametrize("key, value, pattern", [
-    ("clip", 3.0, r"\['clip'\]: expected none \(rnnkit's layers have no cell clip yet\), got 3.0"),
-    ("input_forget", 1, r"\['input_forget'\]: expected 0 \(rnnkit's LSTM has no coupled input-forget gate yet\)"),
-    ("P", np.ones((1, 9)), r"\['P'\]: expected none or zeros \(rnnkit's LSTM has no peepholes yet\)"),
+    ("clip", 3.0, r"\['clip'\]: the node's clip 3.0 .* does not match this LSTM's None: make the layer with clip=3.0"),
+    ("input_forget", 1, r"\['input_forget'\]: .* make the layer with coupled_gates=True"),
+    ("P", np.ones((1, 9)), r"\['P'\]: .* make the layer with peephole=True"),
     ("activations", ["HardSigmoid", "Tanh", "Tanh"],
-     r"\['activations'\]: expected \['Sigmoid', 'Tanh', 'Tanh'\] \(this LSTM's own; rnnkit has no other "
-     r"activations yet\), got \['HardSigmoid', 'Tanh', 'Tanh'\]"),
-    ("activation_alpha", [0.2], r"\['activation_alpha'\]: expected none"),
+     r"\['activations'\]: the node's activations \('HardSigmoid', 'Tanh', 'Tanh'\) .* make the layer with "
+     r"activations=\('HardSigmoid', 'Tanh', 'Tanh'\)"),
+    ("activations", ["Sigmoid", "Swish", "Tanh"], r"\['activations'\]: expected names among"),
+    ("activation_alpha", [0.2], r"\['activation_alpha'\]: expected one value per activation that takes it"),
     ("direction", "sideways", r"\['direction'\]: expected 'forward', 'reverse' or 'bidirectional', got 'sideways'"),
 ])
-def test_from_onnx_refuses_attributes_rnnkit_cannot_represent_yet(key, value, pattern):
+def test_from_onnx_refuses_options_the_layer_does_not_have(key, value, pattern):
     layer = rnnkit.LSTM(2, 3)
     node = convert.to_onnx(layer)[0]
     with pytest.raises(ValueError, match=r"nodes\[0\]" + pattern):
@@ -258,5 +259,5 @@ def test_from_onnx_accepts_the_default_attributes_spelled_out():
         np.testing.assert_array_equal(target.params[name], value)
     relu = rnnkit.RNN(2, 3, nonlinearity="relu")
     convert.from_onnx(relu, [dict(convert.to_onnx(relu)[0], activations=["Relu"])])
-    with pytest.raises(ValueError, match=r"expected \['Relu'\]"):
+    with pytest.raises(ValueError, match=r"the node's activations \('Tanh',\) .* this RNN's \('Relu',\)"):
         convert.from_onnx(relu, [dict(convert.to_onnx(relu)[0], activations=["Tanh"])])

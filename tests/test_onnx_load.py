@@ -108,13 +108,14 @@ def test_what_cannot_be_mapped_is_named(tmp_path):
     model.graph.node.append(relu)
     with pytest.raises(ValueError, match=r"node \d+ \(Relu 'extra'\) cannot be mapped"):
         rnnkit_onnx.load(model)
-    # An attribute rnnkit's layers cannot honour: refused by from_onnx, saying what.
+    # An attribute rnnkit's layers cannot honour: refused, saying what.
     layer = rnnkit.LSTM(3, 4)
     rnnkit_onnx.export(layer, path)
     model = onnx.load(path)
     node = next(n for n in model.graph.node if n.op_type == "LSTM")
-    node.attribute.append(onnx.helper.make_attribute("clip", 3.0))
-    with pytest.raises(ValueError, match=r"nodes\[0\]\['clip'\]: expected none"):
+    node.attribute.append(onnx.helper.make_attribute("activations", ["Sigmoid", "Swish", "Tanh"]))
+    with pytest.raises(ValueError, match=r"\(LSTM .*\) cannot be mapped: \['activations'\]: expected names among "
+                                         r"\['Sigmoid'.*got 'Swish'"):
         rnnkit_onnx.load(model)
     with pytest.raises(TypeError, match="path: expected a str or os.PathLike"):
         rnnkit_onnx.load(3)

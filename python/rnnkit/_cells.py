@@ -54,6 +54,8 @@ DEFAULTS: Dict[str, Any] = {
     "num_layers": 1, "nonlinearity": "tanh", "bias": True, "batch_first": False, "dropout": 0.0,
     "bidirectional": False, "proj_size": 0, "reset_after": True, "forget_bias": None,
     "init": "default", "init_gain": 1.0, "precision": "float32", "direction": None,
+    "activations": None, "activation_alpha": None, "activation_beta": None, "clip": None,
+    "peephole": False, "coupled_gates": False,
 }
 
 #: The directions (``direction=``), ONNX's names: ``bidirectional=True`` is a synonym of the last.
@@ -61,6 +63,127 @@ DIRECTIONS: Tuple[str, ...] = ("forward", "reverse", "bidirectional")
 
 #: The GEMM precisions (``precision=``): float32, or bfloat16 operands with float32 sums.
 PRECISIONS: Tuple[str, ...] = ("float32", "bfloat16")
+
+#: ONNX's options beyond PyTorch's, per layer class (keyword-only; the LayerNorm cells take none).
+ONNX_OPTIONS: Dict[str, Tuple[str, ...]] = {
+    "RNN": ("activations", "activation_alpha", "activation_beta", "clip"),
+    "GRU": ("activations", "activation_alpha", "activation_beta", "clip"),
+    "LSTM": ("activations", "activation_alpha", "activation_beta", "clip", "peephole", "coupled_gates"),
+}
+#: Activations per direction, as ONNX orders them.
+ACTIVATION_SLOTS: Dict[str, Tuple[str, ...]] = {"RNN": ("f",), "GRU": ("f", "g"), "LSTM": ("f", "g", "h")}
+#: Each class's default activations (ONNX's defaults; RNN with nonlinearity="relu": Relu).
+DEFAULT_ACTIVATIONS: Dict[str, Tuple[str, ...]] = {
+    "RNN": ("Tanh",), "GRU": ("Sigmoid", "Tanh"), "LSTM": ("Sigmoid", "Tanh", "Tanh")}
+
+
+def activation_table() -> Dict[str, Tuple[int, float, float]]:
+    """ONNX's activation functions: name -> (parameters taken: 0, 1 alpha, 2 alpha and beta;
+    ONNX Runtime's default alpha, beta), from the compiled module's one table."""
+    from . import _core
+    return {name: (int(n), float(a), float(b)) for name, n, a, b in _core.activations()}
+
+
+def activation_name(name: Any, what: str = "activations") -> str:
+    """ONNX's spelling of an activation name given in any case, with or without underscores
+    (``"hard_sigmoid"``, ``"HardSigmoid"``, ``"hardsigmoid"``)."""
+    table = activation_table()
+    if not isinstance(name, str):
+        raise TypeError(f"{what}: expected names among {list(table)}, got {type(name).__name__} {name!r}")
+    key = name.replace("_", "").lower()
+    for onnx_name in table:
+        if onnx_name.lower() == key:
+            return onnx_name
+    raise ValueError(f"{what}: expected names among {list(table)}, got {name!r}")
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """A layer's ONNX options, validated: activations (one tuple per direction, each with its
+    (name, alpha, beta)), clip, peephole, coupled_gates; ``spec`` is the compiled module's string
+    form ('' when every option is the cell's default)."""
+
+    activations: Tuple[Tuple[Tuple[str, float, float], ...], ...]
+    clip: Optional[float]
+    peephole: bool
+    coupled_gates: bool
+    spec: str
+
+
+def _param_list(name: str, value: Any, count: int) -> Tuple[Optional[float], ...]:
+    if value is None:
+        return (None,) * count
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise TypeError(f"{name}: expected a sequence with one number (or None) per activation, got "
+                        f"{type(value).__name__} {value!r}")
+    if len(value) != count:
+        raise ValueError(f"{name}: expected {count} entries (one per activation, None where unused), got {len(value)}")
+    return tuple(None if v is None else V.check_float(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
+def check_onnx_options(spec: "LayerClass", options: Mapping[str, Any], num_directions: int,
+                       proj_size: int) -> OnnxOptions:
+    """Validates a layer's ONNX options (``ONNX_OPTIONS``) against its class and directions."""
+    keys = ONNX_OPTIONS.get(spec.name, ())
+    slots = ACTIVATION_SLOTS.get(spec.name, ())
+    acts = options.get("activations") if "activations" in keys else None
+    alpha = options.get("activation_alpha") if "activation_alpha" in keys else None
+    beta = options.get("activation_beta") if "activation_beta" in keys else None
+    table = activation_table()
+    if acts is None:
+        if alpha is not None or beta is not None:
+            raise ValueError("activation_alpha/activation_beta: expected None without activations= (they go with "
+                             "named activations), got " + repr(alpha if alpha is not None else beta))
+        default = DEFAULT_ACTIVATIONS.get(spec.name, ())
+        if spec.name == "RNN" and options.get("nonlinearity") == "relu":
+            default = ("Relu",)
+        names: Tuple[str, ...] = default
+    else:
+        if isinstance(acts, str) or not hasattr(acts, "__len__"):
+            raise TypeError(f"activations: expected a sequence of names ({', '.join(slots)} as ONNX orders them), "
+                            f"got {type(acts).__name__} {acts!r}")
+        names = tuple(activation_name(a) for a in acts)
+        allowed = (len(slots), 2 * len(slots)) if num_directions == 2 else (len(slots),)
+        if len(names) not in allowed:
+            per = f"{len(slots)} ({', '.join(slots)})"
+            want = per + (f", or {2 * len(slots)} (forward's, then reverse's)" if num_directions == 2 else "")
+            raise ValueError(f"activations: expected {want} for {spec.name}, got {len(names)}")
+        if spec.name == "RNN" and options.get("nonlinearity") != "tanh":
+            raise ValueError("nonlinearity: expected the default 'tanh' with activations= (name the activation "
+                             f"there), got {options.get('nonlinearity')!r}")
+    alphas = _param_list("activation_alpha", alpha, len(names))
+    betas = _param_list("activation_beta", beta, len(names))
+    resolved = []
+    for i, name in enumerate(names):
+        takes, default_alpha, default_beta = table[name]
+        if alphas[i] is not None and takes < 1:
+            raise ValueError(f"activation_alpha[{i}]: expected None for {name} (it takes no alpha), got {alphas[i]}")
+        if betas[i] is not None and takes < 2:
+            raise ValueError(f"activation_beta[{i}]: expected None for {name} (it takes no beta), got {betas[i]}")
+        resolved.append((name, default_alpha if alphas[i] is None else alphas[i],
+                         default_beta if betas[i] is None else betas[i]))
+    per_direction = len(slots) or 1
+    groups = tuple(tuple(resolved[i:i + per_direction]) for i in range(0, len(resolved), per_direction)) if slots else ()
+    clip = options.get("clip") if "clip" in keys else None
+    if clip is not None:
+        clip = V.check_positive_float("clip", clip)
+    peephole = V.check_bool("peephole", options.get("peephole", False)) if "peephole" in keys else False
+    coupled = V.check_bool("coupled_gates", options.get("coupled_gates", False)) if "coupled_gates" in keys else False
+    if coupled and proj_size:
+        raise ValueError(f"coupled_gates: expected False with a projection (proj_size={proj_size}), got True")
+    parts = []
+    if acts is not None:
+        def one(name: str, a: float, b: float) -> str:
+            takes = table[name][0]
+            return name + "".join(f":{v!r}" for v in (a, b)[:takes])
+        parts.append("act=" + "|".join(",".join(one(*f) for f in g) for g in groups))
+    if clip is not None:
+        parts.append(f"clip={clip!r}")
+    if peephole:
+        parts.append("peephole=1")
+    if coupled:
+        parts.append("coupled=1")
+    return OnnxOptions(groups, clip, peephole, coupled, ";".join(parts))
 
 
 @dataclass(frozen=True)
@@ -120,7 +243,7 @@ _LN_DEF = ("``LN(v; ln) = ln_weight * (v - mean(v)) / sqrt(var(v) + 1e-5) + ln_b
 
 LAYER_CLASSES: Dict[str, LayerClass] = {c.name: c for c in (
     LayerClass(
-        "RNN", ("num_layers", "nonlinearity", "bias", "batch_first", "dropout", "bidirectional"), (),
+        "RNN", ("num_layers", "nonlinearity", "bias", "batch_first", "dropout", "bidirectional"), ONNX_OPTIONS["RNN"],
         """Elman RNN: ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``, act = tanh or relu.
 
         Parameters per layer ``k`` (``_reverse`` for the second direction): ``weight_ih_l{k} [H, C_k]``,
@@ -128,7 +251,8 @@ LAYER_CLASSES: Dict[str, LayerClass] = {c.name: c for c in (
         with ``nonlinearity="relu"`` is the IRNN recipe.
         """),
     LayerClass(
-        "LSTM", ("num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size"), ("forget_bias",),
+        "LSTM", ("num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size"),
+        ("forget_bias",) + ONNX_OPTIONS["LSTM"],
         """Long short-term memory, PyTorch's gate order (i, f, g, o)::
 
             i, f, o = sigmoid(.), g = tanh(.)  of  x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
@@ -141,7 +265,7 @@ LAYER_CLASSES: Dict[str, LayerClass] = {c.name: c for c in (
         a tuple ``(h, c)``.
         """),
     LayerClass(
-        "GRU", ("num_layers", "bias", "batch_first", "dropout", "bidirectional"), ("reset_after",),
+        "GRU", ("num_layers", "bias", "batch_first", "dropout", "bidirectional"), ("reset_after",) + ONNX_OPTIONS["GRU"],
         """Gated recurrent unit, gate order (r, z, n)::
 
             r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr),  z likewise
@@ -252,6 +376,14 @@ class StackOptions:
         #: "float32", or "bfloat16": every GEMM rounds its operands to bfloat16 and sums in float32;
         #: parameters, gradients, states and the cell math stay float32.
         self.precision = V.check_choice("precision", options["precision"], PRECISIONS)
+        #: ONNX's options (``ONNX_OPTIONS``): each direction's activations as (name, alpha, beta)
+        #: tuples, clip (None: none), peephole, coupled_gates.
+        onnx_options = check_onnx_options(spec, options, self.num_directions, self.proj_size)
+        self.activations = onnx_options.activations
+        self.clip = onnx_options.clip
+        self.peephole = onnx_options.peephole
+        self.coupled_gates = onnx_options.coupled_gates
+        self._cell_options = onnx_options.spec  # plain values only: a module pickles under weights_only
         forget_bias = options.get("forget_bias")
         self.forget_bias = None if forget_bias is None else V.check_float("forget_bias", forget_bias)
         if self.forget_bias is not None and not self.bias:
@@ -269,7 +401,8 @@ class StackOptions:
         """The compiled module's StackConfig arguments, in order, with this dropout (a call may
         run without its layer's) and precision (None: the layer's; autocast may ask another)."""
         return (self.mode, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
-                self.proj_size, self.bias, dropout, precision or self.precision, self.direction == "reverse")
+                self.proj_size, self.bias, dropout, precision or self.precision, self.direction == "reverse",
+                self._cell_options)
 
     @property
     def num_directions(self) -> int:

@@ -7,14 +7,18 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['Cache', 'DeviceArray', 'NetworkCache', 'NetworkConfig', 'OutOfMemoryError', 'StackConfig', 'adam_step', 'backward', 'backward_reserve', 'blas_num_threads', 'build_info', 'cached_bytes', 'clamp_arrays', 'cuda_clear_graph_cache', 'cuda_current_stream', 'cuda_empty_cache', 'cuda_get_graphs', 'cuda_get_persistent', 'cuda_graph_stats', 'cuda_memory_stats', 'cuda_network_backward', 'cuda_network_forward', 'cuda_network_generate', 'cuda_persistent_launches', 'cuda_selftest_axpy', 'cuda_set_graphs', 'cuda_set_persistent', 'cuda_set_stream', 'cuda_status', 'empty_cache', 'forward', 'from_cuda_array_interface', 'from_dlpack', 'get_deterministic', 'get_num_threads', 'network_backward', 'network_forward', 'network_generate', 'reserve_size', 'rmsprop_step', 'scale_arrays', 'set_deterministic', 'set_num_threads', 'sgd_step', 'step', 'sum_of_squares', 'to_device']
+__all__: list[str] = ['Cache', 'activations', 'DeviceArray', 'NetworkCache', 'NetworkConfig', 'OutOfMemoryError', 'StackConfig', 'adam_step', 'backward', 'backward_reserve', 'blas_num_threads', 'build_info', 'cached_bytes', 'clamp_arrays', 'cuda_clear_graph_cache', 'cuda_current_stream', 'cuda_empty_cache', 'cuda_get_graphs', 'cuda_get_persistent', 'cuda_graph_stats', 'cuda_memory_stats', 'cuda_network_backward', 'cuda_network_forward', 'cuda_network_generate', 'cuda_persistent_launches', 'cuda_selftest_axpy', 'cuda_set_graphs', 'cuda_set_persistent', 'cuda_set_stream', 'cuda_status', 'empty_cache', 'forward', 'from_cuda_array_interface', 'from_dlpack', 'get_deterministic', 'get_num_threads', 'network_backward', 'network_forward', 'network_generate', 'reserve_size', 'rmsprop_step', 'scale_arrays', 'set_deterministic', 'set_num_threads', 'sgd_step', 'step', 'sum_of_squares', 'to_device']
 class OutOfMemoryError(MemoryError):
     pass
+def activations() -> list:
+    """
+    ONNX's activation functions the general cells run: [(name, parameters taken (0, 1: alpha, 2: alpha and beta), default alpha, default beta)], the defaults ONNX Runtime applies.
+    """
 class StackConfig:
     """
     Configuration of a layer stack (see stack.h).
     """
-    def __init__(self, mode: str, input_size: typing.SupportsInt | typing.SupportsIndex, hidden_size: typing.SupportsInt | typing.SupportsIndex, num_layers: typing.SupportsInt | typing.SupportsIndex = 1, bidirectional: bool = False, proj_size: typing.SupportsInt | typing.SupportsIndex = 0, bias: bool = True, dropout: typing.SupportsFloat | typing.SupportsIndex = 0.0, precision: str = 'float32') -> None:
+    def __init__(self, mode: str, input_size: typing.SupportsInt | typing.SupportsIndex, hidden_size: typing.SupportsInt | typing.SupportsIndex, num_layers: typing.SupportsInt | typing.SupportsIndex = 1, bidirectional: bool = False, proj_size: typing.SupportsInt | typing.SupportsIndex = 0, bias: bool = True, dropout: typing.SupportsFloat | typing.SupportsIndex = 0.0, precision: str = 'float32', reverse: bool = False, cell_options: str = '') -> None:
         ...
     def param_specs(self) -> list:
         """
@@ -22,6 +26,14 @@ class StackConfig:
         """
     @property
     def bias(self) -> bool:
+        ...
+    @property
+    def cell_options(self) -> str:
+        """
+        ONNX's options in their canonical string form ('' for the cell's defaults).
+        """
+    @property
+    def general(self) -> bool:
         ...
     @property
     def dropout(self) -> float:

@@ -28,6 +28,8 @@
 //                        inference: scratch); saved_rows(s, count) several slots as one row.
 //   stat(s)      out     one scalar per (t, n) saved likewise (LayerNorm's 1/std).
 //   ln(p, k)     in      LayerNorm parameter p (kLnIhWeight ...) for gate k (p's row: ln_row(p)).
+//   options()    in      the layer-direction's CellOptions (kOptions cells only).
+//   peep(k)      in      peephole weights of gate k (0: i, 1: f, 2: o), if options().peephole.
 // Backward (the forward's values above are inputs again, as left by forward):
 //   dh(), dc()   in      dL/dh_t (unprojected for LSTMP) and, for LSTM, dL/dc_t from step t+1.
 //   dgates(k)    out     dL/d(gates(k) as given to forward); for cells without
@@ -38,6 +40,8 @@
 //   dc_prev()    out     dL/dc_{t-1} (LSTM cells). It aliases dc(): read dc() before writing.
 //   dln(p, k)    in/out  LayerNorm parameter gradients, ACCUMULATED.
 //   db_ih_row(), db_hh_row()  in/out  bias gradients [G*H], ACCUMULATED (kCellBiasGrads cells).
+//   dpeep(k)     in/out  peephole weight gradients, ACCUMULATED (kPeepholes cells; the loop
+//                        discards them without peepholes).
 //   tmp(s)               per-row scratch of H.
 //
 // Traits read by the loop:
@@ -52,6 +56,9 @@
 //   kLnParams          LayerNorm parameter vectors (0 for plain cells), see LnParam.
 //   kCellBiasGrads     the cell accumulates the bias gradients itself (the LayerNorm cells, whose
 //                      biases sit after a normalisation); otherwise the loop sums dgates/dhgates.
+//   kOptions           the cell reads options() (ONNX's general cells).
+//   kPeepholes         the cell may have peephole weights [3,H] (parameter w_peephole) and
+//                      accumulates their gradients per batch row in the loop's partial sums.
 #pragma once
 
 #include "rnnkit/math.h"
@@ -68,6 +75,12 @@ enum class CellKind : int {
   kGruResetBefore = 4,  // reset_after=False: the original GRU, ONNX linear_before_reset=0
   kLnLstm = 5,
   kLnGru = 6,
+  // ONNX's general cells (below): what a layer with any of ONNX's options beyond PyTorch's runs.
+  // Internal kinds, chosen by StackConfig::kernel_cell(); users name the cell as above.
+  kRnnGeneral = 7,
+  kLstmGeneral = 8,
+  kGruGeneral = 9,
+  kGruResetBeforeGeneral = 10,
 };
 
 // LayerNorm parameters of the LayerNorm cells, in the order of their parameter names.
@@ -98,6 +111,8 @@ struct CellDefaults {
   static constexpr int kTmpSlots = 0;
   static constexpr int kLnParams = 0;
   static constexpr bool kCellBiasGrads = false;
+  static constexpr bool kOptions = false;
+  static constexpr bool kPeepholes = false;
 };
 
 // ---- Elman ------------------------------------------------------------------------------------
@@ -376,6 +391,314 @@ struct LayerNormGRUCell : CellDefaults {
   }
 };
 
+// ---- ONNX's options: named activations, cell clip, peepholes, coupled gates --------------------
+// ONNX's RNN/LSTM/GRU operators define these beyond PyTorch's cells. A layer that uses any of them
+// runs the general cells below; the cells above stay exactly as they are for the defaults.
+
+// ONNX's activation functions (x: the pre-activation, after the clip):
+//   Sigmoid 1/(1+e^-x)   Tanh   Relu max(0,x)   Affine a*x+b   LeakyRelu x<0 ? a*x : x
+//   ThresholdedRelu x>a ? x : 0   ScaledTanh a*tanh(b*x)   HardSigmoid min(max(a*x+b,0),1)
+//   Elu x<0 ? a*(e^x-1) : x   Softsign x/(1+|x|)   Softplus log(1+e^x)
+enum class ActKind : std::int64_t {
+  kSigmoid = 0, kTanh, kRelu, kAffine, kLeakyRelu, kThresholdedRelu, kScaledTanh, kHardSigmoid, kElu,
+  kSoftsign, kSoftplus,
+};
+
+// An activation with its alpha and beta (unused ones 0). int64/double fields only: a kernel body
+// holding one has no padding (cuda/graph.h).
+struct Activation {
+  ActKind kind = ActKind::kSigmoid;
+  double alpha = 0.0;
+  double beta = 0.0;
+};
+
+// The one table of the activations: ONNX's name, how many of alpha, beta it takes, and ONNX
+// Runtime's values when a model gives none.
+struct ActivationName {
+  ActKind kind;
+  const char* name;
+  int params;  // 0: neither, 1: alpha, 2: alpha and beta
+  double default_alpha;
+  double default_beta;
+};
+inline constexpr ActivationName kActivationNames[] = {
+    {ActKind::kSigmoid, "Sigmoid", 0, 0.0, 0.0},
+    {ActKind::kTanh, "Tanh", 0, 0.0, 0.0},
+    {ActKind::kRelu, "Relu", 0, 0.0, 0.0},
+    {ActKind::kAffine, "Affine", 2, 1.0, 0.0},
+    {ActKind::kLeakyRelu, "LeakyRelu", 1, 0.01, 0.0},
+    {ActKind::kThresholdedRelu, "ThresholdedRelu", 1, 1.0, 0.0},
+    {ActKind::kScaledTanh, "ScaledTanh", 2, 1.0, 1.0},
+    {ActKind::kHardSigmoid, "HardSigmoid", 2, 0.2, 0.5},
+    {ActKind::kElu, "Elu", 1, 1.0, 0.0},
+    {ActKind::kSoftsign, "Softsign", 0, 0.0, 0.0},
+    {ActKind::kSoftplus, "Softplus", 0, 0.0, 0.0},
+};
+
+constexpr int kMaxActivations = 3;
+
+// One layer-direction's options (StackConfig holds one per direction).
+struct CellOptions {
+  Activation act[kMaxActivations];  // ONNX's order: f, g, h (LSTM), f, g (GRU), f (RNN)
+  double clip = 0.0;                // > 0: every gate pre-activation clamped to [-clip, clip]
+  std::int64_t peephole = 0;        // LSTM: peephole weights on c (int64: no padding, as above)
+  std::int64_t coupled = 0;         // LSTM: ONNX's input_forget, f = 1 - i
+};
+
+// y = f(x). y may be x (every element is read before it is written).
+template <typename A, typename Y, typename X>
+RNNKIT_HOSTDEVICE void activate(const Activation& f, Y&& y, const X& x) {
+  using S = typename A::Scalar;
+  const S al = S(f.alpha), be = S(f.beta);
+  switch (f.kind) {
+    case ActKind::kSigmoid: y = ew::sigmoid(x); return;
+    case ActKind::kTanh: y = ew::tanh(x); return;
+    case ActKind::kRelu: y = ew::relu(x); return;
+    case ActKind::kAffine: y = al * x + be; return;
+    case ActKind::kLeakyRelu: y = ew::where(x < S(0), al * x, x); return;
+    case ActKind::kThresholdedRelu: y = ew::where(x > al, x, S(0)); return;
+    case ActKind::kScaledTanh: y = al * ew::tanh(be * x); return;
+    case ActKind::kHardSigmoid: y = ew::clamp(al * x + be, S(0), S(1)); return;
+    case ActKind::kElu: y = ew::where(x < S(0), al * (ew::exp(x) - S(1)), x); return;
+    case ActKind::kSoftsign: y = x / (S(1) + ew::abs(x)); return;
+    case ActKind::kSoftplus: y = ew::softplus(x); return;
+  }
+}
+
+// dz = dy * f'(x), given x and y = f(x). dz may alias dy or y.
+template <typename A, typename DZ, typename DY, typename X, typename Y>
+RNNKIT_HOSTDEVICE void activation_grad(const Activation& f, DZ&& dz, const DY& dy, const X& x, const Y& y) {
+  using S = typename A::Scalar;
+  const S al = S(f.alpha), be = S(f.beta);
+  switch (f.kind) {
+    case ActKind::kSigmoid: dz = dy * ew::sigmoid_grad_from_output(y); return;
+    case ActKind::kTanh: dz = dy * ew::tanh_grad_from_output(y); return;
+    case ActKind::kRelu: dz = dy * ew::relu_grad_from_output(y); return;
+    case ActKind::kAffine: dz = dy * al; return;
+    case ActKind::kLeakyRelu: dz = ew::where(x < S(0), al * dy, dy); return;
+    case ActKind::kThresholdedRelu: dz = ew::where(x > al, dy, S(0)); return;
+    case ActKind::kScaledTanh: dz = dy * (al * be) * ew::tanh_grad_from_output(ew::tanh(be * x)); return;
+    case ActKind::kHardSigmoid: dz = ew::where((y > S(0)) && (y < S(1)), al * dy, S(0)); return;
+    case ActKind::kElu: dz = ew::where(x < S(0), dy * (y + al), dy); return;
+    case ActKind::kSoftsign: dz = dy / ew::square(S(1) + ew::abs(x)); return;
+    case ActKind::kSoftplus: dz = dy * ew::sigmoid(x); return;
+  }
+}
+
+// y = f(clip(z)) with the options' clip (none when clip is 0).
+template <typename A, typename Y, typename Z>
+RNNKIT_HOSTDEVICE void activate_clipped(const CellOptions& o, const Activation& f, Y&& y, const Z& z) {
+  using S = typename A::Scalar;
+  if (o.clip > 0) {
+    activate<A>(f, y, ew::clamp(z, S(-o.clip), S(o.clip)));
+  } else {
+    activate<A>(f, y, z);
+  }
+}
+
+// dz = dy * d f(clip(z)) / dz: 0 where the clip cut z off (|z| > clip), as a clamp's gradient.
+template <typename A, typename DZ, typename DY, typename Z, typename Y>
+RNNKIT_HOSTDEVICE void activation_grad_clipped(const CellOptions& o, const Activation& f, DZ&& dz, const DY& dy,
+                                               const Z& z, const Y& y) {
+  using S = typename A::Scalar;
+  if (o.clip > 0) {
+    const S c = S(o.clip);
+    activation_grad<A>(f, dz, dy, ew::clamp(z, -c, c), y);
+    dz = ew::where(ew::abs(z) <= c, dz, S(0));
+  } else {
+    activation_grad<A>(f, dz, dy, z, y);
+  }
+}
+
+// The general cells save every gate's pre-activation z (biases and peepholes in, before the clip),
+// so that each activation's derivative is exact whatever its shape (one from the output alone
+// would not do for Affine, ThresholdedRelu or a clipped gate).
+
+// ONNX RNN: h_t = f(clip(x W_ih^T + h_{t-1} W_hh^T + b_ih + b_hh)). saved(0) = z.
+struct GeneralElmanCell : CellDefaults {
+  static constexpr int kGates = 1;
+  static constexpr int kSavedSlots = 1;
+  static constexpr bool kOptions = true;
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward(A& a) {
+    const CellOptions& o = a.options();
+    a.saved(0) = a.gates(0) + a.bias(0);
+    activate_clipped<A>(o, o.act[0], a.h(), a.saved(0));
+  }
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward(A& a) {
+    const CellOptions& o = a.options();
+    activation_grad_clipped<A>(o, o.act[0], a.dgates(0), a.dh(), a.saved(0), a.h());
+  }
+};
+
+// ONNX LSTM in PyTorch's gate order (i, f, g, o), activations (f, g, h) as ONNX names them:
+//   i = f(clip(z_i)), z_i = x W_ii^T + h W_hi^T + b_i [+ p_i * c_{t-1}]
+//   f = f(clip(z_f)), z_f likewise with [+ p_f * c_{t-1}]; coupled (input_forget): f = 1 - i
+//   g = g(clip(z_g))
+//   c_t = f * c_{t-1} + i * g
+//   o = f(clip(z_o)), z_o likewise with [+ p_o * c_t]
+//   h_t = o * h(c_t)
+// gates(k) hold the activated gates, saved(0..3) z_i, z_f, z_g, z_o.
+struct GeneralLSTMCell : CellDefaults {
+  static constexpr int kGates = 4;
+  static constexpr bool kHasCellState = true;
+  static constexpr int kSavedSlots = 4;
+  static constexpr int kTmpSlots = 1;
+  static constexpr bool kOptions = true;
+  static constexpr bool kPeepholes = true;
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward(A& a) {
+    using S = typename A::Scalar;
+    const CellOptions& o = a.options();
+    const Activation& f = o.act[0];
+    if (o.peephole) {
+      a.saved(0) = a.gates(0) + a.bias(0) + a.peep(0) * a.c_prev();
+      a.saved(1) = a.gates(1) + a.bias(1) + a.peep(1) * a.c_prev();
+    } else {
+      a.saved(0) = a.gates(0) + a.bias(0);
+      a.saved(1) = a.gates(1) + a.bias(1);
+    }
+    a.saved(2) = a.gates(2) + a.bias(2);
+    activate_clipped<A>(o, f, a.gates(0), a.saved(0));
+    if (o.coupled) {
+      a.gates(1) = S(1) - a.gates(0);
+    } else {
+      activate_clipped<A>(o, f, a.gates(1), a.saved(1));
+    }
+    activate_clipped<A>(o, o.act[1], a.gates(2), a.saved(2));
+    a.c() = a.gates(1) * a.c_prev() + a.gates(0) * a.gates(2);
+    if (o.peephole) {
+      a.saved(3) = a.gates(3) + a.bias(3) + a.peep(2) * a.c();
+    } else {
+      a.saved(3) = a.gates(3) + a.bias(3);
+    }
+    activate_clipped<A>(o, f, a.gates(3), a.saved(3));
+    activate<A>(o.act[2], a.h(), a.c());
+    a.h() = a.gates(3) * a.h();
+  }
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward(A& a) {
+    using S = typename A::Scalar;
+    const CellOptions& o = a.options();
+    const Activation& f = o.act[0];
+    // tmp(0) = h(c_t), then dL/dc_t through h_t.
+    activate<A>(o.act[2], a.tmp(0), a.c());
+    activation_grad_clipped<A>(o, f, a.dgates(3), a.dh() * a.tmp(0), a.saved(3), a.gates(3));
+    activation_grad<A>(o.act[2], a.tmp(0), a.dh() * a.gates(3), a.c(), a.tmp(0));
+    // dc_prev() (aliasing dc()) becomes dL/dc_t: from step t+1, through h_t and through o's peephole.
+    if (o.peephole) {
+      a.dc_prev() = a.dc() + a.tmp(0) + a.dgates(3) * a.peep(2);
+    } else {
+      a.dc_prev() = a.dc() + a.tmp(0);
+    }
+    activation_grad_clipped<A>(o, o.act[1], a.dgates(2), a.dc_prev() * a.gates(0), a.saved(2), a.gates(2));
+    if (o.coupled) {
+      // f = 1 - i: i's gradient gathers both of c_t's terms; z_f reaches nothing.
+      activation_grad_clipped<A>(o, f, a.dgates(0), a.dc_prev() * (a.gates(2) - a.c_prev()), a.saved(0),
+                                 a.gates(0));
+      a.dgates(1) = S(0);
+    } else {
+      activation_grad_clipped<A>(o, f, a.dgates(0), a.dc_prev() * a.gates(2), a.saved(0), a.gates(0));
+      activation_grad_clipped<A>(o, f, a.dgates(1), a.dc_prev() * a.c_prev(), a.saved(1), a.gates(1));
+    }
+    if (o.peephole) {
+      a.dpeep(0) += a.dgates(0) * a.c_prev();
+      a.dpeep(1) += a.dgates(1) * a.c_prev();
+      a.dpeep(2) += a.dgates(3) * a.c();
+      a.dc_prev() = a.dc_prev() * a.gates(1) + a.dgates(0) * a.peep(0) + a.dgates(1) * a.peep(1);
+    } else {
+      a.dc_prev() = a.dc_prev() * a.gates(1);
+    }
+  }
+};
+
+// ONNX GRU, linear_before_reset=1 (PyTorch's GRU), gate order (r, z, n), activations (f, g):
+//   r = f(clip(z_r)), z = f(clip(z_z)), n = g(clip(z_n)), z_n = x W_in^T + b_in + r * hn,
+//   hn = h W_hn^T + b_hn;  h_t = (1 - z) * n + z * h_{t-1}
+// saved(0..2) z_r, z_z, z_n; saved(3) hn.
+struct GeneralGRUCell : CellDefaults {
+  static constexpr int kGates = 3;
+  static constexpr bool kSeparateRecurrent = true;
+  static constexpr bool kDirectStateGrad = true;
+  static constexpr int kSavedSlots = 4;
+  static constexpr bool kOptions = true;
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward(A& a) {
+    const CellOptions& o = a.options();
+    a.saved(0) = a.gates(0) + a.hgates(0) + a.bias(0);
+    a.saved(1) = a.gates(1) + a.hgates(1) + a.bias(1);
+    a.saved(3) = a.hgates(2) + a.b_hh(2);
+    activate_clipped<A>(o, o.act[0], a.gates(0), a.saved(0));
+    activate_clipped<A>(o, o.act[0], a.gates(1), a.saved(1));
+    a.saved(2) = a.gates(2) + a.b_ih(2) + a.gates(0) * a.saved(3);
+    activate_clipped<A>(o, o.act[1], a.gates(2), a.saved(2));
+    a.h() = a.gates(2) + a.gates(1) * (a.h_prev() - a.gates(2));
+  }
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward(A& a) {
+    using S = typename A::Scalar;
+    const CellOptions& o = a.options();
+    activation_grad_clipped<A>(o, o.act[1], a.dgates(2), a.dh() * (S(1) - a.gates(1)), a.saved(2), a.gates(2));
+    a.dhgates(2) = a.dgates(2) * a.gates(0);
+    activation_grad_clipped<A>(o, o.act[0], a.dgates(0), a.dgates(2) * a.saved(3), a.saved(0), a.gates(0));
+    a.dhgates(0) = a.dgates(0);
+    activation_grad_clipped<A>(o, o.act[0], a.dgates(1), a.dh() * (a.h_prev() - a.gates(2)), a.saved(1),
+                               a.gates(1));
+    a.dhgates(1) = a.dgates(1);
+    a.dh_prev() = a.dh() * a.gates(1);
+  }
+};
+
+// ONNX GRU, linear_before_reset=0 (two stages, as GRUResetBeforeCell):
+//   r = f(clip(z_r)), z = f(clip(z_z)), n = g(clip(x W_in^T + b_in + (r * h) W_hn^T + b_hn))
+// saved(0) r * h_{t-1} (the loop's stage-2 GEMM reads it there), saved(1..3) z_r, z_z, z_n.
+struct GeneralGRUResetBeforeCell : CellDefaults {
+  static constexpr int kGates = 3;
+  static constexpr bool kTwoStage = true;
+  static constexpr int kStage1Gates = 2;
+  static constexpr bool kDirectStateGrad = true;
+  static constexpr int kSavedSlots = 4;
+  static constexpr int kTmpSlots = 1;
+  static constexpr bool kOptions = true;
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward_stage1(A& a) {
+    const CellOptions& o = a.options();
+    a.saved(1) = a.gates(0) + a.bias(0);
+    a.saved(2) = a.gates(1) + a.bias(1);
+    activate_clipped<A>(o, o.act[0], a.gates(0), a.saved(1));
+    activate_clipped<A>(o, o.act[0], a.gates(1), a.saved(2));
+    a.saved(0) = a.gates(0) * a.h_prev();
+  }
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward_stage2(A& a) {
+    const CellOptions& o = a.options();
+    a.saved(3) = a.gates(2) + a.bias(2);
+    activate_clipped<A>(o, o.act[1], a.gates(2), a.saved(3));
+    a.h() = a.gates(2) + a.gates(1) * (a.h_prev() - a.gates(2));
+  }
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward_stage2(A& a) {
+    using S = typename A::Scalar;
+    const CellOptions& o = a.options();
+    activation_grad_clipped<A>(o, o.act[1], a.dgates(2), a.dh() * (S(1) - a.gates(1)), a.saved(3), a.gates(2));
+  }
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward_stage1(A& a) {
+    const CellOptions& o = a.options();
+    activation_grad_clipped<A>(o, o.act[0], a.dgates(0), a.tmp(0) * a.h_prev(), a.saved(1), a.gates(0));
+    activation_grad_clipped<A>(o, o.act[0], a.dgates(1), a.dh() * (a.h_prev() - a.gates(2)), a.saved(2),
+                               a.gates(1));
+    a.dh_prev() = a.dh() * a.gates(1) + a.tmp(0) * a.gates(0);
+  }
+};
+
 // Calls fn(CellType{}) for the cell a CellKind names.
 template <typename Fn>
 decltype(auto) dispatch_cell(CellKind kind, Fn&& fn) {
@@ -394,6 +717,14 @@ decltype(auto) dispatch_cell(CellKind kind, Fn&& fn) {
       return fn(LayerNormLSTMCell{});
     case CellKind::kLnGru:
       return fn(LayerNormGRUCell{});
+    case CellKind::kRnnGeneral:
+      return fn(GeneralElmanCell{});
+    case CellKind::kLstmGeneral:
+      return fn(GeneralLSTMCell{});
+    case CellKind::kGruGeneral:
+      return fn(GeneralGRUCell{});
+    case CellKind::kGruResetBeforeGeneral:
+      return fn(GeneralGRUResetBeforeCell{});
   }
   throw std::invalid_argument(concat("unknown cell kind ", static_cast<int>(kind)));
 }
@@ -411,6 +742,8 @@ struct CellInfo {
   int tmp_slots = 0;
   int ln_params = 0;
   bool cell_bias_grads = false;
+  bool options = false;
+  bool peepholes = false;
 };
 
 template <typename Cell>
@@ -426,6 +759,8 @@ constexpr CellInfo cell_info_of() {
   i.tmp_slots = Cell::kTmpSlots;
   i.ln_params = Cell::kLnParams;
   i.cell_bias_grads = Cell::kCellBiasGrads;
+  i.options = Cell::kOptions;
+  i.peepholes = Cell::kPeepholes;
   return i;
 }
 

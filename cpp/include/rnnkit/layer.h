@@ -61,7 +61,8 @@ struct LayerShape {
   // precision="bfloat16": every GEMM of the loops rounds its operands to bfloat16 (float stacks).
   bool bf16 = false;
   // LayerNorm cells accumulate their parameter (and bias) gradients per batch row, in this
-  // layout: the LN parameters in LnParam order (ln_param_width each), then db_ih, db_hh.
+  // layout: the LN parameters in LnParam order (ln_param_width each), then db_ih, db_hh. Cells
+  // with peepholes: dL/d(peephole weights) [3H].
   index_t partial_width = 0;
 };
 LayerShape layer_shape(CellKind cell, const LayerDims& d, bool training);
@@ -77,6 +78,7 @@ struct LayerParams {
   Ptr b_ih = nullptr;           // [GH]
   Ptr b_hh = nullptr;           // [GH]
   Ptr w_hr = nullptr;           // [P,H]
+  Ptr w_peephole = nullptr;     // [3,H] peepholes of gates i, f, o (general LSTM with peephole=True)
   Ptr ln[kMaxLnParams] = {};    // LnParam order: [GH] x 4, then [H] x 2 (LayerNormLSTM)
 };
 template <typename S>
@@ -117,7 +119,7 @@ struct LayerBuffers {
   S* dc = nullptr;       // [N,H] dL/dc (cells with a cell state)
   S* dh_full = nullptr;  // [N,H] dL/d(unprojected h) (projection)
   S* dh_proj = nullptr;  // [T,N,P] dL/d(projected h) of every step (projection: for dW_hr)
-  S* partials = nullptr; // [N,partial_width] LayerNorm cells' per-row gradient sums
+  S* partials = nullptr; // [N,partial_width] per-row gradient sums (LayerNorm cells, peepholes)
 };
 
 // THE buffer table: calls fn(use, elements, view) for every buffer of `b`, in carving order.

@@ -46,6 +46,23 @@ RNNKIT_HOSTDEVICE double sigmoid_grad_from_output(double y) { return y * (1.0 - 
 RNNKIT_HOSTDEVICE float sqrt(float x) { return ::sqrtf(x); }
 RNNKIT_HOSTDEVICE double sqrt(double x) { return ::sqrt(x); }
 
+// The primitives of ONNX's named activations (cells.h, activate / activation_grad).
+RNNKIT_HOSTDEVICE float exp(float x) { return ::expf(x); }
+RNNKIT_HOSTDEVICE double exp(double x) { return ::exp(x); }
+RNNKIT_HOSTDEVICE float abs(float x) { return ::fabsf(x); }
+RNNKIT_HOSTDEVICE double abs(double x) { return ::fabs(x); }
+RNNKIT_HOSTDEVICE float square(float x) { return x * x; }
+RNNKIT_HOSTDEVICE double square(double x) { return x * x; }
+// log(1 + e^x) without overflow: max(x, 0) + log1p(e^-|x|).
+RNNKIT_HOSTDEVICE float softplus(float x) { return (x > 0.0f ? x : 0.0f) + ::log1pf(::expf(-::fabsf(x))); }
+RNNKIT_HOSTDEVICE double softplus(double x) { return (x > 0.0 ? x : 0.0) + ::log1p(::exp(-::fabs(x))); }
+// min(max(x, lo), hi).
+RNNKIT_HOSTDEVICE float clamp(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
+RNNKIT_HOSTDEVICE double clamp(double x, double lo, double hi) { return x < lo ? lo : (x > hi ? hi : x); }
+// cond ? a : b, elementwise for arrays.
+RNNKIT_HOSTDEVICE float where(bool c, float a, float b) { return c ? a : b; }
+RNNKIT_HOSTDEVICE double where(bool c, double a, double b) { return c ? a : b; }
+
 // ---- lane values (the CUDA backend's LayerNorm kernels, cuda/row_kernels.h) -------------------
 // A thread there holds several elements of a row; a value type that says so (`using IsLanes = void`)
 // and applies a function object to each element (`map(f)`) gets every primitive element by element.
@@ -102,6 +119,38 @@ template <typename D>
 auto sigmoid_grad_from_output(const Eigen::ArrayBase<D>& y) {
   using S = typename D::Scalar;
   return y * (S(1) - y);
+}
+
+template <typename D>
+auto exp(const Eigen::ArrayBase<D>& x) {
+  return x.exp();
+}
+
+template <typename D>
+auto abs(const Eigen::ArrayBase<D>& x) {
+  return x.abs();
+}
+
+template <typename D>
+auto square(const Eigen::ArrayBase<D>& x) {
+  return x.square();
+}
+
+template <typename D>
+auto softplus(const Eigen::ArrayBase<D>& x) {
+  using S = typename D::Scalar;
+  return x.cwiseMax(S(0)) + (-x.abs()).exp().log1p();
+}
+
+template <typename D>
+auto clamp(const Eigen::ArrayBase<D>& x, typename D::Scalar lo, typename D::Scalar hi) {
+  return x.cwiseMax(lo).cwiseMin(hi);
+}
+
+// c.select(a, b): a and b are arrays or scalars.
+template <typename C, typename A, typename B>
+auto where(const Eigen::ArrayBase<C>& c, const A& a, const B& b) {
+  return c.select(a, b);
 }
 #endif
 

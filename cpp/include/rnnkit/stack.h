@@ -45,7 +45,14 @@ struct StackConfig {
   bool bias = true;
   double dropout = 0.0;  // probability of zeroing a layer output (not the last layer's), training only
   Precision precision = Precision::kFloat32;
+  // ONNX's options beyond PyTorch's (cells.h), per direction (options[1]: a bidirectional stack's
+  // second); `general` when any differs from the cell's defaults, and the stack then runs the
+  // general cell of its kind (kernel_cell). Set by set_cell_options from their one string form.
+  CellOptions options[2] = {};
+  bool general = false;
 
+  // The cell the backends' loops run: the cell itself, or its general form (ONNX's options).
+  CellKind kernel_cell() const;
   index_t state_size() const { return proj_size > 0 ? proj_size : hidden_size; }
   index_t layer_input_size(index_t layer) const {
     return layer == 0 ? input_size : num_directions * state_size();
@@ -60,6 +67,23 @@ struct StackConfig {
 
 // Rejects impossible configurations with std::invalid_argument naming the option.
 void check_stack_config(const StackConfig& cfg);
+
+// The cell's own options: its activations (LSTM Sigmoid, Tanh, Tanh; GRU Sigmoid, Tanh; RNN Tanh or
+// Relu), no clip, no peepholes, uncoupled gates.
+CellOptions default_cell_options(CellKind cell);
+// Activations per direction (1 RNN, 2 GRU, 3 LSTM; 0 for the LayerNorm cells, which take none).
+int cell_activation_count(CellKind cell);
+// Parses ONNX's options from their string form, into cfg.options and cfg.general (cfg.cell,
+// num_directions and proj_size set first), rejecting what the cell cannot take with
+// std::invalid_argument naming the option. The form, ';'-separated keys, each at most once:
+//   act=F,G,H[|F,G,H]   activations as ONNX orders them; a second group: the reverse direction's
+//                       (else the first serves both); each "Name", "Name:alpha" or "Name:alpha:beta"
+//                       (ONNX Runtime's values for those left out)
+//   clip=C  peephole=1  coupled=1
+// An empty string is the defaults. cell_options_string gives the canonical form back ("" for
+// the defaults).
+void set_cell_options(StackConfig& cfg, const std::string& spec);
+std::string cell_options_string(const StackConfig& cfg);
 // Rejects precision="bfloat16" for a stack whose arrays are not float32 (`float32`: they are).
 void check_precision(const StackConfig& cfg, bool float32);
 // Rejects a call's T and N (every layer's dims, check_layer_dims) likewise.
@@ -69,6 +93,7 @@ void check_stack_dims(const StackConfig& cfg, index_t T, index_t N);
 // its own around the stack (network.h).
 enum class ParamRole : int {
   kWIh, kWHh, kBIh, kBHh, kWHr,
+  kWPeephole,                            // [3,H]: ONNX's P, gates i, f, o
   kLn0,                                  // kLn0 + p: LayerNorm parameter p (LnParam)
   kEmbedding = kLn0 + kMaxLnParams,      // network: embedding.weight
   kOutWeight,                            // network: output.weight
@@ -101,6 +126,7 @@ Ptr& param_field(LayerParams<Ptr>& p, ParamRole role) {
     case ParamRole::kBIh: return p.b_ih;
     case ParamRole::kBHh: return p.b_hh;
     case ParamRole::kWHr: return p.w_hr;
+    case ParamRole::kWPeephole: return p.w_peephole;
     default: break;
   }
   const int ln = static_cast<int>(role) - static_cast<int>(ParamRole::kLn0);

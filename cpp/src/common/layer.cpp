@@ -34,6 +34,7 @@ LayerShape layer_shape(CellKind cell, const LayerDims& d, bool training) {
     for (int p = 0; p < s.cell.ln_params; ++p) width = checked_add(width, ln_param_width(p, s.GH, d.H), "LN partials");
     s.partial_width = width;
   }
+  if (s.cell.peepholes) s.partial_width = checked_mul(3, d.H, "peephole partial sums");
   return s;
 }
 

@@ -1,6 +1,10 @@
 // The stack's configuration rules and parameter list (stack.h), shared by every backend.
 #include "rnnkit/stack.h"
 
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+
 namespace rnnkit {
 
 void check_stack_config(const StackConfig& cfg) {
@@ -21,6 +25,199 @@ void check_stack_config(const StackConfig& cfg) {
     throw_expected("proj_size", concat("less than hidden_size (", cfg.hidden_size, ")"), cfg.proj_size);
   }
   if (!(cfg.dropout >= 0.0 && cfg.dropout <= 1.0)) throw_expected("dropout", "a probability in [0, 1]", cfg.dropout);
+}
+
+CellKind StackConfig::kernel_cell() const {
+  if (!general) return cell;
+  switch (cell) {
+    case CellKind::kRnnTanh:
+    case CellKind::kRnnRelu: return CellKind::kRnnGeneral;
+    case CellKind::kLstm: return CellKind::kLstmGeneral;
+    case CellKind::kGru: return CellKind::kGruGeneral;
+    case CellKind::kGruResetBefore: return CellKind::kGruResetBeforeGeneral;
+    default: break;
+  }
+  assert(false && "set_cell_options admits no options for this cell");
+  return cell;
+}
+
+int cell_activation_count(CellKind cell) {
+  switch (cell) {
+    case CellKind::kRnnTanh:
+    case CellKind::kRnnRelu: return 1;
+    case CellKind::kLstm: return 3;
+    case CellKind::kGru:
+    case CellKind::kGruResetBefore: return 2;
+    default: return 0;
+  }
+}
+
+CellOptions default_cell_options(CellKind cell) {
+  CellOptions o;
+  const Activation sigmoid{ActKind::kSigmoid}, tanh{ActKind::kTanh};
+  switch (cell) {
+    case CellKind::kRnnRelu: o.act[0] = {ActKind::kRelu}; break;
+    case CellKind::kLstm: o.act[0] = sigmoid; o.act[1] = tanh; o.act[2] = tanh; break;
+    case CellKind::kGru:
+    case CellKind::kGruResetBefore: o.act[0] = sigmoid; o.act[1] = tanh; break;
+    default: o.act[0] = tanh; break;
+  }
+  return o;
+}
+
+namespace {
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> parts;
+  std::string::size_type start = 0;
+  while (true) {
+    const auto end = s.find(sep, start);
+    parts.push_back(s.substr(start, end == std::string::npos ? std::string::npos : end - start));
+    if (end == std::string::npos) return parts;
+    start = end + 1;
+  }
+}
+
+double parse_number(const std::string& what, const std::string& text) {
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size()) throw_expected(what, "a number", concat("'", text, "'"));
+  return v;
+}
+
+std::string activation_choices() {
+  std::string names;
+  for (const ActivationName& a : kActivationNames) names += (names.empty() ? "" : ", ") + std::string(a.name);
+  return names;
+}
+
+const ActivationName& activation_entry(ActKind kind) {
+  for (const ActivationName& a : kActivationNames) {
+    if (a.kind == kind) return a;
+  }
+  assert(false);
+  return kActivationNames[0];
+}
+
+Activation parse_activation(const std::string& text) {
+  const std::vector<std::string> parts = split(text, ':');
+  for (const ActivationName& a : kActivationNames) {
+    if (parts[0] != a.name) continue;
+    const int given = static_cast<int>(parts.size()) - 1;
+    if (given > a.params) {
+      throw_expected(concat("activation_alpha/activation_beta of ", a.name),
+                     a.params == 0 ? std::string("none (it takes no parameters)")
+                                   : concat("at most ", a.params, " (", a.params == 1 ? "alpha" : "alpha, beta", ")"),
+                     given);
+    }
+    Activation f{a.kind, a.default_alpha, a.default_beta};
+    if (given >= 1) f.alpha = parse_number(concat("activation_alpha of ", a.name), parts[1]);
+    if (given >= 2) f.beta = parse_number(concat("activation_beta of ", a.name), parts[2]);
+    return f;
+  }
+  throw_expected("activations", concat("names among ", activation_choices()), concat("'", parts[0], "'"));
+}
+
+bool same(const CellOptions& a, const CellOptions& b, int acts) {
+  for (int k = 0; k < acts; ++k) {
+    if (a.act[k].kind != b.act[k].kind || a.act[k].alpha != b.act[k].alpha || a.act[k].beta != b.act[k].beta) {
+      return false;
+    }
+  }
+  return a.clip == b.clip && a.peephole == b.peephole && a.coupled == b.coupled;
+}
+
+}  // namespace
+
+void set_cell_options(StackConfig& cfg, const std::string& spec) {
+  const CellOptions defaults = default_cell_options(cfg.cell);
+  cfg.options[0] = cfg.options[1] = defaults;
+  cfg.general = false;
+  if (spec.empty()) return;
+  const int acts = cell_activation_count(cfg.cell);
+  const bool lstm = cfg.cell == CellKind::kLstm;
+  if (acts == 0) {
+    throw_expected("options", concat("none of ONNX's (activations, clip, peephole, coupled_gates) for cell ",
+                                     cell_name(cfg.cell)), concat("'", spec, "'"));
+  }
+  std::vector<std::string> seen;
+  for (const std::string& item : split(spec, ';')) {
+    const auto eq = item.find('=');
+    const std::string key = item.substr(0, eq), value = eq == std::string::npos ? "" : item.substr(eq + 1);
+    for (const std::string& k : seen) {
+      if (k == key) throw_expected("cell options", concat("'", key, "' at most once"), concat("'", spec, "'"));
+    }
+    seen.push_back(key);
+    if (key == "act") {
+      const std::vector<std::string> groups = split(value, '|');
+      if (static_cast<index_t>(groups.size()) > cfg.num_directions) {
+        throw_expected("activations", concat("one set, or one per direction (", cfg.num_directions, ")"),
+                       groups.size());
+      }
+      for (index_t d = 0; d < static_cast<index_t>(groups.size()); ++d) {
+        const std::vector<std::string> names = split(groups[d], ',');
+        if (static_cast<int>(names.size()) != acts) {
+          throw_expected("activations", concat(acts, " per direction for cell ", cell_name(cfg.cell),
+                                               acts == 3 ? " (f, g, h)" : acts == 2 ? " (f, g)" : " (f)"),
+                         names.size());
+        }
+        for (int k = 0; k < acts; ++k) cfg.options[d].act[k] = parse_activation(names[k]);
+      }
+      if (groups.size() == 1) {
+        for (int k = 0; k < acts; ++k) cfg.options[1].act[k] = cfg.options[0].act[k];
+      }
+    } else if (key == "clip") {
+      const double c = parse_number("clip", value);
+      if (!(c > 0) || c == std::numeric_limits<double>::infinity()) throw_expected("clip", "a finite number > 0", c);
+      cfg.options[0].clip = cfg.options[1].clip = c;
+    } else if (key == "peephole" || key == "coupled") {
+      const char* name = key == "peephole" ? "peephole" : "coupled_gates";
+      if (value != "1") throw_expected(name, "1", concat("'", value, "'"));
+      if (!lstm) throw_expected(name, concat("False for cell ", cell_name(cfg.cell), " (LSTM only)"), "True");
+      if (key == "coupled" && cfg.proj_size > 0) {
+        throw_expected("coupled_gates", "False with a projection (proj_size > 0)", "True");
+      }
+      for (CellOptions& o : cfg.options) (key == "peephole" ? o.peephole : o.coupled) = 1;
+    } else {
+      throw_expected("cell options", "keys among act, clip, peephole, coupled", concat("'", key, "'"));
+    }
+  }
+  cfg.general = !same(cfg.options[0], defaults, acts) || !same(cfg.options[1], defaults, acts);
+}
+
+std::string cell_options_string(const StackConfig& cfg) {
+  if (!cfg.general) return "";
+  const int acts = cell_activation_count(cfg.cell);
+  auto number = [](double v) {
+    // The shortest form that reads back as the same double.
+    char buf[32];
+    for (int digits = 15; digits <= 17; ++digits) {
+      std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+      if (std::strtod(buf, nullptr) == v) break;
+    }
+    return std::string(buf);
+  };
+  auto group = [&](const CellOptions& o) {
+    std::string g;
+    for (int k = 0; k < acts; ++k) {
+      const ActivationName& a = activation_entry(o.act[k].kind);
+      g += (k ? "," : "") + std::string(a.name);
+      if (a.params >= 1) g += ":" + number(o.act[k].alpha);
+      if (a.params >= 2) g += ":" + number(o.act[k].beta);
+    }
+    return g;
+  };
+  std::string s = "act=" + group(cfg.options[0]);
+  if (cfg.num_directions == 2 && group(cfg.options[1]) != group(cfg.options[0])) s += "|" + group(cfg.options[1]);
+  if (cfg.options[0].clip > 0) s += ";clip=" + number(cfg.options[0].clip);
+  if (cfg.options[0].peephole) s += ";peephole=1";
+  if (cfg.options[0].coupled) s += ";coupled=1";
+  return s;
 }
 
 void check_precision(const StackConfig& cfg, bool float32) {
@@ -55,6 +252,9 @@ std::vector<ParamSpec> stack_param_specs(const StackConfig& cfg) {
         specs.push_back({"bias_hh" + sfx, {GH}, ParamRole::kBHh, g});
       }
       if (cfg.proj_size > 0) specs.push_back({"weight_hr" + sfx, {P, H}, ParamRole::kWHr, g});
+      if (cfg.general && cfg.options[d].peephole) {
+        specs.push_back({"weight_peephole" + sfx, {3, H}, ParamRole::kWPeephole, g});
+      }
       for (int p = 0; p < ci.ln_params; ++p) {
         specs.push_back({kLnNames[p] + sfx, {ln_param_width(p, GH, H)},
                          static_cast<ParamRole>(static_cast<int>(ParamRole::kLn0) + p), g});

@@ -77,6 +77,7 @@ struct LayerForwardArgs {
   StatePair<const S*> state0;
   const index_t* lengths = nullptr;
   bool reverse = false;
+  const CellOptions* options = nullptr;  // the direction's (general cells)
   S* y = nullptr;
   index_t y_ld = 0;
   StatePair<S*> state_n;
@@ -93,6 +94,7 @@ struct LayerBackwardArgs {
   const S* x = nullptr;
   const index_t* lengths = nullptr;
   bool reverse = false;
+  const CellOptions* options = nullptr;
   const S* dy = nullptr;
   index_t dy_ld = 0;
   StatePair<const S*> d_state_n;

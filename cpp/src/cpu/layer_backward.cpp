@@ -46,6 +46,8 @@ class BackwardLoop {
 
  private:
   using Plan = LayerPlan<Cell, S>;
+  // Cells that sum parameter gradients per batch row (layer.h's partial_width).
+  static constexpr bool kPartials = Cell::kLnParams > 0 || Cell::kPeepholes;
 
   const S* h_slot(index_t slot) const { return b_.h_seq + slot * p_.N * p_.P; }
   const S* c_slot(index_t slot) const { return b_.c_seq + slot * p_.N * p_.H; }
@@ -69,7 +71,8 @@ class BackwardLoop {
     // Cells that accumulate parameter gradients row by row (LayerNorm) do it into partial sums of
     // their own, one set per batch row (not per thread), which thread 0 adds up in row order after
     // the loop: the result does not depend on how the rows were shared among the threads.
-    if constexpr (Cell::kLnParams > 0) {
+    // Peephole gradients likewise.
+    if constexpr (kPartials) {
       zero_n(b_.partials + n0 * p_.s.partial_width, (n1 - n0) * p_.s.partial_width);
     }
     tc.barrier();
@@ -77,6 +80,8 @@ class BackwardLoop {
     row_.GH = p_.GH;
     row_.saved_slots = Cell::kSavedSlots;
     row_.ln_ = w_.ln;  // cells read the biases only in forward; backward works from what it saved
+    row_.options_ = a_.options;
+    row_.peep_ = w_.w_peephole;
   }
 
   // Row n's partial sums (LayerShape::partial_width's layout).
@@ -91,6 +96,7 @@ class BackwardLoop {
       row_.db_ih_ = p;
       row_.db_hh_ = p + p_.GH;
     }
+    if constexpr (Cell::kPeepholes) row_.dpeep_ = b_.partials + n * p_.s.partial_width;
   }
 
   // Phase 2, one step at time t.
@@ -251,6 +257,14 @@ class BackwardLoop {
           }
           if (grads_.b_ih) Vec<S>(grads_.b_ih, GH) += ConstVec<S>(p, GH);
           if (grads_.b_hh) Vec<S>(grads_.b_hh, GH) += ConstVec<S>(p + GH, GH);
+        }
+      }
+    }
+    if constexpr (Cell::kPeepholes) {
+      tc.barrier();
+      if (tc.tid() == 0 && grads_.w_peephole) {
+        for (index_t n = 0; n < N; ++n) {
+          Vec<S>(grads_.w_peephole, 3 * H) += ConstVec<S>(b_.partials + n * p_.s.partial_width, 3 * H);
         }
       }
     }

@@ -67,6 +67,8 @@ class ForwardLoop {
     row_.b_ih_ = b_.bias + p_.GH;
     row_.b_hh_ = b_.bias + 2 * p_.GH;
     row_.ln_ = w_.ln;
+    row_.options_ = a_.options;
+    row_.peep_ = w_.w_peephole;
   }
 
   // Phase 2, one step at time t.

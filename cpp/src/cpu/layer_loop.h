@@ -41,6 +41,8 @@ struct CpuRow {
   S* saved_ = nullptr;        // [saved_width]
   S* tmp_ = nullptr;          // [tmp_width]
   const S* const* ln_ = nullptr;
+  const CellOptions* options_ = nullptr;
+  const S* peep_ = nullptr;   // [3H]
   // backward
   S* dh_ = nullptr;       // [H]
   S* dc_ = nullptr;       // [H] in: dL/dc_t, out: dL/dc_{t-1} (dc_prev aliases dc)
@@ -50,6 +52,7 @@ struct CpuRow {
   S* const* dln_ = nullptr;
   S* db_ih_ = nullptr;    // [GH] accumulated
   S* db_hh_ = nullptr;    // [GH] accumulated
+  S* dpeep_ = nullptr;    // [3H] accumulated
 
   Vec<S> gates(int k) const { return Vec<S>(gates_ + k * H, H); }
   Vec<S> gates_row() const { return Vec<S>(gates_, GH); }
@@ -80,6 +83,9 @@ struct CpuRow {
   Vec<S> dln_row(int p) const { return Vec<S>(dln_[p], GH); }
   Vec<S> db_ih_row() const { return Vec<S>(db_ih_, GH); }
   Vec<S> db_hh_row() const { return Vec<S>(db_hh_, GH); }
+  const CellOptions& options() const { return *options_; }
+  ConstVec<S> peep(int k) const { return ConstVec<S>(peep_ + k * H, H); }
+  Vec<S> dpeep(int k) const { return Vec<S>(dpeep_ + k * H, H); }
 
   template <typename D>
   static S mean(const Eigen::ArrayBase<D>& v) {

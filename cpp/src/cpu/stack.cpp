@@ -72,7 +72,7 @@ CpuStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool train
   p.training = training;
   p.specs = std::move(specs);
   check_precision(cfg, std::is_same_v<S, float>);
-  p.shape = layer_shape(cfg.cell, cfg.layer_dims(0, T, N), training);
+  p.shape = layer_shape(cfg.kernel_cell(), cfg.layer_dims(0, T, N), training);
   p.shape.keep_cache = keep_cache;
   p.shape.bf16 = cfg.precision == Precision::kBfloat16;
   p.layer_kept = layer_buffer_elems(p.shape, kKept);
@@ -160,10 +160,11 @@ void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, Cp
         la.state0 = group_state(args.state0, g, N, P, H);
         la.lengths = args.lengths;
         la.reverse = cfg.runs_reverse(d);
+        la.options = &cfg.options[d];
         la.y = outputs[l] + d * P;
         la.y_ld = D * P;
         la.state_n = group_state(args.state_n, g, N, P, H);
-        layer_forward<S>(tc, cfg.cell, shape, (*weights)[g], buffers[g], packed, la);
+        layer_forward<S>(tc, cfg.kernel_cell(), shape, (*weights)[g], buffers[g], packed, la);
         tc.barrier();
       }
       if (training && l + 1 < L && cfg.dropout > 0.0) {
@@ -227,13 +228,14 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
         la.x = cache.inputs[l];
         la.lengths = lengths;
         la.reverse = cfg.runs_reverse(d);
+        la.options = &cfg.options[d];
         la.dy = d_out ? d_out + d * P : nullptr;
         la.dy_ld = D * P;
         la.d_state_n = group_state(args.d_state_n, g, N, P, H);
         la.dx = d_in;
         la.dx_accumulate = d > 0;
         la.d_state0 = group_state(args.d_state0, g, N, P, H);
-        layer_backward<S>(tc, cfg.cell, shape, cache.weights[g], (*args.grads)[g], buffers[g], packed, la);
+        layer_backward<S>(tc, cfg.kernel_cell(), shape, cache.weights[g], (*args.grads)[g], buffers[g], packed, la);
         tc.barrier();
       }
       if (l > 0) {
@@ -256,7 +258,7 @@ void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& ar
   // A streaming step computes in float32 whatever the precision: it reads each weight once, and
   // a bfloat16 copy of them per call cost more than the float32 step (LSTM, C = H = 256, B = 1:
   // 137 against 58 us).
-  const LayerShape shape0 = layer_shape(cfg.cell, cfg.layer_dims(0, 1, N), false);  // T = 1: nothing packed
+  const LayerShape shape0 = layer_shape(cfg.kernel_cell(), cfg.layer_dims(0, 1, N), false);  // T = 1: nothing packed
   // One buffer per thread, grown when needed and kept: a stream of steps allocates nothing. The
   // layer buffers every layer reuses, then two outputs to ping-pong between layers.
   constexpr unsigned kStepBuffers = kKept | kForwardScratch;
@@ -275,10 +277,11 @@ void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& ar
     LayerForwardArgs<S> la;
     la.x = in;
     la.state0 = group_state(args.state0, l, N, P, H);
+    la.options = &cfg.options[0];
     la.y = l + 1 == L ? args.y : between[l % 2];
     la.y_ld = P;
     la.state_n = group_state(args.state_n, l, N, P, H);
-    layer_forward<S>(solo, cfg.cell, shape, (*args.params)[l], buffers, unpacked, la);
+    layer_forward<S>(solo, cfg.kernel_cell(), shape, (*args.params)[l], buffers, unpacked, la);
     in = la.y;
   }
 }

@@ -30,7 +30,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from .. import _validate as V
-from .._cells import DIRECTIONS
+from .._cells import ACTIVATION_SLOTS, DEFAULT_ACTIVATIONS, DEFAULTS, DIRECTIONS, activation_name, activation_table
 from ..layers import GRU, LSTM, RNN, _RecurrentLayer
 
 # Position in rnnkit's order of each gate in the other layout's order.
@@ -89,14 +89,104 @@ def to_onnx(layer: _RecurrentLayer) -> List[Dict[str, np.ndarray]]:
                 "hidden_size": H}
         if isinstance(layer, GRU):
             node["linear_before_reset"] = 1 if layer.reset_after else 0
+        node.update(_onnx_option_attributes(layer))
+        if layer.peephole:
+            node["P"] = np.stack([_reorder(layer.params["weight_peephole" + _suffix(k, d)].reshape(-1),
+                                           _PEEPHOLE_ORDER, H) for d in range(layer.num_directions)])
         out.append(node)
     return out
 
 
-# The activations an ONNX node may name that are rnnkit's own cells' (ONNX's defaults): per
-# direction, f (and g, h) in ONNX's order.
-_ONNX_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"],
-                     "GRU_RESET_BEFORE": ["Sigmoid", "Tanh"], "RNN_TANH": ["Tanh"], "RNN_RELU": ["Relu"]}
+# ONNX's peepholes P [D, 3H] are in the order (i, o, f); rnnkit's weight_peephole [3, H] (i, f, o).
+_PEEPHOLE_ORDER = [0, 2, 1]
+
+
+def _onnx_option_attributes(layer: _RecurrentLayer) -> Dict[str, object]:
+    """The ONNX attributes of a layer's ONNX options, only those away from ONNX's defaults:
+    ``activations`` (every direction's), ``activation_alpha``/``activation_beta`` (consumed in
+    order by the activations that take them, as ONNX defines), ``clip``, ``input_forget``."""
+    opts = _layer_options(layer)
+    cell_class = type(layer).__name__
+    attrs: Dict[str, object] = {}
+    if opts["activations"] != DEFAULT_ACTIVATIONS[cell_class] * layer.num_directions:
+        attrs["activations"] = list(opts["activations"])
+        alphas = [a for a in opts["activation_alpha"] if a is not None]
+        betas = [b for b in opts["activation_beta"] if b is not None]
+        if alphas:
+            attrs["activation_alpha"] = alphas
+        if betas:
+            attrs["activation_beta"] = betas
+    if opts["clip"] is not None:
+        attrs["clip"] = opts["clip"]
+    if opts["coupled_gates"]:
+        attrs["input_forget"] = 1
+    return attrs
+
+
+def _layer_options(layer: _RecurrentLayer) -> Dict[str, object]:
+    """A layer's ONNX options in full: every direction's activation names, alpha and beta (None
+    where the function takes none), clip, peephole, coupled_gates."""
+    table = activation_table()
+    groups = layer.activations
+    functions = [f for group in (tuple(groups) * layer.num_directions if len(groups) == 1 else groups) for f in group]
+    return {"activations": tuple(n for n, _, _ in functions),
+            "activation_alpha": tuple(a if table[n][0] >= 1 else None for n, a, _ in functions),
+            "activation_beta": tuple(b if table[n][0] >= 2 else None for n, _, b in functions),
+            "clip": layer.clip, "peephole": layer.peephole, "coupled_gates": layer.coupled_gates}
+
+
+def _node_options(node: Dict[str, object], cell_class: str, num_directions: int) -> Dict[str, object]:
+    """An ONNX node's options in _layer_options' form, ONNX's defaults applied (its default
+    activations, ONNX Runtime's alpha/beta for those a node leaves out, no clip, no peepholes)."""
+    table = activation_table()
+    per = len(ACTIVATION_SLOTS[cell_class])
+    if node.get("activations") is None:
+        names = list(DEFAULT_ACTIVATIONS[cell_class]) * num_directions
+    else:
+        names = [activation_name(_onnx_text(a), "['activations']")
+                 for a in np.asarray(node["activations"], dtype=object).reshape(-1)]
+        if len(names) == per and num_directions == 2:
+            names = names * 2
+        if len(names) != per * num_directions:
+            raise ValueError(f"['activations']: expected {per * num_directions} names ({per} per direction), "
+                             f"got {len(names)}")
+    alphas = [float(a) for a in np.asarray(node.get("activation_alpha", []), dtype=np.float64).reshape(-1)]
+    betas = [float(b) for b in np.asarray(node.get("activation_beta", []), dtype=np.float64).reshape(-1)]
+    alpha_list, beta_list = [], []
+    for name in names:
+        takes, default_alpha, default_beta = table[name]
+        alpha_list.append((alphas.pop(0) if alphas else default_alpha) if takes >= 1 else None)
+        beta_list.append((betas.pop(0) if betas else default_beta) if takes >= 2 else None)
+    if alphas or betas:
+        key = "activation_alpha" if alphas else "activation_beta"
+        raise ValueError(f"[{key!r}]: expected one value per activation that takes it ({names}), got "
+                         f"{len(alphas)} alpha(s) and {len(betas)} beta(s) more")
+    clip = node.get("clip")
+    return {"activations": tuple(names), "activation_alpha": tuple(alpha_list), "activation_beta": tuple(beta_list),
+            "clip": None if clip is None else float(np.asarray(clip).reshape(())),
+            "peephole": cell_class == "LSTM" and node.get("P") is not None and bool(np.any(np.asarray(node["P"]) != 0)),
+            "coupled_gates": cell_class == "LSTM" and int(np.asarray(node.get("input_forget", 0)).reshape(())) != 0}
+
+
+def onnx_layer_options(node: Dict[str, object], cell_class: str, num_directions: int) -> Dict[str, object]:
+    """The layer keywords that represent an ONNX node's options (activations, activation_alpha,
+    activation_beta, clip, peephole, coupled_gates; RNN's Relu as nonlinearity="relu"), only
+    those away from the defaults: what ``rnnkit.onnx.load`` builds a layer with."""
+    opts = _node_options(node, cell_class, num_directions)
+    options: Dict[str, object] = {}
+    names = opts["activations"]
+    if cell_class == "RNN" and set(names) == {"Relu"}:
+        options["nonlinearity"] = "relu"
+    elif names != DEFAULT_ACTIVATIONS[cell_class] * num_directions:
+        options["activations"] = names
+        if any(a is not None for a in opts["activation_alpha"]):
+            options["activation_alpha"] = opts["activation_alpha"]
+        if any(b is not None for b in opts["activation_beta"]):
+            options["activation_beta"] = opts["activation_beta"]
+    for key in ("clip", "peephole", "coupled_gates"):
+        if opts[key] not in (None, False):
+            options[key] = opts[key]
+    return options
 
 
 def _onnx_text(value) -> str:
@@ -129,34 +219,38 @@ def _check_onnx_attributes(layer: _RecurrentLayer, k: int, node: Dict[str, np.nd
             raise ValueError(f"{name}['linear_before_reset']: expected {int(layer.reset_after)} for "
                              f"GRU(reset_after={layer.reset_after}), got {lbr}{absent}: make the layer with "
                              f"reset_after={bool(lbr)}")
-    if node.get("clip") is not None:
-        raise ValueError(f"{name}['clip']: expected none (rnnkit's layers have no cell clip yet), got {node['clip']}")
-    if int(node.get("input_forget", 0)) != 0:
-        raise ValueError(f"{name}['input_forget']: expected 0 (rnnkit's LSTM has no coupled input-forget gate yet), "
-                         f"got {int(node['input_forget'])}")
-    if node.get("P") is not None and np.any(np.asarray(node["P"]) != 0):
-        raise ValueError(f"{name}['P']: expected none or zeros (rnnkit's LSTM has no peepholes yet), got nonzero "
-                         "peephole weights")
-    if node.get("activations") is not None:
-        got = [_onnx_text(a) for a in np.asarray(node["activations"], dtype=object).reshape(-1)]
-        default = _ONNX_ACTIVATIONS[layer.mode] * layer.num_directions
-        if [a.lower() for a in got] != [a.lower() for a in default]:
-            raise ValueError(f"{name}['activations']: expected {default} (this {type(layer).__name__}'s own; rnnkit "
-                             f"has no other activations yet), got {got}")
-    for key in ("activation_alpha", "activation_beta"):
-        if node.get(key) is not None:
-            raise ValueError(f"{name}[{key!r}]: expected none (the default activations take no parameters), "
-                             f"got {node[key]}")
+    cell_class = type(layer).__name__
+    try:
+        wanted = _node_options(node, cell_class, layer.num_directions)
+    except ValueError as exc:
+        raise ValueError(f"{name}{exc}") from None
+    have = _layer_options(layer)
+    for key, value in wanted.items():
+        if key == "peephole" and have[key] and not value:
+            continue  # a peephole layer takes a node without P as zeros
+        if _same_option(value, have[key]):
+            continue
+        onnx_key = {"peephole": "P", "coupled_gates": "input_forget"}.get(key, key)
+        raise ValueError(f"{name}[{onnx_key!r}]: the node's {key} {value!r} (ONNX's defaults applied) does not match "
+                         f"this {cell_class}'s {have[key]!r}: make the layer with {key}={value!r}")
+
+
+def _same_option(a, b) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same_option(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return bool(np.float32(a) == np.float32(b))  # ONNX keeps attributes as float32
+    return a == b
 
 
 def from_onnx(layer: _RecurrentLayer, nodes: Sequence[Dict[str, np.ndarray]]) -> None:
     """Loads per-layer ONNX nodes ``{"W", "R", "B"}`` plus any of their attributes (as made by
     ``to_onnx``, or read off an ONNX model) into ``layer``. ONNX's defaults apply to what a node
     leaves out: an absent ``B`` is zero biases, an absent ``linear_before_reset`` is 0, an absent
-    ``direction`` "forward". What the layer cannot represent (a reverse-only node, another
-    direction or hidden size, nonzero biases for a ``bias=False`` layer, clip, peepholes, coupled
-    gates, other activations) is refused with a message saying what to change; nothing is loaded
-    then."""
+    ``direction`` "forward", an absent ``P`` zero peepholes. A node whose options the layer does not
+    have (another direction or hidden size, nonzero biases for a ``bias=False`` layer, another
+    clip, peepholes, coupled gates or activations) is refused with a message saying what to
+    change; nothing is loaded then."""
     _check_convertible(layer, "ONNX")
     if len(nodes) != layer.num_layers:
         raise ValueError(f"nodes: expected {layer.num_layers} (one per layer), got {len(nodes)}")
@@ -181,6 +275,12 @@ def from_onnx(layer: _RecurrentLayer, nodes: Sequence[Dict[str, np.ndarray]]) ->
                 b = np.zeros(2 * shape_hh[0], layer.dtype) if B is None else B[d]
                 state["bias_ih" + sfx] = _reorder(b[:shape_hh[0]], inv, H)
                 state["bias_hh" + sfx] = _reorder(b[shape_hh[0]:], inv, H)
+        if layer.peephole:
+            Pn = np.zeros((layer.num_directions, 3 * H), layer.dtype) if node.get("P") is None else \
+                V.as_float_array(f"nodes[{k}]['P']", node["P"], layer.dtype)
+            V.check_shape(f"nodes[{k}]['P']", Pn, (layer.num_directions, 3 * H))
+            for d in range(layer.num_directions):
+                state["weight_peephole" + _suffix(k, d)] = _reorder(Pn[d], _inverse(_PEEPHOLE_ORDER), H).reshape(3, H)
         if not layer.bias and B is not None and np.any(B != 0):
             raise ValueError(f"nodes[{k}]['B']: expected none or zeros for a layer with bias=False (it has no biases "
                              "to load them into: make the layer with bias=True), got nonzero biases")

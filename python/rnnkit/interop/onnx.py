@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 import numpy as np
 
 from .. import _validate as V
-from .convert import _onnx_text, from_onnx, to_onnx
+from .convert import _onnx_text, from_onnx, onnx_layer_options, to_onnx
 from ..layers import GRU, LSTM, RNN, _RecurrentLayer
 from ..network import RNNNetwork
 
@@ -223,7 +223,7 @@ def _build_stack(g: _GraphBuilder, layer: _RecurrentLayer, x_time_major: str, wi
     op_type, D, L = _OP_TYPE[layer.mode], layer.num_directions, layer.num_layers
     attrs: Dict[str, Any] = {"hidden_size": layer.hidden_size,
                              "direction": layer.direction}
-    if layer.mode in _ACTIVATION:
+    if layer.mode in _ACTIVATION and not layer._cell_options:
         attrs["activations"] = [_ACTIVATION[layer.mode]] * D
     has_c = isinstance(layer, LSTM)
     h_parts: List[str] = []
@@ -233,12 +233,17 @@ def _build_stack(g: _GraphBuilder, layer: _RecurrentLayer, x_time_major: str, wi
         node_attrs = dict(attrs)
         if "linear_before_reset" in weights:
             node_attrs["linear_before_reset"] = int(weights["linear_before_reset"])
+        for key in ("activations", "activation_alpha", "activation_beta", "clip", "input_forget"):
+            if key in weights:
+                node_attrs[key] = weights[key]
         W = g.constant(f"W_l{k}", _float32(weights["W"]))
         R = g.constant(f"R_l{k}", _float32(weights["R"]))
         B = "" if weights["B"] is None else g.constant(f"B_l{k}", _float32(weights["B"]))
         inputs = [x, W, R, B, lengths, _layer_rows(g, h0, k, layer)]
         if has_c:
             inputs.append(_layer_rows(g, c0, k, layer))
+        if "P" in weights:
+            inputs.append(g.constant(f"P_l{k}", _float32(weights["P"])))
         last = k == L - 1
         # ONNX's Y is optional: the last layer of a last-step head need not write it.
         onnx_y = "" if last and not want_y else g.fresh(f"Y_l{k}")
@@ -401,9 +406,10 @@ def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *,
     ``rnnkit.RNN``, ``LSTM`` or ``GRU`` with every layer's weights (``dtype``: the layer's), its
     direction, cell flavour (GRU ``linear_before_reset``, the RNN's ``Tanh``/``Relu``) and
     ``batch_first`` (``layout=1``, or a transpose of the first two axes before the first node).
-    Anything else is refused with a message naming the first node it cannot map; what a node asks
-    that rnnkit's layers cannot do (clip, peepholes, coupled gates, other activations) is refused
-    by ``rnnkit.convert.from_onnx`` with what to change.
+    Anything else is refused with a message naming the first node it cannot map. The first node's
+    ONNX options (activations with their alpha/beta, clip, peepholes ``P``, ``input_forget``) make
+    the layer's; a later node that differs is refused by ``rnnkit.convert.from_onnx`` with what to
+    change.
 
     Around the stack, the graph ``export`` writes for an ``RNNNetwork`` is read back as one: a
     ``Gather`` from a constant table before the first node (the embedding: token input), and after
@@ -484,14 +490,16 @@ def load(model: Union[str, "os.PathLike[str]", "onnx.ModelProto"], *,
     if direction in ("reverse", "bidirectional"):  # anything else: a forward layer, whose from_onnx says what
         options["direction"] = direction
     if kind == "RNN":
-        acts = first.get("activations", ["Tanh"])
-        options["nonlinearity"] = "relu" if acts and acts[0].lower() == "relu" else "tanh"
         cls: type = RNN
     elif kind == "GRU":
         options["reset_after"] = bool(int(first.get("linear_before_reset", 0)))
         cls = GRU
     else:
         cls = LSTM
+    try:
+        options.update(onnx_layer_options(first, kind, 2 if direction == "bidirectional" else 1))
+    except ValueError as exc:
+        raise ValueError(f"model: {describe(rnn[0])} cannot be mapped: {exc}") from None
     layer = cls(int(C), int(H), **options)
     from_onnx(layer, nodes)
     around = [i for i, node in enumerate(graph.node) if node.op_type in _NETWORK_OPS]

@@ -46,7 +46,7 @@ def _refuse(what: str) -> None:
 
 def rnnkit_forward(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode: str, input_size: int,
                    hidden_size: int, num_layers: int, bidirectional: bool, proj_size: int, bias: bool,
-                   dropout: float, precision: str, reverse: bool, training: bool):
+                   dropout: float, precision: str, reverse: bool, cell_options: str, training: bool):
     """The ONNX graph of one ``rnnkit::forward`` call (traced by onnxscript). A bfloat16
     ``precision`` is how rnnkit computes the layer; the float32 ONNX node computes the same function."""
     from onnxscript import ir
@@ -55,6 +55,9 @@ def rnnkit_forward(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode: 
     if mode not in _ONNX_NODE:
         _refuse(f"expected a cell ONNX has an operator for (RNN, LSTM, GRU), got mode {mode!r} "
                 "(LayerNorm cells have none; use rnnkit itself to run them)")
+    if cell_options:
+        _refuse(f"expected a layer without ONNX's own options (got {cell_options!r}): this translation writes "
+                "PyTorch's cells; export such a layer with rnnkit.onnx.export, which writes every option")
     if proj_size:
         _refuse(f"expected proj_size=0 (ONNX's LSTM has no projection), got {proj_size}")
     if batch_sizes is not None:
