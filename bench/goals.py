@@ -20,6 +20,8 @@ round by round (a noisy neighbour slows both alike), medians over the rounds, fl
 - bfloat16: rnnkit's precision="bfloat16" forward and training step (with dx) vs PyTorch's bf16
   autocast on the CPU (torch.autocast("cpu", torch.bfloat16), fp32 weights: oneDNN), each with its
   max |error| against its own float32 result in the note (goal: >= 1.3x, error no larger);
+- activations: named (ONNX) activations at the mid shape, the general cells against the default
+  ones, forward and training with dx (goal: at most 15% slower);
 - streaming: one step at B=1, C=H=256 through layer.step() and RNNNetwork.step() vs the PyTorch
   Cell and ONNX Runtime with T=1; the bare pybind11 call overhead is reported separately;
 - memory: the extra peak resident memory of one LSTM training step at the large shape, rnnkit and
@@ -50,7 +52,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--csv", default="", help="write every measurement to this CSV")
     p.add_argument("--json", default="", help="write the results as JSON")
     p.add_argument("--update-results", action="store_true", help="rewrite the goals section of bench/RESULTS.md")
-    p.add_argument("--only", choices=("full", "bf16", "streaming", "memory", "threads"), default="",
+    p.add_argument("--only", choices=("full", "bf16", "activations", "streaming", "memory", "threads"), default="",
                    help="one section only (to re-measure it; not with --update-results)")
     args = p.parse_args()
     if args.only and args.update_results:
@@ -281,6 +283,45 @@ def bfloat16(shape_names: List[str], rounds: Dict[str, int]) -> None:
                    extra=f"{3 * flops / m['rk_dx'] / 1e9:.0f} GFLOP/s")
             record(f"bf16-{shape_name}", f"{cell} bf16 inference forward", m["rk_fwd"], "autocast", m["t_fwd"], BF16_GOAL,
                    extra=f"{flops / m['rk_fwd'] / 1e9:.0f} GFLOP/s; {err}" + ("" if ours <= theirs else " (error above autocast's)"))
+
+
+# Named (ONNX) activations at the mid shape: the general cells against the default ones (issue 14).
+NAMED_ACTIVATIONS = {"rnn": ("Softsign",), "lstm": ("HardSigmoid", "Tanh", "Tanh"), "gru": ("HardSigmoid", "Tanh")}
+NAMED_COST_GOAL = 0.87  # default time / named time: at most 15% slower (1/1.15)
+
+
+def activations(rounds: int) -> None:
+    """Keras-style named activations (HardSigmoid gates, as Keras' LSTM/GRU default to) against the
+    default cells, the same layer otherwise, forward and training with dx."""
+    T, N, C, H = SHAPES["mid"]
+    for cell, (_, cls, _) in CELLS.items():
+        rng = np.random.default_rng(0)
+        plain = cls(C, H, seed=0)
+        named = cls(C, H, seed=0, activations=NAMED_ACTIVATIONS[cell])
+        x = rng.standard_normal((T, N, C)).astype(np.float32)
+        dy = rng.standard_normal((T, N, H)).astype(np.float32)
+        print(f"{cell} mid {SHAPES['mid']}, activations={NAMED_ACTIVATIONS[cell]}:")
+
+        def train(layer):
+            def run():
+                layer.training = True
+                layer(x)
+                layer.backward(dy, compute_dx=True)
+            return run
+
+        def forward(layer):
+            def run():
+                layer.training = False
+                layer(x)
+            return run
+
+        m = interleaved_medians({"named_dx": train(named), "plain_dx": train(plain), "named_fwd": forward(named),
+                                 "plain_fwd": forward(plain)}, rounds, warmup=2)
+        names = ",".join(NAMED_ACTIVATIONS[cell])
+        record("activations-mid", f"{cell} [{names}] train (with dx)", m["named_dx"], "default", m["plain_dx"],
+               NAMED_COST_GOAL, extra="the general cell vs the default cell")
+        record("activations-mid", f"{cell} [{names}] inference forward", m["named_fwd"], "default", m["plain_fwd"],
+               NAMED_COST_GOAL, extra="the general cell vs the default cell")
 
 
 def streaming(rounds: int) -> None:
@@ -525,6 +566,8 @@ def main() -> int:
             full_sequence(["small", "mid", "large"], rounds, sgemm, fma)
         if ARGS.only in ("", "bf16"):
             bfloat16(["small", "mid", "large"], rounds)
+        if ARGS.only in ("", "activations"):
+            activations(rounds["mid"])
         if ARGS.only in ("", "streaming"):
             streaming(15)
         if ARGS.only in ("", "memory"):

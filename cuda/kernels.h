@@ -9,6 +9,8 @@
 // buffers), and reads only its own or ones no thread of the launch writes.
 #pragma once
 
+#include <cstring>
+
 #include "device.h"
 #include "rnnkit/cells.h"
 #include "rnnkit/stack.h"
@@ -36,6 +38,10 @@ struct DeviceElement {
   S* dgates_;
   S* dhgates_;
   S* dh_prev_;
+  // ONNX's general cells (set after construction; null for the others)
+  const CellOptions* options_ = nullptr;
+  const S* peep_ = nullptr;  // [3H]
+  S* dpeep_ = nullptr;       // [3H] this row's partial sums
 
   RNNKIT_DEVICE S& gates(int k) const { return gates_[k * H + j]; }
   RNNKIT_DEVICE S& hgates(int k) const { return hgates_[k * H + j]; }
@@ -54,6 +60,57 @@ struct DeviceElement {
   RNNKIT_DEVICE S& dgates(int k) const { return dgates_[k * H + j]; }
   RNNKIT_DEVICE S& dhgates(int k) const { return dhgates_[k * H + j]; }
   RNNKIT_DEVICE S& dh_prev() const { return dh_prev_[j]; }
+  RNNKIT_DEVICE const CellOptions& options() const { return *options_; }
+  RNNKIT_DEVICE const S& peep(int k) const { return peep_[k * H + j]; }
+  RNNKIT_DEVICE S& dpeep(int k) const { return dpeep_[k * H + j]; }
+};
+
+// A CellOptions as plain 64-bit words, for the kernel bodies that carry one: a body launched in a
+// graphed loop is identified by its bytes and may hold no floating-point member (graph.h). Decoded
+// field by field (no memcpy through local memory: it cost the double LSTM kernel a spill).
+RNNKIT_DEVICE double double_of_bits(std::int64_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(bits);
+#else
+  double v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+#endif
+}
+
+struct CellOptionWords {
+  std::int64_t kind[kMaxActivations] = {};
+  std::int64_t alpha[kMaxActivations] = {};
+  std::int64_t beta[kMaxActivations] = {};
+  std::int64_t clip = 0, peephole = 0, coupled = 0;
+
+  static CellOptionWords of(const CellOptions& o) {
+    auto bits = [](double v) {
+      std::int64_t b;
+      std::memcpy(&b, &v, sizeof b);
+      return b;
+    };
+    CellOptionWords w;
+    for (int k = 0; k < kMaxActivations; ++k) {
+      w.kind[k] = static_cast<std::int64_t>(o.act[k].kind);
+      w.alpha[k] = bits(o.act[k].alpha);
+      w.beta[k] = bits(o.act[k].beta);
+    }
+    w.clip = bits(o.clip);
+    w.peephole = o.peephole;
+    w.coupled = o.coupled;
+    return w;
+  }
+  RNNKIT_DEVICE CellOptions get() const {
+    CellOptions o;
+    for (int k = 0; k < kMaxActivations; ++k) {
+      o.act[k] = {static_cast<ActKind>(kind[k]), double_of_bits(alpha[k]), double_of_bits(beta[k])};
+    }
+    o.clip = double_of_bits(clip);
+    o.peephole = peephole;
+    o.coupled = coupled;
+    return o;
+  }
 };
 
 template <typename S>
@@ -89,6 +146,9 @@ struct ForwardPointwise {
   S* saved;
   S* tmp;
   const index_t* lengths;
+  // ONNX's general cells: the direction's options and peephole weights [3H] (or null).
+  CellOptionWords options{};
+  const S* peephole = nullptr;
 
   RNNKIT_DEVICE void operator()(const Thread& th) const {
     for (index_t i = th.global(); i < N * H; i += th.stride()) element(i / H, i % H);
@@ -110,6 +170,9 @@ struct ForwardPointwise {
       DeviceElement<S> a{H, GH, j, row_of(gates, n, GH), row_of(hgates, n, GH), bias, row_of(h_prev, n, P),
                          row_of(c_prev, n, H), row_of(h_out, n, H), row_of(c_cur, n, H), row_of(saved, n, SW),
                          row_of(tmp, n, TW), nullptr, nullptr, nullptr, nullptr, nullptr};
+      const CellOptions opts = options.get();
+      a.options_ = &opts;
+      a.peep_ = peephole;
       if constexpr (Cell::kTwoStage) {
         if (kStage == Stage::kFirst) Cell::forward_stage1(a);
         if (kStage == Stage::kSecond) Cell::forward_stage2(a);
@@ -207,6 +270,12 @@ struct BackwardPointwise {
   S* dhgates;
   S* dh_next;
   const index_t* lengths;
+  // ONNX's general cells: the options, peephole weights [3H] and the per-row partial sums
+  // [N, PW] their gradients accumulate into (or null).
+  CellOptionWords options{};
+  const S* peephole = nullptr;
+  S* partials = nullptr;
+  index_t PW = 0;
 
   // Element j of a padded row n: nothing reaches the gates; the state was carried through the
   // step, so is its gradient.
@@ -233,6 +302,10 @@ struct BackwardPointwise {
                          row_of(c_prev, n, H), row_of(h, n, H), const_cast<S*>(row_of(c_cur, n, H)),
                          row_of(saved, n, SW), row_of(tmp, n, TW), row_of(dh_cell, n, H), row_of(dc, n, H),
                          row_of(dgates, n, GH), row_of(dhgates, n, GH), row_of(dh_next, n, P)};
+      const CellOptions opts = options.get();
+      a.options_ = &opts;
+      a.peep_ = peephole;
+      a.dpeep_ = row_of(partials, n, PW);
       if constexpr (Cell::kTwoStage) {
         if (kStage == Stage::kSecond) Cell::backward_stage2(a);
         if (kStage == Stage::kFirst) Cell::backward_stage1(a);

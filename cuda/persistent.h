@@ -50,7 +50,9 @@ void count_persistent_launch();  // persistent_launches() (rnnkit_cuda.h) counts
 
 template <typename Cell>
 constexpr bool persistent_cell() {
-  return Cell::kLnParams == 0 && !Cell::kTwoStage;
+  // ONNX's general cells run the standard path: their options would have to ride in the
+  // persistent body too, for shapes (small batches of ONNX models) not worth the registers.
+  return Cell::kLnParams == 0 && !Cell::kTwoStage && !Cell::kOptions;
 }
 
 struct PersistentPlan {

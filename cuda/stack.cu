@@ -55,6 +55,7 @@ struct LayerArgs {  // one layer-direction's call (cpu/layer.h's LayerForwardArg
   StatePair<const S*> state0;
   const index_t* lengths = nullptr;  // device
   bool reverse = false;
+  const CellOptions* options = nullptr;  // the direction's (general cells)
   S* y = nullptr;
   index_t y_ld = 0;
   StatePair<S*> state_n;
@@ -121,9 +122,14 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
         gemm_rm<S>(ls, Op::kN, Op::kT, N, G1, P, S(1), h_prev, P, w.w_hh, P, S(1), gates, GH);
       }
       auto pointwise = [&](auto stage) {
-        return ForwardPointwise<Cell, S, decltype(stage)::value>{N, H, P, GH, SW, TW, t, s.project, gates, b.hgates,
-                                                                b.bias, h_prev, c_prev, h_out, c_cur, saved, b.tmp,
-                                                                a.lengths};
+        ForwardPointwise<Cell, S, decltype(stage)::value> f{N, H, P, GH, SW, TW, t, s.project, gates, b.hgates,
+                                                           b.bias, h_prev, c_prev, h_out, c_cur, saved, b.tmp,
+                                                           a.lengths};
+        if constexpr (Cell::kOptions) {
+          f.options = CellOptionWords::of(*a.options);
+          f.peephole = w.w_peephole;
+        }
+        return f;
       };
       auto point = [&](auto stage) { RNNKIT_LAUNCH(ls, N * H, pointwise(stage)); };
       if constexpr (Cell::kLnParams > 0) {
@@ -181,7 +187,8 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
     if constexpr (Cell::kHasCellState) RNNKIT_LAUNCH(st, N * H, (ZeroEmptyRows<S>{N, H, a.lengths, b.dc}));
   }
   // LayerNorm cells sum their parameter and bias gradients per batch row (row_kernels.h).
-  if constexpr (Cell::kLnParams > 0) zero_elems(st, b.partials, N * s.partial_width);
+  // Peephole gradients likewise.
+  if constexpr (Cell::kLnParams > 0 || Cell::kPeepholes) zero_elems(st, b.partials, N * s.partial_width);
 
   // The per-step launches, run as one CUDA graph (graph.h): nothing but launches in here.
   auto steps = [&](Stream ls) {
@@ -199,10 +206,17 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
       S* h_cell = s.project ? b.h_full + t * N * H : h_slot(slots.cur(t));
       S* dhgates = Cell::kSeparateRecurrent ? b.dhgates + t * N * GH : nullptr;
       auto pointwise = [&](auto stage) {
-        return BackwardPointwise<Cell, S, decltype(stage)::value>{
+        BackwardPointwise<Cell, S, decltype(stage)::value> k{
             N, H, P, GH, SW, TW, t, gates, h_slot(slots.prev(t)), Cell::kHasCellState ? c_slot(slots.prev(t)) : nullptr,
             h_cell, Cell::kHasCellState ? c_slot(slots.cur(t)) : nullptr, saved, b.tmp, dh_cell, dh_cur, b.dc,
             b.dgates, dhgates, dh_next, a.lengths};
+        if constexpr (Cell::kOptions) {
+          k.options = CellOptionWords::of(*a.options);
+          k.peephole = w.w_peephole;
+          k.partials = Cell::kPeepholes ? b.partials : nullptr;
+          k.PW = s.partial_width;
+        }
+        return k;
       };
       auto point = [&](auto stage) { RNNKIT_LAUNCH(ls, N * H, pointwise(stage)); };
       if constexpr (Cell::kLnParams > 0) {
@@ -256,6 +270,9 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
   } else {
     if (g.b_ih) RNNKIT_LAUNCH(st, GH, (AddColumnSums<S>{TN, GH, GH, dall, g.b_ih}));
     if (g.b_hh) RNNKIT_LAUNCH(st, GH, (AddColumnSums<S>{TN, GH, GH, drec_all, g.b_hh}));
+  }
+  if constexpr (Cell::kPeepholes) {
+    if (g.w_peephole) RNNKIT_LAUNCH(st, 3 * H, (AddColumnSums<S>{N, 3 * H, s.partial_width, b.partials, g.w_peephole}));
   }
   if (s.project) gemm_rm<S>(st, Op::kT, Op::kN, P, H, TN, S(1), b.dh_proj, P, b.h_full, H, S(1), g.w_hr, H);
   if (a.dx) {
@@ -311,7 +328,7 @@ CudaStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool trai
     throw_expected("precision", "'float32' on device cuda (precision='bfloat16' runs on the CPU only so far)",
                    "'bfloat16'");
   }
-  p.shape = layer_shape(cfg.cell, cfg.layer_dims(0, T, N), training);
+  p.shape = layer_shape(cfg.kernel_cell(), cfg.layer_dims(0, T, N), training);
   p.shape.keep_cache = keep_cache;
   p.layer_kept = layer_buffer_elems(p.shape, kKept);
   p.layer_forward = layer_buffer_elems(p.shape, kForwardScratch);
@@ -372,7 +389,7 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
   }
   outputs[L - 1] = args.y;
 
-  dispatch_cell(cfg.cell, [&](auto cell) {
+  dispatch_cell(cfg.kernel_cell(), [&](auto cell) {
     using Cell = decltype(cell);
     LayerShape shape = plan.shape;
     for (index_t l = 0; l < L; ++l) {
@@ -385,6 +402,7 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
         la.state0 = group_state(args.state0, g, N, P, H);
         la.lengths = lengths;
         la.reverse = cfg.runs_reverse(d);
+        la.options = &cfg.options[d];
         la.y = outputs[l] + d * P;
         la.y_ld = D * P;
         la.state_n = group_state(args.state_n, g, N, P, H);
@@ -436,7 +454,7 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
   std::vector<LayerBuffers<S>> buffers(cfg.groups(), shared);
   for (index_t g = 0; g < cfg.groups(); ++g) carve_layer_buffers(plan.shape, kKept, cache.kept[g], &buffers[g]);
 
-  dispatch_cell(cfg.cell, [&](auto cell) {
+  dispatch_cell(cfg.kernel_cell(), [&](auto cell) {
     using Cell = decltype(cell);
     const S* d_out = args.dy;
     LayerShape shape = plan.shape;
@@ -450,6 +468,7 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
         la.x = cache.inputs[l];
         la.lengths = lengths;
         la.reverse = cfg.runs_reverse(d);
+        la.options = &cfg.options[d];
         la.dy = d_out ? d_out + d * P : nullptr;
         la.dy_ld = D * P;
         la.d_state_n = group_state(args.d_state_n, g, N, P, H);

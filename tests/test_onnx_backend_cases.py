@@ -4,8 +4,7 @@ They ship in the onnx package as onnx/backend/test/case/node/{rnn,lstm,gru}.py: 
 function builds one node, computes its expected outputs with ONNX's NumPy reference and hands
 them to ``expect``. Here ``expect`` is replaced by a recorder, each recorded node becomes a model
 (its weights as initializers) that ``rnnkit.onnx.load`` reads, and rnnkit's outputs must equal
-ONNX's. A case asking for what rnnkit's layers do not have yet (peepholes) is skipped, visibly,
-with the refusal's own message.
+ONNX's. Every case runs, the peephole one included (peephole=True, ONNX's P).
 """
 
 from __future__ import annotations
@@ -74,12 +73,7 @@ def _model(node, inputs):
 def test_onnx_operator_case(case):
     node, inputs, outputs, name = case
     model, feeds = _model(node, inputs)
-    try:
-        layer = rnnkit_onnx.load(model)
-    except ValueError as exc:
-        if "peephole" in str(exc) or "'P'" in str(exc):
-            pytest.skip(f"{name}: not supported yet, refused as: {exc}")
-        raise
+    layer = rnnkit_onnx.load(model)
     layer.eval()
     layout = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "layout"), 0)
     D, H = layer.num_directions, layer.hidden_size

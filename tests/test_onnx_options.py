@@ -422,3 +422,69 @@ def test_the_cuda_backend_agrees(case, rng):
     dev.backward(dy)
     for name, g in cpu.grads.items():
         np.testing.assert_allclose(rnnkit.to_numpy(dev.grads[name]), g, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+# ---- Keras' activation / recurrent_activation ---------------------------------------------------
+def _keras_lstm(arrays, x, act, rec):
+    """Keras' LSTM (gates i, f, c, o; return_sequences=True), its activations given."""
+    kernel, recurrent, bias = arrays
+    h = np.zeros((x.shape[1], recurrent.shape[0]))
+    c = np.zeros_like(h)
+    ys = []
+    for xt in x:
+        i, f, cc, o = np.split(xt @ kernel + h @ recurrent + bias, 4, axis=-1)
+        c = rec(f) * c + rec(i) * act(cc)
+        h = rec(o) * act(c)
+        ys.append(h)
+    return np.stack(ys)
+
+
+def _keras_gru(arrays, x, act, rec):
+    """Keras' GRU, reset_after=True (gates z, r, h; bias [2, 3H])."""
+    kernel, recurrent, bias = arrays
+    h = np.zeros((x.shape[1], recurrent.shape[0]))
+    ys = []
+    for xt in x:
+        xz, xr, xh = np.split(xt @ kernel + bias[0], 3, axis=-1)
+        rz, rr, rh = np.split(h @ recurrent + bias[1], 3, axis=-1)
+        z, r = rec(xz + rz), rec(xr + rr)
+        h = z * h + (1 - z) * act(xh + r * rh)
+        ys.append(h)
+    return np.stack(ys)
+
+
+KERAS_HARD_SIGMOID = {3: lambda v: np.minimum(np.maximum(v + 3.0, 0.0), 6.0) / 6.0,  # relu6(x + 3) / 6
+                      2: lambda v: np.clip(0.2 * v + 0.5, 0.0, 1.0)}
+
+
+@pytest.mark.parametrize("version", [3, 2])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_keras_hard_sigmoid_layers_import_exactly(cell, version, rng):
+    config = {"activation": "tanh", "recurrent_activation": "hard_sigmoid", "use_bias": True}
+    options = convert.keras_layer_options(config, cell, keras_version=version)
+    assert options["activations"][0] == "HardSigmoid"
+    source = getattr(rnnkit, cell)(3, 4, dtype="float64", seed=2, **options)
+    for p in source.params.values():
+        p *= 3.0  # pre-activations beyond the hard sigmoid's corners
+    arrays = convert.to_keras(source)[0]
+    assert convert.keras_activation_config(source, keras_version=version) == {
+        "activation": "tanh", "recurrent_activation": "hard_sigmoid"}
+    target = getattr(rnnkit, cell)(3, 4, dtype="float64", seed=3, **options)
+    convert.from_keras(target, [arrays], config=config, keras_version=version)
+    x = rng.standard_normal((6, 2, 3))
+    keras = (_keras_lstm if cell == "LSTM" else _keras_gru)(arrays, x, np.tanh, KERAS_HARD_SIGMOID[version])
+    np.testing.assert_allclose(target(x)[0], keras, rtol=1e-12, atol=1e-14)
+    # The layer without the option is refused, saying what to make.
+    with pytest.raises(ValueError, match=r"config: the Keras layer's activations \('HardSigmoid'.*make the layer with"):
+        convert.from_keras(getattr(rnnkit, cell)(3, 4, dtype="float64"), [arrays], config=config, keras_version=version)
+
+
+def test_keras_refusals():
+    with pytest.raises(ValueError, match=r"config\['activation'\]: expected one of .* got 'gelu'"):
+        convert.keras_layer_options({"activation": "gelu"}, "LSTM")
+    with pytest.raises(ValueError, match="Keras' layers have no peephole"):
+        convert.to_keras(rnnkit.LSTM(3, 4, peephole=True))
+    with pytest.raises(ValueError, match="no Keras 3 activation"):
+        convert.keras_activation_config(rnnkit.RNN(3, 4, activations=("ScaledTanh",)))
+    with pytest.raises(ValueError, match="keras_version: expected 2"):
+        convert.keras_layer_options({}, "GRU", keras_version=1)

@@ -673,6 +673,11 @@ ONNX_CASES = [
     (rt.RNN, dict(nonlinearity="relu", bias=False)),
     (rt.RNN, dict(batch_first=True)),
     (rt.LSTM, dict(num_layers=2, direction="reverse")),
+    # ONNX's own options (issue 14): written as the nodes' attributes and P.
+    (rt.LSTM, dict(num_layers=2, bidirectional=True, peephole=True, clip=1.5, coupled_gates=True,
+                   activations=("HardSigmoid", "Tanh", "Softsign"), activation_alpha=(0.25, None, None))),
+    (rt.GRU, dict(reset_after=False, activations=("Sigmoid", "Elu"), activation_alpha=(None, 0.7), clip=2.0)),
+    (rt.RNN, dict(activations=("Softplus",), bidirectional=True)),
 ]
 # ONNX Runtime's float32 kernels against rnnkit's: the same math, summed in another order.
 ONNX_RUNTIME_ATOL = 1e-5

@@ -110,6 +110,38 @@ class OnnxOptions:
     spec: str
 
 
+def onnx_attributes(spec: str, num_directions: int) -> Dict[str, Any]:
+    """The ONNX node attributes (activations for every direction, activation_alpha/activation_beta
+    consumed in order, clip, input_forget) and ``peephole`` (whether the node takes P) of a cell
+    options string as ``check_onnx_options`` writes it; {} for ''. The inverse of that writer, kept
+    beside it."""
+    out: Dict[str, Any] = {}
+    if not spec:
+        return out
+    table = activation_table()
+    for item in spec.split(";"):
+        key, _, value = item.partition("=")
+        if key == "act":
+            groups = [[f.split(":") for f in g.split(",")] for g in value.split("|")]
+            if len(groups) == 1:
+                groups = groups * num_directions
+            functions = [f for g in groups for f in g]
+            out["activations"] = [f[0] for f in functions]
+            alphas = [float(f[1]) if len(f) > 1 else table[f[0]][1] for f in functions if table[f[0]][0] >= 1]
+            betas = [float(f[2]) if len(f) > 2 else table[f[0]][2] for f in functions if table[f[0]][0] >= 2]
+            if alphas:
+                out["activation_alpha"] = alphas
+            if betas:
+                out["activation_beta"] = betas
+        elif key == "clip":
+            out["clip"] = float(value)
+        elif key == "coupled":
+            out["input_forget"] = 1
+        elif key == "peephole":
+            out["peephole"] = True
+    return out
+
+
 def _param_list(name: str, value: Any, count: int) -> Tuple[Optional[float], ...]:
     if value is None:
         return (None,) * count

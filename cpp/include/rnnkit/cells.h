@@ -61,6 +61,8 @@
 //                      accumulates their gradients per batch row in the loop's partial sums.
 #pragma once
 
+#include <type_traits>
+
 #include "rnnkit/math.h"
 
 namespace rnnkit {
@@ -447,7 +449,7 @@ struct CellOptions {
 
 // y = f(x). y may be x (every element is read before it is written).
 template <typename A, typename Y, typename X>
-RNNKIT_HOSTDEVICE void activate(const Activation& f, Y&& y, const X& x) {
+RNNKIT_HOSTDEVICE void activate_any(const Activation& f, Y&& y, const X& x) {
   using S = typename A::Scalar;
   const S al = S(f.alpha), be = S(f.beta);
   switch (f.kind) {
@@ -467,7 +469,7 @@ RNNKIT_HOSTDEVICE void activate(const Activation& f, Y&& y, const X& x) {
 
 // dz = dy * f'(x), given x and y = f(x). dz may alias dy or y.
 template <typename A, typename DZ, typename DY, typename X, typename Y>
-RNNKIT_HOSTDEVICE void activation_grad(const Activation& f, DZ&& dz, const DY& dy, const X& x, const Y& y) {
+RNNKIT_HOSTDEVICE void activation_grad_any(const Activation& f, DZ&& dz, const DY& dy, const X& x, const Y& y) {
   using S = typename A::Scalar;
   const S al = S(f.alpha), be = S(f.beta);
   switch (f.kind) {
@@ -482,6 +484,51 @@ RNNKIT_HOSTDEVICE void activation_grad(const Activation& f, DZ&& dz, const DY& d
     case ActKind::kElu: dz = ew::where(x < S(0), dy * (y + al), dy); return;
     case ActKind::kSoftsign: dz = dy / ew::square(S(1) + ew::abs(x)); return;
     case ActKind::kSoftplus: dz = dy * ew::sigmoid(x); return;
+  }
+}
+
+// One scalar's f(x) and dy * f'(x): called functions in the CUDA kernels (one copy of the switch
+// per kernel, not one per gate, keeps the general LSTM's double kernel from spilling); inline on
+// the host, where the emulation runs them.
+#if defined(__CUDACC__)
+#define RNNKIT_HOSTDEVICE_CALL __host__ __device__ __noinline__
+#else
+#define RNNKIT_HOSTDEVICE_CALL inline
+#endif
+template <typename S>
+struct ScalarOf {
+  using Scalar = S;
+};
+template <typename S>
+RNNKIT_HOSTDEVICE_CALL S activation_scalar(Activation f, S x) {
+  S y = S(0);  // the switch sets it for every ActKind (set_cell_options admits no other)
+  activate_any<ScalarOf<S>>(f, y, x);
+  return y;
+}
+template <typename S>
+RNNKIT_HOSTDEVICE_CALL S activation_grad_scalar(Activation f, S dy, S x, S y) {
+  S dz = S(0);
+  activation_grad_any<ScalarOf<S>>(f, dz, dy, x, y);
+  return dz;
+}
+
+// activate_any / activation_grad_any, through the scalar functions for scalars (the GPU's values).
+template <typename A, typename Y, typename X>
+RNNKIT_HOSTDEVICE void activate(const Activation& f, Y&& y, const X& x) {
+  using S = typename A::Scalar;
+  if constexpr (std::is_arithmetic<X>::value) {
+    y = activation_scalar<S>(f, S(x));
+  } else {
+    activate_any<A>(f, y, x);
+  }
+}
+template <typename A, typename DZ, typename DY, typename X, typename Y>
+RNNKIT_HOSTDEVICE void activation_grad(const Activation& f, DZ&& dz, const DY& dy, const X& x, const Y& y) {
+  using S = typename A::Scalar;
+  if constexpr (std::is_arithmetic<X>::value) {
+    dz = activation_grad_scalar<S>(f, S(dy), S(x), S(y));
+  } else {
+    activation_grad_any<A>(f, dz, dy, x, y);
   }
 }
 

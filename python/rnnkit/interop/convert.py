@@ -25,7 +25,7 @@ The LayerNorm cells and LSTM projections have no counterpart in these layouts an
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -288,11 +288,96 @@ def from_onnx(layer: _RecurrentLayer, nodes: Sequence[Dict[str, np.ndarray]]) ->
 
 
 # ---- Keras --------------------------------------------------------------------------------------
+def _keras_activation_table(keras_version: int) -> Dict[str, tuple]:
+    """Keras' activation names -> ONNX's (name, alpha, beta). ``hard_sigmoid`` and ``leaky_relu``
+    changed in Keras 3: relu6(x + 3) / 6 = clip(x/6 + 1/2) and slope 0.2, where tf.keras 2 had
+    clip(0.2 x + 1/2) and slope 0.3."""
+    if keras_version not in (2, 3):
+        raise ValueError(f"keras_version: expected 2 (tf.keras) or 3, got {keras_version!r}")
+    v3 = keras_version == 3
+    return {"tanh": ("Tanh", 0.0, 0.0), "sigmoid": ("Sigmoid", 0.0, 0.0), "relu": ("Relu", 0.0, 0.0),
+            "linear": ("Affine", 1.0, 0.0), "softsign": ("Softsign", 0.0, 0.0), "softplus": ("Softplus", 0.0, 0.0),
+            "elu": ("Elu", 1.0, 0.0), "hard_sigmoid": ("HardSigmoid", 1.0 / 6.0 if v3 else 0.2, 0.5),
+            "leaky_relu": ("LeakyRelu", 0.2 if v3 else 0.3, 0.0)}
+
+
+# Keras' activation slots in ONNX's order per cell: (f, g, h) LSTM, (f, g) GRU, (f) SimpleRNN.
+_KERAS_SLOTS = {"LSTM": ("recurrent_activation", "activation", "activation"),
+                "GRU": ("recurrent_activation", "activation"), "RNN": ("activation",)}
+_KERAS_DEFAULTS = {"activation": "tanh", "recurrent_activation": "sigmoid"}
+
+
+def keras_layer_options(config: Dict[str, object], cell: str, keras_version: int = 3) -> Dict[str, object]:
+    """The rnnkit keywords of a Keras SimpleRNN/LSTM/GRU layer's ``get_config()`` (its
+    ``activation``, ``recurrent_activation``, ``use_bias``, GRU ``reset_after``): ``rnnkit.LSTM(C,
+    H, **keras_layer_options(cfg, "LSTM"))`` computes what the Keras layer does, its weights then
+    loaded with ``from_keras``. ``cell``: "RNN" (SimpleRNN), "LSTM" or "GRU"; ``keras_version``: 3, or
+    2 for tf.keras (their ``hard_sigmoid`` differ). An activation ONNX's set cannot express is
+    refused, naming it."""
+    cell = "RNN" if cell == "SimpleRNN" else cell
+    if cell not in _KERAS_SLOTS:
+        raise ValueError(f"cell: expected 'RNN' (SimpleRNN), 'LSTM' or 'GRU', got {cell!r}")
+    table = _keras_activation_table(keras_version)
+    functions = []
+    for key in _KERAS_SLOTS[cell]:
+        name = config.get(key, _KERAS_DEFAULTS[key])
+        if not isinstance(name, str) or name not in table:
+            raise ValueError(f"config[{key!r}]: expected one of {sorted(table)} (Keras activations ONNX's set has), "
+                             f"got {name!r}")
+        functions.append(table[name])
+    takes = activation_table()
+    options: Dict[str, object] = {"bias": bool(config.get("use_bias", True))}
+    if cell == "GRU":
+        options["reset_after"] = bool(config.get("reset_after", True))
+    if tuple(n for n, _, _ in functions) != DEFAULT_ACTIVATIONS[cell]:
+        options["activations"] = tuple(n for n, _, _ in functions)
+        alphas = tuple(a if takes[n][0] >= 1 else None for n, a, _ in functions)
+        betas = tuple(b if takes[n][0] >= 2 else None for n, _, b in functions)
+        if any(a is not None for a in alphas):
+            options["activation_alpha"] = alphas
+        if any(b is not None for b in betas):
+            options["activation_beta"] = betas
+    return options
+
+
+def keras_activation_config(layer: _RecurrentLayer, keras_version: int = 3) -> Dict[str, str]:
+    """The Keras ``activation``/``recurrent_activation`` config of a layer's activations (the
+    inverse of ``keras_layer_options``); refused when Keras has no such activation or the two
+    directions differ."""
+    _check_keras_options(layer)
+    cell = type(layer).__name__
+    table = _keras_activation_table(keras_version)
+    (functions,) = layer.activations[:1]
+    config: Dict[str, str] = {}
+    for key, (name, alpha, beta) in zip(_KERAS_SLOTS[cell], functions):
+        takes = activation_table()[name][0]
+        match = [k for k, (n, a, b) in table.items()
+                 if n == name and (takes < 1 or np.isclose(a, alpha)) and (takes < 2 or np.isclose(b, beta))]
+        if not match:
+            raise ValueError(f"layer: its {name}(alpha={alpha}, beta={beta}) has no Keras {keras_version} activation")
+        if key in config and config[key] != match[0]:
+            raise ValueError(f"layer: Keras has one {key} for g and h, this layer has {config[key]!r} and {match[0]!r}")
+        config[key] = match[0]
+    return config
+
+
+def _check_keras_options(layer: _RecurrentLayer) -> None:
+    """Refuses ONNX options Keras' layers do not have."""
+    for key in ("clip", "peephole", "coupled_gates"):
+        if getattr(layer, key) not in (None, False):
+            raise ValueError(f"layer: expected {key}={DEFAULTS[key]!r} (Keras' layers have no {key}), got "
+                             f"{getattr(layer, key)!r}")
+    if len(layer.activations) > 1 and layer.activations[0] != layer.activations[1]:
+        raise ValueError("layer: expected one set of activations for both directions (Keras' Bidirectional wraps "
+                         "one layer), got two")
+
+
 def to_keras(layer: _RecurrentLayer) -> List[List[np.ndarray]]:
     """Per layer and direction (rnnkit's group order: l0, l0_reverse, l1, ...), the arrays of a
     Keras SimpleRNN/LSTM/GRU layer's ``get_weights()``: ``[kernel, recurrent_kernel, bias]``
     (no bias for bias=False)."""
     _check_convertible(layer, "Keras")
+    _check_keras_options(layer)
     order, H = _KERAS_ORDER[layer.mode], layer.hidden_size
     out = []
     for k in range(layer.num_layers):
@@ -310,10 +395,36 @@ def to_keras(layer: _RecurrentLayer) -> List[List[np.ndarray]]:
     return out
 
 
-def from_keras(layer: _RecurrentLayer, groups: Sequence[Sequence[np.ndarray]]) -> None:
+def from_keras(layer: _RecurrentLayer, groups: Sequence[Sequence[np.ndarray]],
+               config: Optional[Dict[str, object]] = None, keras_version: int = 3) -> None:
     """Loads Keras ``get_weights()`` lists (one per layer and direction, as made by
-    ``to_keras``) into ``layer``. A single Keras bias goes to ``bias_ih`` (``bias_hh`` = 0)."""
+    ``to_keras``) into ``layer``. A single Keras bias goes to ``bias_ih`` (``bias_hh`` = 0). With
+    the Keras layer's ``get_config()`` as ``config``, its activations (and ``use_bias``,
+    ``reset_after``) are checked against the layer's first: a mismatch is refused, saying what to
+    make the layer with (``keras_layer_options`` gives every keyword)."""
     _check_convertible(layer, "Keras")
+    _check_keras_options(layer)
+    if config is not None:
+        cell = type(layer).__name__
+        wanted = keras_layer_options(config, cell, keras_version)
+        takes = activation_table()
+        functions = layer.activations[0]
+        have: Dict[str, object] = {"bias": layer.bias}
+        if cell == "GRU":
+            have["reset_after"] = layer.reset_after
+        if tuple(n for n, _, _ in functions) != DEFAULT_ACTIVATIONS[cell]:
+            have["activations"] = tuple(n for n, _, _ in functions)
+            alphas = tuple(a if takes[n][0] >= 1 else None for n, a, _ in functions)
+            betas = tuple(b if takes[n][0] >= 2 else None for n, _, b in functions)
+            if any(v is not None for v in alphas):
+                have["activation_alpha"] = alphas
+            if any(v is not None for v in betas):
+                have["activation_beta"] = betas
+        for key in ("activations", "activation_alpha", "activation_beta", "bias", "reset_after"):
+            if not _same_option(wanted.get(key), have.get(key)):
+                raise ValueError(f"config: the Keras layer's {key} {wanted.get(key, DEFAULTS[key])!r} does not match "
+                                 f"this {cell}'s {have.get(key, DEFAULTS[key])!r}: make the layer with "
+                                 f"{key}={wanted.get(key, DEFAULTS[key])!r} (keras_layer_options gives them all)")
     expected_groups = layer.num_layers * layer.num_directions
     if len(groups) != expected_groups:
         raise ValueError(f"groups: expected {expected_groups} (one per layer and direction), got {len(groups)}")

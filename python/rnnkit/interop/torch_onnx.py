@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from .._cells import onnx_attributes
+
 # The modes the ONNX operators express: operator, gate order (ONNX's gates from PyTorch's), extra
 # attributes. The GRU's linear_before_reset=1 is PyTorch's GRU (reset applied after the recurrent
 # product), 0 rnnkit's reset_after=False flavour.
@@ -55,9 +57,6 @@ def rnnkit_forward(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode: 
     if mode not in _ONNX_NODE:
         _refuse(f"expected a cell ONNX has an operator for (RNN, LSTM, GRU), got mode {mode!r} "
                 "(LayerNorm cells have none; use rnnkit itself to run them)")
-    if cell_options:
-        _refuse(f"expected a layer without ONNX's own options (got {cell_options!r}): this translation writes "
-                "PyTorch's cells; export such a layer with rnnkit.onnx.export, which writes every option")
     if proj_size:
         _refuse(f"expected proj_size=0 (ONNX's LSTM has no projection), got {proj_size}")
     if batch_sizes is not None:
@@ -72,6 +71,12 @@ def rnnkit_forward(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode: 
     direction = "bidirectional" if D == 2 else ("reverse" if reverse else "forward")
     if "activations" in attrs:
         attrs = {"activations": attrs["activations"] * D}
+    options = onnx_attributes(cell_options, D)
+    peephole = options.pop("peephole", False)
+    if options.get("activations"):
+        attrs.pop("activations", None)
+    attrs = {**attrs, **options}
+    per_group += 1 if peephole else 0
 
     def onnx_gates(w):
         """[G*H, ...] in PyTorch's gate order -> ONNX's order."""
@@ -87,17 +92,22 @@ def rnnkit_forward(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode: 
     h_parts: List[Any] = []
     c_parts: List[Any] = []
     for layer in range(num_layers):
-        W, R, B = [], [], []
+        W, R, B, Pp = [], [], [], []
         for d in range(D):
             group = weights[(layer * D + d) * per_group:(layer * D + d + 1) * per_group]
             W.append(onnx_gates(group[0]))
             R.append(onnx_gates(group[1]))
             if bias:
                 B.append(op.Concat(onnx_gates(group[2]), onnx_gates(group[3]), axis=0))
+            if peephole:  # weight_peephole [3, H] (i, f, o) -> ONNX's P [3H] (i, o, f)
+                p = group[-1]
+                Pp.append(op.Concat(*[op.Reshape(op.Slice(p, [g], [g + 1], [0]), op.Constant(value_ints=[-1]))
+                                      for g in (0, 2, 1)], axis=0))
         states = [None if s is None else op.Slice(s, [layer * D], [(layer + 1) * D], [0]) for s in (h0, c0)]
         inputs = [layer_in, stacked(W), stacked(R), stacked(B) if bias else None, None, states[0]]
         if kind == "LSTM":
-            Y, Y_h, Y_c = op.LSTM(*inputs, states[1], hidden_size=H, direction=direction, **attrs)
+            lstm_inputs = [*inputs, states[1]] + ([stacked(Pp)] if peephole else [])  # ..., initial_c, P
+            Y, Y_h, Y_c = op.LSTM(*lstm_inputs, hidden_size=H, direction=direction, **attrs)
             c_parts.append(Y_c)
         elif kind == "GRU":
             Y, Y_h = op.GRU(*inputs, hidden_size=H, direction=direction, **attrs)
