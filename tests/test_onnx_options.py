@@ -405,6 +405,7 @@ def test_pickle_keeps_the_options():
     np.testing.assert_array_equal(back(x)[0], layer(x)[0])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not rnnkit.cuda.is_available(), reason="no CUDA backend here (a GPU or the emulation build)")
 @pytest.mark.parametrize("case", ["lstm_everything_bi", "lstm_clip", "gru_after_activations_clip", "gru_before_activations",
                                   "rnn_Softplus"])
@@ -488,3 +489,25 @@ def test_keras_refusals():
         convert.keras_activation_config(rnnkit.RNN(3, 4, activations=("ScaledTanh",)))
     with pytest.raises(ValueError, match="keras_version: expected 2"):
         convert.keras_layer_options({}, "GRU", keras_version=1)
+
+
+def test_networks_take_the_options_and_keep_them(rng, tmp_path):
+    net = rnnkit.RNNNetwork(vocab_size=7, hidden_size=5, cell="lstm", peephole=True, clip=2.0, seed=0,
+                            activations=["HardSigmoid", "Tanh", "Softsign"], activation_alpha=[0.3, None, None])
+    assert net.rnn.peephole and net.rnn.clip == 2.0 and "rnn.weight_peephole_l0" in net.state_dict()
+    again = rnnkit.RNNNetwork(**net.config())
+    again.load_state_dict(net.state_dict())
+    tokens = rng.integers(0, 7, size=(6, 2))
+    net.eval()
+    again.eval()
+    np.testing.assert_array_equal(again(tokens)[0], net(tokens)[0])
+    path = tmp_path / "net.onnx"
+    rnnkit.onnx.export(net, str(path))
+    back = rnnkit.onnx.load(str(path))
+    assert back.rnn.peephole and back.rnn.activations[0][0][0] == "HardSigmoid"
+    back.eval()
+    np.testing.assert_allclose(back(tokens)[0], net(tokens)[0], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"peephole: expected False for cell 'gru' \(it has no peephole\), got True"):
+        rnnkit.RNNNetwork(vocab_size=7, cell="gru", peephole=True)
+    with pytest.raises(ValueError, match=r"clip: expected None for cell 'ln_lstm'"):
+        rnnkit.RNNNetwork(vocab_size=7, cell="ln_lstm", clip=1.0)

@@ -110,6 +110,26 @@ class OnnxOptions:
     spec: str
 
 
+def onnx_keywords(layer: Any) -> Dict[str, Any]:
+    """A layer's ONNX options as the constructor keywords that make them (only those away from
+    the defaults; lists, JSON-serialisable): what RNNNetwork.config() and rnnkit.onnx.load pass on."""
+    out: Dict[str, Any] = {}
+    if "act=" in layer._cell_options:
+        table = activation_table()
+        functions = [f for group in layer.activations for f in group]
+        out["activations"] = [n for n, _, _ in functions]
+        alphas = [a if table[n][0] >= 1 else None for n, a, _ in functions]
+        betas = [b if table[n][0] >= 2 else None for n, _, b in functions]
+        if any(v is not None for v in alphas):
+            out["activation_alpha"] = alphas
+        if any(v is not None for v in betas):
+            out["activation_beta"] = betas
+    for key in ("clip", "peephole", "coupled_gates"):
+        if getattr(layer, key) not in (None, False):
+            out[key] = getattr(layer, key)
+    return out
+
+
 def onnx_attributes(spec: str, num_directions: int) -> Dict[str, Any]:
     """The ONNX node attributes (activations for every direction, activation_alpha/activation_beta
     consumed in order, clip, input_forget) and ``peephole`` (whether the node takes P) of a cell

@@ -12,7 +12,7 @@ Parameter names are those of a PyTorch module with submodules ``embedding`` (``n
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from . import _core
 from . import _device as D
 from . import _validate as V
 from . import layers
-from ._cells import CELL_NAMES, CELLS
+from ._cells import CELL_NAMES, CELLS, DEFAULTS, ONNX_OPTIONS, onnx_keywords
 from ._guard import TrainingGuard
 from .layers import _RecurrentLayer
 
@@ -62,6 +62,8 @@ class RNNNetwork:
         precision: ``"float32"`` or ``"bfloat16"`` (the stack's and the output layer's GEMMs round
             their operands to bfloat16 and sum in float32; parameters, gradients and optimizer
             state stay float32).
+        activations, activation_alpha, activation_beta, clip, peephole, coupled_gates: ONNX's
+            options of the stack's cells (README, "ONNX's options"), where the cell has them.
 
     Losses are means over valid targets (padded steps and ``ignore_index`` do not count).
     """
@@ -90,6 +92,12 @@ class RNNNetwork:
         forget_bias: Optional[float] = None,
         precision: str = "float32",
         direction: Optional[str] = None,
+        activations: Optional[Sequence[str]] = None,
+        activation_alpha: Optional[Sequence[Optional[float]]] = None,
+        activation_beta: Optional[Sequence[Optional[float]]] = None,
+        clip: Optional[float] = None,
+        peephole: bool = False,
+        coupled_gates: bool = False,
     ) -> None:
         if (vocab_size is None) == (input_size is None):
             raise ValueError("vocab_size, input_size: expected exactly one of them (token or dense input), "
@@ -128,6 +136,16 @@ class RNNNetwork:
             kwargs["proj_size"] = proj_size
         if forget_bias is not None:
             kwargs["forget_bias"] = forget_bias
+        onnx_given = {"activations": activations, "activation_alpha": activation_alpha,
+                      "activation_beta": activation_beta, "clip": clip, "peephole": peephole,
+                      "coupled_gates": coupled_gates}
+        for key, value in onnx_given.items():
+            if value is None or value is False:
+                continue
+            if key not in ONNX_OPTIONS.get(CELLS[self.cell].layer, ()):
+                raise ValueError(f"{key}: expected {DEFAULTS[key]!r} for cell {self.cell!r} (it has no {key}), got "
+                                 f"{value!r}")
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
         self.rnn: _RecurrentLayer = layer_cls(rnn_input, self.hidden_size, **kwargs)
         self._config = _core.NetworkConfig(self.rnn._config, self.vocab_size, self.output_size, self.head,
                                            self.loss_kind, self.ignore_index)
@@ -156,7 +174,7 @@ class RNNNetwork:
             "head": self.head, "loss": self.loss_kind, "ignore_index": self.ignore_index,
             "batch_first": self.batch_first, "dtype": self.dtype.name, "seed": self.seed,
             "init": r.init, "init_gain": r.init_gain, "forget_bias": r.forget_bias,
-            "precision": r.precision, "direction": r.direction,
+            "precision": r.precision, "direction": r.direction, **onnx_keywords(r),
         }
 
     def _init_head(self) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 import numpy as np
 
 from .. import _validate as V
+from .._cells import onnx_keywords
 from .convert import _onnx_text, from_onnx, onnx_layer_options, to_onnx
 from ..layers import GRU, LSTM, RNN, _RecurrentLayer
 from ..network import RNNNetwork
@@ -559,7 +560,7 @@ def _network_around(g: _GraphReader, layer: _RecurrentLayer, rnn: List[int], aro
     kwargs: Dict[str, Any] = dict(hidden_size=H, output_size=int(weight_t.shape[1]), cell=layer.cell,
                                   num_layers=layer.num_layers, direction=layer.direction, head=head,
                                   loss="cross_entropy" if softmax is not None else "mse",
-                                  batch_first=layer.batch_first, dtype=dtype)
+                                  batch_first=layer.batch_first, dtype=dtype, **onnx_keywords(layer))
     if table is not None:
         kwargs.update(vocab_size=int(table.shape[0]), embedding_dim=int(table.shape[1]))
     else:
