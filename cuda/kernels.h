@@ -42,6 +42,8 @@ struct DeviceElement {
   const CellOptions* options_ = nullptr;
   const S* peep_ = nullptr;  // [3H]
   S* dpeep_ = nullptr;       // [3H] this row's partial sums
+  const S* rec_ = nullptr;   // [H] IndRNN's u
+  S* drec_ = nullptr;        // [H] this row's partial sums of du
 
   RNNKIT_DEVICE S& gates(int k) const { return gates_[k * H + j]; }
   RNNKIT_DEVICE S& hgates(int k) const { return hgates_[k * H + j]; }
@@ -63,6 +65,8 @@ struct DeviceElement {
   RNNKIT_DEVICE const CellOptions& options() const { return *options_; }
   RNNKIT_DEVICE const S& peep(int k) const { return peep_[k * H + j]; }
   RNNKIT_DEVICE S& dpeep(int k) const { return dpeep_[k * H + j]; }
+  RNNKIT_DEVICE const S& rec() const { return rec_[j]; }
+  RNNKIT_DEVICE S& drec() const { return drec_[j]; }
 };
 
 // A CellOptions as plain 64-bit words, for the kernel bodies that carry one: a body launched in a
@@ -149,6 +153,7 @@ struct ForwardPointwise {
   // ONNX's general cells: the direction's options and peephole weights [3H] (or null).
   CellOptionWords options{};
   const S* peephole = nullptr;
+  const S* rec_diag = nullptr;  // IndRNN's u [H]
 
   RNNKIT_DEVICE void operator()(const Thread& th) const {
     for (index_t i = th.global(); i < N * H; i += th.stride()) element(i / H, i % H);
@@ -173,6 +178,7 @@ struct ForwardPointwise {
       const CellOptions opts = options.get();
       a.options_ = &opts;
       a.peep_ = peephole;
+      a.rec_ = rec_diag;
       if constexpr (Cell::kTwoStage) {
         if (kStage == Stage::kFirst) Cell::forward_stage1(a);
         if (kStage == Stage::kSecond) Cell::forward_stage2(a);
@@ -276,6 +282,7 @@ struct BackwardPointwise {
   const S* peephole = nullptr;
   S* partials = nullptr;
   index_t PW = 0;
+  const S* rec_diag = nullptr;  // IndRNN's u [H]; its du goes to partials
 
   // Element j of a padded row n: nothing reaches the gates; the state was carried through the
   // step, so is its gradient.
@@ -306,6 +313,8 @@ struct BackwardPointwise {
       a.options_ = &opts;
       a.peep_ = peephole;
       a.dpeep_ = row_of(partials, n, PW);
+      a.rec_ = rec_diag;
+      a.drec_ = row_of(partials, n, PW);
       if constexpr (Cell::kTwoStage) {
         if (kStage == Stage::kSecond) Cell::backward_stage2(a);
         if (kStage == Stage::kFirst) Cell::backward_stage1(a);

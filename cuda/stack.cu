@@ -116,7 +116,9 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
       S* h_out = s.project ? h_full : h_cur;
 
       // h_{t-1} W_hh^T: into the gates, or beside them for cells that keep the recurrent part apart.
-      if constexpr (Cell::kSeparateRecurrent) {
+      if constexpr (Cell::kDiagonalRecurrent) {
+        // IndRNN: the cell applies u itself.
+      } else if constexpr (Cell::kSeparateRecurrent) {
         gemm_rm<S>(ls, Op::kN, Op::kT, N, G1, P, S(1), h_prev, P, w.w_hh, P, S(0), b.hgates, GH);
       } else {
         gemm_rm<S>(ls, Op::kN, Op::kT, N, G1, P, S(1), h_prev, P, w.w_hh, P, S(1), gates, GH);
@@ -129,6 +131,7 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
           f.options = CellOptionWords::of(*a.options);
           f.peephole = w.w_peephole;
         }
+        if constexpr (Cell::kDiagonalRecurrent) f.rec_diag = w.w_hh;
         return f;
       };
       auto point = [&](auto stage) { RNNKIT_LAUNCH(ls, N * H, pointwise(stage)); };
@@ -188,7 +191,9 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
   }
   // LayerNorm cells sum their parameter and bias gradients per batch row (row_kernels.h).
   // Peephole gradients likewise.
-  if constexpr (Cell::kLnParams > 0 || Cell::kPeepholes) zero_elems(st, b.partials, N * s.partial_width);
+  if constexpr (Cell::kLnParams > 0 || Cell::kPeepholes || Cell::kDiagonalRecurrent) {
+    zero_elems(st, b.partials, N * s.partial_width);
+  }
 
   // The per-step launches, run as one CUDA graph (graph.h): nothing but launches in here.
   auto steps = [&](Stream ls) {
@@ -216,6 +221,11 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
           k.partials = Cell::kPeepholes ? b.partials : nullptr;
           k.PW = s.partial_width;
         }
+        if constexpr (Cell::kDiagonalRecurrent) {
+          k.rec_diag = w.w_hh;
+          k.partials = b.partials;
+          k.PW = s.partial_width;
+        }
         return k;
       };
       auto point = [&](auto stage) { RNNKIT_LAUNCH(ls, N * H, pointwise(stage)); };
@@ -236,9 +246,11 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
       }
       // The step's gates are done with: their gradients take their place (or their own buffer).
       copy_elems(ls, dall + t * N * GH, b.dgates, N * GH);
-      // dL/dh_{t-1} += d(recurrent pre-activations) W_hh.
-      gemm_rm<S>(ls, Op::kN, Op::kN, N, P, G1, S(1), Cell::kSeparateRecurrent ? drec_all + t * N * GH : b.dgates,
-                 GH, w.w_hh, P, S(1), dh_next, P);
+      // dL/dh_{t-1} += d(recurrent pre-activations) W_hh (IndRNN: the cell wrote all of it).
+      if constexpr (!Cell::kDiagonalRecurrent) {
+        gemm_rm<S>(ls, Op::kN, Op::kN, N, P, G1, S(1), Cell::kSeparateRecurrent ? drec_all + t * N * GH : b.dgates,
+                   GH, w.w_hh, P, S(1), dh_next, P);
+      }
     }
   };
   run_graphed(st, steps);
@@ -253,6 +265,8 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
   if constexpr (Cell::kTwoStage) {
     gemm_rm<S>(st, Op::kT, Op::kN, G1, P, TN, S(1), dall, GH, h_prev_all, P, S(1), g.w_hh, P);
     gemm_rm<S>(st, Op::kT, Op::kN, GH - G1, P, TN, S(1), dall + G1, GH, b.saved, SW, S(1), g.w_hh + G1 * P, P);
+  } else if constexpr (Cell::kDiagonalRecurrent) {
+    RNNKIT_LAUNCH(st, H, (AddColumnSums<S>{N, H, s.partial_width, b.partials, g.w_hh}));  // du
   } else {
     gemm_rm<S>(st, Op::kT, Op::kN, GH, P, TN, S(1), drec_all, GH, h_prev_all, P, S(1), g.w_hh, P);
   }

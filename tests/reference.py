@@ -244,3 +244,43 @@ def max_relative_diff(actual, expected) -> float:
     scale = float(np.max(np.abs(expected))) if expected.size else 0.0
     diff = float(np.max(np.abs(actual - expected))) if expected.size else 0.0
     return diff if scale == 0 else diff / scale
+
+
+# The CUDA backend (a GPU or the emulation build) against the CPU, float64: the same cell math, the
+# products summed by cuBLAS (or the emulation's BLAS calls) instead of the CPU's kernels.
+CUDA_Y_RTOL = 1e-12
+CUDA_GRAD_RTOL = 1e-10
+
+
+def assert_cuda_agrees(make, rng, T=6, lengths=(6, 2, 4)):
+    """make(): a fresh float64 layer (called twice, the second moved to "cuda"); forward with
+    lengths, backward of a random dy, and every gradient compared."""
+    import rnnkit
+
+    cpu, dev = make(), make().to("cuda")
+    lengths = np.asarray(lengths)
+    x = rng.standard_normal((T, len(lengths), cpu.input_size))
+    y, _ = cpu(x, lengths=lengths)
+    y_d, _ = dev(x, lengths=lengths)
+    np.testing.assert_allclose(rnnkit.to_numpy(y_d), y, rtol=CUDA_Y_RTOL, atol=1e-13)
+    dy = rng.standard_normal(y.shape)
+    cpu.backward(dy)
+    dev.backward(dy)
+    for name, g in cpu.grads.items():
+        np.testing.assert_allclose(rnnkit.to_numpy(dev.grads[name]), g, rtol=CUDA_GRAD_RTOL, atol=1e-12, err_msg=name)
+
+
+def assert_torch_module_matches(module, layer, rng, T=5, N=2):
+    """An rnnkit.torch module (float64) and the NumPy layer of the same class and options: the
+    layer takes the module's weights; outputs and every parameter gradient of sum(y) agree."""
+    import torch
+
+    layer.load_state_dict({k: v.detach().numpy() for k, v in module.state_dict().items()})
+    x = rng.standard_normal((T, N, layer.input_size))
+    y_t, _ = module(torch.from_numpy(x))
+    y, _ = layer(x)
+    np.testing.assert_allclose(y_t.detach().numpy(), y, rtol=1e-12)
+    y_t.sum().backward()
+    layer.backward(np.ones_like(y))
+    for name, p in module.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), layer.grads[name], rtol=1e-10, err_msg=name)

@@ -160,7 +160,8 @@ def test_onnx_gate_order_is_i_o_f_c_and_z_r_h():
 @pytest.mark.parametrize(
     "make, pattern",
     [
-        (lambda: rnnkit.LayerNormLSTM(2, 3), "no LayerNorm cells"),
+        (lambda: rnnkit.LayerNormLSTM(2, 3), "no LayerNorm or IndRNN cells"),
+        (lambda: rnnkit.IndRNN(2, 3), "no LayerNorm or IndRNN cells"),
         (lambda: rnnkit.LSTM(2, 3, proj_size=2), "without proj_size"),
     ],
 )

@@ -16,6 +16,7 @@ import pytest
 
 import rnnkit
 from rnnkit import convert
+from reference import assert_cuda_agrees, assert_torch_module_matches
 from test_gradients import check_all_gradients
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed: the ONNX oracles are skipped")
@@ -337,16 +338,10 @@ def test_torch_modules_take_the_options(rng):
     torch = pytest.importorskip("torch")
     from rnnkit import torch as rtorch
 
-    m = rtorch.LSTM(3, 4, peephole=True, clip=1.0, activations=("HardSigmoid", "Tanh", "Softsign"), dtype=torch.float64)
+    options = dict(peephole=True, clip=1.0, activations=("HardSigmoid", "Tanh", "Softsign"))
+    m = rtorch.LSTM(3, 4, dtype=torch.float64, **options)
     assert "weight_peephole_l0" in dict(m.named_parameters())
-    layer = rnnkit.LSTM(3, 4, peephole=True, clip=1.0, activations=("HardSigmoid", "Tanh", "Softsign"), dtype="float64")
-    layer.load_state_dict({k: v.detach().numpy() for k, v in m.state_dict().items()})
-    x = rng.standard_normal((5, 2, 3))
-    y_t, _ = m(torch.from_numpy(x))
-    np.testing.assert_allclose(y_t.detach().numpy(), layer(x)[0], rtol=1e-12)
-    y_t.sum().backward()
-    layer.backward(np.ones((5, 2, 4)))
-    np.testing.assert_allclose(m.weight_peephole_l0.grad.numpy(), layer.grads["weight_peephole_l0"], rtol=1e-10)
+    assert_torch_module_matches(m, rnnkit.LSTM(3, 4, dtype="float64", **options), rng)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -411,18 +406,7 @@ def test_pickle_keeps_the_options():
                                   "rnn_Softplus"])
 def test_the_cuda_backend_agrees(case, rng):
     op, attrs, peephole, kwargs = CASES[case]
-    cpu = rnnkit_layer(op, dict(kwargs, num_layers=2), 3, 4, "float64")
-    dev = rnnkit_layer(op, dict(kwargs, num_layers=2), 3, 4, "float64").to("cuda")
-    x = rng.standard_normal((6, 3, 3))
-    lengths = np.array([6, 2, 4])
-    y, _ = cpu(x, lengths=lengths)
-    y_d, _ = dev(x, lengths=lengths)
-    np.testing.assert_allclose(rnnkit.to_numpy(y_d), y, rtol=1e-12, atol=1e-13)
-    dy = rng.standard_normal(y.shape)
-    cpu.backward(dy)
-    dev.backward(dy)
-    for name, g in cpu.grads.items():
-        np.testing.assert_allclose(rnnkit.to_numpy(dev.grads[name]), g, rtol=1e-10, atol=1e-12, err_msg=name)
+    assert_cuda_agrees(lambda: rnnkit_layer(op, dict(kwargs, num_layers=2), 3, 4, "float64"), rng)
 
 
 # ---- Keras' activation / recurrent_activation ---------------------------------------------------

@@ -46,6 +46,8 @@ CELLS: Dict[str, Cell] = {c.name: c for c in (
     Cell("gru_reset_before", "GRU", {"reset_after": False}),
     Cell("ln_lstm", "LayerNormLSTM"),
     Cell("ln_gru", "LayerNormGRU"),
+    Cell("indrnn", "IndRNN", {"nonlinearity": "relu"}),
+    Cell("indrnn_tanh", "IndRNN", {"nonlinearity": "tanh"}),
 )}
 CELL_NAMES: Tuple[str, ...] = tuple(CELLS)
 
@@ -55,7 +57,7 @@ DEFAULTS: Dict[str, Any] = {
     "bidirectional": False, "proj_size": 0, "reset_after": True, "forget_bias": None,
     "init": "default", "init_gain": 1.0, "precision": "float32", "direction": None,
     "activations": None, "activation_alpha": None, "activation_beta": None, "clip": None,
-    "peephole": False, "coupled_gates": False,
+    "peephole": False, "coupled_gates": False, "recurrent_max_abs": None,
 }
 
 #: The directions (``direction=``), ONNX's names: ``bidirectional=True`` is a synonym of the last.
@@ -250,6 +252,10 @@ class LayerClass:
     positional: Tuple[str, ...]
     keyword: Tuple[str, ...]
     doc: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # this class's own, over DEFAULTS
+
+    def default(self, name: str) -> Any:
+        return self.defaults.get(name, DEFAULTS[name])
 
     @property
     def cells(self) -> Tuple[Cell, ...]:
@@ -279,15 +285,15 @@ class LayerClass:
         P = inspect.Parameter
         params = [P("self", P.POSITIONAL_OR_KEYWORD)]
         params += [P(n, P.POSITIONAL_OR_KEYWORD) for n in ("input_size", "hidden_size")]
-        params += [P(n, P.POSITIONAL_OR_KEYWORD, default=DEFAULTS[n]) for n in self.positional]
+        params += [P(n, P.POSITIONAL_OR_KEYWORD, default=self.default(n)) for n in self.positional]
         params += [P(n, P.POSITIONAL_OR_KEYWORD, default=d) for n, d in family.positional]
-        keyword = [(n, d) for n, d in family.keyword] + [(n, DEFAULTS[n]) for n in ("init", "init_gain", "precision", "direction", *self.keyword)]
+        keyword = [(n, d) for n, d in family.keyword] + [(n, self.default(n)) for n in ("init", "init_gain", "precision", "direction", *self.keyword)]
         params += [P(n, P.KEYWORD_ONLY, default=d) for n, d in keyword]
         return inspect.Signature(params)
 
     def nondefault_options(self, options: Mapping[str, Any]) -> Tuple[str, ...]:
         """``key=value`` for each cell-selecting option away from its default (for reprs)."""
-        return tuple(f"{k}={options[k]!r}" for k in self.cells[0].options if options[k] != DEFAULTS[k])
+        return tuple(f"{k}={options[k]!r}" for k in self.cells[0].options if options[k] != self.default(k))
 
 
 _LN_DEF = ("``LN(v; ln) = ln_weight * (v - mean(v)) / sqrt(var(v) + 1e-5) + ln_bias`` over the whole "
@@ -355,6 +361,21 @@ LAYER_CLASSES: Dict[str, LayerClass] = {c.name: c for c in (
         where {_LN_DEF}, over all 3H values of a row. Parameters: those of ``GRU`` plus
         ``ln_ih_weight_l{{k}}``, ``ln_ih_bias_l{{k}}``, ``ln_hh_weight_l{{k}}``, ``ln_hh_bias_l{{k}}`` [3H].
         """),
+    LayerClass(
+        "IndRNN", ("num_layers", "nonlinearity", "bias", "batch_first", "dropout", "bidirectional"),
+        ("recurrent_max_abs",),
+        """Independently recurrent network (Li et al. 2018, "IndRNN")::
+
+            h_t = act(x_t W_ih^T + b_ih + b_hh + u * h_{t-1}),   act = relu (the paper's) or tanh
+
+        with one recurrent weight per unit: ``u`` is the parameter ``weight_hh_l{k} [H]`` (a vector,
+        not PyTorch's ``[H, H]``), initialised uniformly in [0, 1). Other parameters as ``RNN``.
+        ``recurrent_max_abs=r`` keeps ``|u| <= r`` (the paper's constraint, which bounds how fast a
+        unit's memory can grow): it is applied at initialisation and after every
+        ``rnnkit.optim`` step (``clamp_recurrent()`` does it by hand: after a torch optimizer's step
+        for the ``rnnkit.torch`` module). No recurrent GEMM runs: the
+        cell applies ``u`` itself, so a step costs O(N*H) after the input projection.
+        """, {"nonlinearity": "relu"}),
 )}
 
 
@@ -436,6 +457,9 @@ class StackOptions:
         self.peephole = onnx_options.peephole
         self.coupled_gates = onnx_options.coupled_gates
         self._cell_options = onnx_options.spec  # plain values only: a module pickles under weights_only
+        rma = options.get("recurrent_max_abs")
+        #: IndRNN: the bound on |u| kept after every update (None: none).
+        self.recurrent_max_abs = None if rma is None else V.check_positive_float("recurrent_max_abs", rma)
         forget_bias = options.get("forget_bias")
         self.forget_bias = None if forget_bias is None else V.check_float("forget_bias", forget_bias)
         if self.forget_bias is not None and not self.bias:

@@ -21,7 +21,7 @@ import numpy as np
 from . import _core
 from . import _device as D
 from . import _validate as V
-from ._cells import LAYER_CLASSES, Cell, Family, LayerClass, StackOptions, make_layer_class
+from ._cells import LAYER_CLASSES, Cell, Family, LayerClass, StackOptions, make_layer_class, onnx_keywords
 from ._guard import TrainingGuard
 from .train import init as _init
 
@@ -82,6 +82,17 @@ class _RecurrentLayer(StackOptions):
         self._guard.set_pending(False)
         if getattr(self, "device", "cpu") != "cpu":
             self._move_arrays(D.to_device)
+        self.clamp_recurrent()
+
+    def clamp_recurrent(self) -> None:
+        """IndRNN with ``recurrent_max_abs=r``: clamps every recurrent vector u to [-r, r] (in
+        place, where the parameters live). Nothing for other layers."""
+        if self.recurrent_max_abs is None:
+            return
+        _core.clamp_arrays([p for n, p in self.params.items() if n.startswith("weight_hh")], self.recurrent_max_abs)
+
+    def _after_optimizer_step(self) -> None:
+        self.clamp_recurrent()
 
     # ---- device -------------------------------------------------------------------------------
     def to(self, device: Any):
@@ -641,6 +652,9 @@ class _RecurrentLayer(StackOptions):
             args.append(f"dtype={self.dtype.name!r}")
         if self.precision != "float32":
             args.append(f"precision={self.precision!r}")
+        args.extend(f"{k}={v!r}" for k, v in onnx_keywords(self).items())
+        if self.recurrent_max_abs is not None:
+            args.append(f"recurrent_max_abs={self.recurrent_max_abs!r}")
         text = f"rnnkit.{type(self).__name__}({', '.join(args)})"
         return text if self.device == "cpu" else f"{text}.to({self.device!r})"
 
@@ -651,3 +665,4 @@ LSTM = make_layer_class(LAYER_CLASSES["LSTM"], _RecurrentLayer, NUMPY_FAMILY, __
 GRU = make_layer_class(LAYER_CLASSES["GRU"], _RecurrentLayer, NUMPY_FAMILY, __name__)
 LayerNormLSTM = make_layer_class(LAYER_CLASSES["LayerNormLSTM"], _RecurrentLayer, NUMPY_FAMILY, __name__)
 LayerNormGRU = make_layer_class(LAYER_CLASSES["LayerNormGRU"], _RecurrentLayer, NUMPY_FAMILY, __name__)
+IndRNN = make_layer_class(LAYER_CLASSES["IndRNN"], _RecurrentLayer, NUMPY_FAMILY, __name__)

@@ -20,7 +20,7 @@ from . import _core
 from . import _device as D
 from . import _validate as V
 from . import layers
-from ._cells import CELL_NAMES, CELLS, DEFAULTS, ONNX_OPTIONS, onnx_keywords
+from ._cells import CELL_NAMES, CELLS, DEFAULTS, LAYER_CLASSES, onnx_keywords
 from ._guard import TrainingGuard
 from .layers import _RecurrentLayer
 
@@ -64,6 +64,7 @@ class RNNNetwork:
             state stay float32).
         activations, activation_alpha, activation_beta, clip, peephole, coupled_gates: ONNX's
             options of the stack's cells (README, "ONNX's options"), where the cell has them.
+        recurrent_max_abs: the IndRNN cells' bound on |u|, kept after every optimizer step.
 
     Losses are means over valid targets (padded steps and ``ignore_index`` do not count).
     """
@@ -98,6 +99,7 @@ class RNNNetwork:
         clip: Optional[float] = None,
         peephole: bool = False,
         coupled_gates: bool = False,
+        recurrent_max_abs: Optional[float] = None,
     ) -> None:
         if (vocab_size is None) == (input_size is None):
             raise ValueError("vocab_size, input_size: expected exactly one of them (token or dense input), "
@@ -138,11 +140,11 @@ class RNNNetwork:
             kwargs["forget_bias"] = forget_bias
         onnx_given = {"activations": activations, "activation_alpha": activation_alpha,
                       "activation_beta": activation_beta, "clip": clip, "peephole": peephole,
-                      "coupled_gates": coupled_gates}
+                      "coupled_gates": coupled_gates, "recurrent_max_abs": recurrent_max_abs}
         for key, value in onnx_given.items():
             if value is None or value is False:
                 continue
-            if key not in ONNX_OPTIONS.get(CELLS[self.cell].layer, ()):
+            if key not in LAYER_CLASSES[CELLS[self.cell].layer].keyword:
                 raise ValueError(f"{key}: expected {DEFAULTS[key]!r} for cell {self.cell!r} (it has no {key}), got "
                                  f"{value!r}")
             kwargs[key] = tuple(value) if isinstance(value, list) else value
@@ -175,7 +177,11 @@ class RNNNetwork:
             "batch_first": self.batch_first, "dtype": self.dtype.name, "seed": self.seed,
             "init": r.init, "init_gain": r.init_gain, "forget_bias": r.forget_bias,
             "precision": r.precision, "direction": r.direction, **onnx_keywords(r),
+            **({"recurrent_max_abs": r.recurrent_max_abs} if r.recurrent_max_abs is not None else {}),
         }
+
+    def _after_optimizer_step(self) -> None:
+        self.rnn.clamp_recurrent()
 
     def _init_head(self) -> None:
         F = self._config.feature_size

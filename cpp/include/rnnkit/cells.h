@@ -30,6 +30,7 @@
 //   ln(p, k)     in      LayerNorm parameter p (kLnIhWeight ...) for gate k (p's row: ln_row(p)).
 //   options()    in      the layer-direction's CellOptions (kOptions cells only).
 //   peep(k)      in      peephole weights of gate k (0: i, 1: f, 2: o), if options().peephole.
+//   rec()        in      the recurrent vector u [H] (kDiagonalRecurrent cells).
 // Backward (the forward's values above are inputs again, as left by forward):
 //   dh(), dc()   in      dL/dh_t (unprojected for LSTMP) and, for LSTM, dL/dc_t from step t+1.
 //   dgates(k)    out     dL/d(gates(k) as given to forward); for cells without
@@ -42,6 +43,7 @@
 //   db_ih_row(), db_hh_row()  in/out  bias gradients [G*H], ACCUMULATED (kCellBiasGrads cells).
 //   dpeep(k)     in/out  peephole weight gradients, ACCUMULATED (kPeepholes cells; the loop
 //                        discards them without peepholes).
+//   drec()       in/out  dL/du, ACCUMULATED (kDiagonalRecurrent cells).
 //   tmp(s)               per-row scratch of H.
 //
 // Traits read by the loop:
@@ -59,6 +61,9 @@
 //   kOptions           the cell reads options() (ONNX's general cells).
 //   kPeepholes         the cell may have peephole weights [3,H] (parameter w_peephole) and
 //                      accumulates their gradients per batch row in the loop's partial sums.
+//   kDiagonalRecurrent the recurrent weight is a vector u [H] (w_hh), applied by the cell itself:
+//                      the loop runs no recurrent GEMM; the cell writes dh_prev() and accumulates
+//                      du per batch row in the loop's partial sums (drec()).
 #pragma once
 
 #include <type_traits>
@@ -83,6 +88,9 @@ enum class CellKind : int {
   kLstmGeneral = 8,
   kGruGeneral = 9,
   kGruResetBeforeGeneral = 10,
+  // IndRNN (Li et al. 2018): a per-unit recurrent weight u [H] instead of W_hh.
+  kIndRnnRelu = 11,
+  kIndRnnTanh = 12,
 };
 
 // LayerNorm parameters of the LayerNorm cells, in the order of their parameter names.
@@ -115,6 +123,7 @@ struct CellDefaults {
   static constexpr bool kCellBiasGrads = false;
   static constexpr bool kOptions = false;
   static constexpr bool kPeepholes = false;
+  static constexpr bool kDiagonalRecurrent = false;
 };
 
 // ---- Elman ------------------------------------------------------------------------------------
@@ -746,6 +755,37 @@ struct GeneralGRUResetBeforeCell : CellDefaults {
   }
 };
 
+// ---- IndRNN (Li et al. 2018) ------------------------------------------------------------------
+// h_t = act(x_t W_ih^T + b_ih + b_hh + u * h_{t-1}), u [H] one recurrent weight per unit (the
+// parameter weight_hh [H]); act relu (the paper's) or tanh. No recurrent GEMM: the cell applies u.
+template <bool kRelu>
+struct IndRnnCell : CellDefaults {
+  static constexpr int kGates = 1;
+  static constexpr bool kDirectStateGrad = true;
+  static constexpr bool kDiagonalRecurrent = true;
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward(A& a) {
+    if constexpr (kRelu) {
+      a.h() = ew::relu(a.gates(0) + a.bias(0) + a.rec() * a.h_prev());
+    } else {
+      a.h() = ew::tanh(a.gates(0) + a.bias(0) + a.rec() * a.h_prev());
+    }
+  }
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward(A& a) {
+    if constexpr (kRelu) {
+      a.dgates(0) = a.dh() * ew::relu_grad_from_output(a.h());
+    } else {
+      a.dgates(0) = a.dh() * ew::tanh_grad_from_output(a.h());
+    }
+    a.drec() += a.dgates(0) * a.h_prev();
+    a.dh_prev() = a.dgates(0) * a.rec();
+  }
+};
+using IndRnnReluCell = IndRnnCell<true>;
+using IndRnnTanhCell = IndRnnCell<false>;
+
 // Calls fn(CellType{}) for the cell a CellKind names.
 template <typename Fn>
 decltype(auto) dispatch_cell(CellKind kind, Fn&& fn) {
@@ -772,6 +812,10 @@ decltype(auto) dispatch_cell(CellKind kind, Fn&& fn) {
       return fn(GeneralGRUCell{});
     case CellKind::kGruResetBeforeGeneral:
       return fn(GeneralGRUResetBeforeCell{});
+    case CellKind::kIndRnnRelu:
+      return fn(IndRnnReluCell{});
+    case CellKind::kIndRnnTanh:
+      return fn(IndRnnTanhCell{});
   }
   throw std::invalid_argument(concat("unknown cell kind ", static_cast<int>(kind)));
 }
@@ -791,6 +835,7 @@ struct CellInfo {
   bool cell_bias_grads = false;
   bool options = false;
   bool peepholes = false;
+  bool diagonal_recurrent = false;
 };
 
 template <typename Cell>
@@ -808,6 +853,7 @@ constexpr CellInfo cell_info_of() {
   i.cell_bias_grads = Cell::kCellBiasGrads;
   i.options = Cell::kOptions;
   i.peepholes = Cell::kPeepholes;
+  i.diagonal_recurrent = Cell::kDiagonalRecurrent;
   return i;
 }
 
@@ -826,6 +872,7 @@ inline constexpr CellName kCellNames[] = {
     {CellKind::kLstm, "lstm"},        {CellKind::kGru, "gru"},
     {CellKind::kGruResetBefore, "gru_reset_before"},
     {CellKind::kLnLstm, "ln_lstm"},   {CellKind::kLnGru, "ln_gru"},
+    {CellKind::kIndRnnRelu, "indrnn"}, {CellKind::kIndRnnTanh, "indrnn_tanh"},
 };
 
 inline const char* cell_name(CellKind kind) {

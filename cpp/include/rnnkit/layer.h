@@ -62,7 +62,7 @@ struct LayerShape {
   bool bf16 = false;
   // LayerNorm cells accumulate their parameter (and bias) gradients per batch row, in this
   // layout: the LN parameters in LnParam order (ln_param_width each), then db_ih, db_hh. Cells
-  // with peepholes: dL/d(peephole weights) [3H].
+  // with peepholes: dL/d(peephole weights) [3H]; IndRNN: dL/du [H].
   index_t partial_width = 0;
 };
 LayerShape layer_shape(CellKind cell, const LayerDims& d, bool training);
@@ -74,7 +74,7 @@ LayerShape layer_shape(CellKind cell, const LayerDims& d, bool training);
 template <typename Ptr>
 struct LayerParams {
   Ptr w_ih = nullptr;           // [GH,C]
-  Ptr w_hh = nullptr;           // [GH,P]
+  Ptr w_hh = nullptr;           // [GH,P] (IndRNN: u [H])
   Ptr b_ih = nullptr;           // [GH]
   Ptr b_hh = nullptr;           // [GH]
   Ptr w_hr = nullptr;           // [P,H]

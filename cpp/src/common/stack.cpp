@@ -246,7 +246,11 @@ std::vector<ParamSpec> stack_param_specs(const StackConfig& cfg) {
       // Plain string operations (no stream): this runs on every call from Python.
       const std::string sfx = "_l" + std::to_string(l) + (d == 1 ? "_reverse" : "");
       specs.push_back({"weight_ih" + sfx, {GH, cfg.layer_input_size(l)}, ParamRole::kWIh, g});
-      specs.push_back({"weight_hh" + sfx, {GH, P}, ParamRole::kWHh, g});
+      if (ci.diagonal_recurrent) {
+        specs.push_back({"weight_hh" + sfx, {H}, ParamRole::kWHh, g});  // IndRNN's u
+      } else {
+        specs.push_back({"weight_hh" + sfx, {GH, P}, ParamRole::kWHh, g});
+      }
       if (cfg.bias) {
         specs.push_back({"bias_ih" + sfx, {GH}, ParamRole::kBIh, g});
         specs.push_back({"bias_hh" + sfx, {GH}, ParamRole::kBHh, g});

@@ -59,7 +59,7 @@ class BackwardLoop {
  private:
   using Plan = LayerPlan<Cell, S>;
   // Cells that sum parameter gradients per batch row (layer.h's partial_width).
-  static constexpr bool kPartials = Cell::kLnParams > 0 || Cell::kPeepholes;
+  static constexpr bool kPartials = Cell::kLnParams > 0 || Cell::kPeepholes || Cell::kDiagonalRecurrent;
 
   const S* h_slot(index_t slot) const { return b_.h_seq + slot * p_.N * p_.P; }
   const S* c_slot(index_t slot) const { return b_.c_seq + slot * p_.N * p_.H; }
@@ -94,6 +94,7 @@ class BackwardLoop {
     row_.ln_ = w_.ln;  // cells read the biases only in forward; backward works from what it saved
     row_.options_ = a_.options;
     row_.peep_ = w_.w_peephole;
+    row_.rec_ = w_.w_hh;
   }
 
   // Row n's partial sums (LayerShape::partial_width's layout).
@@ -109,6 +110,7 @@ class BackwardLoop {
       row_.db_hh_ = p + p_.GH;
     }
     if constexpr (Cell::kPeepholes) row_.dpeep_ = b_.partials + n * p_.s.partial_width;
+    if constexpr (Cell::kDiagonalRecurrent) row_.drec_ = b_.partials + n * p_.s.partial_width;
   }
 
   // Phase 2, one step at time t.
@@ -198,9 +200,10 @@ class BackwardLoop {
     copy_n(dgates_all_ + (t * N + n0) * GH, dgates + n0 * GH, (n1 - n0) * GH);
     tc.barrier();
     // dL/dh_{t-1} = (direct part written by the cell) + d(recurrent pre-activations) W_hh,
-    // this thread's columns.
-    g.rec.multiply(N, Plan::kSeparateRecurrent ? drec_all_ + t * N * GH : dgates, GH, S(1),
-                   dh_next_, P);
+    // this thread's columns (IndRNN: the cell's direct part is all of it).
+    if constexpr (!Cell::kDiagonalRecurrent) {
+      g.rec.multiply(N, Plan::kSeparateRecurrent ? drec_all_ + t * N * GH : dgates, GH, S(1), dh_next_, P);
+    }
     tc.barrier();
   }
 
@@ -235,7 +238,7 @@ class BackwardLoop {
           layer_gemm(p_.s, Trans::kYes, Trans::kNo, w1 - b0, P, TN, dall + b0, GH, b_.saved, p_.SW, S(1),
                grads_.w_hh + b0 * P, P);
         }
-      } else {
+      } else if constexpr (!Cell::kDiagonalRecurrent) {  // IndRNN's du: the partial sums below
         layer_gemm(p_.s, Trans::kYes, Trans::kNo, w1 - w0, P, TN, drec + w0, GH, h_prev_all, P, S(1),
              grads_.w_hh + w0 * P, P);
       }
@@ -270,6 +273,12 @@ class BackwardLoop {
           if (grads_.b_ih) Vec<S>(grads_.b_ih, GH) += ConstVec<S>(p, GH);
           if (grads_.b_hh) Vec<S>(grads_.b_hh, GH) += ConstVec<S>(p + GH, GH);
         }
+      }
+    }
+    if constexpr (Cell::kDiagonalRecurrent) {
+      tc.barrier();
+      if (tc.tid() == 0) {
+        for (index_t n = 0; n < N; ++n) Vec<S>(grads_.w_hh, H) += ConstVec<S>(b_.partials + n * p_.s.partial_width, H);
       }
     }
     if constexpr (Cell::kPeepholes) {

@@ -81,6 +81,7 @@ class ForwardLoop {
     row_.ln_ = w_.ln;
     row_.options_ = a_.options;
     row_.peep_ = w_.w_peephole;
+    row_.rec_ = w_.w_hh;
   }
 
   // Phase 2, one step at time t.
@@ -99,7 +100,9 @@ class ForwardLoop {
 
     // h_{t-1} W_hh^T, this thread's columns: into the gates, or beside them for cells that keep
     // the recurrent part separate.
-    if constexpr (Plan::kSeparateRecurrent) {
+    if constexpr (Cell::kDiagonalRecurrent) {
+      (void)g;  // the cell applies u itself
+    } else if constexpr (Plan::kSeparateRecurrent) {
       g.rec.multiply(N, h_prev, P, S(0), b_.hgates, GH);
     } else {
       g.rec.multiply(N, h_prev, P, S(1), gates, GH);

@@ -43,6 +43,7 @@ struct CpuRow {
   const S* const* ln_ = nullptr;
   const CellOptions* options_ = nullptr;
   const S* peep_ = nullptr;   // [3H]
+  const S* rec_ = nullptr;    // [H] IndRNN's u
   // backward
   S* dh_ = nullptr;       // [H]
   S* dc_ = nullptr;       // [H] in: dL/dc_t, out: dL/dc_{t-1} (dc_prev aliases dc)
@@ -53,6 +54,7 @@ struct CpuRow {
   S* db_ih_ = nullptr;    // [GH] accumulated
   S* db_hh_ = nullptr;    // [GH] accumulated
   S* dpeep_ = nullptr;    // [3H] accumulated
+  S* drec_ = nullptr;     // [H] accumulated
 
   Vec<S> gates(int k) const { return Vec<S>(gates_ + k * H, H); }
   Vec<S> gates_row() const { return Vec<S>(gates_, GH); }
@@ -86,6 +88,8 @@ struct CpuRow {
   const CellOptions& options() const { return *options_; }
   ConstVec<S> peep(int k) const { return ConstVec<S>(peep_ + k * H, H); }
   Vec<S> dpeep(int k) const { return Vec<S>(dpeep_ + k * H, H); }
+  ConstVec<S> rec() const { return ConstVec<S>(rec_, H); }
+  Vec<S> drec() const { return Vec<S>(drec_, H); }
 
   template <typename D>
   static S mean(const Eigen::ArrayBase<D>& v) {
@@ -226,7 +230,7 @@ struct StepGemms {
   }
   // Every thread packs its panels of the operands the call uses; the caller barriers after.
   void pack(const LayerShape& s) const {
-    rec.pack(s.d.N);
+    if (!s.cell.diagonal_recurrent) rec.pack(s.d.N);
     if (s.cell.two_stage) stage2.pack(s.d.N);
     if (s.project) proj.pack(s.d.N);
   }

@@ -50,7 +50,7 @@ from .. import cuda as _cuda
 from .._cells import LAYER_CLASSES, Cell, Family, LayerClass, StackOptions, make_layer_class
 from ..train import init as _init
 
-__all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "safe_globals"]
+__all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "IndRNN", "safe_globals"]
 
 # This family's constructor: PyTorch's own, device and dtype included.
 TORCH_FAMILY = Family(
@@ -202,6 +202,8 @@ class _RNNBase(torch.nn.Module, StackOptions):
                     p = self._parameters[name]
                     if name.startswith("ln_"):
                         p.fill_(1.0 if "_weight_" in name else 0.0)
+                    elif name.startswith("weight_hh") and p.dim() == 1:
+                        p.uniform_(0.0, 1.0)  # IndRNN's u, as rnnkit.init draws it
                     else:
                         p.uniform_(-bound, bound)
                 if self.forget_bias is not None:
@@ -217,6 +219,17 @@ class _RNNBase(torch.nn.Module, StackOptions):
                                       np.random.default_rng(seed), self._scheme, self.init_gain, self.forget_bias)
             for name, _ in self._specs:
                 self._parameters[name].copy_(torch.from_numpy(arrays[name]))
+        self.clamp_recurrent()
+
+    def clamp_recurrent(self) -> None:
+        """IndRNN with ``recurrent_max_abs=r``: clamps every recurrent vector u to [-r, r] in place.
+        Call it after the optimizer's ``step()`` (torch's optimizers do not know the constraint)."""
+        if self.recurrent_max_abs is None:
+            return
+        with torch.no_grad():
+            for name, p in self._parameters.items():
+                if name.startswith("weight_hh"):
+                    p.clamp_(-self.recurrent_max_abs, self.recurrent_max_abs)
 
     def flatten_parameters(self) -> None:
         """Does nothing: rnnkit reads the parameters where they are (kept for drop-in use)."""
@@ -367,6 +380,7 @@ LSTM = make_layer_class(LAYER_CLASSES["LSTM"], _RNNBase, TORCH_FAMILY, __name__)
 GRU = make_layer_class(LAYER_CLASSES["GRU"], _RNNBase, TORCH_FAMILY, __name__)
 LayerNormLSTM = make_layer_class(LAYER_CLASSES["LayerNormLSTM"], _RNNBase, TORCH_FAMILY, __name__)
 LayerNormGRU = make_layer_class(LAYER_CLASSES["LayerNormGRU"], _RNNBase, TORCH_FAMILY, __name__)
+IndRNN = make_layer_class(LAYER_CLASSES["IndRNN"], _RNNBase, TORCH_FAMILY, __name__)
 
 
 def safe_globals() -> List[type]:
@@ -374,4 +388,4 @@ def safe_globals() -> List[type]:
     rnnkit.torch module (``torch.save(model)``): ``torch.serialization.add_safe_globals(
     rnnkit.torch.safe_globals())``, or ``with torch.serialization.safe_globals(...)``. A module
     pickles as plain Python values and tensors: these classes are all it adds."""
-    return [RNN, LSTM, GRU, LayerNormLSTM, LayerNormGRU]
+    return [RNN, LSTM, GRU, LayerNormLSTM, LayerNormGRU, IndRNN]

@@ -74,6 +74,8 @@ def initialise(
     for name, shape in specs:
         if name.startswith("ln_"):
             params[name] = np.ones(shape) if "_weight_" in name else np.zeros(shape)
+        elif name.startswith("weight_hh") and len(shape) == 1:
+            params[name] = rng.uniform(0.0, 1.0, size=shape)  # IndRNN's u, as Li et al. initialise it
         else:
             params[name] = rng.uniform(-bound, bound, size=shape)
     for name, shape in specs:
@@ -81,6 +83,8 @@ def initialise(
         if name.startswith("weight_ih") and "xavier" in scheme:
             a = gain * np.sqrt(6.0 / (shape[1] + H))
             params[name] = rng.uniform(-a, a, size=shape)
+        elif name.startswith("weight_hh") and len(shape) == 1:
+            continue  # IndRNN's u: no matrix scheme applies
         elif name.startswith("weight_hh") and "orthogonal" in scheme:
             params[name] = np.concatenate([orthogonal(rng, H, shape[1], gain) for _ in range(gates)])
         elif name.startswith("weight_hh") and "identity" in scheme:

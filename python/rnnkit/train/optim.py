@@ -107,6 +107,10 @@ class Optimizer:
         except BaseException:
             self.step_count -= 1
             raise
+        # A model with a constraint on its parameters (IndRNN's recurrent_max_abs) restores it.
+        after = getattr(self.model, "_after_optimizer_step", None)
+        if after is not None:
+            after()
 
     def _update(self, params: List[np.ndarray], grads: List[np.ndarray]) -> None:
         raise NotImplementedError
