@@ -272,7 +272,10 @@ def test_cli_compare_quick(quick_compare):
     report = (tmp_path / "report.md").read_text()
     assert "Recurrent layer vs recurrent network" in report and "adding problem" in report
     results = json.loads((tmp_path / "results.json").read_text())
-    assert len(results["runs"]) == 12 and len(results["timing"]) == 2
+    from rnnkit.app import compare
+
+    # every cell x the quick run's one length x clipping on/off
+    assert len(results["runs"]) == 2 * len(compare.CELLS) and len(results["timing"]) == 2
     assert Checker(str(tmp_path)).check() >= 7  # every sentence of the report, against results.json
 
 
