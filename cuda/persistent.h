@@ -52,7 +52,7 @@ template <typename Cell>
 constexpr bool persistent_cell() {
   // ONNX's general cells run the standard path: their options would have to ride in the
   // persistent body too, for shapes (small batches of ONNX models) not worth the registers.
-  return Cell::kLnParams == 0 && !Cell::kTwoStage && !Cell::kOptions && !Cell::kDiagonalRecurrent;
+  return Cell::kLnParams == 0 && !Cell::kTwoStage && !Cell::kOptions && has_recurrent_gemm<Cell>();
 }
 
 struct PersistentPlan {

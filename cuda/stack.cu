@@ -116,8 +116,8 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
       S* h_out = s.project ? h_full : h_cur;
 
       // h_{t-1} W_hh^T: into the gates, or beside them for cells that keep the recurrent part apart.
-      if constexpr (Cell::kDiagonalRecurrent) {
-        // IndRNN: the cell applies u itself.
+      if constexpr (!has_recurrent_gemm<Cell>()) {
+        // IndRNN applies u itself; minGRU/minLSTM have no recurrent weight.
       } else if constexpr (Cell::kSeparateRecurrent) {
         gemm_rm<S>(ls, Op::kN, Op::kT, N, G1, P, S(1), h_prev, P, w.w_hh, P, S(0), b.hgates, GH);
       } else {
@@ -247,7 +247,7 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
       // The step's gates are done with: their gradients take their place (or their own buffer).
       copy_elems(ls, dall + t * N * GH, b.dgates, N * GH);
       // dL/dh_{t-1} += d(recurrent pre-activations) W_hh (IndRNN: the cell wrote all of it).
-      if constexpr (!Cell::kDiagonalRecurrent) {
+      if constexpr (has_recurrent_gemm<Cell>()) {
         gemm_rm<S>(ls, Op::kN, Op::kN, N, P, G1, S(1), Cell::kSeparateRecurrent ? drec_all + t * N * GH : b.dgates,
                    GH, w.w_hh, P, S(1), dh_next, P);
       }
@@ -267,6 +267,8 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
     gemm_rm<S>(st, Op::kT, Op::kN, GH - G1, P, TN, S(1), dall + G1, GH, b.saved, SW, S(1), g.w_hh + G1 * P, P);
   } else if constexpr (Cell::kDiagonalRecurrent) {
     RNNKIT_LAUNCH(st, H, (AddColumnSums<S>{N, H, s.partial_width, b.partials, g.w_hh}));  // du
+  } else if constexpr (Cell::kNoRecurrentWeight) {
+    (void)h_prev_all;  // no recurrent weight: nothing to add up
   } else {
     gemm_rm<S>(st, Op::kT, Op::kN, GH, P, TN, S(1), drec_all, GH, h_prev_all, P, S(1), g.w_hh, P);
   }

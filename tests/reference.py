@@ -284,3 +284,49 @@ def assert_torch_module_matches(module, layer, rng, T=5, N=2):
     layer.backward(np.ones_like(y))
     for name, p in module.named_parameters():
         np.testing.assert_allclose(p.grad.numpy(), layer.grads[name], rtol=1e-10, err_msg=name)
+
+
+# A float32 streaming step against the same layer's sequence forward.
+STEP_RTOL = 1e-6
+
+
+def assert_step_equals_sequence(layer, rng, T=5, N=2):
+    """layer.step() over x[t], t = 0 .. T-1, gives the eval-mode forward's outputs and final state."""
+    layer.eval()
+    x = rng.standard_normal((T, N, layer.input_size)).astype(np.float32)
+    y, h_n = layer(x)
+    h = None
+    for t in range(T):
+        out, h = layer.step(x[t], h)
+        np.testing.assert_allclose(out, y[t], rtol=STEP_RTOL, atol=STEP_RTOL)
+    np.testing.assert_allclose(h, h_n, rtol=STEP_RTOL, atol=STEP_RTOL)
+
+
+def network_losses(net, rng, steps=30, after_step=None):
+    """Adam (lr 0.05) on next-token prediction of a fixed random token batch: the losses."""
+    import rnnkit
+
+    tokens = rng.integers(0, net.vocab_size, size=(12, 4))
+    opt = rnnkit.optim.Adam(net, lr=0.05)
+    losses = []
+    for _ in range(steps):
+        loss, _ = net.train_step(tokens[:-1], tokens[1:])
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss)
+        if after_step is not None:
+            after_step()
+    return losses
+
+
+def assert_matches_sequence_reference(layer, reference_fn, rng, rtol, T=7, lengths=(7, 3, 5), scale=1.0):
+    """A float64 layer against reference_fn(layer, x, h0, lengths) -> (y, h_n) on a random x (times
+    scale), a random h0 and the given lengths. Returns (x, h0, lengths) for further checks."""
+    lengths = np.asarray(lengths)
+    x = rng.standard_normal((T, len(lengths), layer.input_size)) * scale
+    h0 = rng.standard_normal((layer.num_layers * layer.num_directions, len(lengths), layer.hidden_size))
+    y, h_n = layer(x, h0, lengths=lengths)
+    y_ref, h_ref = reference_fn(layer, x, h0, lengths)
+    np.testing.assert_allclose(y, y_ref, rtol=rtol, atol=1e-14)
+    np.testing.assert_allclose(h_n, h_ref, rtol=rtol, atol=1e-14)
+    return x, h0, lengths

@@ -160,8 +160,9 @@ def test_onnx_gate_order_is_i_o_f_c_and_z_r_h():
 @pytest.mark.parametrize(
     "make, pattern",
     [
-        (lambda: rnnkit.LayerNormLSTM(2, 3), "no LayerNorm or IndRNN cells"),
-        (lambda: rnnkit.IndRNN(2, 3), "no LayerNorm or IndRNN cells"),
+        (lambda: rnnkit.LayerNormLSTM(2, 3), "no LayerNorm, IndRNN or minGRU/minLSTM cells"),
+        (lambda: rnnkit.IndRNN(2, 3), "no LayerNorm, IndRNN"),
+        (lambda: rnnkit.MinLSTM(2, 3), "minGRU/minLSTM"),
         (lambda: rnnkit.LSTM(2, 3, proj_size=2), "without proj_size"),
     ],
 )

@@ -48,6 +48,8 @@ CELLS: Dict[str, Cell] = {c.name: c for c in (
     Cell("ln_gru", "LayerNormGRU"),
     Cell("indrnn", "IndRNN", {"nonlinearity": "relu"}),
     Cell("indrnn_tanh", "IndRNN", {"nonlinearity": "tanh"}),
+    Cell("mingru", "MinGRU"),
+    Cell("minlstm", "MinLSTM"),
 )}
 CELL_NAMES: Tuple[str, ...] = tuple(CELLS)
 
@@ -376,6 +378,29 @@ LAYER_CLASSES: Dict[str, LayerClass] = {c.name: c for c in (
         for the ``rnnkit.torch`` module). No recurrent GEMM runs: the
         cell applies ``u`` itself, so a step costs O(N*H) after the input projection.
         """, {"nonlinearity": "relu"}),
+    LayerClass(
+        "MinGRU", ("num_layers", "bias", "batch_first", "dropout", "bidirectional"), (),
+        """minGRU (Feng et al. 2024, "Were RNNs All We Needed?"): the gates read x_t only::
+
+            z = sigmoid(x_t W_z^T + b_z),   h~ = g(x_t W_h^T + b_h)
+            h_t = (1 - z) * h_{t-1} + z * h~,   g(v) = v + 1/2 (v >= 0), sigmoid(v) (v < 0)
+
+        (g: the paper's positive candidate, which its log-space parallel form needs). Parameters
+        per layer: ``weight_ih_l{k} [2H, C_k]`` (rows z, then h~) and ``bias_ih_l{k} [2H]``: no
+        recurrent weight, so the only GEMM is the input projection over all T*N rows and each step
+        is elementwise.
+        """),
+    LayerClass(
+        "MinLSTM", ("num_layers", "bias", "batch_first", "dropout", "bidirectional"), (),
+        """minLSTM (Feng et al. 2024): the gates read x_t only::
+
+            f, i = sigmoid(x_t W_f^T + b_f), sigmoid(x_t W_i^T + b_i),   h~ = g(x_t W_h^T + b_h)
+            h_t = (f * h_{t-1} + i * h~) / (f + i)
+
+        (the paper's normalised gates f' = f/(f+i), i' = i/(f+i); g as in ``MinGRU``). Parameters:
+        ``weight_ih_l{k} [3H, C_k]`` (rows f, i, h~) and ``bias_ih_l{k} [3H]``. No cell state: the
+        state is h alone.
+        """),
 )}
 
 

@@ -666,3 +666,5 @@ GRU = make_layer_class(LAYER_CLASSES["GRU"], _RecurrentLayer, NUMPY_FAMILY, __na
 LayerNormLSTM = make_layer_class(LAYER_CLASSES["LayerNormLSTM"], _RecurrentLayer, NUMPY_FAMILY, __name__)
 LayerNormGRU = make_layer_class(LAYER_CLASSES["LayerNormGRU"], _RecurrentLayer, NUMPY_FAMILY, __name__)
 IndRNN = make_layer_class(LAYER_CLASSES["IndRNN"], _RecurrentLayer, NUMPY_FAMILY, __name__)
+MinGRU = make_layer_class(LAYER_CLASSES["MinGRU"], _RecurrentLayer, NUMPY_FAMILY, __name__)
+MinLSTM = make_layer_class(LAYER_CLASSES["MinLSTM"], _RecurrentLayer, NUMPY_FAMILY, __name__)

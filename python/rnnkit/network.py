@@ -135,6 +135,9 @@ class RNNNetwork:
                       seed=int(rnn_seq.generate_state(1, np.uint64)[0] >> np.uint64(1)), init=init,
                       init_gain=init_gain, precision=precision, direction=direction, **CELLS[self.cell].options)
         if proj_size:
+            if "proj_size" not in LAYER_CLASSES[CELLS[self.cell].layer].positional:
+                raise ValueError(f"proj_size: expected 0 for cell {self.cell!r} (projections exist for LSTM only), "
+                                 f"got {proj_size!r}")
             kwargs["proj_size"] = proj_size
         if forget_bias is not None:
             kwargs["forget_bias"] = forget_bias

@@ -64,6 +64,8 @@
 //   kDiagonalRecurrent the recurrent weight is a vector u [H] (w_hh), applied by the cell itself:
 //                      the loop runs no recurrent GEMM; the cell writes dh_prev() and accumulates
 //                      du per batch row in the loop's partial sums (drec()).
+//   kNoRecurrentWeight no recurrent weight at all (minGRU, minLSTM: gates read x_t only): no
+//                      weight_hh, no bias_hh, no recurrent GEMM; the cell writes dh_prev().
 #pragma once
 
 #include <type_traits>
@@ -91,6 +93,8 @@ enum class CellKind : int {
   // IndRNN (Li et al. 2018): a per-unit recurrent weight u [H] instead of W_hh.
   kIndRnnRelu = 11,
   kIndRnnTanh = 12,
+  kMinGru = 13,
+  kMinLstm = 14,
 };
 
 // LayerNorm parameters of the LayerNorm cells, in the order of their parameter names.
@@ -124,7 +128,14 @@ struct CellDefaults {
   static constexpr bool kOptions = false;
   static constexpr bool kPeepholes = false;
   static constexpr bool kDiagonalRecurrent = false;
+  static constexpr bool kNoRecurrentWeight = false;
 };
+
+// Whether the loop runs a per-step recurrent GEMM (h_{t-1} W_hh^T) for a cell.
+template <typename Cell>
+constexpr bool has_recurrent_gemm() {
+  return !Cell::kDiagonalRecurrent && !Cell::kNoRecurrentWeight;
+}
 
 // ---- Elman ------------------------------------------------------------------------------------
 // h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
@@ -786,6 +797,71 @@ struct IndRnnCell : CellDefaults {
 using IndRnnReluCell = IndRnnCell<true>;
 using IndRnnTanhCell = IndRnnCell<false>;
 
+// ---- minGRU and minLSTM (Feng et al. 2024, "Were RNNs All We Needed?") --------------------------
+// Gates read x_t only, so the loop's one GEMM is the input projection over all T*N rows and the
+// recurrence is elementwise. The candidate goes through the paper's g(v) = v >= 0 ? v + 1/2 :
+// sigmoid(v) (positive, as its log-space parallel form needs; the sequential form here is the same
+// function). g' from g's output y: y >= 1/2 exactly when v >= 0, so g' = y >= 1/2 ? 1 : y (1 - y).
+template <typename A, typename Y, typename V>
+RNNKIT_HOSTDEVICE void min_candidate(Y&& y, const V& v) {
+  using S = typename A::Scalar;
+  y = ew::where(v < S(0), ew::sigmoid(v), v + S(0.5));
+}
+template <typename A, typename DV, typename DY, typename Y>
+RNNKIT_HOSTDEVICE void min_candidate_grad(DV&& dv, const DY& dy, const Y& y) {
+  using S = typename A::Scalar;
+  dv = ew::where(y < S(0.5), dy * ew::sigmoid_grad_from_output(y), dy);
+}
+
+// minGRU, gates (z, h~): z = sigmoid(x W_z^T + b_z), h~ = g(x W_h^T + b_h),
+// h_t = (1 - z) * h_{t-1} + z * h~. gates(k) keep z and h~.
+struct MinGRUCell : CellDefaults {
+  static constexpr int kGates = 2;
+  static constexpr bool kDirectStateGrad = true;
+  static constexpr bool kNoRecurrentWeight = true;
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward(A& a) {
+    a.gates(0) = ew::sigmoid(a.gates(0) + a.bias(0));
+    min_candidate<A>(a.gates(1), a.gates(1) + a.bias(1));
+    a.h() = a.h_prev() + a.gates(0) * (a.gates(1) - a.h_prev());
+  }
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward(A& a) {
+    using S = typename A::Scalar;
+    a.dgates(0) = a.dh() * (a.gates(1) - a.h_prev()) * ew::sigmoid_grad_from_output(a.gates(0));
+    min_candidate_grad<A>(a.dgates(1), a.dh() * a.gates(0), a.gates(1));
+    a.dh_prev() = a.dh() * (S(1) - a.gates(0));
+  }
+};
+
+// minLSTM, gates (f, i, h~): f, i = sigmoid(.), h~ = g(.), normalised f' = f / (f + i),
+// i' = i / (f + i); h_t = f' * h_{t-1} + i' * h~. gates(k) keep f, i, h~.
+struct MinLSTMCell : CellDefaults {
+  static constexpr int kGates = 3;
+  static constexpr bool kDirectStateGrad = true;
+  static constexpr bool kNoRecurrentWeight = true;
+
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void forward(A& a) {
+    a.gates(0) = ew::sigmoid(a.gates(0) + a.bias(0));
+    a.gates(1) = ew::sigmoid(a.gates(1) + a.bias(1));
+    min_candidate<A>(a.gates(2), a.gates(2) + a.bias(2));
+    a.h() = (a.gates(0) * a.h_prev() + a.gates(1) * a.gates(2)) / (a.gates(0) + a.gates(1));
+  }
+  template <typename A>
+  RNNKIT_HOSTDEVICE static void backward(A& a) {
+    // With s = f + i: dL/df = dh i (h_{t-1} - h~) / s^2, dL/di = dh f (h~ - h_{t-1}) / s^2.
+    const auto s = a.gates(0) + a.gates(1);
+    a.dh_prev() = a.dh() * a.gates(0) / s;
+    min_candidate_grad<A>(a.dgates(2), a.dh() * a.gates(1) / s, a.gates(2));
+    a.dgates(0) = a.dh() * a.gates(1) * (a.h_prev() - a.gates(2)) / (s * s) *
+                  ew::sigmoid_grad_from_output(a.gates(0));
+    a.dgates(1) = a.dh() * a.gates(0) * (a.gates(2) - a.h_prev()) / (s * s) *
+                  ew::sigmoid_grad_from_output(a.gates(1));
+  }
+};
+
 // Calls fn(CellType{}) for the cell a CellKind names.
 template <typename Fn>
 decltype(auto) dispatch_cell(CellKind kind, Fn&& fn) {
@@ -816,6 +892,10 @@ decltype(auto) dispatch_cell(CellKind kind, Fn&& fn) {
       return fn(IndRnnReluCell{});
     case CellKind::kIndRnnTanh:
       return fn(IndRnnTanhCell{});
+    case CellKind::kMinGru:
+      return fn(MinGRUCell{});
+    case CellKind::kMinLstm:
+      return fn(MinLSTMCell{});
   }
   throw std::invalid_argument(concat("unknown cell kind ", static_cast<int>(kind)));
 }
@@ -836,6 +916,8 @@ struct CellInfo {
   bool options = false;
   bool peepholes = false;
   bool diagonal_recurrent = false;
+  bool no_recurrent_weight = false;
+  bool recurrent_gemm = true;  // the loop's per-step h_{t-1} W_hh^T
 };
 
 template <typename Cell>
@@ -854,6 +936,8 @@ constexpr CellInfo cell_info_of() {
   i.options = Cell::kOptions;
   i.peepholes = Cell::kPeepholes;
   i.diagonal_recurrent = Cell::kDiagonalRecurrent;
+  i.no_recurrent_weight = Cell::kNoRecurrentWeight;
+  i.recurrent_gemm = has_recurrent_gemm<Cell>();
   return i;
 }
 
@@ -873,6 +957,7 @@ inline constexpr CellName kCellNames[] = {
     {CellKind::kGruResetBefore, "gru_reset_before"},
     {CellKind::kLnLstm, "ln_lstm"},   {CellKind::kLnGru, "ln_gru"},
     {CellKind::kIndRnnRelu, "indrnn"}, {CellKind::kIndRnnTanh, "indrnn_tanh"},
+    {CellKind::kMinGru, "mingru"},    {CellKind::kMinLstm, "minlstm"},
 };
 
 inline const char* cell_name(CellKind kind) {

@@ -35,10 +35,8 @@ LayerShape layer_shape(CellKind cell, const LayerDims& d, bool training) {
     s.partial_width = width;
   }
   if (s.cell.peepholes) s.partial_width = checked_mul(3, d.H, "peephole partial sums");
-  if (s.cell.diagonal_recurrent) {
-    s.partial_width = d.H;  // du
-    s.G1 = 0;               // no recurrent GEMM
-  }
+  if (s.cell.diagonal_recurrent) s.partial_width = d.H;  // du
+  if (!s.cell.recurrent_gemm) s.G1 = 0;
   return s;
 }
 

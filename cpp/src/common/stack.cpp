@@ -248,12 +248,13 @@ std::vector<ParamSpec> stack_param_specs(const StackConfig& cfg) {
       specs.push_back({"weight_ih" + sfx, {GH, cfg.layer_input_size(l)}, ParamRole::kWIh, g});
       if (ci.diagonal_recurrent) {
         specs.push_back({"weight_hh" + sfx, {H}, ParamRole::kWHh, g});  // IndRNN's u
-      } else {
+      } else if (!ci.no_recurrent_weight) {
         specs.push_back({"weight_hh" + sfx, {GH, P}, ParamRole::kWHh, g});
       }
       if (cfg.bias) {
         specs.push_back({"bias_ih" + sfx, {GH}, ParamRole::kBIh, g});
-        specs.push_back({"bias_hh" + sfx, {GH}, ParamRole::kBHh, g});
+        // minGRU/minLSTM: one bias (their gates are one linear map of x_t)
+        if (!ci.no_recurrent_weight) specs.push_back({"bias_hh" + sfx, {GH}, ParamRole::kBHh, g});
       }
       if (cfg.proj_size > 0) specs.push_back({"weight_hr" + sfx, {P, H}, ParamRole::kWHr, g});
       if (cfg.general && cfg.options[d].peephole) {

@@ -45,7 +45,7 @@ void for_each_packed_buffer(const LayerShape& s, bool backward, PackedWeights<S>
     if (s.bf16) return (bf16_packed_size(K, cols) * index_t(sizeof(bf16_t)) + index_t(sizeof(S)) - 1) / index_t(sizeof(S));
     return packed_size<S>(K, cols);
   };
-  fn(s.cell.diagonal_recurrent ? 0 : size(s.G1, s.d.P), w.rec);
+  fn(s.cell.recurrent_gemm ? size(s.G1, s.d.P) : 0, w.rec);
   fn(s.cell.two_stage ? size(s.GH - s.G1, s.d.P) : 0, w.stage2);
   fn(s.project ? size(s.d.P, s.d.H) : 0, w.proj);
 }

@@ -201,7 +201,7 @@ class BackwardLoop {
     tc.barrier();
     // dL/dh_{t-1} = (direct part written by the cell) + d(recurrent pre-activations) W_hh,
     // this thread's columns (IndRNN: the cell's direct part is all of it).
-    if constexpr (!Cell::kDiagonalRecurrent) {
+    if constexpr (has_recurrent_gemm<Cell>()) {
       g.rec.multiply(N, Plan::kSeparateRecurrent ? drec_all_ + t * N * GH : dgates, GH, S(1), dh_next_, P);
     }
     tc.barrier();
@@ -238,7 +238,7 @@ class BackwardLoop {
           layer_gemm(p_.s, Trans::kYes, Trans::kNo, w1 - b0, P, TN, dall + b0, GH, b_.saved, p_.SW, S(1),
                grads_.w_hh + b0 * P, P);
         }
-      } else if constexpr (!Cell::kDiagonalRecurrent) {  // IndRNN's du: the partial sums below
+      } else if constexpr (has_recurrent_gemm<Cell>()) {  // IndRNN's du: the partial sums below
         layer_gemm(p_.s, Trans::kYes, Trans::kNo, w1 - w0, P, TN, drec + w0, GH, h_prev_all, P, S(1),
              grads_.w_hh + w0 * P, P);
       }

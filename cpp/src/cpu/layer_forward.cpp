@@ -100,8 +100,8 @@ class ForwardLoop {
 
     // h_{t-1} W_hh^T, this thread's columns: into the gates, or beside them for cells that keep
     // the recurrent part separate.
-    if constexpr (Cell::kDiagonalRecurrent) {
-      (void)g;  // the cell applies u itself
+    if constexpr (!has_recurrent_gemm<Cell>()) {
+      (void)g;  // IndRNN applies u itself; minGRU/minLSTM have no recurrent weight
     } else if constexpr (Plan::kSeparateRecurrent) {
       g.rec.multiply(N, h_prev, P, S(0), b_.hgates, GH);
     } else {

@@ -230,7 +230,7 @@ struct StepGemms {
   }
   // Every thread packs its panels of the operands the call uses; the caller barriers after.
   void pack(const LayerShape& s) const {
-    if (!s.cell.diagonal_recurrent) rec.pack(s.d.N);
+    if (s.cell.recurrent_gemm) rec.pack(s.d.N);
     if (s.cell.two_stage) stage2.pack(s.d.N);
     if (s.project) proj.pack(s.d.N);
   }

@@ -46,6 +46,8 @@ CELLS = {
     "ln_lstm": ("ln_lstm", {"forget_bias": 1.0}, "LayerNorm LSTM, forget bias 1", "LN-LSTM", "tab:green", "--", "D"),
     "ln_gru": ("ln_gru", {}, "LayerNorm GRU", "LN-GRU", "tab:purple", "--", "x"),
     "indrnn": ("indrnn", {"recurrent_max_abs": 1.0}, "IndRNN (ReLU), u kept in [-1, 1]", "IndRNN", "tab:brown", ":", "P"),
+    "mingru": ("mingru", {}, "minGRU", "minGRU", "tab:pink", ":", "*"),
+    "minlstm": ("minlstm", {}, "minLSTM", "minLSTM", "tab:olive", ":", "h"),
 }
 
 

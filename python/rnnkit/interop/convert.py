@@ -40,7 +40,7 @@ _KERAS_ORDER = {"LSTM": [0, 1, 2, 3], "GRU": [1, 0, 2], "GRU_RESET_BEFORE": [1, 
 
 def _check_convertible(layer: _RecurrentLayer, what: str) -> None:
     if not isinstance(layer, (RNN, LSTM, GRU)):
-        raise TypeError(f"layer: expected an rnnkit RNN, LSTM or GRU ({what} has no LayerNorm or IndRNN cells), got "
+        raise TypeError(f"layer: expected an rnnkit RNN, LSTM or GRU ({what} has no LayerNorm, IndRNN or minGRU/minLSTM cells), got "
                         f"{type(layer).__name__}")
     if layer.proj_size:
         raise ValueError(f"layer: expected an LSTM without proj_size ({what} has no projection), got proj_size={layer.proj_size}")

@@ -50,7 +50,7 @@ from .. import cuda as _cuda
 from .._cells import LAYER_CLASSES, Cell, Family, LayerClass, StackOptions, make_layer_class
 from ..train import init as _init
 
-__all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "IndRNN", "safe_globals"]
+__all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "IndRNN", "MinGRU", "MinLSTM", "safe_globals"]
 
 # This family's constructor: PyTorch's own, device and dtype included.
 TORCH_FAMILY = Family(
@@ -381,6 +381,8 @@ GRU = make_layer_class(LAYER_CLASSES["GRU"], _RNNBase, TORCH_FAMILY, __name__)
 LayerNormLSTM = make_layer_class(LAYER_CLASSES["LayerNormLSTM"], _RNNBase, TORCH_FAMILY, __name__)
 LayerNormGRU = make_layer_class(LAYER_CLASSES["LayerNormGRU"], _RNNBase, TORCH_FAMILY, __name__)
 IndRNN = make_layer_class(LAYER_CLASSES["IndRNN"], _RNNBase, TORCH_FAMILY, __name__)
+MinGRU = make_layer_class(LAYER_CLASSES["MinGRU"], _RNNBase, TORCH_FAMILY, __name__)
+MinLSTM = make_layer_class(LAYER_CLASSES["MinLSTM"], _RNNBase, TORCH_FAMILY, __name__)
 
 
 def safe_globals() -> List[type]:
@@ -388,4 +390,4 @@ def safe_globals() -> List[type]:
     rnnkit.torch module (``torch.save(model)``): ``torch.serialization.add_safe_globals(
     rnnkit.torch.safe_globals())``, or ``with torch.serialization.safe_globals(...)``. A module
     pickles as plain Python values and tensors: these classes are all it adds."""
-    return [RNN, LSTM, GRU, LayerNormLSTM, LayerNormGRU, IndRNN]
+    return [RNN, LSTM, GRU, LayerNormLSTM, LayerNormGRU, IndRNN, MinGRU, MinLSTM]
