@@ -377,6 +377,25 @@ struct CopyInput {
   }
 };
 
+// Weight drop (stack.h): v [count] times the mask of group `group` (forward: the cache's copy of
+// W_hh), or dst += v * mask (backward: the gradient through the masked weights into W_hh's).
+template <typename S>
+struct WeightDrop {
+  index_t count, group;
+  double p;
+  std::uint64_t seed;
+  const S* v;
+  S* dst;
+  index_t accumulate;  // 0: dst = v * mask, 1: dst += v * mask
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    for (index_t i = th.global(); i < count; i += th.stride()) {
+      const S m = S(weight_drop_multiplier(seed, group, i, p));
+      dst[i] = accumulate ? dst[i] + v[i] * m : v[i] * m;
+    }
+  }
+};
+
 // Dropout between layers (stack.h): element i of layer `layer`'s output kept with probability 1-p,
 // scaled by 1/(1-p); applied to a gradient, its backward.
 template <typename S>

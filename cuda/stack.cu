@@ -389,8 +389,14 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
     for (index_t l = 0; l < L; ++l) inputs[l] = layer_inputs[l];
     for (index_t l = 1; l < L; ++l) outputs[l - 1] = layer_inputs[l];
     for (const ParamSpec& spec : plan.specs) {
-      copy_elems(stream, const_cast<S*>(param_field(cache->weights[spec.group], spec.role)),
-                 param_field((*args.params)[spec.group], spec.role), spec.numel());
+      S* copy = const_cast<S*>(param_field(cache->weights[spec.group], spec.role));
+      const S* src = param_field((*args.params)[spec.group], spec.role);
+      if (spec.role == ParamRole::kWHh && cfg.weight_dropout > 0.0) {  // the masked copy (weight drop)
+        RNNKIT_LAUNCH(stream, spec.numel(), (WeightDrop<S>{spec.numel(), spec.group, cfg.weight_dropout,
+                                                           args.dropout_seed, src, copy, 0}));
+      } else {
+        copy_elems(stream, copy, src, spec.numel());
+      }
     }
     for (index_t g = 0; g < cfg.groups(); ++g) carve_layer_buffers(plan.shape, kKept, cache->kept[g], &buffers[g]);
     weights = &cache->weights;
@@ -469,6 +475,12 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
   S* pong = L > 1 ? p + between : nullptr;
   std::vector<LayerBuffers<S>> buffers(cfg.groups(), shared);
   for (index_t g = 0; g < cfg.groups(); ++g) carve_layer_buffers(plan.shape, kKept, cache.kept[g], &buffers[g]);
+  // Weight drop: W_hh's gradient into a scratch first, then through the mask (cpu/stack.cpp).
+  index_t w_hh_numel = 0;
+  for (const ParamSpec& spec : plan.specs) {
+    if (spec.role == ParamRole::kWHh) w_hh_numel = spec.numel();
+  }
+  DeviceBuffer<S> w_hh_grad(cfg.weight_dropout > 0.0 ? w_hh_numel : 0, "weight drop gradient");
 
   dispatch_cell(cfg.kernel_cell(), [&](auto cell) {
     using Cell = decltype(cell);
@@ -491,7 +503,16 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
         la.dx = d_in;
         la.dx_accumulate = d > 0;
         la.d_state0 = group_state(args.d_state0, g, N, P, H);
-        layer_backward<Cell, S>(shape, cache.weights[g], (*args.grads)[g], buffers[g], la);
+        LayerGrads<S> grads = (*args.grads)[g];
+        if (cfg.weight_dropout > 0.0) {
+          zero_elems(stream, w_hh_grad.data(), w_hh_numel);
+          grads.w_hh = w_hh_grad.data();
+        }
+        layer_backward<Cell, S>(shape, cache.weights[g], grads, buffers[g], la);
+        if (cfg.weight_dropout > 0.0) {
+          RNNKIT_LAUNCH(stream, w_hh_numel, (WeightDrop<S>{w_hh_numel, g, cfg.weight_dropout, cache.dropout_seed,
+                                                           w_hh_grad.data(), (*args.grads)[g].w_hh, 1}));
+        }
       }
       if (l > 0) {
         if (cfg.dropout > 0.0) {

@@ -59,7 +59,7 @@ DEFAULTS: Dict[str, Any] = {
     "bidirectional": False, "proj_size": 0, "reset_after": True, "forget_bias": None,
     "init": "default", "init_gain": 1.0, "precision": "float32", "direction": None,
     "activations": None, "activation_alpha": None, "activation_beta": None, "clip": None,
-    "peephole": False, "coupled_gates": False, "recurrent_max_abs": None,
+    "peephole": False, "coupled_gates": False, "recurrent_max_abs": None, "weight_dropout": 0.0,
 }
 
 #: The directions (``direction=``), ONNX's names: ``bidirectional=True`` is a synonym of the last.
@@ -289,7 +289,8 @@ class LayerClass:
         params += [P(n, P.POSITIONAL_OR_KEYWORD) for n in ("input_size", "hidden_size")]
         params += [P(n, P.POSITIONAL_OR_KEYWORD, default=self.default(n)) for n in self.positional]
         params += [P(n, P.POSITIONAL_OR_KEYWORD, default=d) for n, d in family.positional]
-        keyword = [(n, d) for n, d in family.keyword] + [(n, self.default(n)) for n in ("init", "init_gain", "precision", "direction", *self.keyword)]
+        keyword = [(n, d) for n, d in family.keyword] + [(n, self.default(n)) for n in ("init", "init_gain", "precision", "direction", "weight_dropout",
+                                                                   *self.keyword)]
         params += [P(n, P.KEYWORD_ONLY, default=d) for n, d in keyword]
         return inspect.Signature(params)
 
@@ -482,6 +483,12 @@ class StackOptions:
         self.peephole = onnx_options.peephole
         self.coupled_gates = onnx_options.coupled_gates
         self._cell_options = onnx_options.spec  # plain values only: a module pickles under weights_only
+        wd = V.check_probability("weight_dropout", options.get("weight_dropout", 0.0))
+        if wd >= 1.0:
+            raise ValueError(f"weight_dropout: expected a probability in [0, 1), got {wd}")
+        #: DropConnect on the recurrent weights (AWD-LSTM's weight drop): in training, one mask on
+        #: W_hh per forward call, the kept weights scaled by 1/(1-p); none in eval mode.
+        self.weight_dropout = wd
         rma = options.get("recurrent_max_abs")
         #: IndRNN: the bound on |u| kept after every update (None: none).
         self.recurrent_max_abs = None if rma is None else V.check_positive_float("recurrent_max_abs", rma)
@@ -498,12 +505,18 @@ class StackOptions:
                 UserWarning, stacklevel=4,
             )
 
-    def _config_args(self, dropout: float, precision: Optional[str] = None) -> Tuple[Any, ...]:
-        """The compiled module's StackConfig arguments, in order, with this dropout (a call may
-        run without its layer's) and precision (None: the layer's; autocast may ask another)."""
+    def _config_args(self, dropout: float, precision: Optional[str] = None,
+                     weight_dropout: Optional[float] = None) -> Tuple[Any, ...]:
+        """The compiled module's StackConfig arguments, in order, with this dropout and weight
+        dropout (a call may run without its layer's: None is the layer's) and precision (None:
+        the layer's; autocast may ask another)."""
         return (self.mode, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
                 self.proj_size, self.bias, dropout, precision or self.precision, self.direction == "reverse",
-                self._cell_options)
+                self._cell_options, self.weight_dropout if weight_dropout is None else weight_dropout)
+
+    def _draws_seed(self, training: bool) -> bool:
+        """Whether a forward needs a dropout seed: dropout between layers or weight drop, training."""
+        return training and ((self.dropout > 0 and self.num_layers > 1) or self.weight_dropout > 0)
 
     @property
     def num_directions(self) -> int:

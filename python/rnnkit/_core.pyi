@@ -18,7 +18,7 @@ class StackConfig:
     """
     Configuration of a layer stack (see stack.h).
     """
-    def __init__(self, mode: str, input_size: typing.SupportsInt | typing.SupportsIndex, hidden_size: typing.SupportsInt | typing.SupportsIndex, num_layers: typing.SupportsInt | typing.SupportsIndex = 1, bidirectional: bool = False, proj_size: typing.SupportsInt | typing.SupportsIndex = 0, bias: bool = True, dropout: typing.SupportsFloat | typing.SupportsIndex = 0.0, precision: str = 'float32', reverse: bool = False, cell_options: str = '') -> None:
+    def __init__(self, mode: str, input_size: typing.SupportsInt | typing.SupportsIndex, hidden_size: typing.SupportsInt | typing.SupportsIndex, num_layers: typing.SupportsInt | typing.SupportsIndex = 1, bidirectional: bool = False, proj_size: typing.SupportsInt | typing.SupportsIndex = 0, bias: bool = True, dropout: typing.SupportsFloat | typing.SupportsIndex = 0.0, precision: str = 'float32', reverse: bool = False, cell_options: str = '', weight_dropout: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> None:
         ...
     def param_specs(self) -> list:
         """

@@ -241,7 +241,7 @@ class _RecurrentLayer(StackOptions):
             for name, p in self.params.items():
                 V.check_finite_input(f"params[{name!r}]", p)
         dropout_seed = 0
-        if self.training and self.dropout > 0 and self.num_layers > 1:
+        if self._draws_seed(self.training):
             dropout_seed = int(self.dropout_rng.integers(0, 2**63))
         params = self._param_list()
         if self.training:
@@ -479,7 +479,7 @@ class _RecurrentLayer(StackOptions):
             for name, p in self.params.items():
                 V.check_finite_input(f"params[{name!r}]", p.numpy())
         dropout_seed = 0
-        if self.training and self.dropout > 0 and self.num_layers > 1:
+        if self._draws_seed(self.training):
             dropout_seed = int(self.dropout_rng.integers(0, 2**63))
         params = self._param_list()
         if self.training:

@@ -65,6 +65,7 @@ class RNNNetwork:
         activations, activation_alpha, activation_beta, clip, peephole, coupled_gates: ONNX's
             options of the stack's cells (README, "ONNX's options"), where the cell has them.
         recurrent_max_abs: the IndRNN cells' bound on |u|, kept after every optimizer step.
+        weight_dropout: DropConnect on the stack's recurrent weights in training (the layers').
 
     Losses are means over valid targets (padded steps and ``ignore_index`` do not count).
     """
@@ -100,6 +101,7 @@ class RNNNetwork:
         peephole: bool = False,
         coupled_gates: bool = False,
         recurrent_max_abs: Optional[float] = None,
+        weight_dropout: float = 0.0,
     ) -> None:
         if (vocab_size is None) == (input_size is None):
             raise ValueError("vocab_size, input_size: expected exactly one of them (token or dense input), "
@@ -133,7 +135,8 @@ class RNNNetwork:
         layer_cls = getattr(layers, CELLS[self.cell].layer)
         kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, dropout=dropout, dtype=self.dtype,
                       seed=int(rnn_seq.generate_state(1, np.uint64)[0] >> np.uint64(1)), init=init,
-                      init_gain=init_gain, precision=precision, direction=direction, **CELLS[self.cell].options)
+                      init_gain=init_gain, precision=precision, direction=direction, weight_dropout=weight_dropout,
+                      **CELLS[self.cell].options)
         if proj_size:
             if "proj_size" not in LAYER_CLASSES[CELLS[self.cell].layer].positional:
                 raise ValueError(f"proj_size: expected 0 for cell {self.cell!r} (projections exist for LSTM only), "
@@ -179,7 +182,7 @@ class RNNNetwork:
             "head": self.head, "loss": self.loss_kind, "ignore_index": self.ignore_index,
             "batch_first": self.batch_first, "dtype": self.dtype.name, "seed": self.seed,
             "init": r.init, "init_gain": r.init_gain, "forget_bias": r.forget_bias,
-            "precision": r.precision, "direction": r.direction, **onnx_keywords(r),
+            "precision": r.precision, "direction": r.direction, "weight_dropout": r.weight_dropout, **onnx_keywords(r),
             **({"recurrent_max_abs": r.recurrent_max_abs} if r.recurrent_max_abs is not None else {}),
         }
 
@@ -401,7 +404,7 @@ class RNNNetwork:
         x, h0, c0, lengths_arr, t, params = prepare(inputs, state, lengths, targets, batch_first)
         call = _core.cuda_network_forward if on_device else _core.network_forward
         seed = 0
-        if training and self.rnn.dropout > 0 and self.rnn.num_layers > 1:
+        if self.rnn._draws_seed(training):
             seed = int(self.rnn.dropout_rng.integers(0, 2**63))
         check = self.check_finite
         if check:  # on host copies of device arrays

@@ -44,6 +44,9 @@ struct StackConfig {
   index_t proj_size = 0;  // 0: no projection
   bool bias = true;
   double dropout = 0.0;  // probability of zeroing a layer output (not the last layer's), training only
+  // Weight drop (DropConnect on W_hh, as AWD-LSTM): probability of zeroing each recurrent weight,
+  // one mask per training forward (the kept ones scaled by 1/(1-p)); never in inference.
+  double weight_dropout = 0.0;
   Precision precision = Precision::kFloat32;
   // ONNX's options beyond PyTorch's (cells.h), per direction (options[1]: a bidirectional stack's
   // second); `general` when any differs from the cell's defaults, and the stack then runs the
@@ -146,6 +149,16 @@ RNNKIT_HOSTDEVICE double dropout_uniform(std::uint64_t seed, index_t layer, inde
   const std::uint64_t stream = splitmix64(seed ^ splitmix64(static_cast<std::uint64_t>(layer) + 1));
   const std::uint64_t bits = splitmix64(stream + static_cast<std::uint64_t>(i));
   return static_cast<double>(bits >> 11) * 0x1.0p-53;
+}
+
+// Weight drop's masks (StackConfig::weight_dropout): element i of group g's W_hh is kept when
+// dropout_uniform(seed, kWeightDropStream + g, i) >= p, a stream of its own apart from the
+// between-layer dropout's (layers 0 .. L-2). The training forward masks its copy of W_hh (the cache's),
+// so the steps and the backward's products use the masked weights; backward masks W_hh's gradient.
+constexpr index_t kWeightDropStream = index_t(1) << 40;
+
+RNNKIT_HOSTDEVICE double weight_drop_multiplier(std::uint64_t seed, index_t group, index_t i, double p) {
+  return (p >= 1.0 || dropout_uniform(seed, kWeightDropStream + group, i) < p) ? 0.0 : 1.0 / (1.0 - p);
 }
 
 // Element counts of one call's allocations, for the memory check before anything is allocated.

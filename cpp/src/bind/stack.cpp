@@ -144,7 +144,8 @@ py::tuple step_impl(const StackConfig& cfg, const py::list& params, const py::ar
 
 StackConfig make_stack_config(const std::string& mode, index_t input_size, index_t hidden_size, index_t num_layers,
                               bool bidirectional, index_t proj_size, bool bias, double dropout,
-                              const std::string& precision, bool reverse, const std::string& cell_options) {
+                              const std::string& precision, bool reverse, const std::string& cell_options,
+                              double weight_dropout) {
   StackConfig c;
   c.cell = parse_mode(mode);
   c.input_size = input_size;
@@ -156,6 +157,7 @@ StackConfig make_stack_config(const std::string& mode, index_t input_size, index
   c.dropout = dropout;
   c.precision = parse_precision(precision);
   c.reverse = reverse;
+  c.weight_dropout = weight_dropout;
   check_stack_config(c);
   set_cell_options(c, cell_options);
   return c;
@@ -197,24 +199,25 @@ void register_stack(py::module_& m) {
       .def(py::init(&make_stack_config), py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"),
            py::arg("num_layers") = 1, py::arg("bidirectional") = false, py::arg("proj_size") = 0,
            py::arg("bias") = true, py::arg("dropout") = 0.0, py::arg("precision") = "float32",
-           py::arg("reverse") = false, py::arg("cell_options") = "")
+           py::arg("reverse") = false, py::arg("cell_options") = "", py::arg("weight_dropout") = 0.0)
       // Pickled as its constructor's arguments, so whatever holds one (a layer, a torch module)
       // pickles and deep-copies.
       .def(py::pickle(
           [](const StackConfig& c) {
             return py::make_tuple(mode_name(c.cell), c.input_size, c.hidden_size, c.num_layers,
                                   c.num_directions == 2, c.proj_size, c.bias, c.dropout, precision_name(c.precision),
-                                  c.reverse, cell_options_string(c));
+                                  c.reverse, cell_options_string(c), c.weight_dropout);
           },
           [](const py::tuple& t) {
-            // Fewer fields: pickled before precision (float32), reverse (false) or the cell
-            // options (none) existed.
+            // Fewer fields: pickled before precision (float32), reverse (false), the cell
+            // options (none) or weight_dropout (0) existed.
             const auto n = py::len(t);
-            if (n < 8 || n > 11) throw_expected("StackConfig state", "a tuple of 8 to 11", n);
+            if (n < 8 || n > 12) throw_expected("StackConfig state", "a tuple of 8 to 12", n);
             return make_stack_config(t[0].cast<std::string>(), t[1].cast<index_t>(), t[2].cast<index_t>(),
                                      t[3].cast<index_t>(), t[4].cast<bool>(), t[5].cast<index_t>(), t[6].cast<bool>(),
                                      t[7].cast<double>(), n >= 9 ? t[8].cast<std::string>() : "float32",
-                                     n >= 10 && t[9].cast<bool>(), n >= 11 ? t[10].cast<std::string>() : "");
+                                     n >= 10 && t[9].cast<bool>(), n >= 11 ? t[10].cast<std::string>() : "",
+                                     n >= 12 ? t[11].cast<double>() : 0.0);
           }))
       .def_property_readonly("mode", [](const StackConfig& c) { return mode_name(c.cell); })
       .def_readonly("input_size", &StackConfig::input_size)
@@ -229,6 +232,7 @@ void register_stack(py::module_& m) {
       .def_property_readonly("cell_options", &cell_options_string,
                              "ONNX's options in their canonical string form ('' for the cell's defaults).")
       .def_readonly("general", &StackConfig::general)
+      .def_readonly("weight_dropout", &StackConfig::weight_dropout)
       .def_property_readonly("has_cell_state", [](const StackConfig& c) { return cell_info(c.cell).has_cell_state; })
       .def_property_readonly("gates", [](const StackConfig& c) { return cell_info(c.cell).gates; })
       .def("param_specs", [](const StackConfig& c) { return specs_list(stack_param_specs(c)); },

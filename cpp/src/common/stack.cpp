@@ -25,6 +25,13 @@ void check_stack_config(const StackConfig& cfg) {
     throw_expected("proj_size", concat("less than hidden_size (", cfg.hidden_size, ")"), cfg.proj_size);
   }
   if (!(cfg.dropout >= 0.0 && cfg.dropout <= 1.0)) throw_expected("dropout", "a probability in [0, 1]", cfg.dropout);
+  if (!(cfg.weight_dropout >= 0.0 && cfg.weight_dropout < 1.0)) {
+    throw_expected("weight_dropout", "a probability in [0, 1)", cfg.weight_dropout);
+  }
+  if (cfg.weight_dropout > 0.0 && cell_info(cfg.cell).no_recurrent_weight) {
+    throw_expected("weight_dropout", concat("0 for cell ", cell_name(cfg.cell), " (it has no recurrent weight)"),
+                   cfg.weight_dropout);
+  }
 }
 
 CellKind StackConfig::kernel_cell() const {

@@ -120,6 +120,15 @@ void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, Cp
     for (index_t l = 0; l < L; ++l) inputs[l] = layer_inputs[l];
     for (index_t l = 1; l < L; ++l) outputs[l - 1] = layer_inputs[l];
     copy_params(plan.specs, *args.params, cache->weights);
+    if (cfg.weight_dropout > 0.0) {
+      for (const ParamSpec& spec : plan.specs) {
+        if (spec.role != ParamRole::kWHh) continue;
+        S* w = const_cast<S*>(param_field(cache->weights[spec.group], spec.role));
+        for (index_t i = 0; i < spec.numel(); ++i) {
+          w[i] *= S(weight_drop_multiplier(args.dropout_seed, spec.group, i, cfg.weight_dropout));
+        }
+      }
+    }
     for (index_t g = 0; g < cfg.groups(); ++g) carve_layer_buffers(plan.shape, kKept, cache->kept[g], &buffers[g]);
     weights = &cache->weights;
   } else {
@@ -215,6 +224,13 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
   S* pong = L > 1 ? p + between : nullptr;
   std::vector<LayerBuffers<S>> buffers(cfg.groups(), shared);
   for (index_t g = 0; g < cfg.groups(); ++g) carve_layer_buffers(plan.shape, kKept, cache.kept[g], &buffers[g]);
+  // Weight drop: each group's W_hh gradient goes to a scratch of its own first, then through the
+  // forward's mask into the accumulated gradient (the loop accumulates into what it is given).
+  index_t w_hh_numel = 0;
+  for (const ParamSpec& spec : plan.specs) {
+    if (spec.role == ParamRole::kWHh) w_hh_numel = spec.numel();
+  }
+  Buffer<S> w_hh_grad(cfg.weight_dropout > 0.0 ? w_hh_numel : 0, "weight drop gradient");
 
   ThreadTeam::instance().run(plan.team, [&](const TeamContext& tc) {
     const S* d_out = args.dy;  // dL/d(output of layer l), [T,N,D*P]
@@ -235,8 +251,23 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
         la.dx = d_in;
         la.dx_accumulate = d > 0;
         la.d_state0 = group_state(args.d_state0, g, N, P, H);
-        layer_backward<S>(tc, cfg.kernel_cell(), shape, cache.weights[g], (*args.grads)[g], buffers[g], packed, la);
+        LayerGrads<S> grads = (*args.grads)[g];
+        if (cfg.weight_dropout > 0.0) {
+          const auto [z0, z1] = tc.split(w_hh_numel);
+          zero_n(w_hh_grad.data() + z0, z1 - z0);
+          tc.barrier();
+          grads.w_hh = w_hh_grad.data();
+        }
+        layer_backward<S>(tc, cfg.kernel_cell(), shape, cache.weights[g], grads, buffers[g], packed, la);
         tc.barrier();
+        if (cfg.weight_dropout > 0.0) {
+          const auto [e0, e1] = tc.split(w_hh_numel);
+          S* dst = (*args.grads)[g].w_hh;
+          for (index_t i = e0; i < e1; ++i) {
+            dst[i] += w_hh_grad.data()[i] * S(weight_drop_multiplier(cache.dropout_seed, g, i, cfg.weight_dropout));
+          }
+          tc.barrier();
+        }
       }
       if (l > 0) {
         if (cfg.dropout > 0.0) {

@@ -302,12 +302,16 @@ class _RNNBase(torch.nn.Module, StackOptions):
 
         apply_dropout = self.training and self.dropout > 0 and self.num_layers > 1
         needs_grad = _ops.needs_grad((x_in, h0, c0, *weights))
-        seed = torch.randint(0, 2**62, (), dtype=torch.int64) if apply_dropout else None
-        cfg = self._config_args(self.dropout if apply_dropout else 0.0, "bfloat16" if autocast_bf16 else None)
+        draws = self._draws_seed(self.training)
+        seed = torch.randint(0, 2**62, (), dtype=torch.int64) if draws else None
+        # rnnkit masks in its training forward, which a module in eval mode may run for its
+        # gradients: eval mode asks for no dropout of either kind.
+        cfg = self._config_args(self.dropout if apply_dropout else 0.0, "bfloat16" if autocast_bf16 else None,
+                                None if self.training else 0.0)
         y, h_n, c_n = _run_stack(
             x_in, batch_sizes, sorted_indices, h0, c0, weights, seed, cfg,
             # rnnkit applies dropout only in its training forward, which also keeps the reserve.
-            needs_grad or apply_dropout, self._has_cell_state)
+            needs_grad or draws, self._has_cell_state)
 
         if packed:
             output: Union[Tensor, PackedSequence] = PackedSequence(y, input.batch_sizes, input.sorted_indices,

@@ -48,7 +48,8 @@ def _refuse(what: str) -> None:
 
 def rnnkit_forward(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode: str, input_size: int,
                    hidden_size: int, num_layers: int, bidirectional: bool, proj_size: int, bias: bool,
-                   dropout: float, precision: str, reverse: bool, cell_options: str, training: bool):
+                   dropout: float, precision: str, reverse: bool, cell_options: str, weight_dropout: float,
+                   training: bool):
     """The ONNX graph of one ``rnnkit::forward`` call (traced by onnxscript). A bfloat16
     ``precision`` is how rnnkit computes the layer; the float32 ONNX node computes the same function."""
     from onnxscript import ir
