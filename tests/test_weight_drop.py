@@ -112,6 +112,24 @@ def test_networks_and_torch_modules_take_it(rng):
     np.testing.assert_allclose(m(x)[0].detach().numpy(), layer.eval()(x.numpy())[0], rtol=1e-12)
 
 
+def test_cli_trains_with_weight_drop(tmp_path):
+    import subprocess
+    import sys
+
+    def run(*flags):
+        return subprocess.run([sys.executable, "-m", "rnnkit", "train", "--steps", "5", *flags], capture_output=True,
+                              text=True, timeout=300)
+
+    done = run("--weight-dropout", "0.3", "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    from rnnkit.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(str(tmp_path / "run" / "checkpoint.npz")))
+    assert model.rnn.weight_dropout == 0.3
+    bad = run("--weight-dropout", "1", "--out", str(tmp_path / "bad"))
+    assert bad.returncode != 0 and "--weight-dropout" in bad.stderr and "[0, 1)" in bad.stderr
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not rnnkit.cuda.is_available(), reason="no CUDA backend here (a GPU or the emulation build)")
 @pytest.mark.parametrize("name", ["LSTM", "GRU_before", "IndRNN"])
