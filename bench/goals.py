@@ -116,6 +116,23 @@ def record(section: str, what: str, ours: float, ref_name: str, ref: Optional[fl
           flush=True)
 
 
+def layer_train(layer, x, dy, dx: bool = True):
+    """One rnnkit training step of `layer` (forward, then backward with or without dx), as a call."""
+    def run():
+        layer.training = True
+        layer(x)
+        layer.backward(dy, compute_dx=dx)
+    return run
+
+
+def layer_forward(layer, x):
+    """One rnnkit inference forward of `layer`, as a call."""
+    def run():
+        layer.training = False
+        layer(x)
+    return run
+
+
 # ---- ONNX Runtime models built by hand ------------------------------------------------------------
 def ort_session(layer, T: int, N: int, output=None):
     """An ONNX RNN/LSTM/GRU node with the layer's weights, run by onnxruntime on 1 thread; with
@@ -168,18 +185,8 @@ def full_sequence(shape_names: List[str], rounds: Dict[str, int], sgemm: float, 
             flops_fwd = 2.0 * T * N * G * H * (C + H)
             print(f"{cell} {shape_name} {SHAPES[shape_name]}:")
 
-            def rk_train(dx):
-                def run():
-                    layer.training = True
-                    layer(x)
-                    layer.backward(dy, compute_dx=dx)
-                return run
-
-            def rk_forward():
-                layer.training = False
-                layer(x)
-
-            fns = {"rk_dx": rk_train(True), "rk_nodx": rk_train(False), "rk_fwd": rk_forward}
+            fns = {"rk_dx": layer_train(layer, x, dy), "rk_nodx": layer_train(layer, x, dy, dx=False),
+                   "rk_fwd": layer_forward(layer, x)}
             if torch is not None:
                 ref = getattr(torch.nn, tname)(C, H)
                 ref.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
@@ -249,15 +256,6 @@ def bfloat16(shape_names: List[str], rounds: Dict[str, int]) -> None:
             xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
             print(f"{cell} {shape_name} {SHAPES[shape_name]}, bfloat16:")
 
-            def rk_train():
-                layer.training = True
-                layer(x)
-                layer.backward(dy, compute_dx=True)
-
-            def rk_forward():
-                layer.training = False
-                layer(x)
-
             def t_train():
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     y, _ = ref(xt.detach().requires_grad_(True))
@@ -267,7 +265,8 @@ def bfloat16(shape_names: List[str], rounds: Dict[str, int]) -> None:
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
                     ref(xt)
 
-            m = interleaved_medians({"rk_dx": rk_train, "rk_fwd": rk_forward, "t_dx": t_train, "t_fwd": t_forward},
+            m = interleaved_medians({"rk_dx": layer_train(layer, x, dy), "rk_fwd": layer_forward(layer, x),
+                                     "t_dx": t_train, "t_fwd": t_forward},
                                     rounds[shape_name], warmup=2)
             # Errors against each side's own float32 forward, as the issue measured autocast's.
             layer.training = exact.training = False
@@ -302,21 +301,9 @@ def activations(rounds: int) -> None:
         dy = rng.standard_normal((T, N, H)).astype(np.float32)
         print(f"{cell} mid {SHAPES['mid']}, activations={NAMED_ACTIVATIONS[cell]}:")
 
-        def train(layer):
-            def run():
-                layer.training = True
-                layer(x)
-                layer.backward(dy, compute_dx=True)
-            return run
-
-        def forward(layer):
-            def run():
-                layer.training = False
-                layer(x)
-            return run
-
-        m = interleaved_medians({"named_dx": train(named), "plain_dx": train(plain), "named_fwd": forward(named),
-                                 "plain_fwd": forward(plain)}, rounds, warmup=2)
+        m = interleaved_medians({"named_dx": layer_train(named, x, dy), "plain_dx": layer_train(plain, x, dy),
+                                 "named_fwd": layer_forward(named, x), "plain_fwd": layer_forward(plain, x)},
+                                rounds, warmup=2)
         names = ",".join(NAMED_ACTIVATIONS[cell])
         record("activations-mid", f"{cell} [{names}] train (with dx)", m["named_dx"], "default", m["plain_dx"],
                NAMED_COST_GOAL, extra="the general cell vs the default cell")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from . import _validate as V
 from .train import init as _init
@@ -114,20 +114,34 @@ class OnnxOptions:
     spec: str
 
 
+def aligned_parameters(functions: Sequence[Tuple[str, float, float]]) -> Tuple[Tuple[Any, ...], ...]:
+    """(name, alpha, beta) triples as three aligned tuples: the names, the alphas and the betas,
+    None where the function takes no such parameter (the constructor's form)."""
+    table = activation_table()
+    return (tuple(n for n, _, _ in functions),
+            tuple(a if table[n][0] >= 1 else None for n, a, _ in functions),
+            tuple(b if table[n][0] >= 2 else None for n, _, b in functions))
+
+
+def activation_keywords(names: Sequence[str], alphas: Sequence[Optional[float]],
+                        betas: Sequence[Optional[float]]) -> Dict[str, Any]:
+    """The constructor keywords of aligned activations: activations=, and activation_alpha= /
+    activation_beta= only where some function takes one."""
+    out: Dict[str, Any] = {"activations": tuple(names)}
+    if any(v is not None for v in alphas):
+        out["activation_alpha"] = tuple(alphas)
+    if any(v is not None for v in betas):
+        out["activation_beta"] = tuple(betas)
+    return out
+
+
 def onnx_keywords(layer: Any) -> Dict[str, Any]:
     """A layer's ONNX options as the constructor keywords that make them (only those away from
     the defaults; lists, JSON-serialisable): what RNNNetwork.config() and rnnkit.onnx.load pass on."""
     out: Dict[str, Any] = {}
     if "act=" in layer._cell_options:
-        table = activation_table()
         functions = [f for group in layer.activations for f in group]
-        out["activations"] = [n for n, _, _ in functions]
-        alphas = [a if table[n][0] >= 1 else None for n, a, _ in functions]
-        betas = [b if table[n][0] >= 2 else None for n, _, b in functions]
-        if any(v is not None for v in alphas):
-            out["activation_alpha"] = alphas
-        if any(v is not None for v in betas):
-            out["activation_beta"] = betas
+        out.update({k: list(v) for k, v in activation_keywords(*aligned_parameters(functions)).items()})
     for key in ("clip", "peephole", "coupled_gates"):
         if getattr(layer, key) not in (None, False):
             out[key] = getattr(layer, key)

@@ -16,18 +16,7 @@
 // keeps the cache (LayerShape::keep_cache: a reserve kept by a caller) gathers them in a scratch
 // buffer instead and only reads what the forward kept.
 
-// GCC 12 reports Eigen's AVX-512 exp/log1p packets (the general cells' Elu, Softplus) as
-// -Wuninitialized: their intrinsics start from _mm512_undefined_*() (GCC bug 105593, fixed in
-// 12.3). The diagnostic is placed in the intrinsic headers, so it is silenced for the headers'
-// text only: this file's own code keeps the warning.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 #include "cpu/layer_loop.h"
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
 
 namespace rnnkit {
 namespace cpu {

@@ -30,7 +30,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .. import _validate as V
-from .._cells import ACTIVATION_SLOTS, DEFAULT_ACTIVATIONS, DEFAULTS, DIRECTIONS, activation_name, activation_table
+from .._cells import (ACTIVATION_SLOTS, DEFAULT_ACTIVATIONS, DEFAULTS, DIRECTIONS, activation_keywords,
+                      activation_name, activation_table, aligned_parameters)
 from ..layers import GRU, LSTM, RNN, _RecurrentLayer
 
 # Position in rnnkit's order of each gate in the other layout's order.
@@ -127,12 +128,10 @@ def _onnx_option_attributes(layer: _RecurrentLayer) -> Dict[str, object]:
 def _layer_options(layer: _RecurrentLayer) -> Dict[str, object]:
     """A layer's ONNX options in full: every direction's activation names, alpha and beta (None
     where the function takes none), clip, peephole, coupled_gates."""
-    table = activation_table()
     groups = layer.activations
     functions = [f for group in (tuple(groups) * layer.num_directions if len(groups) == 1 else groups) for f in group]
-    return {"activations": tuple(n for n, _, _ in functions),
-            "activation_alpha": tuple(a if table[n][0] >= 1 else None for n, a, _ in functions),
-            "activation_beta": tuple(b if table[n][0] >= 2 else None for n, _, b in functions),
+    names, alphas, betas = aligned_parameters(functions)
+    return {"activations": names, "activation_alpha": alphas, "activation_beta": betas,
             "clip": layer.clip, "peephole": layer.peephole, "coupled_gates": layer.coupled_gates}
 
 
@@ -179,11 +178,7 @@ def onnx_layer_options(node: Dict[str, object], cell_class: str, num_directions:
     if cell_class == "RNN" and set(names) == {"Relu"}:
         options["nonlinearity"] = "relu"
     elif names != DEFAULT_ACTIVATIONS[cell_class] * num_directions:
-        options["activations"] = names
-        if any(a is not None for a in opts["activation_alpha"]):
-            options["activation_alpha"] = opts["activation_alpha"]
-        if any(b is not None for b in opts["activation_beta"]):
-            options["activation_beta"] = opts["activation_beta"]
+        options.update(activation_keywords(names, opts["activation_alpha"], opts["activation_beta"]))
     for key in ("clip", "peephole", "coupled_gates"):
         if opts[key] not in (None, False):
             options[key] = opts[key]
@@ -326,19 +321,18 @@ def keras_layer_options(config: Dict[str, object], cell: str, keras_version: int
             raise ValueError(f"config[{key!r}]: expected one of {sorted(table)} (Keras activations ONNX's set has), "
                              f"got {name!r}")
         functions.append(table[name])
-    takes = activation_table()
     options: Dict[str, object] = {"bias": bool(config.get("use_bias", True))}
     if cell == "GRU":
         options["reset_after"] = bool(config.get("reset_after", True))
-    if tuple(n for n, _, _ in functions) != DEFAULT_ACTIVATIONS[cell]:
-        options["activations"] = tuple(n for n, _, _ in functions)
-        alphas = tuple(a if takes[n][0] >= 1 else None for n, a, _ in functions)
-        betas = tuple(b if takes[n][0] >= 2 else None for n, _, b in functions)
-        if any(a is not None for a in alphas):
-            options["activation_alpha"] = alphas
-        if any(b is not None for b in betas):
-            options["activation_beta"] = betas
+    options.update(_activation_keywords_off_default(functions, cell))
     return options
+
+
+def _activation_keywords_off_default(functions, cell: str) -> Dict[str, object]:
+    """activation_keywords of one direction's (name, alpha, beta) functions, {} when they are the
+    cell's default ones."""
+    names, alphas, betas = aligned_parameters(functions)
+    return {} if names == DEFAULT_ACTIVATIONS[cell] else activation_keywords(names, alphas, betas)
 
 
 def keras_activation_config(layer: _RecurrentLayer, keras_version: int = 3) -> Dict[str, str]:
@@ -408,19 +402,10 @@ def from_keras(layer: _RecurrentLayer, groups: Sequence[Sequence[np.ndarray]],
     if config is not None:
         cell = type(layer).__name__
         wanted = keras_layer_options(config, cell, keras_version)
-        takes = activation_table()
-        functions = layer.activations[0]
         have: Dict[str, object] = {"bias": layer.bias}
         if cell == "GRU":
             have["reset_after"] = layer.reset_after
-        if tuple(n for n, _, _ in functions) != DEFAULT_ACTIVATIONS[cell]:
-            have["activations"] = tuple(n for n, _, _ in functions)
-            alphas = tuple(a if takes[n][0] >= 1 else None for n, a, _ in functions)
-            betas = tuple(b if takes[n][0] >= 2 else None for n, _, b in functions)
-            if any(v is not None for v in alphas):
-                have["activation_alpha"] = alphas
-            if any(v is not None for v in betas):
-                have["activation_beta"] = betas
+        have.update(_activation_keywords_off_default(layer.activations[0], cell))
         for key in ("activations", "activation_alpha", "activation_beta", "bias", "reset_after"):
             if not _same_option(wanted.get(key), have.get(key)):
                 raise ValueError(f"config: the Keras layer's {key} {wanted.get(key, DEFAULTS[key])!r} does not match "
