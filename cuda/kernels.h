@@ -175,7 +175,9 @@ struct ForwardPointwise {
       DeviceElement<S> a{H, GH, j, row_of(gates, n, GH), row_of(hgates, n, GH), bias, row_of(h_prev, n, P),
                          row_of(c_prev, n, H), row_of(h_out, n, H), row_of(c_cur, n, H), row_of(saved, n, SW),
                          row_of(tmp, n, TW), nullptr, nullptr, nullptr, nullptr, nullptr};
-      const CellOptions opts = options.get();
+      // Decoded for the general cells only: the default cells' kernels do no per-element work for it.
+      CellOptions opts{};
+      if constexpr (Cell::kOptions) opts = options.get();
       a.options_ = &opts;
       a.peep_ = peephole;
       a.rec_ = rec_diag;
@@ -309,7 +311,8 @@ struct BackwardPointwise {
                          row_of(c_prev, n, H), row_of(h, n, H), const_cast<S*>(row_of(c_cur, n, H)),
                          row_of(saved, n, SW), row_of(tmp, n, TW), row_of(dh_cell, n, H), row_of(dc, n, H),
                          row_of(dgates, n, GH), row_of(dhgates, n, GH), row_of(dh_next, n, P)};
-      const CellOptions opts = options.get();
+      CellOptions opts{};
+      if constexpr (Cell::kOptions) opts = options.get();
       a.options_ = &opts;
       a.peep_ = peephole;
       a.dpeep_ = row_of(partials, n, PW);
