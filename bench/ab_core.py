@@ -31,7 +31,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-import rnnkit  # noqa: E402  (loads libscipy_openblas, which the other build links too)
+import rnnkit  # noqa: E402, F401  (loads libscipy_openblas, which the other build links too)
 from rnnkit import _core as this  # noqa: E402
 from rnnkit.app.timing import interleaved_medians  # noqa: E402
 

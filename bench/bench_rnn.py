@@ -26,7 +26,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 SHAPES = [(100, 1, 128, 128), (100, 16, 256, 256), (100, 64, 512, 512)]
 

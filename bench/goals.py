@@ -22,6 +22,8 @@ round by round (a noisy neighbour slows both alike), medians over the rounds, fl
   max |error| against its own float32 result in the note (goal: >= 1.3x, error no larger);
 - activations: named (ONNX) activations at the mid shape, the general cells against the default
   ones, forward and training with dx (goal: at most 15% slower);
+- regularisers: weight drop, zoneout and variational dropout at the mid shape, training with dx,
+  each against the same layer without it (goal: at most 10% slower), and zoneout's eval-mode forward;
 - streaming: one step at B=1, C=H=256 through layer.step() and RNNNetwork.step() vs the PyTorch
   Cell and ONNX Runtime with T=1; the bare pybind11 call overhead is reported separately;
 - memory: the extra peak resident memory of one LSTM training step at the large shape, rnnkit and
@@ -52,7 +54,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--csv", default="", help="write every measurement to this CSV")
     p.add_argument("--json", default="", help="write the results as JSON")
     p.add_argument("--update-results", action="store_true", help="rewrite the goals section of bench/RESULTS.md")
-    p.add_argument("--only", choices=("full", "bf16", "activations", "streaming", "memory", "threads"), default="",
+    p.add_argument("--only", choices=("full", "bf16", "activations", "regularisers", "streaming", "memory", "threads"), default="",
                    help="one section only (to re-measure it; not with --update-results)")
     args = p.parse_args()
     if args.only and args.update_results:
@@ -75,7 +77,7 @@ try:
 except ImportError:
     torch = None
 try:
-    import onnx  # noqa: E402
+    import onnx  # noqa: E402, F401  (onnxruntime needs it; its absence skips the ONNX rows)
     import onnxruntime as ort  # noqa: E402
     from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 except ImportError:
@@ -309,6 +311,40 @@ def activations(rounds: int) -> None:
                NAMED_COST_GOAL, extra="the general cell vs the default cell")
         record("activations-mid", f"{cell} [{names}] inference forward", m["named_fwd"], "default", m["plain_fwd"],
                NAMED_COST_GOAL, extra="the general cell vs the default cell")
+
+
+# The recurrent regularisers at the mid shape: each against the same layer without it (issue 15).
+REGULARISER_COST_GOAL = 1 / 1.10  # plain time / regularised time: at most 10% slower
+REGULARISER_CASES = {
+    "weight drop": {"weight_dropout": 0.3},
+    "zoneout": {"zoneout": 0.1},
+    "variational dropout": {"input_dropout": 0.25, "recurrent_dropout": 0.25},
+}
+
+
+def regularisers(rounds: int) -> None:
+    """Weight drop, zoneout (h, and c for the LSTM) and variational dropout (input and recurrent)
+    in training with dx, each against the same layer without it; zoneout's eval-mode expectation
+    against the plain inference forward."""
+    T, N, C, H = SHAPES["mid"]
+    for cell, (_, cls, _) in CELLS.items():
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((T, N, C)).astype(np.float32)
+        dy = rng.standard_normal((T, N, H)).astype(np.float32)
+        plain = cls(C, H, seed=0)
+        calls = {"plain": layer_train(plain, x, dy), "plain_fwd": layer_forward(plain, x)}
+        for name, kw in REGULARISER_CASES.items():
+            if name == "zoneout" and cell == "lstm":
+                kw = {**kw, "zoneout_cell": 0.1}
+            calls[name] = layer_train(cls(C, H, seed=0, **kw), x, dy)
+        calls["zoneout_fwd"] = layer_forward(cls(C, H, seed=0, zoneout=0.1), x)
+        print(f"{cell} mid {SHAPES['mid']}, regularisers:")
+        m = interleaved_medians(calls, rounds, warmup=2)
+        for name in REGULARISER_CASES:
+            record("regularisers-mid", f"{cell} {name} train (with dx)", m[name], "plain", m["plain"],
+                   REGULARISER_COST_GOAL, extra="the same layer without it")
+        record("regularisers-mid", f"{cell} zoneout inference forward", m["zoneout_fwd"], "plain", m["plain_fwd"],
+               REGULARISER_COST_GOAL, extra="eval mode's expectation")
 
 
 def streaming(rounds: int) -> None:
@@ -555,6 +591,8 @@ def main() -> int:
             bfloat16(["small", "mid", "large"], rounds)
         if ARGS.only in ("", "activations"):
             activations(rounds["mid"])
+        if ARGS.only in ("", "regularisers"):
+            regularisers(rounds["mid"])
         if ARGS.only in ("", "streaming"):
             streaming(15)
         if ARGS.only in ("", "memory"):

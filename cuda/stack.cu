@@ -344,7 +344,16 @@ CudaStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool trai
     throw_expected("precision", "'float32' on device cuda (precision='bfloat16' runs on the CPU only so far)",
                    "'bfloat16'");
   }
-  p.shape = layer_shape(cfg.kernel_cell(), cfg.layer_dims(0, T, N), training);
+  // Zoneout and variational dropout run in the CPU loops only so far: refused here rather than
+  // ignored (zoneout changes inference too; the dropouts only training).
+  const auto refuse = [](const char* name, double p) {
+    throw_expected(name, "0 on device cuda (it runs on the CPU backend only so far)", p);
+  };
+  if (cfg.zoneout > 0.0) refuse("zoneout", cfg.zoneout);
+  if (cfg.zoneout_cell > 0.0) refuse("zoneout_cell", cfg.zoneout_cell);
+  if (training && cfg.input_dropout > 0.0) refuse("input_dropout", cfg.input_dropout);
+  if (training && cfg.recurrent_dropout > 0.0) refuse("recurrent_dropout", cfg.recurrent_dropout);
+  p.shape = stack_layer_shape(cfg, T, N, training);
   p.shape.keep_cache = keep_cache;
   p.layer_kept = layer_buffer_elems(p.shape, kKept);
   p.layer_forward = layer_buffer_elems(p.shape, kForwardScratch);

@@ -208,7 +208,7 @@ def test_reserve_is_a_function_of_the_inputs(mode, packed):
     """The operator's reserve is an output: no element of it may be left over from earlier memory
     (the forward writes all of it without lengths, and zeroes it first with them). NaN-filled
     caches are freed into rnnkit's pool first, so a leftover shows as a NaN."""
-    cfg = (mode, C, H, 2, True, 0, True, 0.0, "float32", False, "", 0.0)
+    cfg = (mode, C, H, 2, True, 0, True, 0.0, "float32", False, "", 0.0, 0.0, 0.0, 0.0, 0.0, False)
     specs = torch_ops.stack_config(*cfg).param_specs()
     nan_weights = [torch.full(shape, float("nan")) for _, shape in specs]
     weights = [torch.randn(shape) for _, shape in specs]

@@ -60,7 +60,11 @@ DEFAULTS: Dict[str, Any] = {
     "init": "default", "init_gain": 1.0, "precision": "float32", "direction": None,
     "activations": None, "activation_alpha": None, "activation_beta": None, "clip": None,
     "peephole": False, "coupled_gates": False, "recurrent_max_abs": None, "weight_dropout": 0.0,
+    "zoneout": 0.0, "zoneout_cell": 0.0, "input_dropout": 0.0, "recurrent_dropout": 0.0,
 }
+
+#: The recurrent regularisers every layer class takes (keyword-only; README, "Recurrent regularisation").
+REGULARISERS: Tuple[str, ...] = ("weight_dropout", "zoneout", "zoneout_cell", "input_dropout", "recurrent_dropout")
 
 #: The directions (``direction=``), ONNX's names: ``bidirectional=True`` is a synonym of the last.
 DIRECTIONS: Tuple[str, ...] = ("forward", "reverse", "bidirectional")
@@ -303,7 +307,7 @@ class LayerClass:
         params += [P(n, P.POSITIONAL_OR_KEYWORD) for n in ("input_size", "hidden_size")]
         params += [P(n, P.POSITIONAL_OR_KEYWORD, default=self.default(n)) for n in self.positional]
         params += [P(n, P.POSITIONAL_OR_KEYWORD, default=d) for n, d in family.positional]
-        keyword = [(n, d) for n, d in family.keyword] + [(n, self.default(n)) for n in ("init", "init_gain", "precision", "direction", "weight_dropout",
+        keyword = [(n, d) for n, d in family.keyword] + [(n, self.default(n)) for n in ("init", "init_gain", "precision", "direction", *REGULARISERS,
                                                                    *self.keyword)]
         params += [P(n, P.KEYWORD_ONLY, default=d) for n, d in keyword]
         return inspect.Signature(params)
@@ -497,12 +501,26 @@ class StackOptions:
         self.peephole = onnx_options.peephole
         self.coupled_gates = onnx_options.coupled_gates
         self._cell_options = onnx_options.spec  # plain values only: a module pickles under weights_only
-        wd = V.check_probability("weight_dropout", options.get("weight_dropout", 0.0))
-        if wd >= 1.0:
-            raise ValueError(f"weight_dropout: expected a probability in [0, 1), got {wd}")
-        #: DropConnect on the recurrent weights (AWD-LSTM's weight drop): in training, one mask on
-        #: W_hh per forward call, the kept weights scaled by 1/(1-p); none in eval mode.
-        self.weight_dropout = wd
+        for key in REGULARISERS:
+            p = V.check_probability(key, options.get(key, 0.0))
+            if p >= 1.0:
+                raise ValueError(f"{key}: expected a probability in [0, 1), got {p}")
+            setattr(self, key, p)
+        #: weight_dropout: DropConnect on the recurrent weights (AWD-LSTM's weight drop): in
+        #: training, one mask on W_hh per forward call, the kept weights scaled by 1/(1-p).
+        #: zoneout, zoneout_cell: in training each unit of h (of an LSTM's c) keeps its previous
+        #: value with probability p, a new mask every step; in eval mode p * previous + (1-p) * new.
+        #: input_dropout, recurrent_dropout: variational dropout, one mask per sequence for all
+        #: steps, on every layer's input and on h_{t-1} where it enters W_hh; training only.
+        #: The masks come from ``dropout_rng`` (one seed per training forward); eval mode draws none.
+        self.weight_dropout: float
+        self.zoneout: float
+        self.zoneout_cell: float
+        self.input_dropout: float
+        self.recurrent_dropout: float
+        if self.zoneout_cell > 0 and not spec.has_cell_state:
+            raise ValueError(f"zoneout_cell: expected 0 for {spec.name} (it has no cell state; zoneout= is h's), "
+                             f"got {self.zoneout_cell}")
         rma = options.get("recurrent_max_abs")
         #: IndRNN: the bound on |u| kept after every update (None: none).
         self.recurrent_max_abs = None if rma is None else V.check_positive_float("recurrent_max_abs", rma)
@@ -519,18 +537,23 @@ class StackOptions:
                 UserWarning, stacklevel=4,
             )
 
-    def _config_args(self, dropout: float, precision: Optional[str] = None,
-                     weight_dropout: Optional[float] = None) -> Tuple[Any, ...]:
-        """The compiled module's StackConfig arguments, in order, with this dropout and weight
-        dropout (a call may run without its layer's: None is the layer's) and precision (None:
-        the layer's; autocast may ask another)."""
+    def _config_args(self, dropout: float, precision: Optional[str] = None, eval_mode: bool = False) -> Tuple[Any, ...]:
+        """The compiled module's StackConfig arguments, in order, with this dropout between layers
+        (a call may run without its layer's) and precision (None: the layer's; autocast may ask
+        another). eval_mode: for a training forward of a module in eval mode (gradients wanted):
+        no masks of any kind, zoneout's expectation."""
+        drops = (0.0, 0.0, 0.0) if eval_mode else (self.weight_dropout, self.input_dropout, self.recurrent_dropout)
         return (self.mode, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
                 self.proj_size, self.bias, dropout, precision or self.precision, self.direction == "reverse",
-                self._cell_options, self.weight_dropout if weight_dropout is None else weight_dropout)
+                self._cell_options, drops[0], self.zoneout, self.zoneout_cell, drops[1], drops[2], eval_mode)
 
     def _draws_seed(self, training: bool) -> bool:
-        """Whether a forward needs a dropout seed: dropout between layers or weight drop, training."""
-        return training and ((self.dropout > 0 and self.num_layers > 1) or self.weight_dropout > 0)
+        """Whether a forward needs a dropout seed: dropout between layers or any regulariser, training."""
+        return training and ((self.dropout > 0 and self.num_layers > 1) or any(getattr(self, k) > 0 for k in REGULARISERS))
+
+    def _regulariser_reprs(self) -> Tuple[str, ...]:
+        """``key=value`` for each regulariser in use (for reprs)."""
+        return tuple(f"{k}={getattr(self, k)}" for k in REGULARISERS if getattr(self, k) > 0)
 
     @property
     def num_directions(self) -> int:

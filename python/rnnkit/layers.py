@@ -646,6 +646,7 @@ class _RecurrentLayer(StackOptions):
             args.append("bias=False")
         if self.dropout:
             args.append(f"dropout={self.dropout}")
+        args.extend(self._regulariser_reprs())
         if self.proj_size:
             args.append(f"proj_size={self.proj_size}")
         if self.dtype != np.float32:

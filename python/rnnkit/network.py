@@ -20,7 +20,7 @@ from . import _core
 from . import _device as D
 from . import _validate as V
 from . import layers
-from ._cells import CELL_NAMES, CELLS, DEFAULTS, LAYER_CLASSES, onnx_keywords
+from ._cells import CELL_NAMES, CELLS, DEFAULTS, LAYER_CLASSES, REGULARISERS, onnx_keywords
 from ._guard import TrainingGuard
 from .layers import _RecurrentLayer
 
@@ -66,6 +66,8 @@ class RNNNetwork:
             options of the stack's cells (README, "ONNX's options"), where the cell has them.
         recurrent_max_abs: the IndRNN cells' bound on |u|, kept after every optimizer step.
         weight_dropout: DropConnect on the stack's recurrent weights in training (the layers').
+        zoneout, zoneout_cell, input_dropout, recurrent_dropout: the stack's zoneout and
+            variational dropout (the layers'; README, "Recurrent regularisation").
 
     Losses are means over valid targets (padded steps and ``ignore_index`` do not count).
     """
@@ -102,6 +104,10 @@ class RNNNetwork:
         coupled_gates: bool = False,
         recurrent_max_abs: Optional[float] = None,
         weight_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        zoneout_cell: float = 0.0,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
     ) -> None:
         if (vocab_size is None) == (input_size is None):
             raise ValueError("vocab_size, input_size: expected exactly one of them (token or dense input), "
@@ -136,7 +142,8 @@ class RNNNetwork:
         kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, dropout=dropout, dtype=self.dtype,
                       seed=int(rnn_seq.generate_state(1, np.uint64)[0] >> np.uint64(1)), init=init,
                       init_gain=init_gain, precision=precision, direction=direction, weight_dropout=weight_dropout,
-                      **CELLS[self.cell].options)
+                      zoneout=zoneout, zoneout_cell=zoneout_cell, input_dropout=input_dropout,
+                      recurrent_dropout=recurrent_dropout, **CELLS[self.cell].options)
         if proj_size:
             if "proj_size" not in LAYER_CLASSES[CELLS[self.cell].layer].positional:
                 raise ValueError(f"proj_size: expected 0 for cell {self.cell!r} (projections exist for LSTM only), "
@@ -182,7 +189,7 @@ class RNNNetwork:
             "head": self.head, "loss": self.loss_kind, "ignore_index": self.ignore_index,
             "batch_first": self.batch_first, "dtype": self.dtype.name, "seed": self.seed,
             "init": r.init, "init_gain": r.init_gain, "forget_bias": r.forget_bias,
-            "precision": r.precision, "direction": r.direction, "weight_dropout": r.weight_dropout, **onnx_keywords(r),
+            "precision": r.precision, "direction": r.direction, **{k: getattr(r, k) for k in REGULARISERS}, **onnx_keywords(r),
             **({"recurrent_max_abs": r.recurrent_max_abs} if r.recurrent_max_abs is not None else {}),
         }
 

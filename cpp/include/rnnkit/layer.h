@@ -64,6 +64,12 @@ struct LayerShape {
   // layout: the LN parameters in LnParam order (ln_param_width each), then db_ih, db_hh. Cells
   // with peepholes: dL/d(peephole weights) [3H]; IndRNN: dL/du [H].
   index_t partial_width = 0;
+  // Regularisers inside the loop (StackConfig has their meaning): 0 is off. zoneout_masks: draw
+  // zoneout's masks (else its expectation); recurrent_dropout is 0 outside training.
+  double zoneout = 0.0;
+  double zoneout_cell = 0.0;
+  bool zoneout_masks = false;
+  double recurrent_dropout = 0.0;
 };
 LayerShape layer_shape(CellKind cell, const LayerDims& d, bool training);
 
@@ -120,6 +126,14 @@ struct LayerBuffers {
   S* dh_full = nullptr;  // [N,H] dL/d(unprojected h) (projection)
   S* dh_proj = nullptr;  // [T,N,P] dL/d(projected h) of every step (projection: for dW_hr)
   S* partials = nullptr; // [N,partial_width] per-row gradient sums (LayerNorm cells, peepholes)
+  // regularisers (LayerShape): zoneout's pre-mix states, recurrent dropout's masked states
+  S* h_zone = nullptr;   // [T,N,P] each step's new h before zoneout's mix (inference: [N,P])
+  S* c_zone = nullptr;   // [T,N,H] each step's new c before zoneout_cell's mix (inference: [N,H])
+  S* h_drop = nullptr;   // [T,N,P] row t: the state before step t times the recurrent mask
+  S* rec_mask = nullptr; // [N,P] recurrent dropout's mask (0 or 1/(1-p)), both passes
+  S* dzone_h = nullptr;  // [N,P] the part of dL/dh_t that zoneout carries to h_{t-1}
+  S* dzone_c = nullptr;  // [N,H] likewise for c
+  S* drec = nullptr;     // [N,P] d(recurrent pre-activations) W_hh, before the recurrent mask
 };
 
 // THE buffer table: calls fn(use, elements, view) for every buffer of `b`, in carving order.
@@ -149,6 +163,14 @@ void for_each_layer_buffer(const LayerShape& s, LayerBuffers<S>& b, Fn&& fn) {
   fn(kBackwardScratch, s.project ? NH : 0, b.dh_full);
   fn(kBackwardScratch, s.project ? checked_mul(s.TN, d.P, "projection gradient") : 0, b.dh_proj);
   fn(kBackwardScratch, checked_mul(d.N, s.partial_width, "gradient partial sums"), b.partials);
+  fn(kKept, s.zoneout > 0.0 ? checked_mul(rows, d.P, "zoneout states") : 0, b.h_zone);
+  fn(kKept, s.zoneout_cell > 0.0 ? checked_mul(rows, d.H, "zoneout cell states") : 0, b.c_zone);
+  const bool rd = s.recurrent_dropout > 0.0;
+  fn(kKept, rd ? checked_mul(s.TN, d.P, "recurrent dropout states") : 0, b.h_drop);
+  fn(kForwardScratch | kBackwardScratch, rd ? NP : 0, b.rec_mask);
+  fn(kBackwardScratch, s.zoneout > 0.0 ? NP : 0, b.dzone_h);
+  fn(kBackwardScratch, s.zoneout_cell > 0.0 ? NH : 0, b.dzone_c);
+  fn(kBackwardScratch, rd ? NP : 0, b.drec);
 }
 
 // Elements of the buffers of some uses (kKept, kForwardScratch, kBackwardScratch, or several of

@@ -47,6 +47,19 @@ struct StackConfig {
   // Weight drop (DropConnect on W_hh, as AWD-LSTM): probability of zeroing each recurrent weight,
   // one mask per training forward (the kept ones scaled by 1/(1-p)); never in inference.
   double weight_dropout = 0.0;
+  // Zoneout (Krueger et al. 2016): in training each unit of h (zoneout) and of an LSTM's c
+  // (zoneout_cell) keeps its previous value with probability p, a fresh mask every step; in
+  // inference, and in a training forward with zoneout_expected (a module in eval mode that wants
+  // gradients), the expectation p * prev + (1 - p) * new. The state after the mix is the output.
+  double zoneout = 0.0;
+  double zoneout_cell = 0.0;
+  bool zoneout_expected = false;
+  // Variational dropout (Gal & Ghahramani 2016), training only: one mask per sequence, the same at
+  // every step, on each layer's input (input_dropout; both directions of a layer share it) and on
+  // h_{t-1} where it enters the recurrent product (recurrent_dropout; a mask per group); the kept
+  // units scaled by 1/(1-p).
+  double input_dropout = 0.0;
+  double recurrent_dropout = 0.0;
   Precision precision = Precision::kFloat32;
   // ONNX's options beyond PyTorch's (cells.h), per direction (options[1]: a bidirectional stack's
   // second); `general` when any differs from the cell's defaults, and the stack then runs the
@@ -145,10 +158,18 @@ Ptr param_field(const LayerParams<Ptr>& p, ParamRole role) {
 // scaled by 1/(1-p). The decision is a pure function of (seed, l, i) (a counter-based hash), so
 // backward recomputes the mask instead of storing it, a seed reproduces a forward exactly, and a
 // GPU thread can draw element i on its own.
+// UniformStream: the same draws with the stream's own mixing done once, for loops over one stream.
+struct UniformStream {
+  std::uint64_t key = 0;
+  RNNKIT_HOSTDEVICE UniformStream(std::uint64_t seed, index_t stream)
+      : key(splitmix64(seed ^ splitmix64(static_cast<std::uint64_t>(stream) + 1))) {}
+  RNNKIT_HOSTDEVICE double operator()(index_t i) const {
+    return static_cast<double>(splitmix64(key + static_cast<std::uint64_t>(i)) >> 11) * 0x1.0p-53;
+  }
+};
+
 RNNKIT_HOSTDEVICE double dropout_uniform(std::uint64_t seed, index_t layer, index_t i) {
-  const std::uint64_t stream = splitmix64(seed ^ splitmix64(static_cast<std::uint64_t>(layer) + 1));
-  const std::uint64_t bits = splitmix64(stream + static_cast<std::uint64_t>(i));
-  return static_cast<double>(bits >> 11) * 0x1.0p-53;
+  return UniformStream(seed, layer)(i);
 }
 
 // Weight drop's masks (StackConfig::weight_dropout): element i of group g's W_hh is kept when
@@ -160,6 +181,19 @@ constexpr index_t kWeightDropStream = index_t(1) << 40;
 RNNKIT_HOSTDEVICE double weight_drop_multiplier(std::uint64_t seed, index_t group, index_t i, double p) {
   return (p >= 1.0 || dropout_uniform(seed, kWeightDropStream + group, i) < p) ? 0.0 : 1.0 / (1.0 - p);
 }
+
+// The other regularisers' streams, each a "layer" of dropout_uniform's apart from the rest:
+//   zoneout       group g: kZoneoutStream + g, element (t*N + n)*P + j kept from h_{t-1} when u < p
+//   zoneout_cell  group g: kZoneoutCellStream + g, element (t*N + n)*H + j likewise for c
+//   recurrent     group g: kRecurrentDropStream + g, element n*P + j dropped when u < p
+//   input         layer l: kInputDropStream + l, element n*C_l + c dropped when u < p
+constexpr index_t kZoneoutStream = index_t(2) << 40;
+constexpr index_t kZoneoutCellStream = index_t(3) << 40;
+constexpr index_t kRecurrentDropStream = index_t(4) << 40;
+constexpr index_t kInputDropStream = index_t(5) << 40;
+
+// The LayerShape of a stack's layers for a call: layer_shape, with the regularisers the call applies.
+LayerShape stack_layer_shape(const StackConfig& cfg, index_t T, index_t N, bool training);
 
 // Element counts of one call's allocations, for the memory check before anything is allocated.
 struct StackFootprint {

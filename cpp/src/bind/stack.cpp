@@ -145,7 +145,8 @@ py::tuple step_impl(const StackConfig& cfg, const py::list& params, const py::ar
 StackConfig make_stack_config(const std::string& mode, index_t input_size, index_t hidden_size, index_t num_layers,
                               bool bidirectional, index_t proj_size, bool bias, double dropout,
                               const std::string& precision, bool reverse, const std::string& cell_options,
-                              double weight_dropout) {
+                              double weight_dropout, double zoneout, double zoneout_cell, double input_dropout,
+                              double recurrent_dropout, bool zoneout_expected) {
   StackConfig c;
   c.cell = parse_mode(mode);
   c.input_size = input_size;
@@ -158,6 +159,11 @@ StackConfig make_stack_config(const std::string& mode, index_t input_size, index
   c.precision = parse_precision(precision);
   c.reverse = reverse;
   c.weight_dropout = weight_dropout;
+  c.zoneout = zoneout;
+  c.zoneout_cell = zoneout_cell;
+  c.input_dropout = input_dropout;
+  c.recurrent_dropout = recurrent_dropout;
+  c.zoneout_expected = zoneout_expected;
   check_stack_config(c);
   set_cell_options(c, cell_options);
   return c;
@@ -199,25 +205,29 @@ void register_stack(py::module_& m) {
       .def(py::init(&make_stack_config), py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"),
            py::arg("num_layers") = 1, py::arg("bidirectional") = false, py::arg("proj_size") = 0,
            py::arg("bias") = true, py::arg("dropout") = 0.0, py::arg("precision") = "float32",
-           py::arg("reverse") = false, py::arg("cell_options") = "", py::arg("weight_dropout") = 0.0)
+           py::arg("reverse") = false, py::arg("cell_options") = "", py::arg("weight_dropout") = 0.0,
+           py::arg("zoneout") = 0.0, py::arg("zoneout_cell") = 0.0, py::arg("input_dropout") = 0.0,
+           py::arg("recurrent_dropout") = 0.0, py::arg("zoneout_expected") = false)
       // Pickled as its constructor's arguments, so whatever holds one (a layer, a torch module)
       // pickles and deep-copies.
       .def(py::pickle(
           [](const StackConfig& c) {
             return py::make_tuple(mode_name(c.cell), c.input_size, c.hidden_size, c.num_layers,
                                   c.num_directions == 2, c.proj_size, c.bias, c.dropout, precision_name(c.precision),
-                                  c.reverse, cell_options_string(c), c.weight_dropout);
+                                  c.reverse, cell_options_string(c), c.weight_dropout, c.zoneout, c.zoneout_cell,
+                                  c.input_dropout, c.recurrent_dropout, c.zoneout_expected);
           },
           [](const py::tuple& t) {
             // Fewer fields: pickled before precision (float32), reverse (false), the cell
-            // options (none) or weight_dropout (0) existed.
+            // options (none), weight_dropout or the other regularisers (0) existed.
             const auto n = py::len(t);
-            if (n < 8 || n > 12) throw_expected("StackConfig state", "a tuple of 8 to 12", n);
+            if (n < 8 || n > 17) throw_expected("StackConfig state", "a tuple of 8 to 17", n);
+            const auto real = [&](std::size_t i) { return n > i ? t[i].cast<double>() : 0.0; };
             return make_stack_config(t[0].cast<std::string>(), t[1].cast<index_t>(), t[2].cast<index_t>(),
                                      t[3].cast<index_t>(), t[4].cast<bool>(), t[5].cast<index_t>(), t[6].cast<bool>(),
                                      t[7].cast<double>(), n >= 9 ? t[8].cast<std::string>() : "float32",
                                      n >= 10 && t[9].cast<bool>(), n >= 11 ? t[10].cast<std::string>() : "",
-                                     n >= 12 ? t[11].cast<double>() : 0.0);
+                                     real(11), real(12), real(13), real(14), real(15), n > 16 && t[16].cast<bool>());
           }))
       .def_property_readonly("mode", [](const StackConfig& c) { return mode_name(c.cell); })
       .def_readonly("input_size", &StackConfig::input_size)
@@ -233,6 +243,11 @@ void register_stack(py::module_& m) {
                              "ONNX's options in their canonical string form ('' for the cell's defaults).")
       .def_readonly("general", &StackConfig::general)
       .def_readonly("weight_dropout", &StackConfig::weight_dropout)
+      .def_readonly("zoneout", &StackConfig::zoneout)
+      .def_readonly("zoneout_cell", &StackConfig::zoneout_cell)
+      .def_readonly("input_dropout", &StackConfig::input_dropout)
+      .def_readonly("recurrent_dropout", &StackConfig::recurrent_dropout)
+      .def_readonly("zoneout_expected", &StackConfig::zoneout_expected)
       .def_property_readonly("has_cell_state", [](const StackConfig& c) { return cell_info(c.cell).has_cell_state; })
       .def_property_readonly("gates", [](const StackConfig& c) { return cell_info(c.cell).gates; })
       .def("param_specs", [](const StackConfig& c) { return specs_list(stack_param_specs(c)); },

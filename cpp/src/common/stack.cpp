@@ -32,6 +32,32 @@ void check_stack_config(const StackConfig& cfg) {
     throw_expected("weight_dropout", concat("0 for cell ", cell_name(cfg.cell), " (it has no recurrent weight)"),
                    cfg.weight_dropout);
   }
+  const auto check_probability = [](const char* name, double p) {
+    if (!(p >= 0.0 && p < 1.0)) throw_expected(name, "a probability in [0, 1)", p);
+  };
+  check_probability("zoneout", cfg.zoneout);
+  check_probability("zoneout_cell", cfg.zoneout_cell);
+  check_probability("input_dropout", cfg.input_dropout);
+  check_probability("recurrent_dropout", cfg.recurrent_dropout);
+  const CellInfo info = cell_info(cfg.cell);
+  if (cfg.zoneout_cell > 0.0 && !info.has_cell_state) {
+    throw_expected("zoneout_cell", concat("0 for cell ", cell_name(cfg.cell), " (it has no cell state; zoneout= is h's)"),
+                   cfg.zoneout_cell);
+  }
+  if (cfg.recurrent_dropout > 0.0 && !info.recurrent_gemm) {
+    throw_expected("recurrent_dropout",
+                   concat("0 for cell ", cell_name(cfg.cell), " (it has no recurrent weight matrix for h_{t-1} to enter)"),
+                   cfg.recurrent_dropout);
+  }
+}
+
+LayerShape stack_layer_shape(const StackConfig& cfg, index_t T, index_t N, bool training) {
+  LayerShape s = layer_shape(cfg.kernel_cell(), cfg.layer_dims(0, T, N), training);
+  s.zoneout = cfg.zoneout;
+  s.zoneout_cell = cfg.zoneout_cell;
+  s.zoneout_masks = training && !cfg.zoneout_expected;
+  s.recurrent_dropout = training ? cfg.recurrent_dropout : 0.0;
+  return s;
 }
 
 CellKind StackConfig::kernel_cell() const {

@@ -78,6 +78,10 @@ struct LayerForwardArgs {
   const index_t* lengths = nullptr;
   bool reverse = false;
   const CellOptions* options = nullptr;  // the direction's (general cells)
+  // The masks of zoneout and recurrent dropout (LayerShape): the call's dropout seed, and the group
+  // whose streams they come from (stack.h).
+  std::uint64_t seed = 0;
+  index_t group = 0;
   S* y = nullptr;
   index_t y_ld = 0;
   StatePair<S*> state_n;
@@ -95,6 +99,8 @@ struct LayerBackwardArgs {
   const index_t* lengths = nullptr;
   bool reverse = false;
   const CellOptions* options = nullptr;
+  std::uint64_t seed = 0;  // as the forward's
+  index_t group = 0;
   const S* dy = nullptr;
   index_t dy_ld = 0;
   StatePair<const S*> d_state_n;

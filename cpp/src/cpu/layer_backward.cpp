@@ -76,6 +76,7 @@ class BackwardLoop {
     if constexpr (kPartials) {
       zero_n(b_.partials + n0 * p_.s.partial_width, (n1 - n0) * p_.s.partial_width);
     }
+    if (rdrop_) recurrent_mask_rows(p_.s, a_.seed, a_.group, n0, n1, b_.rec_mask);
     tc.barrier();
     row_.H = H;
     row_.GH = p_.GH;
@@ -115,6 +116,11 @@ class BackwardLoop {
       } else {
         cur = ConstVec<S>(dh_next_ + n * P, P);
       }
+      // Zoneout: the part of dL/dh_t (dL/dc_t) that the mix took from the previous state goes
+      // straight to it, after the cell's backward; the cell sees the rest.
+      if (padded(t, n)) continue;
+      if (zone_) zone_h_.split(dh_cur_ + n * P, b_.dzone_h + n * P, P, (t * N + n) * P);
+      if (zone_c_) zone_c_draw_.split(b_.dc + n * H, b_.dzone_c + n * H, H, (t * N + n) * H);
     }
     // The gradient reaching the cell's h output: through the projection if there is one.
     const S* dh_cell = dh_cur_;
@@ -138,14 +144,17 @@ class BackwardLoop {
     S* h_full = p_.s.project ? b_.h_full + t * N * H : nullptr;
     S* dgates = b_.dgates;  // staging: this step's dL/d(gates)
     S* dhgates = Plan::kSeparateRecurrent ? b_.dhgates + t * N * GH : nullptr;
+    // The cell's new state before zoneout's mix, as the forward kept it.
+    const S* h_new = zone_ ? b_.h_zone + t * N * P : h_cur;
+    const S* c_new = zone_c_ ? b_.c_zone + t * N * H : c_cur;
 
     // The accessor is read-write for the cell's sake; backward never writes the forward's values.
     auto point_row = [&](index_t n) {
       row_.gates_ = gates + n * GH;
       row_.h_prev_ = const_cast<S*>(h_prev + n * P);
       row_.c_prev_ = c_prev ? const_cast<S*>(c_prev + n * H) : nullptr;
-      row_.h_ = p_.s.project ? h_full + n * H : const_cast<S*>(h_cur + n * P);
-      row_.c_ = c_cur ? const_cast<S*>(c_cur + n * H) : nullptr;
+      row_.h_ = p_.s.project ? h_full + n * H : const_cast<S*>(h_new + n * P);
+      row_.c_ = c_cur ? const_cast<S*>(c_new + n * H) : nullptr;
       row_.saved_ = saved + n * p_.SW;
       row_.tmp_ = b_.tmp + n * p_.TW;
       row_.dh_ = const_cast<S*>(dh_cell + n * H);
@@ -159,6 +168,11 @@ class BackwardLoop {
       zero_n(dgates + n * GH, GH);
       if (dhgates) zero_n(dhgates + n * GH, GH);
       copy_n(dh_next_ + n * P, dh_cur_ + n * P, P);  // the state was carried: so is its gradient
+    };
+    // After the cell's backward of row n: zoneout's carried parts join dL/dh_{t-1}, dL/dc_{t-1}.
+    auto add_carried = [&](index_t n) {
+      if (zone_) Vec<S>(dh_next_ + n * P, P) += ConstVec<S>(b_.dzone_h + n * P, P);
+      if (zone_c_) Vec<S>(b_.dc + n * H, H) += ConstVec<S>(b_.dzone_c + n * H, H);
     };
 
     if constexpr (Plan::kTwoStage) {
@@ -174,7 +188,10 @@ class BackwardLoop {
       for (index_t n = n0; n < n1; ++n) {
         if (padded(t, n)) continue;
         point_row(n);
+        // The forward's r * h_{t-1} was masked (recurrent dropout): so is its gradient.
+        if (rdrop_) Vec<S>(row_.tmp_, H) *= ConstVec<S>(b_.rec_mask + n * P, H);
         Cell::backward_stage1(row_);
+        add_carried(n);
       }
     } else {
       for (index_t n = n0; n < n1; ++n) {
@@ -182,6 +199,7 @@ class BackwardLoop {
         point_row(n);
         if constexpr (!Cell::kDirectStateGrad) zero_n(dh_next_ + n * P, P);
         Cell::backward(row_);
+        add_carried(n);
       }
     }
     // This thread's rows of the step's gates are done with: their gradients take their place (or,
@@ -191,7 +209,15 @@ class BackwardLoop {
     // dL/dh_{t-1} = (direct part written by the cell) + d(recurrent pre-activations) W_hh,
     // this thread's columns (IndRNN: the cell's direct part is all of it).
     if constexpr (has_recurrent_gemm<Cell>()) {
-      g.rec.multiply(N, Plan::kSeparateRecurrent ? drec_all_ + t * N * GH : dgates, GH, S(1), dh_next_, P);
+      const S* drec = Plan::kSeparateRecurrent ? drec_all_ + t * N * GH : dgates;
+      if (rdrop_) {
+        // h_{t-1} entered the product masked: its gradient from there is masked too.
+        g.rec.multiply(N, drec, GH, S(0), b_.drec, P);
+        tc.barrier();
+        for (index_t i = n0 * P; i < n1 * P; ++i) dh_next_[i] += b_.drec[i] * b_.rec_mask[i];
+      } else {
+        g.rec.multiply(N, drec, GH, S(1), dh_next_, P);
+      }
     }
     tc.barrier();
   }
@@ -213,7 +239,8 @@ class BackwardLoop {
     const S* dall = dgates_all_;
     const S* drec = drec_all_;
     // h_{t-1} for every t, in time order: slots 0..T-1 (forward) or 1..T (reverse).
-    const S* h_prev_all = h_slot(p_.slots.reverse ? 1 : 0);
+    // (Recurrent dropout: the masked copies the products read.)
+    const S* h_prev_all = rdrop_ ? b_.h_drop : h_slot(p_.slots.reverse ? 1 : 0);
     tc.gemm_blocks(GH, 16, kDeterministicRows, [&](index_t w0, index_t w1) {
       layer_gemm(p_.s, Trans::kYes, Trans::kNo, w1 - w0, C, TN, dall + w0, GH, a_.x, C, S(1), grads_.w_ih + w0 * C, C);
       if constexpr (Plan::kTwoStage) {
@@ -293,6 +320,12 @@ class BackwardLoop {
   S* dh_cur_ = b_.dh_b;   // ... plus this step's dy
   S* dln_views_[kMaxLnParams] = {};
   CpuRow<S> row_;
+  // Regularisers, as the forward's (layer_forward.cpp).
+  const bool zone_ = p_.s.zoneout > 0.0;
+  const bool zone_c_ = Plan::kHasC && p_.s.zoneout_cell > 0.0;
+  const bool rdrop_ = has_recurrent_gemm<Cell>() && p_.s.recurrent_dropout > 0.0;
+  const ZoneoutDraw<S> zone_h_{p_.s.zoneout, p_.s.zoneout_masks, a_.seed, kZoneoutStream + a_.group};
+  const ZoneoutDraw<S> zone_c_draw_{p_.s.zoneout_cell, p_.s.zoneout_masks, a_.seed, kZoneoutCellStream + a_.group};
 };
 
 }  // namespace

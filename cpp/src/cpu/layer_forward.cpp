@@ -71,6 +71,20 @@ class ForwardLoop {
     row_.options_ = a_.options;
     row_.peep_ = w_.w_peephole;
     row_.rec_ = w_.w_hh;
+    if (rdrop_) {
+      // Recurrent dropout: the mask, and the masked state the first step's product reads.
+      const auto [n0, n1] = p_.rows;
+      recurrent_mask_rows(p_.s, a_.seed, a_.group, n0, n1, b_.rec_mask);
+      store_dropped_state(p_.step_time(0), h_slot(p_.slots.first()), n0, n1);
+      tc.barrier();
+    }
+  }
+
+  // Row t of h_drop, rows [n0, n1): the state before step t times the recurrent mask.
+  void store_dropped_state(index_t t, const S* state, index_t n0, index_t n1) const {
+    const index_t P = p_.P;
+    S* out = b_.h_drop + t * p_.N * P;
+    for (index_t i = n0 * P; i < n1 * P; ++i) out[i] = state[i] * b_.rec_mask[i];
   }
 
   // Phase 2, one step at time t.
@@ -86,15 +100,20 @@ class ForwardLoop {
     S* gates = b_.gates + t * N * GH;
     S* saved = b_.saved + (p_.s.training ? t * N * p_.SW : 0);
     S* h_full = p_.s.project ? b_.h_full + (p_.s.training ? t * N * H : 0) : nullptr;
+    // The cell's new state, before zoneout mixes it with the previous one (without zoneout: the state).
+    S* h_new = zone_ ? b_.h_zone + (p_.s.training ? t * N * P : 0) : h_cur;
+    S* c_new = zone_c_ ? b_.c_zone + (p_.s.training ? t * N * H : 0) : c_cur;
+    // What the recurrent product reads: h_{t-1}, or its masked copy (recurrent dropout).
+    const S* h_rec = rdrop_ ? b_.h_drop + t * N * P : h_prev;
 
     // h_{t-1} W_hh^T, this thread's columns: into the gates, or beside them for cells that keep
     // the recurrent part separate.
     if constexpr (!has_recurrent_gemm<Cell>()) {
       (void)g;  // IndRNN applies u itself; minGRU/minLSTM have no recurrent weight
     } else if constexpr (Plan::kSeparateRecurrent) {
-      g.rec.multiply(N, h_prev, P, S(0), b_.hgates, GH);
+      g.rec.multiply(N, h_rec, P, S(0), b_.hgates, GH);
     } else {
-      g.rec.multiply(N, h_prev, P, S(1), gates, GH);
+      g.rec.multiply(N, h_rec, P, S(1), gates, GH);
     }
     tc.barrier();
 
@@ -103,8 +122,8 @@ class ForwardLoop {
       row_.hgates_ = Plan::kSeparateRecurrent ? b_.hgates + n * GH : nullptr;
       row_.h_prev_ = h_prev + n * P;
       row_.c_prev_ = c_prev ? c_prev + n * H : nullptr;
-      row_.h_ = p_.s.project ? h_full + n * H : h_cur + n * P;
-      row_.c_ = c_cur ? c_cur + n * H : nullptr;
+      row_.h_ = p_.s.project ? h_full + n * H : h_new + n * P;
+      row_.c_ = c_cur ? c_new + n * H : nullptr;
       row_.saved_ = saved + n * p_.SW;
       row_.tmp_ = b_.tmp + n * p_.TW;
     };
@@ -118,6 +137,8 @@ class ForwardLoop {
       point_row(n);
       if constexpr (Plan::kTwoStage) {
         Cell::forward_stage1(row_);
+        // Recurrent dropout reaches the candidate's product through r * h_{t-1} (as Keras).
+        if (rdrop_) Vec<S>(row_.saved_, H) *= ConstVec<S>(b_.rec_mask + n * P, H);
       } else {
         Cell::forward(row_);
       }
@@ -135,9 +156,11 @@ class ForwardLoop {
     }
     if (p_.s.project) {
       tc.barrier();
-      g.proj.multiply(N, h_full, H, S(0), h_cur, P);
+      g.proj.multiply(N, h_full, H, S(0), h_new, P);
       tc.barrier();
     }
+    const index_t next = p_.slots.reverse ? t - 1 : t + 1;  // the next step's time
+    const bool has_next = next >= 0 && next < p_.T;
     for (index_t n = n0; n < n1; ++n) {
       S* y_row = a_.y + (t * N + n) * a_.y_ld;
       if (padded(t, n)) {
@@ -145,9 +168,12 @@ class ForwardLoop {
         if (c_cur) copy_n(c_cur + n * H, c_prev + n * H, H);
         zero_n(y_row, P);
       } else {
+        if (zone_) zone_h_.mix(h_cur + n * P, h_prev + n * P, h_new + n * P, P, (t * N + n) * P);
+        if (zone_c_) zone_c_draw_.mix(c_cur + n * H, c_prev + n * H, c_new + n * H, H, (t * N + n) * H);
         copy_n(y_row, h_cur + n * P, P);
       }
     }
+    if (rdrop_ && has_next) store_dropped_state(next, h_cur, n0, n1);
     tc.barrier();
   }
 
@@ -167,6 +193,12 @@ class ForwardLoop {
   const LayerBuffers<S>& b_;
   const LayerForwardArgs<S>& a_;
   CpuRow<S> row_;
+  // Regularisers (LayerShape): zoneout of h and c, recurrent dropout.
+  const bool zone_ = p_.s.zoneout > 0.0;
+  const bool zone_c_ = Plan::kHasC && p_.s.zoneout_cell > 0.0;
+  const bool rdrop_ = has_recurrent_gemm<Cell>() && p_.s.recurrent_dropout > 0.0;
+  const ZoneoutDraw<S> zone_h_{p_.s.zoneout, p_.s.zoneout_masks, a_.seed, kZoneoutStream + a_.group};
+  const ZoneoutDraw<S> zone_c_draw_{p_.s.zoneout_cell, p_.s.zoneout_masks, a_.seed, kZoneoutCellStream + a_.group};
 };
 
 }  // namespace

@@ -247,6 +247,42 @@ struct StepGemms {
   }
 };
 
+// Zoneout's share of the previous state in unit i (the stream's element index): 1 where the mask
+// keeps h_{t-1} (u < p), else 0; or p itself, the expectation. The new state is
+// keep * prev + (1 - keep) * new, and dL/dprev gets keep * dL/dstate, dL/dnew the rest.
+template <typename S>
+struct ZoneoutDraw {
+  double p;
+  bool masks;
+  UniformStream u;
+  ZoneoutDraw(double p_, bool masks_, std::uint64_t seed, index_t stream) : p(p_), masks(masks_), u(seed, stream) {}
+  S keep(index_t i) const { return masks ? (u(i) < p ? S(1) : S(0)) : S(p); }
+  // out[j] = the mix of prev[j] and fresh[j] (element index base + j); out may alias neither.
+  void mix(S* out, const S* prev, const S* fresh, index_t width, index_t base) const {
+    for (index_t j = 0; j < width; ++j) {
+      const S k = keep(base + j);
+      out[j] = k * prev[j] + (S(1) - k) * fresh[j];
+    }
+  }
+  // g[j] (dL/dstate) split: carried[j] = keep * g[j] (to the previous state), g[j] the rest.
+  void split(S* g, S* carried, index_t width, index_t base) const {
+    for (index_t j = 0; j < width; ++j) {
+      const S k = keep(base + j);
+      carried[j] = k * g[j];
+      g[j] -= carried[j];
+    }
+  }
+};
+
+// Recurrent dropout's mask rows [n0, n1) of [N, P]: 0 where u < p, else 1/(1-p).
+template <typename S>
+void recurrent_mask_rows(const LayerShape& s, std::uint64_t seed, index_t group, index_t n0, index_t n1, S* mask) {
+  const UniformStream u(seed, kRecurrentDropStream + group);
+  const double p = s.recurrent_dropout;
+  const S scale = S(1.0 / (1.0 - p));
+  for (index_t i = n0 * s.d.P; i < n1 * s.d.P; ++i) mask[i] = u(i) < p ? S(0) : scale;
+}
+
 // A cell's traits and one thread's share of a call, computed once per call: the loops' phases
 // read everything from here.
 template <typename Cell, typename S>

@@ -4,6 +4,7 @@
 
 #include "common/stack_cache.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -27,6 +28,35 @@ void apply_dropout(S* v, index_t begin, index_t end, double p, std::uint64_t see
   for (index_t i = begin; i < end; ++i) {
     v[i] = dropout_uniform(seed, layer, i) < p ? S(0) : v[i] * scale;
   }
+}
+
+// Input dropout (variational): rows [m0, m1) of layer l's mask [N, C] (0 or 1/(1-p)).
+template <typename S>
+void input_mask_rows(double p, std::uint64_t seed, index_t layer, index_t C, index_t m0, index_t m1, S* mask) {
+  const UniformStream u(seed, kInputDropStream + layer);
+  const S scale = S(1.0 / (1.0 - p));
+  for (index_t i = m0 * C; i < m1 * C; ++i) mask[i] = u(i) < p ? S(0) : scale;
+}
+
+// Multiplies rows [r0, r1) of v [T*N, C] by the per-sequence mask [N, C]: input dropout's forward
+// on a layer input, and its backward on the input's gradient.
+template <typename S>
+void apply_input_mask(S* v, const S* mask, index_t N, index_t C, index_t r0, index_t r1) {
+  for (index_t r = r0; r < r1; ++r) Vec<S>(v + r * C, C) *= ConstVec<S>(mask + (r % N) * C, C);
+}
+
+// Layer l's input mask (all threads, then a barrier) and, when `v` is not null, v multiplied by it.
+template <typename S>
+void input_dropout(const TeamContext& tc, const StackConfig& cfg, std::uint64_t seed, index_t l, index_t T,
+                   index_t N, S* mask, S* v) {
+  const index_t C = cfg.layer_input_size(l);
+  const auto [m0, m1] = tc.split(N);
+  input_mask_rows(cfg.input_dropout, seed, l, C, m0, m1, mask);
+  tc.barrier();
+  if (v == nullptr) return;
+  const auto [r0, r1] = tc.split(T * N);
+  apply_input_mask(v, mask, N, C, r0, r1);
+  tc.barrier();
 }
 
 // Group g's part of a stack's state [L*D,N,..] (null stays null).
@@ -72,7 +102,7 @@ CpuStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool train
   p.training = training;
   p.specs = std::move(specs);
   check_precision(cfg, std::is_same_v<S, float>);
-  p.shape = layer_shape(cfg.kernel_cell(), cfg.layer_dims(0, T, N), training);
+  p.shape = stack_layer_shape(cfg, T, N, training);
   p.shape.keep_cache = keep_cache;
   p.shape.bf16 = cfg.precision == Precision::kBfloat16;
   p.layer_kept = layer_buffer_elems(p.shape, kKept);
@@ -146,6 +176,10 @@ void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, Cp
     }
   }
   outputs[L - 1] = args.y;
+  const bool drop_inputs = training && cfg.input_dropout > 0.0;
+  index_t widest_input = cfg.input_size;
+  for (index_t l = 1; l < L; ++l) widest_input = std::max(widest_input, cfg.layer_input_size(l));
+  Buffer<S> input_mask(drop_inputs ? N * widest_input : 0, "input dropout mask");
 
   ThreadTeam::instance().run(plan.team, [&](const TeamContext& tc) {
     if (x_copy != nullptr) {
@@ -162,10 +196,14 @@ void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, Cp
     LayerShape shape = plan.shape;
     for (index_t l = 0; l < L; ++l) {
       shape.d.C = cfg.layer_input_size(l);
+      // The training cache's copy of the input is masked in place: the layer's GEMMs read it so.
+      if (drop_inputs) input_dropout(tc, cfg, args.dropout_seed, l, plan.T, N, input_mask.data(), const_cast<S*>(inputs[l]));
       for (index_t d = 0; d < D; ++d) {
         const index_t g = l * D + d;
         LayerForwardArgs<S> la;
         la.x = inputs[l];
+        la.seed = args.dropout_seed;
+        la.group = g;
         la.state0 = group_state(args.state0, g, N, P, H);
         la.lengths = args.lengths;
         la.reverse = cfg.runs_reverse(d);
@@ -231,6 +269,9 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
     if (spec.role == ParamRole::kWHh) w_hh_numel = spec.numel();
   }
   Buffer<S> w_hh_grad(cfg.weight_dropout > 0.0 ? w_hh_numel : 0, "weight drop gradient");
+  index_t widest_input = cfg.input_size;
+  for (index_t l = 1; l < L; ++l) widest_input = std::max(widest_input, cfg.layer_input_size(l));
+  Buffer<S> input_mask(cfg.input_dropout > 0.0 ? N * widest_input : 0, "input dropout mask");
 
   ThreadTeam::instance().run(plan.team, [&](const TeamContext& tc) {
     const S* d_out = args.dy;  // dL/d(output of layer l), [T,N,D*P]
@@ -242,6 +283,8 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
         const index_t g = l * D + d;
         LayerBackwardArgs<S> la;
         la.x = cache.inputs[l];
+        la.seed = cache.dropout_seed;
+        la.group = g;
         la.lengths = lengths;
         la.reverse = cfg.runs_reverse(d);
         la.options = &cfg.options[d];
@@ -269,6 +312,7 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
           tc.barrier();
         }
       }
+      if (cfg.input_dropout > 0.0) input_dropout(tc, cfg, cache.dropout_seed, l, plan.T, N, input_mask.data(), d_in);
       if (l > 0) {
         if (cfg.dropout > 0.0) {
           const auto [e0, e1] = tc.split(between);
@@ -289,7 +333,7 @@ void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& ar
   // A streaming step computes in float32 whatever the precision: it reads each weight once, and
   // a bfloat16 copy of them per call cost more than the float32 step (LSTM, C = H = 256, B = 1:
   // 137 against 58 us).
-  const LayerShape shape0 = layer_shape(cfg.kernel_cell(), cfg.layer_dims(0, 1, N), false);  // T = 1: nothing packed
+  const LayerShape shape0 = stack_layer_shape(cfg, 1, N, false);  // T = 1: nothing packed
   // One buffer per thread, grown when needed and kept: a stream of steps allocates nothing. The
   // layer buffers every layer reuses, then two outputs to ping-pong between layers.
   constexpr unsigned kStepBuffers = kKept | kForwardScratch;

@@ -45,6 +45,15 @@ def _check_convertible(layer: _RecurrentLayer, what: str) -> None:
                         f"{type(layer).__name__}")
     if layer.proj_size:
         raise ValueError(f"layer: expected an LSTM without proj_size ({what} has no projection), got proj_size={layer.proj_size}")
+    check_no_zoneout(layer, what)
+
+
+def check_no_zoneout(layer: _RecurrentLayer, what: str) -> None:
+    """Zoneout changes eval mode's function too (p * previous + (1-p) * new state), which no ONNX or
+    Keras layer computes; the dropouts draw no masks in eval mode and convert as they are."""
+    if layer.zoneout or layer.zoneout_cell:
+        raise ValueError(f"layer: expected zoneout=0 and zoneout_cell=0 ({what} cannot express zoneout, which "
+                         f"eval mode keeps), got zoneout={layer.zoneout}, zoneout_cell={layer.zoneout_cell}")
 
 
 def _reorder(blocks: np.ndarray, order: Sequence[int], H: int) -> np.ndarray:

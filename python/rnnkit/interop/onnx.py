@@ -108,11 +108,15 @@ def _check_model(model: Any) -> _RecurrentLayer:
         raise TypeError("model: expected an rnnkit RNN, LSTM, GRU or RNNNetwork, got "
                         f"{type(model).__module__}.{type(model).__name__}")
     if not isinstance(layer, (RNN, LSTM, GRU)):
-        raise TypeError(f"model: not exportable: {what} has no ONNX operator (LayerNorm inside the cell); "
-                        "expected an RNN, LSTM or GRU cell")
+        raise TypeError(f"model: not exportable: {what} has no ONNX operator (ONNX has no LayerNorm, IndRNN or "
+                        "minGRU/minLSTM cell); expected an RNN, LSTM or GRU cell")
     if layer.proj_size:
         raise ValueError(f"model: not exportable: an LSTM with proj_size={layer.proj_size} has no ONNX operator "
                          "(ONNX's LSTM has no projection); expected proj_size=0")
+    if layer.zoneout or layer.zoneout_cell:
+        raise ValueError(f"model: not exportable: ONNX cannot express zoneout, which eval mode keeps (p * previous "
+                         f"+ (1-p) * new state); expected zoneout=0 and zoneout_cell=0, got zoneout={layer.zoneout}, "
+                         f"zoneout_cell={layer.zoneout_cell}")
     return layer
 
 

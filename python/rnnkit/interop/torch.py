@@ -305,9 +305,9 @@ class _RNNBase(torch.nn.Module, StackOptions):
         draws = self._draws_seed(self.training)
         seed = torch.randint(0, 2**62, (), dtype=torch.int64) if draws else None
         # rnnkit masks in its training forward, which a module in eval mode may run for its
-        # gradients: eval mode asks for no dropout of either kind.
+        # gradients: eval mode asks for no masks of any kind (and zoneout's expectation).
         cfg = self._config_args(self.dropout if apply_dropout else 0.0, "bfloat16" if autocast_bf16 else None,
-                                None if self.training else 0.0)
+                                eval_mode=not self.training)
         y, h_n, c_n = _run_stack(
             x_in, batch_sizes, sorted_indices, h0, c0, weights, seed, cfg,
             # rnnkit applies dropout only in its training forward, which also keeps the reserve.
@@ -362,6 +362,7 @@ class _RNNBase(torch.nn.Module, StackOptions):
             parts.append("batch_first=True")
         if self.dropout:
             parts.append(f"dropout={self.dropout}")
+        parts.extend(self._regulariser_reprs())
         if self.bidirectional:
             parts.append("bidirectional=True")
         if self.direction == "reverse":

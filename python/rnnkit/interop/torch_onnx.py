@@ -49,7 +49,8 @@ def _refuse(what: str) -> None:
 def rnnkit_forward(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode: str, input_size: int,
                    hidden_size: int, num_layers: int, bidirectional: bool, proj_size: int, bias: bool,
                    dropout: float, precision: str, reverse: bool, cell_options: str, weight_dropout: float,
-                   training: bool):
+                   zoneout: float, zoneout_cell: float, input_dropout: float, recurrent_dropout: float,
+                   zoneout_expected: bool, training: bool):
     """The ONNX graph of one ``rnnkit::forward`` call (traced by onnxscript). A bfloat16
     ``precision`` is how rnnkit computes the layer; the float32 ONNX node computes the same function."""
     from onnxscript import ir
@@ -66,6 +67,12 @@ def rnnkit_forward(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode: 
     if dropout > 0.0:
         _refuse(f"expected no dropout between layers, got dropout={dropout} in training mode "
                 "(call model.eval() before exporting)")
+    if zoneout > 0.0 or zoneout_cell > 0.0:
+        _refuse(f"expected no zoneout, got zoneout={zoneout}, zoneout_cell={zoneout_cell} (ONNX's operators "
+                "cannot express its mix of the previous and new state, which eval mode keeps)")
+    if weight_dropout > 0.0 or input_dropout > 0.0 or recurrent_dropout > 0.0:
+        _refuse("expected no weight, input or recurrent dropout, got them in training mode (call model.eval() "
+                "before exporting: in eval mode they draw no masks)")
     kind, order, attrs = _ONNX_NODE[mode]
     D, H, G = (2 if bidirectional else 1), hidden_size, len(order)
     per_group = 4 if bias else 2

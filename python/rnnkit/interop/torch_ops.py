@@ -40,16 +40,17 @@ from .. import _core
 
 __all__ = ["stack_forward", "stack_backward", "stack_call", "needs_grad", "reserve_elems", "stack_config"]
 
-ConfigArgs = Tuple[str, int, int, int, bool, int, bool, float, str, bool, str, float]
+ConfigArgs = Tuple[str, int, int, int, bool, int, bool, float, str, bool, str, float, float, float, float, float, bool]
 
 
 @functools.lru_cache(maxsize=512)
 def stack_config(mode: str, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool,
                  proj_size: int, bias: bool, dropout: float, precision: str = "float32", reverse: bool = False,
-                 cell_options: str = "", weight_dropout: float = 0.0) -> Any:
+                 cell_options: str = "", weight_dropout: float = 0.0, zoneout: float = 0.0, zoneout_cell: float = 0.0,
+                 input_dropout: float = 0.0, recurrent_dropout: float = 0.0, zoneout_expected: bool = False) -> Any:
     """The ``_core.StackConfig`` of these arguments (one object per distinct configuration)."""
     return _core.StackConfig(mode, input_size, hidden_size, num_layers, bidirectional, proj_size, bias, dropout,
-                             precision, reverse, cell_options, weight_dropout)
+                             precision, reverse, cell_options, weight_dropout, zoneout, zoneout_cell, input_dropout, recurrent_dropout, zoneout_expected)
 
 
 @functools.lru_cache(maxsize=512)
@@ -163,7 +164,7 @@ def _batch(sorted_indices: Optional[Tensor], h0: Optional[Tensor]) -> Any:
 def _forward_run(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor], h0: Optional[Tensor],
                  c0: Optional[Tensor], weights: List[Tensor], seed: Optional[Tensor], mode: str, input_size: int,
                  hidden_size: int, num_layers: int, bidirectional: bool, proj_size: int, bias: bool,
-                 dropout: float, precision: str, reverse: bool, cell_options: str, weight_dropout: float, training: bool,
+                 dropout: float, precision: str, reverse: bool, cell_options: str, weight_dropout: float, zoneout: float, zoneout_cell: float, input_dropout: float, recurrent_dropout: float, zoneout_expected: bool, training: bool,
                  zero_reserve: bool = True) -> Tuple[Tuple[Tensor, Tensor, Tensor, Tensor], Any]:
     """A stack forward. x: [T, N, C] time-major, or packed data [sum(lengths), C] with
     batch_sizes [T] (int64, CPU) and sorted_indices [N] or None. h0 [L*D, N, P], c0 [L*D, N, H]
@@ -175,7 +176,7 @@ def _forward_run(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optio
     is a function of the inputs, as an operator's outputs must be (opcheck compares them); rnnkit
     never reads the padding, so the eager path skips it. Returned with the outputs: the
     ``_core.Cache`` whose block the reserve views (None in inference)."""
-    cfg = stack_config(mode, input_size, hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout)
+    cfg = stack_config(mode, input_size, hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, zoneout, zoneout_cell, input_dropout, recurrent_dropout, zoneout_expected)
     dropout_seed = int(seed.item()) if seed is not None else 0
     template = None
     lengths = None
@@ -201,9 +202,9 @@ def _forward_run(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optio
 def _forward_op_impl(x: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor], h0: Optional[Tensor],
                      c0: Optional[Tensor], weights: List[Tensor], seed: Optional[Tensor], mode: str, input_size: int,
                      hidden_size: int, num_layers: int, bidirectional: bool, proj_size: int, bias: bool,
-                     dropout: float, precision: str, reverse: bool, cell_options: str, weight_dropout: float, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                     dropout: float, precision: str, reverse: bool, cell_options: str, weight_dropout: float, zoneout: float, zoneout_cell: float, input_dropout: float, recurrent_dropout: float, zoneout_expected: bool, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     return _forward_run(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode, input_size, hidden_size,
-                        num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, training)[0]
+                        num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, zoneout, zoneout_cell, input_dropout, recurrent_dropout, zoneout_expected, training)[0]
 
 
 _forward_op_impl.__doc__ = _forward_run.__doc__
@@ -213,8 +214,8 @@ stack_forward = torch.library.custom_op("rnnkit::forward", _forward_op_impl, mut
 
 @stack_forward.register_fake
 def _stack_forward_fake(x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode, input_size, hidden_size,
-                        num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, training):
-    cfg_args = (mode, input_size, hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout)
+                        num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, zoneout, zoneout_cell, input_dropout, recurrent_dropout, zoneout_expected, training):
+    cfg_args = (mode, input_size, hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, zoneout, zoneout_cell, input_dropout, recurrent_dropout, zoneout_expected)
     cfg = stack_config(*cfg_args)
     D = cfg.num_directions
     P = proj_size or hidden_size
@@ -236,7 +237,7 @@ def _stack_forward_fake(x, batch_sizes, sorted_indices, h0, c0, weights, seed, m
 def _backward_run(reserve: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor],
                    seed: Optional[Tensor], dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor],
                    T: int, N: int, rows: int, mode: str, input_size: int, hidden_size: int, num_layers: int,
-                   bidirectional: bool, proj_size: int, bias: bool, dropout: float, precision: str, reverse: bool, cell_options: str, weight_dropout: float,
+                   bidirectional: bool, proj_size: int, bias: bool, dropout: float, precision: str, reverse: bool, cell_options: str, weight_dropout: float, zoneout: float, zoneout_cell: float, input_dropout: float, recurrent_dropout: float, zoneout_expected: bool,
                    need_dx: bool, cache: Any = None) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
     """BPTT from a training forward's reserve (not modified). T, N: the forward's steps and batch;
     rows: its packed rows (x.shape[0] of a packed call; ignored otherwise). dy: like the forward's y
@@ -246,7 +247,7 @@ def _backward_run(reserve: Tensor, batch_sizes: Optional[Tensor], sorted_indices
     to be used up instead: rnnkit's own backward, which writes the gate gradients over the cached
     gates (the reserve is left holding them) and saves the [T, N, G*H] buffer the reserve's reader
     gathers them in (~6% of an LSTM training step); the eager path's first backward."""
-    cfg = stack_config(mode, input_size, hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout)
+    cfg = stack_config(mode, input_size, hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, zoneout, zoneout_cell, input_dropout, recurrent_dropout, zoneout_expected)
     dropout_seed = int(seed.item()) if seed is not None else 0
     lengths = None
     template = None
@@ -283,10 +284,10 @@ def _backward_run(reserve: Tensor, batch_sizes: Optional[Tensor], sorted_indices
 def _backward_impl(reserve: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor],
                    seed: Optional[Tensor], dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor],
                    T: int, N: int, rows: int, mode: str, input_size: int, hidden_size: int, num_layers: int,
-                   bidirectional: bool, proj_size: int, bias: bool, dropout: float, precision: str, reverse: bool, cell_options: str, weight_dropout: float,
+                   bidirectional: bool, proj_size: int, bias: bool, dropout: float, precision: str, reverse: bool, cell_options: str, weight_dropout: float, zoneout: float, zoneout_cell: float, input_dropout: float, recurrent_dropout: float, zoneout_expected: bool,
                    need_dx: bool) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
     return _backward_run(reserve, batch_sizes, sorted_indices, seed, dy, dh_n, dc_n, T, N, rows, mode, input_size,
-                         hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, need_dx)
+                         hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, zoneout, zoneout_cell, input_dropout, recurrent_dropout, zoneout_expected, need_dx)
 
 
 _backward_impl.__doc__ = _backward_run.__doc__
@@ -296,8 +297,8 @@ stack_backward = torch.library.custom_op("rnnkit::backward", _backward_impl, mut
 
 @stack_backward.register_fake
 def _stack_backward_fake(reserve, batch_sizes, sorted_indices, seed, dy, dh_n, dc_n, T, N, rows, mode, input_size,
-                         hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, need_dx):
-    cfg = stack_config(mode, input_size, hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout)
+                         hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, zoneout, zoneout_cell, input_dropout, recurrent_dropout, zoneout_expected, need_dx):
+    cfg = stack_config(mode, input_size, hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, zoneout, zoneout_cell, input_dropout, recurrent_dropout, zoneout_expected)
     D = cfg.num_directions
     P = proj_size or hidden_size
     if not need_dx:
@@ -311,7 +312,7 @@ def _stack_backward_fake(reserve, batch_sizes, sorted_indices, seed, dy, dh_n, d
     return dx, dh0, dc0, [reserve.new_empty(tuple(shape)) for _, shape in cfg.param_specs()]
 
 
-_CONFIG_ARGS = 12  # mode .. weight_dropout, in both operators' signatures
+_CONFIG_ARGS = 17  # mode .. zoneout_expected, in both operators' signatures
 
 
 class _StackBackward(torch.autograd.Function):
@@ -533,13 +534,13 @@ def _combine_matrix(w: Tensor, G: int, in_blocks: int, eye: Tensor) -> Tensor:
 
 
 def _vmap_forward(info, in_dims, x, batch_sizes, sorted_indices, h0, c0, weights, seed, mode, input_size,
-                  hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, training):
+                  hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, zoneout, zoneout_cell, input_dropout, recurrent_dropout, zoneout_expected, training):
     E = info.batch_size
     x_dim, bs_dim, si_dim, h0_dim, c0_dim, w_dims, seed_dim = in_dims[:7]
     if bs_dim is not None or si_dim is not None or seed_dim is not None:
         raise ValueError("rnnkit::forward under vmap: batch_sizes, sorted_indices and the dropout seed must be "
                          "the same for every member (not vmapped)")
-    cfg_args = (mode, input_size, hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout)
+    cfg_args = (mode, input_size, hidden_size, num_layers, bidirectional, proj_size, bias, dropout, precision, reverse, cell_options, weight_dropout, zoneout, zoneout_cell, input_dropout, recurrent_dropout, zoneout_expected)
     cfg = stack_config(*cfg_args)
     D, L, H = cfg.num_directions, num_layers, hidden_size
     P = proj_size or hidden_size
@@ -611,7 +612,7 @@ def _vmap_forward(info, in_dims, x, batch_sizes, sorted_indices, h0, c0, weights
         s = _moved(s, dim, E)  # [E, L*D, N, width]
         return s.permute(1, 2, 0, 3).reshape(s.shape[1], s.shape[2], E * width)
 
-    cfg_c = (mode, C_c, E * H, L, bidirectional, E * proj_size if proj_size else 0, bias, dropout, precision, reverse, cell_options, weight_dropout)
+    cfg_c = (mode, C_c, E * H, L, bidirectional, E * proj_size if proj_size else 0, bias, dropout, precision, reverse, cell_options, weight_dropout, zoneout, zoneout_cell, input_dropout, recurrent_dropout, zoneout_expected)
     y, h_n, c_n, reserve = stack_call(x_c.contiguous(), batch_sizes, sorted_indices, state(h0, h0_dim, P),
                                       state(c0, c0_dim, H), combined, seed, cfg_c, training)
     if packed:
