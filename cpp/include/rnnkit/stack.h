@@ -19,6 +19,7 @@
 // No output may alias an input.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -164,8 +165,15 @@ struct UniformStream {
   RNNKIT_HOSTDEVICE UniformStream(std::uint64_t seed, index_t stream)
       : key(splitmix64(seed ^ splitmix64(static_cast<std::uint64_t>(stream) + 1))) {}
   RNNKIT_HOSTDEVICE double operator()(index_t i) const {
-    return static_cast<double>(splitmix64(key + static_cast<std::uint64_t>(i)) >> 11) * 0x1.0p-53;
+    return static_cast<double>(bits(i)) * 0x1.0p-53;
   }
+  // The draw's 53 bits k: u(i) = k * 2^-53.
+  RNNKIT_HOSTDEVICE std::uint64_t bits(index_t i) const { return splitmix64(key + static_cast<std::uint64_t>(i)) >> 11; }
+  // u(i) < p exactly, in integers (loops over many draws vectorise it): k < ceil(p * 2^53).
+  RNNKIT_HOSTDEVICE static std::uint64_t threshold(double p) {
+    return p >= 1.0 ? (std::uint64_t(1) << 53) : static_cast<std::uint64_t>(::ceil(p * 0x1.0p53));
+  }
+  RNNKIT_HOSTDEVICE bool below(index_t i, std::uint64_t threshold) const { return bits(i) < threshold; }
 };
 
 RNNKIT_HOSTDEVICE double dropout_uniform(std::uint64_t seed, index_t layer, index_t i) {

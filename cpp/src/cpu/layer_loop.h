@@ -255,21 +255,31 @@ struct ZoneoutDraw {
   double p;
   bool masks;
   UniformStream u;
-  ZoneoutDraw(double p_, bool masks_, std::uint64_t seed, index_t stream) : p(p_), masks(masks_), u(seed, stream) {}
-  S keep(index_t i) const { return masks ? (u(i) < p ? S(1) : S(0)) : S(p); }
+  std::uint64_t below;  // the draws below p keep h_{t-1}
+  ZoneoutDraw(double p_, bool masks_, std::uint64_t seed, index_t stream)
+      : p(p_), masks(masks_), u(seed, stream), below(UniformStream::threshold(p_)) {}
+  S keep(index_t i) const { return masks ? (u.below(i, below) ? S(1) : S(0)) : S(p); }
   // out[j] = the mix of prev[j] and fresh[j] (element index base + j); out may alias neither.
   void mix(S* out, const S* prev, const S* fresh, index_t width, index_t base) const {
-    for (index_t j = 0; j < width; ++j) {
-      const S k = keep(base + j);
-      out[j] = k * prev[j] + (S(1) - k) * fresh[j];
+    if (!masks) {
+      for (index_t j = 0; j < width; ++j) out[j] = S(p) * prev[j] + S(1 - p) * fresh[j];
+      return;
     }
+    for (index_t j = 0; j < width; ++j) out[j] = u.below(base + j, below) ? prev[j] : fresh[j];
   }
   // g[j] (dL/dstate) split: carried[j] = keep * g[j] (to the previous state), g[j] the rest.
   void split(S* g, S* carried, index_t width, index_t base) const {
+    if (!masks) {
+      for (index_t j = 0; j < width; ++j) {
+        carried[j] = S(p) * g[j];
+        g[j] = S(1 - p) * g[j];
+      }
+      return;
+    }
     for (index_t j = 0; j < width; ++j) {
-      const S k = keep(base + j);
-      carried[j] = k * g[j];
-      g[j] -= carried[j];
+      const bool kept = u.below(base + j, below);
+      carried[j] = kept ? g[j] : S(0);
+      g[j] = kept ? S(0) : g[j];
     }
   }
 };
@@ -278,9 +288,9 @@ struct ZoneoutDraw {
 template <typename S>
 void recurrent_mask_rows(const LayerShape& s, std::uint64_t seed, index_t group, index_t n0, index_t n1, S* mask) {
   const UniformStream u(seed, kRecurrentDropStream + group);
-  const double p = s.recurrent_dropout;
-  const S scale = S(1.0 / (1.0 - p));
-  for (index_t i = n0 * s.d.P; i < n1 * s.d.P; ++i) mask[i] = u(i) < p ? S(0) : scale;
+  const std::uint64_t below = UniformStream::threshold(s.recurrent_dropout);
+  const S scale = S(1.0 / (1.0 - s.recurrent_dropout));
+  for (index_t i = n0 * s.d.P; i < n1 * s.d.P; ++i) mask[i] = u.below(i, below) ? S(0) : scale;
 }
 
 // A cell's traits and one thread's share of a call, computed once per call: the loops' phases

@@ -34,8 +34,9 @@ void apply_dropout(S* v, index_t begin, index_t end, double p, std::uint64_t see
 template <typename S>
 void input_mask_rows(double p, std::uint64_t seed, index_t layer, index_t C, index_t m0, index_t m1, S* mask) {
   const UniformStream u(seed, kInputDropStream + layer);
+  const std::uint64_t below = UniformStream::threshold(p);
   const S scale = S(1.0 / (1.0 - p));
-  for (index_t i = m0 * C; i < m1 * C; ++i) mask[i] = u(i) < p ? S(0) : scale;
+  for (index_t i = m0 * C; i < m1 * C; ++i) mask[i] = u.below(i, below) ? S(0) : scale;
 }
 
 // Multiplies rows [r0, r1) of v [T*N, C] by the per-sequence mask [N, C]: input dropout's forward
@@ -57,6 +58,16 @@ void input_dropout(const TeamContext& tc, const StackConfig& cfg, std::uint64_t 
   const auto [r0, r1] = tc.split(T * N);
   apply_input_mask(v, mask, N, C, r0, r1);
   tc.barrier();
+}
+
+// Elements [begin, end) of group g's W_hh (or its gradient) times weight drop's mask, in place
+// (weight_drop_multiplier's draws, in integers).
+template <typename S>
+void apply_weight_drop(std::uint64_t seed, index_t group, double p, index_t begin, index_t end, S* w) {
+  const UniformStream u(seed, kWeightDropStream + group);
+  const std::uint64_t below = UniformStream::threshold(p);
+  const S scale = S(1.0 / (1.0 - p));
+  for (index_t i = begin; i < end; ++i) w[i] = u.below(i, below) ? S(0) : w[i] * scale;
 }
 
 // Group g's part of a stack's state [L*D,N,..] (null stays null).
@@ -150,15 +161,6 @@ void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, Cp
     for (index_t l = 0; l < L; ++l) inputs[l] = layer_inputs[l];
     for (index_t l = 1; l < L; ++l) outputs[l - 1] = layer_inputs[l];
     copy_params(plan.specs, *args.params, cache->weights);
-    if (cfg.weight_dropout > 0.0) {
-      for (const ParamSpec& spec : plan.specs) {
-        if (spec.role != ParamRole::kWHh) continue;
-        S* w = const_cast<S*>(param_field(cache->weights[spec.group], spec.role));
-        for (index_t i = 0; i < spec.numel(); ++i) {
-          w[i] *= S(weight_drop_multiplier(args.dropout_seed, spec.group, i, cfg.weight_dropout));
-        }
-      }
-    }
     for (index_t g = 0; g < cfg.groups(); ++g) carve_layer_buffers(plan.shape, kKept, cache->kept[g], &buffers[g]);
     weights = &cache->weights;
   } else {
@@ -182,6 +184,16 @@ void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, Cp
   Buffer<S> input_mask(drop_inputs ? N * widest_input : 0, "input dropout mask");
 
   ThreadTeam::instance().run(plan.team, [&](const TeamContext& tc) {
+    if (training && cfg.weight_dropout > 0.0) {
+      // Weight drop masks the cache's copy of each W_hh, so the steps and BPTT use the masked weights.
+      for (const ParamSpec& spec : plan.specs) {
+        if (spec.role != ParamRole::kWHh) continue;
+        const auto [e0, e1] = tc.split(spec.numel());
+        apply_weight_drop(args.dropout_seed, spec.group, cfg.weight_dropout, e0, e1,
+                          const_cast<S*>(param_field(cache->weights[spec.group], spec.role)));
+      }
+      tc.barrier();
+    }
     if (x_copy != nullptr) {
       // Layer 0's input: a copy, with padded steps zeroed (they are never read as data, and a
       // NaN left there by the caller must not reach dW_ih through 0 * NaN).
@@ -305,10 +317,9 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
         tc.barrier();
         if (cfg.weight_dropout > 0.0) {
           const auto [e0, e1] = tc.split(w_hh_numel);
+          apply_weight_drop(cache.dropout_seed, g, cfg.weight_dropout, e0, e1, w_hh_grad.data());
           S* dst = (*args.grads)[g].w_hh;
-          for (index_t i = e0; i < e1; ++i) {
-            dst[i] += w_hh_grad.data()[i] * S(weight_drop_multiplier(cache.dropout_seed, g, i, cfg.weight_dropout));
-          }
+          for (index_t i = e0; i < e1; ++i) dst[i] += w_hh_grad.data()[i];
           tc.barrier();
         }
       }
