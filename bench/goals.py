@@ -24,6 +24,8 @@ round by round (a noisy neighbour slows both alike), medians over the rounds, fl
   ones, forward and training with dx (goal: at most 15% slower);
 - regularisers: weight drop, zoneout and variational dropout at the mid shape, training with dx,
   each against the same layer without it (goal: at most 10% slower), and zoneout's eval-mode forward;
+- min cells: minGRU/minLSTM training at T=1024, N=16, C=H=256 against rnnkit's GRU/LSTM (goal 5x;
+  the note gives both GFLOP/s and the FLOP ratio), and at 2 threads vs 1 in the 2-thread section;
 - streaming: one step at B=1, C=H=256 through layer.step() and RNNNetwork.step() vs the PyTorch
   Cell and ONNX Runtime with T=1; the bare pybind11 call overhead is reported separately;
 - memory: the extra peak resident memory of one LSTM training step at the large shape, rnnkit and
@@ -54,7 +56,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--csv", default="", help="write every measurement to this CSV")
     p.add_argument("--json", default="", help="write the results as JSON")
     p.add_argument("--update-results", action="store_true", help="rewrite the goals section of bench/RESULTS.md")
-    p.add_argument("--only", choices=("full", "bf16", "activations", "regularisers", "streaming", "memory", "threads"), default="",
+    p.add_argument("--only", choices=("full", "bf16", "activations", "regularisers", "min-cells", "streaming", "memory", "threads"), default="",
                    help="one section only (to re-measure it; not with --update-results)")
     args = p.parse_args()
     if args.only and args.update_results:
@@ -347,6 +349,36 @@ def regularisers(rounds: int) -> None:
                REGULARISER_COST_GOAL, extra="eval mode's expectation")
 
 
+# minGRU/minLSTM (issue 15): a training step at a long sequence against rnnkit's own GRU/LSTM of the
+# same size. Their gates read x_t only, so every GEMM is hoisted; the note gives both GFLOP/s and
+# the FLOP ratio, which bounds the speed-up at equal GEMM efficiency.
+MIN_SHAPE = (1024, 16, 256, 256)
+MIN_CELLS = {"mingru": ("MinGRU", "gru", 2), "minlstm": ("MinLSTM", "lstm", 3)}
+MIN_SPEEDUP_GOAL = 5.0
+
+
+def train_flops(gates: int, T: int, N: int, C: int, H: int, recurrent: bool) -> float:
+    """A training step's GEMM FLOPs (with dx): 3x the forward's 2*T*N*G*H*(C [+ H])."""
+    return 3 * 2 * T * N * gates * H * (C + (H if recurrent else 0))
+
+
+def min_cells(rounds: int) -> None:
+    T, N, C, H = MIN_SHAPE
+    print(f"minGRU/minLSTM vs GRU/LSTM, training with dx, {MIN_SHAPE}:")
+    for name, (cls_name, peer, gates) in MIN_CELLS.items():
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((T, N, C)).astype(np.float32)
+        dy = rng.standard_normal((T, N, H)).astype(np.float32)
+        ours = getattr(rnnkit, cls_name)(C, H, seed=0)
+        ref = CELLS[peer][1](C, H, seed=0)
+        m = interleaved_medians({"ours": layer_train(ours, x, dy), "ref": layer_train(ref, x, dy)}, rounds, warmup=1)
+        f_ours = train_flops(gates, T, N, C, H, False)
+        f_ref = train_flops(CELLS[peer][2], T, N, C, H, True)
+        record("min-cells", f"{name} train (with dx) vs {peer}", m["ours"], peer, m["ref"], MIN_SPEEDUP_GOAL,
+               extra=f"{f_ours / m['ours'] / 1e9:.0f} vs {f_ref / m['ref'] / 1e9:.0f} GFLOP/s; FLOP ratio "
+                     f"{f_ref / f_ours:.2f}x")
+
+
 def streaming(rounds: int) -> None:
     C = H = 256
     print("streaming, B=1, C=H=256 (microseconds per step):")
@@ -510,6 +542,24 @@ def two_threads(rounds: Dict[str, int]) -> float:
             # thread by design).
             goal = (TWO_THREAD_GOAL if availability >= 1.8 else None) if shape_name == "large" else NEVER_SLOWER
             record(f"2-threads-{shape_name}", f"{cell} train, 2 threads vs 1", m["two"], "1 thread", m["one"], goal)
+    T, N, C, H = MIN_SHAPE
+    for name, (cls_name, _, _) in MIN_CELLS.items():
+        rng = np.random.default_rng(0)
+        layer = getattr(rnnkit, cls_name)(C, H, seed=0)
+        x = rng.standard_normal((T, N, C)).astype(np.float32)
+        dy = rng.standard_normal((T, N, H)).astype(np.float32)
+
+        def at(n):
+            def run():
+                rnnkit.set_num_threads(n)
+                layer(x)
+                layer.backward(dy)
+            return run
+
+        m = interleaved_medians({"one": at(1), "two": at(2)}, max(3, rounds["mid"] // 2), warmup=1)
+        rnnkit.set_num_threads(1)
+        record("2-threads-min-cells", f"{name} train {MIN_SHAPE}, 2 threads vs 1", m["two"], "1 thread", m["one"],
+               TWO_THREAD_GOAL if availability >= 1.8 else None)
     return availability
 
 
@@ -593,6 +643,8 @@ def main() -> int:
             activations(rounds["mid"])
         if ARGS.only in ("", "regularisers"):
             regularisers(rounds["mid"])
+        if ARGS.only in ("", "min-cells"):
+            min_cells(5)
         if ARGS.only in ("", "streaming"):
             streaming(15)
         if ARGS.only in ("", "memory"):

@@ -804,13 +804,11 @@ using IndRnnTanhCell = IndRnnCell<false>;
 // function). g' from g's output y: y >= 1/2 exactly when v >= 0, so g' = y >= 1/2 ? 1 : y (1 - y).
 template <typename A, typename Y, typename V>
 RNNKIT_HOSTDEVICE void min_candidate(Y&& y, const V& v) {
-  using S = typename A::Scalar;
-  y = ew::where(v < S(0), ew::sigmoid(v), v + S(0.5));
+  y = ew::min_candidate(v);
 }
 template <typename A, typename DV, typename DY, typename Y>
 RNNKIT_HOSTDEVICE void min_candidate_grad(DV&& dv, const DY& dy, const Y& y) {
-  using S = typename A::Scalar;
-  dv = ew::where(y < S(0.5), dy * ew::sigmoid_grad_from_output(y), dy);
+  dv = dy * ew::min_candidate_grad_from_output(y);
 }
 
 // minGRU, gates (z, h~): z = sigmoid(x W_z^T + b_z), h~ = g(x W_h^T + b_h),

@@ -59,6 +59,13 @@ RNNKIT_HOSTDEVICE double softplus(double x) { return (x > 0.0 ? x : 0.0) + ::log
 // min(max(x, lo), hi).
 RNNKIT_HOSTDEVICE float clamp(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
 RNNKIT_HOSTDEVICE double clamp(double x, double lo, double hi) { return x < lo ? lo : (x > hi ? hi : x); }
+// minGRU/minLSTM's candidate g(v) = v >= 0 ? v + 1/2 : sigmoid(v) (positive, continuous), and
+// g' from g's output y: y >= 1/2 exactly when v >= 0, so g' = y < 1/2 ? y (1 - y) : 1.
+RNNKIT_HOSTDEVICE float min_candidate(float v) { return v < 0.0f ? sigmoid(v) : v + 0.5f; }
+RNNKIT_HOSTDEVICE double min_candidate(double v) { return v < 0.0 ? sigmoid(v) : v + 0.5; }
+RNNKIT_HOSTDEVICE float min_candidate_grad_from_output(float y) { return y < 0.5f ? y * (1.0f - y) : 1.0f; }
+RNNKIT_HOSTDEVICE double min_candidate_grad_from_output(double y) { return y < 0.5 ? y * (1.0 - y) : 1.0; }
+
 // cond ? a : b, elementwise for arrays.
 RNNKIT_HOSTDEVICE float where(bool c, float a, float b) { return c ? a : b; }
 RNNKIT_HOSTDEVICE double where(bool c, double a, double b) { return c ? a : b; }
@@ -103,10 +110,43 @@ auto relu(const Eigen::ArrayBase<D>& x) {
   return x.template cwiseMax<Eigen::PropagateNaN>(typename D::Scalar(0));
 }
 
+// Eigen 3.4 evaluates comparisons and select() one scalar at a time (scalar_cmp_op has no packet
+// access): the functions below that branch do it with packet compares instead (SIMD).
+template <typename S>
+struct ReluGradFn {
+  S operator()(S h) const { return h > S(0) ? S(1) : S(0); }
+  template <typename P>
+  P packetOp(const P& h) const {
+    using namespace Eigen::internal;
+    return pselect(pcmp_lt(pzero(h), h), pset1<P>(S(1)), pzero(h));
+  }
+};
+template <typename S>
+struct MinCandidateGradFn {
+  S operator()(S y) const { return min_candidate_grad_from_output(y); }
+  template <typename P>
+  P packetOp(const P& y) const {
+    using namespace Eigen::internal;
+    const P one = pset1<P>(S(1));
+    return pselect(pcmp_lt(y, pset1<P>(S(0.5))), pmul(y, psub(one, y)), one);
+  }
+};
+
 template <typename D>
 auto relu_grad_from_output(const Eigen::ArrayBase<D>& h) {
+  return h.unaryExpr(ReluGradFn<typename D::Scalar>());
+}
+
+// g(v) = sigmoid(min(v, 0)) + max(v, 0): the same function, branch-free.
+template <typename D>
+auto min_candidate(const Eigen::ArrayBase<D>& v) {
   using S = typename D::Scalar;
-  return (h > S(0)).template cast<S>();
+  return v.template cwiseMin<Eigen::PropagateNaN>(S(0)).logistic() + v.template cwiseMax<Eigen::PropagateNaN>(S(0));
+}
+
+template <typename D>
+auto min_candidate_grad_from_output(const Eigen::ArrayBase<D>& y) {
+  return y.unaryExpr(MinCandidateGradFn<typename D::Scalar>());
 }
 
 template <typename D>
@@ -155,7 +195,24 @@ auto where(const Eigen::ArrayBase<C>& c, const A& a, const B& b) {
 #endif
 
 }  // namespace ew
+}  // namespace rnnkit
 
+#if !defined(__CUDACC__)
+namespace Eigen {
+namespace internal {
+template <typename S>
+struct functor_traits<rnnkit::ew::ReluGradFn<S>> {
+  enum { Cost = 2, PacketAccess = packet_traits<S>::Vectorizable };
+};
+template <typename S>
+struct functor_traits<rnnkit::ew::MinCandidateGradFn<S>> {
+  enum { Cost = 4, PacketAccess = packet_traits<S>::Vectorizable };
+};
+}  // namespace internal
+}  // namespace Eigen
+#endif
+
+namespace rnnkit {
 #if !defined(__CUDACC__)
 // The sum of an array expression in an order fixed by its length alone: 16 running lane sums
 // (element i goes to lane i mod 16), then the lanes pairwise. Eigen's own reductions start at

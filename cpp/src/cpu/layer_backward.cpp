@@ -41,12 +41,16 @@ class BackwardLoop {
   void run() {
     prepare();
     for (index_t i = p_.T - 1; i >= 0; --i) step(p_.step_time(i));
+    if constexpr (!kSharesRows) p_.tc.barrier();  // as the forward's (layer_forward.cpp)
     store_initial_state_grads();
     weight_gradients();
   }
 
  private:
   using Plan = LayerPlan<Cell, S>;
+  // Whether a step's dL/dh_{t-1} needs rows other threads wrote (the recurrent GEMM); without one
+  // each thread runs its rows through all T steps with no barrier between steps.
+  static constexpr bool kSharesRows = has_recurrent_gemm<Cell>();
   // Cells that sum parameter gradients per batch row (layer.h's partial_width).
   static constexpr bool kPartials = Cell::kLnParams > 0 || Cell::kPeepholes || Cell::kDiagonalRecurrent;
 
@@ -205,7 +209,7 @@ class BackwardLoop {
     // This thread's rows of the step's gates are done with: their gradients take their place (or,
     // keeping the cache, go to their own buffer).
     copy_n(dgates_all_ + (t * N + n0) * GH, dgates + n0 * GH, (n1 - n0) * GH);
-    tc.barrier();
+    if (kSharesRows) tc.barrier();
     // dL/dh_{t-1} = (direct part written by the cell) + d(recurrent pre-activations) W_hh,
     // this thread's columns (IndRNN: the cell's direct part is all of it).
     if constexpr (has_recurrent_gemm<Cell>()) {
@@ -219,7 +223,7 @@ class BackwardLoop {
         g.rec.multiply(N, drec, GH, S(1), dh_next_, P);
       }
     }
-    tc.barrier();
+    if (kSharesRows) tc.barrier();
   }
 
   // Phase 3.

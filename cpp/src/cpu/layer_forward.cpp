@@ -27,11 +27,16 @@ class ForwardLoop {
   void run() {
     prepare();
     for (index_t i = 0; i < p_.T; ++i) step(p_.step_time(i));
+    if constexpr (!kSharesRows) p_.tc.barrier();  // the final state's rows come from every thread
     store_final_state();
   }
 
  private:
   using Plan = LayerPlan<Cell, S>;
+  // Whether a step reads rows of the state other threads wrote (the recurrent GEMM's h_{t-1}). A
+  // cell without one (IndRNN, minGRU, minLSTM: an elementwise recurrence) runs each thread's batch
+  // rows through all T steps with no barrier between steps: the scan is split over the team by rows.
+  static constexpr bool kSharesRows = has_recurrent_gemm<Cell>();
 
   S* h_slot(index_t slot) const { return b_.h_seq + slot * p_.N * p_.P; }
   S* c_slot(index_t slot) const { return b_.c_seq + slot * p_.N * p_.H; }
@@ -115,7 +120,7 @@ class ForwardLoop {
     } else {
       g.rec.multiply(N, h_rec, P, S(1), gates, GH);
     }
-    tc.barrier();
+    if (kSharesRows) tc.barrier();
 
     auto point_row = [&](index_t n) {
       row_.gates_ = gates + n * GH;
@@ -174,7 +179,7 @@ class ForwardLoop {
       }
     }
     if (rdrop_ && has_next) store_dropped_state(next, h_cur, n0, n1);
-    tc.barrier();
+    if (kSharesRows) tc.barrier();
   }
 
   // Phase 3. A sequence of length 0 ends in zeros (layer.h).
