@@ -520,6 +520,13 @@ def two_threads(rounds: Dict[str, int]) -> float:
     availability = probe()
     print(f"  probe: 2-thread sgemm runs {availability:.2f}x the 1-thread speed "
           f"({'two full cores' if availability >= 1.8 else 'the second core is partly busy'})")
+    def at(layer, x, dy, n):
+        def run():
+            rnnkit.set_num_threads(n)
+            layer(x)
+            layer.backward(dy)
+        return run
+
     for shape_name in ("small", "mid", "large"):
         T, N, C, H = SHAPES[shape_name]
         for cell, (_, cls, _) in CELLS.items():
@@ -527,15 +534,8 @@ def two_threads(rounds: Dict[str, int]) -> float:
             layer = cls(C, H, seed=0)
             x = rng.standard_normal((T, N, C)).astype(np.float32)
             dy = rng.standard_normal((T, N, H)).astype(np.float32)
-
-            def at(n):
-                def run():
-                    rnnkit.set_num_threads(n)
-                    layer(x)
-                    layer.backward(dy)
-                return run
-
-            m = interleaved_medians({"one": at(1), "two": at(2)}, max(3, rounds[shape_name] // 2), warmup=2)
+            m = interleaved_medians({"one": at(layer, x, dy, 1), "two": at(layer, x, dy, 2)},
+                                    max(3, rounds[shape_name] // 2), warmup=2)
             rnnkit.set_num_threads(1)
             # Large: the speed-up goal, when the probe saw two free cores. Smaller shapes: never slower,
             # within the 3% this machine's noise allows (shapes below the team threshold run on one
@@ -548,15 +548,8 @@ def two_threads(rounds: Dict[str, int]) -> float:
         layer = getattr(rnnkit, cls_name)(C, H, seed=0)
         x = rng.standard_normal((T, N, C)).astype(np.float32)
         dy = rng.standard_normal((T, N, H)).astype(np.float32)
-
-        def at(n):
-            def run():
-                rnnkit.set_num_threads(n)
-                layer(x)
-                layer.backward(dy)
-            return run
-
-        m = interleaved_medians({"one": at(1), "two": at(2)}, max(3, rounds["mid"] // 2), warmup=1)
+        m = interleaved_medians({"one": at(layer, x, dy, 1), "two": at(layer, x, dy, 2)}, max(3, rounds["mid"] // 2),
+                                warmup=1)
         rnnkit.set_num_threads(1)
         record("2-threads-min-cells", f"{name} train {MIN_SHAPE}, 2 threads vs 1", m["two"], "1 thread", m["one"],
                TWO_THREAD_GOAL if availability >= 1.8 else None)

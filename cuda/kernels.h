@@ -416,5 +416,161 @@ struct Dropout {
   }
 };
 
+// ---- zoneout and variational dropout (stack.h; cpu/layer_loop.h is the CPU's form) -------------
+// Zoneout's draws for a body launched in a graphed loop (no floating-point members, graph.h): the
+// stream's key, the integer threshold below which a draw keeps the previous state, p's bits and
+// whether to draw masks (1) or use the expectation p (0).
+struct ZoneoutWords {
+  std::uint64_t key = 0, below = 0;
+  std::int64_t p_bits = 0;
+  index_t masks = 0;
+
+  static ZoneoutWords of(double p, bool masks, std::uint64_t seed, index_t stream) {
+    ZoneoutWords w;
+    w.key = UniformStream(seed, stream).key;
+    w.below = UniformStream::threshold(p);
+    std::memcpy(&w.p_bits, &p, sizeof p);
+    w.masks = masks ? 1 : 0;
+    return w;
+  }
+  // keep * previous + (1 - keep) * new; dL/dprevious gets keep * dL/dstate.
+  template <typename S>
+  RNNKIT_DEVICE S keep(index_t i) const {
+    if (!masks) return S(double_of_bits(p_bits));
+    return (splitmix64(key + static_cast<std::uint64_t>(i)) >> 11) < below ? S(1) : S(0);
+  }
+};
+
+// After a step's cell (and projection): the state h_t = keep * h_{t-1} + (1 - keep) * h_new at
+// valid rows (h_new null: h unzoned), c likewise. Padded rows are StepOutputs'. Over N*H.
+template <typename S>
+struct ZoneoutMix {
+  index_t N, H, P, t;
+  ZoneoutWords zh, zc;
+  const S* h_prev;
+  const S* h_new;
+  S* h_cur;
+  const S* c_prev;
+  const S* c_new;
+  S* c_cur;
+  const index_t* lengths;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    for (index_t i = th.global(); i < N * H; i += th.stride()) {
+      const index_t n = i / H, j = i % H;
+      if (is_padded(lengths, t, n)) continue;
+      if (h_new && j < P) {
+        const S k = zh.keep<S>((t * N + n) * P + j);
+        h_cur[n * P + j] = k * h_prev[n * P + j] + (S(1) - k) * h_new[n * P + j];
+      }
+      if (c_new) {
+        const S k = zc.keep<S>((t * N + n) * H + j);
+        c_cur[n * H + j] = k * c_prev[n * H + j] + (S(1) - k) * c_new[n * H + j];
+      }
+    }
+  }
+};
+
+// Backward of the mix at valid rows, before the cell's backward: keep * dL/dh_t goes to dzone_h
+// (added to dL/dh_{t-1} after the cell: AddCarried), the cell sees the rest in dh_cur (and dproj,
+// the projection's copy of it); c likewise in dc. Over N*H.
+template <typename S>
+struct ZoneoutSplit {
+  index_t N, H, P, t, split_h, split_c;
+  ZoneoutWords zh, zc;
+  S* dh_cur;
+  S* dproj;  // null without a projection
+  S* dzone_h;
+  S* dc;
+  S* dzone_c;
+  const index_t* lengths;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    for (index_t i = th.global(); i < N * H; i += th.stride()) {
+      const index_t n = i / H, j = i % H;
+      if (is_padded(lengths, t, n)) continue;
+      if (split_h && j < P) {
+        const S k = zh.keep<S>((t * N + n) * P + j), g = dh_cur[n * P + j];
+        dzone_h[n * P + j] = k * g;
+        dh_cur[n * P + j] = g - k * g;
+        if (dproj) dproj[n * P + j] = g - k * g;
+      }
+      if (split_c) {
+        const S k = zc.keep<S>((t * N + n) * H + j), g = dc[n * H + j];
+        dzone_c[n * H + j] = k * g;
+        dc[n * H + j] = g - k * g;
+      }
+    }
+  }
+};
+
+// After the cell's backward, at valid rows: dh_next += dzone_h, dc += dzone_c (null: none). Over N*H.
+template <typename S>
+struct AddCarried {
+  index_t N, H, P, t;
+  const S* dzone_h;
+  S* dh_next;
+  const S* dzone_c;
+  S* dc;
+  const index_t* lengths;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    for (index_t i = th.global(); i < N * H; i += th.stride()) {
+      const index_t n = i / H, j = i % H;
+      if (is_padded(lengths, t, n)) continue;
+      if (dzone_h && j < P) dh_next[n * P + j] += dzone_h[n * P + j];
+      if (dzone_c) dc[n * H + j] += dzone_c[n * H + j];
+    }
+  }
+};
+
+// A per-sequence dropout mask [rows, width]: 0 where the draw is below p, else 1/(1-p) (recurrent
+// dropout's [N, P] of a group, input dropout's [N, C] of a layer). Outside the graphed loops.
+template <typename S>
+struct SequenceMask {
+  index_t count;
+  std::uint64_t key, below;
+  double p;
+  S* mask;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    const S scale = S(1.0 / (1.0 - p));
+    for (index_t i = th.global(); i < count; i += th.stride()) {
+      mask[i] = (splitmix64(key + static_cast<std::uint64_t>(i)) >> 11) < below ? S(0) : scale;
+    }
+  }
+};
+
+// v[r * ld + j] (into out, or in place when out is v) times mask[(r % N) * width + j], for rows
+// r < R and j < width: a state times the recurrent mask (R = N), r * h_{t-1} or its gradient in a
+// saved/tmp slot, a layer input [T*N, C] times the input mask (R = T*N). Over R*width.
+template <typename S>
+struct MaskRows {
+  index_t R, N, width, ld, out_ld;
+  const S* mask;
+  const S* v;
+  S* out;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    for (index_t i = th.global(); i < R * width; i += th.stride()) {
+      const index_t r = i / width, j = i % width;
+      out[r * out_ld + j] = v[r * ld + j] * mask[(r % N) * width + j];
+    }
+  }
+};
+
+// dst[i] += v[i] * mask[i], i < count: the recurrent product's gradient through the mask.
+template <typename S>
+struct AddMasked {
+  index_t count;
+  const S* v;
+  const S* mask;
+  S* dst;
+
+  RNNKIT_DEVICE void operator()(const Thread& th) const {
+    for (index_t i = th.global(); i < count; i += th.stride()) dst[i] += v[i] * mask[i];
+  }
+};
+
 }  // namespace cuda
 }  // namespace rnnkit

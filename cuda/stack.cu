@@ -3,6 +3,7 @@
 // all on one stream. The GEMMs are written row-major, as on the CPU, through dev_blas.h's gemm_rm.
 #include "stack.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -56,6 +57,9 @@ struct LayerArgs {  // one layer-direction's call (cpu/layer.h's LayerForwardArg
   const index_t* lengths = nullptr;  // device
   bool reverse = false;
   const CellOptions* options = nullptr;  // the direction's (general cells)
+  // zoneout's and recurrent dropout's masks: the call's dropout seed and this group's streams
+  std::uint64_t seed = 0;
+  index_t group = 0;
   S* y = nullptr;
   index_t y_ld = 0;
   StatePair<S*> state_n;
@@ -66,6 +70,32 @@ struct LayerArgs {  // one layer-direction's call (cpu/layer.h's LayerForwardArg
   S* dx = nullptr;
   bool dx_accumulate = false;
   StatePair<S*> d_state0;
+};
+
+// What a layer-direction's loops need of zoneout and recurrent dropout (LayerShape; stack.h's
+// streams), for both passes.
+template <typename Cell>
+struct Regularisers {
+  bool zone, zone_c, rdrop;
+  ZoneoutWords zh, zc;
+  std::uint64_t seed;
+  index_t group;
+
+  Regularisers(const LayerShape& s, std::uint64_t seed_, index_t group_)
+      : zone(s.zoneout > 0.0), zone_c(Cell::kHasCellState && s.zoneout_cell > 0.0),
+        rdrop(has_recurrent_gemm<Cell>() && s.recurrent_dropout > 0.0),
+        zh(ZoneoutWords::of(s.zoneout, s.zoneout_masks, seed_, kZoneoutStream + group_)),
+        zc(ZoneoutWords::of(s.zoneout_cell, s.zoneout_masks, seed_, kZoneoutCellStream + group_)),
+        seed(seed_), group(group_) {}
+  // Recurrent dropout's mask [N, P] (before the graphed loop).
+  template <typename S>
+  void recurrent_mask(Stream stream, const LayerShape& s, S* mask) const {
+    if (!rdrop) return;
+    const index_t count = s.d.N * s.d.P;
+    RNNKIT_LAUNCH(stream, count, (SequenceMask<S>{count, UniformStream(seed, kRecurrentDropStream + group).key,
+                                                  UniformStream::threshold(s.recurrent_dropout), s.recurrent_dropout,
+                                                  mask}));
+  }
 };
 
 template <typename Cell, typename S>
@@ -87,11 +117,18 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
     if (a.state0.c) copy_elems(st, c_slot(slots.first()), a.state0.c, N * H); else zero_elems(st, c_slot(slots.first()), N * H);
   }
 
+  // Zoneout and recurrent dropout (LayerShape): the cell's new state goes to h_zone/c_zone first
+  // and a mix makes the state; the recurrent product reads the state times the recurrent mask.
+  const Regularisers<Cell> reg(s, a.seed, a.group);
+  const bool zone = reg.zone, zone_c = reg.zone_c, rdrop = reg.rdrop;
+  const ZoneoutWords zh = reg.zh, zc = reg.zc;
+  reg.recurrent_mask(st, s, b.rec_mask);
+
   // Small batches: every step in one persistent launch, where the shape and the device allow.
   bool stepped = false;
   if constexpr (persistent_cell<Cell>()) {
     const PersistentPlan pp = persistent_plan<Cell>(s, sizeof(S), device_limits());
-    if (pp.use) {
+    if (pp.use && !zone && !zone_c && !rdrop) {
       PersistentForward<Cell, S> body{T, N, H, GH, SW, pp.units, pp.split, slots, w.w_hh, b.h_seq, b.c_seq,
                                       b.gates, b.hgates, b.saved, {}, {}};
       body.point = {N, H, P, GH, SW, TW, 0, false, nullptr, b.hgates, b.bias, nullptr, nullptr, nullptr, nullptr,
@@ -113,19 +150,27 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
       S* gates = b.gates + t * N * GH;
       S* saved = b.saved + (s.training ? t * N * SW : 0);
       S* h_full = s.project ? b.h_full + (s.training ? t * N * H : 0) : nullptr;
-      S* h_out = s.project ? h_full : h_cur;
+      S* h_new = zone ? b.h_zone + (s.training ? t * N * P : 0) : h_cur;  // before zoneout's mix
+      S* c_new = zone_c ? b.c_zone + (s.training ? t * N * H : 0) : c_cur;
+      S* h_out = s.project ? h_full : h_new;
+      const S* h_rec = h_prev;  // what the recurrent product reads
+      if (rdrop) {
+        S* dropped = b.h_drop + t * N * P;
+        RNNKIT_LAUNCH(ls, N * P, (MaskRows<S>{N, N, P, P, P, b.rec_mask, h_prev, dropped}));
+        h_rec = dropped;
+      }
 
       // h_{t-1} W_hh^T: into the gates, or beside them for cells that keep the recurrent part apart.
       if constexpr (!has_recurrent_gemm<Cell>()) {
-        // IndRNN applies u itself; minGRU/minLSTM have no recurrent weight.
+        (void)h_rec;  // IndRNN applies u itself; minGRU/minLSTM have no recurrent weight.
       } else if constexpr (Cell::kSeparateRecurrent) {
-        gemm_rm<S>(ls, Op::kN, Op::kT, N, G1, P, S(1), h_prev, P, w.w_hh, P, S(0), b.hgates, GH);
+        gemm_rm<S>(ls, Op::kN, Op::kT, N, G1, P, S(1), h_rec, P, w.w_hh, P, S(0), b.hgates, GH);
       } else {
-        gemm_rm<S>(ls, Op::kN, Op::kT, N, G1, P, S(1), h_prev, P, w.w_hh, P, S(1), gates, GH);
+        gemm_rm<S>(ls, Op::kN, Op::kT, N, G1, P, S(1), h_rec, P, w.w_hh, P, S(1), gates, GH);
       }
       auto pointwise = [&](auto stage) {
         ForwardPointwise<Cell, S, decltype(stage)::value> f{N, H, P, GH, SW, TW, t, s.project, gates, b.hgates,
-                                                           b.bias, h_prev, c_prev, h_out, c_cur, saved, b.tmp,
+                                                           b.bias, h_prev, c_prev, h_out, c_new, saved, b.tmp,
                                                            a.lengths};
         if constexpr (Cell::kOptions) {
           f.options = CellOptionWords::of(*a.options);
@@ -142,13 +187,19 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
         });
       } else if constexpr (Cell::kTwoStage) {
         point(std::integral_constant<Stage, Stage::kFirst>{});
+        // Recurrent dropout reaches the candidate's product through r * h_{t-1} (as Keras).
+        if (rdrop) RNNKIT_LAUNCH(ls, N * H, (MaskRows<S>{N, N, H, SW, SW, b.rec_mask, saved, saved}));
         // gates(n) += (r * h_{t-1}) W_hn^T, with r * h_{t-1} in saved slot 0.
         gemm_rm<S>(ls, Op::kN, Op::kT, N, GH - G1, P, S(1), saved, SW, w.w_hh + G1 * P, P, S(1), gates + G1, GH);
         point(std::integral_constant<Stage, Stage::kSecond>{});
       } else {
         point(std::integral_constant<Stage, Stage::kWhole>{});
       }
-      if (s.project) gemm_rm<S>(ls, Op::kN, Op::kT, N, P, H, S(1), h_full, H, w.w_hr, H, S(0), h_cur, P);
+      if (s.project) gemm_rm<S>(ls, Op::kN, Op::kT, N, P, H, S(1), h_full, H, w.w_hr, H, S(0), h_new, P);
+      if (zone || zone_c) {
+        RNNKIT_LAUNCH(ls, N * H, (ZoneoutMix<S>{N, H, P, t, zh, zc, h_prev, zone ? h_new : nullptr, h_cur, c_prev,
+                                                zone_c ? c_new : nullptr, c_cur, a.lengths}));
+      }
       RNNKIT_LAUNCH(ls, N * H, (StepOutputs<S>{N, H, P, t, a.y_ld, h_prev, h_cur, c_prev, c_cur, a.y, a.lengths}));
     }
   };
@@ -195,12 +246,22 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
     zero_elems(st, b.partials, N * s.partial_width);
   }
 
+  // The regularisers, as the forward's.
+  const Regularisers<Cell> reg(s, a.seed, a.group);
+  const bool zone = reg.zone, zone_c = reg.zone_c, rdrop = reg.rdrop;
+  const ZoneoutWords zh = reg.zh, zc = reg.zc;
+  reg.recurrent_mask(st, s, b.rec_mask);
+
   // The per-step launches, run as one CUDA graph (graph.h): nothing but launches in here.
   auto steps = [&](Stream ls) {
     for (index_t i = T - 1; i >= 0; --i) {
       const index_t t = slots.step(i);
       S* dproj = s.project ? b.dh_proj + t * N * P : nullptr;
       RNNKIT_LAUNCH(ls, N * P, (StepStateGrad<S>{N, P, t, a.dy_ld, dh_next, a.dy, dh_cur, dproj, a.lengths}));
+      if (zone || zone_c) {
+        RNNKIT_LAUNCH(ls, N * H, (ZoneoutSplit<S>{N, H, P, t, zone ? 1 : 0, zone_c ? 1 : 0, zh, zc, dh_cur, dproj,
+                                                  b.dzone_h, b.dc, b.dzone_c, a.lengths}));
+      }
       const S* dh_cell = dh_cur;
       if (s.project) {
         gemm_rm<S>(ls, Op::kN, Op::kN, N, H, P, S(1), dproj, P, w.w_hr, H, S(0), b.dh_full, H);
@@ -208,12 +269,13 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
       }
       S* gates = b.gates + t * N * GH;
       S* saved = b.saved + t * N * SW;
-      S* h_cell = s.project ? b.h_full + t * N * H : h_slot(slots.cur(t));
+      S* h_cell = s.project ? b.h_full + t * N * H : (zone ? b.h_zone + t * N * P : h_slot(slots.cur(t)));
+      const S* c_cell = Cell::kHasCellState ? (zone_c ? b.c_zone + t * N * H : c_slot(slots.cur(t))) : nullptr;
       S* dhgates = Cell::kSeparateRecurrent ? b.dhgates + t * N * GH : nullptr;
       auto pointwise = [&](auto stage) {
         BackwardPointwise<Cell, S, decltype(stage)::value> k{
             N, H, P, GH, SW, TW, t, gates, h_slot(slots.prev(t)), Cell::kHasCellState ? c_slot(slots.prev(t)) : nullptr,
-            h_cell, Cell::kHasCellState ? c_slot(slots.cur(t)) : nullptr, saved, b.tmp, dh_cell, dh_cur, b.dc,
+            h_cell, c_cell, saved, b.tmp, dh_cell, dh_cur, b.dc,
             b.dgates, dhgates, dh_next, a.lengths};
         if constexpr (Cell::kOptions) {
           k.options = CellOptionWords::of(*a.options);
@@ -240,16 +302,27 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
         point(std::integral_constant<Stage, Stage::kSecond>{});
         // tmp(0) = dL/d(r*h_{t-1}) = dgates(n) W_hn.
         gemm_rm<S>(ls, Op::kN, Op::kN, N, P, GH - G1, S(1), b.dgates + G1, GH, w.w_hh + G1 * P, P, S(0), b.tmp, TW);
+        // The forward's r * h_{t-1} was masked (recurrent dropout): so is its gradient.
+        if (rdrop) RNNKIT_LAUNCH(ls, N * H, (MaskRows<S>{N, N, H, TW, TW, b.rec_mask, b.tmp, b.tmp}));
         point(std::integral_constant<Stage, Stage::kFirst>{});
       } else {
         point(std::integral_constant<Stage, Stage::kWhole>{});
+      }
+      if (zone || zone_c) {
+        RNNKIT_LAUNCH(ls, N * H, (AddCarried<S>{N, H, P, t, zone ? b.dzone_h : nullptr, dh_next,
+                                                zone_c ? b.dzone_c : nullptr, b.dc, a.lengths}));
       }
       // The step's gates are done with: their gradients take their place (or their own buffer).
       copy_elems(ls, dall + t * N * GH, b.dgates, N * GH);
       // dL/dh_{t-1} += d(recurrent pre-activations) W_hh (IndRNN: the cell wrote all of it).
       if constexpr (has_recurrent_gemm<Cell>()) {
-        gemm_rm<S>(ls, Op::kN, Op::kN, N, P, G1, S(1), Cell::kSeparateRecurrent ? drec_all + t * N * GH : b.dgates,
-                   GH, w.w_hh, P, S(1), dh_next, P);
+        const S* drec = Cell::kSeparateRecurrent ? drec_all + t * N * GH : b.dgates;
+        if (rdrop) {  // h_{t-1} entered the product masked: its gradient from there is masked too
+          gemm_rm<S>(ls, Op::kN, Op::kN, N, P, G1, S(1), drec, GH, w.w_hh, P, S(0), b.drec, P);
+          RNNKIT_LAUNCH(ls, N * P, (AddMasked<S>{N * P, b.drec, b.rec_mask, dh_next}));
+        } else {
+          gemm_rm<S>(ls, Op::kN, Op::kN, N, P, G1, S(1), drec, GH, w.w_hh, P, S(1), dh_next, P);
+        }
       }
     }
   };
@@ -260,7 +333,8 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
   }
 
   // The weight gradients, one GEMM each over all T*N rows (ACCUMULATED), the bias column sums, dx.
-  const S* h_prev_all = h_slot(slots.reverse ? 1 : 0);  // h_{t-1} for every t, in time order
+  // h_{t-1} for every t, in time order (recurrent dropout: the masked copies the products read)
+  const S* h_prev_all = rdrop ? b.h_drop : h_slot(slots.reverse ? 1 : 0);
   gemm_rm<S>(st, Op::kT, Op::kN, GH, C, TN, S(1), dall, GH, a.x, C, S(1), g.w_ih, C);
   if constexpr (Cell::kTwoStage) {
     gemm_rm<S>(st, Op::kT, Op::kN, G1, P, TN, S(1), dall, GH, h_prev_all, P, S(1), g.w_hh, P);
@@ -294,6 +368,23 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
   if (a.dx) {
     gemm_rm<S>(st, Op::kN, Op::kN, TN, C, GH, S(1), dall, GH, w.w_ih, C, a.dx_accumulate ? S(1) : S(0), a.dx, C);
   }
+}
+
+index_t widest_layer_input(const StackConfig& cfg) {
+  index_t widest = cfg.input_size;
+  for (index_t l = 1; l < cfg.num_layers; ++l) widest = std::max(widest, cfg.layer_input_size(l));
+  return widest;
+}
+
+// Input dropout of layer l: its per-sequence mask [N, C_l] into `mask`, then v [T*N, C_l] (a layer
+// input in the cache, or its gradient) times it in place (cpu/stack.cpp's input_dropout).
+template <typename S>
+void input_dropout(Stream stream, const StackConfig& cfg, std::uint64_t seed, index_t l, index_t TN, index_t N,
+                   S* mask, S* v) {
+  const index_t C = cfg.layer_input_size(l);
+  RNNKIT_LAUNCH(stream, N * C, (SequenceMask<S>{N * C, UniformStream(seed, kInputDropStream + l).key,
+                                                UniformStream::threshold(cfg.input_dropout), cfg.input_dropout, mask}));
+  RNNKIT_LAUNCH(stream, TN * C, (MaskRows<S>{TN, N, C, C, C, mask, v, v}));
 }
 
 template <typename Ptr>
@@ -344,15 +435,6 @@ CudaStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool trai
     throw_expected("precision", "'float32' on device cuda (precision='bfloat16' runs on the CPU only so far)",
                    "'bfloat16'");
   }
-  // Zoneout and variational dropout run in the CPU loops only so far: refused here rather than
-  // ignored (zoneout changes inference too; the dropouts only training).
-  const auto refuse = [](const char* name, double p) {
-    throw_expected(name, "0 on device cuda (it runs on the CPU backend only so far)", p);
-  };
-  if (cfg.zoneout > 0.0) refuse("zoneout", cfg.zoneout);
-  if (cfg.zoneout_cell > 0.0) refuse("zoneout_cell", cfg.zoneout_cell);
-  if (training && cfg.input_dropout > 0.0) refuse("input_dropout", cfg.input_dropout);
-  if (training && cfg.recurrent_dropout > 0.0) refuse("recurrent_dropout", cfg.recurrent_dropout);
   p.shape = stack_layer_shape(cfg, T, N, training);
   p.shape.keep_cache = keep_cache;
   p.layer_kept = layer_buffer_elems(p.shape, kKept);
@@ -420,11 +502,15 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
   }
   outputs[L - 1] = args.y;
 
+  // Input dropout (variational): each layer's input in the cache times its per-sequence mask.
+  const bool drop_inputs = training && cfg.input_dropout > 0.0;
+  DeviceBuffer<S> input_mask(drop_inputs ? N * widest_layer_input(cfg) : 0, "input dropout mask");
   dispatch_cell(cfg.kernel_cell(), [&](auto cell) {
     using Cell = decltype(cell);
     LayerShape shape = plan.shape;
     for (index_t l = 0; l < L; ++l) {
       shape.d.C = cfg.layer_input_size(l);
+      if (drop_inputs) input_dropout(stream, cfg, args.dropout_seed, l, TN, N, input_mask.data(), const_cast<S*>(inputs[l]));
       for (index_t d = 0; d < D; ++d) {
         const index_t g = l * D + d;
         LayerArgs<S> la;
@@ -434,6 +520,8 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
         la.lengths = lengths;
         la.reverse = cfg.runs_reverse(d);
         la.options = &cfg.options[d];
+        la.seed = args.dropout_seed;
+        la.group = g;
         la.y = outputs[l] + d * P;
         la.y_ld = D * P;
         la.state_n = group_state(args.state_n, g, N, P, H);
@@ -490,6 +578,7 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
     if (spec.role == ParamRole::kWHh) w_hh_numel = spec.numel();
   }
   DeviceBuffer<S> w_hh_grad(cfg.weight_dropout > 0.0 ? w_hh_numel : 0, "weight drop gradient");
+  DeviceBuffer<S> input_mask(cfg.input_dropout > 0.0 ? N * widest_layer_input(cfg) : 0, "input dropout mask");
 
   dispatch_cell(cfg.kernel_cell(), [&](auto cell) {
     using Cell = decltype(cell);
@@ -506,6 +595,8 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
         la.lengths = lengths;
         la.reverse = cfg.runs_reverse(d);
         la.options = &cfg.options[d];
+        la.seed = cache.dropout_seed;
+        la.group = g;
         la.dy = d_out ? d_out + d * P : nullptr;
         la.dy_ld = D * P;
         la.d_state_n = group_state(args.d_state_n, g, N, P, H);
@@ -523,6 +614,7 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
                                                            w_hh_grad.data(), (*args.grads)[g].w_hh, 1}));
         }
       }
+      if (cfg.input_dropout > 0.0 && d_in) input_dropout(stream, cfg, cache.dropout_seed, l, TN, N, input_mask.data(), d_in);
       if (l > 0) {
         if (cfg.dropout > 0.0) {
           RNNKIT_LAUNCH(stream, between, (Dropout<S>{between, l - 1, cfg.dropout, cache.dropout_seed, d_in}));

@@ -23,7 +23,7 @@ import pytest
 
 import rnnkit
 from rnnkit import _core
-from reference import sigmoid
+from reference import assert_cuda_agrees, sigmoid
 from test_gradients import check_all_gradients
 
 ZONEOUT_STREAM = 2 << 40       # stack.h's kZoneoutStream (+ group)
@@ -387,12 +387,23 @@ def test_cli_trains_with_them(tmp_path):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not rnnkit.cuda.is_available(), reason="no CUDA backend here (a GPU or the emulation build)")
-def test_the_cuda_backend_refuses_them_by_name(rng):
-    layer = make("lstm", zoneout=0.2).to("cuda")
-    with pytest.raises(ValueError, match="zoneout: expected 0 on device cuda"):
-        layer(rng.standard_normal((4, 2, 3)))
-    layer = make("gru", recurrent_dropout=0.2).to("cuda")
-    with pytest.raises(ValueError, match="recurrent_dropout: expected 0 on device cuda"):
-        layer(rng.standard_normal((4, 2, 3)))
-    layer.eval()  # eval mode draws no masks: the CUDA backend runs it
-    assert layer(rng.standard_normal((4, 2, 3)))[0].shape == (4, 2, 4)
+@pytest.mark.parametrize("name", list(CELLS))
+def test_the_cuda_backend_agrees(name, rng):
+    assert_cuda_agrees(lambda: make(name, num_layers=2, bidirectional=True, **regularisers(name)), rng)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not rnnkit.cuda.is_available(), reason="no CUDA backend here (a GPU or the emulation build)")
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "IndRNN", "MinGRU"])
+def test_the_cuda_backend_agrees_for_the_other_cells(cls, rng):
+    kw = {"zoneout": 0.3, "input_dropout": 0.2, **({"zoneout_cell": 0.4} if cls == "LayerNormLSTM" else {})}
+    assert_cuda_agrees(lambda: getattr(rnnkit, cls)(3, 4, num_layers=2, dtype="float64", seed=4, **kw), rng)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not rnnkit.cuda.is_available(), reason="no CUDA backend here (a GPU or the emulation build)")
+def test_cuda_eval_mode_is_the_expectation(rng):
+    layer = make("lstm", zoneout=0.3, zoneout_cell=0.2, recurrent_dropout=0.3).eval()
+    dev = make("lstm", zoneout=0.3, zoneout_cell=0.2, recurrent_dropout=0.3).to("cuda").eval()
+    x = rng.standard_normal((5, 2, 3))
+    np.testing.assert_allclose(rnnkit.to_numpy(dev(x)[0]), layer(x)[0], rtol=1e-12, atol=1e-14)

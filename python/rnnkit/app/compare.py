@@ -45,7 +45,11 @@ CELLS = {
     "gru": ("gru", {}, "GRU", "GRU", "tab:red", "-", "v"),
     "ln_lstm": ("ln_lstm", {"forget_bias": 1.0}, "LayerNorm LSTM, forget bias 1", "LN-LSTM", "tab:green", "--", "D"),
     "ln_gru": ("ln_gru", {}, "LayerNorm GRU", "LN-GRU", "tab:purple", "--", "x"),
-    "indrnn": ("indrnn", {"recurrent_max_abs": 1.0}, "IndRNN (ReLU), u kept in [-1, 1]", "IndRNN", "tab:brown", ":", "P"),
+    # Two layers, as Li et al. (2018) run IndRNN on the adding problem: one layer of independent
+    # units stays at the baseline at T=200 (final MSE 0.197, seed 0, lr 0.01 and 2e-3); two solve it
+    # by step 550 (seeds 0-2).
+    "indrnn": ("indrnn", {"recurrent_max_abs": 1.0, "num_layers": 2}, "IndRNN (ReLU), 2 layers, u kept in [-1, 1]",
+               "IndRNN", "tab:brown", ":", "P"),
     "mingru": ("mingru", {}, "minGRU", "minGRU", "tab:pink", ":", "*"),
     "minlstm": ("minlstm", {}, "minLSTM", "minLSTM", "tab:olive", ":", "h"),
 }
