@@ -322,6 +322,39 @@ def test_thread_teams_agree(rng):
         np.testing.assert_allclose(results[0][1][k], results[1][1][k], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("cls, kw", [
+    ("LSTM", {"zoneout": 0.3, "zoneout_cell": 0.3, "recurrent_dropout": 0.3, "input_dropout": 0.3,
+              "weight_dropout": 0.2}),
+    ("GRU", {"reset_after": False, "zoneout": 0.3, "recurrent_dropout": 0.3, "input_dropout": 0.3}),
+    ("MinGRU", {"zoneout": 0.3, "input_dropout": 0.3}),
+])
+def test_deterministic_mode_stays_bitwise_across_thread_counts(cls, kw, rng):
+    x = rng.standard_normal((9, 40, 30)).astype(np.float32)
+    dy = rng.standard_normal((9, 40, 2 * 48)).astype(np.float32)
+    lengths = rng.integers(1, 10, 40)
+    before = rnnkit.get_num_threads()
+    rnnkit.set_deterministic(True)
+    _core._set_min_parallel_step_work(0)
+    results = []
+    try:
+        for n in (1, 2, 3):
+            rnnkit.set_num_threads(n)
+            layer = getattr(rnnkit, cls)(30, 48, num_layers=2, bidirectional=True, seed=3, **kw)
+            layer.dropout_rng = np.random.default_rng(8)
+            y, _ = layer(x, None, lengths)
+            dx, _ = layer.backward(dy)
+            results.append((y, dx, dict(layer.grads)))
+    finally:
+        rnnkit.set_deterministic(False)
+        rnnkit.set_num_threads(before)
+        _core._set_min_parallel_step_work(1 << 19)
+    for y, dx, grads in results[1:]:
+        np.testing.assert_array_equal(y, results[0][0])
+        np.testing.assert_array_equal(dx, results[0][1])
+        for k, g in grads.items():
+            np.testing.assert_array_equal(g, results[0][2][k], err_msg=k)
+
+
 @pytest.mark.parametrize("key", ["zoneout", "zoneout_cell", "input_dropout", "recurrent_dropout"])
 @pytest.mark.parametrize("value", [1.0, -0.1, 1.5])
 def test_bad_probabilities_are_refused(key, value):
