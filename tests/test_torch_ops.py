@@ -678,6 +678,8 @@ ONNX_CASES = [
                    activations=("HardSigmoid", "Tanh", "Softsign"), activation_alpha=(0.25, None, None))),
     (rt.GRU, dict(reset_after=False, activations=("Sigmoid", "Elu"), activation_alpha=(None, 0.7), clip=2.0)),
     (rt.RNN, dict(activations=("Softplus",), bidirectional=True)),
+    # Eval mode draws no dropout masks (issue 15): the weights are the function.
+    (rt.GRU, dict(weight_dropout=0.3, input_dropout=0.2, recurrent_dropout=0.3)),
 ]
 # ONNX Runtime's float32 kernels against rnnkit's: the same math, summed in another order.
 ONNX_RUNTIME_ATOL = 1e-5
@@ -721,7 +723,9 @@ def test_dynamo_onnx_export_writes_standard_nodes_that_onnxruntime_runs(cls, opt
     (lambda: rt.LayerNormLSTM(C, H).eval(), "LayerNorm cells have none"),
     (lambda: rt.LSTM(C, H, proj_size=2).eval(), "proj_size=0"),
     (lambda: rt.LSTM(C, H, 2, dropout=0.5).train(), "model.eval"),
-], ids=["layernorm", "proj", "dropout"])
+    (lambda: rt.GRU(C, H, zoneout=0.2).eval(), "expected no zoneout"),
+    (lambda: rt.LSTM(C, H, recurrent_dropout=0.2).train(), "no weight, input or recurrent dropout"),
+], ids=["layernorm", "proj", "dropout", "zoneout", "recurrent_dropout"])
 def test_dynamo_onnx_export_refuses_what_onnx_cannot_express(make, match):
     module = make()
     with pytest.raises(Exception, match=match):
