@@ -175,8 +175,8 @@ class BackwardLoop {
     };
     // After the cell's backward of row n: zoneout's carried parts join dL/dh_{t-1}, dL/dc_{t-1}.
     auto add_carried = [&](index_t n) {
-      if (zone_) Vec<S>(dh_next_ + n * P, P) += ConstVec<S>(b_.dzone_h + n * P, P);
-      if (zone_c_) Vec<S>(b_.dc + n * H, H) += ConstVec<S>(b_.dzone_c + n * H, H);
+      if (zone_) add_elements<S>(dh_next_ + n * P, b_.dzone_h + n * P, nullptr, 0, P);
+      if (zone_c_) add_elements<S>(b_.dc + n * H, b_.dzone_c + n * H, nullptr, 0, H);
     };
 
     if constexpr (Plan::kTwoStage) {
@@ -193,7 +193,7 @@ class BackwardLoop {
         if (padded(t, n)) continue;
         point_row(n);
         // The forward's r * h_{t-1} was masked (recurrent dropout): so is its gradient.
-        if (rdrop_) Vec<S>(row_.tmp_, H) *= ConstVec<S>(b_.rec_mask + n * P, H);
+        if (rdrop_) mask_elements(row_.tmp_, row_.tmp_, b_.rec_mask + n * P, 0, H);
         Cell::backward_stage1(row_);
         add_carried(n);
       }
@@ -218,7 +218,7 @@ class BackwardLoop {
         // h_{t-1} entered the product masked: its gradient from there is masked too.
         g.rec.multiply(N, drec, GH, S(0), b_.drec, P);
         tc.barrier();
-        for (index_t i = n0 * P; i < n1 * P; ++i) dh_next_[i] += b_.drec[i] * b_.rec_mask[i];
+        add_elements<S>(dh_next_, b_.drec, b_.rec_mask, n0 * P, n1 * P);
       } else {
         g.rec.multiply(N, drec, GH, S(1), dh_next_, P);
       }

@@ -87,9 +87,7 @@ class ForwardLoop {
 
   // Row t of h_drop, rows [n0, n1): the state before step t times the recurrent mask.
   void store_dropped_state(index_t t, const S* state, index_t n0, index_t n1) const {
-    const index_t P = p_.P;
-    S* out = b_.h_drop + t * p_.N * P;
-    for (index_t i = n0 * P; i < n1 * P; ++i) out[i] = state[i] * b_.rec_mask[i];
+    mask_elements(b_.h_drop + t * p_.N * p_.P, state, b_.rec_mask, n0 * p_.P, n1 * p_.P);
   }
 
   // Phase 2, one step at time t.
@@ -143,7 +141,7 @@ class ForwardLoop {
       if constexpr (Plan::kTwoStage) {
         Cell::forward_stage1(row_);
         // Recurrent dropout reaches the candidate's product through r * h_{t-1} (as Keras).
-        if (rdrop_) Vec<S>(row_.saved_, H) *= ConstVec<S>(b_.rec_mask + n * P, H);
+        if (rdrop_) mask_elements(row_.saved_, row_.saved_, b_.rec_mask + n * P, 0, H);
       } else {
         Cell::forward(row_);
       }
