@@ -501,23 +501,23 @@ class StackOptions:
         self.peephole = onnx_options.peephole
         self.coupled_gates = onnx_options.coupled_gates
         self._cell_options = onnx_options.spec  # plain values only: a module pickles under weights_only
+        p: Dict[str, float] = {}
         for key in REGULARISERS:
-            p = V.check_probability(key, options.get(key, 0.0))
-            if p >= 1.0:
-                raise ValueError(f"{key}: expected a probability in [0, 1), got {p}")
-            setattr(self, key, p)
-        #: weight_dropout: DropConnect on the recurrent weights (AWD-LSTM's weight drop): in
-        #: training, one mask on W_hh per forward call, the kept weights scaled by 1/(1-p).
-        #: zoneout, zoneout_cell: in training each unit of h (of an LSTM's c) keeps its previous
-        #: value with probability p, a new mask every step; in eval mode p * previous + (1-p) * new.
-        #: input_dropout, recurrent_dropout: variational dropout, one mask per sequence for all
-        #: steps, on every layer's input and on h_{t-1} where it enters W_hh; training only.
-        #: The masks come from ``dropout_rng`` (one seed per training forward); eval mode draws none.
-        self.weight_dropout: float
-        self.zoneout: float
-        self.zoneout_cell: float
-        self.input_dropout: float
-        self.recurrent_dropout: float
+            p[key] = V.check_probability(key, options.get(key, 0.0))
+            if p[key] >= 1.0:
+                raise ValueError(f"{key}: expected a probability in [0, 1), got {p[key]}")
+        # The masks come from ``dropout_rng`` (one seed per training forward); eval mode draws none.
+        #: DropConnect on the recurrent weights (AWD-LSTM's weight drop): in training, one mask on
+        #: W_hh per forward call, the kept weights scaled by 1/(1-p).
+        self.weight_dropout = p["weight_dropout"]
+        #: Zoneout of h (of an LSTM's c): in training each unit keeps its previous value with
+        #: probability p, a new mask every step; in eval mode p * previous + (1-p) * new.
+        self.zoneout = p["zoneout"]
+        self.zoneout_cell = p["zoneout_cell"]
+        #: Variational dropout: one mask per sequence for all steps, on every layer's input and on
+        #: h_{t-1} where it enters W_hh; training only.
+        self.input_dropout = p["input_dropout"]
+        self.recurrent_dropout = p["recurrent_dropout"]
         if self.zoneout_cell > 0 and not spec.has_cell_state:
             raise ValueError(f"zoneout_cell: expected 0 for {spec.name} (it has no cell state; zoneout= is h's), "
                              f"got {self.zoneout_cell}")
