@@ -440,3 +440,29 @@ def test_cuda_eval_mode_is_the_expectation(rng):
     dev = make("lstm", zoneout=0.3, zoneout_cell=0.2, recurrent_dropout=0.3).to("cuda").eval()
     x = rng.standard_normal((5, 2, 3))
     np.testing.assert_allclose(rnnkit.to_numpy(dev(x)[0]), layer(x)[0], rtol=1e-12, atol=1e-14)
+
+
+# precision="bfloat16" rounds the GEMMs' operands only; the regularisers are elementwise on float32
+# values, the same masks: the bf16 layer against the float64 one with the same weights and masks,
+# norm-wise (test_bf16.py's tolerance for a 2-layer bidirectional stack).
+BF16_VS_F64_RTOL = 1e-2
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_before"])
+def test_bfloat16_layers_take_them(name, rng):
+    from reference import relative_error
+
+    kw = regularisers(name)
+    exact = make(name, num_layers=2, bidirectional=True, **kw)
+    fast = getattr(rnnkit, CELLS[name][0])(3, 4, dtype="float32", precision="bfloat16", num_layers=2,
+                                          bidirectional=True, **CELLS[name][1], **kw)
+    fast.load_state_dict({k: v.astype(np.float32) for k, v in exact.state_dict().items()})
+    x = rng.standard_normal((6, 3, 3))
+    dy = rng.standard_normal((6, 3, 8))
+    y64, _, _ = run(exact, x)
+    y16, _, _ = run(fast, x.astype(np.float32))
+    assert relative_error(y16, y64) < BF16_VS_F64_RTOL
+    exact.backward(dy)
+    fast.backward(dy.astype(np.float32))
+    for k in exact.grads:
+        assert relative_error(fast.grads[k], exact.grads[k]) < BF16_VS_F64_RTOL, k
