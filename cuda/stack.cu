@@ -3,7 +3,6 @@
 // all on one stream. The GEMMs are written row-major, as on the CPU, through dev_blas.h's gemm_rm.
 #include "stack.h"
 
-#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -370,12 +369,6 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
   }
 }
 
-index_t widest_layer_input(const StackConfig& cfg) {
-  index_t widest = cfg.input_size;
-  for (index_t l = 1; l < cfg.num_layers; ++l) widest = std::max(widest, cfg.layer_input_size(l));
-  return widest;
-}
-
 // Input dropout of layer l: its per-sequence mask [N, C_l] into `mask`, then v [T*N, C_l] (a layer
 // input in the cache, or its gradient) times it in place (cpu/stack.cpp's input_dropout).
 template <typename S>
@@ -504,7 +497,7 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
 
   // Input dropout (variational): each layer's input in the cache times its per-sequence mask.
   const bool drop_inputs = training && cfg.input_dropout > 0.0;
-  DeviceBuffer<S> input_mask(drop_inputs ? N * widest_layer_input(cfg) : 0, "input dropout mask");
+  DeviceBuffer<S> input_mask(drop_inputs ? N * cfg.widest_layer_input() : 0, "input dropout mask");
   dispatch_cell(cfg.kernel_cell(), [&](auto cell) {
     using Cell = decltype(cell);
     LayerShape shape = plan.shape;
@@ -578,7 +571,7 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
     if (spec.role == ParamRole::kWHh) w_hh_numel = spec.numel();
   }
   DeviceBuffer<S> w_hh_grad(cfg.weight_dropout > 0.0 ? w_hh_numel : 0, "weight drop gradient");
-  DeviceBuffer<S> input_mask(cfg.input_dropout > 0.0 ? N * widest_layer_input(cfg) : 0, "input dropout mask");
+  DeviceBuffer<S> input_mask(cfg.input_dropout > 0.0 ? N * cfg.widest_layer_input() : 0, "input dropout mask");
 
   dispatch_cell(cfg.kernel_cell(), [&](auto cell) {
     using Cell = decltype(cell);

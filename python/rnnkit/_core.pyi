@@ -18,7 +18,7 @@ class StackConfig:
     """
     Configuration of a layer stack (see stack.h).
     """
-    def __init__(self, mode: str, input_size: typing.SupportsInt | typing.SupportsIndex, hidden_size: typing.SupportsInt | typing.SupportsIndex, num_layers: typing.SupportsInt | typing.SupportsIndex = 1, bidirectional: bool = False, proj_size: typing.SupportsInt | typing.SupportsIndex = 0, bias: bool = True, dropout: typing.SupportsFloat | typing.SupportsIndex = 0.0, precision: str = 'float32', reverse: bool = False, cell_options: str = '', weight_dropout: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> None:
+    def __init__(self, mode: str, input_size: typing.SupportsInt | typing.SupportsIndex, hidden_size: typing.SupportsInt | typing.SupportsIndex, num_layers: typing.SupportsInt | typing.SupportsIndex = 1, bidirectional: bool = False, proj_size: typing.SupportsInt | typing.SupportsIndex = 0, bias: bool = True, dropout: typing.SupportsFloat | typing.SupportsIndex = 0.0, precision: str = 'float32', reverse: bool = False, cell_options: str = '', weight_dropout: typing.SupportsFloat | typing.SupportsIndex = 0.0, zoneout: typing.SupportsFloat | typing.SupportsIndex = 0.0, zoneout_cell: typing.SupportsFloat | typing.SupportsIndex = 0.0, input_dropout: typing.SupportsFloat | typing.SupportsIndex = 0.0, recurrent_dropout: typing.SupportsFloat | typing.SupportsIndex = 0.0, zoneout_expected: bool = False) -> None:
         ...
     def param_specs(self) -> list:
         """
@@ -64,6 +64,24 @@ class StackConfig:
         ...
     @property
     def proj_size(self) -> int:
+        ...
+    @property
+    def weight_dropout(self) -> float:
+        ...
+    @property
+    def zoneout(self) -> float:
+        ...
+    @property
+    def zoneout_cell(self) -> float:
+        ...
+    @property
+    def input_dropout(self) -> float:
+        ...
+    @property
+    def recurrent_dropout(self) -> float:
+        ...
+    @property
+    def zoneout_expected(self) -> bool:
         ...
 class DeviceArray:
     """

@@ -19,6 +19,7 @@
 // No output may alias an input.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -75,6 +76,8 @@ struct StackConfig {
     return layer == 0 ? input_size : num_directions * state_size();
   }
   index_t groups() const { return num_layers * num_directions; }
+  // The widest layer input (the size of input dropout's per-layer mask rows).
+  index_t widest_layer_input() const { return num_layers > 1 ? std::max(input_size, layer_input_size(1)) : input_size; }
   // Whether direction d of a layer (1: a bidirectional stack's second) runs t = T-1 ... 0.
   bool runs_reverse(index_t d) const { return d == 1 || reverse; }
   LayerDims layer_dims(index_t layer, index_t T, index_t N) const {
@@ -199,6 +202,12 @@ constexpr index_t kZoneoutStream = index_t(2) << 40;
 constexpr index_t kZoneoutCellStream = index_t(3) << 40;
 constexpr index_t kRecurrentDropStream = index_t(4) << 40;
 constexpr index_t kInputDropStream = index_t(5) << 40;
+
+// Variational dropout's per-sequence masks (input and recurrent): mask[i] = 0 where element i of
+// the stream is dropped (u < p), else 1/(1-p), for i in [begin, end). Host code (float, double);
+// the CUDA backend's SequenceMask kernel draws the same.
+template <typename S>
+void fill_dropout_mask(std::uint64_t seed, index_t stream, double p, index_t begin, index_t end, S* mask);
 
 // The LayerShape of a stack's layers for a call: layer_shape, with the regularisers the call applies.
 LayerShape stack_layer_shape(const StackConfig& cfg, index_t T, index_t N, bool training);

@@ -25,21 +25,19 @@ void check_stack_config(const StackConfig& cfg) {
     throw_expected("proj_size", concat("less than hidden_size (", cfg.hidden_size, ")"), cfg.proj_size);
   }
   if (!(cfg.dropout >= 0.0 && cfg.dropout <= 1.0)) throw_expected("dropout", "a probability in [0, 1]", cfg.dropout);
-  if (!(cfg.weight_dropout >= 0.0 && cfg.weight_dropout < 1.0)) {
-    throw_expected("weight_dropout", "a probability in [0, 1)", cfg.weight_dropout);
-  }
-  if (cfg.weight_dropout > 0.0 && cell_info(cfg.cell).no_recurrent_weight) {
-    throw_expected("weight_dropout", concat("0 for cell ", cell_name(cfg.cell), " (it has no recurrent weight)"),
-                   cfg.weight_dropout);
-  }
   const auto check_probability = [](const char* name, double p) {
     if (!(p >= 0.0 && p < 1.0)) throw_expected(name, "a probability in [0, 1)", p);
   };
+  check_probability("weight_dropout", cfg.weight_dropout);
   check_probability("zoneout", cfg.zoneout);
   check_probability("zoneout_cell", cfg.zoneout_cell);
   check_probability("input_dropout", cfg.input_dropout);
   check_probability("recurrent_dropout", cfg.recurrent_dropout);
   const CellInfo info = cell_info(cfg.cell);
+  if (cfg.weight_dropout > 0.0 && info.no_recurrent_weight) {
+    throw_expected("weight_dropout", concat("0 for cell ", cell_name(cfg.cell), " (it has no recurrent weight)"),
+                   cfg.weight_dropout);
+  }
   if (cfg.zoneout_cell > 0.0 && !info.has_cell_state) {
     throw_expected("zoneout_cell", concat("0 for cell ", cell_name(cfg.cell), " (it has no cell state; zoneout= is h's)"),
                    cfg.zoneout_cell);
@@ -50,6 +48,16 @@ void check_stack_config(const StackConfig& cfg) {
                    cfg.recurrent_dropout);
   }
 }
+
+template <typename S>
+void fill_dropout_mask(std::uint64_t seed, index_t stream, double p, index_t begin, index_t end, S* mask) {
+  const UniformStream u(seed, stream);
+  const std::uint64_t below = UniformStream::threshold(p);
+  const S scale = S(1.0 / (1.0 - p));
+  for (index_t i = begin; i < end; ++i) mask[i] = u.below(i, below) ? S(0) : scale;
+}
+template void fill_dropout_mask<float>(std::uint64_t, index_t, double, index_t, index_t, float*);
+template void fill_dropout_mask<double>(std::uint64_t, index_t, double, index_t, index_t, double*);
 
 LayerShape stack_layer_shape(const StackConfig& cfg, index_t T, index_t N, bool training) {
   LayerShape s = layer_shape(cfg.kernel_cell(), cfg.layer_dims(0, T, N), training);

@@ -80,7 +80,7 @@ class BackwardLoop {
     if constexpr (kPartials) {
       zero_n(b_.partials + n0 * p_.s.partial_width, (n1 - n0) * p_.s.partial_width);
     }
-    if (rdrop_) recurrent_mask_rows(p_.s, a_.seed, a_.group, n0, n1, b_.rec_mask);
+    if (reg_.rdrop) reg_.recurrent_mask(p_.s, n0, n1, b_.rec_mask);
     tc.barrier();
     row_.H = H;
     row_.GH = p_.GH;
@@ -123,8 +123,8 @@ class BackwardLoop {
       // Zoneout: the part of dL/dh_t (dL/dc_t) that the mix took from the previous state goes
       // straight to it, after the cell's backward; the cell sees the rest.
       if (padded(t, n)) continue;
-      if (zone_) zone_h_.split(dh_cur_ + n * P, b_.dzone_h + n * P, P, (t * N + n) * P);
-      if (zone_c_) zone_c_draw_.split(b_.dc + n * H, b_.dzone_c + n * H, H, (t * N + n) * H);
+      if (reg_.zone) reg_.zh.split(dh_cur_ + n * P, b_.dzone_h + n * P, P, (t * N + n) * P);
+      if (reg_.zone_c) reg_.zc.split(b_.dc + n * H, b_.dzone_c + n * H, H, (t * N + n) * H);
     }
     // The gradient reaching the cell's h output: through the projection if there is one.
     const S* dh_cell = dh_cur_;
@@ -149,8 +149,8 @@ class BackwardLoop {
     S* dgates = b_.dgates;  // staging: this step's dL/d(gates)
     S* dhgates = Plan::kSeparateRecurrent ? b_.dhgates + t * N * GH : nullptr;
     // The cell's new state before zoneout's mix, as the forward kept it.
-    const S* h_new = zone_ ? b_.h_zone + t * N * P : h_cur;
-    const S* c_new = zone_c_ ? b_.c_zone + t * N * H : c_cur;
+    const S* h_new = reg_.zone ? b_.h_zone + t * N * P : h_cur;
+    const S* c_new = reg_.zone_c ? b_.c_zone + t * N * H : c_cur;
 
     // The accessor is read-write for the cell's sake; backward never writes the forward's values.
     auto point_row = [&](index_t n) {
@@ -175,8 +175,8 @@ class BackwardLoop {
     };
     // After the cell's backward of row n: zoneout's carried parts join dL/dh_{t-1}, dL/dc_{t-1}.
     auto add_carried = [&](index_t n) {
-      if (zone_) add_elements<S>(dh_next_ + n * P, b_.dzone_h + n * P, nullptr, 0, P);
-      if (zone_c_) add_elements<S>(b_.dc + n * H, b_.dzone_c + n * H, nullptr, 0, H);
+      if (reg_.zone) add_elements<S>(dh_next_ + n * P, b_.dzone_h + n * P, nullptr, 0, P);
+      if (reg_.zone_c) add_elements<S>(b_.dc + n * H, b_.dzone_c + n * H, nullptr, 0, H);
     };
 
     if constexpr (Plan::kTwoStage) {
@@ -193,7 +193,7 @@ class BackwardLoop {
         if (padded(t, n)) continue;
         point_row(n);
         // The forward's r * h_{t-1} was masked (recurrent dropout): so is its gradient.
-        if (rdrop_) mask_elements(row_.tmp_, row_.tmp_, b_.rec_mask + n * P, 0, H);
+        if (reg_.rdrop) mask_elements(row_.tmp_, row_.tmp_, b_.rec_mask + n * P, 0, H);
         Cell::backward_stage1(row_);
         add_carried(n);
       }
@@ -214,7 +214,7 @@ class BackwardLoop {
     // this thread's columns (IndRNN: the cell's direct part is all of it).
     if constexpr (has_recurrent_gemm<Cell>()) {
       const S* drec = Plan::kSeparateRecurrent ? drec_all_ + t * N * GH : dgates;
-      if (rdrop_) {
+      if (reg_.rdrop) {
         // h_{t-1} entered the product masked: its gradient from there is masked too.
         g.rec.multiply(N, drec, GH, S(0), b_.drec, P);
         tc.barrier();
@@ -244,7 +244,7 @@ class BackwardLoop {
     const S* drec = drec_all_;
     // h_{t-1} for every t, in time order: slots 0..T-1 (forward) or 1..T (reverse).
     // (Recurrent dropout: the masked copies the products read.)
-    const S* h_prev_all = rdrop_ ? b_.h_drop : h_slot(p_.slots.reverse ? 1 : 0);
+    const S* h_prev_all = reg_.rdrop ? b_.h_drop : h_slot(p_.slots.reverse ? 1 : 0);
     tc.gemm_blocks(GH, 16, kDeterministicRows, [&](index_t w0, index_t w1) {
       layer_gemm(p_.s, Trans::kYes, Trans::kNo, w1 - w0, C, TN, dall + w0, GH, a_.x, C, S(1), grads_.w_ih + w0 * C, C);
       if constexpr (Plan::kTwoStage) {
@@ -324,12 +324,8 @@ class BackwardLoop {
   S* dh_cur_ = b_.dh_b;   // ... plus this step's dy
   S* dln_views_[kMaxLnParams] = {};
   CpuRow<S> row_;
-  // Regularisers, as the forward's (layer_forward.cpp).
-  const bool zone_ = p_.s.zoneout > 0.0;
-  const bool zone_c_ = Plan::kHasC && p_.s.zoneout_cell > 0.0;
-  const bool rdrop_ = has_recurrent_gemm<Cell>() && p_.s.recurrent_dropout > 0.0;
-  const ZoneoutDraw<S> zone_h_{p_.s.zoneout, p_.s.zoneout_masks, a_.seed, kZoneoutStream + a_.group};
-  const ZoneoutDraw<S> zone_c_draw_{p_.s.zoneout_cell, p_.s.zoneout_masks, a_.seed, kZoneoutCellStream + a_.group};
+  // Zoneout of h and c, recurrent dropout (layer_loop.h).
+  const LoopRegularisers<Cell, S> reg_{p_.s, a_.seed, a_.group};
 };
 
 }  // namespace

@@ -76,10 +76,10 @@ class ForwardLoop {
     row_.options_ = a_.options;
     row_.peep_ = w_.w_peephole;
     row_.rec_ = w_.w_hh;
-    if (rdrop_) {
+    if (reg_.rdrop) {
       // Recurrent dropout: the mask, and the masked state the first step's product reads.
       const auto [n0, n1] = p_.rows;
-      recurrent_mask_rows(p_.s, a_.seed, a_.group, n0, n1, b_.rec_mask);
+      reg_.recurrent_mask(p_.s, n0, n1, b_.rec_mask);
       store_dropped_state(p_.step_time(0), h_slot(p_.slots.first()), n0, n1);
       tc.barrier();
     }
@@ -104,10 +104,10 @@ class ForwardLoop {
     S* saved = b_.saved + (p_.s.training ? t * N * p_.SW : 0);
     S* h_full = p_.s.project ? b_.h_full + (p_.s.training ? t * N * H : 0) : nullptr;
     // The cell's new state, before zoneout mixes it with the previous one (without zoneout: the state).
-    S* h_new = zone_ ? b_.h_zone + (p_.s.training ? t * N * P : 0) : h_cur;
-    S* c_new = zone_c_ ? b_.c_zone + (p_.s.training ? t * N * H : 0) : c_cur;
+    S* h_new = reg_.zone ? b_.h_zone + (p_.s.training ? t * N * P : 0) : h_cur;
+    S* c_new = reg_.zone_c ? b_.c_zone + (p_.s.training ? t * N * H : 0) : c_cur;
     // What the recurrent product reads: h_{t-1}, or its masked copy (recurrent dropout).
-    const S* h_rec = rdrop_ ? b_.h_drop + t * N * P : h_prev;
+    const S* h_rec = reg_.rdrop ? b_.h_drop + t * N * P : h_prev;
 
     // h_{t-1} W_hh^T, this thread's columns: into the gates, or beside them for cells that keep
     // the recurrent part separate.
@@ -141,7 +141,7 @@ class ForwardLoop {
       if constexpr (Plan::kTwoStage) {
         Cell::forward_stage1(row_);
         // Recurrent dropout reaches the candidate's product through r * h_{t-1} (as Keras).
-        if (rdrop_) mask_elements(row_.saved_, row_.saved_, b_.rec_mask + n * P, 0, H);
+        if (reg_.rdrop) mask_elements(row_.saved_, row_.saved_, b_.rec_mask + n * P, 0, H);
       } else {
         Cell::forward(row_);
       }
@@ -171,12 +171,12 @@ class ForwardLoop {
         if (c_cur) copy_n(c_cur + n * H, c_prev + n * H, H);
         zero_n(y_row, P);
       } else {
-        if (zone_) zone_h_.mix(h_cur + n * P, h_prev + n * P, h_new + n * P, P, (t * N + n) * P);
-        if (zone_c_) zone_c_draw_.mix(c_cur + n * H, c_prev + n * H, c_new + n * H, H, (t * N + n) * H);
+        if (reg_.zone) reg_.zh.mix(h_cur + n * P, h_prev + n * P, h_new + n * P, P, (t * N + n) * P);
+        if (reg_.zone_c) reg_.zc.mix(c_cur + n * H, c_prev + n * H, c_new + n * H, H, (t * N + n) * H);
         copy_n(y_row, h_cur + n * P, P);
       }
     }
-    if (rdrop_ && has_next) store_dropped_state(next, h_cur, n0, n1);
+    if (reg_.rdrop && has_next) store_dropped_state(next, h_cur, n0, n1);
     if (kSharesRows) tc.barrier();
   }
 
@@ -196,12 +196,8 @@ class ForwardLoop {
   const LayerBuffers<S>& b_;
   const LayerForwardArgs<S>& a_;
   CpuRow<S> row_;
-  // Regularisers (LayerShape): zoneout of h and c, recurrent dropout.
-  const bool zone_ = p_.s.zoneout > 0.0;
-  const bool zone_c_ = Plan::kHasC && p_.s.zoneout_cell > 0.0;
-  const bool rdrop_ = has_recurrent_gemm<Cell>() && p_.s.recurrent_dropout > 0.0;
-  const ZoneoutDraw<S> zone_h_{p_.s.zoneout, p_.s.zoneout_masks, a_.seed, kZoneoutStream + a_.group};
-  const ZoneoutDraw<S> zone_c_draw_{p_.s.zoneout_cell, p_.s.zoneout_masks, a_.seed, kZoneoutCellStream + a_.group};
+  // Zoneout of h and c, recurrent dropout (layer_loop.h).
+  const LoopRegularisers<Cell, S> reg_{p_.s, a_.seed, a_.group};
 };
 
 }  // namespace

@@ -289,14 +289,25 @@ struct ZoneoutDraw {
   }
 };
 
-// Recurrent dropout's mask rows [n0, n1) of [N, P]: 0 where u < p, else 1/(1-p).
-template <typename S>
-RNNKIT_ROW_HELPER void recurrent_mask_rows(const LayerShape& s, std::uint64_t seed, index_t group, index_t n0, index_t n1, S* mask) {
-  const UniformStream u(seed, kRecurrentDropStream + group);
-  const std::uint64_t below = UniformStream::threshold(s.recurrent_dropout);
-  const S scale = S(1.0 / (1.0 - s.recurrent_dropout));
-  for (index_t i = n0 * s.d.P; i < n1 * s.d.P; ++i) mask[i] = u.below(i, below) ? S(0) : scale;
-}
+// What a cell's loops need of zoneout and recurrent dropout for one layer-direction (LayerShape;
+// the call's dropout seed and group pick the streams, stack.h), the forward's and the backward's alike.
+template <typename Cell, typename S>
+struct LoopRegularisers {
+  bool zone, zone_c, rdrop;
+  ZoneoutDraw<S> zh, zc;
+  std::uint64_t seed;
+  index_t group;
+
+  LoopRegularisers(const LayerShape& s, std::uint64_t seed_, index_t group_)
+      : zone(s.zoneout > 0.0), zone_c(Cell::kHasCellState && s.zoneout_cell > 0.0),
+        rdrop(has_recurrent_gemm<Cell>() && s.recurrent_dropout > 0.0),
+        zh(s.zoneout, s.zoneout_masks, seed_, kZoneoutStream + group_),
+        zc(s.zoneout_cell, s.zoneout_masks, seed_, kZoneoutCellStream + group_), seed(seed_), group(group_) {}
+  // Rows [n0, n1) of recurrent dropout's mask [N, P].
+  void recurrent_mask(const LayerShape& s, index_t n0, index_t n1, S* mask) const {
+    fill_dropout_mask(seed, kRecurrentDropStream + group, s.recurrent_dropout, n0 * s.d.P, n1 * s.d.P, mask);
+  }
+};
 
 // out[i] = v[i] * mask[i] for i in [begin, end) (out may be v).
 template <typename S>

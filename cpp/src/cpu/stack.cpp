@@ -4,7 +4,6 @@
 
 #include "common/stack_cache.h"
 
-#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -30,15 +29,6 @@ void apply_dropout(S* v, index_t begin, index_t end, double p, std::uint64_t see
   }
 }
 
-// Input dropout (variational): rows [m0, m1) of layer l's mask [N, C] (0 or 1/(1-p)).
-template <typename S>
-void input_mask_rows(double p, std::uint64_t seed, index_t layer, index_t C, index_t m0, index_t m1, S* mask) {
-  const UniformStream u(seed, kInputDropStream + layer);
-  const std::uint64_t below = UniformStream::threshold(p);
-  const S scale = S(1.0 / (1.0 - p));
-  for (index_t i = m0 * C; i < m1 * C; ++i) mask[i] = u.below(i, below) ? S(0) : scale;
-}
-
 // Multiplies rows [r0, r1) of v [T*N, C] by the per-sequence mask [N, C]: input dropout's forward
 // on a layer input, and its backward on the input's gradient.
 template <typename S>
@@ -52,7 +42,7 @@ void input_dropout(const TeamContext& tc, const StackConfig& cfg, std::uint64_t 
                    index_t N, S* mask, S* v) {
   const index_t C = cfg.layer_input_size(l);
   const auto [m0, m1] = tc.split(N);
-  input_mask_rows(cfg.input_dropout, seed, l, C, m0, m1, mask);
+  fill_dropout_mask(seed, kInputDropStream + l, cfg.input_dropout, m0 * C, m1 * C, mask);
   tc.barrier();
   if (v == nullptr) return;
   const auto [r0, r1] = tc.split(T * N);
@@ -179,9 +169,7 @@ void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, Cp
   }
   outputs[L - 1] = args.y;
   const bool drop_inputs = training && cfg.input_dropout > 0.0;
-  index_t widest_input = cfg.input_size;
-  for (index_t l = 1; l < L; ++l) widest_input = std::max(widest_input, cfg.layer_input_size(l));
-  Buffer<S> input_mask(drop_inputs ? N * widest_input : 0, "input dropout mask");
+  Buffer<S> input_mask(drop_inputs ? N * cfg.widest_layer_input() : 0, "input dropout mask");
 
   ThreadTeam::instance().run(plan.team, [&](const TeamContext& tc) {
     if (training && cfg.weight_dropout > 0.0) {
@@ -281,9 +269,7 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
     if (spec.role == ParamRole::kWHh) w_hh_numel = spec.numel();
   }
   Buffer<S> w_hh_grad(cfg.weight_dropout > 0.0 ? w_hh_numel : 0, "weight drop gradient");
-  index_t widest_input = cfg.input_size;
-  for (index_t l = 1; l < L; ++l) widest_input = std::max(widest_input, cfg.layer_input_size(l));
-  Buffer<S> input_mask(cfg.input_dropout > 0.0 ? N * widest_input : 0, "input dropout mask");
+  Buffer<S> input_mask(cfg.input_dropout > 0.0 ? N * cfg.widest_layer_input() : 0, "input dropout mask");
 
   ThreadTeam::instance().run(plan.team, [&](const TeamContext& tc) {
     const S* d_out = args.dy;  // dL/d(output of layer l), [T,N,D*P]

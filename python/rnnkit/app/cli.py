@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from .._cells import CELL_NAMES, PRECISIONS
+from .._cells import CELL_NAMES, PRECISIONS, REGULARISERS
 
 OPTIMIZER_NAMES = ("adam", "adamw", "sgd", "rmsprop")
 
@@ -174,10 +174,16 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 # is an error). Everything else (how long, how many threads, what is printed) may change on resume.
 RUN_SETTINGS = ("data", "task", "task_length", "cell", "hidden", "layers", "embedding", "dropout", "seq_len",
                 "batch", "optimizer", "lr", "clip", "eval_every", "val_fraction", "seed", "checkpoint_every",
-                "metrics_every", "weight_dropout", "zoneout", "zoneout_cell", "input_dropout", "recurrent_dropout")
-# The regularisers' flags (settings of the same names); a run checkpointed before one existed
-# resumes without it.
-REGULARISER_SETTINGS = ("weight_dropout", "zoneout", "zoneout_cell", "input_dropout", "recurrent_dropout")
+                "metrics_every", *REGULARISERS)
+# The regularisers' flags (--weight-dropout for weight_dropout, ...), settings of the layers' names;
+# a run checkpointed before one existed resumes without it.
+REGULARISER_HELP = {
+    "weight_dropout": "DropConnect on the recurrent weights in training (AWD-LSTM's weight drop)",
+    "zoneout": "zoneout of h: each unit keeps its previous value with probability P in training",
+    "zoneout_cell": "zoneout of an LSTM's cell state c",
+    "input_dropout": "variational dropout of every layer's input (one mask per sequence)",
+    "recurrent_dropout": "variational dropout of h_{t-1} in the recurrent product (one mask per sequence)",
+}
 # Per-task defaults where the character model's would not do. The adding problem at T=100: with
 # the character model's LSTM, hidden 256 and lr 2e-3 it ends at the baseline (validation MSE 0.197
 # against 0.167); a GRU with hidden 64 and lr 0.01 (the settings of rnnkit compare) is below 0.0025
@@ -307,7 +313,7 @@ def _build_run(settings: Dict[str, Any]):
     B, S = settings["batch"], settings["seq_len"]
     model_kw = dict(hidden_size=settings["hidden"], cell=settings["cell"], num_layers=settings["layers"],
                     dropout=settings["dropout"], seed=settings["seed"], precision=settings["precision"],
-                    **{key: settings.get(key) or 0.0 for key in REGULARISER_SETTINGS})
+                    **{key: settings.get(key) or 0.0 for key in REGULARISERS})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if task == "charlm":
@@ -562,16 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(t, "--embedding", type=_int_at_least(1), default=64, metavar="E", help="embedding size for token inputs")
     _add(t, "--dropout", type=_float_in(0.0, 1.0, low_open=False), default=0.0, metavar="P",
          help="dropout between stacked layers (needs --layers >= 2)")
-    _add(t, "--weight-dropout", type=_float_in(0.0, 1.0, low_open=False), default=0.0, metavar="P",
-         help="DropConnect on the recurrent weights in training (AWD-LSTM's weight drop)")
-    _add(t, "--zoneout", type=_float_in(0.0, 1.0, low_open=False), default=0.0, metavar="P",
-         help="zoneout of h: each unit keeps its previous value with probability P in training")
-    _add(t, "--zoneout-cell", type=_float_in(0.0, 1.0, low_open=False), default=0.0, metavar="P",
-         help="zoneout of an LSTM's cell state c")
-    _add(t, "--input-dropout", type=_float_in(0.0, 1.0, low_open=False), default=0.0, metavar="P",
-         help="variational dropout of every layer's input (one mask per sequence)")
-    _add(t, "--recurrent-dropout", type=_float_in(0.0, 1.0, low_open=False), default=0.0, metavar="P",
-         help="variational dropout of h_{t-1} in the recurrent product (one mask per sequence)")
+    for key in REGULARISERS:
+        _add(t, "--" + key.replace("_", "-"), type=_float_in(0.0, 1.0, low_open=False), default=0.0, metavar="P",
+             help=REGULARISER_HELP[key])
     _add(t, "--seq-len", type=_int_at_least(1), default=100, metavar="K",
          help="truncated-BPTT chunk length of the character model")
     _add(t, "--batch", type=_int_at_least(1), default=32, metavar="N", help="sequences per step")

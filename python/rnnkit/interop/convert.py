@@ -48,12 +48,14 @@ def _check_convertible(layer: _RecurrentLayer, what: str) -> None:
     check_no_zoneout(layer, what)
 
 
-def check_no_zoneout(layer: _RecurrentLayer, what: str) -> None:
+def check_no_zoneout(layer: _RecurrentLayer, what: str, argument: str = "layer") -> None:
     """Zoneout changes eval mode's function too (p * previous + (1-p) * new state), which no ONNX or
-    Keras layer computes; the dropouts draw no masks in eval mode and convert as they are."""
+    Keras layer computes; the dropouts draw no masks in eval mode and convert as they are. `argument`:
+    the caller's name for the layer, in the message."""
     if layer.zoneout or layer.zoneout_cell:
-        raise ValueError(f"layer: expected zoneout=0 and zoneout_cell=0 ({what} cannot express zoneout, which "
-                         f"eval mode keeps), got zoneout={layer.zoneout}, zoneout_cell={layer.zoneout_cell}")
+        raise ValueError(f"{argument}: expected zoneout=0 and zoneout_cell=0 ({what} cannot express zoneout, which "
+                         f"eval mode keeps: p * previous + (1-p) * new state), got zoneout={layer.zoneout}, "
+                         f"zoneout_cell={layer.zoneout_cell}")
 
 
 def _reorder(blocks: np.ndarray, order: Sequence[int], H: int) -> np.ndarray:

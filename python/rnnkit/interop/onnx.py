@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import _validate as V
 from .._cells import onnx_keywords
-from .convert import _onnx_text, from_onnx, onnx_layer_options, to_onnx
+from .convert import _onnx_text, check_no_zoneout, from_onnx, onnx_layer_options, to_onnx
 from ..layers import GRU, LSTM, RNN, _RecurrentLayer
 from ..network import RNNNetwork
 
@@ -113,10 +113,7 @@ def _check_model(model: Any) -> _RecurrentLayer:
     if layer.proj_size:
         raise ValueError(f"model: not exportable: an LSTM with proj_size={layer.proj_size} has no ONNX operator "
                          "(ONNX's LSTM has no projection); expected proj_size=0")
-    if layer.zoneout or layer.zoneout_cell:
-        raise ValueError(f"model: not exportable: ONNX cannot express zoneout, which eval mode keeps (p * previous "
-                         f"+ (1-p) * new state); expected zoneout=0 and zoneout_cell=0, got zoneout={layer.zoneout}, "
-                         f"zoneout_cell={layer.zoneout_cell}")
+    check_no_zoneout(layer, "ONNX", argument="model")
     return layer
 
 
