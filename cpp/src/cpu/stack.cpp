@@ -14,19 +14,21 @@ namespace rnnkit {
 namespace cpu {
 namespace {
 
-// Multiplies elements [begin, end) of layer `layer`'s output [T,N,D*P] by its dropout mask, in
-// place. The same call applied to a gradient is dropout's backward.
+// Elements [begin, end) of v times a dropout mask drawn from `stream` (dropout_uniform's draws, in
+// integers: element i is zeroed when u < p, else scaled by 1/(1-p)), in place: dropout between
+// layers (stream: the layer; p may be 1) and weight drop (kWeightDropStream + group; W_hh's copy in
+// the cache, and its gradient). The same call applied to a gradient is the mask's backward.
 template <typename S>
-void apply_dropout(S* v, index_t begin, index_t end, double p, std::uint64_t seed, index_t layer) {
+void apply_dropout(S* v, index_t begin, index_t end, double p, std::uint64_t seed, index_t stream) {
   if (p <= 0.0) return;
   if (p >= 1.0) {
     std::memset(v + begin, 0, static_cast<std::size_t>(end - begin) * sizeof(S));
     return;
   }
+  const UniformStream u(seed, stream);
+  const std::uint64_t below = UniformStream::threshold(p);
   const S scale = S(1.0 / (1.0 - p));
-  for (index_t i = begin; i < end; ++i) {
-    v[i] = dropout_uniform(seed, layer, i) < p ? S(0) : v[i] * scale;
-  }
+  for (index_t i = begin; i < end; ++i) v[i] = u.below(i, below) ? S(0) : v[i] * scale;
 }
 
 // Multiplies rows [r0, r1) of v [T*N, C] by the per-sequence mask [N, C]: input dropout's forward
@@ -48,16 +50,6 @@ void input_dropout(const TeamContext& tc, const StackConfig& cfg, std::uint64_t 
   const auto [r0, r1] = tc.split(T * N);
   apply_input_mask(v, mask, N, C, r0, r1);
   tc.barrier();
-}
-
-// Elements [begin, end) of group g's W_hh (or its gradient) times weight drop's mask, in place
-// (weight_drop_multiplier's draws, in integers).
-template <typename S>
-void apply_weight_drop(std::uint64_t seed, index_t group, double p, index_t begin, index_t end, S* w) {
-  const UniformStream u(seed, kWeightDropStream + group);
-  const std::uint64_t below = UniformStream::threshold(p);
-  const S scale = S(1.0 / (1.0 - p));
-  for (index_t i = begin; i < end; ++i) w[i] = u.below(i, below) ? S(0) : w[i] * scale;
 }
 
 // Group g's part of a stack's state [L*D,N,..] (null stays null).
@@ -177,8 +169,8 @@ void stack_forward(const CpuStackPlan& plan, const StackForwardArgs<S>& args, Cp
       for (const ParamSpec& spec : plan.specs) {
         if (spec.role != ParamRole::kWHh) continue;
         const auto [e0, e1] = tc.split(spec.numel());
-        apply_weight_drop(args.dropout_seed, spec.group, cfg.weight_dropout, e0, e1,
-                          const_cast<S*>(param_field(cache->weights[spec.group], spec.role)));
+        apply_dropout(const_cast<S*>(param_field(cache->weights[spec.group], spec.role)), e0, e1, cfg.weight_dropout,
+                      args.dropout_seed, kWeightDropStream + spec.group);
       }
       tc.barrier();
     }
@@ -303,7 +295,7 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
         tc.barrier();
         if (cfg.weight_dropout > 0.0) {
           const auto [e0, e1] = tc.split(w_hh_numel);
-          apply_weight_drop(cache.dropout_seed, g, cfg.weight_dropout, e0, e1, w_hh_grad.data());
+          apply_dropout(w_hh_grad.data(), e0, e1, cfg.weight_dropout, cache.dropout_seed, kWeightDropStream + g);
           S* dst = (*args.grads)[g].w_hh;
           for (index_t i = e0; i < e1; ++i) dst[i] += w_hh_grad.data()[i];
           tc.barrier();
