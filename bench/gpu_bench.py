@@ -9,7 +9,9 @@ with CUDA events on the default stream (rnnkit's calls run there and synchronise
 the median is reported, and the ratio torch / rnnkit (> 1: rnnkit faster). Inputs and parameters sit
 on the device before timing; training is forward + backward into gradient buffers. TF32 is off for
 both (torch.backends.cuda.matmul.allow_tf32 = False, cudnn.allow_tf32 = False; cuBLAS' default math
-mode for rnnkit). Writes gpu_bench.md (a table) and gpu_bench.json under --out.
+mode for rnnkit). A second table runs precision="bfloat16" against torch under
+torch.autocast("cuda", torch.bfloat16) (cuDNN's bf16 path) at a few batch sizes, with rnnkit's own
+float32 beside it. Writes gpu_bench.md (the tables) and gpu_bench.json under --out.
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ def _median(timed, fn, warmup, repeats):
     return statistics.median(timed(fn) for _ in range(repeats))
 
 
-def _rnnkit_calls(mode, T, B, H, seed=0):
-    cfg = _core.StackConfig(mode, H, H, 1, False, 0, True, 0.0)
+def _rnnkit_calls(mode, T, B, H, seed=0, precision="float32"):
+    cfg = _core.StackConfig(mode, H, H, 1, False, 0, True, 0.0, precision=precision)
     rng = np.random.default_rng(seed)
     scale = 1.0 / np.sqrt(H)
     params = [_core.to_device((scale * rng.standard_normal(s)).astype(np.float32)) for _, s in cfg.param_specs()]
@@ -78,7 +80,7 @@ def _rnnkit_calls(mode, T, B, H, seed=0):
     return inference, training, (cfg, params, x)
 
 
-def _torch_calls(mode, T, B, H, device, seed=0):
+def _torch_calls(mode, T, B, H, device, seed=0, autocast=False):
     import torch
 
     torch.manual_seed(seed)
@@ -88,12 +90,13 @@ def _torch_calls(mode, T, B, H, device, seed=0):
     dy = torch.randn(T, B, H, device=device)
 
     def inference():
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             layer(x)
 
     def training():
-        y, _ = layer(x)
-        y.backward(dy)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            y, _ = layer(x)
+        y.backward(dy.to(y.dtype))
 
     return inference, training
 
@@ -179,7 +182,27 @@ def main(argv=None):
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 
-    (args.out / "gpu_bench.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+    # precision="bfloat16" against torch's bf16 autocast (cuDNN), rnnkit's float32 beside it.
+    bf16_rows = []
+    bf16_batches, bf16_H = ([8], hiddens[0]) if args.dry_run else ([8, 64, 256], 512)
+    for mode in CELLS:
+        for B in bf16_batches:
+            row = {"cell": mode, "B": B, "H": bf16_H}
+            for precision in ("bfloat16", "float32"):
+                inf, train, _ = _rnnkit_calls(mode, T, B, bf16_H, precision=precision)
+                row[f"rnnkit_{precision}_inference_ms"] = _median(timed, inf, warmup, repeats)
+                row[f"rnnkit_{precision}_training_ms"] = _median(timed, train, warmup, repeats)
+            if torch is not None:
+                t_inf, t_train = _torch_calls(mode, T, B, bf16_H, device, autocast=True)
+                row["torch_autocast_inference_ms"] = _median(timed, t_inf, warmup, repeats)
+                row["torch_autocast_training_ms"] = _median(timed, t_train, warmup, repeats)
+                for m in ("inference", "training"):
+                    row[f"ratio_{m}"] = row[f"torch_autocast_{m}_ms"] / row[f"rnnkit_bfloat16_{m}_ms"]
+            bf16_rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    (args.out / "gpu_bench.json").write_text(json.dumps({"header": header, "rows": rows, "bf16_rows": bf16_rows},
+                                                        indent=1))
     lines = [f"# rnnkit CUDA vs torch.nn ({device})", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines += ["", "| cell | B | H | rnnkit inf ms | torch inf ms | ratio | rnnkit train ms | torch train ms | ratio | "
@@ -194,6 +217,17 @@ def main(argv=None):
                      f"{f('ratio_training')} | {'>= ' + str(goal) if goal else '-'} | "
                      f"{r['rnnkit_us_per_step_inference']:.2f} | {r['forward_path']} | {r['graph_speedup_training']:.2f} | "
                      f"{r['max_abs_err_vs_cpu']:.1e} |")
+    lines += ["", f"precision=\"bfloat16\" vs torch.autocast(\"{device}\", torch.bfloat16) (ratio torch / rnnkit):", "",
+              "| cell | B | H | rnnkit bf16 inf ms | torch autocast inf ms | ratio | rnnkit bf16 train ms | "
+              "torch autocast train ms | ratio | rnnkit fp32 inf ms | rnnkit fp32 train ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in bf16_rows:
+        def g(key):
+            return f"{r[key]:.3f}" if key in r else "-"
+        lines.append(f"| {r['cell']} | {r['B']} | {r['H']} | {g('rnnkit_bfloat16_inference_ms')} | "
+                     f"{g('torch_autocast_inference_ms')} | {g('ratio_inference')} | {g('rnnkit_bfloat16_training_ms')} | "
+                     f"{g('torch_autocast_training_ms')} | {g('ratio_training')} | {g('rnnkit_float32_inference_ms')} | "
+                     f"{g('rnnkit_float32_training_ms')} |")
     (args.out / "gpu_bench.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     bad = [r for r in rows if not r["max_abs_err_vs_cpu"] < 1e-3]

@@ -40,6 +40,7 @@ void load_once() {
   }
   bind(lib, "cublasCreate_v2", a.create, a.error) && bind(lib, "cublasDestroy_v2", a.destroy, a.error) &&
       bind(lib, "cublasSgemm_v2", a.sgemm, a.error) && bind(lib, "cublasDgemm_v2", a.dgemm, a.error) &&
+      bind(lib, "cublasGemmEx", a.gemm_ex, a.error) &&
       bind(lib, "cublasSetStream_v2", a.set_stream, a.error) &&
       bind(lib, "cublasSetWorkspace_v2", a.set_workspace, a.error) &&
       bind(lib, "cublasGetStatusString", a.status_string, a.error);

@@ -5,6 +5,8 @@
 #include <cassert>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #if defined(__CUDACC__)
 #include "cublas_lazy.h"
@@ -89,21 +91,35 @@ struct GemmShape {
   int op_a, op_b;
   index_t m, n, k, lda, ldb, ldc;
 };
-template <typename S>
+template <typename S, typename Out>
 struct GemmOperands {
-  S alpha, beta;
+  Out alpha, beta;
   const S* a;
   const S* b;
-  S* c;
+  Out* c;
 };
-template <typename S>
-bool intercept_gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, S alpha, const S* a,
-                    index_t lda, const S* b, index_t ldb, S beta, S* c, index_t ldc) {
-  return intercept_call(sizeof(S) == 4 ? NodeKind::kGemm32 : NodeKind::kGemm64,
+template <typename S, typename Out>
+bool intercept_gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, Out alpha, const S* a,
+                    index_t lda, const S* b, index_t ldb, Out beta, Out* c, index_t ldc) {
+  const NodeKind kind = std::is_same_v<S, bf16_t> ? NodeKind::kGemmBf16
+                        : sizeof(S) == 4          ? NodeKind::kGemm32
+                                                  : NodeKind::kGemm64;
+  return intercept_call(kind,
                         GemmShape{static_cast<int>(op_a), static_cast<int>(op_b), m, n, k, lda, ldb, ldc},
-                        GemmOperands<S>{alpha, beta, a, b, c},
+                        GemmOperands<S, Out>{alpha, beta, a, b, c},
                         [=] { gemm(stream, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc); });
 }
+
+#if !defined(__CUDACC__)
+// A column-major bf16 matrix [rows, cols] (leading dimension ld) widened to float32, same layout.
+std::vector<float> widen(const bf16_t* v, index_t rows, index_t cols, index_t ld) {
+  std::vector<float> out(cols > 0 ? static_cast<std::size_t>(ld * (cols - 1) + rows) : 0, 0.0f);
+  for (index_t j = 0; j < cols; ++j) {
+    for (index_t i = 0; i < rows; ++i) out[static_cast<std::size_t>(i + j * ld)] = from_bf16(v[i + j * ld]);
+  }
+  return out;
+}
+#endif
 
 }  // namespace
 
@@ -138,6 +154,23 @@ void gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, doub
   (void)stream;
   RNNKIT_BLAS(cblas_dgemm)(CblasColMajor, to_op(op_a), to_op(op_b), to_int(m), to_int(n), to_int(k), alpha, a,
                            to_int(lda), b, to_int(ldb), beta, c, to_int(ldc));
+#endif
+}
+
+void gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, float alpha, const bf16_t* a,
+          index_t lda, const bf16_t* b, index_t ldb, float beta, float* c, index_t ldc) {
+  if (intercept_gemm(stream, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
+#if defined(__CUDACC__)
+  RNNKIT_CUBLAS_CHECK(cublas().gemm_ex(handle_for(stream), to_op(op_a), to_op(op_b), to_int(m), to_int(n), to_int(k),
+                                       &alpha, a, CUDA_R_16BF, to_int(lda), b, CUDA_R_16BF, to_int(ldb), &beta, c,
+                                       CUDA_R_32F, to_int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+#else
+  (void)stream;
+  if (m == 0 || n == 0) return;
+  const std::vector<float> wa = op_a == Op::kN ? widen(a, m, k, lda) : widen(a, k, m, lda);
+  const std::vector<float> wb = op_b == Op::kN ? widen(b, k, n, ldb) : widen(b, n, k, ldb);
+  RNNKIT_BLAS(cblas_sgemm)(CblasColMajor, to_op(op_a), to_op(op_b), to_int(m), to_int(n), to_int(k), alpha,
+                           wa.data(), to_int(lda), wb.data(), to_int(ldb), beta, c, to_int(ldc));
 #endif
 }
 

@@ -7,6 +7,8 @@
 // turns a row-major product into the column-major call (C = A B row-major is C^T = B^T A^T).
 #pragma once
 
+#include <type_traits>
+
 #include "device.h"
 
 namespace rnnkit {
@@ -23,13 +25,19 @@ void gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, floa
           index_t lda, const float* b, index_t ldb, float beta, float* c, index_t ldc);
 void gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, double alpha, const double* a,
           index_t lda, const double* b, index_t ldb, double beta, double* c, index_t ldc);
+// precision="bfloat16": A and B bfloat16, C, the scalars and every sum float32 (cublasGemmEx with
+// CUDA_R_16BF operands and CUBLAS_COMPUTE_32F; each product of two bf16 values is exact in float32).
+// The emulation widens A and B to float32 (exactly) and calls sgemm: the same products and sums.
+void gemm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, float alpha, const bf16_t* a,
+          index_t lda, const bf16_t* b, index_t ldb, float beta, float* c, index_t ldc);
 
 // Row-major C[m,n] = alpha * op(A) op(B) + beta * C (A [m,k] or, with op_a kT, [k,m]; likewise B),
 // as the column-major call on the transposed problem. Nothing to do when m, n or k is 0... except
 // scaling C by beta, which a k = 0 call still does.
-template <typename S>
-void gemm_rm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, S alpha, const S* a, index_t lda,
-             const S* b, index_t ldb, S beta, S* c, index_t ldc) {
+// S: float or double (A, B and C), or bf16_t (A and B; C float).
+template <typename S, typename Out = std::conditional_t<std::is_same_v<S, bf16_t>, float, S>>
+void gemm_rm(Stream stream, Op op_a, Op op_b, index_t m, index_t n, index_t k, Out alpha, const S* a, index_t lda,
+             const S* b, index_t ldb, Out beta, Out* c, index_t ldc) {
   if (m == 0 || n == 0) return;
   gemm(stream, op_b, op_a, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc);
 }

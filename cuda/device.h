@@ -53,7 +53,7 @@ void refuse_external_capture(Stream stream, const char* what);
 
 // graph.h: a loop being recorded or captured as a CUDA graph intercepts the launches below and
 // the GEMMs and device copies; a node's kind is part of the record.
-enum class NodeKind : unsigned char { kKernel = 1, kBlockKernel, kGemm32, kGemm64, kCopy, kZero };
+enum class NodeKind : unsigned char { kKernel = 1, kBlockKernel, kGemm32, kGemm64, kCopy, kZero, kGemmBf16 };
 template <typename Body, typename Node>
 bool intercept_launch(NodeKind kind, index_t blocks, int threads, std::size_t shared_bytes, const Body& body,
                       const char* file, int line, Node&& node);

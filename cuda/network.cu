@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "bf16.h"
 #include "common/network_rows.h"
 #include "dev_blas.h"
 #include "kernels.h"
@@ -228,6 +229,17 @@ void copy_elems(Stream stream, S* dst, const S* src, index_t n) {
   if (n > 0) copy_on_device(dst, src, static_cast<std::size_t>(n) * sizeof(S), stream);
 }
 
+// The output layer's bf16 slots at precision="bfloat16" (its operands: features [R, F], the
+// logits' gradient [R, K], V [K, F]); none at float32.
+template <typename S>
+Bf16Scratch head_bf16_scratch(const NetworkConfig& cfg, index_t R) {
+  const bool on = std::is_same_v<S, float> && cfg.stack.precision == Precision::kBfloat16;
+  const index_t F = cfg.feature_size(), K = cfg.output_size;
+  index_t elems = checked_mul(R, F > K ? F : K, "bf16 head slot");
+  if (K * F > elems) elems = K * F;
+  return Bf16Scratch(on, elems);
+}
+
 }  // namespace
 
 template <typename S>
@@ -242,7 +254,11 @@ CudaNetworkPlan plan_network(const NetworkConfig& cfg, index_t T, index_t N, boo
   for (const ParamSpec& s : p.specs) {
     if (s.in_stack()) stack_specs.push_back(s);
   }
-  p.stack = cuda::plan_stack<S>(cfg.stack, T, N, training, std::move(stack_specs));
+  // Inference of one step, unidirectional, runs its stack in float32 whatever the precision, as the
+  // CPU's streaming step does (cpu/network.cpp); the output layer keeps the precision.
+  StackConfig stack_cfg = cfg.stack;
+  if (!training && T == 1 && cfg.stack.num_directions == 1) stack_cfg.precision = Precision::kFloat32;
+  p.stack = cuda::plan_stack<S>(stack_cfg, T, N, training, std::move(stack_specs));
   p.rows = cfg.head_rows(T, N);
   p.elems = network_call_elems(cfg, p.stack.footprint.cache, p.stack.footprint.forward_scratch, p.stack.shape.TN,
                                p.rows, training);
@@ -322,7 +338,8 @@ void network_forward(const CudaNetworkPlan& plan, const NetworkForwardArgs<S>& a
                   (LastStates<S>{N, D, P, (cfg.stack.num_layers - 1) * D, args.state_n.h, features, false}));
   }
   RNNKIT_LAUNCH(stream, R * K, (FillRows<S>{R, K, w.out_b, logits}));
-  gemm_rm<S>(stream, Op::kN, Op::kT, R, K, F, S(1), features, F, w.out_w, F, S(1), logits, K);
+  const Bf16Scratch bf16 = head_bf16_scratch<S>(cfg, R);  // the output layer at the stack's precision
+  gemm_at_precision<S>(bf16.slots, stream, Op::kN, Op::kT, R, K, F, {features, F}, {w.out_w, F}, S(1), logits, K);
   if (args.outputs != nullptr && args.outputs != logits) copy_elems(stream, args.outputs, logits, R * K);
 
   if (with_loss) {
@@ -387,9 +404,12 @@ void network_backward(CudaNetworkCache<S>& cache, const NetworkBackwardArgs<S>& 
   if (has_c && dc0 == nullptr) dc0 = spare;
 
   // Output layer: dV += d_out^T features, dc += column sums in row order, d_features = d_out V.
-  gemm_rm<S>(stream, Op::kT, Op::kN, K, F, R, S(1), d_out, K, cache.features, F, S(1), grads.out_w, F);
+  const Bf16Scratch bf16 = head_bf16_scratch<S>(cfg, R);
+  gemm_at_precision<S>(bf16.slots, stream, Op::kT, Op::kN, K, F, R, {d_out, K}, {cache.features, F}, S(1),
+                       grads.out_w, F);
   RNNKIT_LAUNCH(stream, K, (AddColumnSums<S>{R, K, K, d_out, grads.out_b}));
-  gemm_rm<S>(stream, Op::kN, Op::kN, R, F, K, S(1), d_out, K, cache.out_w, F, S(0), d_features, F);
+  gemm_at_precision<S>(bf16.slots, stream, Op::kN, Op::kN, R, F, K, {d_out, K}, {cache.out_w, F}, S(0), d_features,
+                       F);
   if (!sequence) {
     // The last head's gradient enters the stack as dh_n of the last layer's groups.
     const index_t D = cfg.stack.num_directions;

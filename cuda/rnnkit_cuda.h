@@ -29,6 +29,13 @@ bool emulated();
 // with file:line when CUDA fails (e.g. no device).
 std::vector<float> selftest_axpy(float a, const std::vector<float>& x, const std::vector<float>& y);
 
+// Tests: C = op(A) op(B) + beta C (row-major, A [m, k] or transposed [k, m], likewise B) through the
+// device's precision="bfloat16" GEMM: both operands rounded on the device (bf16.h's ToBf16), then
+// bf16 products summed in float32. Returns the new C.
+std::vector<float> gemm_bf16_check(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
+                                   const std::vector<float>& a, const std::vector<float>& b, float beta,
+                                   const std::vector<float>& c);
+
 // Device memory for the bindings' arrays (device.h's, without its CUDA types): throws OutOfMemory
 // or std::runtime_error with file:line.
 void* device_alloc(std::size_t bytes, const char* what_for);

@@ -4,6 +4,7 @@
 #include <memory>
 #include <stdexcept>
 
+#include "bf16.h"
 #include "device.h"
 #include "rnnkit_cuda.h"
 
@@ -77,6 +78,31 @@ std::vector<float> selftest_axpy(float a, const std::vector<float>& x, const std
   copy_to_device(dy.data(), y.data(), y.size() * sizeof(float), nullptr);
   RNNKIT_LAUNCH(nullptr, n, (Axpy{n, a, dx.data(), dy.data()}));
   copy_to_host(out.data(), dy.data(), out.size() * sizeof(float), nullptr);
+  return out;
+}
+
+std::vector<float> gemm_bf16_check(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
+                                   const std::vector<float>& a, const std::vector<float>& b, float beta,
+                                   const std::vector<float>& c) {
+  if (m < 0 || n < 0 || k < 0 || a.size() != static_cast<std::size_t>(m * k) ||
+      b.size() != static_cast<std::size_t>(k * n) || c.size() != static_cast<std::size_t>(m * n)) {
+    throw std::invalid_argument("gemm_bf16_check: expected A [m, k], B [k, n] and C [m, n] elements, got others");
+  }
+  std::vector<float> out(c);
+  const Stream stream = current_stream();
+  DeviceBuffer<float> da(m * k, "gemm check A"), db(k * n, "gemm check B"), dc(m * n, "gemm check C");
+  DeviceBuffer<bf16_t> a16(m * k, "gemm check A (bf16)"), b16(k * n, "gemm check B (bf16)");
+  if (m * k > 0) copy_to_device(da.data(), a.data(), a.size() * sizeof(float), stream);
+  if (k * n > 0) copy_to_device(db.data(), b.data(), b.size() * sizeof(float), stream);
+  if (m * n > 0) copy_to_device(dc.data(), c.data(), c.size() * sizeof(float), stream);
+  // Stored A is [m, k] or, transposed, [k, m]; likewise B: the layouts the layer loops round.
+  const index_t a_cols = trans_a ? m : k, b_cols = trans_b ? k : n;
+  round_rows(stream, da.data(), trans_a ? k : m, a_cols, a_cols, a16.data());
+  round_rows(stream, db.data(), trans_b ? n : k, b_cols, b_cols, b16.data());
+  gemm_rm(stream, trans_a ? Op::kT : Op::kN, trans_b ? Op::kT : Op::kN, m, n, k, 1.0f, a16.data(), a_cols,
+          b16.data(), b_cols, beta, dc.data(), n);
+  if (m * n > 0) copy_to_host(out.data(), dc.data(), out.size() * sizeof(float), stream);
+  synchronize(stream);
   return out;
 }
 

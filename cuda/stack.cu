@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "common/stack_cache.h"
+#include "bf16.h"
 #include "dev_blas.h"
 #include "kernels.h"
 #include "persistent.h"
@@ -59,6 +60,9 @@ struct LayerArgs {  // one layer-direction's call (cpu/layer.h's LayerForwardArg
   // zoneout's and recurrent dropout's masks: the call's dropout seed and this group's streams
   std::uint64_t seed = 0;
   index_t group = 0;
+  // precision="bfloat16" (bf16.h): the activation slots, and room for the weights' copies
+  Bf16Slots bf16;
+  bf16_t* weights16 = nullptr;
   S* y = nullptr;
   index_t y_ld = 0;
   StatePair<S*> state_n;
@@ -97,6 +101,43 @@ struct Regularisers {
   }
 };
 
+// The layer's weights rounded to bf16 once per call, into `dst` (null: float32 precision). A
+// GEMM reads a copy where it would read the weight (bf16.h's Operand); null copies are not read.
+struct RoundedWeights {
+  const bf16_t* w_ih = nullptr;
+  const bf16_t* w_hh = nullptr;
+  const bf16_t* w_hr = nullptr;
+};
+
+// Elements of the weights' copies a layer-direction of `cfg` rounds (the widest layer's).
+index_t bf16_weight_elems(const StackConfig& cfg, const LayerShape& s) {
+  return s.GH * cfg.widest_layer_input() + s.GH * s.d.P + s.d.P * s.d.H;
+}
+// Elements of one activation slot: the largest operand a GEMM of the loops rounds ([T*N, width]).
+index_t bf16_slot_elems(const StackConfig& cfg, const LayerShape& s) {
+  index_t width = s.GH;
+  for (index_t w : {cfg.widest_layer_input(), s.d.H, s.d.P}) width = w > width ? w : width;
+  return checked_mul(s.TN, width, "bf16 activation slot");
+}
+
+template <typename Cell, typename S>
+RoundedWeights round_weights(Stream stream, const LayerShape& s, const LayerWeights<S>& w, bf16_t* dst) {
+  RoundedWeights r;
+  if constexpr (std::is_same_v<S, float>) {
+    if (!s.bf16) return r;
+    r.w_ih = round_rows(stream, w.w_ih, s.GH, s.d.C, s.d.C, dst);
+    dst += s.GH * s.d.C;
+    if constexpr (has_recurrent_gemm<Cell>()) {
+      r.w_hh = round_rows(stream, w.w_hh, s.GH, s.d.P, s.d.P, dst);
+      dst += s.GH * s.d.P;
+    }
+    if (s.project) r.w_hr = round_rows(stream, w.w_hr, s.d.P, s.d.H, s.d.H, dst);
+  } else {
+    (void)stream, (void)s, (void)w, (void)dst;
+  }
+  return r;
+}
+
 template <typename Cell, typename S>
 void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuffers<S>& b, const LayerArgs<S>& a) {
   const index_t T = s.d.T, N = s.d.N, C = s.d.C, H = s.d.H, P = s.d.P, GH = s.GH, G1 = s.G1;
@@ -108,8 +149,15 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
   auto h_slot = [&](index_t slot) { return b.h_seq + slot * N * P; };
   auto c_slot = [&](index_t slot) { return b.c_seq + slot * N * H; };
 
+  // Every GEMM at the call's precision (bf16.h): bf16 copies of the weights first.
+  const RoundedWeights w16 = round_weights<Cell>(st, s, w, a.weights16);
+  auto mm = [&](Stream ls, Op op_a, Op op_b, index_t m, index_t n, index_t k, const Operand<S>& A,
+                const Operand<S>& B, S beta, S* c, index_t ldc) {
+    gemm_at_precision<S>(a.bf16, ls, op_a, op_b, m, n, k, A, B, beta, c, ldc);
+  };
+
   // gates = x W_ih^T for every step at once; the biases are added in the pointwise kernel.
-  gemm_rm<S>(st, Op::kN, Op::kT, s.TN, GH, C, S(1), a.x, C, w.w_ih, C, S(0), b.gates, GH);
+  mm(st, Op::kN, Op::kT, s.TN, GH, C, {a.x, C}, {w.w_ih, C, w16.w_ih}, S(0), b.gates, GH);
   RNNKIT_LAUNCH(st, GH, (BiasRows<S>{GH, w.b_ih, w.b_hh, b.bias}));
   if (a.state0.h) copy_elems(st, h_slot(slots.first()), a.state0.h, N * P); else zero_elems(st, h_slot(slots.first()), N * P);
   if constexpr (Cell::kHasCellState) {
@@ -127,7 +175,8 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
   bool stepped = false;
   if constexpr (persistent_cell<Cell>()) {
     const PersistentPlan pp = persistent_plan<Cell>(s, sizeof(S), device_limits());
-    if (pp.use && !zone && !zone_c && !rdrop) {
+    // (Not at bf16: its dot products read the float32 weights kept on chip.)
+    if (pp.use && !zone && !zone_c && !rdrop && !s.bf16) {
       PersistentForward<Cell, S> body{T, N, H, GH, SW, pp.units, pp.split, slots, w.w_hh, b.h_seq, b.c_seq,
                                       b.gates, b.hgates, b.saved, {}, {}};
       body.point = {N, H, P, GH, SW, TW, 0, false, nullptr, b.hgates, b.bias, nullptr, nullptr, nullptr, nullptr,
@@ -163,9 +212,9 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
       if constexpr (!has_recurrent_gemm<Cell>()) {
         (void)h_rec;  // IndRNN applies u itself; minGRU/minLSTM have no recurrent weight.
       } else if constexpr (Cell::kSeparateRecurrent) {
-        gemm_rm<S>(ls, Op::kN, Op::kT, N, G1, P, S(1), h_rec, P, w.w_hh, P, S(0), b.hgates, GH);
+        mm(ls, Op::kN, Op::kT, N, G1, P, {h_rec, P}, {w.w_hh, P, w16.w_hh}, S(0), b.hgates, GH);
       } else {
-        gemm_rm<S>(ls, Op::kN, Op::kT, N, G1, P, S(1), h_rec, P, w.w_hh, P, S(1), gates, GH);
+        mm(ls, Op::kN, Op::kT, N, G1, P, {h_rec, P}, {w.w_hh, P, w16.w_hh}, S(1), gates, GH);
       }
       auto pointwise = [&](auto stage) {
         ForwardPointwise<Cell, S, decltype(stage)::value> f{N, H, P, GH, SW, TW, t, s.project, gates, b.hgates,
@@ -189,12 +238,13 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
         // Recurrent dropout reaches the candidate's product through r * h_{t-1} (as Keras).
         if (rdrop) RNNKIT_LAUNCH(ls, N * H, (MaskRows<S>{N, N, H, SW, SW, b.rec_mask, saved, saved}));
         // gates(n) += (r * h_{t-1}) W_hn^T, with r * h_{t-1} in saved slot 0.
-        gemm_rm<S>(ls, Op::kN, Op::kT, N, GH - G1, P, S(1), saved, SW, w.w_hh + G1 * P, P, S(1), gates + G1, GH);
+        mm(ls, Op::kN, Op::kT, N, GH - G1, P, {saved, SW}, {w.w_hh + G1 * P, P, bf16_at(w16.w_hh, G1 * P)},
+           S(1), gates + G1, GH);
         point(std::integral_constant<Stage, Stage::kSecond>{});
       } else {
         point(std::integral_constant<Stage, Stage::kWhole>{});
       }
-      if (s.project) gemm_rm<S>(ls, Op::kN, Op::kT, N, P, H, S(1), h_full, H, w.w_hr, H, S(0), h_new, P);
+      if (s.project) mm(ls, Op::kN, Op::kT, N, P, H, {h_full, H}, {w.w_hr, H, w16.w_hr}, S(0), h_new, P);
       if (zone || zone_c) {
         RNNKIT_LAUNCH(ls, N * H, (ZoneoutMix<S>{N, H, P, t, zh, zc, h_prev, zone ? h_new : nullptr, h_cur, c_prev,
                                                 zone_c ? c_new : nullptr, c_cur, a.lengths}));
@@ -245,6 +295,13 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
     zero_elems(st, b.partials, N * s.partial_width);
   }
 
+  // Every GEMM at the call's precision (bf16.h), as the forward's.
+  const RoundedWeights w16 = round_weights<Cell>(st, s, w, a.weights16);
+  auto mm = [&](Stream ls, Op op_a, Op op_b, index_t m, index_t n, index_t k, const Operand<S>& A,
+                const Operand<S>& B, S beta, S* c, index_t ldc) {
+    gemm_at_precision<S>(a.bf16, ls, op_a, op_b, m, n, k, A, B, beta, c, ldc);
+  };
+
   // The regularisers, as the forward's.
   const Regularisers<Cell> reg(s, a.seed, a.group);
   const bool zone = reg.zone, zone_c = reg.zone_c, rdrop = reg.rdrop;
@@ -263,7 +320,7 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
       }
       const S* dh_cell = dh_cur;
       if (s.project) {
-        gemm_rm<S>(ls, Op::kN, Op::kN, N, H, P, S(1), dproj, P, w.w_hr, H, S(0), b.dh_full, H);
+        mm(ls, Op::kN, Op::kN, N, H, P, {dproj, P}, {w.w_hr, H, w16.w_hr}, S(0), b.dh_full, H);
         dh_cell = b.dh_full;
       }
       S* gates = b.gates + t * N * GH;
@@ -300,7 +357,8 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
       } else if constexpr (Cell::kTwoStage) {
         point(std::integral_constant<Stage, Stage::kSecond>{});
         // tmp(0) = dL/d(r*h_{t-1}) = dgates(n) W_hn.
-        gemm_rm<S>(ls, Op::kN, Op::kN, N, P, GH - G1, S(1), b.dgates + G1, GH, w.w_hh + G1 * P, P, S(0), b.tmp, TW);
+        mm(ls, Op::kN, Op::kN, N, P, GH - G1, {b.dgates + G1, GH},
+           {w.w_hh + G1 * P, P, bf16_at(w16.w_hh, G1 * P)}, S(0), b.tmp, TW);
         // The forward's r * h_{t-1} was masked (recurrent dropout): so is its gradient.
         if (rdrop) RNNKIT_LAUNCH(ls, N * H, (MaskRows<S>{N, N, H, TW, TW, b.rec_mask, b.tmp, b.tmp}));
         point(std::integral_constant<Stage, Stage::kFirst>{});
@@ -317,10 +375,10 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
       if constexpr (has_recurrent_gemm<Cell>()) {
         const S* drec = Cell::kSeparateRecurrent ? drec_all + t * N * GH : b.dgates;
         if (rdrop) {  // h_{t-1} entered the product masked: its gradient from there is masked too
-          gemm_rm<S>(ls, Op::kN, Op::kN, N, P, G1, S(1), drec, GH, w.w_hh, P, S(0), b.drec, P);
+          mm(ls, Op::kN, Op::kN, N, P, G1, {drec, GH}, {w.w_hh, P, w16.w_hh}, S(0), b.drec, P);
           RNNKIT_LAUNCH(ls, N * P, (AddMasked<S>{N * P, b.drec, b.rec_mask, dh_next}));
         } else {
-          gemm_rm<S>(ls, Op::kN, Op::kN, N, P, G1, S(1), drec, GH, w.w_hh, P, S(1), dh_next, P);
+          mm(ls, Op::kN, Op::kN, N, P, G1, {drec, GH}, {w.w_hh, P, w16.w_hh}, S(1), dh_next, P);
         }
       }
     }
@@ -331,19 +389,29 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
     if (a.d_state0.c) copy_elems(st, a.d_state0.c, b.dc, N * H);
   }
 
-  // The weight gradients, one GEMM each over all T*N rows (ACCUMULATED), the bias column sums, dx.
+  // The weight gradients, one GEMM each over all T*N rows (ACCUMULATED), dx, the bias column sums.
   // h_{t-1} for every t, in time order (recurrent dropout: the masked copies the products read)
   const S* h_prev_all = rdrop ? b.h_drop : h_slot(slots.reverse ? 1 : 0);
-  gemm_rm<S>(st, Op::kT, Op::kN, GH, C, TN, S(1), dall, GH, a.x, C, S(1), g.w_ih, C);
+  // At bf16 the gates' gradients are rounded once for the three GEMMs that read them (slot 0, kept
+  // until dx is done; the operands after it round into slot 0 again).
+  const bf16_t* dall16 = nullptr;
+  if constexpr (std::is_same_v<S, float>) {
+    if (a.bf16.on()) dall16 = round_rows(st, dall, TN, GH, GH, a.bf16.slot[0]);
+  }
+  const Operand<S> dgates_all{dall, GH, dall16};
+  mm(st, Op::kT, Op::kN, GH, C, TN, dgates_all, {a.x, C}, S(1), g.w_ih, C);
+  if (a.dx) mm(st, Op::kN, Op::kN, TN, C, GH, dgates_all, {w.w_ih, C, w16.w_ih}, a.dx_accumulate ? S(1) : S(0), a.dx, C);
   if constexpr (Cell::kTwoStage) {
-    gemm_rm<S>(st, Op::kT, Op::kN, G1, P, TN, S(1), dall, GH, h_prev_all, P, S(1), g.w_hh, P);
-    gemm_rm<S>(st, Op::kT, Op::kN, GH - G1, P, TN, S(1), dall + G1, GH, b.saved, SW, S(1), g.w_hh + G1 * P, P);
+    mm(st, Op::kT, Op::kN, G1, P, TN, dgates_all, {h_prev_all, P}, S(1), g.w_hh, P);
+    mm(st, Op::kT, Op::kN, GH - G1, P, TN, {dall + G1, GH, bf16_at(dall16, G1)}, {b.saved, SW}, S(1),
+       g.w_hh + G1 * P, P);
   } else if constexpr (Cell::kDiagonalRecurrent) {
     RNNKIT_LAUNCH(st, H, (AddColumnSums<S>{N, H, s.partial_width, b.partials, g.w_hh}));  // du
   } else if constexpr (Cell::kNoRecurrentWeight) {
     (void)h_prev_all;  // no recurrent weight: nothing to add up
   } else {
-    gemm_rm<S>(st, Op::kT, Op::kN, GH, P, TN, S(1), drec_all, GH, h_prev_all, P, S(1), g.w_hh, P);
+    const Operand<S> drec = drec_all == dall ? dgates_all : Operand<S>{drec_all, GH};
+    mm(st, Op::kT, Op::kN, GH, P, TN, drec, {h_prev_all, P}, S(1), g.w_hh, P);
   }
   if constexpr (Cell::kCellBiasGrads) {
     // Every row's partial sums into the gradients, in row order (the CPU's order).
@@ -363,10 +431,7 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
   if constexpr (Cell::kPeepholes) {
     if (g.w_peephole) RNNKIT_LAUNCH(st, 3 * H, (AddColumnSums<S>{N, 3 * H, s.partial_width, b.partials, g.w_peephole}));
   }
-  if (s.project) gemm_rm<S>(st, Op::kT, Op::kN, P, H, TN, S(1), b.dh_proj, P, b.h_full, H, S(1), g.w_hr, H);
-  if (a.dx) {
-    gemm_rm<S>(st, Op::kN, Op::kN, TN, C, GH, S(1), dall, GH, w.w_ih, C, a.dx_accumulate ? S(1) : S(0), a.dx, C);
-  }
+  if (s.project) mm(st, Op::kT, Op::kN, P, H, TN, {b.dh_proj, P}, {b.h_full, H}, S(1), g.w_hr, H);
 }
 
 // Input dropout of layer l: its per-sequence mask [N, C_l] into `mask`, then v [T*N, C_l] (a layer
@@ -424,11 +489,9 @@ CudaStackPlan plan_stack(const StackConfig& cfg, index_t T, index_t N, bool trai
   p.N = N;
   p.training = training;
   p.specs = std::move(specs);
-  if (cfg.precision != Precision::kFloat32) {
-    throw_expected("precision", "'float32' on device cuda (precision='bfloat16' runs on the CPU only so far)",
-                   "'bfloat16'");
-  }
+  check_precision(cfg, std::is_same_v<S, float>);
   p.shape = stack_layer_shape(cfg, T, N, training);
+  p.shape.bf16 = cfg.precision == Precision::kBfloat16;
   p.shape.keep_cache = keep_cache;
   p.layer_kept = layer_buffer_elems(p.shape, kKept);
   p.layer_forward = layer_buffer_elems(p.shape, kForwardScratch);
@@ -498,6 +561,7 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
   // Input dropout (variational): each layer's input in the cache times its per-sequence mask.
   const bool drop_inputs = training && cfg.input_dropout > 0.0;
   DeviceBuffer<S> input_mask(drop_inputs ? N * cfg.widest_layer_input() : 0, "input dropout mask");
+  const Bf16Scratch bf16(plan.shape.bf16, bf16_slot_elems(cfg, plan.shape), bf16_weight_elems(cfg, plan.shape));
   dispatch_cell(cfg.kernel_cell(), [&](auto cell) {
     using Cell = decltype(cell);
     LayerShape shape = plan.shape;
@@ -515,6 +579,8 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
         la.options = &cfg.options[d];
         la.seed = args.dropout_seed;
         la.group = g;
+        la.bf16 = bf16.slots;
+        la.weights16 = bf16.extra;
         la.y = outputs[l] + d * P;
         la.y_ld = D * P;
         la.state_n = group_state(args.state_n, g, N, P, H);
@@ -572,6 +638,7 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
   }
   DeviceBuffer<S> w_hh_grad(cfg.weight_dropout > 0.0 ? w_hh_numel : 0, "weight drop gradient");
   DeviceBuffer<S> input_mask(cfg.input_dropout > 0.0 ? N * cfg.widest_layer_input() : 0, "input dropout mask");
+  const Bf16Scratch bf16(plan.shape.bf16, bf16_slot_elems(cfg, plan.shape), bf16_weight_elems(cfg, plan.shape));
 
   dispatch_cell(cfg.kernel_cell(), [&](auto cell) {
     using Cell = decltype(cell);
@@ -590,6 +657,8 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
         la.options = &cfg.options[d];
         la.seed = cache.dropout_seed;
         la.group = g;
+        la.bf16 = bf16.slots;
+        la.weights16 = bf16.extra;
         la.dy = d_out ? d_out + d * P : nullptr;
         la.dy_ld = D * P;
         la.d_state_n = group_state(args.d_state_n, g, N, P, H);
@@ -622,8 +691,12 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
 template <typename S>
 void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& args) {
   assert(cfg.num_directions == 1);
-  // One step is an inference forward over T = 1 (no lengths, no dropout).
-  const CudaStackPlan plan = plan_stack<S>(cfg, 1, N, false, stack_param_specs(cfg));
+  // One step is an inference forward over T = 1 (no lengths, no dropout), in float32 whatever the
+  // precision, as the CPU's streaming step (cpu/stack.cpp).
+  check_precision(cfg, std::is_same_v<S, float>);
+  StackConfig step_cfg = cfg;
+  step_cfg.precision = Precision::kFloat32;
+  const CudaStackPlan plan = plan_stack<S>(step_cfg, 1, N, false, stack_param_specs(step_cfg));
   StackForwardArgs<S> one = args;
   one.lengths = nullptr;
   stack_forward<S>(plan, one, nullptr);

@@ -67,12 +67,18 @@ def run_concurrently(fns: Sequence[Callable[[], Any]]) -> List[Any]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """The CUDA backend's comparison against the CPU (test_cuda_backend.py): cases and worst errors."""
+    """The CUDA backend's comparison against the CPU (test_cuda_backend.py, test_cuda_bf16.py): cases
+    and worst errors. With pytest-xdist the workers' modules are not here: run without -n to see it."""
     module = sys.modules.get("test_cuda_backend") or sys.modules.get("tests.test_cuda_backend")
-    if module is None or not module.CASES:
-        return
-    worst = ", ".join(f"{name} {err:.2e}" for name, err in sorted(module.WORST_ERROR.items()))
-    terminalreporter.write_line(
-        f"CUDA backend vs CPU: {len(module.CASES)} cell x option x forward-path cases (training forward + backward), "
-        f"worst |cuda - cpu| per dtype over every comparison: {worst}"
-    )
+    if module is not None and module.CASES:
+        worst = ", ".join(f"{name} {err:.2e}" for name, err in sorted(module.WORST_ERROR.items()))
+        terminalreporter.write_line(
+            f"CUDA backend vs CPU: {len(module.CASES)} cell x option x forward-path cases (training forward + "
+            f"backward), worst |cuda - cpu| per dtype over every comparison: {worst}"
+        )
+    module = sys.modules.get("test_cuda_bf16") or sys.modules.get("tests.test_cuda_bf16")
+    if module is not None and module.CASES:
+        terminalreporter.write_line(
+            f"CUDA backend vs CPU at precision='bfloat16': {len(module.CASES)} cell x option cases (training forward "
+            f"+ backward), worst relative error (norm-wise) {module.WORST_ERROR['bfloat16']:.2e}"
+        )

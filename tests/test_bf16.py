@@ -310,13 +310,6 @@ def test_a_streaming_step_computes_in_float32(rng):
     np.testing.assert_array_equal(y_b, y_f)
 
 
-@pytest.mark.skipif(not rnnkit.cuda.is_available(), reason="no CUDA backend here (a GPU or the emulation build)")
-def test_the_cuda_backend_refuses_bfloat16(rng):
-    layer = rnnkit.GRU(4, 8, precision="bfloat16").to("cuda")
-    with pytest.raises(ValueError, match="precision: expected 'float32' on device cuda"):
-        layer(rng.standard_normal((3, 2, 4)).astype(np.float32))
-
-
 def test_bad_precision_is_refused():
     with pytest.raises(ValueError, match="precision: expected one of"):
         rnnkit.GRU(4, 8, precision="bf16")

@@ -153,3 +153,32 @@ def test_a_retained_graph_backpropagates_twice_on_the_cuda_backend(device):
     y_ref.sum().backward()
     for p, p_ref in zip(first, ref.parameters()):
         _close(p, p_ref.grad, dtype, "gradient")
+
+
+def test_autocast_bf16_runs_the_backends_bf16_path(device):
+    """Under autocast to bfloat16 (on the modules' device) a float32 module on the CUDA backend
+    computes as precision="bfloat16": the CPU backend's bf16 results within the bf16 tolerance of
+    tests/test_cuda_bf16.py, away from float32's; gradients flow."""
+    from reference import relative_error
+    from test_cuda_bf16 import CUDA_VS_CPU_BF16_GRAD_RTOL, CUDA_VS_CPU_BF16_RTOL
+
+    torch.manual_seed(0)
+    ours = rt.LSTM(6, 12, num_layers=2, bidirectional=True, device=device)
+    cpu = rt.LSTM(6, 12, num_layers=2, bidirectional=True, precision="bfloat16")
+    cpu.load_state_dict({k: v.cpu() for k, v in ours.state_dict().items()})
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 3, 6, generator=g)
+    xd = x.to(device).requires_grad_()
+    before = _device_work()
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        y, _ = ours(xd)
+    assert _device_work() > before, "the call did not run on rnnkit's CUDA backend"
+    assert y.dtype == torch.float32
+    y32, _ = ours(xd)
+    y_cpu, _ = cpu(x.requires_grad_())
+    got, want = y.detach().cpu().numpy(), y_cpu.detach().numpy()
+    assert relative_error(got, want) < CUDA_VS_CPU_BF16_RTOL["default"]
+    assert relative_error(y32.detach().cpu().numpy(), want) > relative_error(got, want)
+    y.sum().backward()
+    y_cpu.sum().backward()
+    assert relative_error(xd.grad.cpu().numpy(), x.grad.numpy()) < CUDA_VS_CPU_BF16_GRAD_RTOL["default"]

@@ -83,4 +83,32 @@ RNNKIT_HOSTDEVICE std::uint64_t splitmix64(std::uint64_t z) {
   return z ^ (z >> 31);
 }
 
+// bfloat16 as its bits (precision="bfloat16"): the upper half of a float32. One definition for
+// both backends' rounding, so the CPU's GEMMs and the CUDA backend's see the same operands.
+using bf16_t = std::uint16_t;
+
+// float -> bf16, round to nearest even; NaN stays NaN (quiet), infinities stay infinite.
+RNNKIT_HOSTDEVICE bf16_t to_bf16(float f) {
+#if defined(__CUDA_ARCH__)
+  std::uint32_t u = __float_as_uint(f);
+#else
+  std::uint32_t u;
+  static_assert(sizeof u == sizeof f);
+  __builtin_memcpy(&u, &f, sizeof u);
+#endif
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<bf16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<bf16_t>(u >> 16);
+}
+RNNKIT_HOSTDEVICE float from_bf16(bf16_t b) {
+  const std::uint32_t u = static_cast<std::uint32_t>(b) << 16;
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  __builtin_memcpy(&f, &u, sizeof f);
+  return f;
+#endif
+}
+
 }  // namespace rnnkit

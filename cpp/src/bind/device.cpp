@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -741,6 +742,28 @@ void register_device(py::module_& m) {
   m.def("cuda_set_persistent", &cuda::set_persistent_mode, py::arg("mode"),
         "The persistent small-batch forward: 0 auto, 1 always (wherever it can run), 2 never.");
   m.def("cuda_get_persistent", &cuda::get_persistent_mode, "The persistent forward's mode (0 auto, 1 always, 2 never).");
+  m.def("_cuda_gemm_bf16", [](py::array_t<float, py::array::c_style | py::array::forcecast> A, bool trans_a,
+                              py::array_t<float, py::array::c_style | py::array::forcecast> B, bool trans_b,
+                              double beta, py::array_t<float, py::array::c_style | py::array::forcecast> C) {
+        if (A.ndim() != 2 || B.ndim() != 2 || C.ndim() != 2) throw_expected("A, B, C", "2-d arrays", "other ranks");
+        const index_t m = trans_a ? A.shape(1) : A.shape(0), k = trans_a ? A.shape(0) : A.shape(1);
+        const index_t n = trans_b ? B.shape(0) : B.shape(1), kb = trans_b ? B.shape(1) : B.shape(0);
+        if (kb != k) throw_expected("B", concat(k, " rows of op(B)"), kb);
+        if (C.shape(0) != m || C.shape(1) != n) {
+          throw_expected("C", concat("[", m, ", ", n, "]"), concat("[", C.shape(0), ", ", C.shape(1), "]"));
+        }
+        std::vector<float> out;
+        {
+          py::gil_scoped_release release;
+          out = cuda::gemm_bf16_check(trans_a, trans_b, m, n, k, std::vector<float>(A.data(), A.data() + A.size()),
+                                      std::vector<float>(B.data(), B.data() + B.size()), static_cast<float>(beta),
+                                      std::vector<float>(C.data(), C.data() + C.size()));
+        }
+        py::array_t<float> result({m, n});
+        std::copy(out.begin(), out.end(), result.mutable_data());
+        return result;
+      }, py::arg("A"), py::arg("trans_a"), py::arg("B"), py::arg("trans_b"), py::arg("beta"), py::arg("C"),
+      "Tests only: op(A) op(B) + beta C through the CUDA backend's bfloat16 GEMM (rounded on the device).");
   m.def("_cuda_set_row_thread_cap", &cuda::set_row_thread_cap, py::arg("threads"),
         "Tests only: caps the threads of a LayerNorm row kernel's block (a power of two, 32 ... 1024).");
   m.def("cuda_memory_stats", [] {

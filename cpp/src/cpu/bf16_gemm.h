@@ -33,23 +33,7 @@
 namespace rnnkit {
 namespace cpu {
 
-using bf16_t = std::uint16_t;
-
-// float -> bf16, round to nearest even; NaN stays NaN (quiet), infinities stay infinite.
-inline bf16_t to_bf16(float f) {
-  std::uint32_t u;
-  static_assert(sizeof u == sizeof f);
-  __builtin_memcpy(&u, &f, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<bf16_t>((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<bf16_t>(u >> 16);
-}
-inline float from_bf16(bf16_t b) {
-  const std::uint32_t u = static_cast<std::uint32_t>(b) << 16;
-  float f;
-  __builtin_memcpy(&f, &u, sizeof f);
-  return f;
-}
+// bf16_t, to_bf16 and from_bf16 (round to nearest even): rnnkit/common.h, shared with the CUDA backend.
 
 // Which kernel runs: "amx_bf16" (AMX tiles, Sapphire Rapids and later, where Linux grants the
 // process the tile state), "avx512_bf16" or "fp32_fma" (the widening fallback).

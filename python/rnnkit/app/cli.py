@@ -431,9 +431,6 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise CommandError(f"--resume: the run in {out} is finished: {why}")
     if settings["device"] == "cuda" and not rnnkit.cuda.is_available():
         raise CommandError(f"--device: CUDA is unavailable here: {rnnkit.cuda.status()}")
-    if settings["device"] == "cuda" and settings["precision"] != "float32":
-        raise CommandError("--precision: expected float32 with --device cuda (bfloat16 runs on the CPU only so far), "
-                           f"got {settings['precision']}")
     rnnkit.set_num_threads(settings["threads"] or available_cpus())
     train_src, val_src, model, meta, described, baseline = _build_run(settings)
     model.to(settings["device"])
@@ -600,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
               "a run resumes on either")
     _add(t, "--precision", choices=PRECISIONS, default="float32",
          help="the GEMMs' precision: float32, or bfloat16 operands with float32 sums (parameters, gradients "
-              "and optimizer state stay float32; CPU only so far); a run resumes at either")
+              "and optimizer state stay float32), on either device; a run resumes at either")
     t.add_argument("--out", default="rnnkit-run", metavar="DIR", help="output folder")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with the settings it was started with")

@@ -249,13 +249,15 @@ class _RNNBase(torch.nn.Module, StackOptions):
             ``(output, h_n)``, for LSTM cells ``(output, (h_n, c_n))``: the output in the input's
             layout (a PackedSequence for a PackedSequence) and the final states shaped like hx.
 
-        Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 module runs rnnkit's
-        ``precision="bfloat16"`` path (bfloat16 inputs are taken as float32); outputs stay float32.
+        Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (``"cuda"`` for CUDA tensors) a float32
+        module runs rnnkit's ``precision="bfloat16"`` path (bfloat16 inputs are taken as float32);
+        outputs stay float32. Autocast to float16 leaves the module in float32.
         """
         weights = [self._parameters[name] for name, _ in self._specs]
         dtype, device = weights[0].dtype, weights[0].device
-        autocast_bf16 = (device.type == "cpu" and dtype == torch.float32 and torch.is_autocast_enabled("cpu")
-                         and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        autocast_bf16 = (device.type in ("cpu", "cuda") and dtype == torch.float32
+                         and torch.is_autocast_enabled(device.type)
+                         and torch.get_autocast_dtype(device.type) == torch.bfloat16)
         if autocast_bf16:
             input, hx = _as_float32(input), _as_float32(hx)
         for (name, _), w in zip(self._specs, weights):
