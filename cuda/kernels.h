@@ -442,7 +442,9 @@ struct ZoneoutWords {
 };
 
 // After a step's cell (and projection): the state h_t = keep * h_{t-1} + (1 - keep) * h_new at
-// valid rows (h_new null: h unzoned), c likewise. Padded rows are StepOutputs'. Over N*H.
+// valid rows (h_new null: h unzoned), c likewise. Padded rows are StepOutputs'. A training
+// forward's draws also go to h_keep [T,N,P] / c_keep [T,N,H] (bytes, LayerBuffers; null: not
+// kept), which backward reads. Over N*H.
 template <typename S>
 struct ZoneoutMix {
   index_t N, H, P, t;
@@ -453,6 +455,8 @@ struct ZoneoutMix {
   const S* c_prev;
   const S* c_new;
   S* c_cur;
+  unsigned char* h_keep;
+  unsigned char* c_keep;
   const index_t* lengths;
 
   RNNKIT_DEVICE void operator()(const Thread& th) const {
@@ -460,11 +464,15 @@ struct ZoneoutMix {
       const index_t n = i / H, j = i % H;
       if (is_padded(lengths, t, n)) continue;
       if (h_new && j < P) {
-        const S k = zh.keep<S>((t * N + n) * P + j);
+        const index_t e = (t * N + n) * P + j;
+        const S k = zh.keep<S>(e);
+        if (h_keep) h_keep[e] = k != S(0) ? 1 : 0;
         h_cur[n * P + j] = k * h_prev[n * P + j] + (S(1) - k) * h_new[n * P + j];
       }
       if (c_new) {
-        const S k = zc.keep<S>((t * N + n) * H + j);
+        const index_t e = (t * N + n) * H + j;
+        const S k = zc.keep<S>(e);
+        if (c_keep) c_keep[e] = k != S(0) ? 1 : 0;
         c_cur[n * H + j] = k * c_prev[n * H + j] + (S(1) - k) * c_new[n * H + j];
       }
     }
@@ -473,11 +481,14 @@ struct ZoneoutMix {
 
 // Backward of the mix at valid rows, before the cell's backward: keep * dL/dh_t goes to dzone_h
 // (added to dL/dh_{t-1} after the cell: AddCarried), the cell sees the rest in dh_cur (and dproj,
-// the projection's copy of it); c likewise in dc. Over N*H.
+// the projection's copy of it); c likewise in dc. keep: the forward's draws (h_keep, c_keep) when
+// it drew masks, else the expectation p. Over N*H.
 template <typename S>
 struct ZoneoutSplit {
   index_t N, H, P, t, split_h, split_c;
   ZoneoutWords zh, zc;
+  const unsigned char* h_keep;
+  const unsigned char* c_keep;
   S* dh_cur;
   S* dproj;  // null without a projection
   S* dzone_h;
@@ -490,13 +501,15 @@ struct ZoneoutSplit {
       const index_t n = i / H, j = i % H;
       if (is_padded(lengths, t, n)) continue;
       if (split_h && j < P) {
-        const S k = zh.keep<S>((t * N + n) * P + j), g = dh_cur[n * P + j];
+        const index_t e = (t * N + n) * P + j;
+        const S k = zh.masks ? S(h_keep[e]) : zh.keep<S>(e), g = dh_cur[n * P + j];
         dzone_h[n * P + j] = k * g;
         dh_cur[n * P + j] = g - k * g;
         if (dproj) dproj[n * P + j] = g - k * g;
       }
       if (split_c) {
-        const S k = zc.keep<S>((t * N + n) * H + j), g = dc[n * H + j];
+        const index_t e = (t * N + n) * H + j;
+        const S k = zc.masks ? S(c_keep[e]) : zc.keep<S>(e), g = dc[n * H + j];
         dzone_c[n * H + j] = k * g;
         dc[n * H + j] = g - k * g;
       }

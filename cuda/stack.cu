@@ -247,7 +247,8 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
       if (s.project) mm(ls, Op::kN, Op::kT, N, P, H, {h_full, H}, {w.w_hr, H, w16.w_hr}, S(0), h_new, P);
       if (zone || zone_c) {
         RNNKIT_LAUNCH(ls, N * H, (ZoneoutMix<S>{N, H, P, t, zh, zc, h_prev, zone ? h_new : nullptr, h_cur, c_prev,
-                                                zone_c ? c_new : nullptr, c_cur, a.lengths}));
+                                                zone_c ? c_new : nullptr, c_cur, zoneout_draws(b.h_keep),
+                                                zoneout_draws(b.c_keep), a.lengths}));
       }
       RNNKIT_LAUNCH(ls, N * H, (StepOutputs<S>{N, H, P, t, a.y_ld, h_prev, h_cur, c_prev, c_cur, a.y, a.lengths}));
     }
@@ -315,7 +316,8 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
       S* dproj = s.project ? b.dh_proj + t * N * P : nullptr;
       RNNKIT_LAUNCH(ls, N * P, (StepStateGrad<S>{N, P, t, a.dy_ld, dh_next, a.dy, dh_cur, dproj, a.lengths}));
       if (zone || zone_c) {
-        RNNKIT_LAUNCH(ls, N * H, (ZoneoutSplit<S>{N, H, P, t, zone ? 1 : 0, zone_c ? 1 : 0, zh, zc, dh_cur, dproj,
+        RNNKIT_LAUNCH(ls, N * H, (ZoneoutSplit<S>{N, H, P, t, zone ? 1 : 0, zone_c ? 1 : 0, zh, zc,
+                                                  zoneout_draws(b.h_keep), zoneout_draws(b.c_keep), dh_cur, dproj,
                                                   b.dzone_h, b.dc, b.dzone_c, a.lengths}));
       }
       const S* dh_cell = dh_cur;

@@ -442,6 +442,42 @@ def test_cuda_eval_mode_is_the_expectation(rng):
     np.testing.assert_allclose(rnnkit.to_numpy(dev(x)[0]), layer(x)[0], rtol=1e-12, atol=1e-14)
 
 
+def _zoneout_reserve_case(seed=3):
+    cfg = _core.StackConfig("LSTM", 3, 5, 2, True, 0, True, 0.0, zoneout=0.3, zoneout_cell=0.2)
+    rng = np.random.default_rng(seed)
+    params = [0.5 * rng.standard_normal(shape) for _, shape in cfg.param_specs()]
+    x = rng.standard_normal((6, 3, 3))
+    return cfg, params, x, np.array([6, 2, 4])
+
+
+def test_a_reserve_keeps_zoneouts_draws_for_any_number_of_backwards():
+    """The training forward keeps zoneout's draws in its cache (backward reads them instead of
+    drawing again): backward_reserve from the reserve alone gives the cache's gradients, twice."""
+    cfg, params, x, lengths = _zoneout_reserve_case()
+    _, h_n, _, cache = _core.forward(cfg, params, x, None, None, lengths, True, 9, zero_cache=True)
+    reserve = cache.reserve().copy()  # a view of the cache, which backward below uses up
+    dh_n = np.random.default_rng(1).standard_normal(h_n.shape)
+    want = [np.zeros_like(p) for p in params]
+    dx_want, _, _ = _core.backward(cache, None, dh_n, None, want, True)
+    for _ in range(2):
+        grads = [np.zeros_like(p) for p in params]
+        dx, _, _ = _core.backward_reserve(cfg, reserve, x.shape[0], x.shape[1], lengths, 9, None, dh_n, None, grads,
+                                          True)
+        np.testing.assert_array_equal(dx, dx_want)
+        for g, w in zip(grads, want):
+            np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not rnnkit.cuda.is_available(), reason="no CUDA backend here (a GPU or the emulation build)")
+def test_the_cuda_reserve_keeps_the_same_draws_at_the_same_offsets():
+    cfg, params, x, lengths = _zoneout_reserve_case()
+    _, _, _, cache = _core.forward(cfg, params, x, None, None, lengths, True, 9, zero_cache=True)
+    _, _, _, cached = _core.forward(cfg, [_core.to_device(p) for p in params], _core.to_device(x), None, None,
+                                    lengths, True, 9, zero_cache=True)
+    np.testing.assert_allclose(cached.reserve().numpy(), cache.reserve(), rtol=1e-12, atol=1e-14)
+
+
 # precision="bfloat16" rounds the GEMMs' operands only; the regularisers are elementwise on float32
 # values, the same masks: the bf16 layer against the float64 one with the same weights and masks,
 # norm-wise (test_bf16.py's tolerance for a 2-layer bidirectional stack).

@@ -33,7 +33,11 @@
 namespace rnnkit {
 namespace cpu {
 
-// bf16_t, to_bf16 and from_bf16 (round to nearest even): rnnkit/common.h, shared with the CUDA backend.
+// bf16_t, to_bf16 and from_bf16 (round to nearest even): rnnkit/common.h, shared with the CUDA
+// backend; named here too (cpu::bf16_t), as before they moved.
+using ::rnnkit::bf16_t;
+using ::rnnkit::from_bf16;
+using ::rnnkit::to_bf16;
 
 // Which kernel runs: "amx_bf16" (AMX tiles, Sapphire Rapids and later, where Linux grants the
 // process the tile state), "avx512_bf16" or "fp32_fma" (the widening fallback).

@@ -123,8 +123,14 @@ class BackwardLoop {
       // Zoneout: the part of dL/dh_t (dL/dc_t) that the mix took from the previous state goes
       // straight to it, after the cell's backward; the cell sees the rest.
       if (padded(t, n)) continue;
-      if (reg_.zone) reg_.zh.split(dh_cur_ + n * P, b_.dzone_h + n * P, P, (t * N + n) * P);
-      if (reg_.zone_c) reg_.zc.split(b_.dc + n * H, b_.dzone_c + n * H, H, (t * N + n) * H);
+      if (reg_.zone) {
+        reg_.zh.split(dh_cur_ + n * P, b_.dzone_h + n * P, P,
+                      b_.h_keep ? zoneout_draws(b_.h_keep) + (t * N + n) * P : nullptr);
+      }
+      if (reg_.zone_c) {
+        reg_.zc.split(b_.dc + n * H, b_.dzone_c + n * H, H,
+                      b_.c_keep ? zoneout_draws(b_.c_keep) + (t * N + n) * H : nullptr);
+      }
     }
     // The gradient reaching the cell's h output: through the projection if there is one.
     const S* dh_cell = dh_cur_;

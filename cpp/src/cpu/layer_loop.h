@@ -265,15 +265,27 @@ struct ZoneoutDraw {
       : p(p_), masks(masks_), u(seed, stream), below(UniformStream::threshold(p_)) {}
   S keep(index_t i) const { return masks ? (u.below(i, below) ? S(1) : S(0)) : S(p); }
   // out[j] = the mix of prev[j] and fresh[j] (element index base + j); out may alias neither.
-  RNNKIT_ROW_HELPER void mix(S* out, const S* prev, const S* fresh, index_t width, index_t base) const {
+  // With masks the draws also go to kept[j] (a training forward's, for backward), unless null.
+  RNNKIT_ROW_HELPER void mix(S* out, const S* prev, const S* fresh, index_t width, index_t base,
+                             unsigned char* kept) const {
     if (!masks) {
       for (index_t j = 0; j < width; ++j) out[j] = S(p) * prev[j] + S(1 - p) * fresh[j];
       return;
     }
-    for (index_t j = 0; j < width; ++j) out[j] = u.below(base + j, below) ? prev[j] : fresh[j];
+    if (kept == nullptr) {
+      for (index_t j = 0; j < width; ++j) out[j] = u.below(base + j, below) ? prev[j] : fresh[j];
+      return;
+    }
+    for (index_t j = 0; j < width; ++j) {
+      const bool k = u.below(base + j, below);
+      kept[j] = k ? 1 : 0;
+      out[j] = k ? prev[j] : fresh[j];
+    }
   }
-  // g[j] (dL/dstate) split: carried[j] = keep * g[j] (to the previous state), g[j] the rest.
-  RNNKIT_ROW_HELPER void split(S* g, S* carried, index_t width, index_t base) const {
+  // g[j] (dL/dstate) split: carried[j] = keep * g[j] (to the previous state), g[j] the rest. With
+  // masks the draws are the forward's, read from kept[j] (drawing again would cost as much as the
+  // forward's draws: a 64-bit hash per element).
+  RNNKIT_ROW_HELPER void split(S* g, S* carried, index_t width, const unsigned char* kept) const {
     if (!masks) {
       for (index_t j = 0; j < width; ++j) {
         carried[j] = S(p) * g[j];
@@ -281,10 +293,11 @@ struct ZoneoutDraw {
       }
       return;
     }
+    assert(kept != nullptr);
     for (index_t j = 0; j < width; ++j) {
-      const bool kept = u.below(base + j, below);
-      carried[j] = kept ? g[j] : S(0);
-      g[j] = kept ? S(0) : g[j];
+      const bool k = kept[j] != 0;
+      carried[j] = k ? g[j] : S(0);
+      g[j] = k ? S(0) : g[j];
     }
   }
 };
