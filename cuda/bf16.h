@@ -25,12 +25,20 @@ struct ToBf16 {
   bf16_t* dst;
 
   RNNKIT_DEVICE void operator()(const Thread& th) const {
+    if (ld == cols) {  // dense: no index arithmetic per element
+      for (index_t i = th.global(); i < rows * cols; i += th.stride()) dst[i] = to_bf16(src[i]);
+      return;
+    }
     for (index_t i = th.global(); i < rows * cols; i += th.stride()) {
       const index_t r = i / cols, j = i % cols;
       dst[i] = to_bf16(src[r * ld + j]);
     }
   }
 };
+
+// Elements rounded up to a multiple of 8 (16 bytes of bf16): where a copy or slot starts, so that
+// cuBLAS may use its tensor-core kernels (they want 16-byte aligned operands).
+inline index_t bf16_aligned(index_t elems) { return (elems + 7) / 8 * 8; }
 
 // One operand of a row-major GEMM (gemm_rm): its float32 (or float64) values with their leading
 // dimension and, for a weight, its bf16 copy with the same layout (null: rounded at the GEMM).
@@ -61,6 +69,7 @@ struct Bf16Scratch {
 
   Bf16Scratch(bool on, index_t slot_elems, index_t extra_elems = 0) {
     if (!on) return;
+    slot_elems = bf16_aligned(slot_elems);
     block.allocate(checked_add(checked_mul(2, slot_elems, "bf16 scratch"), extra_elems, "bf16 scratch"),
                    "bf16 scratch");
     slots.slot_elems = slot_elems;

@@ -405,10 +405,14 @@ void network_backward(CudaNetworkCache<S>& cache, const NetworkBackwardArgs<S>& 
 
   // Output layer: dV += d_out^T features, dc += column sums in row order, d_features = d_out V.
   const Bf16Scratch bf16 = head_bf16_scratch<S>(cfg, R);
-  gemm_at_precision<S>(bf16.slots, stream, Op::kT, Op::kN, K, F, R, {d_out, K}, {cache.features, F}, S(1),
+  Operand<S> d_logits{d_out, K};  // rounded once for both products at bf16 (slot 0)
+  if constexpr (std::is_same_v<S, float>) {
+    if (bf16.slots.on()) d_logits.rounded = round_rows(stream, d_out, R, K, K, bf16.slots.slot[0]);
+  }
+  gemm_at_precision<S>(bf16.slots, stream, Op::kT, Op::kN, K, F, R, d_logits, {cache.features, F}, S(1),
                        grads.out_w, F);
   RNNKIT_LAUNCH(stream, K, (AddColumnSums<S>{R, K, K, d_out, grads.out_b}));
-  gemm_at_precision<S>(bf16.slots, stream, Op::kN, Op::kN, R, F, K, {d_out, K}, {cache.out_w, F}, S(0), d_features,
+  gemm_at_precision<S>(bf16.slots, stream, Op::kN, Op::kN, R, F, K, d_logits, {cache.out_w, F}, S(0), d_features,
                        F);
   if (!sequence) {
     // The last head's gradient enters the stack as dh_n of the last layer's groups.

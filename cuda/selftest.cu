@@ -1,6 +1,7 @@
 // The device probe and the self-test kernel (rnnkit_cuda.h): whether the backend can run here, and
 // the smallest kernel that proves a build compiles, links and launches. In the emulation build the
 // probe says so and the kernel runs on the host through the same launch helper.
+#include <algorithm>
 #include <memory>
 #include <stdexcept>
 
@@ -96,11 +97,12 @@ std::vector<float> gemm_bf16_check(bool trans_a, bool trans_b, std::int64_t m, s
   if (k * n > 0) copy_to_device(db.data(), b.data(), b.size() * sizeof(float), stream);
   if (m * n > 0) copy_to_device(dc.data(), c.data(), c.size() * sizeof(float), stream);
   // Stored A is [m, k] or, transposed, [k, m]; likewise B: the layouts the layer loops round.
+  // (A leading dimension of at least 1: cuBLAS refuses 0 even when the matrix is empty.)
   const index_t a_cols = trans_a ? m : k, b_cols = trans_b ? k : n;
   round_rows(stream, da.data(), trans_a ? k : m, a_cols, a_cols, a16.data());
   round_rows(stream, db.data(), trans_b ? n : k, b_cols, b_cols, b16.data());
-  gemm_rm(stream, trans_a ? Op::kT : Op::kN, trans_b ? Op::kT : Op::kN, m, n, k, 1.0f, a16.data(), a_cols,
-          b16.data(), b_cols, beta, dc.data(), n);
+  gemm_rm(stream, trans_a ? Op::kT : Op::kN, trans_b ? Op::kT : Op::kN, m, n, k, 1.0f, a16.data(),
+          std::max<index_t>(1, a_cols), b16.data(), std::max<index_t>(1, b_cols), beta, dc.data(), std::max<index_t>(1, n));
   if (m * n > 0) copy_to_host(out.data(), dc.data(), out.size() * sizeof(float), stream);
   synchronize(stream);
   return out;

@@ -111,7 +111,7 @@ struct RoundedWeights {
 
 // Elements of the weights' copies a layer-direction of `cfg` rounds (the widest layer's).
 index_t bf16_weight_elems(const StackConfig& cfg, const LayerShape& s) {
-  return s.GH * cfg.widest_layer_input() + s.GH * s.d.P + s.d.P * s.d.H;
+  return bf16_aligned(s.GH * cfg.widest_layer_input()) + bf16_aligned(s.GH * s.d.P) + s.d.P * s.d.H;
 }
 // Elements of one activation slot: the largest operand a GEMM of the loops rounds ([T*N, width]).
 index_t bf16_slot_elems(const StackConfig& cfg, const LayerShape& s) {
@@ -126,10 +126,10 @@ RoundedWeights round_weights(Stream stream, const LayerShape& s, const LayerWeig
   if constexpr (std::is_same_v<S, float>) {
     if (!s.bf16) return r;
     r.w_ih = round_rows(stream, w.w_ih, s.GH, s.d.C, s.d.C, dst);
-    dst += s.GH * s.d.C;
+    dst += bf16_aligned(s.GH * s.d.C);
     if constexpr (has_recurrent_gemm<Cell>()) {
       r.w_hh = round_rows(stream, w.w_hh, s.GH, s.d.P, s.d.P, dst);
-      dst += s.GH * s.d.P;
+      dst += bf16_aligned(s.GH * s.d.P);
     }
     if (s.project) r.w_hr = round_rows(stream, w.w_hr, s.d.P, s.d.H, s.d.H, dst);
   } else {

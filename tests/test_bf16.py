@@ -74,7 +74,7 @@ def test_gemm_matches_the_rounded_reference(bf16_kernel, m, n, k, trans_a, trans
         assert max_relative_diff(C, exact) > 10 * BF16_GEMM_RTOL
 
 
-def test_rounding_is_to_nearest_even_and_keeps_specials():
+def test_rounding_is_to_nearest_even_and_keeps_specials(bf16_kernel):
     # 1 + 2^-8 is a tie between 1 and 1 + 2^-7: even (1) wins; 1 + 3*2^-8 rounds up to 1 + 2^-6.
     vals = np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), np.inf, -np.inf, 0.0, 3.0], np.float32)
     A = np.diag(vals).astype(np.float32)
@@ -84,9 +84,14 @@ def test_rounding_is_to_nearest_even_and_keeps_specials():
         got = np.array([C[i, i] for i in range(len(vals))])
     np.testing.assert_array_equal(got, [1.0, 1 + 2**-6, -1.0, np.inf, -np.inf, 0.0, 3.0])
     np.testing.assert_array_equal(round_bf16(vals[:3]), [1.0, 1 + 2**-6, -1.0])
-    C = np.zeros((1, 1), np.float32)
-    _core._gemm_bf16(np.array([[np.nan]], np.float32), False, np.ones((1, 1), np.float32), False, 0.0, C)
-    assert np.isnan(C[0, 0])
+    # NaNs with payloads (quiet and signalling): NaN in bf16, where plain rounding would make
+    # 0x7f800001 an infinity and 0x7fffffff -0.
+    for bits in (0x7FC00000, 0x7F800001, 0x7FFFFFFF, 0xFFBFFFFF):
+        C = np.zeros((1, 1), np.float32)
+        nan = np.array([[bits]], np.uint32).view(np.float32)
+        with np.errstate(invalid="ignore"):
+            _core._gemm_bf16(nan, False, np.ones((1, 1), np.float32), False, 0.0, C)
+        assert np.isnan(C[0, 0]), hex(bits)
 
 
 def test_the_kernels_agree(rng):
