@@ -380,38 +380,30 @@ struct CopyInput {
   }
 };
 
-// Weight drop (stack.h): v [count] times the mask of group `group` (forward: the cache's copy of
-// W_hh), or dst += v * mask (backward: the gradient through the masked weights into W_hh's).
+// Dropout between layers and weight drop (stack.h), the CPU's apply_dropout (cpu/stack.cpp) on
+// the device: element i of src dropped (0) when draw i of the stream is below p, else times
+// 1/(1-p), into dst (accumulate 1: added to dst). Between-layer dropout runs in place on a layer's
+// output or its gradient; weight drop masks the cache's copy of W_hh (forward) and adds W_hh's
+// gradient through the mask (backward). The draws are integers, as UniformStream::below.
 template <typename S>
-struct WeightDrop {
-  index_t count, group;
-  double p;
-  std::uint64_t seed;
-  const S* v;
+struct ApplyDropout {
+  index_t count;
+  std::uint64_t key, below;
+  S scale;
+  const S* src;
   S* dst;
-  index_t accumulate;  // 0: dst = v * mask, 1: dst += v * mask
+  index_t accumulate;
 
-  RNNKIT_DEVICE void operator()(const Thread& th) const {
-    for (index_t i = th.global(); i < count; i += th.stride()) {
-      const S m = S(weight_drop_multiplier(seed, group, i, p));
-      dst[i] = accumulate ? dst[i] + v[i] * m : v[i] * m;
-    }
+  static ApplyDropout of(index_t count, double p, std::uint64_t seed, index_t stream, const S* src, S* dst,
+                         bool accumulate) {
+    return {count, UniformStream(seed, stream).key, UniformStream::threshold(p), p >= 1.0 ? S(0) : S(1.0 / (1.0 - p)),
+            src, dst, accumulate ? 1 : 0};
   }
-};
-
-// Dropout between layers (stack.h): element i of layer `layer`'s output kept with probability 1-p,
-// scaled by 1/(1-p); applied to a gradient, its backward.
-template <typename S>
-struct Dropout {
-  index_t count, layer;
-  double p;
-  std::uint64_t seed;
-  S* v;
-
   RNNKIT_DEVICE void operator()(const Thread& th) const {
-    const S scale = p >= 1.0 ? S(0) : S(1.0 / (1.0 - p));
     for (index_t i = th.global(); i < count; i += th.stride()) {
-      v[i] = (p >= 1.0 || dropout_uniform(seed, layer, i) < p) ? S(0) : v[i] * scale;
+      const bool dropped = (splitmix64(key + static_cast<std::uint64_t>(i)) >> 11) < below;
+      const S v = dropped ? S(0) : src[i] * scale;
+      dst[i] = accumulate ? dst[i] + v : v;
     }
   }
 };

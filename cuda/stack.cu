@@ -541,8 +541,8 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
       S* copy = const_cast<S*>(param_field(cache->weights[spec.group], spec.role));
       const S* src = param_field((*args.params)[spec.group], spec.role);
       if (spec.role == ParamRole::kWHh && cfg.weight_dropout > 0.0) {  // the masked copy (weight drop)
-        RNNKIT_LAUNCH(stream, spec.numel(), (WeightDrop<S>{spec.numel(), spec.group, cfg.weight_dropout,
-                                                           args.dropout_seed, src, copy, 0}));
+        RNNKIT_LAUNCH(stream, spec.numel(), ApplyDropout<S>::of(spec.numel(), cfg.weight_dropout, args.dropout_seed,
+                                                                kWeightDropStream + spec.group, src, copy, false));
       } else {
         copy_elems(stream, copy, src, spec.numel());
       }
@@ -589,7 +589,8 @@ void stack_forward(const CudaStackPlan& plan, const StackForwardArgs<S>& args, C
         layer_forward<Cell, S>(shape, (*weights)[g], buffers[g], la);
       }
       if (training && l + 1 < L && cfg.dropout > 0.0) {
-        RNNKIT_LAUNCH(stream, between, (Dropout<S>{between, l, cfg.dropout, args.dropout_seed, outputs[l]}));
+        RNNKIT_LAUNCH(stream, between, ApplyDropout<S>::of(between, cfg.dropout, args.dropout_seed, l, outputs[l],
+                                                           outputs[l], false));
       }
     }
   });
@@ -674,14 +675,16 @@ void stack_backward(CudaStackCache<S>& cache, const StackBackwardArgs<S>& args) 
         }
         layer_backward<Cell, S>(shape, cache.weights[g], grads, buffers[g], la);
         if (cfg.weight_dropout > 0.0) {
-          RNNKIT_LAUNCH(stream, w_hh_numel, (WeightDrop<S>{w_hh_numel, g, cfg.weight_dropout, cache.dropout_seed,
-                                                           w_hh_grad.data(), (*args.grads)[g].w_hh, 1}));
+          RNNKIT_LAUNCH(stream, w_hh_numel, ApplyDropout<S>::of(w_hh_numel, cfg.weight_dropout, cache.dropout_seed,
+                                                                kWeightDropStream + g, w_hh_grad.data(),
+                                                                (*args.grads)[g].w_hh, true));
         }
       }
       if (cfg.input_dropout > 0.0 && d_in) input_dropout(stream, cfg, cache.dropout_seed, l, TN, N, input_mask.data(), d_in);
       if (l > 0) {
         if (cfg.dropout > 0.0) {
-          RNNKIT_LAUNCH(stream, between, (Dropout<S>{between, l - 1, cfg.dropout, cache.dropout_seed, d_in}));
+          RNNKIT_LAUNCH(stream, between, ApplyDropout<S>::of(between, cfg.dropout, cache.dropout_seed, l - 1, d_in,
+                                                             d_in, false));
         }
         d_out = d_in;
       }

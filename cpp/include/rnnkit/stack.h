@@ -189,10 +189,6 @@ RNNKIT_HOSTDEVICE double dropout_uniform(std::uint64_t seed, index_t layer, inde
 // so the steps and the backward's products use the masked weights; backward masks W_hh's gradient.
 constexpr index_t kWeightDropStream = index_t(1) << 40;
 
-RNNKIT_HOSTDEVICE double weight_drop_multiplier(std::uint64_t seed, index_t group, index_t i, double p) {
-  return (p >= 1.0 || dropout_uniform(seed, kWeightDropStream + group, i) < p) ? 0.0 : 1.0 / (1.0 - p);
-}
-
 // The other regularisers' streams, each a "layer" of dropout_uniform's apart from the rest:
 //   zoneout       group g: kZoneoutStream + g, element (t*N + n)*P + j kept from h_{t-1} when u < p
 //   zoneout_cell  group g: kZoneoutCellStream + g, element (t*N + n)*H + j likewise for c
