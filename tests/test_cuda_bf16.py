@@ -151,6 +151,29 @@ def _cases():
     yield pytest.param("lstm", "projection", id="lstm-projection")
 
 
+def _check_against_the_cpu_and_float32(cell, cfg, cfg32, option, seed):
+    """One training forward + backward of `cfg` (bf16) on both backends and of `cfg32` on the
+    device: every output and gradient within the bf16 tolerances of the CPU's, and nearer to it
+    than the device's float32 result (_assert_closer_than_float32). Records the worst error."""
+    params, x, h0, c0, lengths = _case(cfg, option)
+    rng = np.random.default_rng(seed)
+    T, N = x.shape[:2]
+    P = cfg.proj_size or cfg.hidden_size
+    dy = rng.standard_normal((T, N, cfg.num_directions * P)).astype(np.float32)
+    dh_n = rng.standard_normal((cfg.num_layers * cfg.num_directions, N, P)).astype(np.float32)
+    cpu = _train(cfg, params, x, h0, c0, lengths, dy, dh_n, "cpu")
+    dev = _train(cfg, params, x, h0, c0, lengths, dy, dh_n, "cuda")
+    f32 = _train(cfg32, params, x, h0, c0, lengths, dy, dh_n, "cuda")
+    names = ["y", "h_n", "dx", "dh0"] + [name for name, _ in cfg.param_specs()]
+    flat = lambda r: list(r[:4]) + list(r[4])  # noqa: E731
+    for name, got, want in zip(names, flat(dev), flat(cpu)):
+        table = CUDA_VS_CPU_BF16_RTOL if name in ("y", "h_n") else CUDA_VS_CPU_BF16_GRAD_RTOL
+        err = relative_error(got, want)
+        WORST_ERROR["bfloat16"] = max(WORST_ERROR.get("bfloat16", 0.0), err)
+        assert err < _tol(table, cell), name
+    _assert_closer_than_float32(names, flat(dev), flat(f32), flat(cpu))
+
+
 @pytest.mark.parametrize("cell,option", list(_cases()))
 def test_training_forward_and_backward_match_the_cpu_at_bf16(cell, option):
     """Every output and gradient of a training forward + backward, CUDA bf16 against CPU bf16; and
@@ -164,23 +187,8 @@ def test_training_forward_and_backward_match_the_cpu_at_bf16(cell, option):
     else:
         cfg = _config(cell, option, 12, 20, "bfloat16")
         cfg32 = _config(cell, option, 12, 20, "float32")
-    params, x, h0, c0, lengths = _case(cfg, option)
-    rng = np.random.default_rng(3)
-    T, N = x.shape[:2]
-    dy = rng.standard_normal((T, N, cfg.num_directions * (cfg.proj_size or cfg.hidden_size))).astype(np.float32)
-    dh_n = rng.standard_normal((cfg.num_layers * cfg.num_directions, N, cfg.proj_size or cfg.hidden_size)).astype(np.float32)
-    cpu = _train(cfg, params, x, h0, c0, lengths, dy, dh_n, "cpu")
-    dev = _train(cfg, params, x, h0, c0, lengths, dy, dh_n, "cuda")
-    f32 = _train(cfg32, params, x, h0, c0, lengths, dy, dh_n, "cuda")
-    names = ["y", "h_n", "dx", "dh0"] + [name for name, _ in cfg.param_specs()]
-    flat = lambda r: list(r[:4]) + list(r[4])  # noqa: E731
-    for name, got, want in zip(names, flat(dev), flat(cpu)):
-        table = CUDA_VS_CPU_BF16_RTOL if name in ("y", "h_n") else CUDA_VS_CPU_BF16_GRAD_RTOL
-        err = relative_error(got, want)
-        WORST_ERROR["bfloat16"] = max(WORST_ERROR.get("bfloat16", 0.0), err)
-        assert err < _tol(table, cell), name
+    _check_against_the_cpu_and_float32(cell, cfg, cfg32, option, seed=3)
     CASES.add((cell, option if not proj else "projection"))
-    _assert_closer_than_float32(names, flat(dev), flat(f32), flat(cpu))
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru", "gru_reset_before", "ln_gru", "mingru"])
@@ -296,19 +304,7 @@ def test_regularisers_at_bf16_match_the_cpu(cell, kw):
     option = "stack_bidirectional_lengths_h0"
     cfg = _config(cell, option, 10, 16, "bfloat16", **kw)
     cfg32 = _config(cell, option, 10, 16, "float32", **kw)
-    params, x, h0, c0, lengths = _case(cfg, option)
-    rng = np.random.default_rng(6)
-    dy = rng.standard_normal((x.shape[0], x.shape[1], 32)).astype(np.float32)
-    dh_n = rng.standard_normal((4, x.shape[1], 16)).astype(np.float32)
-    cpu = _train(cfg, params, x, h0, c0, lengths, dy, dh_n, "cpu")
-    dev = _train(cfg, params, x, h0, c0, lengths, dy, dh_n, "cuda")
-    f32 = _train(cfg32, params, x, h0, c0, lengths, dy, dh_n, "cuda")
-    names = ["y", "h_n", "dx", "dh0"] + [name for name, _ in cfg.param_specs()]
-    flat = lambda r: list(r[:4]) + list(r[4])  # noqa: E731
-    for name, got, want in zip(names, flat(dev), flat(cpu)):
-        table = CUDA_VS_CPU_BF16_RTOL if name in ("y", "h_n") else CUDA_VS_CPU_BF16_GRAD_RTOL
-        assert relative_error(got, want) < _tol(table, cell), name
-    _assert_closer_than_float32(names, flat(dev), flat(f32), flat(cpu))
+    _check_against_the_cpu_and_float32(cell, cfg, cfg32, option, seed=6)
 
 
 @pytest.mark.parametrize("options", [dict(peephole=True, clip=2.0), dict(activations=("hard_sigmoid", "tanh", "relu")),
