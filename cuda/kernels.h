@@ -435,8 +435,8 @@ struct ZoneoutWords {
 
 // After a step's cell (and projection): the state h_t = keep * h_{t-1} + (1 - keep) * h_new at
 // valid rows (h_new null: h unzoned), c likewise. Padded rows are StepOutputs'. A training
-// forward's draws also go to h_keep [T,N,P] / c_keep [T,N,H] (bytes, LayerBuffers; null: not
-// kept), which backward reads. Over N*H.
+// forward's draws also go to h_keep / c_keep (bytes, rows of zoneout_draw_row(P or H): LayerBuffers;
+// null: not kept), which backward reads. Over N*H.
 template <typename S>
 struct ZoneoutMix {
   index_t N, H, P, t;
@@ -458,13 +458,13 @@ struct ZoneoutMix {
       if (h_new && j < P) {
         const index_t e = (t * N + n) * P + j;
         const S k = zh.keep<S>(e);
-        if (h_keep) h_keep[e] = k != S(0) ? 1 : 0;
+        if (h_keep) h_keep[(t * N + n) * zoneout_draw_row(P) + j] = k != S(0) ? 1 : 0;
         h_cur[n * P + j] = k * h_prev[n * P + j] + (S(1) - k) * h_new[n * P + j];
       }
       if (c_new) {
         const index_t e = (t * N + n) * H + j;
         const S k = zc.keep<S>(e);
-        if (c_keep) c_keep[e] = k != S(0) ? 1 : 0;
+        if (c_keep) c_keep[(t * N + n) * zoneout_draw_row(H) + j] = k != S(0) ? 1 : 0;
         c_cur[n * H + j] = k * c_prev[n * H + j] + (S(1) - k) * c_new[n * H + j];
       }
     }
@@ -494,14 +494,14 @@ struct ZoneoutSplit {
       if (is_padded(lengths, t, n)) continue;
       if (split_h && j < P) {
         const index_t e = (t * N + n) * P + j;
-        const S k = zh.masks ? S(h_keep[e]) : zh.keep<S>(e), g = dh_cur[n * P + j];
+        const S k = zh.masks ? S(h_keep[(t * N + n) * zoneout_draw_row(P) + j]) : zh.keep<S>(e), g = dh_cur[n * P + j];
         dzone_h[n * P + j] = k * g;
         dh_cur[n * P + j] = g - k * g;
         if (dproj) dproj[n * P + j] = g - k * g;
       }
       if (split_c) {
         const index_t e = (t * N + n) * H + j;
-        const S k = zc.masks ? S(c_keep[e]) : zc.keep<S>(e), g = dc[n * H + j];
+        const S k = zc.masks ? S(c_keep[(t * N + n) * zoneout_draw_row(H) + j]) : zc.keep<S>(e), g = dc[n * H + j];
         dzone_c[n * H + j] = k * g;
         dc[n * H + j] = g - k * g;
       }

@@ -345,11 +345,17 @@ def test_inference_records_no_autograd_node(monkeypatch):
     torch.testing.assert_close(y, y_grad.detach(), rtol=0, atol=0)
 
 
-def test_reserve_size_formula_matches_the_core_for_symbolic_sizes():
-    cfg = ("LSTM", C, H, 2, True, 3, True, 0.0, "float32", False)
-    a, b, c, d = torch_ops._reserve_coefficients(cfg, np.dtype(np.float32))
+@pytest.mark.parametrize("cfg", [
+    ("LSTM", C, H, 2, True, 3, True, 0.0, "float32", False),
+    # zoneout keeps a byte per draw: rows of whole 4-byte elements even at odd widths (P = 3, H = 5)
+    ("LSTM", C, 5, 2, True, 3, True, 0.0, "float32", False, "", 0.0, 0.2, 0.1),
+    ("GRU", C, 7, 1, False, 0, True, 0.0, "float32", False, "", 0.0, 0.3),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reserve_size_formula_matches_the_core_for_symbolic_sizes(cfg, dtype):
+    a, b, c, d = torch_ops._reserve_coefficients(cfg, np.dtype(dtype))
     for steps, batch in [(1, 1), (9, 4), (33, 17)]:
-        core = int(rnnkit._core.reserve_size(torch_ops.stack_config(*cfg), steps, batch, np.dtype(np.float32)))
+        core = int(rnnkit._core.reserve_size(torch_ops.stack_config(*cfg), steps, batch, np.dtype(dtype)))
         assert a + b * steps + c * batch + d * steps * batch == core
 
 

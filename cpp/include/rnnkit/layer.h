@@ -131,8 +131,8 @@ struct LayerBuffers {
   S* c_zone = nullptr;   // [T,N,H] each step's new c before zoneout_cell's mix (inference: [N,H])
   // zoneout's draws of a training forward with masks, one byte each (1: h_{t-1} kept; as bytes in
   // S memory, zoneout_draws()), for backward to read instead of drawing again
-  S* h_keep = nullptr;   // [T,N,P] bytes
-  S* c_keep = nullptr;   // [T,N,H] bytes
+  S* h_keep = nullptr;   // [T,N,zoneout_draw_row(P)] bytes
+  S* c_keep = nullptr;   // [T,N,zoneout_draw_row(H)] bytes
   S* h_drop = nullptr;   // [T,N,P] row t: the state before step t times the recurrent mask
   S* rec_mask = nullptr; // [N,P] recurrent dropout's mask (0 or 1/(1-p)), both passes
   S* dzone_h = nullptr;  // [N,P] the part of dL/dh_t that zoneout carries to h_{t-1}
@@ -140,8 +140,10 @@ struct LayerBuffers {
   S* drec = nullptr;     // [N,P] d(recurrent pre-activations) W_hh, before the recurrent mask
 };
 
-// The bytes of a byte buffer (LayerBuffers::h_keep) in elements of any S of 4 bytes or more.
-inline index_t bytes_as_elems(index_t bytes) { return (bytes + 3) / 4; }
+// The bytes of one (t, n) row of zoneout's draws of `width` units: a whole number of 4-byte
+// elements (any S of 4 bytes or more), so that a buffer's size stays rows * (elements per row),
+// linear in T*N as the torch bridge's symbolic reserve size needs (interop/torch_ops.py).
+RNNKIT_HOSTDEVICE index_t zoneout_draw_row(index_t width) { return (width + 3) / 4 * 4; }
 template <typename S>
 unsigned char* zoneout_draws(S* view) { return reinterpret_cast<unsigned char*>(view); }
 
@@ -175,8 +177,8 @@ void for_each_layer_buffer(const LayerShape& s, LayerBuffers<S>& b, Fn&& fn) {
   fn(kKept, s.zoneout > 0.0 ? checked_mul(rows, d.P, "zoneout states") : 0, b.h_zone);
   fn(kKept, s.zoneout_cell > 0.0 ? checked_mul(rows, d.H, "zoneout cell states") : 0, b.c_zone);
   const bool draws = train && s.zoneout_masks;
-  fn(kKept, draws && s.zoneout > 0.0 ? bytes_as_elems(checked_mul(rows, d.P, "zoneout draws")) : 0, b.h_keep);
-  fn(kKept, draws && s.zoneout_cell > 0.0 ? bytes_as_elems(checked_mul(rows, d.H, "zoneout cell draws")) : 0,
+  fn(kKept, draws && s.zoneout > 0.0 ? checked_mul(rows, zoneout_draw_row(d.P) / 4, "zoneout draws") : 0, b.h_keep);
+  fn(kKept, draws && s.zoneout_cell > 0.0 ? checked_mul(rows, zoneout_draw_row(d.H) / 4, "zoneout cell draws") : 0,
      b.c_keep);
   const bool rd = s.recurrent_dropout > 0.0;
   fn(kKept, rd ? checked_mul(s.TN, d.P, "recurrent dropout states") : 0, b.h_drop);

@@ -125,11 +125,11 @@ class BackwardLoop {
       if (padded(t, n)) continue;
       if (reg_.zone) {
         reg_.zh.split(dh_cur_ + n * P, b_.dzone_h + n * P, P,
-                      b_.h_keep ? zoneout_draws(b_.h_keep) + (t * N + n) * P : nullptr);
+                      b_.h_keep ? zoneout_draws(b_.h_keep) + (t * N + n) * zoneout_draw_row(P) : nullptr);
       }
       if (reg_.zone_c) {
         reg_.zc.split(b_.dc + n * H, b_.dzone_c + n * H, H,
-                      b_.c_keep ? zoneout_draws(b_.c_keep) + (t * N + n) * H : nullptr);
+                      b_.c_keep ? zoneout_draws(b_.c_keep) + (t * N + n) * zoneout_draw_row(H) : nullptr);
       }
     }
     // The gradient reaching the cell's h output: through the projection if there is one.

@@ -173,11 +173,11 @@ class ForwardLoop {
       } else {
         if (reg_.zone) {
           reg_.zh.mix(h_cur + n * P, h_prev + n * P, h_new + n * P, P, (t * N + n) * P,
-                      b_.h_keep ? zoneout_draws(b_.h_keep) + (t * N + n) * P : nullptr);
+                      b_.h_keep ? zoneout_draws(b_.h_keep) + (t * N + n) * zoneout_draw_row(P) : nullptr);
         }
         if (reg_.zone_c) {
           reg_.zc.mix(c_cur + n * H, c_prev + n * H, c_new + n * H, H, (t * N + n) * H,
-                      b_.c_keep ? zoneout_draws(b_.c_keep) + (t * N + n) * H : nullptr);
+                      b_.c_keep ? zoneout_draws(b_.c_keep) + (t * N + n) * zoneout_draw_row(H) : nullptr);
         }
         copy_n(y_row, h_cur + n * P, P);
       }
