@@ -85,6 +85,20 @@ inline const bf16_t* round_rows(Stream stream, const float* v, index_t rows, ind
   return dst;
 }
 
+// `v` [rows, ld] (dense) as an operand rounded once, into `slot`, for several GEMMs that read it
+// (the first rounding of another operand into that slot ends its use); at float32 precision (slots
+// off, or S double) the plain operand.
+template <typename S>
+Operand<S> rounded_once(const Bf16Slots& bf16, Stream stream, const S* v, index_t rows, index_t ld, int slot) {
+  Operand<S> o{v, ld};
+  if constexpr (std::is_same_v<S, float>) {
+    if (bf16.on()) o.rounded = round_rows(stream, v, rows, ld, ld, bf16.slot[slot]);
+  } else {
+    (void)bf16, (void)stream, (void)rows, (void)slot;
+  }
+  return o;
+}
+
 // Row-major C[m,n] = op(A) op(B) + beta * C (alpha 1, as every GEMM of the loops) at the call's
 // precision: the dtype's own GEMM, or (slots on, S float) bf16 operands -- a weight's copy, or the
 // activation rounded into its slot -- summed in float32.

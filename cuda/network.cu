@@ -405,10 +405,7 @@ void network_backward(CudaNetworkCache<S>& cache, const NetworkBackwardArgs<S>& 
 
   // Output layer: dV += d_out^T features, dc += column sums in row order, d_features = d_out V.
   const Bf16Scratch bf16 = head_bf16_scratch<S>(cfg, R);
-  Operand<S> d_logits{d_out, K};  // rounded once for both products at bf16 (slot 0)
-  if constexpr (std::is_same_v<S, float>) {
-    if (bf16.slots.on()) d_logits.rounded = round_rows(stream, d_out, R, K, K, bf16.slots.slot[0]);
-  }
+  const Operand<S> d_logits = rounded_once(bf16.slots, stream, d_out, R, K, 0);  // for both products
   gemm_at_precision<S>(bf16.slots, stream, Op::kT, Op::kN, K, F, R, d_logits, {cache.features, F}, S(1),
                        grads.out_w, F);
   RNNKIT_LAUNCH(stream, K, (AddColumnSums<S>{R, K, K, d_out, grads.out_b}));

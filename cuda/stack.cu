@@ -120,6 +120,13 @@ index_t bf16_slot_elems(const StackConfig& cfg, const LayerShape& s) {
   return checked_mul(s.TN, width, "bf16 activation slot");
 }
 
+// The GEMM of a layer call's loops: gemm_at_precision with the call's bf16 slots.
+template <typename S>
+auto layer_gemm(const LayerArgs<S>& a) {
+  return [&a](Stream ls, Op op_a, Op op_b, index_t m, index_t n, index_t k, const Operand<S>& A, const Operand<S>& B,
+              S beta, S* c, index_t ldc) { gemm_at_precision<S>(a.bf16, ls, op_a, op_b, m, n, k, A, B, beta, c, ldc); };
+}
+
 template <typename Cell, typename S>
 RoundedWeights round_weights(Stream stream, const LayerShape& s, const LayerWeights<S>& w, bf16_t* dst) {
   RoundedWeights r;
@@ -151,10 +158,7 @@ void layer_forward(const LayerShape& s, const LayerWeights<S>& w, const LayerBuf
 
   // Every GEMM at the call's precision (bf16.h): bf16 copies of the weights first.
   const RoundedWeights w16 = round_weights<Cell>(st, s, w, a.weights16);
-  auto mm = [&](Stream ls, Op op_a, Op op_b, index_t m, index_t n, index_t k, const Operand<S>& A,
-                const Operand<S>& B, S beta, S* c, index_t ldc) {
-    gemm_at_precision<S>(a.bf16, ls, op_a, op_b, m, n, k, A, B, beta, c, ldc);
-  };
+  const auto mm = layer_gemm(a);
 
   // gates = x W_ih^T for every step at once; the biases are added in the pointwise kernel.
   mm(st, Op::kN, Op::kT, s.TN, GH, C, {a.x, C}, {w.w_ih, C, w16.w_ih}, S(0), b.gates, GH);
@@ -298,10 +302,7 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
 
   // Every GEMM at the call's precision (bf16.h), as the forward's.
   const RoundedWeights w16 = round_weights<Cell>(st, s, w, a.weights16);
-  auto mm = [&](Stream ls, Op op_a, Op op_b, index_t m, index_t n, index_t k, const Operand<S>& A,
-                const Operand<S>& B, S beta, S* c, index_t ldc) {
-    gemm_at_precision<S>(a.bf16, ls, op_a, op_b, m, n, k, A, B, beta, c, ldc);
-  };
+  const auto mm = layer_gemm(a);
 
   // The regularisers, as the forward's.
   const Regularisers<Cell> reg(s, a.seed, a.group);
@@ -396,16 +397,12 @@ void layer_backward(const LayerShape& s, const LayerWeights<S>& w, const LayerGr
   const S* h_prev_all = rdrop ? b.h_drop : h_slot(slots.reverse ? 1 : 0);
   // At bf16 the gates' gradients are rounded once for the three GEMMs that read them (slot 0, kept
   // until dx is done; the operands after it round into slot 0 again).
-  const bf16_t* dall16 = nullptr;
-  if constexpr (std::is_same_v<S, float>) {
-    if (a.bf16.on()) dall16 = round_rows(st, dall, TN, GH, GH, a.bf16.slot[0]);
-  }
-  const Operand<S> dgates_all{dall, GH, dall16};
+  const Operand<S> dgates_all = rounded_once(a.bf16, st, dall, TN, GH, 0);
   mm(st, Op::kT, Op::kN, GH, C, TN, dgates_all, {a.x, C}, S(1), g.w_ih, C);
   if (a.dx) mm(st, Op::kN, Op::kN, TN, C, GH, dgates_all, {w.w_ih, C, w16.w_ih}, a.dx_accumulate ? S(1) : S(0), a.dx, C);
   if constexpr (Cell::kTwoStage) {
     mm(st, Op::kT, Op::kN, G1, P, TN, dgates_all, {h_prev_all, P}, S(1), g.w_hh, P);
-    mm(st, Op::kT, Op::kN, GH - G1, P, TN, {dall + G1, GH, bf16_at(dall16, G1)}, {b.saved, SW}, S(1),
+    mm(st, Op::kT, Op::kN, GH - G1, P, TN, {dall + G1, GH, bf16_at(dgates_all.rounded, G1)}, {b.saved, SW}, S(1),
        g.w_hh + G1 * P, P);
   } else if constexpr (Cell::kDiagonalRecurrent) {
     RNNKIT_LAUNCH(st, H, (AddColumnSums<S>{N, H, s.partial_width, b.partials, g.w_hh}));  // du

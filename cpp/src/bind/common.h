@@ -53,6 +53,23 @@ inline CellKind parse_mode(const std::string& mode) {
 
 inline const char* precision_name(Precision p) { return p == Precision::kBfloat16 ? "bfloat16" : "float32"; }
 
+// The test hooks' C = op(A) op(B) + beta C (_gemm_bf16, _cuda_gemm_bf16): checks the three 2-d
+// arrays against each other and returns {m, n, k}.
+struct GemmSizes {
+  index_t m, n, k;
+};
+inline GemmSizes check_gemm_arrays(const py::array& A, bool trans_a, const py::array& B, bool trans_b,
+                                   const py::array& C) {
+  if (A.ndim() != 2 || B.ndim() != 2 || C.ndim() != 2) throw_expected("A, B, C", "2-d arrays", "other ranks");
+  const index_t m = trans_a ? A.shape(1) : A.shape(0), k = trans_a ? A.shape(0) : A.shape(1);
+  const index_t n = trans_b ? B.shape(0) : B.shape(1), kb = trans_b ? B.shape(1) : B.shape(0);
+  if (kb != k) throw_expected("B", concat(k, " rows of op(B)"), kb);
+  if (C.shape(0) != m || C.shape(1) != n) {
+    throw_expected("C", concat("[", m, ", ", n, "]"), concat("[", C.shape(0), ", ", C.shape(1), "]"));
+  }
+  return {m, n, k};
+}
+
 inline Precision parse_precision(const std::string& name) {
   if (name == "float32") return Precision::kFloat32;
   if (name == "bfloat16") return Precision::kBfloat16;

@@ -745,13 +745,7 @@ void register_device(py::module_& m) {
   m.def("_cuda_gemm_bf16", [](py::array_t<float, py::array::c_style | py::array::forcecast> A, bool trans_a,
                               py::array_t<float, py::array::c_style | py::array::forcecast> B, bool trans_b,
                               double beta, py::array_t<float, py::array::c_style | py::array::forcecast> C) {
-        if (A.ndim() != 2 || B.ndim() != 2 || C.ndim() != 2) throw_expected("A, B, C", "2-d arrays", "other ranks");
-        const index_t m = trans_a ? A.shape(1) : A.shape(0), k = trans_a ? A.shape(0) : A.shape(1);
-        const index_t n = trans_b ? B.shape(0) : B.shape(1), kb = trans_b ? B.shape(1) : B.shape(0);
-        if (kb != k) throw_expected("B", concat(k, " rows of op(B)"), kb);
-        if (C.shape(0) != m || C.shape(1) != n) {
-          throw_expected("C", concat("[", m, ", ", n, "]"), concat("[", C.shape(0), ", ", C.shape(1), "]"));
-        }
+        const auto [m, n, k] = check_gemm_arrays(A, trans_a, B, trans_b, C);
         std::vector<float> out;
         {
           py::gil_scoped_release release;

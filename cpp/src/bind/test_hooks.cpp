@@ -118,12 +118,8 @@ void register_test_hooks(py::module_& m) {
                         py::array_t<float, py::array::c_style | py::array::forcecast> B, bool trans_b, double beta,
                         py::array_t<float> C) {
         // C = op(A) op(B) + beta C at bf16 input precision (C float32 [m, n], C-contiguous, written in place).
-        if (A.ndim() != 2 || B.ndim() != 2 || C.ndim() != 2) throw_expected("A, B, C", "2-d arrays", "other ranks");
+        const auto [m, n, k] = check_gemm_arrays(A, trans_a, B, trans_b, C);
         if (!(C.flags() & py::array::c_style) || !C.writeable()) throw_expected("C", "a writable C-contiguous float32 array", "another");
-        const index_t m = trans_a ? A.shape(1) : A.shape(0), k = trans_a ? A.shape(0) : A.shape(1);
-        const index_t n = trans_b ? B.shape(0) : B.shape(1), kb = trans_b ? B.shape(1) : B.shape(0);
-        if (kb != k) throw_expected("B", concat(k, " rows of op(B)"), kb);
-        if (C.shape(0) != m || C.shape(1) != n) throw_expected("C", concat("[", m, ", ", n, "]"), concat("[", C.shape(0), ", ", C.shape(1), "]"));
         gemm_bf16(trans_a ? Trans::kYes : Trans::kNo, trans_b ? Trans::kYes : Trans::kNo, m, n, k, A.data(), A.shape(1),
                   B.data(), B.shape(1), static_cast<float>(beta), C.mutable_data(), n);
       }, py::arg("A"), py::arg("trans_a"), py::arg("B"), py::arg("trans_b"), py::arg("beta"), py::arg("C"),

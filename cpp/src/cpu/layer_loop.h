@@ -265,17 +265,15 @@ struct ZoneoutDraw {
       : p(p_), masks(masks_), u(seed, stream), below(UniformStream::threshold(p_)) {}
   S keep(index_t i) const { return masks ? (u.below(i, below) ? S(1) : S(0)) : S(p); }
   // out[j] = the mix of prev[j] and fresh[j] (element index base + j); out may alias neither.
-  // With masks the draws also go to kept[j] (a training forward's, for backward), unless null.
+  // With masks (a training forward: LayerBuffers keeps the draws) the draws also go to kept[j],
+  // for backward.
   RNNKIT_ROW_HELPER void mix(S* out, const S* prev, const S* fresh, index_t width, index_t base,
                              unsigned char* kept) const {
     if (!masks) {
       for (index_t j = 0; j < width; ++j) out[j] = S(p) * prev[j] + S(1 - p) * fresh[j];
       return;
     }
-    if (kept == nullptr) {
-      for (index_t j = 0; j < width; ++j) out[j] = u.below(base + j, below) ? prev[j] : fresh[j];
-      return;
-    }
+    assert(kept != nullptr);
     for (index_t j = 0; j < width; ++j) {
       const bool k = u.below(base + j, below);
       kept[j] = k ? 1 : 0;
