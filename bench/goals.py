@@ -27,7 +27,9 @@ round by round (a noisy neighbour slows both alike), medians over the rounds, fl
 - min cells: minGRU/minLSTM training at T=1024, N=16, C=H=256 against rnnkit's GRU/LSTM (goal 5x;
   the note gives both GFLOP/s and the FLOP ratio), and at 2 threads vs 1 in the 2-thread section;
 - streaming: one step at B=1, C=H=256 through layer.step() and RNNNetwork.step() vs the PyTorch
-  Cell and ONNX Runtime with T=1; the bare pybind11 call overhead is reported separately;
+  Cell and ONNX Runtime with T=1, and at precision="bfloat16" through layer.stepper() and
+  network.stepper() (weights packed once; goal 3x the float32 Cell, 2x ONNX Runtime); the bare
+  pybind11 call overhead is reported separately;
 - memory: the extra peak resident memory of one LSTM training step at the large shape, rnnkit and
   PyTorch each in a fresh process;
 - 2 threads: rnnkit at 2 vs 1 thread, after a probe of how much of the second core is free
@@ -95,6 +97,9 @@ FMA_SHARE_GOAL = 0.85
 FMA_PROBE_S = 0.05  # one FMA-peak sample (the probe's register-only loop needs no warm-up)
 BF16_GOAL = 1.3
 STREAM_GOAL = 3.0
+# bfloat16 steps (issue 13): >= 3x PyTorch's float32 Cell, >= 2x ONNX Runtime.
+STREAM_BF16_GOAL = 3.0
+STREAM_BF16_ORT_GOAL = 2.0
 MEMORY_GOAL = 0.6
 TWO_THREAD_GOAL = 1.6
 NEVER_SLOWER = 0.97
@@ -397,7 +402,15 @@ def streaming(rounds: int) -> None:
                     fn()
             return run
 
-        fns = {"layer": loop(lambda: layer.step(x, state)), "network": loop(lambda: net.step(x, net_state))}
+        # precision="bfloat16" steps from a snapshot packed once (layer.stepper(), network.stepper()).
+        stepper = cls(C, H, seed=0, precision="bfloat16").stepper()
+        net_stepper = rnnkit.RNNNetwork(input_size=C, hidden_size=H, output_size=H, loss="mse", cell=net_cell, seed=0,
+                                        precision="bfloat16").stepper()
+        _, state16 = stepper.step(x)
+        _, net_state16 = net_stepper.step(x)
+        fns = {"layer": loop(lambda: layer.step(x, state)), "network": loop(lambda: net.step(x, net_state)),
+               "layer_bf16": loop(lambda: stepper.step(x, state16)),
+               "network_bf16": loop(lambda: net_stepper.step(x, net_state16))}
         if torch is not None:
             # The Cell for the layer; the Cell plus an nn.Linear output layer for the network.
             tc = getattr(torch.nn, tname + "Cell")(C, H)
@@ -428,6 +441,13 @@ def streaming(rounds: int) -> None:
                    extra="vs Cell + Linear" if sfx else "vs Cell")
             if "ort" + sfx in m:
                 record("streaming", f"{cell} {which}.step()", m[which], "ORT", m["ort" + sfx], 1.0, unit="us",
+                       extra="vs RNN node + Gemm" if sfx else "")
+        for which, sfx in (("layer", ""), ("network", "_net")):
+            label = f"{cell} {which}.stepper().step() bf16"
+            record("streaming", label, m[which + "_bf16"], "torch", m.get("torch" + sfx), STREAM_BF16_GOAL, unit="us",
+                   extra="vs the float32 Cell + Linear" if sfx else "vs the float32 Cell")
+            if "ort" + sfx in m:
+                record("streaming", label, m[which + "_bf16"], "ORT", m["ort" + sfx], STREAM_BF16_ORT_GOAL, unit="us",
                        extra="vs RNN node + Gemm" if sfx else "")
     calls = 20000
     t0 = time.perf_counter()

@@ -54,7 +54,8 @@ def make_layer(cell, C, H, precision, dtype="float32", **kw):
     return getattr(rnnkit, row.layer)(C, H, seed=3, precision=precision, dtype=dtype, **row.options, **kw)
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 33, 5), (13, 37, 45), (70, 64, 256), (300, 65, 129)])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 33, 5), (13, 37, 45), (70, 64, 256), (300, 65, 129), (1, 300, 129),
+                                   (2, 290, 64)])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
@@ -106,6 +107,27 @@ def test_the_kernels_agree(rng):
     assert KERNELS[-1] == "fp32_fma"
     for name in KERNELS:
         assert max_relative_diff(out[name], out["fp32_fma"]) < BF16_GEMM_RTOL, name
+
+
+@pytest.mark.parametrize("n,k", [(300, 129), (1024, 256), (33, 64)])
+def test_a_few_rows_compute_each_element_as_many_rows_do(n, k, rng):
+    """One or two rows run the panel kernel (several panels at once); three and more the row-block
+    micro-kernel. Both add each element's products over k in the same order, so row i of a call
+    is bit for bit the same whatever the call's M (AMX tiles excepted: their sums run in another
+    order, within BF16_GEMM_RTOL as the test above checks)."""
+    A = rng.standard_normal((7, k)).astype(np.float32)
+    B = rng.standard_normal((k, n)).astype(np.float32)
+    for name in [kn for kn in KERNELS if kn != "amx_bf16"]:
+        _core._set_bf16_kernel(name)
+        try:
+            full = np.zeros((7, n), np.float32)
+            _core._gemm_bf16(A, False, B, False, 0.0, full)
+            for m in (1, 2):
+                part = np.zeros((m, n), np.float32)
+                _core._gemm_bf16(A[:m].copy(), False, B, False, 0.0, part)
+                np.testing.assert_array_equal(part, full[:m], err_msg=f"{name}, M={m}")
+        finally:
+            _core._set_bf16_kernel("auto")
 
 
 def test_the_cpus_kernels_are_all_tested():

@@ -37,8 +37,8 @@ from . import cuda
 from ._device import to_numpy
 from ._runtime import build_info, empty_cache, get_deterministic, get_num_threads, set_deterministic, set_num_threads
 from .interop import convert, onnx
-from .layers import GRU, LSTM, RNN, IndRNN, LayerNormGRU, LayerNormLSTM, MinGRU, MinLSTM
-from .network import RNNNetwork
+from .layers import GRU, LSTM, RNN, IndRNN, LayerNormGRU, LayerNormLSTM, MinGRU, MinLSTM, Stepper
+from .network import NetworkStepper, RNNNetwork
 from .train import checkpoint, data, init, optim, training
 from .train.checkpoint import load_checkpoint, save_checkpoint
 from .train.training import Trainer
@@ -54,7 +54,7 @@ del _name, _module
 __version__: str = _core.__version__
 
 __all__ = [
-    "GRU", "IndRNN", "LSTM", "LayerNormGRU", "LayerNormLSTM", "MinGRU", "MinLSTM", "RNN", "RNNNetwork", "Trainer",
+    "GRU", "IndRNN", "LSTM", "LayerNormGRU", "LayerNormLSTM", "MinGRU", "MinLSTM", "NetworkStepper", "RNN", "RNNNetwork", "Stepper", "Trainer",
     "build_info", "convert", "cuda", "data", "empty_cache", "get_deterministic", "get_num_threads", "init",
     "load_checkpoint", "onnx", "optim", "save_checkpoint", "set_deterministic", "set_num_threads", "to_numpy", "__version__",
 ]

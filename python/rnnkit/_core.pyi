@@ -363,6 +363,51 @@ def step(config: StackConfig, params: list, x: numpy.ndarray | DeviceArray, h: n
     """
     One timestep of a unidirectional stack: x [N,C], h [L,N,P], c [L,N,H] or None -> (y [N,P], h, c|None).
     """
+class StepSnapshot:
+    """
+    A layer's weights packed once in bfloat16 for streaming steps (opaque; see pack_step).
+    """
+    @property
+    def config(self) -> StackConfig:
+        ...
+    @property
+    def nbytes(self) -> int:
+        """
+        Bytes of the packed matrices (the copies not counted).
+        """
+    @property
+    def params(self) -> list:
+        """
+        The copies of the parameters it was packed from.
+        """
+class NetworkStepSnapshot:
+    """
+    A network's weights packed once in bfloat16 for streaming steps (opaque).
+    """
+    @property
+    def config(self) -> NetworkConfig:
+        ...
+    @property
+    def params(self) -> list:
+        """
+        The copies of the parameters it was packed from.
+        """
+def pack_step(config: StackConfig, params: list) -> StepSnapshot:
+    """
+    A snapshot of a unidirectional float32 layer stack at precision 'bfloat16' for step_packed.
+    """
+def step_packed(snapshot: StepSnapshot, x: numpy.ndarray, h: numpy.ndarray, c: numpy.ndarray | None) -> tuple:
+    """
+    step() from a snapshot (pack_step): x [N,C], h [L,N,P], c [L,N,H] or None -> (y [N,P], h, c|None).
+    """
+def pack_network_step(config: NetworkConfig, params: list) -> NetworkStepSnapshot:
+    """
+    A snapshot of a sequence-head network over a unidirectional float32 stack at precision 'bfloat16'.
+    """
+def network_step_packed(snapshot: NetworkStepSnapshot, inputs: numpy.ndarray, h0: numpy.ndarray | None, c0: numpy.ndarray | None, softmax_outputs: bool) -> tuple:
+    """
+    One step from a snapshot: inputs [1,N] ids or [1,N,C] float32 -> (outputs [N,K], h_n, c_n|None).
+    """
 def sum_of_squares(arrays: list) -> float:
     """
     sum of squares of every element of every array (in double).

@@ -353,13 +353,36 @@ class _RecurrentLayer(StackOptions):
             ``(y_t, state)``: the top layer's output ``[N, P]`` (``[P]`` for a 1-D ``x_t``) and the
             new state (fresh arrays: keep the old one to branch). Unidirectional layers only.
             A step computes in float32 whatever ``precision`` is: it reads each weight once, and a
-            bfloat16 copy of the weights per step would cost more than the step saves.
+            bfloat16 copy of the weights per step would cost more than the step saves. For
+            bfloat16 steps, from weights converted once, use ``stepper()``.
         """
-        if self.direction != "forward":
-            raise ValueError("step: expected a unidirectional forward layer (the reverse direction needs the "
-                             f"future), got direction={self.direction!r}")
         if self.device != "cpu":
+            self._check_steppable("step")
             return self._step_device(x_t, state)
+        x, h, c, single = self._step_inputs(x_t, state)
+        y, h_new, c_new = _core.step(self._config, [self.params[n] for n, _ in self._specs], x, h, c)
+        return self._step_out(y, h_new, c_new, single)
+
+    def stepper(self) -> "Stepper":
+        """A snapshot of this layer for streaming: ``stepper().step(x_t, state)`` is ``step()``
+        computed from copies of the parameters taken now. At ``precision="bfloat16"`` every weight
+        matrix is converted to bfloat16 and packed once, here, so each step reads half the bytes
+        of a float32 step and computes what ``forward()`` at bfloat16 computes (``step()`` itself
+        computes in float32); at float32 the copies are used as they are.
+
+        Later changes to the layer's parameters (an optimizer step, ``load_state_dict``, writing
+        into ``params``) do not reach a stepper: call its ``refresh()`` or make a new one, as a
+        converted model is re-exported after training. CPU, unidirectional layers."""
+        return Stepper(self)
+
+    def _check_steppable(self, what: str) -> None:
+        if self.direction != "forward":
+            raise ValueError(f"{what}: expected a unidirectional forward layer (the reverse direction needs the "
+                             f"future), got direction={self.direction!r}")
+
+    def _step_inputs(self, x_t: Any, state: Any):
+        """(x [N, C], h [L, N, P], c [L, N, H] or None, single) of a CPU step, checked."""
+        self._check_steppable("step")
         x = x_t
         if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 2 and x.flags.c_contiguous):
             x = V.as_float_array("x_t", x_t, self.dtype)
@@ -386,7 +409,9 @@ class _RecurrentLayer(StackOptions):
             if type(state) is not np.ndarray:
                 state, _ = V.split_state("state", state, False, type(self).__name__, pair=("h", "c"))
             h, c = self._step_state("state", state, (L, N, P)), None
-        y, h_new, c_new = _core.step(self._config, [self.params[n] for n, _ in self._specs], x, h, c)
+        return x, h, c, single
+
+    def _step_out(self, y: np.ndarray, h_new: np.ndarray, c_new: Optional[np.ndarray], single: bool):
         if single:
             y = y[0]
         return y, ((h_new, c_new) if self._has_cell_state else h_new)
@@ -669,3 +694,44 @@ LayerNormGRU = make_layer_class(LAYER_CLASSES["LayerNormGRU"], _RecurrentLayer, 
 IndRNN = make_layer_class(LAYER_CLASSES["IndRNN"], _RecurrentLayer, NUMPY_FAMILY, __name__)
 MinGRU = make_layer_class(LAYER_CLASSES["MinGRU"], _RecurrentLayer, NUMPY_FAMILY, __name__)
 MinLSTM = make_layer_class(LAYER_CLASSES["MinLSTM"], _RecurrentLayer, NUMPY_FAMILY, __name__)
+
+
+class Stepper:
+    """``layer.step()`` from a snapshot of the layer's parameters (``layer.stepper()``): copies
+    taken when it was made (or last ``refresh()``-ed), at ``precision="bfloat16"`` converted and
+    packed once so that each step reads half the bytes. Same arguments, results and checks as
+    ``layer.step()``; changes to the layer's parameters after the snapshot do not reach it."""
+
+    def __init__(self, layer: _RecurrentLayer) -> None:
+        self._layer = layer
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Takes the layer's current parameters (after training, loading, editing them)."""
+        layer = self._layer
+        layer._check_steppable("stepper")
+        if layer.device != "cpu":
+            raise ValueError("stepper: expected a layer on the CPU (a CUDA layer's step() reads its weights on the "
+                             f"device), got device={layer.device!r}")
+        params = [layer.params[n] for n, _ in layer._specs]
+        #: The precision the steps compute at: the layer's.
+        self.precision = layer.precision
+        if layer.precision == "bfloat16":
+            self._snapshot = _core.pack_step(layer._config, params)
+            self._params = None
+        else:
+            self._snapshot = None
+            self._params = [np.array(p, copy=True, order="C") for p in params]
+
+    def step(self, x_t: Any, state: Any = None):
+        """As ``layer.step(x_t, state)``, from the snapshot."""
+        layer = self._layer
+        x, h, c, single = layer._step_inputs(x_t, state)
+        if self._snapshot is not None:
+            y, h_new, c_new = _core.step_packed(self._snapshot, x, h, c)
+        else:
+            y, h_new, c_new = _core.step(layer._config, self._params, x, h, c)
+        return layer._step_out(y, h_new, c_new, single)
+
+    def __repr__(self) -> str:
+        return f"Stepper({self._layer!r}, precision={self.precision!r})"

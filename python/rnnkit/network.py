@@ -552,14 +552,35 @@ class RNNNetwork:
         """One timestep for N streams in one C++ call: ``x_t`` is ``[N]`` token ids (or ``[N, C]``
         features; a scalar id or a ``[C]`` vector for one stream); returns ``(y_t [N, K], state)``
         where ``y_t`` holds probabilities (cross-entropy) or predictions (MSE). No cache, no
-        dropout. The state is plain arrays: copy it to branch."""
-        if self.head != "sequence":
-            raise ValueError("step: expected a network with head='sequence', got head='last'")
-        if self.rnn.direction != "forward":
-            raise ValueError("step: expected a forward network (a reverse direction needs the future), got "
-                             f"direction={self.rnn.direction!r}")
+        dropout. The state is plain arrays: copy it to branch. The stack computes in float32
+        whatever ``precision`` is (as ``layer.step()``); ``stepper()`` steps at bfloat16 from
+        weights converted once."""
+        self._check_steppable("step")
         if self.device != "cpu":
             return self._step_device(x_t, state)
+        x, h0, c0 = self._step_inputs(x_t, state)
+        out, h_n, c_n, _, _ = _core.network_forward(
+            self._config, [self.params[n] for n, _ in self._specs], x, h0, c0, None, None, False, 0, True,
+            self.loss_kind == "cross_entropy")
+        return out[0], self._state_out(h_n, c_n)
+
+    def stepper(self) -> "NetworkStepper":
+        """A snapshot of this network for streaming: ``stepper().step(x_t, state)`` is ``step()``
+        computed from copies of the parameters taken now; at ``precision="bfloat16"`` the layers'
+        and the output layer's weight matrices are converted to bfloat16 and packed once, so a step
+        computes what ``forward()`` at bfloat16 computes. Later changes to the network's
+        parameters do not reach it until its ``refresh()`` (see ``layer.stepper()``). CPU only."""
+        return NetworkStepper(self)
+
+    def _check_steppable(self, what: str) -> None:
+        if self.head != "sequence":
+            raise ValueError(f"{what}: expected a network with head='sequence', got head='last'")
+        if self.rnn.direction != "forward":
+            raise ValueError(f"{what}: expected a forward network (a reverse direction needs the future), got "
+                             f"direction={self.rnn.direction!r}")
+
+    def _step_inputs(self, x_t: Any, state: Any):
+        """(x [1, N] ids or [1, N, C], h0, c0) of a CPU step, checked."""
         x = x_t if type(x_t) is np.ndarray else np.asarray(x_t)
         per_step_rank = 0 if self.vocab_size else 1  # one stream: a token id, or a feature vector
         if x.ndim == per_step_rank:
@@ -577,10 +598,7 @@ class RNNNetwork:
         if N == 0:
             raise ValueError("x_t: expected batch size N >= 1, got an empty batch")
         h0, c0 = (None, None) if state is None else self._step_state(state, N)
-        out, h_n, c_n, _, _ = _core.network_forward(
-            self._config, [self.params[n] for n, _ in self._specs], x, h0, c0, None, None, False, 0, True,
-            self.loss_kind == "cross_entropy")
-        return out[0], self._state_out(h_n, c_n)
+        return x, h0, c0
 
     def generate(self, prefix: Any, n: int, temperature: float = 1.0, top_k: int = 0,
                  seed: Optional[int] = None, state: Any = None) -> np.ndarray:
@@ -714,3 +732,44 @@ class RNNNetwork:
                 f"loss={self.loss_kind!r}"
                 + ("" if self.rnn.precision == "float32" else f", precision={self.rnn.precision!r}") + ")")
         return text if self.device == "cpu" else f"{text}.to({self.device!r})"
+
+
+class NetworkStepper:
+    """``network.step()`` from a snapshot of the network's parameters (``network.stepper()``),
+    packed once in bfloat16 at ``precision="bfloat16"``; same arguments, results and checks as
+    ``network.step()``; changes to the network after the snapshot reach it on ``refresh()``."""
+
+    def __init__(self, network: RNNNetwork) -> None:
+        self._net = network
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Takes the network's current parameters."""
+        net = self._net
+        net._check_steppable("stepper")
+        if net.device != "cpu":
+            raise ValueError("stepper: expected a network on the CPU (a CUDA network's step() reads its weights on "
+                             f"the device), got device={net.device!r}")
+        params = [net.params[n] for n, _ in net._specs]
+        #: The precision the steps compute at: the network's.
+        self.precision = net.rnn.precision
+        if self.precision == "bfloat16":
+            self._snapshot = _core.pack_network_step(net._config, params)
+            self._params = None
+        else:
+            self._snapshot = None
+            self._params = [np.array(p, copy=True, order="C") for p in params]
+
+    def step(self, x_t: Any, state: Any = None) -> Tuple[np.ndarray, State]:
+        """As ``network.step(x_t, state)``, from the snapshot."""
+        net = self._net
+        x, h0, c0 = net._step_inputs(x_t, state)
+        ce = net.loss_kind == "cross_entropy"
+        if self._snapshot is not None:
+            out, h_n, c_n = _core.network_step_packed(self._snapshot, x, h0, c0, ce)
+            return out, net._state_out(h_n, c_n)
+        out, h_n, c_n, _, _ = _core.network_forward(net._config, self._params, x, h0, c0, None, None, False, 0, True, ce)
+        return out[0], net._state_out(h_n, c_n)
+
+    def __repr__(self) -> str:
+        return f"NetworkStepper({self._net!r}, precision={self.precision!r})"

@@ -10,6 +10,7 @@
 
 #include "bind/common.h"
 #include "bind/module.h"
+#include "cpu/network.h"
 
 namespace rnnkit {
 namespace bind {
@@ -180,6 +181,78 @@ py::tuple generate_impl(const NetworkConfig& cfg, const py::list& params, const 
   return py::make_tuple(tokens, h, c_obj);
 }
 
+// A network's weights packed once in bfloat16 for streaming steps (cpu::NetworkStepWeights), with
+// the copies of the parameters it was packed from (a snapshot, as bind/stack.cpp's StepSnapshot).
+struct NetworkStepSnapshot {
+  NetworkConfig cfg;
+  py::list params;
+  NetworkWeights<float> views;
+  std::unique_ptr<cpu::NetworkStepWeights> packed;
+};
+
+NetworkStepSnapshot pack_network_step(const NetworkConfig& cfg, const py::list& params) {
+  check_steppable(cfg.stack, "network");
+  NetworkStepSnapshot snap;
+  snap.cfg = cfg;
+  const std::vector<ParamSpec> specs = network_param_specs(cfg);
+  check_list_length(params, specs.size(), "params");
+  for (const py::handle& a : params) {
+    snap.params.append(py::module_::import("numpy").attr("array")(a, py::arg("copy") = true, py::arg("order") = "C"));
+  }
+  snap.views = network_views<float, const float*>(cfg, specs, snap.params, "params", false);
+  {
+    py::gil_scoped_release release;
+    snap.packed = cpu::pack_network_step(cfg, snap.views);
+  }
+  return snap;
+}
+
+// inputs: [1, N] token ids or [1, N, C] float32, as network_forward's at T = 1.
+py::tuple network_step_packed(const NetworkStepSnapshot& snap, const py::array& inputs,
+                              const std::optional<py::array>& h0, const std::optional<py::array>& c0,
+                              bool softmax_outputs) {
+  const NetworkConfig& cfg = snap.cfg;
+  NetworkInputs in;
+  if (cfg.vocab_size > 0) {
+    in.tokens = check_tokens(inputs, cfg.vocab_size);
+  } else {
+    if (inputs.ndim() != 3) throw_expected("inputs", "a 3-D array [1, N, C]", concat(inputs.ndim(), "-D"));
+    check_array<float>(inputs, "inputs", {inputs.shape(0), inputs.shape(1), cfg.stack.input_size}, false);
+    in.x = inputs.data();
+  }
+  in.T = inputs.shape(0);
+  in.N = inputs.shape(1);
+  if (in.T != 1) throw_expected("inputs", "one step (T = 1)", concat("T = ", in.T));
+  const index_t N = in.N;
+  check_stack_dims(cfg.stack, 1, N);
+  const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
+  const index_t G = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
+  StatePair<const float*> state0{in_ptr<float>(h0, "h0", {G, N, P}), nullptr};
+  if (c0 && !has_c) throw_expected("c0", "None (this cell has no cell state)", "an array");
+  state0.c = in_ptr<float>(c0, "c0", {G, N, H});
+  // Absent states are zeros, made here (the step itself requires them).
+  py::array_t<float> h_zero, c_zero;
+  if (state0.h == nullptr) {
+    h_zero = new_array<float>({G, N, P});
+    std::memset(h_zero.mutable_data(), 0, static_cast<std::size_t>(G * N * P) * sizeof(float));
+    state0.h = h_zero.data();
+  }
+  if (has_c && state0.c == nullptr) {
+    c_zero = new_array<float>({G, N, H});
+    std::memset(c_zero.mutable_data(), 0, static_cast<std::size_t>(G * N * H) * sizeof(float));
+    state0.c = c_zero.data();
+  }
+  auto out = new_array<float>({N, cfg.output_size});
+  auto h_n = new_array<float>({G, N, P});
+  StatePair<float*> state_n{h_n.mutable_data(), nullptr};
+  py::object c_n = new_array_if<float>(has_c, {G, N, H}, &state_n.c);
+  {
+    py::gil_scoped_release release;
+    cpu::network_step_packed(*snap.packed, snap.views, in, state0, out.mutable_data(), state_n, softmax_outputs);
+  }
+  return py::make_tuple(out, h_n, c_n);
+}
+
 }  // namespace
 
 void register_network(py::module_& m) {
@@ -233,6 +306,19 @@ void register_network(py::module_& m) {
         py::arg("cache"), py::arg("grads"), py::arg("d_outputs"), py::arg("need_dx") = false,
         "Network backward; gradients ACCUMULATED into grads. Returns (dx|None, dh0, dc0|None); dx (the "
         "gradient of a dense input, need_dx=True) is [T,N,C].");
+
+  py::class_<NetworkStepSnapshot>(m, "NetworkStepSnapshot", py::module_local(),
+                                  "A network's weights packed once in bfloat16 for streaming steps (opaque).")
+      .def_property_readonly("config", [](const NetworkStepSnapshot& s) { return s.cfg; })
+      .def_property_readonly("params", [](const NetworkStepSnapshot& s) { return s.params; },
+                             "The copies of the parameters it was packed from.");
+  m.def("pack_network_step", &pack_network_step, py::arg("config"), py::arg("params"),
+        "A snapshot of a sequence-head network over a unidirectional float32 stack at precision 'bfloat16' "
+        "for network_step_packed: copies of params and every weight matrix packed once as bfloat16 pairs.");
+  m.def("network_step_packed", &network_step_packed, py::arg("snapshot"), py::arg("inputs"), py::arg("h0"),
+        py::arg("c0"), py::arg("softmax_outputs"),
+        "One step from a snapshot: inputs [1,N] token ids or [1,N,C] float32 -> (outputs [N,K], h_n, c_n|None), "
+        "computed as a forward at bfloat16 computes. The GIL is released while it runs.");
 
   m.def("network_generate",
         [](const NetworkConfig& cfg, const py::list& params, const py::array& prefix, index_t count,

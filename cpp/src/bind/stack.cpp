@@ -15,6 +15,7 @@
 
 #include "bind/common.h"
 #include "bind/module.h"
+#include "cpu/stack.h"
 
 namespace rnnkit {
 namespace bind {
@@ -113,9 +114,37 @@ py::tuple backward_impl(Cache& cache_obj, const std::optional<py::array>& dy, co
   return py::make_tuple(dx, dh0, dc0);
 }
 
+// A layer's weights packed once for streaming steps at bfloat16 (cpu::StepWeights), with the
+// copies of the parameters it was packed from: a snapshot, which later changes to the layer's
+// own arrays do not reach.
+struct StepSnapshot {
+  StackConfig cfg;
+  py::list params;                          // the copies
+  std::vector<LayerWeights<float>> views;   // into them
+  std::unique_ptr<cpu::StepWeights> packed;
+};
+
+StepSnapshot pack_step(const StackConfig& cfg, const py::list& params) {
+  check_steppable(cfg);
+  StepSnapshot snap;
+  snap.cfg = cfg;
+  const std::vector<ParamSpec> specs = stack_param_specs(cfg);
+  check_list_length(params, specs.size(), "params");
+  for (const py::handle& a : params) {
+    snap.params.append(py::module_::import("numpy").attr("array")(a, py::arg("copy") = true, py::arg("order") = "C"));
+  }
+  snap.views = group_views<float, const float*>(cfg, specs, snap.params, "params", false);
+  {
+    py::gil_scoped_release release;
+    snap.packed = cpu::pack_step_weights(cfg, snap.views);
+  }
+  return snap;
+}
+
+// One step: from the parameters (snap null), or from a snapshot (params unused).
 template <typename S>
 py::tuple step_impl(const StackConfig& cfg, const py::list& params, const py::array& x, const py::array& h,
-                    const std::optional<py::array>& c) {
+                    const std::optional<py::array>& c, const StepSnapshot* snap = nullptr) {
   check_steppable(cfg);
   if (x.ndim() != 2) throw_expected("x", "a 2-D array [N, input_size]", concat(x.ndim(), "-D"));
   const index_t N = x.shape(0), L = cfg.num_layers, P = cfg.state_size(), H = cfg.hidden_size;
@@ -126,14 +155,26 @@ py::tuple step_impl(const StackConfig& cfg, const py::list& params, const py::ar
   args.state0.h = in_ptr<S>(h, "h", {L, N, P});
   if (has_c != c.has_value()) throw_expected("c", has_c ? "an array (LSTM cells)" : "None", c ? "an array" : "None");
   args.state0.c = in_ptr<S>(c, "c", {L, N, H});
-  const std::vector<LayerWeights<S>> w =
-      group_views<S, const S*>(cfg, stack_param_specs(cfg), params, "params", false);
+  std::vector<LayerWeights<S>> w;
+  if constexpr (std::is_same_v<S, float>) {
+    if (snap != nullptr) w = snap->views;
+  }
+  if (snap == nullptr) w = group_views<S, const S*>(cfg, stack_param_specs(cfg), params, "params", false);
   args.params = &w;
   auto y = new_array<S>({N, P});
   auto h_new = new_array<S>({L, N, P});
   py::object c_new = new_array_if<S>(has_c, {L, N, H}, &args.state_n.c);
   args.y = y.mutable_data();
   args.state_n.h = h_new.mutable_data();
+  if constexpr (std::is_same_v<S, float>) {
+    if (snap != nullptr) {
+      {
+        py::gil_scoped_release release;
+        cpu::stack_step_packed(*snap->packed, N, args);
+      }
+      return py::make_tuple(y, h_new, c_new);
+    }
+  }
   const BackendOps<S>& ops = backend_for(device_of(x)).ops<S>();
   {
     py::gil_scoped_release release;
@@ -329,6 +370,27 @@ released while it runs.)doc");
         },
         py::arg("config"), py::arg("params"), py::arg("x"), py::arg("h"), py::arg("c"),
         "One timestep of a unidirectional stack: x [N,C], h [L,N,P], c [L,N,H] or None -> (y [N,P], h, c|None).");
+
+  py::class_<StepSnapshot>(m, "StepSnapshot", py::module_local(),
+                           "A layer's weights packed once in bfloat16 for streaming steps (opaque; see pack_step).")
+      .def_property_readonly("config", [](const StepSnapshot& s) { return s.cfg; })
+      .def_property_readonly("params", [](const StepSnapshot& s) { return s.params; },
+                             "The copies of the parameters it was packed from.")
+      .def_property_readonly("nbytes", [](const StepSnapshot& s) {
+        return static_cast<std::size_t>(s.packed->block.size()) * sizeof(float);
+      }, "Bytes of the packed matrices (the copies not counted).");
+
+  m.def("pack_step", &pack_step, py::arg("config"), py::arg("params"),
+        R"doc(A snapshot of a unidirectional float32 layer stack at precision 'bfloat16' for step_packed:
+copies of `params` (float32 arrays of config.param_specs(), copied here) and every weight matrix a
+step multiplies by packed once as bfloat16 pairs. The GIL is released while it packs.)doc");
+  m.def("step_packed",
+        [](const StepSnapshot& snap, const py::array& x, const py::array& h, const std::optional<py::array>& c) {
+          return step_impl<float>(snap.cfg, py::list(), x, h, c, &snap);
+        },
+        py::arg("snapshot"), py::arg("x"), py::arg("h"), py::arg("c"),
+        "step() from a snapshot (pack_step): x [N,C], h [L,N,P], c [L,N,H] or None -> (y [N,P], h, c|None), "
+        "computed as a forward at bfloat16 computes. The GIL is released while it runs.");
 
   m.def("backward",
         [](Cache& cache, const std::optional<py::array>& dy, const std::optional<py::array>& dh_n,

@@ -29,6 +29,12 @@ constexpr index_t kRowBlock = 256;  // rows of A converted at a time by gemm_bf1
 
 using MicroFn = void (*)(int rows, index_t kc2, const bf16_t* A, index_t lda, const bf16_t* B, float* C,
                          index_t ldc, int ncols, float beta, bool first);
+// Up to kGemvRows rows over several panels at once (panels_dpbf16): kGemvPanels panels for one
+// row, half as many for two (8 and 4 measured alike at one row: the loads bound it then).
+using PanelsFn = void (*)(int rows, index_t kc2, const bf16_t* A, index_t lda, const bf16_t* B,
+                          index_t panel_stride, int panels, float* C, index_t ldc, int ncols, float beta, bool first);
+constexpr index_t kGemvRows = 2;
+constexpr int kGemvPanels = 8;
 // A whole packed GEMM (packed_gemm_bf16's arguments, K2 = k pairs): the AMX kernel keeps its
 // accumulators in tiles over all of K, so it takes the call rather than chunks of it.
 using WholeFn = void (*)(index_t M, index_t K2, index_t cb, index_t ce, const bf16_t* A, index_t lda,
@@ -89,6 +95,67 @@ RNNKIT_BF16_TARGET void micro_dpbf16(index_t kc2, const bf16_t* A, index_t lda, 
     }
     _mm512_mask_storeu_ps(c, m0, c0);
     if (n1 > 0) _mm512_mask_storeu_ps(c + 16, m1, c1);
+  }
+}
+
+// Few rows (a streaming step's batch): micro_dpbf16 keeps 2 * MR accumulators, and at MR = 1 or 2
+// each waits for its own previous vdpbf16ps (a dependency chain of ~6 cycles), so the kernel ran at
+// a third of the instruction's rate (1 x 1024 x 256: 9.4 us). This one takes NP panels at once,
+// 2 * MR * NP independent sums (6.5 us), each still added over k in the same order as
+// micro_dpbf16's (so every element of C is bit for bit what micro_dpbf16 computes). B: the first panel, the next ones panel_stride
+// bf16 apart; ncols: the last panel's columns (the others are whole).
+template <int MR, int NP>
+RNNKIT_BF16_TARGET void panels_dpbf16(index_t kc2, const bf16_t* A, index_t lda, const bf16_t* B,
+                                      index_t panel_stride, int panels, float* C, index_t ldc, int ncols,
+                                      float beta, bool first) {
+  __m512 acc[MR][NP][2];
+  for (int i = 0; i < MR; ++i) {
+    for (int q = 0; q < NP; ++q) acc[i][q][0] = acc[i][q][1] = _mm512_setzero_ps();
+  }
+  for (index_t kk = 0; kk < kc2; ++kk) {
+    __m512bh a[MR];
+    for (int i = 0; i < MR; ++i) {
+      std::int32_t pair;
+      std::memcpy(&pair, A + i * lda + 2 * kk, sizeof pair);
+      a[i] = (__m512bh)_mm512_set1_epi32(pair);
+    }
+    for (int q = 0; q < NP; ++q) {
+      if (q >= panels) break;
+      const bf16_t* b = B + q * panel_stride + kk * 2 * kNR;
+      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b);
+      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + kNR);
+      for (int i = 0; i < MR; ++i) {
+        acc[i][q][0] = _mm512_dpbf16_ps(acc[i][q][0], a[i], b0);
+        acc[i][q][1] = _mm512_dpbf16_ps(acc[i][q][1], a[i], b1);
+      }
+    }
+  }
+  const bool keep = !first || beta != 0.0f;
+  const __m512 vb = _mm512_set1_ps(first ? beta : 1.0f);
+  for (int q = 0; q < panels; ++q) {
+    const int nc = q + 1 == panels ? ncols : static_cast<int>(kNR);
+    const int n0 = std::min(nc, 16), n1 = std::max(0, std::min(nc - 16, 16));
+    const __mmask16 m0 = static_cast<__mmask16>((1u << n0) - 1u), m1 = static_cast<__mmask16>((1u << n1) - 1u);
+    for (int i = 0; i < MR; ++i) {
+      float* c = C + i * ldc + q * kNR;
+      __m512 c0 = acc[i][q][0], c1 = acc[i][q][1];
+      if (keep) {
+        c0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m0, c), vb, c0);
+        if (n1 > 0) c1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m1, c + 16), vb, c1);
+      }
+      _mm512_mask_storeu_ps(c, m0, c0);
+      if (n1 > 0) _mm512_mask_storeu_ps(c + 16, m1, c1);
+    }
+  }
+}
+
+RNNKIT_BF16_TARGET void panels_avx512bf16(int rows, index_t kc2, const bf16_t* A, index_t lda, const bf16_t* B,
+                                          index_t panel_stride, int panels, float* C, index_t ldc, int ncols,
+                                          float beta, bool first) {
+  switch (rows) {
+    case 1: panels_dpbf16<1, kGemvPanels>(kc2, A, lda, B, panel_stride, panels, C, ldc, ncols, beta, first); break;
+    case 2: panels_dpbf16<2, kGemvPanels / 2>(kc2, A, lda, B, panel_stride, panels, C, ldc, ncols, beta, first); break;
+    default: break;
   }
 }
 
@@ -403,6 +470,7 @@ void convert_transposed_scalar(const float* src, index_t ld, index_t M, index_t 
 struct Kernel {
   MicroFn micro = &micro_widening;
   WholeFn whole = nullptr;  // set: it runs instead of the micro-kernel loop
+  PanelsFn panels = nullptr;  // set: it runs calls of up to kGemvRows rows, instead of both
   void (*convert_row)(const float*, index_t, bf16_t*) = &convert_row_scalar;
   // Panels [p0, p1) of pack_b_bf16, and convert_a_bf16's transposed case.
   void (*pack)(const float*, index_t, bool, index_t, index_t, index_t, index_t, bf16_t*) = &pack_panels_scalar;
@@ -419,11 +487,11 @@ std::vector<Kernel> available_kernels() {
   if (avx512bf16) {
     static const bool amx = amx_usable();  // asked once per process
     if (amx) {
-      ks.push_back({&micro_avx512bf16, &gemm_amx, &convert_row_avx512bf16, &pack_panels_avx512bf16,
-                    &convert_transposed_avx512bf16, "amx_bf16"});
+      ks.push_back({&micro_avx512bf16, &gemm_amx, &panels_avx512bf16, &convert_row_avx512bf16,
+                    &pack_panels_avx512bf16, &convert_transposed_avx512bf16, "amx_bf16"});
     }
-    ks.push_back({&micro_avx512bf16, nullptr, &convert_row_avx512bf16, &pack_panels_avx512bf16,
-                  &convert_transposed_avx512bf16, "avx512_bf16"});
+    ks.push_back({&micro_avx512bf16, nullptr, &panels_avx512bf16, &convert_row_avx512bf16,
+                  &pack_panels_avx512bf16, &convert_transposed_avx512bf16, "avx512_bf16"});
   }
 #endif
   ks.push_back(Kernel{});
@@ -515,6 +583,23 @@ void packed_gemm_bf16(index_t M, index_t K, index_t cols, index_t cb, index_t ce
   }
   assert(cb % kNR == 0 && lda % 2 == 0);
   const index_t K2 = bf16_row_length(K) / 2;
+  // A streaming step's few rows: the panel kernel, also where AMX is chosen (AMX pads A to 32
+  // rows; at 1 x 1024 x 256 it took 13.6 us against 6.5).
+  if (kernel().panels != nullptr && M <= kGemvRows) {
+    const PanelsFn panels = kernel().panels;
+    const index_t p0 = cb / kNR, p1 = (ce + kNR - 1) / kNR, stride = K2 * 2 * kNR;
+    const index_t per = M == 1 ? kGemvPanels : kGemvPanels / 2;  // panels a call takes
+    for (index_t k0 = 0; k0 < K2; k0 += kKPairs) {
+      const index_t kc2 = std::min(kKPairs, K2 - k0);
+      for (index_t p = p0; p < p1; p += per) {
+        const int np = static_cast<int>(std::min<index_t>(per, p1 - p));
+        const int ncols = static_cast<int>(std::min(kNR, ce - (p + np - 1) * kNR));
+        panels(static_cast<int>(M), kc2, A + 2 * k0, lda, packed + (p * K2 + k0) * 2 * kNR, stride, np,
+               C + p * kNR, ldc, ncols, beta, k0 == 0);
+      }
+    }
+    return;
+  }
   if (kernel().whole != nullptr) return kernel().whole(M, K2, cb, ce, A, lda, packed, beta, C, ldc);
   const MicroFn micro = kernel().micro;
   for (index_t k0 = 0; k0 < K2; k0 += kKPairs) {

@@ -24,6 +24,11 @@ struct PackedWeights {
   S* rec = nullptr;     // W_hh (the step GEMM's G1 gates)
   S* stage2 = nullptr;  // W_hn, the candidate gate of a two-stage cell
   S* proj = nullptr;    // W_hr of a projection
+  // A step snapshot's (StepWeights, bf16 only): the panels above were packed when it was made, not
+  // per call, and `input` holds W_ih^T packed too ([C, GH], bf16 pairs), so the input projection
+  // reads it instead of converting W_ih.
+  bool prepacked = false;
+  const S* input = nullptr;
 };
 
 // Packing W costs about one step's worth of reading W: it pays from a few steps on. Shorter

@@ -63,7 +63,7 @@ class BackwardLoop {
     const TeamContext& tc = p_.tc;
     const index_t N = p_.N, P = p_.P, H = p_.H;
     const auto [n0, n1] = p_.rows;
-    p_.gemms.pack(p_.s);
+    p_.gemms.pack(p_.s, false);
     if (tc.tid() == 0) {
       if (a_.d_state_n.h) copy_n(dh_next_, a_.d_state_n.h, N * P); else zero_n(dh_next_, N * P);
       if constexpr (Plan::kHasC) {

@@ -22,7 +22,7 @@ class ForwardLoop {
  public:
   ForwardLoop(const TeamContext& tc, const LayerShape& s, const LayerWeights<S>& w, const LayerBuffers<S>& b,
               const PackedWeights<S>& packed, const LayerForwardArgs<S>& args)
-      : p_(tc, s, w, packed, args.reverse, false), w_(w), b_(b), a_(args) {}
+      : p_(tc, s, w, packed, args.reverse, false), w_(w), b_(b), packed_(packed), a_(args) {}
 
   void run() {
     prepare();
@@ -45,11 +45,15 @@ class ForwardLoop {
   // Phase 1. Biases are added in the pointwise step, not here.
   void prepare() {
     const TeamContext& tc = p_.tc;
-    p_.gemms.pack(p_.s);
-    tc.gemm_blocks(p_.s.TN, 1, kDeterministicRows, [&](index_t r0, index_t r1) {
-      layer_gemm(p_.s, Trans::kNo, Trans::kYes, r1 - r0, p_.GH, p_.C, a_.x + r0 * p_.C, p_.C, w_.w_ih, p_.C, S(0),
-           b_.gates + r0 * p_.GH, p_.GH);
-    });
+    p_.gemms.pack(p_.s, packed_.prepacked);
+    if (packed_.input != nullptr) {
+      project_prepacked();
+    } else {
+      tc.gemm_blocks(p_.s.TN, 1, kDeterministicRows, [&](index_t r0, index_t r1) {
+        layer_gemm(p_.s, Trans::kNo, Trans::kYes, r1 - r0, p_.GH, p_.C, a_.x + r0 * p_.C, p_.C, w_.w_ih, p_.C, S(0),
+                   b_.gates + r0 * p_.GH, p_.GH);
+      });
+    }
     if (tc.tid() == 0) {
       S* bsum = b_.bias;
       S* bih = b_.bias + p_.GH;
@@ -82,6 +86,20 @@ class ForwardLoop {
       reg_.recurrent_mask(p_.s, n0, n1, b_.rec_mask);
       store_dropped_state(p_.step_time(0), h_slot(p_.slots.first()), n0, n1);
       tc.barrier();
+    }
+  }
+
+  // A step snapshot's input projection (one thread, T = 1): x W_ih^T from W_ih^T packed in bf16.
+  void project_prepacked() const {
+    if constexpr (std::is_same_v<S, float>) {
+      assert(p_.tc.size() == 1 && p_.s.bf16);
+      const index_t M = p_.s.TN, row = bf16_row_length(p_.C);
+      bf16_t* a16 = bf16_a_workspace(checked_mul(bf16_padded_rows(M), row, "bf16 step rows"));
+      convert_a_bf16(a_.x, p_.C, false, M, p_.C, a16);
+      packed_gemm_bf16(M, p_.C, p_.GH, 0, p_.GH, a16, row, reinterpret_cast<const bf16_t*>(packed_.input), 0.0f,
+                       b_.gates, p_.GH);
+    } else {
+      assert(false && "step snapshots are float32");
     }
   }
 
@@ -200,6 +218,7 @@ class ForwardLoop {
   const Plan p_;
   const LayerWeights<S>& w_;
   const LayerBuffers<S>& b_;
+  const PackedWeights<S>& packed_;
   const LayerForwardArgs<S>& a_;
   CpuRow<S> row_;
   // Zoneout of h and c, recurrent dropout (layer_loop.h).

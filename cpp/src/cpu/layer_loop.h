@@ -149,7 +149,8 @@ void layer_gemm(const LayerShape& s, Trans ta, Trans tb, index_t m, index_t n, i
 // its source. Column ranges given to multiply() start at multiples of align().
 // At bf16 precision (`bf16`) B is always packed, as bf16 pairs in `packed`'s memory (bf16_gemm.h),
 // and A is converted per multiply into this thread's workspace (sized in pack()). A streaming
-// step (stack_step) computes in float32 and never gets here at bf16.
+// step computes in float32 (stack_step) unless it runs from a snapshot packed in bf16 once
+// (StepWeights), whose panels are `packed`.
 template <typename S>
 struct StepOperand {
   const S* src = nullptr;  // B, or B^T if transposed, row-major with leading dimension ld
@@ -240,7 +241,9 @@ struct StepGemms {
     proj.share(tc);
   }
   // Every thread packs its panels of the operands the call uses; the caller barriers after.
-  void pack(const LayerShape& s) const {
+  // A step snapshot's operands are packed already.
+  void pack(const LayerShape& s, bool prepacked) const {
+    if (prepacked) return;
     if (s.cell.recurrent_gemm) rec.pack(s.d.N);
     if (s.cell.two_stage) stage2.pack(s.d.N);
     if (s.project) proj.pack(s.d.N);

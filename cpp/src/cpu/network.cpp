@@ -348,5 +348,54 @@ RNNKIT_INSTANTIATE_NETWORK(float)
 RNNKIT_INSTANTIATE_NETWORK(double)
 #undef RNNKIT_INSTANTIATE_NETWORK
 
+std::unique_ptr<NetworkStepWeights> pack_network_step(const NetworkConfig& cfg, const NetworkWeights<float>& w) {
+  if (cfg.head != HeadKind::kSequence) {
+    throw_expected("a step snapshot's network", "head='sequence'", "head='last'");
+  }
+  auto ws = std::make_unique<NetworkStepWeights>();
+  ws->cfg = cfg;
+  ws->stack = pack_step_weights(cfg.stack, w.stack);
+  const index_t F = cfg.feature_size(), K = cfg.output_size;
+  ws->head.allocate((bf16_packed_size(F, K) * index_t(sizeof(bf16_t)) + index_t(sizeof(float)) - 1) /
+                        index_t(sizeof(float)),
+                    "step snapshot head");
+  pack_b_bf16(w.out_w, F, true, F, K, 0, K, reinterpret_cast<bf16_t*>(ws->head.data()));
+  return ws;
+}
+
+void network_step_packed(const NetworkStepWeights& ws, const NetworkWeights<float>& w, const NetworkInputs& in,
+                         StatePair<const float*> state0, float* outputs, StatePair<float*> state_n, bool softmax) {
+  const NetworkConfig& cfg = ws.cfg;
+  assert(in.T == 1 && state0.h != nullptr);
+  const index_t N = in.N, E = cfg.stack.input_size, F = cfg.feature_size(), K = cfg.output_size;
+  // This thread's scratch, kept: the embedded tokens and the top layer's outputs (the features).
+  thread_local Buffer<float> scratch;
+  const index_t emb_n = cfg.vocab_size > 0 ? N * E : 0;
+  const index_t need = checked_add(emb_n, N * F, "network step scratch");
+  if (scratch.size() < need) scratch.allocate(need, "network step scratch");
+  float* emb = scratch.data();
+  float* features = emb + emb_n;
+  const float* x = static_cast<const float*>(in.x);
+  if (cfg.vocab_size > 0) {
+    for (index_t n = 0; n < N; ++n) copy_n(emb + n * E, w.embedding + in.tokens[n] * E, E);
+    x = emb;
+  }
+  StackForwardArgs<float> sf;
+  sf.params = &w.stack;
+  sf.x = x;
+  sf.state0 = state0;
+  sf.y = features;
+  sf.state_n = state_n;
+  stack_step_packed(*ws.stack, N, sf);
+  for (index_t n = 0; n < N; ++n) copy_n(outputs + n * K, w.out_b, K);
+  const index_t row = bf16_row_length(F);
+  bf16_t* a16 = bf16_a_workspace(checked_mul(bf16_padded_rows(N), row, "bf16 step rows"));
+  convert_a_bf16(features, F, false, N, F, a16);
+  packed_gemm_bf16(N, F, K, 0, K, a16, row, reinterpret_cast<const bf16_t*>(ws.head.data()), 1.0f, outputs, K);
+  if (softmax) {
+    for (index_t n = 0; n < N; ++n) softmax_in_place(outputs + n * K, K);
+  }
+}
+
 }  // namespace cpu
 }  // namespace rnnkit

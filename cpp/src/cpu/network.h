@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "cpu/buffer.h"
@@ -48,6 +49,21 @@ void network_backward(CpuNetworkCache<S>& cache, const NetworkBackwardArgs<S>& a
 
 template <typename S>
 void network_generate(const NetworkConfig& cfg, const NetworkGenerateArgs<S>& args);
+
+// A network's step snapshot at precision bfloat16 (stack.h's StepWeights for its layers, and the
+// output layer's V^T [F, K] packed as bf16 pairs), for network_step_packed.
+struct NetworkStepWeights {
+  NetworkConfig cfg;
+  std::unique_ptr<StepWeights> stack;
+  Buffer<float> head;  // bf16 pairs in float memory
+};
+// cfg: a sequence head over a unidirectional float32 stack at bfloat16 (else std::invalid_argument).
+std::unique_ptr<NetworkStepWeights> pack_network_step(const NetworkConfig& cfg, const NetworkWeights<float>& w);
+// One step of N streams from a snapshot: in.T == 1; w: the copies it was packed from; state0
+// required (h, and c for cells with one); outputs [N, K] (softmax applied when `softmax`);
+// state_n as the stack's. Allocates nothing per call once a thread has stepped at this size.
+void network_step_packed(const NetworkStepWeights& ws, const NetworkWeights<float>& w, const NetworkInputs& in,
+                         StatePair<const float*> state0, float* outputs, StatePair<float*> state_n, bool softmax);
 
 }  // namespace cpu
 }  // namespace rnnkit

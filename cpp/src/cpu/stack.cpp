@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstring>
 
+#include "cpu/layer_loop.h"
 #include "cpu/team.h"
 #include "cpu/util.h"
 
@@ -314,15 +315,20 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args) {
   });
 }
 
+namespace {
+
+// One streaming step, from a snapshot's packed weights (`packed`, bf16) or from the parameters.
 template <typename S>
-void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& args) {
+void step_layers(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& args,
+                 const std::vector<PackedWeights<S>>* packed) {
   assert(cfg.num_directions == 1);
   const index_t L = cfg.num_layers, H = cfg.hidden_size, P = cfg.state_size();
   check_precision(cfg, std::is_same_v<S, float>);
-  // A streaming step computes in float32 whatever the precision: it reads each weight once, and
-  // a bfloat16 copy of them per call cost more than the float32 step (LSTM, C = H = 256, B = 1:
-  // 137 against 58 us).
-  const LayerShape shape0 = stack_layer_shape(cfg, 1, N, false);  // T = 1: nothing packed
+  // Without a snapshot a streaming step computes in float32 whatever the precision: it reads each
+  // weight once, and a bfloat16 copy of them per call cost more than the float32 step (LSTM,
+  // C = H = 256, B = 1: 137 against 58 us).
+  LayerShape shape0 = stack_layer_shape(cfg, 1, N, false);  // T = 1: nothing packed per call
+  shape0.bf16 = packed != nullptr;
   // One buffer per thread, grown when needed and kept: a stream of steps allocates nothing. The
   // layer buffers every layer reuses, then two outputs to ping-pong between layers.
   constexpr unsigned kStepBuffers = kKept | kForwardScratch;
@@ -345,9 +351,64 @@ void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& ar
     la.y = l + 1 == L ? args.y : between[l % 2];
     la.y_ld = P;
     la.state_n = group_state(args.state_n, l, N, P, H);
-    layer_forward<S>(solo, cfg.kernel_cell(), shape, (*args.params)[l], buffers, unpacked, la);
+    layer_forward<S>(solo, cfg.kernel_cell(), shape, (*args.params)[l], buffers,
+                     packed != nullptr ? (*packed)[l] : unpacked, la);
     in = la.y;
   }
+}
+
+}  // namespace
+
+template <typename S>
+void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& args) {
+  step_layers<S>(cfg, N, args, nullptr);
+}
+
+std::unique_ptr<StepWeights> pack_step_weights(const StackConfig& cfg, const std::vector<LayerWeights<float>>& params) {
+  if (cfg.num_directions != 1) throw_expected("a step snapshot's layer", "a unidirectional layer", "bidirectional");
+  if (cfg.precision != Precision::kBfloat16) {
+    throw_expected("a step snapshot's precision", "'bfloat16' (float32 steps read the parameters as they are)",
+                   "'float32'");
+  }
+  assert(static_cast<index_t>(params.size()) == cfg.num_layers);
+  auto w = std::make_unique<StepWeights>();
+  w->cfg = cfg;
+  const index_t L = cfg.num_layers;
+  // Each layer's shape, and the float elements of what it packs: the step GEMMs' panels (the
+  // forward's table), then W_ih^T.
+  std::vector<LayerShape> shapes;
+  std::vector<index_t> input_elems;
+  index_t total = 0;
+  for (index_t l = 0; l < L; ++l) {
+    LayerShape s = stack_layer_shape(cfg, 1, 1, false);
+    s.d.C = cfg.layer_input_size(l);
+    s.bf16 = true;
+    const index_t in = (bf16_packed_size(s.d.C, s.GH) * index_t(sizeof(bf16_t)) + index_t(sizeof(float)) - 1) /
+                       index_t(sizeof(float));
+    total = checked_add(total, checked_add(packed_buffer_elems<float>(s, false), in, "step snapshot"), "step snapshot");
+    shapes.push_back(s);
+    input_elems.push_back(in);
+  }
+  w->block.allocate(total, "step snapshot");
+  float* p = w->block.data();
+  const TeamContext solo(nullptr, 0, 1);
+  for (index_t l = 0; l < L; ++l) {
+    const LayerShape& s = shapes[l];
+    PackedWeights<float> pw;
+    p = carve_packed_buffers<float>(s, false, p, &pw);
+    pw.input = p;
+    p += input_elems[l];
+    const LayerWeights<float>& lw = params[l];
+    pack_b_bf16(lw.w_ih, s.d.C, true, s.d.C, s.GH, 0, s.GH, reinterpret_cast<bf16_t*>(const_cast<float*>(pw.input)));
+    StepGemms<float>(solo, s, lw, pw, false).pack(s, false);  // the forward's own packing of W_hh, W_hn, W_hr
+    pw.prepacked = true;
+    w->layers.push_back(pw);
+  }
+  return w;
+}
+
+void stack_step_packed(const StepWeights& w, index_t N, const StackForwardArgs<float>& args) {
+  step_layers<float>(w.cfg, N, args, &w.layers);
 }
 
 #define RNNKIT_INSTANTIATE_STACK(S)                                                                        \

@@ -88,6 +88,25 @@ void stack_backward(CpuStackCache<S>& cache, const StackBackwardArgs<S>& args);
 template <typename S>
 void stack_step(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& args);
 
+// A snapshot of a unidirectional float32 stack at precision bfloat16 for streaming steps: every
+// weight matrix a step multiplies by (W_ih^T, and W_hh^T / W_hn^T / W_hr^T as the cell has them)
+// converted and packed once, as bf16 pairs (bf16_gemm.h), so a step reads half the bytes of the
+// float32 step and converts nothing but its own rows. A step from it computes what a forward at
+// bf16 of the same stack computes (the same rounded operands, float32 sums), where stack_step
+// computes in float32. It holds no pointer into the parameters it was packed from: the step's
+// other parameters (biases, LayerNorm, peepholes, IndRNN's u) come from the caller, who keeps the
+// copies it was packed from (the binding's StepSnapshot does).
+struct StepWeights {
+  StackConfig cfg;
+  Buffer<float> block;                        // every packed matrix, in float memory
+  std::vector<PackedWeights<float>> layers;   // [L], views into block, prepacked
+};
+// Packs `params` ([L] layer weights of cfg, float32) for stack_step_packed. cfg: unidirectional,
+// precision bfloat16 (else std::invalid_argument).
+std::unique_ptr<StepWeights> pack_step_weights(const StackConfig& cfg, const std::vector<LayerWeights<float>>& params);
+// stack_step from a snapshot: args.params are the copies `w` was packed from.
+void stack_step_packed(const StepWeights& w, index_t N, const StackForwardArgs<float>& args);
+
 // How many threads of the team (rnnkit.set_num_threads) a call of this batch uses: 1 when a step's
 // work is too small to split profitably.
 int stack_team_size(const StackConfig& cfg, index_t N);
