@@ -31,7 +31,7 @@ round by round (a noisy neighbour slows both alike), medians over the rounds, fl
   network.stepper() (weights packed once; goal 3x the float32 Cell, 2x ONNX Runtime); the bare
   pybind11 call overhead is reported separately;
 - memory: the extra peak resident memory of one LSTM training step at the large shape, rnnkit and
-  PyTorch each in a fresh process;
+  PyTorch each in a fresh process, at float32 and at bfloat16 (PyTorch: bf16 autocast);
 - 2 threads: rnnkit at 2 vs 1 thread, after a probe of how much of the second core is free
   (a 1- vs 2-thread sgemm just before).
 Goals are measured at 1 thread except the 2-thread section.
@@ -461,6 +461,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import os, sys, numpy as np
     os.environ["OMP_NUM_THREADS"] = "1"
     which, T, N, C, H = sys.argv[1], *map(int, sys.argv[2:6])
+    bf16 = sys.argv[6] == "bfloat16"
     def rss(field):
         for line in open("/proc/self/status"):
             if line.startswith(field):
@@ -470,18 +471,20 @@ MEMORY_SCRIPT = textwrap.dedent("""
     dy = rng.standard_normal((T, N, H)).astype(np.float32)
     if which == "rnnkit":
         import rnnkit
-        layer = rnnkit.LSTM(C, H, seed=0)
+        layer = rnnkit.LSTM(C, H, seed=0, precision="bfloat16" if bf16 else "float32")
         def step():
             layer(x)
             layer.backward(dy, compute_dx=False)
     else:
-        import torch
+        import contextlib, torch
         torch.set_num_threads(1)
         layer = torch.nn.LSTM(C, H)
         xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
         def step():
-            y, _ = layer(xt)
-            y.backward(dyt)
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+            with ctx:
+                y, _ = layer(xt)
+            y.float().backward(dyt)
     # Parameters, gradients and inputs exist; what one step adds on top is what is measured.
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS
@@ -494,21 +497,23 @@ MEMORY_SCRIPT = textwrap.dedent("""
 def memory() -> None:
     T, N, C, H = SHAPES["large"]
     print("memory, LSTM training step at the large shape (fresh processes):")
-    out = {}
-    for which in ("rnnkit", "torch"):
-        if which == "torch" and torch is None:
-            continue
-        proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, which, str(T), str(N), str(C), str(H)],
-                              capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            print(proc.stderr)
-            continue
-        out[which] = int(proc.stdout.strip().splitlines()[-1])
-    if "rnnkit" in out:
-        ours, ref = out["rnnkit"], out.get("torch")
-        # Smaller is better here: the goal is ours <= 0.6 x theirs, i.e. theirs/ours >= 1/0.6.
-        record("memory", "LSTM large training step, extra peak RSS", ours, "torch", ref, 1 / MEMORY_GOAL, unit="MiB",
-               extra=f"rnnkit/torch = {ours / ref:.2f} (goal <= {MEMORY_GOAL})" if ref else "")
+    # float32, and bfloat16 (rnnkit's precision="bfloat16" against PyTorch's bf16 autocast).
+    for precision, label, ref_name in (("float32", "", "torch"), ("bfloat16", " at bf16", "autocast")):
+        out = {}
+        for which in ("rnnkit", "torch"):
+            if which == "torch" and torch is None:
+                continue
+            proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, which, str(T), str(N), str(C), str(H), precision],
+                                  capture_output=True, text=True, timeout=600)
+            if proc.returncode != 0:
+                print(proc.stderr)
+                continue
+            out[which] = int(proc.stdout.strip().splitlines()[-1])
+        if "rnnkit" in out:
+            ours, ref = out["rnnkit"], out.get("torch")
+            # Smaller is better here: the goal is ours <= 0.6 x theirs, i.e. theirs/ours >= 1/0.6.
+            record("memory", f"LSTM large training step{label}, extra peak RSS", ours, ref_name, ref, 1 / MEMORY_GOAL,
+                   unit="MiB", extra=f"rnnkit/{ref_name} = {ours / ref:.2f} (goal <= {MEMORY_GOAL})" if ref else "")
 
 
 def probe() -> float:
