@@ -109,22 +109,24 @@ def test_the_kernels_agree(rng):
         assert max_relative_diff(out[name], out["fp32_fma"]) < BF16_GEMM_RTOL, name
 
 
-@pytest.mark.parametrize("n,k", [(300, 129), (1024, 256), (33, 64)])
-def test_a_few_rows_compute_each_element_as_many_rows_do(n, k, rng):
+@pytest.mark.parametrize("n,k", [(300, 129), (1024, 256), (33, 64), (53, 200)])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+def test_a_few_rows_compute_each_element_as_many_rows_do(n, k, beta, rng):
     """One or two rows run the panel kernel (several panels at once); three and more the row-block
     micro-kernel. Both add each element's products over k in the same order, so row i of a call
     is bit for bit the same whatever the call's M (AMX tiles excepted: their sums run in another
     order, within BF16_GEMM_RTOL as the test above checks)."""
     A = rng.standard_normal((7, k)).astype(np.float32)
     B = rng.standard_normal((k, n)).astype(np.float32)
+    C0 = rng.standard_normal((7, n)).astype(np.float32)
     for name in [kn for kn in KERNELS if kn != "amx_bf16"]:
         _core._set_bf16_kernel(name)
         try:
-            full = np.zeros((7, n), np.float32)
-            _core._gemm_bf16(A, False, B, False, 0.0, full)
+            full = C0.copy()
+            _core._gemm_bf16(A, False, B, False, beta, full)
             for m in (1, 2):
-                part = np.zeros((m, n), np.float32)
-                _core._gemm_bf16(A[:m].copy(), False, B, False, 0.0, part)
+                part = C0[:m].copy()
+                _core._gemm_bf16(A[:m].copy(), False, B, False, beta, part)
                 np.testing.assert_array_equal(part, full[:m], err_msg=f"{name}, M={m}")
         finally:
             _core._set_bf16_kernel("auto")

@@ -73,6 +73,48 @@ def test_bf16_steps_follow_the_bf16_forward(bf16_kernel, cell, N, rng):
     assert max_relative_diff(y_step, y_fwd) < max_relative_diff(y_f32, y_fwd)
 
 
+# Options a stepper must carry like forward() does (every cell family's own).
+STEP_OPTIONS = [("lstm", {"proj_size": 12}), ("lstm", {"activations": ("HardSigmoid", "Tanh", "Tanh"),
+                                                        "clip": 2.5}),
+                ("gru", {"zoneout": 0.3}), ("lstm", {"zoneout": 0.2, "zoneout_cell": 0.4}),
+                ("rnn_relu", {"num_layers": 3}), ("indrnn", {"num_layers": 2}), ("minlstm", {"num_layers": 2})]
+
+
+@pytest.mark.parametrize("cell,options", [(c, {"num_layers": 2}) for c in CELLS] + STEP_OPTIONS)
+@pytest.mark.parametrize("N", [1, 2, 5])
+def test_one_bf16_step_is_the_bf16_forward_bit_for_bit(bf16_kernel, cell, options, N, rng):
+    """T = 1 from a given state: the stepper's products are the forward's (the same packed
+    operands, the same kernel for the same M), so the results are identical, for every cell,
+    stacks, projections, ONNX options and zoneout's eval-mode expectation."""
+    layer = make_layer(cell, 40, 48, "bfloat16", **options).eval()
+    x = rng.standard_normal((1, N, 40)).astype(np.float32)
+    state0 = _random_state(layer, N, rng)
+    y_fwd, hx_fwd = layer(x, state0)
+    y_step, hx_step = layer.stepper().step(x[0], state0)
+    np.testing.assert_array_equal(y_step, y_fwd[0])
+    for got, want in zip(_states(hx_step), _states(hx_fwd)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("cell,options", STEP_OPTIONS)
+def test_bf16_steps_with_options_follow_the_bf16_forward(cell, options, rng):
+    layer = make_layer(cell, 24, 40, "bfloat16", **options).eval()
+    xs = rng.standard_normal((T_STEPS, 2, 24)).astype(np.float32)
+    state0 = _random_state(layer, 2, rng)
+    y_fwd, _ = layer(xs, state0)
+    y_step, _ = _run(layer.stepper(), xs, state0)
+    assert max_relative_diff(y_step, y_fwd) < STEPPER_VS_FORWARD_RTOL["default"]
+
+
+def test_wide_bf16_steps_follow_the_bf16_forward(rng):
+    """K > 128 (more than one k chunk of the panel kernel: C = H = 160, K = C and H)."""
+    layer = make_layer("lstm", 160, 160, "bfloat16", num_layers=2).eval()
+    xs = rng.standard_normal((T_STEPS, 1, 160)).astype(np.float32)
+    y_fwd, _ = layer(xs)
+    y_step, _ = _run(layer.stepper(), xs, None)
+    assert max_relative_diff(y_step, y_fwd) < STEPPER_VS_FORWARD_RTOL["default"]
+
+
 @pytest.mark.parametrize("cell", REFERENCE_CELLS)
 def test_one_bf16_step_is_the_rounded_reference(bf16_kernel, cell, rng):
     """One step from a given state: every GEMM operand is data, rounded identically."""
@@ -157,23 +199,28 @@ def test_stepper_refuses_what_cannot_step():
 def test_the_core_snapshot_checks_its_arguments():
     layer = rnnkit.LSTM(8, 16, precision="bfloat16")
     params = [layer.params[n] for n, _ in layer._specs]
-    with pytest.raises(ValueError, match="params"):
+    with pytest.raises(ValueError, match=r"^params list length: expected 4, got 3"):
         _core.pack_step(layer._config, params[:-1])
-    with pytest.raises(TypeError, match="float32"):
+    with pytest.raises(TypeError, match=r"^params\[0\] \(weight_ih_l0\): expected dtype float32"):
         _core.pack_step(layer._config, [p.astype(np.float64) for p in params])
     f32 = rnnkit.LSTM(8, 16)
-    with pytest.raises(ValueError, match="bfloat16"):
+    with pytest.raises(ValueError, match=r"^a step snapshot's precision: expected 'bfloat16'"):
         _core.pack_step(f32._config, params)
     snap = _core.pack_step(layer._config, params)
     assert snap.nbytes > 0 and len(snap.params) == len(params)
-    assert all(a is not b for a, b in zip(snap.params, params))  # copies
-    with pytest.raises(TypeError, match="x"):
-        _core.step_packed(snap, np.zeros((1, 8)), np.zeros((1, 1, 16), np.float32), np.zeros((1, 1, 16), np.float32))
-    with pytest.raises(ValueError, match="h"):
-        _core.step_packed(snap, np.zeros((1, 8), np.float32), np.zeros((1, 2, 16), np.float32),
-                          np.zeros((1, 1, 16), np.float32))
-    with pytest.raises(ValueError, match="c"):
-        _core.step_packed(snap, np.zeros((1, 8), np.float32), np.zeros((1, 1, 16), np.float32), None)
+    for copy, param in zip(snap.params, params):  # private copies: read-only, in a tuple
+        assert copy is not param and not np.shares_memory(copy, param) and not copy.flags.writeable
+        np.testing.assert_array_equal(copy, param)
+    assert isinstance(snap.params, tuple)
+    with pytest.raises(ValueError, match="read-only"):
+        snap.params[1][0] = 1.0
+    h1, c1 = np.zeros((1, 1, 16), np.float32), np.zeros((1, 1, 16), np.float32)
+    with pytest.raises(TypeError, match=r"^x: expected dtype float32, got float64"):
+        _core.step_packed(snap, np.zeros((1, 8)), h1, c1)
+    with pytest.raises(ValueError, match=r"^h shape: expected \(1, 1, 16\), got \(1, 2, 16\)"):
+        _core.step_packed(snap, np.zeros((1, 8), np.float32), np.zeros((1, 2, 16), np.float32), c1)
+    with pytest.raises(ValueError, match=r"^c: expected an array \(LSTM cells\), got None"):
+        _core.step_packed(snap, np.zeros((1, 8), np.float32), h1, None)
 
 
 # ---- RNNNetwork.stepper() ----------------------------------------------------------------------
@@ -196,9 +243,10 @@ def _network_inputs(kind, T, N, rng):
 
 @pytest.mark.parametrize("kind", list(NETWORK_KINDS))
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru", "mingru"])
-def test_network_bf16_steps_follow_the_bf16_forward(bf16_kernel, kind, cell, rng):
+@pytest.mark.parametrize("N", [1, 2, 3])
+def test_network_bf16_steps_follow_the_bf16_forward(bf16_kernel, kind, cell, N, rng):
     net = _network(kind, cell, "bfloat16")
-    xs = _network_inputs(kind, T_STEPS, 3, rng)
+    xs = _network_inputs(kind, T_STEPS, N, rng)
     if kind == "tokens":
         want, _ = net.predict_proba(xs)
     else:

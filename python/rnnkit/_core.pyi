@@ -376,7 +376,7 @@ class StepSnapshot:
         Bytes of the packed matrices (the copies not counted).
         """
     @property
-    def params(self) -> list:
+    def params(self) -> tuple:
         """
         The copies of the parameters it was packed from.
         """
@@ -388,7 +388,7 @@ class NetworkStepSnapshot:
     def config(self) -> NetworkConfig:
         ...
     @property
-    def params(self) -> list:
+    def params(self) -> tuple:
         """
         The copies of the parameters it was packed from.
         """

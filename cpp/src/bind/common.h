@@ -180,6 +180,20 @@ inline void check_list_length(const py::list& arrays, std::size_t expected, cons
   }
 }
 
+// A step snapshot's own copies of `arrays` (C-contiguous, read-only, in an immutable tuple): the
+// snapshot keeps raw pointers into them, so neither replacing an entry (which would free one) nor
+// writing into one (which the packed matrices would not see) can happen by accident.
+inline py::tuple frozen_copies(const py::list& arrays) {
+  const py::object np_array = py::module_::import("numpy").attr("array");
+  py::tuple out(py::len(arrays));
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    py::object a = np_array(arrays[i], py::arg("copy") = true, py::arg("order") = "C");
+    a.attr("setflags")(py::arg("write") = false);
+    out[i] = a;
+  }
+  return out;
+}
+
 // arrays[i], checked against specs[i]; the message (naming the parameter) is built only on failure.
 template <typename S>
 S* list_item(const py::list& arrays, std::size_t i, const ParamSpec& spec, const char* what,

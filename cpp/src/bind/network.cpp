@@ -185,7 +185,7 @@ py::tuple generate_impl(const NetworkConfig& cfg, const py::list& params, const 
 // the copies of the parameters it was packed from (a snapshot, as bind/stack.cpp's StepSnapshot).
 struct NetworkStepSnapshot {
   NetworkConfig cfg;
-  py::list params;
+  py::tuple params;  // the copies (frozen_copies)
   NetworkWeights<float> views;
   std::unique_ptr<cpu::NetworkStepWeights> packed;
 };
@@ -196,10 +196,8 @@ NetworkStepSnapshot pack_network_step(const NetworkConfig& cfg, const py::list& 
   snap.cfg = cfg;
   const std::vector<ParamSpec> specs = network_param_specs(cfg);
   check_list_length(params, specs.size(), "params");
-  for (const py::handle& a : params) {
-    snap.params.append(py::module_::import("numpy").attr("array")(a, py::arg("copy") = true, py::arg("order") = "C"));
-  }
-  snap.views = network_views<float, const float*>(cfg, specs, snap.params, "params", false);
+  snap.params = frozen_copies(params);
+  snap.views = network_views<float, const float*>(cfg, specs, py::list(snap.params), "params", false);
   {
     py::gil_scoped_release release;
     snap.packed = cpu::pack_network_step(cfg, snap.views);
@@ -311,7 +309,7 @@ void register_network(py::module_& m) {
                                   "A network's weights packed once in bfloat16 for streaming steps (opaque).")
       .def_property_readonly("config", [](const NetworkStepSnapshot& s) { return s.cfg; })
       .def_property_readonly("params", [](const NetworkStepSnapshot& s) { return s.params; },
-                             "The copies of the parameters it was packed from.");
+                             "The copies of the parameters it was packed from (read-only).");
   m.def("pack_network_step", &pack_network_step, py::arg("config"), py::arg("params"),
         "A snapshot of a sequence-head network over a unidirectional float32 stack at precision 'bfloat16' "
         "for network_step_packed: copies of params and every weight matrix packed once as bfloat16 pairs.");

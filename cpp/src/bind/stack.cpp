@@ -119,7 +119,7 @@ py::tuple backward_impl(Cache& cache_obj, const std::optional<py::array>& dy, co
 // own arrays do not reach.
 struct StepSnapshot {
   StackConfig cfg;
-  py::list params;                          // the copies
+  py::tuple params;                         // the copies (frozen_copies)
   std::vector<LayerWeights<float>> views;   // into them
   std::unique_ptr<cpu::StepWeights> packed;
 };
@@ -130,10 +130,8 @@ StepSnapshot pack_step(const StackConfig& cfg, const py::list& params) {
   snap.cfg = cfg;
   const std::vector<ParamSpec> specs = stack_param_specs(cfg);
   check_list_length(params, specs.size(), "params");
-  for (const py::handle& a : params) {
-    snap.params.append(py::module_::import("numpy").attr("array")(a, py::arg("copy") = true, py::arg("order") = "C"));
-  }
-  snap.views = group_views<float, const float*>(cfg, specs, snap.params, "params", false);
+  snap.params = frozen_copies(params);
+  snap.views = group_views<float, const float*>(cfg, specs, py::list(snap.params), "params", false);
   {
     py::gil_scoped_release release;
     snap.packed = cpu::pack_step_weights(cfg, snap.views);
@@ -156,11 +154,11 @@ py::tuple step_impl(const StackConfig& cfg, const py::list& params, const py::ar
   if (has_c != c.has_value()) throw_expected("c", has_c ? "an array (LSTM cells)" : "None", c ? "an array" : "None");
   args.state0.c = in_ptr<S>(c, "c", {L, N, H});
   std::vector<LayerWeights<S>> w;
-  if constexpr (std::is_same_v<S, float>) {
-    if (snap != nullptr) w = snap->views;
-  }
   if (snap == nullptr) w = group_views<S, const S*>(cfg, stack_param_specs(cfg), params, "params", false);
   args.params = &w;
+  if constexpr (std::is_same_v<S, float>) {
+    if (snap != nullptr) args.params = &snap->views;  // no per-step copy of the views
+  }
   auto y = new_array<S>({N, P});
   auto h_new = new_array<S>({L, N, P});
   py::object c_new = new_array_if<S>(has_c, {L, N, H}, &args.state_n.c);

@@ -18,8 +18,11 @@
 //   C[m, cb:ce] = beta * C[m, cb:ce] + sum_k A[m, k] * B[k, cb:ce]      m < M
 //
 // [cb, ce) starts at a multiple of bf16_panel_width() (threads split the columns panel-wise).
-// Every element of C is computed the same way whatever M, [cb, ce) or the thread that computes
-// it, so results do not depend on how a team shares the work (deterministic mode holds).
+// Every element of C is computed the same way whatever [cb, ce) or the thread that computes it,
+// and, for the AVX512_BF16 and fallback kernels, whatever M. Under AMX, calls of one or two rows
+// (a streaming step's) run the AVX512_BF16 panel kernel, whose sums run in another order than the
+// tiles': there a row's last bits depend on the call's M, which deterministic mode fixes (fixed
+// row blocks; a step's M is its batch).
 #pragma once
 
 #include <cstdint>
