@@ -1,7 +1,8 @@
 // C++ microbenchmarks of the CPU core (Google Benchmark): every cell's inference forward and
 // training step (forward + BPTT) at the three standard shapes, in float32 and at
-// precision="bfloat16", a streaming step at B=1, the bf16 GEMM kernel alone at the layers' GEMM
-// shapes, and an sgemm in the same binary, each reporting GFLOP/s and the share of that sgemm rate.
+// precision="bfloat16", a streaming step at B=1 (float32, and bf16 from a packed snapshot), the
+// bf16 GEMM kernel alone at the layers' GEMM shapes, and an sgemm in the same binary, each
+// reporting GFLOP/s and the share of that sgemm rate.
 //
 //   cmake -S . -B build/bench -G Ninja -DRNNKIT_BUILD_BENCH=ON && cmake --build build/bench --target rnnkit_micro
 //   build/bench/rnnkit_micro --benchmark_filter=lstm            # or --benchmark_min_time=0.05 for a short run
@@ -17,6 +18,7 @@
 
 #include "cpu/bf16_gemm.h"
 #include "cpu/blas.h"
+#include "cpu/stack.h"
 #include "rnnkit/backend.h"
 
 namespace {
@@ -183,6 +185,25 @@ void BM_step(benchmark::State& state) {
   set_counters(state, p.forward_flops());
 }
 
+// A streaming step at bf16 from a snapshot packed once (stepper(): cpu::StepWeights).
+template <rnnkit::CellKind Cell>
+void BM_bf16_step(benchmark::State& state) {
+  Problem p(Cell, 1, 1, 256, 256, true);
+  const auto packed = rnnkit::cpu::pack_step_weights(p.cfg, p.weights);
+  std::vector<float> h(256, 0.0f), c(256, 0.0f);
+  auto step = p.forward_args();
+  for (auto _ : state) {
+    step.state0 = {h.data(), p.has_c ? c.data() : nullptr};
+    step.state_n = {p.h_n.data(), p.has_c ? p.c_n.data() : nullptr};
+    rnnkit::cpu::stack_step_packed(*packed, 1, step);
+    std::swap(h, p.h_n);
+    std::swap(c, p.c_n);
+    benchmark::DoNotOptimize(h.data());
+  }
+  state.SetLabel(std::string(rnnkit::cpu::bf16_kernel_name()) + ", B=1, C=H=256");
+  set_counters(state, p.forward_flops());
+}
+
 using rnnkit::CellKind;
 BENCHMARK(BM_sgemm)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_bf16_gemm)->DenseRange(0, 4)->Unit(benchmark::kMicrosecond)->UseRealTime();
@@ -190,6 +211,7 @@ BENCHMARK(BM_bf16_gemm)->DenseRange(0, 4)->Unit(benchmark::kMicrosecond)->UseRea
   BENCHMARK(BM_forward<KIND>)->Name(NAME "/forward")->DenseRange(0, 2)->Unit(benchmark::kMillisecond)->UseRealTime(); \
   BENCHMARK(BM_train<KIND>)->Name(NAME "/train")->DenseRange(0, 2)->Unit(benchmark::kMillisecond)->UseRealTime();     \
   BENCHMARK(BM_step<KIND>)->Name(NAME "/step")->Unit(benchmark::kMicrosecond)->UseRealTime();             \
+  BENCHMARK(BM_bf16_step<KIND>)->Name(NAME "/bf16_step")->Unit(benchmark::kMicrosecond)->UseRealTime();   \
   BENCHMARK((BM_forward<KIND, true>))->Name(NAME "/bf16_forward")->DenseRange(0, 2)->Unit(benchmark::kMillisecond)->UseRealTime(); \
   BENCHMARK((BM_train<KIND, true>))->Name(NAME "/bf16_train")->DenseRange(0, 2)->Unit(benchmark::kMillisecond)->UseRealTime();
 RNNKIT_CELL_BENCHMARKS(CellKind::kRnnTanh, "rnn_tanh")
