@@ -696,42 +696,57 @@ MinGRU = make_layer_class(LAYER_CLASSES["MinGRU"], _RecurrentLayer, NUMPY_FAMILY
 MinLSTM = make_layer_class(LAYER_CLASSES["MinLSTM"], _RecurrentLayer, NUMPY_FAMILY, __name__)
 
 
-class Stepper:
-    """``layer.step()`` from a snapshot of the layer's parameters (``layer.stepper()``): copies
-    taken when it was made (or last ``refresh()``-ed), at ``precision="bfloat16"`` converted and
-    packed once so that each step reads half the bytes. Same arguments, results and checks as
-    ``layer.step()``; changes to the layer's parameters after the snapshot do not reach it."""
+class _StepSnapshot:
+    """What ``Stepper`` and ``network.NetworkStepper`` share: the snapshot of an owner's
+    parameters (``refresh()``), packed in bfloat16 by ``_pack`` at that precision, else copied."""
 
-    def __init__(self, layer: _RecurrentLayer) -> None:
-        self._layer = layer
+    _what = "layer"
+
+    def __init__(self, owner: Any) -> None:
+        self._owner = owner
         self.refresh()
 
+    @staticmethod
+    def _precision_of(owner: Any) -> str:
+        return owner.precision
+
+    @staticmethod
+    def _pack(config: Any, params: List[np.ndarray]) -> Any:
+        return _core.pack_step(config, params)
+
     def refresh(self) -> None:
-        """Takes the layer's current parameters (after training, loading, editing them)."""
-        layer = self._layer
-        layer._check_steppable("stepper")
-        if layer.device != "cpu":
-            raise ValueError("stepper: expected a layer on the CPU (a CUDA layer's step() reads its weights on the "
-                             f"device), got device={layer.device!r}")
-        params = [layer.params[n] for n, _ in layer._specs]
-        #: The precision the steps compute at: the layer's.
-        self.precision = layer.precision
-        if layer.precision == "bfloat16":
-            self._snapshot = _core.pack_step(layer._config, params)
+        """Takes the owner's current parameters (after training, loading, editing them)."""
+        owner = self._owner
+        owner._check_steppable("stepper")
+        if owner.device != "cpu":
+            raise ValueError(f"stepper: expected a {self._what} on the CPU (a CUDA {self._what}'s step() reads its "
+                             f"weights on the device), got device={owner.device!r}")
+        params = [owner.params[n] for n, _ in owner._specs]
+        #: The precision the steps compute at: the owner's.
+        self.precision = self._precision_of(owner)
+        if self.precision == "bfloat16":
+            self._snapshot = self._pack(owner._config, params)
             self._params = None
         else:
             self._snapshot = None
             self._params = [np.array(p, copy=True, order="C") for p in params]
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._owner!r}, precision={self.precision!r})"
+
+
+class Stepper(_StepSnapshot):
+    """``layer.step()`` from a snapshot of the layer's parameters (``layer.stepper()``): copies
+    taken when it was made (or last ``refresh()``-ed), at ``precision="bfloat16"`` converted and
+    packed once so that each step reads half the bytes. Same arguments, results and checks as
+    ``layer.step()``; changes to the layer's parameters after the snapshot do not reach it."""
+
     def step(self, x_t: Any, state: Any = None):
         """As ``layer.step(x_t, state)``, from the snapshot."""
-        layer = self._layer
+        layer = self._owner
         x, h, c, single = layer._step_inputs(x_t, state)
         if self._snapshot is not None:
             y, h_new, c_new = _core.step_packed(self._snapshot, x, h, c)
         else:
             y, h_new, c_new = _core.step(layer._config, self._params, x, h, c)
         return layer._step_out(y, h_new, c_new, single)
-
-    def __repr__(self) -> str:
-        return f"Stepper({self._layer!r}, precision={self.precision!r})"

@@ -734,35 +734,24 @@ class RNNNetwork:
         return text if self.device == "cpu" else f"{text}.to({self.device!r})"
 
 
-class NetworkStepper:
+class NetworkStepper(layers._StepSnapshot):
     """``network.step()`` from a snapshot of the network's parameters (``network.stepper()``),
     packed once in bfloat16 at ``precision="bfloat16"``; same arguments, results and checks as
     ``network.step()``; changes to the network after the snapshot reach it on ``refresh()``."""
 
-    def __init__(self, network: RNNNetwork) -> None:
-        self._net = network
-        self.refresh()
+    _what = "network"
 
-    def refresh(self) -> None:
-        """Takes the network's current parameters."""
-        net = self._net
-        net._check_steppable("stepper")
-        if net.device != "cpu":
-            raise ValueError("stepper: expected a network on the CPU (a CUDA network's step() reads its weights on "
-                             f"the device), got device={net.device!r}")
-        params = [net.params[n] for n, _ in net._specs]
-        #: The precision the steps compute at: the network's.
-        self.precision = net.rnn.precision
-        if self.precision == "bfloat16":
-            self._snapshot = _core.pack_network_step(net._config, params)
-            self._params = None
-        else:
-            self._snapshot = None
-            self._params = [np.array(p, copy=True, order="C") for p in params]
+    @staticmethod
+    def _precision_of(owner: Any) -> str:
+        return owner.rnn.precision
+
+    @staticmethod
+    def _pack(config: Any, params: Any) -> Any:
+        return _core.pack_network_step(config, params)
 
     def step(self, x_t: Any, state: Any = None) -> Tuple[np.ndarray, State]:
         """As ``network.step(x_t, state)``, from the snapshot."""
-        net = self._net
+        net = self._owner
         x, h0, c0 = net._step_inputs(x_t, state)
         ce = net.loss_kind == "cross_entropy"
         if self._snapshot is not None:
@@ -770,6 +759,3 @@ class NetworkStepper:
             return out, net._state_out(h_n, c_n)
         out, h_n, c_n, _, _ = _core.network_forward(net._config, self._params, x, h0, c0, None, None, False, 0, True, ce)
         return out[0], net._state_out(h_n, c_n)
-
-    def __repr__(self) -> str:
-        return f"NetworkStepper({self._net!r}, precision={self.precision!r})"

@@ -194,6 +194,24 @@ inline py::tuple frozen_copies(const py::list& arrays) {
   return out;
 }
 
+// A step snapshot (bind/stack.cpp's StepSnapshot, bind/network.cpp's NetworkStepSnapshot: cfg,
+// params, views, packed) of `params` listed by `specs`: frozen copies, `views(copies)` into them,
+// and `pack(views)` run with the GIL released.
+template <typename Snap, typename Cfg, typename ViewsFn, typename PackFn>
+Snap make_step_snapshot(const Cfg& cfg, const std::vector<ParamSpec>& specs, const py::list& params, ViewsFn&& views,
+                        PackFn&& pack) {
+  Snap snap;
+  snap.cfg = cfg;
+  check_list_length(params, specs.size(), "params");
+  snap.params = frozen_copies(params);
+  snap.views = views(py::list(snap.params));
+  {
+    py::gil_scoped_release release;
+    snap.packed = pack(snap.views);
+  }
+  return snap;
+}
+
 // arrays[i], checked against specs[i]; the message (naming the parameter) is built only on failure.
 template <typename S>
 S* list_item(const py::list& arrays, std::size_t i, const ParamSpec& spec, const char* what,

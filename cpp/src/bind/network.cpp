@@ -54,13 +54,10 @@ NetworkConfig make_network_config(const StackConfig& stack, index_t vocab_size, 
 }
 
 
+// A network call's inputs, checked: token ids [T, N] (token networks) or features [T, N, C] of S.
 template <typename S>
-py::tuple forward_impl(const NetworkConfig& cfg, const py::list& params, const py::array& inputs,
-                       const std::optional<py::array>& h0, const std::optional<py::array>& c0,
-                       const std::optional<py::array>& lengths, const std::optional<py::array>& targets,
-                       bool training, std::uint64_t dropout_seed, bool want_outputs, bool softmax_outputs) {
-  NetworkForwardArgs<S> args;
-  NetworkInputs& in = args.in;
+NetworkInputs network_inputs(const NetworkConfig& cfg, const py::array& inputs) {
+  NetworkInputs in;
   if (cfg.vocab_size > 0) {
     in.tokens = check_tokens(inputs, cfg.vocab_size);
   } else {
@@ -70,6 +67,17 @@ py::tuple forward_impl(const NetworkConfig& cfg, const py::list& params, const p
   }
   in.T = inputs.shape(0);
   in.N = inputs.shape(1);
+  return in;
+}
+
+template <typename S>
+py::tuple forward_impl(const NetworkConfig& cfg, const py::list& params, const py::array& inputs,
+                       const std::optional<py::array>& h0, const std::optional<py::array>& c0,
+                       const std::optional<py::array>& lengths, const std::optional<py::array>& targets,
+                       bool training, std::uint64_t dropout_seed, bool want_outputs, bool softmax_outputs) {
+  NetworkForwardArgs<S> args;
+  NetworkInputs& in = args.in;
+  in = network_inputs<S>(cfg, inputs);
   const index_t T = in.T, N = in.N;
   check_stack_dims(cfg.stack, T, N);  // T, N >= 1 and every GEMM size in range
   const Backend& backend = backend_for(device_of(inputs));
@@ -192,17 +200,11 @@ struct NetworkStepSnapshot {
 
 NetworkStepSnapshot pack_network_step(const NetworkConfig& cfg, const py::list& params) {
   check_steppable(cfg.stack, "network");
-  NetworkStepSnapshot snap;
-  snap.cfg = cfg;
   const std::vector<ParamSpec> specs = network_param_specs(cfg);
-  check_list_length(params, specs.size(), "params");
-  snap.params = frozen_copies(params);
-  snap.views = network_views<float, const float*>(cfg, specs, py::list(snap.params), "params", false);
-  {
-    py::gil_scoped_release release;
-    snap.packed = cpu::pack_network_step(cfg, snap.views);
-  }
-  return snap;
+  return make_step_snapshot<NetworkStepSnapshot>(
+      cfg, specs, params,
+      [&](const py::list& copies) { return network_views<float, const float*>(cfg, specs, copies, "params", false); },
+      [&](const NetworkWeights<float>& views) { return cpu::pack_network_step(cfg, views); });
 }
 
 // inputs: [1, N] token ids or [1, N, C] float32, as network_forward's at T = 1.
@@ -210,16 +212,7 @@ py::tuple network_step_packed(const NetworkStepSnapshot& snap, const py::array& 
                               const std::optional<py::array>& h0, const std::optional<py::array>& c0,
                               bool softmax_outputs) {
   const NetworkConfig& cfg = snap.cfg;
-  NetworkInputs in;
-  if (cfg.vocab_size > 0) {
-    in.tokens = check_tokens(inputs, cfg.vocab_size);
-  } else {
-    if (inputs.ndim() != 3) throw_expected("inputs", "a 3-D array [1, N, C]", concat(inputs.ndim(), "-D"));
-    check_array<float>(inputs, "inputs", {inputs.shape(0), inputs.shape(1), cfg.stack.input_size}, false);
-    in.x = inputs.data();
-  }
-  in.T = inputs.shape(0);
-  in.N = inputs.shape(1);
+  const NetworkInputs in = network_inputs<float>(cfg, inputs);
   if (in.T != 1) throw_expected("inputs", "one step (T = 1)", concat("T = ", in.T));
   const index_t N = in.N;
   check_stack_dims(cfg.stack, 1, N);

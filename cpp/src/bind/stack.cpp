@@ -126,17 +126,11 @@ struct StepSnapshot {
 
 StepSnapshot pack_step(const StackConfig& cfg, const py::list& params) {
   check_steppable(cfg);
-  StepSnapshot snap;
-  snap.cfg = cfg;
   const std::vector<ParamSpec> specs = stack_param_specs(cfg);
-  check_list_length(params, specs.size(), "params");
-  snap.params = frozen_copies(params);
-  snap.views = group_views<float, const float*>(cfg, specs, py::list(snap.params), "params", false);
-  {
-    py::gil_scoped_release release;
-    snap.packed = cpu::pack_step_weights(cfg, snap.views);
-  }
-  return snap;
+  return make_step_snapshot<StepSnapshot>(
+      cfg, specs, params,
+      [&](const py::list& copies) { return group_views<float, const float*>(cfg, specs, copies, "params", false); },
+      [&](const std::vector<LayerWeights<float>>& views) { return cpu::pack_step_weights(cfg, views); });
 }
 
 // One step: from the parameters (snap null), or from a snapshot (params unused).
