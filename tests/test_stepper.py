@@ -304,3 +304,20 @@ def test_a_network_stepper_is_a_snapshot_and_checks_inputs(rng):
     np.testing.assert_array_equal(f32.stepper().step(np.array([1, 2]))[0], f32.step(np.array([1, 2]))[0])
     with pytest.raises(ValueError, match="head='sequence'"):
         rnnkit.RNNNetwork(vocab_size=5, hidden_size=8, output_size=3, head="last", precision="bfloat16").stepper()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not rnnkit.cuda.is_available(), reason="no CUDA backend here (a GPU or the emulation build)")
+def test_a_cuda_layer_or_network_steps_on_the_device_not_through_a_stepper():
+    layer = rnnkit.LSTM(8, 16, precision="bfloat16").to("cuda")
+    with pytest.raises(ValueError, match=r"^stepper: expected a layer on the CPU .* got device='cuda'"):
+        layer.stepper()
+    net = rnnkit.RNNNetwork(vocab_size=5, hidden_size=8, output_size=5, precision="bfloat16").to("cuda")
+    with pytest.raises(ValueError, match=r"^stepper: expected a network on the CPU .* got device='cuda'"):
+        net.stepper()
+    # A stepper made on the CPU refuses to refresh once its layer has moved.
+    cpu_layer = rnnkit.GRU(4, 8, precision="bfloat16")
+    stepper = cpu_layer.stepper()
+    cpu_layer.to("cuda")
+    with pytest.raises(ValueError, match="got device='cuda'"):
+        stepper.refresh()
