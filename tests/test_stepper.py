@@ -321,3 +321,23 @@ def test_a_cuda_layer_or_network_steps_on_the_device_not_through_a_stepper():
     cpu_layer.to("cuda")
     with pytest.raises(ValueError, match="got device='cuda'"):
         stepper.refresh()
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind", ["layer", "network"])
+def test_a_stepper_pickles_and_copies_as_its_snapshot(precision, kind, rng):
+    import copy
+    import pickle
+
+    if kind == "layer":
+        owner = rnnkit.LSTM(8, 16, num_layers=2, seed=3, precision=precision)
+        x = rng.standard_normal((2, 8)).astype(np.float32)
+    else:
+        owner = rnnkit.RNNNetwork(vocab_size=12, hidden_size=16, output_size=12, seed=3, precision=precision)
+        x = np.array([1, 5])
+    stepper = owner.stepper()
+    want, _ = stepper.step(x)
+    owner.params[next(iter(owner.params))] *= 0.5  # the owner moves on; the snapshot does not
+    for other in (pickle.loads(pickle.dumps(stepper)), copy.deepcopy(stepper)):
+        assert type(other) is type(stepper) and other.precision == precision
+        np.testing.assert_array_equal(other.step(x)[0], want)

@@ -721,15 +721,29 @@ class _StepSnapshot:
         if owner.device != "cpu":
             raise ValueError(f"stepper: expected a {self._what} on the CPU (a CUDA {self._what}'s step() reads its "
                              f"weights on the device), got device={owner.device!r}")
-        params = [owner.params[n] for n, _ in owner._specs]
         #: The precision the steps compute at: the owner's.
         self.precision = self._precision_of(owner)
+        self._take([owner.params[n] for n, _ in owner._specs])
+
+    def _take(self, params: List[np.ndarray]) -> None:
+        """The snapshot of `params` (copied; packed at bfloat16)."""
         if self.precision == "bfloat16":
-            self._snapshot = self._pack(owner._config, params)
+            self._snapshot = self._pack(self._owner._config, params)
             self._params = None
         else:
             self._snapshot = None
             self._params = [np.array(p, copy=True, order="C") for p in params]
+
+    # Pickling and copying keep the snapshot's own parameters (not the owner's current ones) and
+    # pack them again on loading: the packed form is a cache of them.
+    def __getstate__(self) -> Dict[str, Any]:
+        copies = self._snapshot.params if self._snapshot is not None else self._params
+        return {"owner": self._owner, "precision": self.precision, "params": [np.array(p) for p in copies]}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self._owner = state["owner"]
+        self.precision = state["precision"]
+        self._take(state["params"])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._owner!r}, precision={self.precision!r})"
