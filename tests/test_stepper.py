@@ -341,3 +341,16 @@ def test_a_stepper_pickles_and_copies_as_its_snapshot(precision, kind, rng):
     for other in (pickle.loads(pickle.dumps(stepper)), copy.deepcopy(stepper)):
         assert type(other) is type(stepper) and other.precision == precision
         np.testing.assert_array_equal(other.step(x)[0], want)
+
+
+def test_an_owner_holding_its_own_stepper_pickles_and_copies(rng):
+    import copy
+    import pickle
+
+    layer = rnnkit.GRU(8, 16, seed=5, precision="bfloat16")
+    layer.serving = layer.stepper()  # the owner refers back to its stepper
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    want, _ = layer.serving.step(x)
+    for other in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        assert other.serving._owner is other
+        np.testing.assert_array_equal(other.serving.step(x)[0], want)

@@ -723,27 +723,30 @@ class _StepSnapshot:
                              f"weights on the device), got device={owner.device!r}")
         #: The precision the steps compute at: the owner's.
         self.precision = self._precision_of(owner)
-        self._take([owner.params[n] for n, _ in owner._specs])
+        self._take(owner._config, [owner.params[n] for n, _ in owner._specs])
 
-    def _take(self, params: List[np.ndarray]) -> None:
+    def _take(self, config: Any, params: List[np.ndarray]) -> None:
         """The snapshot of `params` (copied; packed at bfloat16)."""
         if self.precision == "bfloat16":
-            self._snapshot = self._pack(self._owner._config, params)
+            self._snapshot = self._pack(config, params)
             self._params = None
         else:
             self._snapshot = None
             self._params = [np.array(p, copy=True, order="C") for p in params]
 
     # Pickling and copying keep the snapshot's own parameters (not the owner's current ones) and
-    # pack them again on loading: the packed form is a cache of them.
+    # its configuration, and pack them again on loading (the packed form is a cache of them); the
+    # owner travels too (its checks serve step()), but loading reads nothing of it, so an owner
+    # that holds its own stepper loads as well.
     def __getstate__(self) -> Dict[str, Any]:
         copies = self._snapshot.params if self._snapshot is not None else self._params
-        return {"owner": self._owner, "precision": self.precision, "params": [np.array(p) for p in copies]}
+        return {"owner": self._owner, "precision": self.precision, "config": self._owner._config,
+                "params": list(copies)}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self._owner = state["owner"]
         self.precision = state["precision"]
-        self._take(state["params"])
+        self._take(state["config"], state["params"])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._owner!r}, precision={self.precision!r})"
