@@ -102,8 +102,10 @@ RNNKIT_BF16_TARGET void micro_dpbf16(index_t kc2, const bf16_t* A, index_t lda, 
 // each waits for its own previous vdpbf16ps (a dependency chain of ~6 cycles), so the kernel ran at
 // a third of the instruction's rate (1 x 1024 x 256: 9.4 us). This one takes NP panels at once,
 // 2 * MR * NP independent sums (6.5 us), each still added over k in the same order as
-// micro_dpbf16's (so every element of C is bit for bit what micro_dpbf16 computes). B: the first panel, the next ones panel_stride
-// bf16 apart; ncols: the last panel's columns (the others are whole).
+// micro_dpbf16's (so every element of C is bit for bit what micro_dpbf16 computes; tested). Kept
+// beside micro_dpbf16 rather than as its NP = 1 case: that generic form (all MR broadcasts held
+// at once) ran the 8-row block 8-13% slower. B: the first panel, the next ones panel_stride bf16
+// apart; ncols: the last panel's columns (the others are whole).
 template <int MR, int NP>
 RNNKIT_BF16_TARGET void panels_dpbf16(index_t kc2, const bf16_t* A, index_t lda, const bf16_t* B,
                                       index_t panel_stride, int panels, float* C, index_t ldc, int ncols,
@@ -618,6 +620,14 @@ void packed_gemm_bf16(index_t M, index_t K, index_t cols, index_t cb, index_t ce
 }
 
 bf16_t* bf16_a_workspace(index_t elems) { return grow(workspace().a, elems); }
+
+void packed_gemm_bf16_from_float(index_t M, index_t K, index_t cols, index_t cb, index_t ce, const float* A,
+                                 index_t lda, const bf16_t* packed, float beta, float* C, index_t ldc) {
+  const index_t row = bf16_row_length(K);
+  bf16_t* a16 = bf16_a_workspace(checked_mul(bf16_padded_rows(M), row, "bf16 step rows"));
+  convert_a_bf16(A, lda, false, M, K, a16);
+  packed_gemm_bf16(M, K, cols, cb, ce, a16, row, packed, beta, C, ldc);
+}
 
 void gemm_bf16(Trans trans_a, Trans trans_b, index_t m, index_t n, index_t k, const float* a, index_t lda,
                const float* b, index_t ldb, float beta, float* c, index_t ldc) {

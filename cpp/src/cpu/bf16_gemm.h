@@ -60,6 +60,11 @@ inline index_t bf16_row_length(index_t K) { return (K + 31) / 32 * 32; }
 inline index_t bf16_padded_rows(index_t M) { return (M + 31) / 32 * 32; }
 // bf16 elements of the packed form of a [K, cols] matrix.
 index_t bf16_packed_size(index_t K, index_t cols);
+// The same in elements of S (packed bf16 pairs kept in S memory: a layer's float buffers).
+template <typename S>
+index_t bf16_packed_elems(index_t K, index_t cols) {
+  return (bf16_packed_size(K, cols) * index_t(sizeof(bf16_t)) + index_t(sizeof(S)) - 1) / index_t(sizeof(S));
+}
 
 // Packs B [K, cols], columns [c0, c1) (c0 panel-aligned; the rest of `out` is left alone), from
 // float: `transposed` reads B^T stored row-major [cols, K] (leading dimension ld), else B [K, cols].
@@ -95,6 +100,11 @@ void gemm_at_precision(bool bf16, Trans ta, Trans tb, index_t m, index_t n, inde
 
 // This thread's workspace for converting A (bf16 elements, grown to at least `elems`).
 bf16_t* bf16_a_workspace(index_t elems);
+
+// packed_gemm_bf16 of float rows A [M, K] (leading dimension lda), converted into this thread's
+// workspace first (convert_a_bf16): the per-step products against panels packed beforehand.
+void packed_gemm_bf16_from_float(index_t M, index_t K, index_t cols, index_t cb, index_t ce, const float* A,
+                                 index_t lda, const bf16_t* packed, float beta, float* C, index_t ldc);
 
 }  // namespace cpu
 }  // namespace rnnkit

@@ -47,7 +47,7 @@ void for_each_packed_buffer(const LayerShape& s, bool backward, PackedWeights<S>
   auto size = [&](index_t out, index_t in) -> index_t {
     if (!pack) return 0;
     const index_t K = backward ? out : in, cols = backward ? in : out;
-    if (s.bf16) return (bf16_packed_size(K, cols) * index_t(sizeof(bf16_t)) + index_t(sizeof(S)) - 1) / index_t(sizeof(S));
+    if (s.bf16) return bf16_packed_elems<S>(K, cols);
     return packed_size<S>(K, cols);
   };
   fn(s.cell.recurrent_gemm ? size(s.G1, s.d.P) : 0, w.rec);

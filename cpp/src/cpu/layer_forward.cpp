@@ -93,11 +93,8 @@ class ForwardLoop {
   void project_prepacked() const {
     if constexpr (std::is_same_v<S, float>) {
       assert(p_.tc.size() == 1 && p_.s.bf16);
-      const index_t M = p_.s.TN, row = bf16_row_length(p_.C);
-      bf16_t* a16 = bf16_a_workspace(checked_mul(bf16_padded_rows(M), row, "bf16 step rows"));
-      convert_a_bf16(a_.x, p_.C, false, M, p_.C, a16);
-      packed_gemm_bf16(M, p_.C, p_.GH, 0, p_.GH, a16, row, reinterpret_cast<const bf16_t*>(packed_.input), 0.0f,
-                       b_.gates, p_.GH);
+      packed_gemm_bf16_from_float(p_.s.TN, p_.C, p_.GH, 0, p_.GH, a_.x, p_.C,
+                                  reinterpret_cast<const bf16_t*>(packed_.input), 0.0f, b_.gates, p_.GH);
     } else {
       assert(false && "step snapshots are float32");
     }

@@ -196,10 +196,8 @@ struct StepOperand {
       if (bf16) {
         // Every thread converts all of A for its own columns: M*K conversions per step against
         // M*K*(c1-c0) multiply-adds, and no barrier.
-        const index_t row = bf16_row_length(K);
-        bf16_t* a16 = bf16_a_workspace(checked_mul(bf16_padded_rows(M), row, "bf16 step rows"));
-        convert_a_bf16(A, lda, false, M, K, a16);
-        packed_gemm_bf16(M, K, cols, c0, c1, a16, row, reinterpret_cast<const bf16_t*>(packed), beta, C, ldc);
+        packed_gemm_bf16_from_float(M, K, cols, c0, c1, A, lda, reinterpret_cast<const bf16_t*>(packed), beta, C,
+                                    ldc);
         return;
       }
     }

@@ -356,9 +356,7 @@ std::unique_ptr<NetworkStepWeights> pack_network_step(const NetworkConfig& cfg, 
   ws->cfg = cfg;
   ws->stack = pack_step_weights(cfg.stack, w.stack);
   const index_t F = cfg.feature_size(), K = cfg.output_size;
-  ws->head.allocate((bf16_packed_size(F, K) * index_t(sizeof(bf16_t)) + index_t(sizeof(float)) - 1) /
-                        index_t(sizeof(float)),
-                    "step snapshot head");
+  ws->head.allocate(bf16_packed_elems<float>(F, K), "step snapshot head");
   pack_b_bf16(w.out_w, F, true, F, K, 0, K, reinterpret_cast<bf16_t*>(ws->head.data()));
   return ws;
 }
@@ -388,10 +386,8 @@ void network_step_packed(const NetworkStepWeights& ws, const NetworkWeights<floa
   sf.state_n = state_n;
   stack_step_packed(*ws.stack, N, sf);
   for (index_t n = 0; n < N; ++n) copy_n(outputs + n * K, w.out_b, K);
-  const index_t row = bf16_row_length(F);
-  bf16_t* a16 = bf16_a_workspace(checked_mul(bf16_padded_rows(N), row, "bf16 step rows"));
-  convert_a_bf16(features, F, false, N, F, a16);
-  packed_gemm_bf16(N, F, K, 0, K, a16, row, reinterpret_cast<const bf16_t*>(ws.head.data()), 1.0f, outputs, K);
+  packed_gemm_bf16_from_float(N, F, K, 0, K, features, F, reinterpret_cast<const bf16_t*>(ws.head.data()), 1.0f,
+                              outputs, K);
   if (softmax) {
     for (index_t n = 0; n < N; ++n) softmax_in_place(outputs + n * K, K);
   }

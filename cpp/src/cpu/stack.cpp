@@ -383,8 +383,7 @@ std::unique_ptr<StepWeights> pack_step_weights(const StackConfig& cfg, const std
     LayerShape s = stack_layer_shape(cfg, 1, 1, false);
     s.d.C = cfg.layer_input_size(l);
     s.bf16 = true;
-    const index_t in = (bf16_packed_size(s.d.C, s.GH) * index_t(sizeof(bf16_t)) + index_t(sizeof(float)) - 1) /
-                       index_t(sizeof(float));
+    const index_t in = bf16_packed_elems<float>(s.d.C, s.GH);
     total = checked_add(total, checked_add(packed_buffer_elems<float>(s, false), in, "step snapshot"), "step snapshot");
     shapes.push_back(s);
     input_elems.push_back(in);
