@@ -633,7 +633,8 @@ def main() -> int:
               f"torch {torch.__version__ if torch else 'absent'}, onnxruntime {ort.__version__ if ort else 'absent'}, "
               f"numpy {np.__version__}. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}. "
               f"Command: `python {' '.join(sys.argv)}`. OpenBLAS kernel: {info['blas_kernel']} (the CPU's widest "
-              f"vector ISA: {info['cpu_vector_isa']}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}). "
+              f"vector ISA: {info['cpu_vector_isa']}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}, "
+              f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', 'unset')}). "
               f"Single-thread ceilings measured here: sgemm (rnnkit's OpenBLAS, 1024³) {sgemm:.1f} GFLOP/s; "
               f"fp32 FMA peak ({fma_isa or 'no AVX2/AVX-512'}) {fma:.1f} GFLOP/s; bf16 dot-product peak "
               + (f"({bf16_isa}) {bf16:.1f} GFLOP/s" if bf16 else "n/a (no AVX512_BF16)")
