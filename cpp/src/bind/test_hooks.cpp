@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -54,6 +55,30 @@ void register_test_hooks(py::module_& m) {
         };
         if (is_dtype<float>(C.dtype())) run(float{}); else run(double{});
       }, py::arg("A"), py::arg("B"), py::arg("transposed"), py::arg("beta"), py::arg("C"), py::arg("cb"), py::arg("ce"));
+
+  m.def("_row_gemm", [](py::array A, py::array W, double beta, py::array C, index_t j0, index_t j1, bool descending,
+                        std::optional<py::array> A2, std::optional<py::array> W2) {
+        // C[:, j0:j1] = beta C + A W^T (+ A2 W2^T as one sum) through row_gemm, float32.
+        if (!row_gemm_available()) throw std::runtime_error("no row kernel on this CPU");
+        const index_t M = A.shape(0), K = A.shape(1), rows = W.shape(0);
+        check_array<float>(A, "A", {M, K}, false);
+        check_array<float>(W, "W", {rows, K}, false);
+        check_array<float>(C, "C", {M, rows}, true);
+        if (j0 < 0 || j1 > rows || j0 > j1) throw_expected("j0, j1", concat("a range within [0, ", rows, "]"), j0);
+        RowProduct second;
+        if (A2 && W2) {
+          const index_t K2 = A2->shape(1);
+          check_array<float>(*A2, "A2", {M, K2}, false);
+          check_array<float>(*W2, "W2", {rows, K2}, false);
+          second = {K2, static_cast<const float*>(A2->data()), K2, static_cast<const float*>(W2->data()), K2};
+        }
+        row_gemm(M, RowProduct{K, static_cast<const float*>(A.data()), K, static_cast<const float*>(W.data()), K},
+                 second, j0, j1, static_cast<float>(beta), static_cast<float*>(C.mutable_data()), rows, descending);
+      }, py::arg("A"), py::arg("W"), py::arg("beta"), py::arg("C"), py::arg("j0"), py::arg("j1"),
+      py::arg("descending"), py::arg("A2") = py::none(), py::arg("W2") = py::none());
+  m.def("_row_gemm_kernels", &row_gemm_kernel_names, "The row kernels this CPU runs, the default first.");
+  m.def("_set_row_gemm_kernel", &set_row_gemm_kernel, py::arg("name"),
+        "Which row kernel runs ('auto': the default); for tests.");
 
   m.def("_packed_vs_blas", [](index_t M, index_t K, index_t cols, int reps) {
         // Seconds per call of the packed kernel (packed once) and of BLAS.

@@ -3,6 +3,8 @@
 
 #include <cblas.h>
 
+#include "cpu/packed_gemm.h"
+
 #ifdef BLAS_SYMBOL_PREFIX
 #define RNNKIT_BLAS_CAT2(a, b) a##b
 #define RNNKIT_BLAS_CAT(a, b) RNNKIT_BLAS_CAT2(a, b)
@@ -48,6 +50,11 @@ bool gemm_as_gemv(Gemv gemv, Trans trans_a, Trans trans_b, index_t m, index_t n,
 void gemm(Trans trans_a, Trans trans_b, index_t m, index_t n, index_t k, float alpha, const float* a,
           index_t lda, const float* b, index_t ldb, float beta, float* c, index_t ldc) {
   if (m == 0 || n == 0) return;
+  if (trans_a == Trans::kNo && trans_b == Trans::kYes && alpha == 1.0f && m <= kRowGemmMaxM &&
+      row_gemm_available()) {
+    row_gemm(m, k, 0, n, a, lda, b, ldb, beta, c, ldc, false);
+    return;
+  }
   if (gemm_as_gemv(&RNNKIT_BLAS(cblas_sgemv), trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c)) return;
   RNNKIT_BLAS(cblas_sgemm)(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_blasint(m),
                            to_blasint(n), to_blasint(k), alpha, a, to_blasint(lda), b,

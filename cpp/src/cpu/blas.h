@@ -19,6 +19,8 @@ enum class Trans { kNo, kYes };
 
 // C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C.
 // op(A) is A [m,k] (lda >= k) or, transposed, A [k,m] (lda >= m); likewise for B.
+// Float products A B^T of at most kRowGemmMaxM rows (a streaming step's) run rnnkit's row_gemm
+// (packed_gemm.h), which reads B in place; one-row products otherwise run BLAS's GEMV.
 // C must not alias A or B. Dimensions are at most kMaxGemmDim; callers guarantee it (layer
 // entry points reject larger sizes up front with a user error).
 void gemm(Trans trans_a, Trans trans_b, index_t m, index_t n, index_t k, float alpha, const float* a,

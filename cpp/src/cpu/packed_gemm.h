@@ -16,6 +16,9 @@
 // is a multiple of packed_panel_width<S>() (so threads can split the columns panel-wise).
 #pragma once
 
+#include <string>
+#include <vector>
+
 #include "rnnkit/common.h"
 
 namespace rnnkit {
@@ -44,6 +47,54 @@ void pack_b(const S* src, index_t ld, bool transposed, index_t K, index_t cols, 
 template <typename S>
 void packed_gemm(index_t M, index_t K, index_t cols, index_t cb, index_t ce, const S* A, index_t lda,
                  const S* packed, S beta, S* C, index_t ldc);
+
+}  // namespace cpu
+}  // namespace rnnkit
+
+namespace rnnkit {
+namespace cpu {
+
+// ---- A times W^T with W read in place: a streaming step's products --------------------------------
+//
+// A step (T = 1, a few streams) multiplies each weight matrix once: packing it first would read it
+// twice, and BLAS's GEMV sums each dot product in an order of its own. Here W is row-major
+// [rows, K] (W_ih, W_hh, W_hr, a head's V as stored) and each output is one dot product:
+//
+//   C[m, j] = beta * C[m, j] + sum_k A[m, k] * W[j, k]      m < M, j in [j0, j1)
+//
+// Every element is summed the same way (k ascending in vector lanes, then a fixed lane tree),
+// whatever M, [j0, j1) or the direction, so results do not depend on how a team splits the rows;
+// `descending` walks the rows of W from j1 down (step_layers alternates it between calls, so a
+// call starts on the rows the previous call read last, still in L2). beta == 0: C is not read.
+// A, W and C must not overlap. Meant for M <= kRowGemmMaxM (W is read once per 4 rows of A).
+
+constexpr index_t kRowGemmMaxM = 4;
+
+// Whether this CPU has the kernel (float: AVX-512F or AVX2+FMA on x86-64).
+bool row_gemm_available();
+
+void row_gemm(index_t M, index_t K, index_t j0, index_t j1, const float* A, index_t lda, const float* W,
+              index_t ldw, float beta, float* C, index_t ldc, bool descending);
+
+// One term A W^T of the two-term form: A [M, K] (lda), W [rows, K] (ldw).
+struct RowProduct {
+  index_t K = 0;  // 0: no term
+  const float* A = nullptr;
+  index_t lda = 0;
+  const float* W = nullptr;
+  index_t ldw = 0;
+};
+
+// C[m, j] = beta * C[m, j] + sum over both terms of A[m, k] * W[j, k], as one sum per element
+// (the first term's lanes, then the second's): a step's x W_ih^T + h W_hh^T reads W_ih's and
+// W_hh's row j together, so the rows of both reverse together in a descending call.
+void row_gemm(index_t M, const RowProduct& first, const RowProduct& second, index_t j0, index_t j1, float beta,
+              float* C, index_t ldc, bool descending);
+
+// Tests: the row kernels this CPU runs ("avx512", "avx2"; the default first), and which one runs
+// ("auto": the default). Not thread-safe against running steps.
+std::vector<std::string> row_gemm_kernel_names();
+void set_row_gemm_kernel(const std::string& name);
 
 }  // namespace cpu
 }  // namespace rnnkit
