@@ -198,6 +198,18 @@ def _gemm_bf16(A: numpy.typing.ArrayLike, trans_a: bool, B: numpy.typing.ArrayLi
     """
     C = op(A) op(B) + beta C through precision='bfloat16''s GEMM (for tests).
     """
+def _row_gemm(A: numpy.ndarray, W: numpy.ndarray, beta: float, C: numpy.ndarray, j0: int, j1: int, descending: bool, A2: numpy.ndarray | None = None, W2: numpy.ndarray | None = None) -> None:
+    """
+    C[:, j0:j1] = beta C + A W^T (+ A2 W2^T as one sum) through the row kernel, float32 (tests).
+    """
+def _row_gemm_kernels() -> list[str]:
+    """
+    The row kernels this CPU runs, the default first.
+    """
+def _set_row_gemm_kernel(name: str) -> None:
+    """
+    Which row kernel runs ('auto': the default); for tests.
+    """
 def _set_bf16_kernel(name: str) -> None:
     """
     Selects the bfloat16 GEMM kernel: 'auto' or one of _bf16_kernels() (tests, benchmarks).
@@ -403,6 +415,10 @@ def step_packed(snapshot: StepSnapshot, x: numpy.ndarray, h: numpy.ndarray, c: n
 def pack_network_step(config: NetworkConfig, params: list) -> NetworkStepSnapshot:
     """
     A snapshot of a sequence-head network over a unidirectional float32 stack at precision 'bfloat16'.
+    """
+def network_step(config: NetworkConfig, params: list, inputs: numpy.ndarray, h0: numpy.ndarray | None, c0: numpy.ndarray | None, softmax_outputs: bool) -> tuple:
+    """
+    One step of a sequence-head network on the CPU (the stack in float32 whatever the precision): inputs [1,N] ids or [1,N,C] -> (outputs [N,K], h_n, c_n|None).
     """
 def network_step_packed(snapshot: NetworkStepSnapshot, inputs: numpy.ndarray, h0: numpy.ndarray | None, c0: numpy.ndarray | None, softmax_outputs: bool) -> tuple:
     """

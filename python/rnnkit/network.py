@@ -559,10 +559,9 @@ class RNNNetwork:
         if self.device != "cpu":
             return self._step_device(x_t, state)
         x, h0, c0 = self._step_inputs(x_t, state)
-        out, h_n, c_n, _, _ = _core.network_forward(
-            self._config, [self.params[n] for n, _ in self._specs], x, h0, c0, None, None, False, 0, True,
-            self.loss_kind == "cross_entropy")
-        return out[0], self._state_out(h_n, c_n)
+        out, h_n, c_n = _core.network_step(self._config, [self.params[n] for n, _ in self._specs], x, h0, c0,
+                                           self.loss_kind == "cross_entropy")
+        return out, self._state_out(h_n, c_n)
 
     def stepper(self) -> "NetworkStepper":
         """A snapshot of this network for streaming: ``stepper().step(x_t, state)`` is ``step()``
@@ -757,5 +756,5 @@ class NetworkStepper(layers._StepSnapshot):
         if self._snapshot is not None:
             out, h_n, c_n = _core.network_step_packed(self._snapshot, x, h0, c0, ce)
             return out, net._state_out(h_n, c_n)
-        out, h_n, c_n, _, _ = _core.network_forward(net._config, self._params, x, h0, c0, None, None, False, 0, True, ce)
-        return out[0], net._state_out(h_n, c_n)
+        out, h_n, c_n = _core.network_step(net._config, self._params, x, h0, c0, ce)
+        return out, net._state_out(h_n, c_n)

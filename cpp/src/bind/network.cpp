@@ -207,41 +207,50 @@ NetworkStepSnapshot pack_network_step(const NetworkConfig& cfg, const py::list& 
       [&](const NetworkWeights<float>& views) { return cpu::pack_network_step(cfg, views); });
 }
 
-// inputs: [1, N] token ids or [1, N, C] float32, as network_forward's at T = 1.
-py::tuple network_step_packed(const NetworkStepSnapshot& snap, const py::array& inputs,
-                              const std::optional<py::array>& h0, const std::optional<py::array>& c0,
-                              bool softmax_outputs) {
-  const NetworkConfig& cfg = snap.cfg;
-  const NetworkInputs in = network_inputs<float>(cfg, inputs);
+// One step (cpu::network_step): inputs [1, N] token ids or [1, N, C] of S, as network_forward's
+// at T = 1; from the parameters' views w, or from a snapshot `packed` (float32).
+template <typename S>
+py::tuple network_step_impl(const NetworkConfig& cfg, const NetworkWeights<S>& w, const py::array& inputs,
+                            const std::optional<py::array>& h0, const std::optional<py::array>& c0,
+                            bool softmax_outputs, const cpu::NetworkStepWeights* packed) {
+  check_steppable(cfg.stack, "network");
+  if (cfg.head != HeadKind::kSequence) throw_expected("network", "head='sequence' (a step's outputs)", "head='last'");
+  const NetworkInputs in = network_inputs<S>(cfg, inputs);
   if (in.T != 1) throw_expected("inputs", "one step (T = 1)", concat("T = ", in.T));
   const index_t N = in.N;
   check_stack_dims(cfg.stack, 1, N);
   const bool has_c = cell_info(cfg.stack.cell).has_cell_state;
   const index_t G = cfg.stack.groups(), P = cfg.stack.state_size(), H = cfg.stack.hidden_size;
-  StatePair<const float*> state0{in_ptr<float>(h0, "h0", {G, N, P}), nullptr};
+  StatePair<const S*> state0{in_ptr<S>(h0, "h0", {G, N, P}), nullptr};
   if (c0 && !has_c) throw_expected("c0", "None (this cell has no cell state)", "an array");
-  state0.c = in_ptr<float>(c0, "c0", {G, N, H});
+  state0.c = in_ptr<S>(c0, "c0", {G, N, H});
   // Absent states are zeros, made here (the step itself requires them).
-  py::array_t<float> h_zero, c_zero;
+  py::array_t<S> h_zero, c_zero;
   if (state0.h == nullptr) {
-    h_zero = new_array<float>({G, N, P});
-    std::memset(h_zero.mutable_data(), 0, static_cast<std::size_t>(G * N * P) * sizeof(float));
+    h_zero = new_array<S>({G, N, P});
+    std::memset(h_zero.mutable_data(), 0, static_cast<std::size_t>(G * N * P) * sizeof(S));
     state0.h = h_zero.data();
   }
   if (has_c && state0.c == nullptr) {
-    c_zero = new_array<float>({G, N, H});
-    std::memset(c_zero.mutable_data(), 0, static_cast<std::size_t>(G * N * H) * sizeof(float));
+    c_zero = new_array<S>({G, N, H});
+    std::memset(c_zero.mutable_data(), 0, static_cast<std::size_t>(G * N * H) * sizeof(S));
     state0.c = c_zero.data();
   }
-  auto out = new_array<float>({N, cfg.output_size});
-  auto h_n = new_array<float>({G, N, P});
-  StatePair<float*> state_n{h_n.mutable_data(), nullptr};
-  py::object c_n = new_array_if<float>(has_c, {G, N, H}, &state_n.c);
+  auto out = new_array<S>({N, cfg.output_size});
+  auto h_n = new_array<S>({G, N, P});
+  StatePair<S*> state_n{h_n.mutable_data(), nullptr};
+  py::object c_n = new_array_if<S>(has_c, {G, N, H}, &state_n.c);
   {
     py::gil_scoped_release release;
-    cpu::network_step_packed(*snap.packed, snap.views, in, state0, out.mutable_data(), state_n, softmax_outputs);
+    cpu::network_step<S>(cfg, w, in, state0, out.mutable_data(), state_n, softmax_outputs, packed);
   }
   return py::make_tuple(out, h_n, c_n);
+}
+
+py::tuple network_step_packed(const NetworkStepSnapshot& snap, const py::array& inputs,
+                              const std::optional<py::array>& h0, const std::optional<py::array>& c0,
+                              bool softmax_outputs) {
+  return network_step_impl<float>(snap.cfg, snap.views, inputs, h0, c0, softmax_outputs, snap.packed.get());
 }
 
 }  // namespace
@@ -310,6 +319,22 @@ void register_network(py::module_& m) {
         py::arg("c0"), py::arg("softmax_outputs"),
         "One step from a snapshot: inputs [1,N] token ids or [1,N,C] float32 -> (outputs [N,K], h_n, c_n|None), "
         "computed as a forward at bfloat16 computes. The GIL is released while it runs.");
+
+  m.def("network_step",
+        [](const NetworkConfig& cfg, const py::list& params, const py::array& inputs,
+           const std::optional<py::array>& h0, const std::optional<py::array>& c0, bool softmax_outputs) {
+          return by_dtype(list_dtype(params, "params"), "params", [&](auto s) {
+            using S = decltype(s);
+            const NetworkWeights<S> w = network_views<S, const S*>(cfg, network_param_specs(cfg), params, "params",
+                                                                 false);
+            return network_step_impl<S>(cfg, w, inputs, h0, c0, softmax_outputs, nullptr);
+          });
+        },
+        py::arg("config"), py::arg("params"), py::arg("inputs"), py::arg("h0"), py::arg("c0"),
+        py::arg("softmax_outputs"),
+        "One step of a sequence-head network over a unidirectional stack on the CPU (the stack in float32 "
+        "whatever the precision): inputs [1,N] token ids or [1,N,C] -> (outputs [N,K], h_n, c_n|None). "
+        "The GIL is released while it runs.");
 
   m.def("network_generate",
         [](const NetworkConfig& cfg, const py::list& params, const py::array& prefix, index_t count,

@@ -76,6 +76,8 @@ S* carve_packed_buffers(const LayerShape& s, bool backward, S* p, PackedWeights<
 // zeros (c0: cells with a cell state); lengths [N] or null (checked by the caller); reverse:
 // t = T-1 ... 0. y: rows y[(t*N + n) * y_ld + j], j < P, must not alias an input. state_n: the
 // final h [N,P] and c [N,H] (or null).
+enum class StepOrder { kNone, kAscending, kDescending };
+
 template <typename S>
 struct LayerForwardArgs {
   const S* x = nullptr;
@@ -90,6 +92,11 @@ struct LayerForwardArgs {
   S* y = nullptr;
   index_t y_ld = 0;
   StatePair<S*> state_n;
+  // A streaming step's order of reads (step_layers alternates it): float steps of at most
+  // kRowGemmMaxM rows multiply on row_gemm, in descending rows of each weight matrix and W_hh
+  // before W_ih in a kDescending call, so a call reads in the reverse of the previous call's
+  // order. Both orders give the same results bit for bit. kNone: not a streaming step.
+  StepOrder step_order = StepOrder::kNone;
 };
 
 // One layer-direction BPTT through a training forward (x, lengths, reverse: as given to it; the

@@ -48,11 +48,8 @@ class ForwardLoop {
     p_.gemms.pack(p_.s, packed_.prepacked);
     if (packed_.input != nullptr) {
       project_prepacked();
-    } else {
-      tc.gemm_blocks(p_.s.TN, 1, kDeterministicRows, [&](index_t r0, index_t r1) {
-        layer_gemm(p_.s, Trans::kNo, Trans::kYes, r1 - r0, p_.GH, p_.C, a_.x + r0 * p_.C, p_.C, w_.w_ih, p_.C, S(0),
-                   b_.gates + r0 * p_.GH, p_.GH);
-      });
+    } else if (!rec_first_ && !fused_) {
+      project_inputs(S(0));
     }
     if (tc.tid() == 0) {
       S* bsum = b_.bias;
@@ -86,6 +83,34 @@ class ForwardLoop {
       reg_.recurrent_mask(p_.s, n0, n1, b_.rec_mask);
       store_dropped_state(p_.step_time(0), h_slot(p_.slots.first()), n0, n1);
       tc.barrier();
+    }
+  }
+
+  // gates = beta gates + x W_ih^T, every step's rows at once, split by rows over the team.
+  void project_inputs(S beta) const {
+    p_.tc.gemm_blocks(p_.s.TN, 1, kDeterministicRows, [&](index_t r0, index_t r1) {
+      if constexpr (std::is_same_v<S, float>) {
+        if (descending_) {
+          row_gemm(r1 - r0, p_.C, 0, p_.GH, a_.x + r0 * p_.C, p_.C, w_.w_ih, p_.C, beta, b_.gates + r0 * p_.GH,
+                   p_.GH, true);
+          return;
+        }
+      }
+      layer_gemm(p_.s, Trans::kNo, Trans::kYes, r1 - r0, p_.GH, p_.C, a_.x + r0 * p_.C, p_.C, w_.w_ih, p_.C, beta,
+                 b_.gates + r0 * p_.GH, p_.GH);
+    });
+  }
+
+  // A streaming step's gates = x W_ih^T + h_{t-1} W_hh^T in one pass over both matrices' rows
+  // (this thread's columns of the recurrent product).
+  void multiply_fused(const S* h_rec, S* gates) const {
+    if constexpr (std::is_same_v<S, float>) {
+      const StepOperand<S>& rec = p_.gemms.rec;
+      row_gemm(p_.N, RowProduct{p_.C, a_.x, p_.C, w_.w_ih, p_.C}, RowProduct{p_.P, h_rec, p_.P, rec.src, rec.ld},
+               rec.c0, rec.c1, 0.0f, gates, p_.GH, descending_);
+    } else {
+      (void)h_rec, (void)gates;
+      assert(false && "fused step products are float32");
     }
   }
 
@@ -129,9 +154,16 @@ class ForwardLoop {
     if constexpr (!has_recurrent_gemm<Cell>()) {
       (void)g;  // IndRNN applies u itself; minGRU/minLSTM have no recurrent weight
     } else if constexpr (Plan::kSeparateRecurrent) {
-      g.rec.multiply(N, h_rec, P, S(0), b_.hgates, GH);
+      g.rec.multiply(N, h_rec, P, S(0), b_.hgates, GH, descending_);
+      if (rec_first_) {
+        // x W_ih^T after h W_hh^T (into their own rows): the other order of reads.
+        tc.barrier();
+        project_inputs(S(0));
+      }
+    } else if (fused_) {
+      multiply_fused(h_rec, gates);
     } else {
-      g.rec.multiply(N, h_rec, P, S(1), gates, GH);
+      g.rec.multiply(N, h_rec, P, S(1), gates, GH, descending_);
     }
     if (kSharesRows) tc.barrier();
 
@@ -164,7 +196,7 @@ class ForwardLoop {
     if constexpr (Plan::kTwoStage) {
       // gates(n) += (r * h_{t-1}) W_hn^T, with r * h_{t-1} in saved slot 0.
       tc.barrier();
-      g.stage2.multiply(N, saved, p_.SW, S(1), gates + p_.G1, GH);
+      g.stage2.multiply(N, saved, p_.SW, S(1), gates + p_.G1, GH, descending_);
       tc.barrier();
       for (index_t n = n0; n < n1; ++n) {
         if (padded(t, n)) continue;
@@ -174,7 +206,7 @@ class ForwardLoop {
     }
     if (p_.s.project) {
       tc.barrier();
-      g.proj.multiply(N, h_full, H, S(0), h_new, P);
+      g.proj.multiply(N, h_full, H, S(0), h_new, P, descending_);
       tc.barrier();
     }
     const index_t next = p_.slots.reverse ? t - 1 : t + 1;  // the next step's time
@@ -217,6 +249,17 @@ class ForwardLoop {
   const LayerBuffers<S>& b_;
   const PackedWeights<S>& packed_;
   const LayerForwardArgs<S>& a_;
+  // A streaming step whose products run row_gemm (LayerForwardArgs::step_order): float, at most
+  // kRowGemmMaxM rows, nothing packed; descending_ in a kDescending call.
+  const bool step_rows_ = std::is_same_v<S, float> && a_.step_order != StepOrder::kNone && p_.T == 1 &&
+                          p_.N <= kRowGemmMaxM && !p_.s.bf16 && packed_.input == nullptr &&
+                          p_.gemms.rec.packed == nullptr && row_gemm_available();
+  const bool descending_ = step_rows_ && a_.step_order == StepOrder::kDescending;
+  // Cells that add h W_hh^T into the gates take both products in one pass (multiply_fused);
+  // cells that keep it apart (GRU) multiply by W_hh first in a descending call. The two-stage
+  // GRU's candidate needs the projection first: only its rows reverse.
+  const bool fused_ = step_rows_ && has_recurrent_gemm<Cell>() && !Plan::kSeparateRecurrent && !Plan::kTwoStage;
+  const bool rec_first_ = descending_ && has_recurrent_gemm<Cell>() && Plan::kSeparateRecurrent && !Plan::kTwoStage;
   CpuRow<S> row_;
   // Zoneout of h and c, recurrent dropout (layer_loop.h).
   const LoopRegularisers<Cell, S> reg_{p_.s, a_.seed, a_.group};

@@ -189,10 +189,16 @@ struct StepOperand {
     (void)M;
     if (packed) pack_b<S>(src, ld, transposed, K, cols, c0, c1, packed);
   }
-  // C[:, c0:c1] = beta C[:, c0:c1] + A[M, K] B[:, c0:c1], this thread's columns.
-  void multiply(index_t M, const S* A, index_t lda, S beta, S* C, index_t ldc) const {
+  // C[:, c0:c1] = beta C[:, c0:c1] + A[M, K] B[:, c0:c1], this thread's columns. `descending`:
+  // B^T's rows from c1 down, where row_gemm runs (a streaming step's few rows, unpacked).
+  void multiply(index_t M, const S* A, index_t lda, S beta, S* C, index_t ldc, bool descending = false) const {
     if (c1 <= c0) return;
     if constexpr (std::is_same_v<S, float>) {
+      if (!bf16 && !packed && transposed && M <= kRowGemmMaxM && row_gemm_available()) {
+        // Each element is summed the same way whatever the column range: no fixed blocks needed.
+        row_gemm(M, K, c0, c1, A, lda, src, ld, beta, C, ldc, descending);
+        return;
+      }
       if (bf16) {
         // Every thread converts all of A for its own columns: M*K conversions per step against
         // M*K*(c1-c0) multiply-adds, and no barrier.

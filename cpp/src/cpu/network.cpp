@@ -361,37 +361,56 @@ std::unique_ptr<NetworkStepWeights> pack_network_step(const NetworkConfig& cfg, 
   return ws;
 }
 
-void network_step_packed(const NetworkStepWeights& ws, const NetworkWeights<float>& w, const NetworkInputs& in,
-                         StatePair<const float*> state0, float* outputs, StatePair<float*> state_n, bool softmax) {
-  const NetworkConfig& cfg = ws.cfg;
-  assert(in.T == 1 && state0.h != nullptr);
+template <typename S>
+void network_step(const NetworkConfig& cfg, const NetworkWeights<S>& w, const NetworkInputs& in,
+                  StatePair<const S*> state0, S* outputs, StatePair<S*> state_n, bool softmax,
+                  const NetworkStepWeights* packed) {
+  assert(in.T == 1 && state0.h != nullptr && cfg.head == HeadKind::kSequence);
   const index_t N = in.N, E = cfg.stack.input_size, F = cfg.feature_size(), K = cfg.output_size;
   // This thread's scratch, kept: the embedded tokens and the top layer's outputs (the features).
-  thread_local Buffer<float> scratch;
+  thread_local Buffer<S> scratch;
   const index_t emb_n = cfg.vocab_size > 0 ? N * E : 0;
   const index_t need = checked_add(emb_n, N * F, "network step scratch");
   if (scratch.size() < need) scratch.allocate(need, "network step scratch");
-  float* emb = scratch.data();
-  float* features = emb + emb_n;
-  const float* x = static_cast<const float*>(in.x);
+  S* emb = scratch.data();
+  S* features = emb + emb_n;
+  const S* x = static_cast<const S*>(in.x);
   if (cfg.vocab_size > 0) {
     for (index_t n = 0; n < N; ++n) copy_n(emb + n * E, w.embedding + in.tokens[n] * E, E);
     x = emb;
   }
-  StackForwardArgs<float> sf;
+  StackForwardArgs<S> sf;
   sf.params = &w.stack;
   sf.x = x;
   sf.state0 = state0;
   sf.y = features;
   sf.state_n = state_n;
-  stack_step_packed(*ws.stack, N, sf);
   for (index_t n = 0; n < N; ++n) copy_n(outputs + n * K, w.out_b, K);
-  packed_gemm_bf16_from_float(N, F, K, 0, K, features, F, reinterpret_cast<const bf16_t*>(ws.head.data()), 1.0f,
-                              outputs, K);
+  if constexpr (std::is_same_v<S, float>) {
+    if (packed != nullptr) {
+      stack_step_packed(*packed->stack, N, sf);
+      packed_gemm_bf16_from_float(N, F, K, 0, K, features, F, reinterpret_cast<const bf16_t*>(packed->head.data()),
+                                  1.0f, outputs, K);
+    }
+  }
+  if (packed == nullptr) {
+    stack_step<S>(cfg.stack, N, sf);
+    // The stack steps in float32 (stack_step); the output layer at the network's precision, as
+    // the forward's head and the CUDA backend's step.
+    const bool bf16 = cfg.stack.precision == Precision::kBfloat16;
+    gemm_at_precision<S>(bf16, Trans::kNo, Trans::kYes, N, K, F, features, F, w.out_w, F, S(1), outputs, K);
+  }
   if (softmax) {
     for (index_t n = 0; n < N; ++n) softmax_in_place(outputs + n * K, K);
   }
 }
+
+template void network_step<float>(const NetworkConfig&, const NetworkWeights<float>&, const NetworkInputs&,
+                                   StatePair<const float*>, float*, StatePair<float*>, bool,
+                                   const NetworkStepWeights*);
+template void network_step<double>(const NetworkConfig&, const NetworkWeights<double>&, const NetworkInputs&,
+                                    StatePair<const double*>, double*, StatePair<double*>, bool,
+                                    const NetworkStepWeights*);
 
 }  // namespace cpu
 }  // namespace rnnkit

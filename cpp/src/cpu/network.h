@@ -59,11 +59,16 @@ struct NetworkStepWeights {
 };
 // cfg: a sequence head over a unidirectional float32 stack at bfloat16 (else std::invalid_argument).
 std::unique_ptr<NetworkStepWeights> pack_network_step(const NetworkConfig& cfg, const NetworkWeights<float>& w);
-// One step of N streams from a snapshot: in.T == 1; w: the copies it was packed from; state0
-// required (h, and c for cells with one); outputs [N, K] (softmax applied when `softmax`);
-// state_n as the stack's. Allocates nothing per call once a thread has stepped at this size.
-void network_step_packed(const NetworkStepWeights& ws, const NetworkWeights<float>& w, const NetworkInputs& in,
-                         StatePair<const float*> state0, float* outputs, StatePair<float*> state_n, bool softmax);
+// One step of N streams of a sequence-head network over a unidirectional stack, on the calling
+// thread: in.T == 1; state0 required (h, and c for cells with one); outputs [N, K] (softmax
+// applied when `softmax`); state_n as the stack's. From the parameters w (the stack in float32
+// whatever the precision, the output layer at the precision), or from a snapshot `packed` (then
+// w holds the copies it was packed from; float only). Allocates nothing per call once a thread
+// has stepped at this size.
+template <typename S>
+void network_step(const NetworkConfig& cfg, const NetworkWeights<S>& w, const NetworkInputs& in,
+                  StatePair<const S*> state0, S* outputs, StatePair<S*> state_n, bool softmax,
+                  const NetworkStepWeights* packed = nullptr);
 
 }  // namespace cpu
 }  // namespace rnnkit

@@ -340,6 +340,13 @@ void step_layers(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& a
   S* between[2] = {p, p + N * P};
   const PackedWeights<S> unpacked;
   const TeamContext solo(nullptr, 0, 1);
+  // A stream of steps reads the same weights every call. Each call reads them in the reverse of
+  // the previous call's order (LayerForwardArgs::step_order), so it starts on the rows still in
+  // L2: an LSTM at C = H = 256 reads 2 MiB per step, the whole L2 of many cores, and in one order
+  // most reads came from L3 (bench/NOTES.md).
+  thread_local bool descending = false;
+  descending = !descending;
+  const StepOrder order = descending ? StepOrder::kDescending : StepOrder::kAscending;
   LayerShape shape = shape0;
   const S* in = args.x;
   for (index_t l = 0; l < L; ++l) {
@@ -351,6 +358,7 @@ void step_layers(const StackConfig& cfg, index_t N, const StackForwardArgs<S>& a
     la.y = l + 1 == L ? args.y : between[l % 2];
     la.y_ld = P;
     la.state_n = group_state(args.state_n, l, N, P, H);
+    la.step_order = order;
     layer_forward<S>(solo, cfg.kernel_cell(), shape, (*args.params)[l], buffers,
                      packed != nullptr ? (*packed)[l] : unpacked, la);
     in = la.y;
