@@ -22,7 +22,7 @@ from . import _validate as V
 from . import layers
 from ._cells import CELL_NAMES, CELLS, DEFAULTS, LAYER_CLASSES, REGULARISERS, onnx_keywords
 from ._guard import TrainingGuard
-from .layers import _RecurrentLayer
+from .layers import _RecurrentLayer, _is_step_array
 
 HEADS = ("sequence", "last")
 LOSSES = ("cross_entropy", "mse")
@@ -356,13 +356,13 @@ class RNNNetwork:
 
     def _step_state(self, state: Any, N: int):
         """_state_in without its conversions when the state is already what a step returned."""
-        groups = self.rnn.num_layers * self.rnn.num_directions
-        ok = lambda a, width: (type(a) is np.ndarray and a.dtype == self.dtype  # noqa: E731
-                               and a.shape == (groups, N, width) and a.flags.c_contiguous)
-        if self.has_cell_state:
-            if isinstance(state, tuple) and len(state) == 2 and ok(state[0], self.rnn.state_size) and ok(state[1], self.hidden_size):
+        rnn, dt = self.rnn, self.dtype
+        shape = (rnn.num_layers * rnn.num_directions, N, rnn.state_size)
+        if rnn._has_cell_state:
+            if (type(state) is tuple and len(state) == 2 and _is_step_array(state[0], shape, dt)
+                    and _is_step_array(state[1], shape[:2] + (self.hidden_size,), dt)):
                 return state
-        elif ok(state, self.rnn.state_size):
+        elif _is_step_array(state, shape, dt):
             return state, None
         return self._state_in(state, N)
 
