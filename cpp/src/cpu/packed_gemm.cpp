@@ -190,8 +190,10 @@ RNNKIT_DEFINE_MICRO(Avx2Double, "avx2,fma")
 
 // row_gemm (packed_gemm.h): RB rows of W against MR rows of A, one accumulator per (row of A, row
 // of W) so each output is one dot product whatever the block. RB is as many rows as the registers
-// hold (up to 16); a remainder runs in blocks of 8, 4, 2, 1 whose outputs are summed identically
-// (hsum8 per 8 rows; the unused accumulators stay zero).
+// hold (up to 16); a remainder runs in a block of 8 (when RB is 16), then row by row, its outputs
+// summed identically (hsum8 per 8 rows; the unused accumulators stay zero). Blocks of 4 and 2 for
+// the remainder were dropped for the wheel's size (each (MR, RB) pair is one more instantiation per
+// ISA): the layers that stream have 4H, 3H or H rows, whole blocks at H >= 16 but for a block of 8.
 template <typename I>
 constexpr int row_block(int mr) {
   int rb = 16;  // one row of A on AVX-512: 16 rows of W at once ran 3-4% faster than 8 (from L2)
@@ -247,7 +249,7 @@ constexpr int row_block(int mr) {
       for (int r = 0; r < RB; ++r) c[r] = beta == 0.0f ? out[r] : beta * c[r] + out[r];                   \
     }                                                                                                     \
   }                                                                                                       \
-  /* Rows [j0, j1) for MR rows of A: full blocks of RB, the remainder in blocks of 4, 2, 1. */            \
+  /* Rows [j0, j1) for MR rows of A: full blocks of RB, the remainder in 8 and 1. */                      \
   template <int MR>                                                                                       \
   __attribute__((target(TARGET))) void row_range_##ISA(const RowProduct& t1, const RowProduct& t2,        \
                                                        index_t j0, index_t j1, float beta, float* C,      \
@@ -260,15 +262,7 @@ constexpr int row_block(int mr) {
         rows_##ISA<MR, (RB > 8 ? 8 : 1)>(t1, t2, j, beta, C, ldc);                                        \
         j += 8;                                                                                           \
       }                                                                                                   \
-      if (RB > 4 && j + 4 <= j1) {                                                                        \
-        rows_##ISA<MR, (RB > 4 ? 4 : 1)>(t1, t2, j, beta, C, ldc);                                        \
-        j += 4;                                                                                           \
-      }                                                                                                   \
-      if (RB > 2 && j + 2 <= j1) {                                                                        \
-        rows_##ISA<MR, (RB > 2 ? 2 : 1)>(t1, t2, j, beta, C, ldc);                                        \
-        j += 2;                                                                                           \
-      }                                                                                                   \
-      if (RB > 1 && j < j1) rows_##ISA<MR, 1>(t1, t2, j, beta, C, ldc);                                   \
+      for (; RB > 1 && j < j1; ++j) rows_##ISA<MR, 1>(t1, t2, j, beta, C, ldc);                           \
     };                                                                                                    \
     if (!descending) {                                                                                    \
       for (index_t j = j0; j < full; j += RB) rows_##ISA<MR, RB>(t1, t2, j, beta, C, ldc);                \
@@ -289,7 +283,12 @@ constexpr int row_block(int mr) {
       switch (std::min<index_t>(kRowGemmMaxM, M - m0)) {                                                 \
         case 1: row_range_##ISA<1>(a1, a2, j0, j1, beta, Cm, ldc, descending); break;                    \
         case 2: row_range_##ISA<2>(a1, a2, j0, j1, beta, Cm, ldc, descending); break;                    \
-        case 3: row_range_##ISA<3>(a1, a2, j0, j1, beta, Cm, ldc, descending); break;                    \
+        case 3: /* as 2 + 1 rows: one instantiation fewer per ISA, for the wheel's size */                \
+          row_range_##ISA<2>(a1, a2, j0, j1, beta, Cm, ldc, descending);                                  \
+          a1.A += 2 * a1.lda;                                                                             \
+          a2.A += 2 * a2.lda;                                                                             \
+          row_range_##ISA<1>(a1, a2, j0, j1, beta, Cm + 2 * ldc, ldc, descending);                        \
+          break;                                                                                          \
         default: row_range_##ISA<4>(a1, a2, j0, j1, beta, Cm, ldc, descending); break;                   \
       }                                                                                                   \
     }                                                                                                     \
