@@ -193,7 +193,8 @@ RNNKIT_DEFINE_MICRO(Avx2Double, "avx2,fma")
 // hold (up to 16); a remainder runs in a block of 8 (when RB is 16), then row by row, its outputs
 // summed identically (hsum8 per 8 rows; the unused accumulators stay zero). Blocks of 4 and 2 for
 // the remainder were dropped for the wheel's size (each (MR, RB) pair is one more instantiation per
-// ISA): the layers that stream have 4H, 3H or H rows, whole blocks at H >= 16 but for a block of 8.
+// ISA): at the goal shapes (4H, 3H or H rows, H = 256) the rows are whole blocks; other sizes run
+// at most RB - 1 (or 7 after a block of 8) rows singly.
 template <typename I>
 constexpr int row_block(int mr) {
   int rb = 16;  // one row of A on AVX-512: 16 rows of W at once ran 3-4% faster than 8 (from L2)
